@@ -1,0 +1,214 @@
+//! Frames: the unit on the wire.
+//!
+//! ```text
+//! u32  length of everything after this field (little endian), at most MAX_FRAME
+//! u64  request id (replies carry the id of their request)
+//! u32  header length, at most MAX_HEADER and at most what the frame holds
+//! ...  header (postcard)
+//! ...  data (raw bytes, the rest of the frame)
+//! ```
+//!
+//! Every length is checked against its bound before anything is allocated, so a peer cannot
+//! make us reserve memory it did not send.
+
+use bytes::{Buf, Bytes, BytesMut};
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest header: directory listings with their attributes are the big ones.
+pub const MAX_HEADER: usize = 1 << 20;
+/// Largest data section: a 1 MiB FUSE request with room to spare.
+pub const MAX_DATA: usize = 4 << 20;
+/// Bytes after the length field that every frame has.
+const FIXED: usize = 8 + 4;
+/// Largest value of the length field.
+pub const MAX_FRAME: usize = FIXED + MAX_HEADER + MAX_DATA;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame length {0} out of bounds (at most {MAX_FRAME})")]
+    FrameLength(usize),
+    #[error("header length {header} does not fit a frame of {frame} bytes")]
+    HeaderLength { header: usize, frame: usize },
+    #[error("connection closed in the middle of a frame")]
+    Truncated,
+    #[error("undecodable header: {0}")]
+    Decode(#[from] postcard::Error),
+}
+
+/// One frame as read off the wire.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub id: u64,
+    pub header: Bytes,
+    pub data: Bytes,
+}
+
+impl Frame {
+    /// Decodes the header as `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, FrameError> {
+        Ok(postcard::from_bytes(&self.header)?)
+    }
+}
+
+/// Reads one frame. Returns None on a clean end of stream between frames.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>, FrameError> {
+    let mut len_buf = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        let n = r.read(&mut len_buf[got..]).await?;
+        if n == 0 {
+            return if got == 0 { Ok(None) } else { Err(FrameError::Truncated) };
+        }
+        got += n;
+    }
+    let len = u32::from_le_bytes(len_buf) as usize;
+    if !(FIXED..=MAX_FRAME).contains(&len) {
+        return Err(FrameError::FrameLength(len));
+    }
+    let mut fixed = [0u8; FIXED];
+    read_exact(r, &mut fixed).await?;
+    let mut fixed_buf = &fixed[..];
+    let id = fixed_buf.get_u64_le();
+    let header_len = fixed_buf.get_u32_le() as usize;
+    let body_len = len - FIXED;
+    if header_len > MAX_HEADER || header_len > body_len || body_len - header_len > MAX_DATA {
+        return Err(FrameError::HeaderLength { header: header_len, frame: len });
+    }
+    let mut body = BytesMut::zeroed(body_len);
+    read_exact(r, &mut body).await?;
+    let mut body = body.freeze();
+    let header = body.split_to(header_len);
+    Ok(Some(Frame { id, header, data: body }))
+}
+
+async fn read_exact<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), FrameError> {
+    match r.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(FrameError::Truncated),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Encodes a message as a frame header.
+pub fn encode_header<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let header = postcard::to_allocvec(msg)?;
+    if header.len() > MAX_HEADER {
+        return Err(FrameError::HeaderLength { header: header.len(), frame: MAX_FRAME });
+    }
+    Ok(header)
+}
+
+/// The prefix (length, id, header length) of a frame with this header and data size.
+pub fn prefix(id: u64, header_len: usize, data_len: usize) -> Result<[u8; 16], FrameError> {
+    if header_len > MAX_HEADER {
+        return Err(FrameError::HeaderLength { header: header_len, frame: MAX_FRAME });
+    }
+    if data_len > MAX_DATA {
+        return Err(FrameError::FrameLength(FIXED + header_len + data_len));
+    }
+    let len = (FIXED + header_len + data_len) as u32;
+    let mut p = [0u8; 16];
+    p[0..4].copy_from_slice(&len.to_le_bytes());
+    p[4..12].copy_from_slice(&id.to_le_bytes());
+    p[12..16].copy_from_slice(&(header_len as u32).to_le_bytes());
+    Ok(p)
+}
+
+/// Writes one frame (without flushing).
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    id: u64,
+    header: &[u8],
+    data: &[u8],
+) -> Result<(), FrameError> {
+    let p = prefix(id, header.len(), data.len())?;
+    w.write_all(&p).await?;
+    w.write_all(header).await?;
+    if !data.is_empty() {
+        w.write_all(data).await?;
+    }
+    Ok(())
+}
+
+/// Encodes and writes one message with data, then flushes: for the handshake and other
+/// one-off exchanges.
+pub async fn send<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    id: u64,
+    msg: &T,
+    data: &[u8],
+) -> Result<(), FrameError> {
+    let header = encode_header(msg)?;
+    write_frame(w, id, &header, data).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads one frame and decodes its header; end of stream is an error here.
+pub async fn recv<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+) -> Result<(u64, T, Bytes), FrameError> {
+    let frame = read_frame(r).await?.ok_or(FrameError::Truncated)?;
+    let msg = frame.decode()?;
+    Ok((frame.id, msg, frame.data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::msg::Request;
+
+    #[tokio::test]
+    async fn round_trip() {
+        let mut buf = Vec::new();
+        let req = Request::Write { fh: 7, offset: 4096 };
+        send(&mut buf, 42, &req, b"hello").await.unwrap();
+        let (id, got, data): (u64, Request, Bytes) = recv(&mut &buf[..]).await.unwrap();
+        assert_eq!((id, got, &data[..]), (42, req, &b"hello"[..]));
+    }
+
+    #[tokio::test]
+    async fn absurd_lengths_are_refused_before_allocation() {
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&u32::MAX.to_le_bytes());
+        frame.extend_from_slice(&[0u8; 12]);
+        assert!(matches!(read_frame(&mut &frame[..]).await, Err(FrameError::FrameLength(_))));
+
+        let mut frame = Vec::new();
+        frame.extend_from_slice(&(12u32 + 4).to_le_bytes());
+        frame.extend_from_slice(&1u64.to_le_bytes());
+        frame.extend_from_slice(&100u32.to_le_bytes()); // header longer than the frame
+        frame.extend_from_slice(&[0u8; 4]);
+        assert!(matches!(
+            read_frame(&mut &frame[..]).await,
+            Err(FrameError::HeaderLength { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn truncation_is_reported() {
+        let mut buf = Vec::new();
+        send(&mut buf, 1, &Request::Ping, b"abc").await.unwrap();
+        for cut in 1..buf.len() {
+            let r = read_frame(&mut &buf[..cut]).await;
+            assert!(matches!(r, Err(FrameError::Truncated)), "cut at {cut}: {r:?}");
+        }
+        assert!(read_frame(&mut &buf[..0]).await.unwrap().is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            rt.block_on(async {
+                if let Ok(Some(f)) = read_frame(&mut &bytes[..]).await {
+                    let _ = f.decode::<Request>();
+                }
+            });
+        }
+    }
+}

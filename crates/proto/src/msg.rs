@@ -1,0 +1,133 @@
+//! Requests a client sends to a brick and the replies it gets.
+//!
+//! The header of each frame is one of these, postcard-encoded. Bulk data (what `Write` writes,
+//! what `Read` returns) travels in the frame's data section, never inside the header.
+//! New operations are added at the end of the enums; removing or reordering one is an
+//! incompatible change and needs a new [`crate::PROTOCOL_VERSION`].
+
+use crate::errno::Errno;
+use crate::types::*;
+use serde::{Deserialize, Serialize};
+
+/// A handle on a file opened on a brick, valid on the connection that opened it.
+pub type Fh = u64;
+
+/// An operation on a brick.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Round trip with no effect.
+    Ping,
+    /// The object named `name` in directory `parent`.
+    Lookup { parent: FileId, name: Vec<u8> },
+    /// The object with this id.
+    GetAttr { id: FileId },
+    SetAttr { id: FileId, fh: Option<Fh>, set: SetAttr },
+    /// Make a regular file, symlink, directory or special file under `parent`. For a regular
+    /// file `open` says how to open it, and the reply carries the handle.
+    Create {
+        parent: FileId,
+        name: Vec<u8>,
+        node: NewNode,
+        symlink_target: Option<Vec<u8>>,
+        open: Option<u32>,
+    },
+    Unlink { parent: FileId, name: Vec<u8> },
+    Rmdir { parent: FileId, name: Vec<u8> },
+    Rename {
+        parent: FileId,
+        name: Vec<u8>,
+        new_parent: FileId,
+        new_name: Vec<u8>,
+        flags: RenameFlags,
+    },
+    Link { id: FileId, new_parent: FileId, new_name: Vec<u8> },
+    ReadLink { id: FileId },
+    /// Entries of a directory after `cookie` (0: from the start), at most `max` of them, with
+    /// their objects when `plus`.
+    ReadDir { id: FileId, cookie: u64, max: u32, plus: bool },
+    /// Open with open(2) flags (O_CREAT and O_EXCL are ignored; O_TRUNC is honoured).
+    Open { id: FileId, flags: u32 },
+    Read { fh: Fh, offset: u64, size: u32 },
+    /// Data to write follows in the frame's data section.
+    Write { fh: Fh, offset: u64 },
+    Fsync { fh: Fh, datasync: bool },
+    /// The handle's close by one process: releases that owner's locks on the file.
+    Flush { fh: Fh, lock_owner: u64 },
+    Release { fh: Fh },
+    Fallocate { fh: Fh, mode: u32, offset: u64, len: u64 },
+    StatFs,
+    GetXattr { id: FileId, name: Vec<u8> },
+    SetXattr { id: FileId, name: Vec<u8>, value: Vec<u8>, flags: u32 },
+    ListXattr { id: FileId },
+    RemoveXattr { id: FileId, name: Vec<u8> },
+    /// Add signed deltas to 64-bit counters kept in internal xattrs, atomically with respect to
+    /// other `XattrAdd`s on the brick; returns the new values. A counter reaching zero is
+    /// removed. Replication keeps its pending-heal markers this way.
+    XattrAdd { id: FileId, deltas: Vec<(String, i64)> },
+    /// Set or remove (value None) internal xattrs.
+    SetMeta { id: FileId, meta: Vec<(String, Option<Vec<u8>>)> },
+    GetLk { id: FileId, lock: Lock },
+    /// Take or release a lock; with `wait`, the reply comes once the lock is granted.
+    SetLk { id: FileId, lock: Lock, wait: bool },
+}
+
+impl Request {
+    /// A short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::Lookup { .. } => "lookup",
+            Request::GetAttr { .. } => "getattr",
+            Request::SetAttr { .. } => "setattr",
+            Request::Create { .. } => "create",
+            Request::Unlink { .. } => "unlink",
+            Request::Rmdir { .. } => "rmdir",
+            Request::Rename { .. } => "rename",
+            Request::Link { .. } => "link",
+            Request::ReadLink { .. } => "readlink",
+            Request::ReadDir { .. } => "readdir",
+            Request::Open { .. } => "open",
+            Request::Read { .. } => "read",
+            Request::Write { .. } => "write",
+            Request::Fsync { .. } => "fsync",
+            Request::Flush { .. } => "flush",
+            Request::Release { .. } => "release",
+            Request::Fallocate { .. } => "fallocate",
+            Request::StatFs => "statfs",
+            Request::GetXattr { .. } => "getxattr",
+            Request::SetXattr { .. } => "setxattr",
+            Request::ListXattr { .. } => "listxattr",
+            Request::RemoveXattr { .. } => "removexattr",
+            Request::XattrAdd { .. } => "xattradd",
+            Request::SetMeta { .. } => "setmeta",
+            Request::GetLk { .. } => "getlk",
+            Request::SetLk { .. } => "setlk",
+        }
+    }
+}
+
+/// A successful answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    Ok,
+    Entry(Entry),
+    /// A new object, and its handle when it was created open.
+    Created { entry: Entry, fh: Option<Fh> },
+    /// Target of a symlink.
+    Link(Vec<u8>),
+    Dir { entries: Vec<DirEntry>, eof: bool },
+    Opened { fh: Fh },
+    /// The bytes read are in the frame's data section.
+    Data,
+    Written { size: u32 },
+    StatFs(StatFs),
+    Xattr(Vec<u8>),
+    /// Names of the user-visible xattrs.
+    XattrNames(Vec<Vec<u8>>),
+    Counters(Vec<(String, i64)>),
+    /// A conflicting lock, or one of kind Unlock if there is none.
+    Lock(Lock),
+}
+
+/// What comes back for one request.
+pub type Response = Result<Reply, Errno>;
