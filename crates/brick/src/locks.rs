@@ -1,0 +1,224 @@
+//! POSIX byte-range locks, held on the brick so that every client sees the same locks.
+//!
+//! Owners are (connection, lock owner): a lock dies with its owner's close (`Flush`), with
+//! its connection, or when its owner unlocks. Same-owner requests replace the overlapped
+//! parts of that owner's locks, as fcntl(2) does.
+
+use proto::{Errno, FileId, Lock, LockKind};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::Notify;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Owner {
+    pub conn: u64,
+    pub owner: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    owner: Owner,
+    kind: LockKind,
+    start: u64,
+    end: u64,
+    pid: u32,
+}
+
+#[derive(Default)]
+struct FileLocks {
+    held: Vec<Held>,
+    wake: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct Inner {
+    files: HashMap<FileId, FileLocks>,
+    /// For owners with a blocked request: (close count, number of blocked requests). A close
+    /// bumps the count so that the blocked request gives up instead of being granted after
+    /// its owner is gone.
+    waiting: HashMap<(Owner, FileId), (u64, u32)>,
+}
+
+#[derive(Default)]
+pub struct LockTable {
+    inner: Mutex<Inner>,
+}
+
+fn overlaps(a: &Held, start: u64, end: u64) -> bool {
+    a.start <= end && start <= a.end
+}
+
+impl LockTable {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn conflict(inner: &Inner, id: FileId, owner: Owner, l: &Lock) -> Option<Lock> {
+        let f = inner.files.get(&id)?;
+        f.held
+            .iter()
+            .find(|h| {
+                h.owner != owner
+                    && overlaps(h, l.start, l.end)
+                    && (h.kind == LockKind::Write || l.kind == LockKind::Write)
+            })
+            .map(|h| Lock { kind: h.kind, start: h.start, end: h.end, owner: h.owner.owner, pid: h.pid })
+    }
+
+    /// F_GETLK: the first lock that would block `l`, or `l` with kind Unlock.
+    pub fn test(&self, id: FileId, conn: u64, l: &Lock) -> Lock {
+        let inner = self.lock();
+        Self::conflict(&inner, id, Owner { conn, owner: l.owner }, l)
+            .unwrap_or(Lock { kind: LockKind::Unlock, ..*l })
+    }
+
+    /// F_SETLK: takes or releases at once, or fails with EAGAIN.
+    pub fn set(&self, id: FileId, conn: u64, l: &Lock) -> Result<(), Errno> {
+        if l.start > l.end {
+            return Err(Errno::EINVAL);
+        }
+        let owner = Owner { conn, owner: l.owner };
+        let mut inner = self.lock();
+        if l.kind != LockKind::Unlock && Self::conflict(&inner, id, owner, l).is_some() {
+            return Err(Errno::EAGAIN);
+        }
+        let f = inner.files.entry(id).or_default();
+        // Cut the range out of this owner's locks, then add the new one.
+        let mut kept = Vec::with_capacity(f.held.len() + 1);
+        let mut released = false;
+        for h in f.held.drain(..) {
+            if h.owner != owner || !overlaps(&h, l.start, l.end) {
+                kept.push(h);
+                continue;
+            }
+            released = true;
+            if h.start < l.start {
+                kept.push(Held { end: l.start - 1, ..h });
+            }
+            if h.end > l.end {
+                kept.push(Held { start: l.end + 1, ..h });
+            }
+        }
+        if l.kind != LockKind::Unlock {
+            kept.push(Held { owner, kind: l.kind, start: l.start, end: l.end, pid: l.pid });
+        }
+        f.held = kept;
+        if released {
+            f.wake.notify_waiters();
+        }
+        if f.held.is_empty() {
+            inner.files.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// F_SETLKW: waits until the lock can be had. Gives up with EINTR if the owner closes
+    /// the file meanwhile.
+    pub async fn set_wait(&self, id: FileId, conn: u64, l: &Lock) -> Result<(), Errno> {
+        let owner = Owner { conn, owner: l.owner };
+        let epoch = {
+            let mut inner = self.lock();
+            let w = inner.waiting.entry((owner, id)).or_insert((0, 0));
+            w.1 += 1;
+            w.0
+        };
+        let result = self.wait_loop(id, owner, epoch, l).await;
+        let mut inner = self.lock();
+        if let Some(w) = inner.waiting.get_mut(&(owner, id)) {
+            w.1 -= 1;
+            if w.1 == 0 {
+                inner.waiting.remove(&(owner, id));
+            }
+        }
+        result
+    }
+
+    async fn wait_loop(&self, id: FileId, owner: Owner, epoch: u64, l: &Lock) -> Result<(), Errno> {
+        loop {
+            let wake = {
+                let mut inner = self.lock();
+                if inner.waiting.get(&(owner, id)).map(|w| w.0) != Some(epoch) {
+                    return Err(Errno::EINTR);
+                }
+                inner.files.entry(id).or_default().wake.clone()
+            };
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            match self.set(id, owner.conn, l) {
+                Err(Errno::EAGAIN) => notified.await,
+                other => return other,
+            }
+        }
+    }
+
+    /// Drops every lock of one owner on one file (the owner closed it) and wakes any of
+    /// that owner's blocked requests so that they give up.
+    pub fn release_owner(&self, id: FileId, conn: u64, owner: u64) {
+        let owner = Owner { conn, owner };
+        let mut inner = self.lock();
+        if let Some(w) = inner.waiting.get_mut(&(owner, id)) {
+            w.0 += 1;
+        }
+        if let Some(f) = inner.files.get_mut(&id) {
+            f.wake.notify_waiters();
+            f.held.retain(|h| h.owner != owner);
+            if f.held.is_empty() {
+                inner.files.remove(&id);
+            }
+        }
+    }
+
+    /// Drops every lock held through a connection that went away.
+    pub fn release_conn(&self, conn: u64) {
+        let mut inner = self.lock();
+        
+        inner.files.retain(|_, f| {
+            let before = f.held.len();
+            f.held.retain(|h| h.owner.conn != conn);
+            if f.held.len() != before {
+                f.wake.notify_waiters();
+            }
+            !f.held.is_empty() || Arc::strong_count(&f.wake) > 1
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(kind: LockKind, start: u64, end: u64, owner: u64) -> Lock {
+        Lock { kind, start, end, owner, pid: 1 }
+    }
+    const F: FileId = FileId(0x10000);
+
+    #[test]
+    fn shared_and_exclusive() {
+        let t = LockTable::default();
+        t.set(F, 1, &l(LockKind::Read, 0, 99, 1)).unwrap();
+        t.set(F, 2, &l(LockKind::Read, 50, 150, 1)).unwrap();
+        assert_eq!(t.set(F, 3, &l(LockKind::Write, 90, 95, 1)), Err(Errno::EAGAIN));
+        assert!(t.set(F, 3, &l(LockKind::Write, 151, u64::MAX, 1)).is_ok());
+        assert_eq!(t.test(F, 3, &l(LockKind::Write, 0, 10, 1)).kind, LockKind::Read);
+        // Unlocking the middle of a range splits it.
+        t.set(F, 1, &l(LockKind::Unlock, 10, 20, 1)).unwrap();
+        assert_eq!(t.test(F, 9, &l(LockKind::Write, 10, 20, 1)).kind, LockKind::Unlock);
+        assert_eq!(t.test(F, 9, &l(LockKind::Write, 5, 5, 1)).kind, LockKind::Read);
+        t.release_conn(1);
+        t.release_conn(2);
+        assert_eq!(t.test(F, 9, &l(LockKind::Write, 0, 150, 1)).kind, LockKind::Unlock);
+    }
+
+    #[tokio::test]
+    async fn waiter_gets_lock_after_release() {
+        let t = Arc::new(LockTable::default());
+        t.set(F, 1, &l(LockKind::Write, 0, u64::MAX, 7)).unwrap();
+        let t2 = t.clone();
+        let w = tokio::spawn(async move { t2.set_wait(F, 2, &l(LockKind::Write, 0, 0, 8)).await });
+        tokio::task::yield_now().await;
+        assert!(!w.is_finished());
+        t.release_owner(F, 1, 7);
+        assert_eq!(w.await.unwrap(), Ok(()));
+    }
+}

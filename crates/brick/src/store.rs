@@ -1,0 +1,887 @@
+//! The brick's local file operations, all by id or by (parent id, name).
+//!
+//! Every path the store touches is a single checked component resolved against a directory
+//! descriptor with `*at()` calls and `O_NOFOLLOW`, so no request can reach outside the brick
+//! directory, whatever names it carries. Namespace changes (create, unlink, rename, ...) are
+//! serialised by one lock so that the id index always matches the tree.
+
+use crate::index::{self, Index, META_DIR};
+use crate::ns::{self, Namespace};
+use crate::sys::{self, errno, proc_path};
+use proto::{
+    check_name, Attr, DirEntry, Entry, Errno, FileId, FileKind, MetaXattr, NewNode, RenameFlags,
+    SetAttr, StatFs, TimeSet,
+};
+use rustix::fs::{AtFlags, Mode, OFlags, Stat};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// How many directory descriptors the store keeps open for id lookups.
+const DIR_CACHE: usize = 4096;
+/// Longest chain of parent links followed when resolving a directory id.
+const MAX_DEPTH: usize = 4096;
+
+/// Why a brick directory could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("brick directory {path}: {err}")]
+    Open { path: PathBuf, err: Errno },
+    #[error("brick directory {path} has an index of an unknown format (not a shoal brick, or a newer one)")]
+    Format { path: PathBuf },
+}
+
+/// A file opened on the brick.
+pub struct OpenFile {
+    pub id: FileId,
+    pub fd: OwnedFd,
+}
+
+/// Where an object with a given id sits.
+enum Loc {
+    Dir(Arc<OwnedFd>),
+    File(String),
+    Orphan(String),
+}
+
+pub struct Store {
+    root: PathBuf,
+    root_fd: Arc<OwnedFd>,
+    index: Index,
+    ns: Namespace,
+    dirs: Mutex<HashMap<FileId, Arc<OwnedFd>>>,
+    ns_lock: Mutex<()>,
+    xattr_lock: Mutex<()>,
+    opens: Mutex<HashMap<FileId, u32>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these leaves plain data behind; carry on with it.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn open_flags_dir() -> OFlags {
+    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+impl Store {
+    /// Opens (and on first use, initialises) the brick at `root`.
+    pub fn open_dir(root: &Path) -> Result<Store, StoreError> {
+        let fail = |err| StoreError::Open { path: root.to_path_buf(), err };
+        let root_fd = rustix::fs::open(root, open_flags_dir(), Mode::empty())
+            .map_err(|e| fail(errno(e)))?;
+        let index = Index::open(root_fd.as_fd()).map_err(|e| {
+            if e == Errno::EPROTO {
+                StoreError::Format { path: root.to_path_buf() }
+            } else {
+                fail(e)
+            }
+        })?;
+        let ns = pick_namespace(&root_fd).map_err(fail)?;
+        let store = Store {
+            root: root.to_path_buf(),
+            root_fd: Arc::new(root_fd),
+            index,
+            ns,
+            dirs: Mutex::new(HashMap::new()),
+            ns_lock: Mutex::new(()),
+            xattr_lock: Mutex::new(()),
+            opens: Mutex::new(HashMap::new()),
+        };
+        let root_path = proc_path(store.root_fd.as_fd(), None);
+        match sys::lget(&root_path, &store.ns.disk_name(ns::ID)).map_err(fail)? {
+            Some(v) if FileId::from_bytes(&v) == Some(FileId::ROOT) => {}
+            Some(_) => return Err(fail(Errno::EEXIST)),
+            None => sys::lset(&root_path, store.ns.disk_name(ns::ID).as_bytes(), &FileId::ROOT.to_bytes(), 0)
+                .map_err(fail)?,
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The xattr namespace of this brick's internal attributes.
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    // ---- resolution -------------------------------------------------------------------
+
+    fn dir_fd(&self, id: FileId) -> Result<Arc<OwnedFd>, Errno> {
+        if id == FileId::ROOT {
+            return Ok(self.root_fd.clone());
+        }
+        if let Some(fd) = lock(&self.dirs).get(&id) {
+            return Ok(fd.clone());
+        }
+        // Walk parent links up to the root or a cached ancestor, then open back down.
+        let mut chain = Vec::new();
+        let mut cur = id;
+        let base = loop {
+            if cur == FileId::ROOT {
+                break self.root_fd.clone();
+            }
+            if let Some(fd) = lock(&self.dirs).get(&cur) {
+                break fd.clone();
+            }
+            let (parent, name) = match self.index.dir_entry(cur) {
+                Ok(e) => e,
+                Err(Errno::ENOENT) if chain.is_empty() => {
+                    return Err(if self.index.stat_file(cur).is_ok() {
+                        Errno::ENOTDIR
+                    } else {
+                        Errno::ESTALE
+                    })
+                }
+                Err(Errno::ENOENT) => return Err(Errno::ESTALE),
+                Err(e) => return Err(e),
+            };
+            chain.push((cur, name));
+            if chain.len() > MAX_DEPTH {
+                return Err(Errno::ELOOP);
+            }
+            cur = parent;
+        };
+        let mut fd = base;
+        for (cid, name) in chain.into_iter().rev() {
+            check_name(&name).map_err(|_| Errno::EIO)?;
+            let next = rustix::fs::openat(fd.as_fd(), name.as_slice(), open_flags_dir(), Mode::empty())
+                .map_err(|e| if e == rustix::io::Errno::NOENT { Errno::ESTALE } else { errno(e) })?;
+            if self.fd_id(&next)? != Some(cid) {
+                return Err(Errno::ESTALE);
+            }
+            let next = Arc::new(next);
+            self.cache_dir(cid, next.clone());
+            fd = next;
+        }
+        Ok(fd)
+    }
+
+    fn cache_dir(&self, id: FileId, fd: Arc<OwnedFd>) {
+        let mut dirs = lock(&self.dirs);
+        if dirs.len() >= DIR_CACHE {
+            dirs.clear();
+        }
+        dirs.insert(id, fd);
+    }
+
+    fn fd_id(&self, fd: &OwnedFd) -> Result<Option<FileId>, Errno> {
+        let v = sys::lget(&proc_path(fd, None), &self.ns.disk_name(ns::ID))?;
+        Ok(v.as_deref().and_then(FileId::from_bytes))
+    }
+
+    fn locate(&self, id: FileId) -> Result<Loc, Errno> {
+        if id == FileId::ROOT {
+            return Ok(Loc::Dir(self.root_fd.clone()));
+        }
+        if let Some(fd) = lock(&self.dirs).get(&id) {
+            return Ok(Loc::Dir(fd.clone()));
+        }
+        if self.index.stat_file(id).is_ok() {
+            return Ok(Loc::File(index::key(id)));
+        }
+        match self.dir_fd(id) {
+            Ok(fd) => Ok(Loc::Dir(fd)),
+            Err(Errno::ESTALE) if self.index.is_orphan(id) => Ok(Loc::Orphan(id.to_hex())),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn loc_path(&self, loc: &Loc) -> CString {
+        match loc {
+            Loc::Dir(fd) => proc_path(fd.as_fd(), None),
+            Loc::File(k) => proc_path(self.index.ids_fd(), Some(k.as_bytes())),
+            Loc::Orphan(h) => proc_path(self.index.orphans_fd(), Some(h.as_bytes())),
+        }
+    }
+
+    fn loc_stat(&self, loc: &Loc) -> Result<Stat, Errno> {
+        match loc {
+            Loc::Dir(fd) => rustix::fs::fstat(fd.as_fd()).map_err(errno),
+            Loc::File(k) => rustix::fs::statat(self.index.ids_fd(), k.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(errno),
+            Loc::Orphan(h) => rustix::fs::statat(self.index.orphans_fd(), h.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(errno),
+        }
+    }
+
+    /// Reads the id and internal xattrs of the object at `path`.
+    fn read_meta(&self, path: &CString) -> Result<(Option<FileId>, Vec<MetaXattr>), Errno> {
+        let mut id = None;
+        let mut meta = Vec::new();
+        for name in sys::llist(path)? {
+            let Some(internal) = self.ns.internal(&name) else { continue };
+            let Some(value) = sys::lget_raw(path, &name)? else { continue };
+            if internal == ns::ID {
+                id = FileId::from_bytes(&value);
+            } else {
+                meta.push(MetaXattr { name: internal.to_string(), value });
+            }
+        }
+        Ok((id, meta))
+    }
+
+    fn entry_at_loc(&self, id: FileId, loc: &Loc) -> Result<Entry, Errno> {
+        let st = self.loc_stat(loc)?;
+        let (_, meta) = self.read_meta(&self.loc_path(loc))?;
+        Ok(Entry { attr: sys::attr_from_stat(id, &st)?, meta })
+    }
+
+    /// The object `name` in the directory `dir` (whose id is `parent`).
+    fn entry_in(&self, parent: FileId, dir: BorrowedFd<'_>, name: &[u8]) -> Result<Entry, Errno> {
+        let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+        let path = proc_path(dir, Some(name));
+        let (id, meta) = self.read_meta(&path)?;
+        let id = match id {
+            Some(id) => id,
+            None => self.adopt(parent, dir, name, &st)?,
+        };
+        Ok(Entry { attr: sys::attr_from_stat(id, &st)?, meta })
+    }
+
+    /// Gives an id to an object that has none (put on the brick by other means than shoal,
+    /// or caught between creation and labelling): it joins the index like any other.
+    fn adopt(&self, parent: FileId, dir: BorrowedFd<'_>, name: &[u8], st: &Stat) -> Result<FileId, Errno> {
+        let _ns = lock(&self.ns_lock);
+        let path = proc_path(dir, Some(name));
+        if let Some(id) = self.read_meta(&path)?.0 {
+            return Ok(id); // labelled meanwhile
+        }
+        let id = FileId::random();
+        sys::lset(&path, self.ns.disk_name(ns::ID).as_bytes(), &id.to_bytes(), 0)?;
+        if FileKind::from_mode(st.st_mode) == Some(FileKind::Dir) {
+            self.index.set_dir(id, parent, name)?;
+        } else {
+            self.index.link_file(dir, name, id)?;
+        }
+        tracing::info!(brick = %self.root.display(), %id, name = %String::from_utf8_lossy(name), "adopted an object without id");
+        Ok(id)
+    }
+
+    fn check_entry_name(&self, parent: FileId, name: &[u8]) -> Result<(), Errno> {
+        check_name(name)?;
+        if parent == FileId::ROOT && name == META_DIR.as_bytes() {
+            return Err(Errno::EPERM);
+        }
+        Ok(())
+    }
+
+    // ---- operations -------------------------------------------------------------------
+
+    pub fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Entry, Errno> {
+        check_name(name)?;
+        if parent == FileId::ROOT && name == META_DIR.as_bytes() {
+            return Err(Errno::ENOENT);
+        }
+        let dir = self.dir_fd(parent)?;
+        self.entry_in(parent, dir.as_fd(), name)
+    }
+
+    pub fn getattr(&self, id: FileId) -> Result<Entry, Errno> {
+        let loc = self.locate(id)?;
+        self.entry_at_loc(id, &loc)
+    }
+
+    pub fn setattr(&self, id: FileId, fd: Option<&OwnedFd>, set: &SetAttr) -> Result<Entry, Errno> {
+        let loc = self.locate(id)?;
+        let st = self.loc_stat(&loc)?;
+        let kind = FileKind::from_mode(st.st_mode).ok_or(Errno::EIO)?;
+        if set.uid.is_some() || set.gid.is_some() {
+            let uid = set.uid.map(rustix::fs::Uid::from_raw);
+            let gid = set.gid.map(rustix::fs::Gid::from_raw);
+            match &loc {
+                Loc::Dir(fd) => rustix::fs::fchown(fd.as_fd(), uid, gid),
+                Loc::File(k) => rustix::fs::chownat(self.index.ids_fd(), k.as_str(), uid, gid, AtFlags::SYMLINK_NOFOLLOW),
+                Loc::Orphan(h) => rustix::fs::chownat(self.index.orphans_fd(), h.as_str(), uid, gid, AtFlags::SYMLINK_NOFOLLOW),
+            }
+            .map_err(errno)?;
+        }
+        if let Some(perm) = set.perm {
+            let mode = Mode::from_raw_mode(perm & 0o7777);
+            match (&loc, kind) {
+                (_, FileKind::Symlink) => {}
+                (Loc::Dir(fd), _) => rustix::fs::fchmod(fd.as_fd(), mode).map_err(errno)?,
+                (Loc::File(k), _) => rustix::fs::chmodat(self.index.ids_fd(), k.as_str(), mode, AtFlags::empty()).map_err(errno)?,
+                (Loc::Orphan(h), _) => rustix::fs::chmodat(self.index.orphans_fd(), h.as_str(), mode, AtFlags::empty()).map_err(errno)?,
+            }
+        }
+        if let Some(size) = set.size {
+            match kind {
+                FileKind::Dir => return Err(Errno::EISDIR),
+                FileKind::File => {}
+                _ => return Err(Errno::EINVAL),
+            }
+            match fd {
+                Some(fd) => rustix::fs::ftruncate(fd, size).map_err(errno)?,
+                None => {
+                    let f = self.open_loc(&loc, libc::O_WRONLY as u32)?;
+                    rustix::fs::ftruncate(&f, size).map_err(errno)?;
+                }
+            }
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let conv = |t: Option<TimeSet>| match t {
+                None => rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
+                Some(TimeSet::Now) => rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_NOW },
+                Some(TimeSet::At(t)) => rustix::fs::Timespec { tv_sec: t.sec, tv_nsec: t.nsec as _ },
+            };
+            let ts = rustix::fs::Timestamps { last_access: conv(set.atime), last_modification: conv(set.mtime) };
+            match &loc {
+                Loc::Dir(fd) => rustix::fs::futimens(fd.as_fd(), &ts),
+                Loc::File(k) => rustix::fs::utimensat(self.index.ids_fd(), k.as_str(), &ts, AtFlags::SYMLINK_NOFOLLOW),
+                Loc::Orphan(h) => rustix::fs::utimensat(self.index.orphans_fd(), h.as_str(), &ts, AtFlags::SYMLINK_NOFOLLOW),
+            }
+            .map_err(errno)?;
+        }
+        self.entry_at_loc(id, &loc)
+    }
+
+    /// Makes a new object. For regular files `open` (open(2) flags) asks for a handle too.
+    pub fn create(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        node: &NewNode,
+        symlink_target: Option<&[u8]>,
+        open: Option<u32>,
+    ) -> Result<(Entry, Option<OpenFile>), Errno> {
+        self.check_entry_name(parent, name)?;
+        if node.id.0 <= 0xffff {
+            return Err(Errno::EINVAL);
+        }
+        for m in &node.meta {
+            ns::check_meta_name(&m.name)?;
+        }
+        let _ns = lock(&self.ns_lock);
+        if self.index.stat_file(node.id).is_ok() || self.index.dir_entry(node.id).is_ok() {
+            return Err(Errno::EEXIST);
+        }
+        let dir = self.dir_fd(parent)?;
+        let dir_st = rustix::fs::fstat(dir.as_fd()).map_err(errno)?;
+        let setgid_dir = dir_st.st_mode & libc::S_ISGID != 0;
+        let gid = if setgid_dir { dir_st.st_gid } else { node.gid };
+        let mut perm = node.perm & 0o7777;
+        if setgid_dir && node.kind == FileKind::Dir {
+            perm |= libc::S_ISGID;
+        }
+        let mut opened = None;
+        match node.kind {
+            FileKind::File => {
+                let fd = self.make_file(&dir, name, node, gid, perm)?;
+                if let Some(flags) = open {
+                    self.note_open(node.id);
+                    opened = Some(OpenFile { id: node.id, fd: self.reopen(&fd, flags)? });
+                }
+            }
+            FileKind::Dir => {
+                rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(0o700)).map_err(errno)?;
+                let made = (|| {
+                    let fd = rustix::fs::openat(dir.as_fd(), name, open_flags_dir(), Mode::empty()).map_err(errno)?;
+                    self.label(&proc_path(&fd, None), node)?;
+                    rustix::fs::fchown(&fd, Some(rustix::fs::Uid::from_raw(node.uid)), Some(rustix::fs::Gid::from_raw(gid))).map_err(errno)?;
+                    rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm)).map_err(errno)?;
+                    self.index.set_dir(node.id, parent, name)?;
+                    self.cache_dir(node.id, Arc::new(fd));
+                    Ok(())
+                })();
+                if let Err(e) = made {
+                    let _ = rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::REMOVEDIR);
+                    return Err(e);
+                }
+            }
+            kind => {
+                match kind {
+                    FileKind::Symlink => {
+                        let target = symlink_target.ok_or(Errno::EINVAL)?;
+                        if target.is_empty() || target.len() > 4095 || target.contains(&0) {
+                            return Err(Errno::EINVAL);
+                        }
+                        rustix::fs::symlinkat(target, dir.as_fd(), name).map_err(errno)?;
+                    }
+                    _ => {
+                        let ft = match kind {
+                            FileKind::Fifo => rustix::fs::FileType::Fifo,
+                            FileKind::Socket => rustix::fs::FileType::Socket,
+                            FileKind::CharDev => rustix::fs::FileType::CharacterDevice,
+                            _ => rustix::fs::FileType::BlockDevice,
+                        };
+                        rustix::fs::mknodat(dir.as_fd(), name, ft, Mode::from_raw_mode(0o600), node.rdev as _).map_err(errno)?;
+                    }
+                }
+                let made = (|| {
+                    self.label(&proc_path(dir.as_fd(), Some(name)), node)?;
+                    let (uid, g) = (Some(rustix::fs::Uid::from_raw(node.uid)), Some(rustix::fs::Gid::from_raw(gid)));
+                    rustix::fs::chownat(dir.as_fd(), name, uid, g, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+                    if kind != FileKind::Symlink {
+                        rustix::fs::chmodat(dir.as_fd(), name, Mode::from_raw_mode(perm), AtFlags::empty()).map_err(errno)?;
+                    }
+                    self.index.link_file(dir.as_fd(), name, node.id)
+                })();
+                if let Err(e) = made {
+                    let _ = rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::empty());
+                    return Err(e);
+                }
+            }
+        }
+        let entry = self.entry_in(parent, dir.as_fd(), name)?;
+        Ok((entry, opened))
+    }
+
+    /// Sets the id and the creation's internal xattrs.
+    fn label(&self, path: &CString, node: &NewNode) -> Result<(), Errno> {
+        sys::lset(path, self.ns.disk_name(ns::ID).as_bytes(), &node.id.to_bytes(), 0)?;
+        for m in &node.meta {
+            sys::lset(path, self.ns.disk_name(&m.name).as_bytes(), &m.value, 0)?;
+        }
+        Ok(())
+    }
+
+    /// A regular file made whole (id, owner, mode) before its name appears: an anonymous
+    /// O_TMPFILE linked in at the end, so no reader ever sees it half made.
+    fn make_file(&self, dir: &OwnedFd, name: &[u8], node: &NewNode, gid: u32, perm: u32) -> Result<OwnedFd, Errno> {
+        let fd = match rustix::fs::openat(dir, ".", OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL) => {
+                return self.make_file_named(dir, name, node, gid, perm)
+            }
+            Err(e) => return Err(errno(e)),
+        };
+        self.label(&proc_path(&fd, None), node)?;
+        rustix::fs::fchown(&fd, Some(rustix::fs::Uid::from_raw(node.uid)), Some(rustix::fs::Gid::from_raw(gid))).map_err(errno)?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm)).map_err(errno)?;
+        let fd_path = proc_path(&fd, None);
+        rustix::fs::linkat(rustix::fs::CWD, fd_path.as_c_str(), self.index.ids_fd(), index::key(node.id), AtFlags::SYMLINK_FOLLOW)
+            .map_err(errno)?;
+        if let Err(e) = rustix::fs::linkat(rustix::fs::CWD, fd_path.as_c_str(), dir, name, AtFlags::SYMLINK_FOLLOW) {
+            let _ = self.index.remove_file(node.id);
+            return Err(errno(e));
+        }
+        Ok(fd)
+    }
+
+    /// The same for file systems without O_TMPFILE: made under its name, labelled at once
+    /// while the namespace lock keeps lookups from adopting it.
+    fn make_file_named(&self, dir: &OwnedFd, name: &[u8], node: &NewNode, gid: u32, perm: u32) -> Result<OwnedFd, Errno> {
+        let fd = rustix::fs::openat(dir, name, OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
+            .map_err(errno)?;
+        let made = (|| {
+            self.label(&proc_path(&fd, None), node)?;
+            rustix::fs::fchown(&fd, Some(rustix::fs::Uid::from_raw(node.uid)), Some(rustix::fs::Gid::from_raw(gid))).map_err(errno)?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm)).map_err(errno)?;
+            self.index.link_file(dir.as_fd(), name, node.id)
+        })();
+        if let Err(e) = made {
+            let _ = rustix::fs::unlinkat(dir, name, AtFlags::empty());
+            return Err(e);
+        }
+        Ok(fd)
+    }
+
+    pub fn unlink(&self, parent: FileId, name: &[u8]) -> Result<(), Errno> {
+        self.check_entry_name(parent, name)?;
+        let _ns = lock(&self.ns_lock);
+        let dir = self.dir_fd(parent)?;
+        let st = rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+        if FileKind::from_mode(st.st_mode) == Some(FileKind::Dir) {
+            return Err(Errno::EISDIR);
+        }
+        let id = self.read_meta(&proc_path(dir.as_fd(), Some(name)))?.0;
+        rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::empty()).map_err(errno)?;
+        if let Some(id) = id {
+            self.forget_if_unnamed(id)?;
+        }
+        Ok(())
+    }
+
+    /// After a name of a non-directory went away: if only the index link is left, the file
+    /// is gone for good, or an orphan while someone has it open.
+    fn forget_if_unnamed(&self, id: FileId) -> Result<(), Errno> {
+        match self.index.stat_file(id) {
+            Ok(st) if st.st_nlink <= 1 => {
+                if lock(&self.opens).get(&id).copied().unwrap_or(0) > 0 {
+                    self.index.orphan(id)
+                } else {
+                    self.index.remove_file(id)
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<(), Errno> {
+        self.check_entry_name(parent, name)?;
+        let _ns = lock(&self.ns_lock);
+        let dir = self.dir_fd(parent)?;
+        let st = rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+        if FileKind::from_mode(st.st_mode) != Some(FileKind::Dir) {
+            return Err(Errno::ENOTDIR);
+        }
+        let id = self.read_meta(&proc_path(dir.as_fd(), Some(name)))?.0;
+        rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::REMOVEDIR).map_err(errno)?;
+        if let Some(id) = id {
+            self.index.remove_dir(id)?;
+            lock(&self.dirs).remove(&id);
+        }
+        Ok(())
+    }
+
+    pub fn rename(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        new_parent: FileId,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<(), Errno> {
+        self.check_entry_name(parent, name)?;
+        self.check_entry_name(new_parent, new_name)?;
+        let _ns = lock(&self.ns_lock);
+        let od = self.dir_fd(parent)?;
+        let nd = self.dir_fd(new_parent)?;
+        let src = rustix::fs::statat(od.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+        let src_dir = FileKind::from_mode(src.st_mode) == Some(FileKind::Dir);
+        let src_id = self.read_meta(&proc_path(od.as_fd(), Some(name)))?.0;
+        let dst = match rustix::fs::statat(nd.as_fd(), new_name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => {
+                let id = self.read_meta(&proc_path(nd.as_fd(), Some(new_name)))?.0;
+                Some((FileKind::from_mode(st.st_mode) == Some(FileKind::Dir), id))
+            }
+            Err(rustix::io::Errno::NOENT) => None,
+            Err(e) => return Err(errno(e)),
+        };
+        let mut rflags = rustix::fs::RenameFlags::empty();
+        if flags.noreplace {
+            rflags |= rustix::fs::RenameFlags::NOREPLACE;
+        }
+        if flags.exchange {
+            rflags |= rustix::fs::RenameFlags::EXCHANGE;
+        }
+        rustix::fs::renameat_with(od.as_fd(), name, nd.as_fd(), new_name, rflags).map_err(errno)?;
+        if let (true, Some(id)) = (src_dir, src_id) {
+            self.index.set_dir(id, new_parent, new_name)?;
+        }
+        match dst {
+            Some((true, Some(id))) if flags.exchange => self.index.set_dir(id, parent, name)?,
+            Some((true, Some(id))) if Some(id) != src_id => {
+                self.index.remove_dir(id)?;
+                lock(&self.dirs).remove(&id);
+            }
+            Some((false, Some(id))) if !flags.exchange && Some(id) != src_id => self.forget_if_unnamed(id)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    pub fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry, Errno> {
+        self.check_entry_name(new_parent, new_name)?;
+        let _ns = lock(&self.ns_lock);
+        match self.locate(id)? {
+            Loc::File(k) => {
+                let nd = self.dir_fd(new_parent)?;
+                rustix::fs::linkat(self.index.ids_fd(), k.as_str(), nd.as_fd(), new_name, AtFlags::empty())
+                    .map_err(errno)?;
+                self.entry_in(new_parent, nd.as_fd(), new_name)
+            }
+            Loc::Dir(_) => Err(Errno::EPERM),
+            Loc::Orphan(_) => Err(Errno::ENOENT),
+        }
+    }
+
+    pub fn readlink(&self, id: FileId) -> Result<Vec<u8>, Errno> {
+        match self.locate(id)? {
+            Loc::File(k) => Ok(rustix::fs::readlinkat(self.index.ids_fd(), k.as_str(), Vec::new())
+                .map_err(errno)?
+                .into_bytes()),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// Up to `max` entries after `cookie`, without `.`/`..` (the client adds those).
+    pub fn readdir(&self, id: FileId, cookie: u64, max: u32, plus: bool) -> Result<(Vec<DirEntry>, bool), Errno> {
+        let dir = self.dir_fd(id)?;
+        // A descriptor of our own: the listing position is per open file description.
+        let fd = rustix::fs::openat(dir.as_fd(), ".", open_flags_dir(), Mode::empty()).map_err(errno)?;
+        if cookie != 0 {
+            rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(cookie)).map_err(errno)?;
+        }
+        let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); 64 * 1024];
+        let mut raw = rustix::fs::RawDir::new(&fd, &mut buf);
+        let mut out = Vec::new();
+        let max = max.clamp(1, 4096) as usize;
+        while out.len() < max {
+            let Some(ent) = raw.next() else { return Ok((out, true)) };
+            let ent = ent.map_err(errno)?;
+            let name = ent.file_name().to_bytes();
+            if name == b"." || name == b".." || (id == FileId::ROOT && name == META_DIR.as_bytes()) {
+                continue;
+            }
+            let next = ent.next_entry_cookie();
+            let entry = if plus {
+                match self.entry_in(id, dir.as_fd(), name) {
+                    Ok(e) => Some(e),
+                    Err(Errno::ENOENT) => continue, // removed meanwhile
+                    Err(e) => return Err(e),
+                }
+            } else {
+                None
+            };
+            let kind = match (&entry, ent.file_type()) {
+                (Some(e), _) => e.attr.kind,
+                (None, rustix::fs::FileType::RegularFile) => FileKind::File,
+                (None, rustix::fs::FileType::Directory) => FileKind::Dir,
+                (None, rustix::fs::FileType::Symlink) => FileKind::Symlink,
+                (None, rustix::fs::FileType::Fifo) => FileKind::Fifo,
+                (None, rustix::fs::FileType::Socket) => FileKind::Socket,
+                (None, rustix::fs::FileType::CharacterDevice) => FileKind::CharDev,
+                (None, rustix::fs::FileType::BlockDevice) => FileKind::BlockDev,
+                (None, _) => match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => FileKind::from_mode(st.st_mode).ok_or(Errno::EIO)?,
+                    Err(_) => continue,
+                },
+            };
+            out.push(DirEntry { name: name.to_vec(), kind, cookie: next, entry });
+        }
+        // Full batch: tell the caller whether anything follows.
+        let eof = raw.next().is_none();
+        Ok((out, eof))
+    }
+
+    fn open_loc(&self, loc: &Loc, flags: u32) -> Result<OwnedFd, Errno> {
+        let acc = match flags as i32 & libc::O_ACCMODE {
+            libc::O_WRONLY => OFlags::WRONLY,
+            libc::O_RDWR => OFlags::RDWR,
+            _ => OFlags::RDONLY,
+        };
+        let mut of = acc | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        if flags as i32 & libc::O_TRUNC != 0 {
+            of |= OFlags::TRUNC;
+        }
+        let fd = match loc {
+            Loc::Dir(_) => return Err(Errno::EISDIR),
+            Loc::File(k) => rustix::fs::openat(self.index.ids_fd(), k.as_str(), of, Mode::empty()),
+            Loc::Orphan(h) => rustix::fs::openat(self.index.orphans_fd(), h.as_str(), of, Mode::empty()),
+        }
+        .map_err(errno)?;
+        let st = rustix::fs::fstat(&fd).map_err(errno)?;
+        if FileKind::from_mode(st.st_mode) != Some(FileKind::File) {
+            return Err(Errno::EINVAL);
+        }
+        Ok(fd)
+    }
+
+    fn reopen(&self, fd: &OwnedFd, flags: u32) -> Result<OwnedFd, Errno> {
+        let acc = match flags as i32 & libc::O_ACCMODE {
+            libc::O_WRONLY => OFlags::WRONLY,
+            libc::O_RDWR => OFlags::RDWR,
+            _ => OFlags::RDONLY,
+        };
+        rustix::fs::open(proc_path(fd, None).as_c_str(), acc | OFlags::CLOEXEC, Mode::empty()).map_err(errno)
+    }
+
+    fn note_open(&self, id: FileId) {
+        *lock(&self.opens).entry(id).or_insert(0) += 1;
+    }
+
+    pub fn open(&self, id: FileId, flags: u32) -> Result<OpenFile, Errno> {
+        let _ns = lock(&self.ns_lock);
+        let loc = self.locate(id)?;
+        let fd = self.open_loc(&loc, flags)?;
+        self.note_open(id);
+        Ok(OpenFile { id, fd })
+    }
+
+    /// Closes a handle; the last close of an unlinked file removes it.
+    pub fn close(&self, file: OpenFile) {
+        let _ns = lock(&self.ns_lock);
+        let mut opens = lock(&self.opens);
+        let last = match opens.get_mut(&file.id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                opens.remove(&file.id);
+                true
+            }
+        };
+        drop(opens);
+        drop(file.fd);
+        if last && self.index.is_orphan(file.id) {
+            let _ = self.index.remove_orphan(file.id);
+        }
+    }
+
+    pub fn read(&self, file: &OpenFile, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let size = (size as usize).min(proto::frame::MAX_DATA);
+        let mut buf = vec![0u8; size];
+        let mut done = 0;
+        while done < size {
+            match rustix::io::pread(&file.fd, &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(errno(e)),
+            }
+        }
+        buf.truncate(done);
+        Ok(buf)
+    }
+
+    pub fn write(&self, file: &OpenFile, offset: u64, data: &[u8]) -> Result<u32, Errno> {
+        let mut done = 0;
+        while done < data.len() {
+            match rustix::io::pwrite(&file.fd, &data[done..], offset + done as u64) {
+                Ok(0) => return Err(Errno::EIO),
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) if done > 0 => {
+                    tracing::debug!("short write: {e}");
+                    break;
+                }
+                Err(e) => return Err(errno(e)),
+            }
+        }
+        Ok(done as u32)
+    }
+
+    pub fn fsync(&self, file: &OpenFile, datasync: bool) -> Result<(), Errno> {
+        if datasync {
+            rustix::fs::fdatasync(&file.fd).map_err(errno)
+        } else {
+            rustix::fs::fsync(&file.fd).map_err(errno)
+        }
+    }
+
+    pub fn fallocate(&self, file: &OpenFile, mode: u32, offset: u64, len: u64) -> Result<(), Errno> {
+        let flags = rustix::fs::FallocateFlags::from_bits(mode).ok_or(Errno::EOPNOTSUPP)?;
+        rustix::fs::fallocate(&file.fd, flags, offset, len).map_err(errno)
+    }
+
+    pub fn statfs(&self) -> Result<StatFs, Errno> {
+        let s = rustix::fs::fstatvfs(self.root_fd.as_fd()).map_err(errno)?;
+        Ok(StatFs {
+            bsize: s.f_bsize as u32,
+            frsize: s.f_frsize as u32,
+            blocks: s.f_blocks,
+            bfree: s.f_bfree,
+            bavail: s.f_bavail,
+            files: s.f_files,
+            ffree: s.f_ffree,
+            namemax: s.f_namemax as u32,
+        })
+    }
+
+    // ---- xattrs -----------------------------------------------------------------------
+
+    pub fn getxattr(&self, id: FileId, name: &[u8]) -> Result<Vec<u8>, Errno> {
+        ns::check_user_name(&self.ns, name)?;
+        let loc = self.locate(id)?;
+        sys::lget_raw(&self.loc_path(&loc), name)?.ok_or(Errno::ENODATA)
+    }
+
+    pub fn setxattr(&self, id: FileId, name: &[u8], value: &[u8], flags: u32) -> Result<(), Errno> {
+        ns::check_user_name(&self.ns, name)?;
+        if value.len() > sys::XATTR_MAX {
+            return Err(Errno::E2BIG);
+        }
+        let loc = self.locate(id)?;
+        sys::lset(&self.loc_path(&loc), name, value, flags)
+    }
+
+    pub fn listxattr(&self, id: FileId) -> Result<Vec<Vec<u8>>, Errno> {
+        let loc = self.locate(id)?;
+        let mut names = sys::llist(&self.loc_path(&loc))?;
+        names.retain(|n| !self.ns.is_reserved(n));
+        Ok(names)
+    }
+
+    pub fn removexattr(&self, id: FileId, name: &[u8]) -> Result<(), Errno> {
+        ns::check_user_name(&self.ns, name)?;
+        let loc = self.locate(id)?;
+        sys::lremove(&self.loc_path(&loc), name)
+    }
+
+    /// Adds deltas to internal 64-bit counters; a counter at zero is removed.
+    pub fn xattr_add(&self, id: FileId, deltas: &[(String, i64)]) -> Result<Vec<(String, i64)>, Errno> {
+        for (name, _) in deltas {
+            ns::check_meta_name(name)?;
+        }
+        let loc = self.locate(id)?;
+        let path = self.loc_path(&loc);
+        let _x = lock(&self.xattr_lock);
+        let mut out = Vec::with_capacity(deltas.len());
+        for (name, delta) in deltas {
+            let disk = self.ns.disk_name(name);
+            let cur = match sys::lget(&path, &disk)? {
+                Some(v) => i64::from_be_bytes(v.as_slice().try_into().map_err(|_| Errno::EIO)?),
+                None => 0,
+            };
+            let new = cur.saturating_add(*delta);
+            if new == 0 {
+                match sys::lremove(&path, disk.as_bytes()) {
+                    Ok(()) | Err(Errno::ENODATA) => {}
+                    Err(e) => return Err(e),
+                }
+            } else {
+                sys::lset(&path, disk.as_bytes(), &new.to_be_bytes(), 0)?;
+            }
+            out.push((name.clone(), new));
+        }
+        Ok(out)
+    }
+
+    /// Sets (Some) or removes (None) internal xattrs.
+    pub fn set_meta(&self, id: FileId, meta: &[(String, Option<Vec<u8>>)]) -> Result<(), Errno> {
+        for (name, value) in meta {
+            ns::check_meta_name(name)?;
+            if value.as_ref().is_some_and(|v| v.len() > sys::XATTR_MAX) {
+                return Err(Errno::E2BIG);
+            }
+        }
+        let loc = self.locate(id)?;
+        let path = self.loc_path(&loc);
+        let _x = lock(&self.xattr_lock);
+        for (name, value) in meta {
+            let disk = self.ns.disk_name(name);
+            match value {
+                Some(v) => sys::lset(&path, disk.as_bytes(), v, 0)?,
+                None => match sys::lremove(&path, disk.as_bytes()) {
+                    Ok(()) | Err(Errno::ENODATA) => {}
+                    Err(e) => return Err(e),
+                },
+            }
+        }
+        Ok(())
+    }
+
+    /// The kind of object an id names (for lock requests, which only apply to files).
+    pub fn kind(&self, id: FileId) -> Result<FileKind, Errno> {
+        let loc = self.locate(id)?;
+        FileKind::from_mode(self.loc_stat(&loc)?.st_mode).ok_or(Errno::EIO)
+    }
+
+    /// Attributes of an id, with the path-free form used for replies.
+    pub fn attr(&self, id: FileId) -> Result<Attr, Errno> {
+        Ok(self.getattr(id)?.attr)
+    }
+}
+
+/// `trusted.` needs CAP_SYS_ADMIN; without it, fall back to `user.`.
+fn pick_namespace(root: &OwnedFd) -> Result<Namespace, Errno> {
+    let path = proc_path(root, None);
+    let probe = Namespace::TRUSTED.disk_name("probe");
+    match sys::lset(&path, probe.as_bytes(), b"1", 0) {
+        Ok(()) => {
+            let _ = sys::lremove(&path, probe.as_bytes());
+            Ok(Namespace::TRUSTED)
+        }
+        Err(Errno::EPERM) => Ok(Namespace::USER),
+        Err(Errno::EOPNOTSUPP) => {
+            tracing::error!("the brick's file system does not support extended attributes");
+            Err(Errno::EOPNOTSUPP)
+        }
+        Err(e) => Err(e),
+    }
+}
