@@ -7,14 +7,13 @@
 
 use crate::index::{self, Index, META_DIR};
 use crate::ns::{self, Namespace};
-use crate::sys::{self, errno, proc_path};
+use crate::sys::{self, errno, proc_path, XTarget};
 use proto::{
     check_name, Attr, DirEntry, Entry, Errno, FileId, FileKind, MetaXattr, NewNode, RenameFlags,
     SetAttr, StatFs, TimeSet,
 };
 use rustix::fs::{AtFlags, Mode, OFlags, Stat};
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -90,12 +89,12 @@ impl Store {
             xattr_lock: Mutex::new(()),
             opens: Mutex::new(HashMap::new()),
         };
-        let root_path = proc_path(store.root_fd.as_fd(), None);
-        match sys::lget(&root_path, &store.ns.disk_name(ns::ID)).map_err(fail)? {
+        let root_t = XTarget::Fd(store.root_fd.as_fd());
+        let id_name = store.ns.disk_name(ns::ID);
+        match sys::get(&root_t, id_name.as_bytes()).map_err(fail)? {
             Some(v) if FileId::from_bytes(&v) == Some(FileId::ROOT) => {}
             Some(_) => return Err(fail(Errno::EEXIST)),
-            None => sys::lset(&root_path, store.ns.disk_name(ns::ID).as_bytes(), &FileId::ROOT.to_bytes(), 0)
-                .map_err(fail)?,
+            None => sys::set(&root_t, id_name.as_bytes(), &FileId::ROOT.to_bytes(), 0).map_err(fail)?,
         }
         Ok(store)
     }
@@ -170,7 +169,7 @@ impl Store {
     }
 
     fn fd_id(&self, fd: &OwnedFd) -> Result<Option<FileId>, Errno> {
-        let v = sys::lget(&proc_path(fd, None), &self.ns.disk_name(ns::ID))?;
+        let v = sys::get(&XTarget::Fd(fd.as_fd()), self.ns.disk_name(ns::ID).as_bytes())?;
         Ok(v.as_deref().and_then(FileId::from_bytes))
     }
 
@@ -191,11 +190,11 @@ impl Store {
         }
     }
 
-    fn loc_path(&self, loc: &Loc) -> CString {
+    fn loc_target<'a>(&self, loc: &'a Loc) -> XTarget<'a> {
         match loc {
-            Loc::Dir(fd) => proc_path(fd.as_fd(), None),
-            Loc::File(k) => proc_path(self.index.ids_fd(), Some(k.as_bytes())),
-            Loc::Orphan(h) => proc_path(self.index.orphans_fd(), Some(h.as_bytes())),
+            Loc::Dir(fd) => XTarget::Fd(fd.as_fd()),
+            Loc::File(k) => XTarget::Path(proc_path(self.index.ids_fd(), Some(k.as_bytes()))),
+            Loc::Orphan(h) => XTarget::Path(proc_path(self.index.orphans_fd(), Some(h.as_bytes()))),
         }
     }
 
@@ -208,12 +207,12 @@ impl Store {
     }
 
     /// Reads the id and internal xattrs of the object at `path`.
-    fn read_meta(&self, path: &CString) -> Result<(Option<FileId>, Vec<MetaXattr>), Errno> {
+    fn read_meta(&self, t: &XTarget<'_>) -> Result<(Option<FileId>, Vec<MetaXattr>), Errno> {
         let mut id = None;
         let mut meta = Vec::new();
-        for name in sys::llist(path)? {
+        for name in sys::list(t)? {
             let Some(internal) = self.ns.internal(&name) else { continue };
-            let Some(value) = sys::lget_raw(path, &name)? else { continue };
+            let Some(value) = sys::get(t, &name)? else { continue };
             if internal == ns::ID {
                 id = FileId::from_bytes(&value);
             } else {
@@ -225,15 +224,14 @@ impl Store {
 
     fn entry_at_loc(&self, id: FileId, loc: &Loc) -> Result<Entry, Errno> {
         let st = self.loc_stat(loc)?;
-        let (_, meta) = self.read_meta(&self.loc_path(loc))?;
+        let (_, meta) = self.read_meta(&self.loc_target(loc))?;
         Ok(Entry { attr: sys::attr_from_stat(id, &st)?, meta })
     }
 
     /// The object `name` in the directory `dir` (whose id is `parent`).
     fn entry_in(&self, parent: FileId, dir: BorrowedFd<'_>, name: &[u8]) -> Result<Entry, Errno> {
         let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
-        let path = proc_path(dir, Some(name));
-        let (id, meta) = self.read_meta(&path)?;
+        let (id, meta) = self.read_meta(&XTarget::Path(proc_path(dir, Some(name))))?;
         let id = match id {
             Some(id) => id,
             None => self.adopt(parent, dir, name, &st)?,
@@ -245,12 +243,12 @@ impl Store {
     /// or caught between creation and labelling): it joins the index like any other.
     fn adopt(&self, parent: FileId, dir: BorrowedFd<'_>, name: &[u8], st: &Stat) -> Result<FileId, Errno> {
         let _ns = lock(&self.ns_lock);
-        let path = proc_path(dir, Some(name));
-        if let Some(id) = self.read_meta(&path)?.0 {
+        let t = XTarget::Path(proc_path(dir, Some(name)));
+        if let Some(id) = self.read_meta(&t)?.0 {
             return Ok(id); // labelled meanwhile
         }
         let id = FileId::random();
-        sys::lset(&path, self.ns.disk_name(ns::ID).as_bytes(), &id.to_bytes(), 0)?;
+        sys::set(&t, self.ns.disk_name(ns::ID).as_bytes(), &id.to_bytes(), 0)?;
         if FileKind::from_mode(st.st_mode) == Some(FileKind::Dir) {
             self.index.set_dir(id, parent, name)?;
         } else {
@@ -379,7 +377,7 @@ impl Store {
                 rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(0o700)).map_err(errno)?;
                 let made = (|| {
                     let fd = rustix::fs::openat(dir.as_fd(), name, open_flags_dir(), Mode::empty()).map_err(errno)?;
-                    self.label(&proc_path(&fd, None), node)?;
+                    self.label(&XTarget::Fd(fd.as_fd()), node)?;
                     rustix::fs::fchown(&fd, Some(rustix::fs::Uid::from_raw(node.uid)), Some(rustix::fs::Gid::from_raw(gid))).map_err(errno)?;
                     rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm)).map_err(errno)?;
                     self.index.set_dir(node.id, parent, name)?;
@@ -411,7 +409,7 @@ impl Store {
                     }
                 }
                 let made = (|| {
-                    self.label(&proc_path(dir.as_fd(), Some(name)), node)?;
+                    self.label(&XTarget::Path(proc_path(dir.as_fd(), Some(name))), node)?;
                     let (uid, g) = (Some(rustix::fs::Uid::from_raw(node.uid)), Some(rustix::fs::Gid::from_raw(gid)));
                     rustix::fs::chownat(dir.as_fd(), name, uid, g, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
                     if kind != FileKind::Symlink {
@@ -430,10 +428,10 @@ impl Store {
     }
 
     /// Sets the id and the creation's internal xattrs.
-    fn label(&self, path: &CString, node: &NewNode) -> Result<(), Errno> {
-        sys::lset(path, self.ns.disk_name(ns::ID).as_bytes(), &node.id.to_bytes(), 0)?;
+    fn label(&self, t: &XTarget<'_>, node: &NewNode) -> Result<(), Errno> {
+        sys::set(t, self.ns.disk_name(ns::ID).as_bytes(), &node.id.to_bytes(), 0)?;
         for m in &node.meta {
-            sys::lset(path, self.ns.disk_name(&m.name).as_bytes(), &m.value, 0)?;
+            sys::set(t, self.ns.disk_name(&m.name).as_bytes(), &m.value, 0)?;
         }
         Ok(())
     }
@@ -448,7 +446,7 @@ impl Store {
             }
             Err(e) => return Err(errno(e)),
         };
-        self.label(&proc_path(&fd, None), node)?;
+        self.label(&XTarget::Fd(fd.as_fd()), node)?;
         rustix::fs::fchown(&fd, Some(rustix::fs::Uid::from_raw(node.uid)), Some(rustix::fs::Gid::from_raw(gid))).map_err(errno)?;
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm)).map_err(errno)?;
         let fd_path = proc_path(&fd, None);
@@ -467,7 +465,7 @@ impl Store {
         let fd = rustix::fs::openat(dir, name, OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
             .map_err(errno)?;
         let made = (|| {
-            self.label(&proc_path(&fd, None), node)?;
+            self.label(&XTarget::Fd(fd.as_fd()), node)?;
             rustix::fs::fchown(&fd, Some(rustix::fs::Uid::from_raw(node.uid)), Some(rustix::fs::Gid::from_raw(gid))).map_err(errno)?;
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm)).map_err(errno)?;
             self.index.link_file(dir.as_fd(), name, node.id)
@@ -487,7 +485,7 @@ impl Store {
         if FileKind::from_mode(st.st_mode) == Some(FileKind::Dir) {
             return Err(Errno::EISDIR);
         }
-        let id = self.read_meta(&proc_path(dir.as_fd(), Some(name)))?.0;
+        let id = self.read_meta(&XTarget::Path(proc_path(dir.as_fd(), Some(name))))?.0;
         rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::empty()).map_err(errno)?;
         if let Some(id) = id {
             self.forget_if_unnamed(id)?;
@@ -518,7 +516,7 @@ impl Store {
         if FileKind::from_mode(st.st_mode) != Some(FileKind::Dir) {
             return Err(Errno::ENOTDIR);
         }
-        let id = self.read_meta(&proc_path(dir.as_fd(), Some(name)))?.0;
+        let id = self.read_meta(&XTarget::Path(proc_path(dir.as_fd(), Some(name))))?.0;
         rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::REMOVEDIR).map_err(errno)?;
         if let Some(id) = id {
             self.index.remove_dir(id)?;
@@ -542,10 +540,10 @@ impl Store {
         let nd = self.dir_fd(new_parent)?;
         let src = rustix::fs::statat(od.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
         let src_dir = FileKind::from_mode(src.st_mode) == Some(FileKind::Dir);
-        let src_id = self.read_meta(&proc_path(od.as_fd(), Some(name)))?.0;
+        let src_id = self.read_meta(&XTarget::Path(proc_path(od.as_fd(), Some(name))))?.0;
         let dst = match rustix::fs::statat(nd.as_fd(), new_name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => {
-                let id = self.read_meta(&proc_path(nd.as_fd(), Some(new_name)))?.0;
+                let id = self.read_meta(&XTarget::Path(proc_path(nd.as_fd(), Some(new_name))))?.0;
                 Some((FileKind::from_mode(st.st_mode) == Some(FileKind::Dir), id))
             }
             Err(rustix::io::Errno::NOENT) => None,
@@ -778,7 +776,7 @@ impl Store {
     pub fn getxattr(&self, id: FileId, name: &[u8]) -> Result<Vec<u8>, Errno> {
         ns::check_user_name(&self.ns, name)?;
         let loc = self.locate(id)?;
-        sys::lget_raw(&self.loc_path(&loc), name)?.ok_or(Errno::ENODATA)
+        sys::get(&self.loc_target(&loc), name)?.ok_or(Errno::ENODATA)
     }
 
     pub fn setxattr(&self, id: FileId, name: &[u8], value: &[u8], flags: u32) -> Result<(), Errno> {
@@ -787,12 +785,12 @@ impl Store {
             return Err(Errno::E2BIG);
         }
         let loc = self.locate(id)?;
-        sys::lset(&self.loc_path(&loc), name, value, flags)
+        sys::set(&self.loc_target(&loc), name, value, flags)
     }
 
     pub fn listxattr(&self, id: FileId) -> Result<Vec<Vec<u8>>, Errno> {
         let loc = self.locate(id)?;
-        let mut names = sys::llist(&self.loc_path(&loc))?;
+        let mut names = sys::list(&self.loc_target(&loc))?;
         names.retain(|n| !self.ns.is_reserved(n));
         Ok(names)
     }
@@ -800,7 +798,7 @@ impl Store {
     pub fn removexattr(&self, id: FileId, name: &[u8]) -> Result<(), Errno> {
         ns::check_user_name(&self.ns, name)?;
         let loc = self.locate(id)?;
-        sys::lremove(&self.loc_path(&loc), name)
+        sys::remove(&self.loc_target(&loc), name)
     }
 
     /// Adds deltas to internal 64-bit counters; a counter at zero is removed.
@@ -809,23 +807,23 @@ impl Store {
             ns::check_meta_name(name)?;
         }
         let loc = self.locate(id)?;
-        let path = self.loc_path(&loc);
+        let t = self.loc_target(&loc);
         let _x = lock(&self.xattr_lock);
         let mut out = Vec::with_capacity(deltas.len());
         for (name, delta) in deltas {
             let disk = self.ns.disk_name(name);
-            let cur = match sys::lget(&path, &disk)? {
+            let cur = match sys::get(&t, disk.as_bytes())? {
                 Some(v) => i64::from_be_bytes(v.as_slice().try_into().map_err(|_| Errno::EIO)?),
                 None => 0,
             };
             let new = cur.saturating_add(*delta);
             if new == 0 {
-                match sys::lremove(&path, disk.as_bytes()) {
+                match sys::remove(&t, disk.as_bytes()) {
                     Ok(()) | Err(Errno::ENODATA) => {}
                     Err(e) => return Err(e),
                 }
             } else {
-                sys::lset(&path, disk.as_bytes(), &new.to_be_bytes(), 0)?;
+                sys::set(&t, disk.as_bytes(), &new.to_be_bytes(), 0)?;
             }
             out.push((name.clone(), new));
         }
@@ -841,13 +839,13 @@ impl Store {
             }
         }
         let loc = self.locate(id)?;
-        let path = self.loc_path(&loc);
+        let t = self.loc_target(&loc);
         let _x = lock(&self.xattr_lock);
         for (name, value) in meta {
             let disk = self.ns.disk_name(name);
             match value {
-                Some(v) => sys::lset(&path, disk.as_bytes(), v, 0)?,
-                None => match sys::lremove(&path, disk.as_bytes()) {
+                Some(v) => sys::set(&t, disk.as_bytes(), v, 0)?,
+                None => match sys::remove(&t, disk.as_bytes()) {
                     Ok(()) | Err(Errno::ENODATA) => {}
                     Err(e) => return Err(e),
                 },
@@ -870,11 +868,11 @@ impl Store {
 
 /// `trusted.` needs CAP_SYS_ADMIN; without it, fall back to `user.`.
 fn pick_namespace(root: &OwnedFd) -> Result<Namespace, Errno> {
-    let path = proc_path(root, None);
+    let t = XTarget::Fd(root.as_fd());
     let probe = Namespace::TRUSTED.disk_name("probe");
-    match sys::lset(&path, probe.as_bytes(), b"1", 0) {
+    match sys::set(&t, probe.as_bytes(), b"1", 0) {
         Ok(()) => {
-            let _ = sys::lremove(&path, probe.as_bytes());
+            let _ = sys::remove(&t, probe.as_bytes());
             Ok(Namespace::TRUSTED)
         }
         Err(Errno::EPERM) => Ok(Namespace::USER),

@@ -1,0 +1,16 @@
+//! A shoal volume as one file system.
+//!
+//! [`Volume`] turns a [`layout::VolumeSpec`] into a tree of translators ([`xlator::Xlator`])
+//! over brick connections: distribute, stripe and replicate compose, each knowing only its
+//! children. Front ends (FUSE, NFS) talk to the root of the tree.
+
+pub mod conn;
+pub mod distribute;
+pub mod protocol;
+pub mod replicate;
+pub mod stripe;
+pub mod volume;
+pub mod xlator;
+
+pub use volume::Volume;
+pub use xlator::{DirCursor, DirPage, Handle, Xlator};

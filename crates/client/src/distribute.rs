@@ -1,0 +1,505 @@
+//! Distribution: each file lives wholly on one child, chosen by a stable hash of its parent
+//! id and name; directories exist on every child.
+//!
+//! Renaming or hard-linking never moves data. When a name hashes to a child other than the
+//! one holding the data, that child gets a pointer: an empty file with mode `---------T`
+//! and a `linkto` xattr naming the data's child, carrying the file's id. Lookups start at
+//! the hashed child and follow a pointer when they meet one.
+
+use crate::xlator::{Child, DirCursor, DirPage, Handle, Result, Xlator};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::future::join_all;
+use proto::{Entry, Errno, FileId, FileKind, Lock, MetaXattr, NewNode, RenameFlags, SetAttr, StatFs};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Internal xattr naming the child that holds a pointer's data.
+pub const LINKTO: &str = "linkto";
+/// Mode of a pointer entry: sticky bit only.
+const POINTER_PERM: u32 = 0o1000;
+/// Ids whose data child is remembered.
+const CACHE_MAX: usize = 256 * 1024;
+
+pub struct Distribute {
+    children: Vec<Child>,
+    /// Which child holds each known file's data, so id-based calls go straight there.
+    home: Mutex<HashMap<FileId, usize>>,
+}
+
+/// The child a pointer entry points at, if this entry is a pointer.
+pub fn pointer_target(e: &Entry) -> Option<usize> {
+    if e.attr.kind != FileKind::File || e.attr.perm != POINTER_PERM {
+        return None;
+    }
+    let v = e.meta(LINKTO)?;
+    Some(u32::from_be_bytes(v.try_into().ok()?) as usize)
+}
+
+impl Distribute {
+    pub fn new(children: Vec<Child>) -> Distribute {
+        assert!(!children.is_empty());
+        Distribute { children, home: Mutex::new(HashMap::new()) }
+    }
+
+    fn hashed(&self, parent: FileId, name: &[u8]) -> usize {
+        layout::pick(layout::hash_name(parent, name), self.children.len())
+    }
+
+    fn remember(&self, id: FileId, child: usize) {
+        let mut home = self.home.lock().unwrap_or_else(|p| p.into_inner());
+        if home.len() >= CACHE_MAX {
+            home.clear();
+        }
+        home.insert(id, child);
+    }
+
+    fn forget(&self, id: FileId) {
+        self.home.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
+    fn cached(&self, id: FileId) -> Option<usize> {
+        self.home.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied()
+    }
+
+    /// Where the data of `id` lives (any child for a directory), and its entry there.
+    async fn locate(&self, id: FileId) -> Result<(usize, Entry)> {
+        if id == FileId::ROOT {
+            return Ok((0, self.children[0].getattr(id).await?));
+        }
+        if let Some(c) = self.cached(id) {
+            match self.children[c].getattr(id).await {
+                Ok(e) if pointer_target(&e).is_none() => return Ok((c, e)),
+                Ok(_) | Err(Errno::ENOENT | Errno::ESTALE) => self.forget(id),
+                Err(e) => return Err(e),
+            }
+        }
+        let results = join_all(self.children.iter().map(|c| c.getattr(id))).await;
+        let mut err = None;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(e) if pointer_target(&e).is_none() => {
+                    self.remember(id, i);
+                    return Ok((i, e));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if !matches!(e, Errno::ENOENT | Errno::ESTALE) || err.is_none() {
+                        err = Some(e);
+                    }
+                }
+            }
+        }
+        Err(err.unwrap_or(Errno::ESTALE))
+    }
+
+    /// Resolves a name to (hashed child, data child, entry of the data).
+    async fn resolve(&self, parent: FileId, name: &[u8]) -> Result<(usize, usize, Entry)> {
+        let h = self.hashed(parent, name);
+        let e = self.children[h].lookup(parent, name).await?;
+        match pointer_target(&e) {
+            None => {
+                self.remember(e.attr.id, h);
+                Ok((h, h, e))
+            }
+            Some(t) if t < self.children.len() && t != h => match self.children[t].getattr(e.attr.id).await {
+                Ok(real) if pointer_target(&real).is_none() => {
+                    self.remember(real.attr.id, t);
+                    Ok((h, t, real))
+                }
+                Ok(_) | Err(Errno::ENOENT | Errno::ESTALE) => Err(Errno::ENOENT), // dangling pointer
+                Err(err) => Err(err),
+            },
+            Some(t) => {
+                tracing::warn!(target = t, "pointer entry with an impossible target");
+                Err(Errno::EIO)
+            }
+        }
+    }
+
+    /// Makes `new_name` in `new_parent` on child `at` point at `id` whose data is on `data`:
+    /// a hard link of an existing pointer for `id` on that child, or a new pointer.
+    async fn put_pointer(&self, at: usize, id: FileId, data: usize, new_parent: FileId, new_name: &[u8]) -> Result<()> {
+        match self.children[at].link(id, new_parent, new_name).await {
+            Ok(_) => return Ok(()),
+            Err(Errno::ENOENT | Errno::ESTALE) => {}
+            Err(e) => return Err(e),
+        }
+        let node = NewNode {
+            id,
+            kind: FileKind::File,
+            perm: POINTER_PERM,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            meta: vec![MetaXattr { name: LINKTO.into(), value: (data as u32).to_be_bytes().to_vec() }],
+        };
+        self.children[at].create(new_parent, new_name, &node, None, None).await.map(|_| ())
+    }
+
+    fn one(h: &Handle) -> Result<(usize, &Handle)> {
+        match h {
+            Handle::One(i, h) => Ok((*i, h)),
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    /// Runs a directory change on every child, the hashed one first (it answers for the
+    /// directory), then the rest together.
+    async fn on_all_dirs<'a, T, F, Fut>(&'a self, first: usize, f: F) -> Result<T>
+    where
+        F: Fn(&'a Child) -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + 'a,
+    {
+        let v = f(&self.children[first]).await?;
+        let rest = join_all(self.children.iter().enumerate().filter(|(i, _)| *i != first).map(|(_, c)| f(c))).await;
+        for r in rest {
+            if let Err(e) = r {
+                tracing::warn!("directory change missed a child: {e}");
+            }
+        }
+        Ok(v)
+    }
+}
+
+#[async_trait]
+impl Xlator for Distribute {
+    async fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Entry> {
+        Ok(self.resolve(parent, name).await?.2)
+    }
+
+    async fn getattr(&self, id: FileId) -> Result<Entry> {
+        Ok(self.locate(id).await?.1)
+    }
+
+    async fn setattr(&self, id: FileId, h: Option<&Handle>, set: &SetAttr) -> Result<Entry> {
+        if let Some(h) = h {
+            let (c, ch) = Self::one(h)?;
+            return self.children[c].setattr(id, Some(ch), set).await;
+        }
+        let (c, e) = self.locate(id).await?;
+        if e.attr.kind == FileKind::Dir {
+            return self.on_all_dirs(c, |ch| ch.setattr(id, None, set)).await;
+        }
+        self.children[c].setattr(id, None, set).await
+    }
+
+    async fn create(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        node: &NewNode,
+        symlink_target: Option<&[u8]>,
+        open: Option<u32>,
+    ) -> Result<(Entry, Option<Handle>)> {
+        let h = self.hashed(parent, name);
+        if node.kind == FileKind::Dir {
+            return self.on_all_dirs(h, |c| c.create(parent, name, node, symlink_target, None)).await;
+        }
+        let (e, handle) = self.children[h].create(parent, name, node, symlink_target, open).await?;
+        self.remember(node.id, h);
+        Ok((e, handle.map(|x| Handle::One(h, Box::new(x)))))
+    }
+
+    async fn unlink(&self, parent: FileId, name: &[u8]) -> Result<()> {
+        let (h, d, e) = self.resolve(parent, name).await?;
+        if e.attr.kind == FileKind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        self.children[d].unlink(parent, name).await?;
+        if h != d {
+            if let Err(err) = self.children[h].unlink(parent, name).await {
+                tracing::warn!("cannot remove pointer: {err}");
+            }
+        }
+        Ok(())
+    }
+
+    async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
+        let h = self.hashed(parent, name);
+        let e = self.children[h].lookup(parent, name).await?;
+        if e.attr.kind != FileKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        // The others first: if one is not empty, the ones already removed are made again, so
+        // the directory never half-disappears.
+        let others: Vec<usize> = (0..self.children.len()).filter(|i| *i != h).collect();
+        let results = join_all(others.iter().map(|&i| self.children[i].rmdir(parent, name))).await;
+        let failure = results
+            .iter()
+            .find_map(|r| r.as_ref().err().filter(|e| !matches!(**e, Errno::ENOENT)).copied());
+        if let Some(err) = failure {
+            let node = NewNode {
+                id: e.attr.id,
+                kind: FileKind::Dir,
+                perm: e.attr.perm,
+                uid: e.attr.uid,
+                gid: e.attr.gid,
+                rdev: 0,
+                meta: Vec::new(),
+            };
+            for (&i, r) in others.iter().zip(&results) {
+                if r.is_ok() {
+                    let _ = self.children[i].create(parent, name, &node, None, None).await;
+                }
+            }
+            return Err(err);
+        }
+        self.children[h].rmdir(parent, name).await
+    }
+
+    async fn rename(&self, parent: FileId, name: &[u8], new_parent: FileId, new_name: &[u8], flags: RenameFlags) -> Result<()> {
+        let (src_h, src_d, src) = self.resolve(parent, name).await?;
+        let dst = match self.resolve(new_parent, new_name).await {
+            Ok(x) => Some(x),
+            Err(Errno::ENOENT) => None,
+            Err(e) => return Err(e),
+        };
+        if flags.exchange {
+            // Exchanging across children would need both data files to swap places; only
+            // same-child exchanges are atomic here.
+            match &dst {
+                Some((dh, dd, _)) if *dd == src_d && *dh == src_h && src_h == src_d => {
+                    return self.children[src_d].rename(parent, name, new_parent, new_name, flags).await
+                }
+                None => return Err(Errno::ENOENT),
+                _ if src.attr.kind == FileKind::Dir => {
+                    return self.on_all_dirs(src_h, |c| c.rename(parent, name, new_parent, new_name, flags)).await
+                }
+                _ => return Err(Errno::EXDEV),
+            }
+        }
+        if let Some((_, _, d)) = &dst {
+            if flags.noreplace {
+                return Err(Errno::EEXIST);
+            }
+            if d.attr.id == src.attr.id {
+                return Ok(()); // two names of one file: rename does nothing
+            }
+            match (src.attr.kind == FileKind::Dir, d.attr.kind == FileKind::Dir) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                _ => {}
+            }
+        }
+        if src.attr.kind == FileKind::Dir {
+            return self.on_all_dirs(src_h, |c| c.rename(parent, name, new_parent, new_name, flags)).await;
+        }
+        let new_h = self.hashed(new_parent, new_name);
+        // 1. The data file takes its new name where it is (replacing whatever had that name
+        //    on that child).
+        self.children[src_d].rename(parent, name, new_parent, new_name, flags).await?;
+        // 2. The new name's hashed child points at the data.
+        if new_h != src_d {
+            let tmp = format!(".shoal-rename-{}", FileId::random().to_hex());
+            let placed = async {
+                self.put_pointer(new_h, src.attr.id, src_d, new_parent, tmp.as_bytes()).await?;
+                self.children[new_h].rename(new_parent, tmp.as_bytes(), new_parent, new_name, RenameFlags::default()).await
+            }
+            .await;
+            if let Err(e) = placed {
+                tracing::warn!("rename: cannot place pointer: {e}");
+                let _ = self.children[new_h].unlink(new_parent, tmp.as_bytes()).await;
+            }
+        }
+        // 3. The replaced file's data elsewhere goes.
+        if let Some((_, dd, _)) = &dst {
+            if *dd != src_d && *dd != new_h {
+                let _ = self.children[*dd].unlink(new_parent, new_name).await;
+            }
+        }
+        // 4. The old pointer goes.
+        if src_h != src_d {
+            let _ = self.children[src_h].unlink(parent, name).await;
+        }
+        Ok(())
+    }
+
+    async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
+        let (d, _) = self.locate(id).await?;
+        let e = self.children[d].link(id, new_parent, new_name).await?;
+        let h = self.hashed(new_parent, new_name);
+        if h != d {
+            if let Err(err) = self.put_pointer(h, id, d, new_parent, new_name).await {
+                let _ = self.children[d].unlink(new_parent, new_name).await;
+                return Err(err);
+            }
+        }
+        Ok(e)
+    }
+
+    async fn readlink(&self, id: FileId) -> Result<Vec<u8>> {
+        let (c, _) = self.locate(id).await?;
+        self.children[c].readlink(id).await
+    }
+
+    async fn readdir(&self, id: FileId, cursor: &DirCursor, plus: bool) -> Result<DirPage> {
+        // Child 0 lists directories and its files; the others only their files. Pointers
+        // are never listed: their data is listed where it lives.
+        let (mut child, mut sub) = match cursor.0.split_first() {
+            Some((c, rest)) => (*c as usize, DirCursor(rest.to_vec())),
+            None => (0, DirCursor::default()),
+        };
+        while child < self.children.len() {
+            let page = self.children[child].readdir(id, &sub, true).await?;
+            let entries: Vec<_> = page
+                .entries
+                .into_iter()
+                .filter(|d| match &d.entry {
+                    Some(e) => pointer_target(e).is_none() && (child == 0 || e.attr.kind != FileKind::Dir),
+                    None => child == 0 || d.kind != FileKind::Dir,
+                })
+                .map(|mut d| {
+                    if let Some(e) = &d.entry {
+                        self.remember(e.attr.id, child);
+                    }
+                    if !plus {
+                        d.entry = None;
+                    }
+                    d
+                })
+                .collect();
+            let next = match page.next {
+                Some(n) => Some(DirCursor(std::iter::once(child as u64).chain(n.0).collect())),
+                None if child + 1 < self.children.len() => Some(DirCursor(vec![child as u64 + 1])),
+                None => None,
+            };
+            if !entries.is_empty() || next.is_none() {
+                return Ok(DirPage { entries, next });
+            }
+            let n = next.unwrap_or_default();
+            child = n.0.first().copied().unwrap_or(0) as usize;
+            sub = DirCursor(n.0.get(1..).map(<[u64]>::to_vec).unwrap_or_default());
+        }
+        Ok(DirPage::default())
+    }
+
+    async fn open(&self, id: FileId, flags: u32) -> Result<Handle> {
+        let c = match self.cached(id) {
+            Some(c) => c,
+            None => self.locate(id).await?.0,
+        };
+        match self.children[c].open(id, flags).await {
+            Ok(h) => Ok(Handle::One(c, Box::new(h))),
+            Err(Errno::ENOENT | Errno::ESTALE) => {
+                self.forget(id);
+                let (c, _) = self.locate(id).await?;
+                Ok(Handle::One(c, Box::new(self.children[c].open(id, flags).await?)))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn read(&self, h: &Handle, offset: u64, size: u32) -> Result<Bytes> {
+        let (c, ch) = Self::one(h)?;
+        self.children[c].read(ch, offset, size).await
+    }
+
+    async fn write(&self, h: &Handle, offset: u64, data: Bytes) -> Result<u32> {
+        let (c, ch) = Self::one(h)?;
+        self.children[c].write(ch, offset, data).await
+    }
+
+    async fn fsync(&self, h: &Handle, datasync: bool) -> Result<()> {
+        let (c, ch) = Self::one(h)?;
+        self.children[c].fsync(ch, datasync).await
+    }
+
+    async fn flush(&self, h: &Handle, lock_owner: u64) -> Result<()> {
+        let (c, ch) = Self::one(h)?;
+        self.children[c].flush(ch, lock_owner).await
+    }
+
+    async fn release(&self, h: &Handle) -> Result<()> {
+        let (c, ch) = Self::one(h)?;
+        self.children[c].release(ch).await
+    }
+
+    async fn fallocate(&self, h: &Handle, mode: u32, offset: u64, len: u64) -> Result<()> {
+        let (c, ch) = Self::one(h)?;
+        self.children[c].fallocate(ch, mode, offset, len).await
+    }
+
+    async fn statfs(&self) -> Result<StatFs> {
+        sum_statfs(join_all(self.children.iter().map(|c| c.statfs())).await)
+    }
+
+    async fn getxattr(&self, id: FileId, name: &[u8]) -> Result<Vec<u8>> {
+        let (c, _) = self.locate(id).await?;
+        self.children[c].getxattr(id, name).await
+    }
+
+    async fn setxattr(&self, id: FileId, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
+        let (c, e) = self.locate(id).await?;
+        if e.attr.kind == FileKind::Dir {
+            return self.on_all_dirs(c, |ch| ch.setxattr(id, name, value, flags)).await;
+        }
+        self.children[c].setxattr(id, name, value, flags).await
+    }
+
+    async fn listxattr(&self, id: FileId) -> Result<Vec<Vec<u8>>> {
+        let (c, _) = self.locate(id).await?;
+        self.children[c].listxattr(id).await
+    }
+
+    async fn removexattr(&self, id: FileId, name: &[u8]) -> Result<()> {
+        let (c, e) = self.locate(id).await?;
+        if e.attr.kind == FileKind::Dir {
+            return self.on_all_dirs(c, |ch| ch.removexattr(id, name)).await;
+        }
+        self.children[c].removexattr(id, name).await
+    }
+
+    async fn xattr_add(&self, id: FileId, deltas: &[(String, i64)]) -> Result<()> {
+        let (c, _) = self.locate(id).await?;
+        self.children[c].xattr_add(id, deltas).await
+    }
+
+    async fn set_meta(&self, id: FileId, meta: &[(String, Option<Vec<u8>>)]) -> Result<()> {
+        let (c, _) = self.locate(id).await?;
+        self.children[c].set_meta(id, meta).await
+    }
+
+    async fn getlk(&self, id: FileId, lock: &Lock) -> Result<Lock> {
+        let c = match self.cached(id) {
+            Some(c) => c,
+            None => self.locate(id).await?.0,
+        };
+        self.children[c].getlk(id, lock).await
+    }
+
+    async fn setlk(&self, id: FileId, lock: &Lock, wait: bool) -> Result<()> {
+        let c = match self.cached(id) {
+            Some(c) => c,
+            None => self.locate(id).await?.0,
+        };
+        self.children[c].setlk(id, lock, wait).await
+    }
+
+    fn is_up(&self) -> bool {
+        self.children.iter().all(|c| c.is_up())
+    }
+}
+
+/// The capacity of children that each hold a part of the volume.
+pub fn sum_statfs(results: Vec<Result<StatFs>>) -> Result<StatFs> {
+    let mut total: Option<StatFs> = None;
+    let mut err = None;
+    for r in results {
+        match r {
+            Ok(s) => {
+                let t = total.get_or_insert(StatFs { bsize: s.bsize, frsize: s.frsize, namemax: s.namemax, ..Default::default() });
+                // Normalise to the first child's fragment size.
+                let scale = |v: u64| v.saturating_mul(s.frsize.max(1) as u64) / t.frsize.max(1) as u64;
+                t.blocks += scale(s.blocks);
+                t.bfree += scale(s.bfree);
+                t.bavail += scale(s.bavail);
+                t.files += s.files;
+                t.ffree += s.ffree;
+                t.namemax = t.namemax.min(s.namemax);
+            }
+            Err(e) => err = Some(e),
+        }
+    }
+    total.ok_or(err.unwrap_or(Errno::ENOTCONN))
+}

@@ -1,0 +1,295 @@
+//! The leaf translator: one brick, reached over its connection.
+
+use crate::conn::BrickConn;
+use crate::xlator::{DirCursor, DirPage, Handle, Result, Xlator};
+use async_trait::async_trait;
+use bytes::Bytes;
+use proto::msg::{Fh, Reply, Request};
+use proto::{Entry, Errno, FileId, Lock, NewNode, RenameFlags, SetAttr, StatFs};
+use std::sync::{Arc, Mutex};
+
+/// Entries asked for per directory page.
+const DIR_PAGE: u32 = 512;
+
+/// A file open on a brick. The brick handle is tied to one connection; after a reconnect the
+/// file is reopened on first use.
+pub struct BrickFile {
+    id: FileId,
+    flags: u32,
+    fh: Mutex<(u64, Fh)>,
+}
+
+pub struct Protocol {
+    conn: Arc<BrickConn>,
+}
+
+fn unexpected(r: Reply) -> Errno {
+    tracing::error!("unexpected reply from brick: {r:?}");
+    Errno::EIO
+}
+
+impl Protocol {
+    pub fn new(conn: Arc<BrickConn>) -> Protocol {
+        Protocol { conn }
+    }
+
+    pub fn conn(&self) -> &Arc<BrickConn> {
+        &self.conn
+    }
+
+    async fn call(&self, req: Request) -> Result<Reply> {
+        Ok(self.conn.call(&req, Bytes::new()).await?.0)
+    }
+
+    async fn entry(&self, req: Request) -> Result<Entry> {
+        match self.call(req).await? {
+            Reply::Entry(e) => Ok(e),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn ok(&self, req: Request) -> Result<()> {
+        match self.call(req).await? {
+            Reply::Ok => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    fn file(h: &Handle) -> Result<&Arc<BrickFile>> {
+        match h {
+            Handle::Brick(f) => Ok(f),
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    /// The brick handle of an open file, reopening it if the connection was renewed.
+    async fn fh(&self, f: &BrickFile) -> Result<Fh> {
+        let (gen, fh) = *f.fh.lock().unwrap_or_else(|p| p.into_inner());
+        let cur = self.conn.generation();
+        if gen == cur {
+            return Ok(fh);
+        }
+        let flags = f.flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL) as u32;
+        match self.conn.call(&Request::Open { id: f.id, flags }, Bytes::new()).await? {
+            (Reply::Opened { fh }, _, gen) => {
+                *f.fh.lock().unwrap_or_else(|p| p.into_inner()) = (gen, fh);
+                Ok(fh)
+            }
+            (r, _, _) => Err(unexpected(r)),
+        }
+    }
+
+    /// Sends a request that needs the file's handle; on a connection that was renewed
+    /// between looking up the handle and sending, tries once more with a fresh one.
+    async fn with_fh(&self, h: &Handle, make: impl Fn(Fh) -> Request, data: Bytes) -> Result<(Reply, Bytes)> {
+        let f = Self::file(h)?;
+        for _ in 0..2 {
+            let fh = self.fh(f).await?;
+            match self.conn.call(&make(fh), data.clone()).await {
+                Err(Errno::EBADF) if f.fh.lock().unwrap_or_else(|p| p.into_inner()).0 != self.conn.generation() => continue,
+                r => return r.map(|(reply, data, _)| (reply, data)),
+            }
+        }
+        Err(Errno::EBADF)
+    }
+}
+
+#[async_trait]
+impl Xlator for Protocol {
+    async fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Entry> {
+        self.entry(Request::Lookup { parent, name: name.to_vec() }).await
+    }
+
+    async fn getattr(&self, id: FileId) -> Result<Entry> {
+        self.entry(Request::GetAttr { id }).await
+    }
+
+    async fn setattr(&self, id: FileId, h: Option<&Handle>, set: &SetAttr) -> Result<Entry> {
+        let reply = match h {
+            Some(h) if set.size.is_some() => {
+                self.with_fh(h, |fh| Request::SetAttr { id, fh: Some(fh), set: set.clone() }, Bytes::new()).await?.0
+            }
+            _ => self.call(Request::SetAttr { id, fh: None, set: set.clone() }).await?,
+        };
+        match reply {
+            Reply::Entry(e) => Ok(e),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn create(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        node: &NewNode,
+        symlink_target: Option<&[u8]>,
+        open: Option<u32>,
+    ) -> Result<(Entry, Option<Handle>)> {
+        let req = Request::Create {
+            parent,
+            name: name.to_vec(),
+            node: node.clone(),
+            symlink_target: symlink_target.map(<[u8]>::to_vec),
+            open,
+        };
+        match self.conn.call(&req, Bytes::new()).await? {
+            (Reply::Created { entry, fh }, _, gen) => {
+                let handle = match (fh, open) {
+                    (Some(fh), Some(flags)) => Some(Handle::Brick(Arc::new(BrickFile {
+                        id: node.id,
+                        flags,
+                        fh: Mutex::new((gen, fh)),
+                    }))),
+                    _ => None,
+                };
+                Ok((entry, handle))
+            }
+            (r, _, _) => Err(unexpected(r)),
+        }
+    }
+
+    async fn unlink(&self, parent: FileId, name: &[u8]) -> Result<()> {
+        self.ok(Request::Unlink { parent, name: name.to_vec() }).await
+    }
+
+    async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
+        self.ok(Request::Rmdir { parent, name: name.to_vec() }).await
+    }
+
+    async fn rename(&self, parent: FileId, name: &[u8], new_parent: FileId, new_name: &[u8], flags: RenameFlags) -> Result<()> {
+        self.ok(Request::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), flags }).await
+    }
+
+    async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
+        self.entry(Request::Link { id, new_parent, new_name: new_name.to_vec() }).await
+    }
+
+    async fn readlink(&self, id: FileId) -> Result<Vec<u8>> {
+        match self.call(Request::ReadLink { id }).await? {
+            Reply::Link(t) => Ok(t),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn readdir(&self, id: FileId, cursor: &DirCursor, plus: bool) -> Result<DirPage> {
+        let cookie = cursor.0.first().copied().unwrap_or(0);
+        match self.call(Request::ReadDir { id, cookie, max: DIR_PAGE, plus }).await? {
+            Reply::Dir { entries, eof } => {
+                let next = match (eof, entries.last()) {
+                    (false, Some(last)) => Some(DirCursor(vec![last.cookie])),
+                    _ => None,
+                };
+                Ok(DirPage { entries, next })
+            }
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn open(&self, id: FileId, flags: u32) -> Result<Handle> {
+        match self.conn.call(&Request::Open { id, flags }, Bytes::new()).await? {
+            (Reply::Opened { fh }, _, gen) => {
+                Ok(Handle::Brick(Arc::new(BrickFile { id, flags, fh: Mutex::new((gen, fh)) })))
+            }
+            (r, _, _) => Err(unexpected(r)),
+        }
+    }
+
+    async fn read(&self, h: &Handle, offset: u64, size: u32) -> Result<Bytes> {
+        match self.with_fh(h, |fh| Request::Read { fh, offset, size }, Bytes::new()).await? {
+            (Reply::Data, data) => Ok(data),
+            (r, _) => Err(unexpected(r)),
+        }
+    }
+
+    async fn write(&self, h: &Handle, offset: u64, data: Bytes) -> Result<u32> {
+        match self.with_fh(h, |fh| Request::Write { fh, offset }, data).await? {
+            (Reply::Written { size }, _) => Ok(size),
+            (r, _) => Err(unexpected(r)),
+        }
+    }
+
+    async fn fsync(&self, h: &Handle, datasync: bool) -> Result<()> {
+        match self.with_fh(h, |fh| Request::Fsync { fh, datasync }, Bytes::new()).await?.0 {
+            Reply::Ok => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn flush(&self, h: &Handle, lock_owner: u64) -> Result<()> {
+        match self.with_fh(h, |fh| Request::Flush { fh, lock_owner }, Bytes::new()).await?.0 {
+            Reply::Ok => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn release(&self, h: &Handle) -> Result<()> {
+        let f = Self::file(h)?;
+        let (gen, fh) = *f.fh.lock().unwrap_or_else(|p| p.into_inner());
+        if gen != self.conn.generation() {
+            return Ok(()); // the brick dropped it with the old connection
+        }
+        self.ok(Request::Release { fh }).await
+    }
+
+    async fn fallocate(&self, h: &Handle, mode: u32, offset: u64, len: u64) -> Result<()> {
+        match self.with_fh(h, |fh| Request::Fallocate { fh, mode, offset, len }, Bytes::new()).await?.0 {
+            Reply::Ok => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn statfs(&self) -> Result<StatFs> {
+        match self.call(Request::StatFs).await? {
+            Reply::StatFs(s) => Ok(s),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn getxattr(&self, id: FileId, name: &[u8]) -> Result<Vec<u8>> {
+        match self.call(Request::GetXattr { id, name: name.to_vec() }).await? {
+            Reply::Xattr(v) => Ok(v),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn setxattr(&self, id: FileId, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
+        self.ok(Request::SetXattr { id, name: name.to_vec(), value: value.to_vec(), flags }).await
+    }
+
+    async fn listxattr(&self, id: FileId) -> Result<Vec<Vec<u8>>> {
+        match self.call(Request::ListXattr { id }).await? {
+            Reply::XattrNames(n) => Ok(n),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn removexattr(&self, id: FileId, name: &[u8]) -> Result<()> {
+        self.ok(Request::RemoveXattr { id, name: name.to_vec() }).await
+    }
+
+    async fn xattr_add(&self, id: FileId, deltas: &[(String, i64)]) -> Result<()> {
+        match self.call(Request::XattrAdd { id, deltas: deltas.to_vec() }).await? {
+            Reply::Counters(_) => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn set_meta(&self, id: FileId, meta: &[(String, Option<Vec<u8>>)]) -> Result<()> {
+        self.ok(Request::SetMeta { id, meta: meta.to_vec() }).await
+    }
+
+    async fn getlk(&self, id: FileId, lock: &Lock) -> Result<Lock> {
+        match self.call(Request::GetLk { id, lock: *lock }).await? {
+            Reply::Lock(l) => Ok(l),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn setlk(&self, id: FileId, lock: &Lock, wait: bool) -> Result<()> {
+        self.ok(Request::SetLk { id, lock: *lock, wait }).await
+    }
+
+    fn is_up(&self) -> bool {
+        self.conn.is_up()
+    }
+}

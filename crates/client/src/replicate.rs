@@ -1,0 +1,457 @@
+//! Replication: every copy gets every change, any good copy serves reads.
+//!
+//! A change goes to all reachable children and is acknowledged only once it is on a quorum
+//! of them (a majority; with an even count, half including the first child). Without a
+//! quorum the change is refused with EROFS before anything is written. A child that misses
+//! a change is marked pending on the children that have it (`pending.<child>` counters in
+//! internal xattrs, on the object for data and metadata changes, on the parent directory for
+//! entry changes) before the change is acknowledged, so healing knows exactly what to
+//! repair, and reads never use a copy that others mark as behind.
+
+use crate::xlator::{Child, DirCursor, DirPage, Handle, Result, Xlator};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::future::join_all;
+use proto::{Entry, Errno, FileId, Lock, NewNode, RenameFlags, SetAttr, StatFs};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Name of the counter that marks child `j` as behind.
+pub fn pending_key(j: usize) -> String {
+    format!("pending.{j}")
+}
+
+/// Children that this entry marks as behind.
+pub fn pending_mask(e: &Entry) -> u64 {
+    let mut mask = 0;
+    for m in &e.meta {
+        let Some(j) = m.name.strip_prefix("pending.").and_then(|j| j.parse::<u32>().ok()) else { continue };
+        let count = <[u8; 8]>::try_from(m.value.as_slice()).map(i64::from_be_bytes).unwrap_or(0);
+        if count != 0 && j < 64 {
+            mask |= 1 << j;
+        }
+    }
+    mask
+}
+
+pub struct Replicate {
+    children: Vec<Child>,
+}
+
+/// Replicate's part of an open file.
+pub struct ReplicaHandle {
+    id: FileId,
+    handles: Vec<Option<Handle>>,
+    /// Children already marked pending for this file through this handle.
+    marked: AtomicU64,
+    /// The child reads go to.
+    read_child: AtomicU64,
+}
+
+struct Outcome<T> {
+    ok: Vec<(usize, T)>,
+    failed: u64,
+}
+
+fn bit(i: usize) -> u64 {
+    1u64 << i
+}
+
+impl Replicate {
+    pub fn new(children: Vec<Child>) -> Replicate {
+        assert!(!children.is_empty() && children.len() <= 64);
+        Replicate { children }
+    }
+
+    fn all(&self) -> u64 {
+        if self.children.len() == 64 {
+            u64::MAX
+        } else {
+            bit(self.children.len()) - 1
+        }
+    }
+
+    fn up_mask(&self) -> u64 {
+        self.children.iter().enumerate().filter(|(_, c)| c.is_up()).fold(0, |m, (i, _)| m | bit(i))
+    }
+
+    /// Majority, or exactly half including the first child.
+    pub fn quorum(&self, mask: u64) -> bool {
+        let n = self.children.len() as u32;
+        let k = (mask & self.all()).count_ones();
+        2 * k > n || (2 * k == n && mask & 1 == 1)
+    }
+
+    async fn fan<'a, T, F, Fut>(&'a self, f: F) -> Vec<Result<T>>
+    where
+        F: Fn(usize, &'a Child) -> Fut,
+        Fut: Future<Output = Result<T>> + 'a,
+    {
+        join_all(self.children.iter().enumerate().map(|(i, c)| f(i, c))).await
+    }
+
+    /// Sorts results into successes and failed children. When nothing succeeded, the error
+    /// to report: a real answer (ENOENT, EEXIST, ...) rather than a transport failure.
+    fn outcome<T>(results: Vec<Result<T>>) -> std::result::Result<Outcome<T>, Errno> {
+        let mut ok = Vec::new();
+        let mut failed = 0;
+        let mut real_err = None;
+        let mut any_err = None;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(v) => ok.push((i, v)),
+                Err(e) => {
+                    failed |= bit(i);
+                    if !e.is_transport() && real_err.is_none() {
+                        real_err = Some(e);
+                    }
+                    any_err.get_or_insert(e);
+                }
+            }
+        }
+        if ok.is_empty() {
+            return Err(real_err.or(any_err).unwrap_or(Errno::ENOTCONN));
+        }
+        Ok(Outcome { ok, failed })
+    }
+
+    /// Marks `failed` children as behind on `id`, on every child that has the change.
+    async fn mark(&self, id: FileId, ok: &[usize], failed: u64) {
+        let deltas: Vec<(String, i64)> =
+            (0..self.children.len()).filter(|j| failed & bit(*j) != 0).map(|j| (pending_key(j), 1)).collect();
+        let marks = join_all(ok.iter().map(|&i| self.children[i].xattr_add(id, &deltas))).await;
+        for (r, i) in marks.into_iter().zip(ok) {
+            if let Err(e) = r {
+                tracing::warn!(%id, child = i, "cannot mark pending heal: {e}");
+            }
+        }
+    }
+
+    /// Runs a change on every child: refused without quorum, marks what was missed, fails
+    /// with EROFS if fewer than a quorum took it.
+    async fn mutate<'a, T, F, Fut>(&'a self, mark_ids: &[FileId], f: F) -> Result<Vec<(usize, T)>>
+    where
+        F: Fn(usize, &'a Child) -> Fut,
+        Fut: Future<Output = Result<T>> + 'a,
+    {
+        if !self.quorum(self.up_mask()) {
+            return Err(Errno::EROFS);
+        }
+        let out = Self::outcome(self.fan(f).await)?;
+        if out.failed != 0 {
+            let ok: Vec<usize> = out.ok.iter().map(|(i, _)| *i).collect();
+            for id in mark_ids {
+                self.mark(*id, &ok, out.failed).await;
+            }
+        }
+        let ok_mask = out.ok.iter().fold(0, |m, (i, _)| m | bit(*i));
+        if !self.quorum(ok_mask) {
+            return Err(Errno::EROFS);
+        }
+        Ok(out.ok)
+    }
+
+    /// The entry of a good copy among lookup/getattr answers.
+    fn pick(results: Vec<Result<Entry>>) -> Result<Entry> {
+        let stale = results.iter().filter_map(|r| r.as_ref().ok()).fold(0, |m, e| m | pending_mask(e));
+        let out = Self::outcome(results)?;
+        let mut first = None;
+        for (i, e) in out.ok {
+            if stale & bit(i) == 0 {
+                return Ok(e);
+            }
+            first.get_or_insert(e);
+        }
+        // Every copy is marked behind by another (split brain): serve the first rather
+        // than nothing; healing reports it.
+        first.ok_or(Errno::EIO)
+    }
+
+    fn rh(h: &Handle) -> Result<&ReplicaHandle> {
+        match h {
+            Handle::Replica(r) => Ok(r),
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    fn handle(id: FileId, handles: Vec<Option<Handle>>, good: u64) -> Handle {
+        let candidates: Vec<usize> =
+            handles.iter().enumerate().filter(|(i, h)| h.is_some() && good & bit(*i) != 0).map(|(i, _)| i).collect();
+        let read_child = if candidates.is_empty() {
+            handles.iter().position(Option::is_some).unwrap_or(0)
+        } else {
+            // Spread reads of different files over the good copies.
+            candidates[(id.0 % candidates.len() as u128) as usize]
+        };
+        Handle::Replica(Box::new(ReplicaHandle {
+            id,
+            handles,
+            marked: AtomicU64::new(0),
+            read_child: AtomicU64::new(read_child as u64),
+        }))
+    }
+
+    /// Runs a data change through the open handles, with the same quorum and marking rules.
+    async fn mutate_open<'a, T, F, Fut>(&'a self, rh: &'a ReplicaHandle, f: F) -> Result<Vec<(usize, T)>>
+    where
+        F: Fn(usize, &'a Child, &'a Handle) -> Fut,
+        Fut: Future<Output = Result<T>> + Send + 'a,
+        T: Send + 'a,
+    {
+        let open_up = rh
+            .handles
+            .iter()
+            .enumerate()
+            .filter(|(i, h)| h.is_some() && self.children[*i].is_up())
+            .fold(0, |m, (i, _)| m | bit(i));
+        if !self.quorum(open_up) {
+            return Err(Errno::EROFS);
+        }
+        let futs: Vec<std::pin::Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>> = rh
+            .handles
+            .iter()
+            .enumerate()
+            .map(|(i, h)| match h {
+                Some(h) => Box::pin(f(i, &self.children[i], h)) as _,
+                None => Box::pin(async { Err(Errno::ENOTCONN) }) as _,
+            })
+            .collect();
+        let out = Self::outcome(join_all(futs).await)?;
+        let new_failed = out.failed & !rh.marked.load(Ordering::SeqCst);
+        if new_failed != 0 {
+            let ok: Vec<usize> = out.ok.iter().map(|(i, _)| *i).collect();
+            self.mark(rh.id, &ok, new_failed).await;
+            rh.marked.fetch_or(new_failed, Ordering::SeqCst);
+        }
+        let ok_mask = out.ok.iter().fold(0, |m, (i, _)| m | bit(*i));
+        if !self.quorum(ok_mask) {
+            return Err(Errno::EROFS);
+        }
+        Ok(out.ok)
+    }
+
+    /// The first reachable child, for operations one copy answers for the set (locks).
+    fn leader(&self) -> Result<&Child> {
+        self.children.iter().find(|c| c.is_up()).ok_or(Errno::ENOTCONN)
+    }
+
+    /// Children ordered good-first for reading `id`.
+    async fn good_children(&self, id: FileId) -> Result<Vec<usize>> {
+        let results = self.fan(|_, c| c.getattr(id)).await;
+        let stale = results.iter().filter_map(|r| r.as_ref().ok()).fold(0, |m, e| m | pending_mask(e));
+        let out = Self::outcome(results)?;
+        let mut order: Vec<usize> = out.ok.iter().map(|(i, _)| *i).filter(|i| stale & bit(*i) == 0).collect();
+        order.extend(out.ok.iter().map(|(i, _)| *i).filter(|i| stale & bit(*i) != 0));
+        Ok(order)
+    }
+
+    /// Runs a read-only request on good copies in turn until one answers.
+    async fn read_from<'a, T, F, Fut>(&'a self, id: FileId, f: F) -> Result<T>
+    where
+        F: Fn(&'a Child) -> Fut,
+        Fut: Future<Output = Result<T>> + 'a,
+    {
+        let mut last = Errno::ENOTCONN;
+        for i in self.good_children(id).await? {
+            match f(&self.children[i]).await {
+                Err(e) if e.is_transport() => last = e,
+                r => return r,
+            }
+        }
+        Err(last)
+    }
+}
+
+#[async_trait]
+impl Xlator for Replicate {
+    async fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Entry> {
+        Self::pick(self.fan(|_, c| c.lookup(parent, name)).await)
+    }
+
+    async fn getattr(&self, id: FileId) -> Result<Entry> {
+        Self::pick(self.fan(|_, c| c.getattr(id)).await)
+    }
+
+    async fn setattr(&self, id: FileId, h: Option<&Handle>, set: &SetAttr) -> Result<Entry> {
+        let rh = h.map(Self::rh).transpose()?;
+        let ok = self
+            .mutate(&[id], |i, c| {
+                let ch = rh.and_then(|rh| rh.handles.get(i).and_then(Option::as_ref));
+                c.setattr(id, ch, set)
+            })
+            .await?;
+        ok.into_iter().next().map(|(_, e)| e).ok_or(Errno::EIO)
+    }
+
+    async fn create(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        node: &NewNode,
+        symlink_target: Option<&[u8]>,
+        open: Option<u32>,
+    ) -> Result<(Entry, Option<Handle>)> {
+        let ok = self.mutate(&[parent], |_, c| c.create(parent, name, node, symlink_target, open)).await?;
+        let mut handles: Vec<Option<Handle>> = (0..self.children.len()).map(|_| None).collect();
+        let mut entry = None;
+        let mut good = 0;
+        for (i, (e, h)) in ok {
+            handles[i] = h;
+            good |= bit(i);
+            entry.get_or_insert(e);
+        }
+        let entry = entry.ok_or(Errno::EIO)?;
+        let handle = open.map(|_| Self::handle(node.id, handles, good));
+        Ok((entry, handle))
+    }
+
+    async fn unlink(&self, parent: FileId, name: &[u8]) -> Result<()> {
+        self.mutate(&[parent], |_, c| c.unlink(parent, name)).await.map(|_| ())
+    }
+
+    async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
+        self.mutate(&[parent], |_, c| c.rmdir(parent, name)).await.map(|_| ())
+    }
+
+    async fn rename(&self, parent: FileId, name: &[u8], new_parent: FileId, new_name: &[u8], flags: RenameFlags) -> Result<()> {
+        let ids: &[FileId] = if parent == new_parent { &[parent] } else { &[parent, new_parent] };
+        self.mutate(ids, |_, c| c.rename(parent, name, new_parent, new_name, flags)).await.map(|_| ())
+    }
+
+    async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
+        let ok = self.mutate(&[new_parent], |_, c| c.link(id, new_parent, new_name)).await?;
+        ok.into_iter().next().map(|(_, e)| e).ok_or(Errno::EIO)
+    }
+
+    async fn readlink(&self, id: FileId) -> Result<Vec<u8>> {
+        self.read_from(id, |c| c.readlink(id)).await
+    }
+
+    async fn readdir(&self, id: FileId, cursor: &DirCursor, plus: bool) -> Result<DirPage> {
+        // The cursor names the child the listing started on, so that it stays on one copy.
+        let (child, sub) = match cursor.0.split_first() {
+            Some((c, rest)) if (*c as usize) < self.children.len() => (*c as usize, DirCursor(rest.to_vec())),
+            Some(_) => return Err(Errno::EINVAL),
+            None => (*self.good_children(id).await?.first().ok_or(Errno::ENOTCONN)?, DirCursor::default()),
+        };
+        let mut page = self.children[child].readdir(id, &sub, plus).await?;
+        page.next = page.next.map(|n| DirCursor(std::iter::once(child as u64).chain(n.0).collect()));
+        Ok(page)
+    }
+
+    async fn open(&self, id: FileId, flags: u32) -> Result<Handle> {
+        let (opens, attrs) = tokio::join!(self.fan(|_, c| c.open(id, flags)), self.fan(|_, c| c.getattr(id)));
+        let stale = attrs.iter().filter_map(|r| r.as_ref().ok()).fold(0, |m, e| m | pending_mask(e));
+        let out = Self::outcome(opens)?;
+        let mut handles: Vec<Option<Handle>> = (0..self.children.len()).map(|_| None).collect();
+        for (i, h) in out.ok {
+            handles[i] = Some(h);
+        }
+        Ok(Self::handle(id, handles, self.all() & !stale))
+    }
+
+    async fn read(&self, h: &Handle, offset: u64, size: u32) -> Result<Bytes> {
+        let rh = Self::rh(h)?;
+        let first = rh.read_child.load(Ordering::Relaxed) as usize;
+        let n = rh.handles.len();
+        let mut last = Errno::ENOTCONN;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let Some(ch) = &rh.handles[i] else { continue };
+            if k > 0 && rh.marked.load(Ordering::Relaxed) & bit(i) != 0 {
+                continue; // missed writes through this very handle
+            }
+            match self.children[i].read(ch, offset, size).await {
+                Err(e) if e.is_transport() => {
+                    last = e;
+                    if k == 0 {
+                        tracing::debug!(child = i, "read child unreachable, trying another copy");
+                    }
+                }
+                r => {
+                    if k > 0 {
+                        rh.read_child.store(i as u64, Ordering::Relaxed);
+                    }
+                    return r;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn write(&self, h: &Handle, offset: u64, data: Bytes) -> Result<u32> {
+        let rh = Self::rh(h)?;
+        let ok = self.mutate_open(rh, |_, c, ch| c.write(ch, offset, data.clone())).await?;
+        Ok(ok.iter().map(|(_, n)| *n).min().unwrap_or(0))
+    }
+
+    async fn fsync(&self, h: &Handle, datasync: bool) -> Result<()> {
+        let rh = Self::rh(h)?;
+        self.mutate_open(rh, |_, c, ch| c.fsync(ch, datasync)).await.map(|_| ())
+    }
+
+    async fn flush(&self, h: &Handle, lock_owner: u64) -> Result<()> {
+        let rh = Self::rh(h)?;
+        let futs = rh.handles.iter().enumerate().filter_map(|(i, ch)| ch.as_ref().map(|ch| self.children[i].flush(ch, lock_owner)));
+        let results = join_all(futs).await;
+        if results.iter().any(Result::is_ok) || results.is_empty() {
+            Ok(())
+        } else {
+            results.into_iter().next().unwrap_or(Ok(()))
+        }
+    }
+
+    async fn release(&self, h: &Handle) -> Result<()> {
+        let rh = Self::rh(h)?;
+        let futs = rh.handles.iter().enumerate().filter_map(|(i, ch)| ch.as_ref().map(|ch| self.children[i].release(ch)));
+        join_all(futs).await;
+        Ok(())
+    }
+
+    async fn fallocate(&self, h: &Handle, mode: u32, offset: u64, len: u64) -> Result<()> {
+        let rh = Self::rh(h)?;
+        self.mutate_open(rh, |_, c, ch| c.fallocate(ch, mode, offset, len)).await.map(|_| ())
+    }
+
+    async fn statfs(&self) -> Result<StatFs> {
+        let out = Self::outcome(self.fan(|_, c| c.statfs()).await)?;
+        // The set can hold only what its smallest copy holds.
+        out.ok.into_iter().map(|(_, s)| s).min_by_key(|s| s.bavail.saturating_mul(s.frsize as u64)).ok_or(Errno::EIO)
+    }
+
+    async fn getxattr(&self, id: FileId, name: &[u8]) -> Result<Vec<u8>> {
+        self.read_from(id, |c| c.getxattr(id, name)).await
+    }
+
+    async fn setxattr(&self, id: FileId, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
+        self.mutate(&[id], |_, c| c.setxattr(id, name, value, flags)).await.map(|_| ())
+    }
+
+    async fn listxattr(&self, id: FileId) -> Result<Vec<Vec<u8>>> {
+        self.read_from(id, |c| c.listxattr(id)).await
+    }
+
+    async fn removexattr(&self, id: FileId, name: &[u8]) -> Result<()> {
+        self.mutate(&[id], |_, c| c.removexattr(id, name)).await.map(|_| ())
+    }
+
+    async fn xattr_add(&self, id: FileId, deltas: &[(String, i64)]) -> Result<()> {
+        Self::outcome(self.fan(|_, c| c.xattr_add(id, deltas)).await).map(|_| ())
+    }
+
+    async fn set_meta(&self, id: FileId, meta: &[(String, Option<Vec<u8>>)]) -> Result<()> {
+        self.mutate(&[id], |_, c| c.set_meta(id, meta)).await.map(|_| ())
+    }
+
+    async fn getlk(&self, id: FileId, lock: &Lock) -> Result<Lock> {
+        self.leader()?.getlk(id, lock).await
+    }
+
+    async fn setlk(&self, id: FileId, lock: &Lock, wait: bool) -> Result<()> {
+        self.leader()?.setlk(id, lock, wait).await
+    }
+
+    fn is_up(&self) -> bool {
+        self.quorum(self.up_mask())
+    }
+}

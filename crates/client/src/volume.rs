@@ -1,0 +1,65 @@
+//! Building a volume's translator tree from its spec.
+
+use crate::conn::BrickConn;
+use crate::distribute::Distribute;
+use crate::protocol::Protocol;
+use crate::replicate::Replicate;
+use crate::stripe::Stripe;
+use crate::xlator::Child;
+use layout::{Graph, VolumeSpec};
+use proto::auth::ClusterKey;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A mounted view of a volume: the root translator and the brick connections under it.
+pub struct Volume {
+    pub spec: VolumeSpec,
+    pub root: Child,
+    pub conns: Vec<Arc<BrickConn>>,
+}
+
+/// Why a volume could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("invalid volume spec: {0}")]
+    Spec(#[from] layout::SpecError),
+    #[error("no brick of volume {0} could be reached")]
+    Unreachable(String),
+}
+
+impl Volume {
+    /// Connects to the bricks of `spec` (waiting up to `wait` for each) and builds the tree.
+    /// Bricks that are down are retried in the background; the volume is usable as soon as
+    /// its layout can serve (e.g. a replica quorum).
+    pub async fn connect(spec: VolumeSpec, key: ClusterKey, client_name: &str, wait: Duration) -> Result<Volume, VolumeError> {
+        spec.validate()?;
+        let conns: Vec<Arc<BrickConn>> =
+            spec.bricks.iter().map(|b| BrickConn::new(&b.addr, key.clone(), client_name)).collect();
+        let results = futures_util::future::join_all(conns.iter().map(|c| {
+            let c = c.clone();
+            async move { tokio::time::timeout(wait, c.connect()).await.unwrap_or(Err(proto::Errno::ETIMEDOUT)) }
+        }))
+        .await;
+        for (b, r) in spec.bricks.iter().zip(&results) {
+            if let Err(e) = r {
+                tracing::warn!(brick = %b.label(), addr = %b.addr, "brick unreachable: {e}");
+            }
+        }
+        if results.iter().all(Result::is_err) {
+            return Err(VolumeError::Unreachable(spec.name.clone()));
+        }
+        let root = build(&spec.graph(), &conns);
+        Ok(Volume { spec, root, conns })
+    }
+}
+
+fn build(g: &Graph, conns: &[Arc<BrickConn>]) -> Child {
+    match g {
+        Graph::Brick(i) => Arc::new(Protocol::new(conns[*i].clone())),
+        Graph::Distribute(c) => Arc::new(Distribute::new(c.iter().map(|g| build(g, conns)).collect())),
+        Graph::Replicate(c) => Arc::new(Replicate::new(c.iter().map(|g| build(g, conns)).collect())),
+        Graph::Stripe { size, children } => {
+            Arc::new(Stripe::new(children.iter().map(|g| build(g, conns)).collect(), *size))
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The translator trait: one async file-system interface that bricks and every layout
+//! implement, so that layouts compose (distribute over replicate, stripe over replicate,
+//! disperse later) while each knows only its children.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use proto::{DirEntry, Entry, Errno, FileId, Lock, NewNode, RenameFlags, SetAttr, StatFs};
+use std::sync::Arc;
+
+pub type Result<T> = std::result::Result<T, Errno>;
+
+/// An open file as a translator tree sees it. Each layer adds its own shape: a brick
+/// handle at the leaves, the chosen child for distribute, one handle per child for stripe,
+/// per-child handles (where the child could open it) and heal bookkeeping for replicate.
+pub enum Handle {
+    Brick(Arc<crate::protocol::BrickFile>),
+    One(usize, Box<Handle>),
+    Stripe(Box<crate::stripe::StripeHandle>),
+    Replica(Box<crate::replicate::ReplicaHandle>),
+}
+
+/// Where a directory listing resumes: each layer keeps its part (distribute: which child;
+/// a brick: its cookie). Empty means the start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DirCursor(pub Vec<u64>);
+
+/// One batch of a listing; `next` is None at the end.
+#[derive(Debug, Default)]
+pub struct DirPage {
+    pub entries: Vec<DirEntry>,
+    pub next: Option<DirCursor>,
+}
+
+#[async_trait]
+pub trait Xlator: Send + Sync {
+    async fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Entry>;
+    async fn getattr(&self, id: FileId) -> Result<Entry>;
+    async fn setattr(&self, id: FileId, h: Option<&Handle>, set: &SetAttr) -> Result<Entry>;
+    /// Makes a file, directory, symlink or special file. With `open` (open(2) flags) a
+    /// regular file comes back open.
+    async fn create(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        node: &NewNode,
+        symlink_target: Option<&[u8]>,
+        open: Option<u32>,
+    ) -> Result<(Entry, Option<Handle>)>;
+    async fn unlink(&self, parent: FileId, name: &[u8]) -> Result<()>;
+    async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()>;
+    async fn rename(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        new_parent: FileId,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()>;
+    async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry>;
+    async fn readlink(&self, id: FileId) -> Result<Vec<u8>>;
+    /// A page of the listing of `id` from `cursor`. With `plus`, entries carry their objects.
+    async fn readdir(&self, id: FileId, cursor: &DirCursor, plus: bool) -> Result<DirPage>;
+    async fn open(&self, id: FileId, flags: u32) -> Result<Handle>;
+    async fn read(&self, h: &Handle, offset: u64, size: u32) -> Result<Bytes>;
+    async fn write(&self, h: &Handle, offset: u64, data: Bytes) -> Result<u32>;
+    async fn fsync(&self, h: &Handle, datasync: bool) -> Result<()>;
+    /// One close(2) of the file by the process owning `lock_owner`: drops its locks.
+    async fn flush(&self, h: &Handle, lock_owner: u64) -> Result<()>;
+    async fn release(&self, h: &Handle) -> Result<()>;
+    async fn fallocate(&self, h: &Handle, mode: u32, offset: u64, len: u64) -> Result<()>;
+    async fn statfs(&self) -> Result<StatFs>;
+    async fn getxattr(&self, id: FileId, name: &[u8]) -> Result<Vec<u8>>;
+    async fn setxattr(&self, id: FileId, name: &[u8], value: &[u8], flags: u32) -> Result<()>;
+    async fn listxattr(&self, id: FileId) -> Result<Vec<Vec<u8>>>;
+    async fn removexattr(&self, id: FileId, name: &[u8]) -> Result<()>;
+    /// Adds to internal counters (pending-heal markers) on every copy.
+    async fn xattr_add(&self, id: FileId, deltas: &[(String, i64)]) -> Result<()>;
+    /// Sets or removes internal xattrs on every copy.
+    async fn set_meta(&self, id: FileId, meta: &[(String, Option<Vec<u8>>)]) -> Result<()>;
+    async fn getlk(&self, id: FileId, lock: &Lock) -> Result<Lock>;
+    async fn setlk(&self, id: FileId, lock: &Lock, wait: bool) -> Result<()>;
+    /// Whether this subtree can serve requests now (for quorum and read-child choices).
+    fn is_up(&self) -> bool;
+}
+
+/// Shorthand for a shared translator.
+pub type Child = Arc<dyn Xlator>;

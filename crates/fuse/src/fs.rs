@@ -1,0 +1,596 @@
+//! The fuser `Filesystem` over a shoal volume.
+
+use crate::attr::{file_attr, kind, timespec};
+use crate::dirs::DirState;
+use crate::inodes::{Inodes, ROOT_INO};
+use bytes::Bytes;
+use client::{Handle, Xlator};
+use fuser::{
+    AccessFlags, BsdFileFlags, Errno as FErrno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    LockOwner, OpenFlags, RenameFlags as FRenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use proto::{Entry, Errno, FileId, FileKind, Lock, LockKind, NewNode, RenameFlags, SetAttr, TimeSet};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+/// Largest read or write request the kernel sends.
+pub const MAX_IO: u32 = 1 << 20;
+/// POSIX's OFFSET_MAX: what the kernel sends for "to the end of the file".
+const OFFSET_MAX: u64 = i64::MAX as u64;
+
+pub struct ShoalFs {
+    rt: tokio::runtime::Handle,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    vol: Arc<dyn Xlator>,
+    inodes: Inodes,
+    files: Mutex<HashMap<u64, Arc<Handle>>>,
+    dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirState>>>>,
+    next_fh: AtomicU64,
+    attr_ttl: Duration,
+    entry_ttl: Duration,
+    notifier: Arc<OnceLock<fuser::Notifier>>,
+}
+
+fn ferr(e: Errno) -> FErrno {
+    FErrno::from_i32(e.code())
+}
+
+impl Inner {
+    fn id(&self, ino: INodeNo) -> Result<FileId, Errno> {
+        self.inodes.id(ino.0)
+    }
+
+    fn file(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner()).get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    fn add_file(&self, h: Handle) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, Arc::new(h));
+        fh
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, e: &Entry) {
+        let ino = self.inodes.lookup(e.attr.id);
+        reply.entry(&self.entry_ttl, &file_attr(ino, &e.attr), Generation(0));
+    }
+
+    fn attr_reply(&self, reply: ReplyAttr, ino: INodeNo, e: &Entry) {
+        reply.attr(&self.attr_ttl, &file_attr(ino.0, &e.attr));
+    }
+
+    fn new_node(req: &Request, kind: FileKind, mode: u32, rdev: u64) -> NewNode {
+        NewNode {
+            id: FileId::random(),
+            kind,
+            perm: mode & 0o7777,
+            uid: req.uid(),
+            gid: req.gid(),
+            rdev,
+            meta: Vec::new(),
+        }
+    }
+}
+
+fn lock_kind(typ: i32) -> Result<LockKind, Errno> {
+    match typ {
+        libc::F_RDLCK => Ok(LockKind::Read),
+        libc::F_WRLCK => Ok(LockKind::Write),
+        libc::F_UNLCK => Ok(LockKind::Unlock),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+fn lock_end(end: u64) -> u64 {
+    if end >= OFFSET_MAX {
+        u64::MAX
+    } else {
+        end
+    }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(timespec(t)),
+    }
+}
+
+impl ShoalFs {
+    pub fn new(vol: Arc<dyn Xlator>, rt: tokio::runtime::Handle, attr_ttl: Duration, entry_ttl: Duration) -> ShoalFs {
+        ShoalFs {
+            rt,
+            inner: Arc::new(Inner {
+                vol,
+                inodes: Inodes::new(),
+                files: Mutex::new(HashMap::new()),
+                dirs: Mutex::new(HashMap::new()),
+                next_fh: AtomicU64::new(1),
+                attr_ttl,
+                entry_ttl,
+                notifier: Arc::new(OnceLock::new()),
+            }),
+        }
+    }
+
+    /// Where the session's notifier goes once the session exists.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        self.inner.notifier.clone()
+    }
+
+    /// Runs `f` on the runtime; its error goes back to the kernel through `fail`.
+    fn spawn<F, Fut>(&self, f: F)
+    where
+        F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        self.rt.spawn(f(inner));
+    }
+}
+
+macro_rules! tryr {
+    ($reply:ident, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => {
+                $reply.error(ferr(e));
+                return;
+            }
+        }
+    };
+}
+
+impl fuser::Filesystem for ShoalFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_IO);
+        let _ = config.set_max_readahead(MAX_IO);
+        let _ = config.set_max_background(64);
+        let wanted = InitFlags::FUSE_POSIX_LOCKS
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_ASYNC_DIO
+            | InitFlags::FUSE_AUTO_INVAL_DATA
+            | InitFlags::FUSE_CACHE_SYMLINKS;
+        let supported = config.capabilities() & wanted;
+        let _ = config.add_capabilities(supported);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let name = name.as_bytes().to_vec();
+        self.spawn(move |s| async move {
+            let p = tryr!(reply, s.id(parent));
+            let e = tryr!(reply, s.vol.lookup(p, &name).await);
+            s.reply_entry(reply, &e);
+        });
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inner.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.spawn(move |s| async move {
+            let id = tryr!(reply, s.id(ino));
+            let e = tryr!(reply, s.vol.getattr(id).await);
+            s.attr_reply(reply, ino, &e);
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            perm: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+        };
+        self.spawn(move |s| async move {
+            let id = tryr!(reply, s.id(ino));
+            let h = match fh {
+                Some(fh) if set.size.is_some() => s.file(fh).ok(),
+                _ => None,
+            };
+            let e = tryr!(reply, s.vol.setattr(id, h.as_deref(), &set).await);
+            s.attr_reply(reply, ino, &e);
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn(move |s| async move {
+            let id = tryr!(reply, s.id(ino));
+            let t = tryr!(reply, s.vol.readlink(id).await);
+            reply.data(&t);
+        });
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        let name = name.as_bytes().to_vec();
+        let Some(k) = FileKind::from_mode(mode) else {
+            reply.error(FErrno::EINVAL);
+            return;
+        };
+        let node = Inner::new_node(req, k, mode, rdev as u64);
+        self.spawn(move |s| async move {
+            let p = tryr!(reply, s.id(parent));
+            let (e, _) = tryr!(reply, s.vol.create(p, &name, &node, None, None).await);
+            s.reply_entry(reply, &e);
+        });
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let name = name.as_bytes().to_vec();
+        let node = Inner::new_node(req, FileKind::Dir, mode, 0);
+        self.spawn(move |s| async move {
+            let p = tryr!(reply, s.id(parent));
+            let (e, _) = tryr!(reply, s.vol.create(p, &name, &node, None, None).await);
+            s.reply_entry(reply, &e);
+        });
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        self.spawn(move |s| async move {
+            let p = tryr!(reply, s.id(parent));
+            tryr!(reply, s.vol.unlink(p, &name).await);
+            reply.ok();
+        });
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        self.spawn(move |s| async move {
+            let p = tryr!(reply, s.id(parent));
+            tryr!(reply, s.vol.rmdir(p, &name).await);
+            reply.ok();
+        });
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let name = link_name.as_bytes().to_vec();
+        let target = target.as_os_str().as_bytes().to_vec();
+        let node = Inner::new_node(req, FileKind::Symlink, 0o777, 0);
+        self.spawn(move |s| async move {
+            let p = tryr!(reply, s.id(parent));
+            let (e, _) = tryr!(reply, s.vol.create(p, &name, &node, Some(&target), None).await);
+            s.reply_entry(reply, &e);
+        });
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: FRenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let name = name.as_bytes().to_vec();
+        let newname = newname.as_bytes().to_vec();
+        if flags.contains(FRenameFlags::RENAME_WHITEOUT) {
+            reply.error(FErrno::EINVAL);
+            return;
+        }
+        let rflags = RenameFlags {
+            noreplace: flags.contains(FRenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(FRenameFlags::RENAME_EXCHANGE),
+        };
+        self.spawn(move |s| async move {
+            let p = tryr!(reply, s.id(parent));
+            let np = tryr!(reply, s.id(newparent));
+            tryr!(reply, s.vol.rename(p, &name, np, &newname, rflags).await);
+            reply.ok();
+        });
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let newname = newname.as_bytes().to_vec();
+        self.spawn(move |s| async move {
+            let id = tryr!(reply, s.id(ino));
+            let np = tryr!(reply, s.id(newparent));
+            let e = tryr!(reply, s.vol.link(id, np, &newname).await);
+            s.reply_entry(reply, &e);
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        // Close-to-open consistency, as NFS gives: whoever opens a file sees its size and
+        // times as they are now, not as cached, so changes made through another mount before
+        // this open are visible (the page cache is dropped on open too).
+        if let Some(n) = self.inner.notifier.get() {
+            if let Err(e) = n.inval_inode(ino, -1, 0) {
+                tracing::debug!("attribute invalidation: {e}");
+            }
+        }
+        self.spawn(move |s| async move {
+            let id = tryr!(reply, s.id(ino));
+            let h = tryr!(reply, s.vol.open(id, flags.0 as u32).await);
+            let fh = s.add_file(h);
+            reply.opened(FileHandle(fh), FopenFlags::empty());
+        });
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.spawn(move |s| async move {
+            let h = tryr!(reply, s.file(fh));
+            let data = tryr!(reply, s.vol.read(&h, offset, size).await);
+            reply.data(&data);
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = Bytes::copy_from_slice(data);
+        self.spawn(move |s| async move {
+            let h = tryr!(reply, s.file(fh));
+            let n = tryr!(reply, s.vol.write(&h, offset, data).await);
+            reply.written(n);
+        });
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+        self.spawn(move |s| async move {
+            let h = tryr!(reply, s.file(fh));
+            tryr!(reply, s.vol.flush(&h, lock_owner.0).await);
+            reply.ok();
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let h = self.inner.files.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
+        self.spawn(move |s| async move {
+            if let Some(h) = h {
+                if let Err(e) = s.vol.release(&h).await {
+                    tracing::debug!("release: {e}");
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        self.spawn(move |s| async move {
+            let h = tryr!(reply, s.file(fh));
+            tryr!(reply, s.vol.fsync(&h, datasync).await);
+            reply.ok();
+        });
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let id = tryr!(reply, self.inner.id(ino));
+        let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(tokio::sync::Mutex::new(DirState::new(id))));
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let state = self.inner.dirs.lock().unwrap_or_else(|p| p.into_inner()).get(&fh.0).cloned();
+        self.spawn(move |s| async move {
+            let Some(state) = state else {
+                reply.error(FErrno::EBADF);
+                return;
+            };
+            let mut st = state.lock().await;
+            let items = tryr!(reply, st.at(s.vol.as_ref(), offset).await);
+            for (pos, it) in items {
+                let child_ino = match (&it.id, it.name.as_slice()) {
+                    (_, b"..") => if ino.0 == ROOT_INO { ROOT_INO } else { ino.0 },
+                    (Some(id), _) => s.inodes.peek(*id),
+                    (None, name) => layout::hash_name(FileId::ROOT, name).max(2),
+                };
+                if reply.add(INodeNo(child_ino), pos + 1, kind(it.kind), OsStr::from_bytes(&it.name)) {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.inner.dirs.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        // Directory changes are made synchronously on the bricks.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.spawn(move |s| async move {
+            let st = tryr!(reply, s.vol.statfs().await);
+            reply.statfs(st.blocks, st.bfree, st.bavail, st.files, st.ffree, st.bsize, st.namemax, st.frsize);
+        });
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        let value = value.to_vec();
+        self.spawn(move |s| async move {
+            let id = tryr!(reply, s.id(ino));
+            tryr!(reply, s.vol.setxattr(id, &name, &value, flags as u32).await);
+            reply.ok();
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name.as_bytes().to_vec();
+        self.spawn(move |s| async move {
+            let id = tryr!(reply, s.id(ino));
+            let v = tryr!(reply, s.vol.getxattr(id, &name).await);
+            xattr_reply(reply, size, &v);
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.spawn(move |s| async move {
+            let id = tryr!(reply, s.id(ino));
+            let names = tryr!(reply, s.vol.listxattr(id).await);
+            let mut buf = Vec::new();
+            for n in names {
+                buf.extend_from_slice(&n);
+                buf.push(0);
+            }
+            xattr_reply(reply, size, &buf);
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let name = name.as_bytes().to_vec();
+        self.spawn(move |s| async move {
+            let id = tryr!(reply, s.id(ino));
+            tryr!(reply, s.vol.removexattr(id, &name).await);
+            reply.ok();
+        });
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permissions are checked by the kernel (default_permissions).
+        reply.ok();
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+        let name = name.as_bytes().to_vec();
+        let node = Inner::new_node(req, FileKind::File, mode, 0);
+        self.spawn(move |s| async move {
+            let p = tryr!(reply, s.id(parent));
+            let (e, h) = tryr!(reply, s.vol.create(p, &name, &node, None, Some(flags as u32)).await);
+            let Some(h) = h else {
+                reply.error(FErrno::EIO);
+                return;
+            };
+            let ino = s.inodes.lookup(e.attr.id);
+            let fh = s.add_file(h);
+            reply.created(&s.entry_ttl, &file_attr(ino, &e.attr), Generation(0), FileHandle(fh), FopenFlags::empty());
+        });
+    }
+
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        self.spawn(move |s| async move {
+            let id = tryr!(reply, s.id(ino));
+            let kind = tryr!(reply, lock_kind(typ));
+            let l = Lock { kind, start, end: lock_end(end), owner: lock_owner.0, pid };
+            let got = tryr!(reply, s.vol.getlk(id, &l).await);
+            let typ = match got.kind {
+                LockKind::Read => libc::F_RDLCK,
+                LockKind::Write => libc::F_WRLCK,
+                LockKind::Unlock => libc::F_UNLCK,
+            };
+            let end = if got.end == u64::MAX { OFFSET_MAX } else { got.end };
+            reply.locked(got.start, end, typ, got.pid);
+        });
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock_owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.spawn(move |s| async move {
+            let id = tryr!(reply, s.id(ino));
+            let kind = tryr!(reply, lock_kind(typ));
+            let l = Lock { kind, start, end: lock_end(end), owner: lock_owner.0, pid };
+            tryr!(reply, s.vol.setlk(id, &l, sleep).await);
+            reply.ok();
+        });
+    }
+
+    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        self.spawn(move |s| async move {
+            let h = tryr!(reply, s.file(fh));
+            tryr!(reply, s.vol.fallocate(&h, mode as u32, offset, length).await);
+            reply.ok();
+        });
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, v: &[u8]) {
+    if size == 0 {
+        reply.size(v.len() as u32);
+    } else if v.len() > size as usize {
+        reply.error(FErrno::ERANGE);
+    } else {
+        reply.data(v);
+    }
+}

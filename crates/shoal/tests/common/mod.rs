@@ -1,0 +1,233 @@
+//! Test harness: real brick server processes on 127.0.0.1 and real FUSE mounts, all torn
+//! down on every exit path (mounts unmounted, processes killed by PID).
+#![allow(dead_code)]
+
+pub mod tree;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn shoal_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_shoal"))
+}
+
+/// True when running as root. Tests that need root call [`require_root`].
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// FUSE mounts and bricks with trusted xattrs need root. Without it the test is skipped
+/// loudly, except where SHOAL_REQUIRE_ALL is set (CI), where that is a failure.
+pub fn require_root() -> bool {
+    if is_root() {
+        return true;
+    }
+    if std::env::var_os("SHOAL_REQUIRE_ALL").is_some() {
+        panic!("this test needs root (SHOAL_REQUIRE_ALL is set)");
+    }
+    eprintln!("SKIPPED: this test needs root");
+    false
+}
+
+/// Waits for `cond` until `deadline`, polling; panics with `what` on timeout.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > end {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Brick {
+    pub path: PathBuf,
+    pub addr: String,
+    child: Option<Child>,
+}
+
+/// A set of brick servers, each its own process.
+pub struct Bricks {
+    pub dir: tempfile::TempDir,
+    pub key: PathBuf,
+    pub bricks: Vec<Brick>,
+}
+
+fn start_brick(key: &Path, path: &Path, listen: &str) -> (Child, String) {
+    let mut child = Command::new(shoal_bin())
+        .args(["brick", "--dir"])
+        .arg(path)
+        .args(["--listen", listen, "--key"])
+        .arg(key)
+        .env("SHOAL_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start brick");
+    let out = child.stdout.take().expect("brick stdout");
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line).expect("brick output");
+    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("brick said {line:?}")).to_string();
+    (child, addr)
+}
+
+impl Bricks {
+    pub fn start(n: usize) -> Bricks {
+        let dir = tempfile::Builder::new().prefix("shoal-test-").tempdir_in("/var/tmp").expect("tempdir");
+        let key = dir.path().join("cluster.key");
+        std::fs::write(&key, proto::auth::ClusterKey::generate().to_text()).expect("key");
+        let mut bricks = Vec::new();
+        for i in 0..n {
+            let path = dir.path().join(format!("brick{i}"));
+            std::fs::create_dir_all(&path).expect("brick dir");
+            let (child, addr) = start_brick(&key, &path, "127.0.0.1:0");
+            bricks.push(Brick { path, addr, child: Some(child) });
+        }
+        Bricks { dir, key, bricks }
+    }
+
+    /// SIGKILL of one brick server.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.bricks[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts a killed brick again on its old address.
+    pub fn restart(&mut self, i: usize) {
+        let b = &mut self.bricks[i];
+        let (child, addr) = start_brick(&self.key, &b.path, &b.addr);
+        assert_eq!(addr, b.addr);
+        b.child = Some(child);
+    }
+
+    /// A spec file for these bricks grouped as given.
+    pub fn spec(&self, name: &str, stripe: u32, replica: u32) -> PathBuf {
+        let spec = layout::VolumeSpec {
+            version: layout::spec::SPEC_VERSION,
+            name: name.to_string(),
+            id: rand::random(),
+            stripe,
+            replica,
+            stripe_size: layout::spec::DEFAULT_STRIPE_SIZE,
+            bricks: self
+                .bricks
+                .iter()
+                .enumerate()
+                .map(|(i, b)| layout::BrickSpec {
+                    node: format!("node{i}"),
+                    path: b.path.display().to_string(),
+                    addr: b.addr.clone(),
+                })
+                .collect(),
+        };
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, toml::to_string(&spec).expect("spec toml")).expect("write spec");
+        path
+    }
+
+    /// Mounts the volume described by `spec` at a new directory.
+    pub fn mount(&self, spec: &Path, label: &str) -> Mount {
+        let dir = self.dir.path().join(format!("mnt-{label}"));
+        std::fs::create_dir_all(&dir).expect("mount dir");
+        Mount::new(spec, &self.key, &dir)
+    }
+}
+
+impl Drop for Bricks {
+    fn drop(&mut self) {
+        for i in 0..self.bricks.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// A FUSE mount served by a `shoal mount -f` process.
+pub struct Mount {
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl Mount {
+    pub fn new(spec: &Path, key: &Path, dir: &Path) -> Mount {
+        let name = std::fs::read_to_string(spec)
+            .ok()
+            .and_then(|t| toml::from_str::<layout::VolumeSpec>(&t).ok())
+            .map(|s| s.name)
+            .expect("spec name");
+        let mut child = Command::new(shoal_bin())
+            .args(["mount", "-f", "--spec"])
+            .arg(spec)
+            .arg("--key")
+            .arg(key)
+            .arg(format!("127.0.0.1:{name}"))
+            .arg(dir)
+            .env("SHOAL_MOUNT_NOTIFY", "1")
+            .env("SHOAL_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start mount");
+        let out = child.stdout.take().expect("mount stdout");
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line).expect("mount output");
+        let m = Mount { dir: dir.to_path_buf(), child };
+        assert_eq!(line.trim(), "ready", "mount failed: {line}");
+        m
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        // Unmount first so that nothing is left answering "transport endpoint is not
+        // connected", then make sure the process is gone.
+        let _ = rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::DETACH);
+        let _ = Command::new("fusermount3").arg("-uz").arg(&self.dir).stderr(Stdio::null()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => break,
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill_bytes(&mut v);
+    v
+}
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
+    if !out.status.success() {
+        panic!(
+            "command failed ({}): {cmd}\nstdout: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -1,0 +1,242 @@
+//! Every volume layout through a real FUSE mount: file sizes at the edges, a long random
+//! sequence of operations against an in-memory model, namespace operations, and real tools
+//! (tar, rsync, sqlite3). Writes go through one mount and are checked through another.
+
+mod common;
+
+use common::tree::assert_same;
+use common::*;
+use rand::{Rng, SeedableRng};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+fn suite(bricks: usize, stripe: u32, replica: u32, seed: u64) {
+    if !require_root() {
+        return;
+    }
+    let b = Bricks::start(bricks);
+    let spec = b.spec("vol", stripe, replica);
+    let a = b.mount(&spec, "a");
+    let other = b.mount(&spec, "b");
+    sizes_round_trip(&a, &other);
+    random_ops_match_model(&a, &other, seed);
+    namespace_ops(&a, &other);
+    tar_round_trip(&a, b.dir.path());
+    rsync_round_trip(&a, b.dir.path());
+    sqlite_on_mount(&a);
+}
+
+fn sizes_round_trip(a: &Mount, other: &Mount) {
+    let sizes = [0usize, 1, 4095, 4096, 131071, 131073, 65 << 20];
+    for (i, &n) in sizes.iter().enumerate() {
+        let data = pattern(i as u64, n);
+        let name = format!("size-{n}");
+        std::fs::write(a.path(&name), &data).unwrap();
+        let back = std::fs::read(other.path(&name)).unwrap();
+        assert_eq!(back.len(), n, "{name}: length through the other mount");
+        assert!(back == data, "{name}: content differs through the other mount");
+        assert_eq!(std::fs::metadata(other.path(&name)).unwrap().len(), n as u64);
+    }
+}
+
+fn random_ops_match_model(a: &Mount, other: &Mount, seed: u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let path = a.path("model");
+    let mut model: Vec<u8> = Vec::new();
+    let open = || OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).unwrap();
+    let mut f = open();
+    for step in 0..2000 {
+        match rng.random_range(0..100) {
+            0..=44 => {
+                let off = rng.random_range(0..=model.len() + 65536);
+                let len = rng.random_range(1..262144);
+                let data = pattern(rng.random(), len);
+                f.seek(SeekFrom::Start(off as u64)).unwrap();
+                f.write_all(&data).unwrap();
+                if model.len() < off + len {
+                    model.resize(off + len, 0);
+                }
+                model[off..off + len].copy_from_slice(&data);
+            }
+            45..=59 => {
+                let len = rng.random_range(0..=model.len() * 2 + 1000);
+                f.set_len(len as u64).unwrap();
+                model.resize(len, 0);
+            }
+            60..=84 => {
+                let off = rng.random_range(0..=model.len() + 1000);
+                let len = rng.random_range(0..300000);
+                let mut buf = vec![0u8; len];
+                f.seek(SeekFrom::Start(off as u64)).unwrap();
+                let mut got = 0;
+                while got < len {
+                    let n = f.read(&mut buf[got..]).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got += n;
+                }
+                let end = (off + len).min(model.len()).max(off.min(model.len()));
+                let want = &model[off.min(model.len())..end];
+                assert_eq!(got, want.len(), "step {step}: read length at {off}+{len}");
+                assert!(&buf[..got] == want, "step {step}: read content at {off}+{len}");
+            }
+            85..=92 => f.sync_all().unwrap(),
+            _ => {
+                drop(f);
+                f = open();
+                assert_eq!(f.metadata().unwrap().len(), model.len() as u64, "step {step}: size after reopen");
+            }
+        }
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    assert!(std::fs::read(&path).unwrap() == model, "final content through the writing mount");
+    assert!(std::fs::read(other.path("model")).unwrap() == model, "final content through the other mount");
+}
+
+fn namespace_ops(a: &Mount, other: &Mount) {
+    // Deep trees.
+    let deep: String = (0..40).map(|i| format!("d{i}/")).collect();
+    std::fs::create_dir_all(a.path(&deep)).unwrap();
+    std::fs::write(a.path(&format!("{deep}leaf")), b"deep").unwrap();
+    assert_eq!(std::fs::read(other.path(&format!("{deep}leaf"))).unwrap(), b"deep");
+
+    // Renames of files across directories, over an existing target, and of directories.
+    std::fs::create_dir_all(a.path("r1/sub")).unwrap();
+    std::fs::create_dir_all(a.path("r2")).unwrap();
+    for i in 0..30 {
+        std::fs::write(a.path(&format!("r1/f{i}")), format!("file {i}")).unwrap();
+    }
+    std::fs::write(a.path("r1/sub/inner"), b"inner").unwrap();
+    for i in 0..30 {
+        std::fs::rename(a.path(&format!("r1/f{i}")), a.path(&format!("r2/g{i}"))).unwrap();
+    }
+    for i in 0..30 {
+        assert!(!other.path(&format!("r1/f{i}")).exists());
+        assert_eq!(std::fs::read_to_string(other.path(&format!("r2/g{i}"))).unwrap(), format!("file {i}"));
+    }
+    std::fs::write(a.path("r2/victim"), b"old").unwrap();
+    std::fs::rename(a.path("r2/g0"), a.path("r2/victim")).unwrap();
+    assert_eq!(std::fs::read_to_string(other.path("r2/victim")).unwrap(), "file 0");
+    std::fs::rename(a.path("r1/sub"), a.path("r2/moved")).unwrap();
+    assert_eq!(std::fs::read(other.path("r2/moved/inner")).unwrap(), b"inner");
+    assert!(!other.path("r1/sub").exists());
+    let mut names: Vec<String> =
+        std::fs::read_dir(other.path("r2")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names.len(), 31, "r2 lists each name once (29 files, victim, moved): {names:?}");
+
+    // Hard links.
+    std::fs::write(a.path("h1"), b"linked").unwrap();
+    std::fs::hard_link(a.path("h1"), a.path("r2/h2")).unwrap();
+    assert_eq!(std::fs::metadata(other.path("h1")).unwrap().nlink(), 2);
+    OpenOptions::new().append(true).open(a.path("r2/h2")).unwrap().write_all(b"+more").unwrap();
+    assert_eq!(std::fs::read(other.path("h1")).unwrap(), b"linked+more");
+    std::fs::remove_file(a.path("h1")).unwrap();
+    assert_eq!(std::fs::read(other.path("r2/h2")).unwrap(), b"linked+more");
+    assert_eq!(std::fs::metadata(a.path("r2/h2")).unwrap().nlink(), 1);
+
+    // Symlinks.
+    std::os::unix::fs::symlink("r2/h2", a.path("sl")).unwrap();
+    assert_eq!(std::fs::read_link(other.path("sl")).unwrap(), Path::new("r2/h2"));
+    assert_eq!(std::fs::read(other.path("sl")).unwrap(), b"linked+more");
+
+    // Ownership, permissions, times.
+    let p = a.path("attrs");
+    std::fs::write(&p, b"x").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
+    let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_000_000_000, 123_456_789);
+    File::options().write(true).open(&p).unwrap().set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t)).unwrap();
+    let m = std::fs::metadata(other.path("attrs")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o640, 1234, 5678));
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000_000, 123_456_789));
+    assert_eq!((m.atime(), m.atime_nsec()), (1_000_000_000, 123_456_789));
+
+    // Extended attributes.
+    let xp = a.path("attrs");
+    rustix::fs::setxattr(&xp, "user.colour", b"blue", rustix::fs::XattrFlags::empty()).unwrap();
+    let mut buf = [0u8; 64];
+    let n = rustix::fs::getxattr(other.path("attrs"), "user.colour", &mut buf[..]).unwrap();
+    assert_eq!(&buf[..n], b"blue");
+    let n = rustix::fs::listxattr(other.path("attrs"), &mut buf[..]).unwrap();
+    let names: Vec<&[u8]> = buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()).collect();
+    assert_eq!(names, vec![&b"user.colour"[..]], "internal xattrs must not show");
+    rustix::fs::removexattr(&xp, "user.colour").unwrap();
+    assert_eq!(rustix::fs::getxattr(&xp, "user.colour", &mut buf[..]), Err(rustix::io::Errno::NODATA));
+}
+
+fn source_tree() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap().join("crates")
+}
+
+fn tar_round_trip(a: &Mount, scratch: &Path) {
+    let src = source_tree();
+    let ball = scratch.join("src.tar");
+    let out = scratch.join("tar-out");
+    std::fs::create_dir_all(a.path("tar")).unwrap();
+    std::fs::create_dir_all(&out).unwrap();
+    sh(&format!("tar -C {} -cf {} .", src.display(), ball.display()));
+    sh(&format!("tar -C {} -xpf {}", a.path("tar").display(), ball.display()));
+    sh(&format!("tar -C {} -cf - . | tar -C {} -xpf -", a.path("tar").display(), out.display()));
+    assert_same(&src, &out);
+    assert_same(&src, &a.path("tar"));
+}
+
+fn rsync_round_trip(a: &Mount, scratch: &Path) {
+    let src = source_tree();
+    let back = scratch.join("rsync-back");
+    sh(&format!("rsync -a {}/ {}/", src.display(), a.path("rsync").display()));
+    sh(&format!("rsync -a {}/ {}/", a.path("rsync").display(), back.display()));
+    assert_same(&src, &back);
+    // A second pass finds nothing to do: sizes, times and modes came through.
+    let changes = sh(&format!("rsync -ai {}/ {}/", src.display(), a.path("rsync").display()));
+    assert!(changes.trim().is_empty(), "rsync found changes: {changes}");
+}
+
+fn sqlite_on_mount(a: &Mount) {
+    let db = a.path("test.sqlite");
+    let mut sql = String::from("create table t(a integer primary key, b text);\nbegin;\n");
+    for i in 1..=1000 {
+        sql.push_str(&format!("insert into t values({i}, 'row {i}');\n"));
+    }
+    sql.push_str("commit;\ncreate index tb on t(b);\n");
+    let script = a.path("fill.sql");
+    std::fs::write(&script, sql).unwrap();
+    sh(&format!("sqlite3 {} < {}", db.display(), script.display()));
+    let out = sh(&format!("sqlite3 {} 'select count(*), sum(a) from t where b like \"row %\"; pragma integrity_check;'", db.display()));
+    assert_eq!(out.trim(), "1000|500500\nok");
+}
+
+#[test]
+fn distribute_3() {
+    suite(3, 1, 1, 1);
+}
+
+#[test]
+fn stripe_2() {
+    suite(2, 2, 1, 2);
+}
+
+#[test]
+fn replica_2() {
+    suite(2, 1, 2, 3);
+}
+
+#[test]
+fn replica_3() {
+    suite(3, 1, 3, 4);
+}
+
+#[test]
+fn distributed_replicate_2x2() {
+    suite(4, 1, 2, 5);
+}
+
+#[test]
+fn distributed_stripe_2x2() {
+    suite(4, 2, 1, 6);
+}
