@@ -169,8 +169,8 @@ impl BrickServer {
                     // The frame boundary is intact, so the connection can go on: answer this
                     // request id with an error.
                     tracing::warn!(%peer, "undecodable request: {e}");
-                    let errno = match e {
-                        FrameError::Decode(postcard::Error::DeserializeBadEnum) => Errno::ENOSYS,
+                    let errno = match proto::msg::op_index(&frame.header) {
+                        Some(op) if op >= proto::msg::REQUEST_OPS => Errno::ENOSYS,
                         _ => Errno::EBADMSG,
                     };
                     let _ = tx.send(reply(frame.id, Err(errno), Bytes::new())).await;

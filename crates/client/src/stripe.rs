@@ -177,10 +177,28 @@ impl Xlator for Stripe {
 
     async fn readdir(&self, id: FileId, cursor: &DirCursor, plus: bool) -> Result<DirPage> {
         let mut page = self.children[0].readdir(id, cursor, plus).await?;
-        // Child 0 only knows its share of each file's size: let the caller look files up.
-        for d in &mut page.entries {
-            if d.kind == FileKind::File {
-                d.entry = None;
+        if plus && self.children.len() > 1 {
+            // Child 0 only knows its share of each file's size: complete files' entries
+            // from the other children.
+            let files: Vec<usize> = page
+                .entries
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.entry.as_ref().is_some_and(|e| e.attr.kind == FileKind::File))
+                .map(|(i, _)| i)
+                .collect();
+            let others = join_all(files.iter().map(|&i| {
+                let fid = page.entries[i].entry.as_ref().map(|e| e.attr.id).unwrap_or(id);
+                join_all(self.children[1..].iter().map(move |c| c.getattr(fid)))
+            }))
+            .await;
+            for (i, rest) in files.into_iter().zip(others) {
+                let d = &mut page.entries[i];
+                match (d.entry.take(), Self::all(rest)) {
+                    (Some(first), Ok(rest)) => d.entry = Some(Self::merge(std::iter::once(first).chain(rest).collect())?),
+                    // Gone meanwhile or unreachable: list the name, let a lookup decide.
+                    _ => d.entry = None,
+                }
             }
         }
         Ok(page)

@@ -106,6 +106,24 @@ impl Request {
     }
 }
 
+/// Number of operations in [`Request`]: a header naming an operation at or past this index
+/// asks for something this build does not know (ENOSYS), anything else undecodable is
+/// malformed (EBADMSG).
+pub const REQUEST_OPS: u32 = 27;
+
+/// The operation index at the start of an encoded request (postcard writes an enum's
+/// variant index first, as a varint).
+pub fn op_index(header: &[u8]) -> Option<u32> {
+    let mut v: u32 = 0;
+    for (i, b) in header.iter().take(5).enumerate() {
+        v |= ((b & 0x7f) as u32) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
+
 /// A successful answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {
@@ -131,3 +149,18 @@ pub enum Reply {
 
 /// What comes back for one request.
 pub type Response = Result<Reply, Errno>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_count_matches_the_enum() {
+        let last = Request::SetLk { id: FileId::ROOT, lock: Lock { kind: LockKind::Unlock, start: 0, end: 0, owner: 0, pid: 0 }, wait: false };
+        let enc = postcard::to_allocvec(&last).unwrap();
+        assert_eq!(op_index(&enc), Some(REQUEST_OPS - 1));
+        assert_eq!(op_index(&postcard::to_allocvec(&Request::Ping).unwrap()), Some(0));
+        assert_eq!(op_index(&[0xfa, 0x01]), Some(250));
+        assert_eq!(op_index(&[0xff; 6]), None);
+    }
+}
