@@ -62,8 +62,29 @@ impl Distribute {
         self.home.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied()
     }
 
+    /// A directory's entry as the volume sees it: its entries are spread over the children,
+    /// so its times are the latest of any child's.
+    async fn whole_dir(&self, from: usize, mut e: Entry) -> Entry {
+        let id = e.attr.id;
+        let others = join_all(self.children.iter().enumerate().filter(|(i, _)| *i != from).map(|(_, c)| c.getattr(id))).await;
+        for o in others.into_iter().flatten() {
+            e.attr.mtime = e.attr.mtime.max(o.attr.mtime);
+            e.attr.ctime = e.attr.ctime.max(o.attr.ctime);
+            e.attr.atime = e.attr.atime.max(o.attr.atime);
+        }
+        e
+    }
+
     /// Where the data of `id` lives (any child for a directory), and its entry there.
     async fn locate(&self, id: FileId) -> Result<(usize, Entry)> {
+        let (c, e) = self.locate_one(id).await?;
+        if e.attr.kind == FileKind::Dir && self.children.len() > 1 {
+            return Ok((c, self.whole_dir(c, e).await));
+        }
+        Ok((c, e))
+    }
+
+    async fn locate_one(&self, id: FileId) -> Result<(usize, Entry)> {
         if id == FileId::ROOT {
             return Ok((0, self.children[0].getattr(id).await?));
         }
@@ -165,7 +186,11 @@ impl Distribute {
 #[async_trait]
 impl Xlator for Distribute {
     async fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Entry> {
-        Ok(self.resolve(parent, name).await?.2)
+        let (h, _, e) = self.resolve(parent, name).await?;
+        if e.attr.kind == FileKind::Dir && self.children.len() > 1 {
+            return Ok(self.whole_dir(h, e).await);
+        }
+        Ok(e)
     }
 
     async fn getattr(&self, id: FileId) -> Result<Entry> {
@@ -177,7 +202,7 @@ impl Xlator for Distribute {
             let (c, ch) = Self::one(h)?;
             return self.children[c].setattr(id, Some(ch), set).await;
         }
-        let (c, e) = self.locate(id).await?;
+        let (c, e) = self.locate_one(id).await?;
         if e.attr.kind == FileKind::Dir {
             return self.on_all_dirs(c, |ch| ch.setattr(id, None, set)).await;
         }
@@ -283,6 +308,14 @@ impl Xlator for Distribute {
             }
         }
         if src.attr.kind == FileKind::Dir {
+            if let Some((_, _, d)) = &dst {
+                // Each child sees only its share of the target: ask the whole volume whether
+                // it is empty before any child replaces it.
+                let page = self.readdir(d.attr.id, &DirCursor::default(), false).await?;
+                if !page.entries.is_empty() {
+                    return Err(Errno::ENOTEMPTY);
+                }
+            }
             return self.on_all_dirs(src_h, |c| c.rename(parent, name, new_parent, new_name, flags)).await;
         }
         let new_h = self.hashed(new_parent, new_name);
@@ -316,7 +349,7 @@ impl Xlator for Distribute {
     }
 
     async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
-        let (d, _) = self.locate(id).await?;
+        let (d, _) = self.locate_one(id).await?;
         let e = self.children[d].link(id, new_parent, new_name).await?;
         let h = self.hashed(new_parent, new_name);
         if h != d {
@@ -329,7 +362,7 @@ impl Xlator for Distribute {
     }
 
     async fn readlink(&self, id: FileId) -> Result<Vec<u8>> {
-        let (c, _) = self.locate(id).await?;
+        let (c, _) = self.locate_one(id).await?;
         self.children[c].readlink(id).await
     }
 
@@ -377,13 +410,13 @@ impl Xlator for Distribute {
     async fn open(&self, id: FileId, flags: u32) -> Result<Handle> {
         let c = match self.cached(id) {
             Some(c) => c,
-            None => self.locate(id).await?.0,
+            None => self.locate_one(id).await?.0,
         };
         match self.children[c].open(id, flags).await {
             Ok(h) => Ok(Handle::One(c, Box::new(h))),
             Err(Errno::ENOENT | Errno::ESTALE) => {
                 self.forget(id);
-                let (c, _) = self.locate(id).await?;
+                let (c, _) = self.locate_one(id).await?;
                 Ok(Handle::One(c, Box::new(self.children[c].open(id, flags).await?)))
             }
             Err(e) => Err(e),
@@ -425,12 +458,12 @@ impl Xlator for Distribute {
     }
 
     async fn getxattr(&self, id: FileId, name: &[u8]) -> Result<Vec<u8>> {
-        let (c, _) = self.locate(id).await?;
+        let (c, _) = self.locate_one(id).await?;
         self.children[c].getxattr(id, name).await
     }
 
     async fn setxattr(&self, id: FileId, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
-        let (c, e) = self.locate(id).await?;
+        let (c, e) = self.locate_one(id).await?;
         if e.attr.kind == FileKind::Dir {
             return self.on_all_dirs(c, |ch| ch.setxattr(id, name, value, flags)).await;
         }
@@ -438,12 +471,12 @@ impl Xlator for Distribute {
     }
 
     async fn listxattr(&self, id: FileId) -> Result<Vec<Vec<u8>>> {
-        let (c, _) = self.locate(id).await?;
+        let (c, _) = self.locate_one(id).await?;
         self.children[c].listxattr(id).await
     }
 
     async fn removexattr(&self, id: FileId, name: &[u8]) -> Result<()> {
-        let (c, e) = self.locate(id).await?;
+        let (c, e) = self.locate_one(id).await?;
         if e.attr.kind == FileKind::Dir {
             return self.on_all_dirs(c, |ch| ch.removexattr(id, name)).await;
         }
@@ -451,19 +484,19 @@ impl Xlator for Distribute {
     }
 
     async fn xattr_add(&self, id: FileId, deltas: &[(String, i64)]) -> Result<()> {
-        let (c, _) = self.locate(id).await?;
+        let (c, _) = self.locate_one(id).await?;
         self.children[c].xattr_add(id, deltas).await
     }
 
     async fn set_meta(&self, id: FileId, meta: &[(String, Option<Vec<u8>>)]) -> Result<()> {
-        let (c, _) = self.locate(id).await?;
+        let (c, _) = self.locate_one(id).await?;
         self.children[c].set_meta(id, meta).await
     }
 
     async fn getlk(&self, id: FileId, lock: &Lock) -> Result<Lock> {
         let c = match self.cached(id) {
             Some(c) => c,
-            None => self.locate(id).await?.0,
+            None => self.locate_one(id).await?.0,
         };
         self.children[c].getlk(id, lock).await
     }
@@ -471,7 +504,7 @@ impl Xlator for Distribute {
     async fn setlk(&self, id: FileId, lock: &Lock, wait: bool) -> Result<()> {
         let c = match self.cached(id) {
             Some(c) => c,
-            None => self.locate(id).await?.0,
+            None => self.locate_one(id).await?.0,
         };
         self.children[c].setlk(id, lock, wait).await
     }
