@@ -53,7 +53,12 @@ impl Index {
     /// Opens the index of the brick at `root`, making it if the brick is new.
     pub fn open(root: BorrowedFd<'_>) -> Result<Index, Errno> {
         let meta = ensure_dir(root, META_DIR)?;
-        match rustix::fs::openat(meta.as_fd(), FORMAT_FILE, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()) {
+        match rustix::fs::openat(
+            meta.as_fd(),
+            FORMAT_FILE,
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
             Ok(fd) => {
                 let mut buf = [0u8; 64];
                 let n = rustix::io::read(&fd, &mut buf).map_err(errno)?;
@@ -154,12 +159,16 @@ impl Index {
 
     /// The parent and name recorded for a directory.
     pub fn dir_entry(&self, id: FileId) -> Result<(FileId, Vec<u8>), Errno> {
-        let target = rustix::fs::readlinkat(self.dirs.as_fd(), key(id), Vec::new()).map_err(errno)?;
+        let target =
+            rustix::fs::readlinkat(self.dirs.as_fd(), key(id), Vec::new()).map_err(errno)?;
         let bytes = target.as_bytes();
         if bytes.len() < 34 || bytes[32] != b'/' {
             return Err(Errno::EIO);
         }
-        let parent = std::str::from_utf8(&bytes[..32]).ok().and_then(FileId::from_hex).ok_or(Errno::EIO)?;
+        let parent = std::str::from_utf8(&bytes[..32])
+            .ok()
+            .and_then(FileId::from_hex)
+            .ok_or(Errno::EIO)?;
         Ok((parent, bytes[33..].to_vec()))
     }
 

@@ -62,14 +62,31 @@ impl LockTable {
                     && overlaps(h, l.start, l.end)
                     && (h.kind == LockKind::Write || l.kind == LockKind::Write)
             })
-            .map(|h| Lock { kind: h.kind, start: h.start, end: h.end, owner: h.owner.owner, pid: h.pid })
+            .map(|h| Lock {
+                kind: h.kind,
+                start: h.start,
+                end: h.end,
+                owner: h.owner.owner,
+                pid: h.pid,
+            })
     }
 
     /// F_GETLK: the first lock that would block `l`, or `l` with kind Unlock.
     pub fn test(&self, id: FileId, conn: u64, l: &Lock) -> Lock {
         let inner = self.lock();
-        Self::conflict(&inner, id, Owner { conn, owner: l.owner }, l)
-            .unwrap_or(Lock { kind: LockKind::Unlock, ..*l })
+        Self::conflict(
+            &inner,
+            id,
+            Owner {
+                conn,
+                owner: l.owner,
+            },
+            l,
+        )
+        .unwrap_or(Lock {
+            kind: LockKind::Unlock,
+            ..*l
+        })
     }
 
     /// F_SETLK: takes or releases at once, or fails with EAGAIN.
@@ -77,7 +94,10 @@ impl LockTable {
         if l.start > l.end {
             return Err(Errno::EINVAL);
         }
-        let owner = Owner { conn, owner: l.owner };
+        let owner = Owner {
+            conn,
+            owner: l.owner,
+        };
         let mut inner = self.lock();
         if l.kind != LockKind::Unlock && Self::conflict(&inner, id, owner, l).is_some() {
             return Err(Errno::EAGAIN);
@@ -93,14 +113,26 @@ impl LockTable {
             }
             released = true;
             if h.start < l.start {
-                kept.push(Held { end: l.start - 1, ..h });
+                kept.push(Held {
+                    end: l.start - 1,
+                    ..h
+                });
             }
             if h.end > l.end {
-                kept.push(Held { start: l.end + 1, ..h });
+                kept.push(Held {
+                    start: l.end + 1,
+                    ..h
+                });
             }
         }
         if l.kind != LockKind::Unlock {
-            kept.push(Held { owner, kind: l.kind, start: l.start, end: l.end, pid: l.pid });
+            kept.push(Held {
+                owner,
+                kind: l.kind,
+                start: l.start,
+                end: l.end,
+                pid: l.pid,
+            });
         }
         f.held = kept;
         if released {
@@ -115,7 +147,10 @@ impl LockTable {
     /// F_SETLKW: waits until the lock can be had. Gives up with EINTR if the owner closes
     /// the file meanwhile.
     pub async fn set_wait(&self, id: FileId, conn: u64, l: &Lock) -> Result<(), Errno> {
-        let owner = Owner { conn, owner: l.owner };
+        let owner = Owner {
+            conn,
+            owner: l.owner,
+        };
         let epoch = {
             let mut inner = self.lock();
             let w = inner.waiting.entry((owner, id)).or_insert((0, 0));
@@ -172,7 +207,7 @@ impl LockTable {
     /// Drops every lock held through a connection that went away.
     pub fn release_conn(&self, conn: u64) {
         let mut inner = self.lock();
-        
+
         inner.files.retain(|_, f| {
             let before = f.held.len();
             f.held.retain(|h| h.owner.conn != conn);
@@ -189,7 +224,13 @@ mod tests {
     use super::*;
 
     fn l(kind: LockKind, start: u64, end: u64, owner: u64) -> Lock {
-        Lock { kind, start, end, owner, pid: 1 }
+        Lock {
+            kind,
+            start,
+            end,
+            owner,
+            pid: 1,
+        }
     }
     const F: FileId = FileId(0x10000);
 
@@ -198,16 +239,31 @@ mod tests {
         let t = LockTable::default();
         t.set(F, 1, &l(LockKind::Read, 0, 99, 1)).unwrap();
         t.set(F, 2, &l(LockKind::Read, 50, 150, 1)).unwrap();
-        assert_eq!(t.set(F, 3, &l(LockKind::Write, 90, 95, 1)), Err(Errno::EAGAIN));
+        assert_eq!(
+            t.set(F, 3, &l(LockKind::Write, 90, 95, 1)),
+            Err(Errno::EAGAIN)
+        );
         assert!(t.set(F, 3, &l(LockKind::Write, 151, u64::MAX, 1)).is_ok());
-        assert_eq!(t.test(F, 3, &l(LockKind::Write, 0, 10, 1)).kind, LockKind::Read);
+        assert_eq!(
+            t.test(F, 3, &l(LockKind::Write, 0, 10, 1)).kind,
+            LockKind::Read
+        );
         // Unlocking the middle of a range splits it.
         t.set(F, 1, &l(LockKind::Unlock, 10, 20, 1)).unwrap();
-        assert_eq!(t.test(F, 9, &l(LockKind::Write, 10, 20, 1)).kind, LockKind::Unlock);
-        assert_eq!(t.test(F, 9, &l(LockKind::Write, 5, 5, 1)).kind, LockKind::Read);
+        assert_eq!(
+            t.test(F, 9, &l(LockKind::Write, 10, 20, 1)).kind,
+            LockKind::Unlock
+        );
+        assert_eq!(
+            t.test(F, 9, &l(LockKind::Write, 5, 5, 1)).kind,
+            LockKind::Read
+        );
         t.release_conn(1);
         t.release_conn(2);
-        assert_eq!(t.test(F, 9, &l(LockKind::Write, 0, 150, 1)).kind, LockKind::Unlock);
+        assert_eq!(
+            t.test(F, 9, &l(LockKind::Write, 0, 150, 1)).kind,
+            LockKind::Unlock
+        );
     }
 
     #[tokio::test]

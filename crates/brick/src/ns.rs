@@ -18,8 +18,12 @@ pub struct Namespace {
 }
 
 impl Namespace {
-    pub const TRUSTED: Namespace = Namespace { prefix: "trusted.shoal." };
-    pub const USER: Namespace = Namespace { prefix: "user.shoal." };
+    pub const TRUSTED: Namespace = Namespace {
+        prefix: "trusted.shoal.",
+    };
+    pub const USER: Namespace = Namespace {
+        prefix: "user.shoal.",
+    };
 
     /// The on-disk name of an internal xattr.
     pub fn disk_name(&self, name: &str) -> String {
@@ -49,7 +53,9 @@ pub fn check_meta_name(name: &str) -> Result<(), Errno> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name != ID
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
     if ok {
         Ok(())
     } else {

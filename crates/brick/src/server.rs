@@ -23,6 +23,8 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Requests one connection may have in progress at once.
 const MAX_IN_FLIGHT: usize = 256;
+/// Writes up to this size are done in the reader (see [`BrickServer::quick`]).
+const QUICK_WRITE: usize = 64 * 1024;
 /// Handles one connection may hold open.
 const MAX_HANDLES: usize = 65536;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -71,12 +73,20 @@ struct Conn {
 
 impl Conn {
     fn handle(&self, fh: Fh) -> Result<Arc<Handle>, Errno> {
-        self.handles.lock().unwrap_or_else(|p| p.into_inner()).get(&fh).cloned().ok_or(Errno::EBADF)
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh)
+            .cloned()
+            .ok_or(Errno::EBADF)
     }
 
     fn add(&self, store: &Arc<Store>, file: OpenFile) -> Result<Fh, Errno> {
         let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-        let h = Arc::new(Handle { store: store.clone(), file: Some(file) });
+        let h = Arc::new(Handle {
+            store: store.clone(),
+            file: Some(file),
+        });
         if handles.len() >= MAX_HANDLES {
             return Err(Errno::EMFILE);
         }
@@ -84,6 +94,12 @@ impl Conn {
         handles.insert(fh, h);
         Ok(fh)
     }
+}
+
+/// Where a request goes: answered at once, or handed to a task of its own.
+enum Quick {
+    Done(Response),
+    Slow(Request),
 }
 
 struct Outgoing {
@@ -124,7 +140,12 @@ impl BrickServer {
 
     async fn connection(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
-        let who = match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::server(&mut stream, &self.config.key)).await {
+        let who = match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            auth::server(&mut stream, &self.config.key),
+        )
+        .await
+        {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 tracing::warn!(%peer, brick = %self.store.root().display(), "refused connection: {e}");
@@ -162,7 +183,9 @@ impl BrickServer {
                     break;
                 }
             };
-            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
             let req: Request = match frame.decode() {
                 Ok(r) => r,
                 Err(e) => {
@@ -177,9 +200,16 @@ impl BrickServer {
                     continue;
                 }
             };
+            let req = match self.quick(&conn, req, &frame.data) {
+                Quick::Done(resp) => {
+                    let _ = tx.send(reply(frame.id, resp, Bytes::new())).await;
+                    continue;
+                }
+                Quick::Slow(slow) => slow,
+            };
             let (server, conn, tx) = (self.clone(), conn.clone(), tx.clone());
             tokio::spawn(async move {
-                let (resp, data) = server.dispatch(&conn, req, frame.data).await;
+                let (resp, data) = server.slow(&conn, req, frame.data).await;
                 let _ = tx.send(reply(frame.id, resp, data)).await;
                 drop(permit);
             });
@@ -188,7 +218,10 @@ impl BrickServer {
         drop(tx);
         let _ = writer.await;
         // Handles close as the last request holding them finishes; locks go now.
-        conn.handles.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        conn.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.locks.release_conn(conn.id);
         tracing::debug!(peer = %conn.peer, conn = conn.id, "disconnected");
     }
@@ -198,48 +231,121 @@ impl BrickServer {
         f: impl FnOnce(&Store) -> Result<T, Errno> + Send + 'static,
     ) -> Result<T, Errno> {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store)).await.unwrap_or(Err(Errno::EIO))
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .unwrap_or(Err(Errno::EIO))
     }
 
-    async fn dispatch(self: &Arc<Self>, conn: &Arc<Conn>, req: Request, data: Bytes) -> (Response, Bytes) {
-        let none = Bytes::new();
-        let r = match req {
+    /// Runs a request that is quick enough to answer in the connection's reader, without a
+    /// hop to the blocking pool: on a busy machine each thread hand-off costs as much as the
+    /// work. Anything that may wait on the disk (data, fsync, truncation, listing, freeing a
+    /// file's blocks) or on another client (blocking locks) is handed back as slow.
+    fn quick(&self, conn: &Conn, req: Request, data: &Bytes) -> Quick {
+        let s = &*self.store;
+        Quick::Done(match req {
+            // Small writes land in the page cache at once.
+            Request::Write { fh, offset } if data.len() <= QUICK_WRITE => conn
+                .handle(fh)
+                .and_then(|h| s.write(h.file(), offset, data))
+                .map(|size| Reply::Written { size }),
             Request::Ping => Ok(Reply::Ok),
-            Request::Lookup { parent, name } => self.blocking(move |s| s.lookup(parent, &name)).await.map(Reply::Entry),
-            Request::GetAttr { id } => self.blocking(move |s| s.getattr(id)).await.map(Reply::Entry),
-            Request::SetAttr { id, fh, set } => {
-                let h = match fh.map(|fh| conn.handle(fh)).transpose() {
-                    Ok(h) => h,
-                    Err(e) => return (Err(e), none),
-                };
-                self.blocking(move |s| s.setattr(id, h.as_ref().map(|h| &h.file().fd), &set)).await.map(Reply::Entry)
+            Request::Lookup { parent, name } => s.lookup(parent, &name).map(Reply::Entry),
+            Request::GetAttr { id } => s.getattr(id).map(Reply::Entry),
+            Request::SetAttr { id, fh: None, set } if set.size.is_none() => {
+                s.setattr(id, None, &set).map(Reply::Entry)
             }
-            Request::Create { parent, name, node, symlink_target, open } => {
-                let res = self
-                    .blocking(move |s| s.create(parent, &name, &node, symlink_target.as_deref(), open))
-                    .await;
-                match res {
-                    Ok((entry, file)) => {
-                        let fh = match file.map(|f| conn.add(&self.store, f)).transpose() {
-                            Ok(fh) => fh,
-                            Err(e) => return (Err(e), none),
-                        };
-                        Ok(Reply::Created { entry, fh })
-                    }
+            Request::Create {
+                parent,
+                name,
+                node,
+                symlink_target,
+                open,
+            } => match s.create(parent, &name, &node, symlink_target.as_deref(), open) {
+                Ok((entry, file)) => match file.map(|f| conn.add(&self.store, f)).transpose() {
+                    Ok(fh) => Ok(Reply::Created { entry, fh }),
                     Err(e) => Err(e),
-                }
-            }
-            Request::Unlink { parent, name } => self.blocking(move |s| s.unlink(parent, &name)).await.map(|_| Reply::Ok),
-            Request::Rmdir { parent, name } => self.blocking(move |s| s.rmdir(parent, &name)).await.map(|_| Reply::Ok),
-            Request::Rename { parent, name, new_parent, new_name, flags } => self
-                .blocking(move |s| s.rename(parent, &name, new_parent, &new_name, flags))
+                },
+                Err(e) => Err(e),
+            },
+            Request::Rmdir { parent, name } => s.rmdir(parent, &name).map(|_| Reply::Ok),
+            Request::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                flags,
+            } => s
+                .rename(parent, &name, new_parent, &new_name, flags)
+                .map(|_| Reply::Ok),
+            Request::Link {
+                id,
+                new_parent,
+                new_name,
+            } => s.link(id, new_parent, &new_name).map(Reply::Entry),
+            Request::ReadLink { id } => s.readlink(id).map(Reply::Link),
+            Request::Open { id, flags } if flags as i32 & libc::O_TRUNC == 0 => s
+                .open(id, flags)
+                .and_then(|f| conn.add(&self.store, f))
+                .map(|fh| Reply::Opened { fh }),
+            Request::Flush { fh, lock_owner } => conn.handle(fh).map(|h| {
+                self.locks.release_owner(h.file().id, conn.id, lock_owner);
+                Reply::Ok
+            }),
+            Request::StatFs => s.statfs().map(Reply::StatFs),
+            Request::GetXattr { id, name } => s.getxattr(id, &name).map(Reply::Xattr),
+            Request::SetXattr {
+                id,
+                name,
+                value,
+                flags,
+            } => s.setxattr(id, &name, &value, flags).map(|_| Reply::Ok),
+            Request::ListXattr { id } => s.listxattr(id).map(Reply::XattrNames),
+            Request::RemoveXattr { id, name } => s.removexattr(id, &name).map(|_| Reply::Ok),
+            Request::XattrAdd { id, deltas } => s.xattr_add(id, &deltas).map(Reply::Counters),
+            Request::SetMeta { id, meta } => s.set_meta(id, &meta).map(|_| Reply::Ok),
+            Request::GetLk { id, lock } => s
+                .kind(id)
+                .map(|_| Reply::Lock(self.locks.test(id, conn.id, &lock))),
+            Request::SetLk {
+                id,
+                lock,
+                wait: false,
+            } => s
+                .kind(id)
+                .and_then(|_| self.locks.set(id, conn.id, &lock))
+                .map(|_| Reply::Ok),
+            slow => return Quick::Slow(slow),
+        })
+    }
+
+    /// Requests that may wait: run on the blocking pool (or wait for a lock) in a task of
+    /// their own, so that the connection's other requests go on meanwhile.
+    async fn slow(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        req: Request,
+        data: Bytes,
+    ) -> (Response, Bytes) {
+        let none = Bytes::new();
+        let handle = |fh| conn.handle(fh);
+        let r = match req {
+            Request::SetAttr { id, fh, set } => match fh.map(handle).transpose() {
+                Ok(h) => self
+                    .blocking(move |s| s.setattr(id, h.as_ref().map(|h| &h.file().fd), &set))
+                    .await
+                    .map(Reply::Entry),
+                Err(e) => Err(e),
+            },
+            Request::Unlink { parent, name } => self
+                .blocking(move |s| s.unlink(parent, &name))
                 .await
                 .map(|_| Reply::Ok),
-            Request::Link { id, new_parent, new_name } => {
-                self.blocking(move |s| s.link(id, new_parent, &new_name)).await.map(Reply::Entry)
-            }
-            Request::ReadLink { id } => self.blocking(move |s| s.readlink(id)).await.map(Reply::Link),
-            Request::ReadDir { id, cookie, max, plus } => self
+            Request::ReadDir {
+                id,
+                cookie,
+                max,
+                plus,
+            } => self
                 .blocking(move |s| s.readdir(id, cookie, max, plus))
                 .await
                 .map(|(entries, eof)| Reply::Dir { entries, eof }),
@@ -248,59 +354,63 @@ impl BrickServer {
                 Err(e) => Err(e),
             },
             Request::Read { fh, offset, size } => {
-                let h = match conn.handle(fh) {
-                    Ok(h) => h,
-                    Err(e) => return (Err(e), none),
-                };
-                return match self.blocking(move |s| s.read(h.file(), offset, size)).await {
-                    Ok(buf) => (Ok(Reply::Data), Bytes::from(buf)),
+                return match handle(fh) {
+                    Ok(h) => match self.blocking(move |s| s.read(h.file(), offset, size)).await {
+                        Ok(buf) => (Ok(Reply::Data), Bytes::from(buf)),
+                        Err(e) => (Err(e), none),
+                    },
                     Err(e) => (Err(e), none),
                 };
             }
-            Request::Write { fh, offset } => match conn.handle(fh) {
-                Ok(h) => self.blocking(move |s| s.write(h.file(), offset, &data)).await.map(|size| Reply::Written { size }),
+            Request::Write { fh, offset } => match handle(fh) {
+                Ok(h) => self
+                    .blocking(move |s| s.write(h.file(), offset, &data))
+                    .await
+                    .map(|size| Reply::Written { size }),
                 Err(e) => Err(e),
             },
-            Request::Fsync { fh, datasync } => match conn.handle(fh) {
-                Ok(h) => self.blocking(move |s| s.fsync(h.file(), datasync)).await.map(|_| Reply::Ok),
-                Err(e) => Err(e),
-            },
-            Request::Flush { fh, lock_owner } => match conn.handle(fh) {
-                Ok(h) => {
-                    self.locks.release_owner(h.file().id, conn.id, lock_owner);
-                    Ok(Reply::Ok)
-                }
+            Request::Fsync { fh, datasync } => match handle(fh) {
+                Ok(h) => self
+                    .blocking(move |s| s.fsync(h.file(), datasync))
+                    .await
+                    .map(|_| Reply::Ok),
                 Err(e) => Err(e),
             },
             Request::Release { fh } => {
-                let h = conn.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
+                let h = conn
+                    .handles
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&fh);
                 match h {
                     // Closing may unlink an orphan: keep that off the reactor.
-                    Some(h) => self.blocking(move |_| Ok(drop(h))).await.map(|_| Reply::Ok),
+                    Some(h) => self
+                        .blocking(move |_| {
+                            drop(h);
+                            Ok(())
+                        })
+                        .await
+                        .map(|_| Reply::Ok),
                     None => Err(Errno::EBADF),
                 }
             }
-            Request::Fallocate { fh, mode, offset, len } => match conn.handle(fh) {
-                Ok(h) => self.blocking(move |s| s.fallocate(h.file(), mode, offset, len)).await.map(|_| Reply::Ok),
+            Request::Fallocate {
+                fh,
+                mode,
+                offset,
+                len,
+            } => match handle(fh) {
+                Ok(h) => self
+                    .blocking(move |s| s.fallocate(h.file(), mode, offset, len))
+                    .await
+                    .map(|_| Reply::Ok),
                 Err(e) => Err(e),
             },
-            Request::StatFs => self.blocking(|s| s.statfs()).await.map(Reply::StatFs),
-            Request::GetXattr { id, name } => self.blocking(move |s| s.getxattr(id, &name)).await.map(Reply::Xattr),
-            Request::SetXattr { id, name, value, flags } => {
-                self.blocking(move |s| s.setxattr(id, &name, &value, flags)).await.map(|_| Reply::Ok)
-            }
-            Request::ListXattr { id } => self.blocking(move |s| s.listxattr(id)).await.map(Reply::XattrNames),
-            Request::RemoveXattr { id, name } => {
-                self.blocking(move |s| s.removexattr(id, &name)).await.map(|_| Reply::Ok)
-            }
-            Request::XattrAdd { id, deltas } => self.blocking(move |s| s.xattr_add(id, &deltas)).await.map(Reply::Counters),
-            Request::SetMeta { id, meta } => self.blocking(move |s| s.set_meta(id, &meta)).await.map(|_| Reply::Ok),
-            Request::GetLk { id, lock } => match self.blocking(move |s| s.kind(id)).await {
-                Ok(_) => Ok(Reply::Lock(self.locks.test(id, conn.id, &lock))),
-                Err(e) => Err(e),
-            },
-            Request::SetLk { id, lock, wait } => match self.blocking(move |s| s.kind(id)).await {
-                Ok(_) if !wait => self.locks.set(id, conn.id, &lock).map(|_| Reply::Ok),
+            Request::SetLk {
+                id,
+                lock,
+                wait: true,
+            } => match self.blocking(move |s| s.kind(id)).await {
                 Ok(_) => {
                     let mut closed = conn.closed.clone();
                     tokio::select! {
@@ -309,6 +419,13 @@ impl BrickServer {
                     }
                 }
                 Err(e) => Err(e),
+            },
+            other => match self.quick(conn, other, &data) {
+                Quick::Done(r) => r,
+                Quick::Slow(r) => {
+                    tracing::error!("request {} has no handler", r.name());
+                    Err(Errno::ENOSYS)
+                }
             },
         };
         (r, none)
@@ -323,7 +440,10 @@ fn reply(id: u64, resp: Response, data: Bytes) -> Outgoing {
     Outgoing { id, header, data }
 }
 
-async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(mut w: BufWriter<W>, mut rx: mpsc::Receiver<Outgoing>) {
+async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
+    mut w: BufWriter<W>,
+    mut rx: mpsc::Receiver<Outgoing>,
+) {
     while let Some(mut out) = rx.recv().await {
         loop {
             if let Err(e) = frame::write_frame(&mut w, out.id, &out.header, &out.data).await {
@@ -344,6 +464,13 @@ async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(mut w: BufWriter<W>, mut r
 fn is_transient_accept_error(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::ECONNABORTED | libc::EINTR)
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::ECONNABORTED
+                | libc::EINTR
+        )
     )
 }

@@ -68,12 +68,17 @@ fn open_flags_dir() -> OFlags {
 impl Store {
     /// Opens (and on first use, initialises) the brick at `root`.
     pub fn open_dir(root: &Path) -> Result<Store, StoreError> {
-        let fail = |err| StoreError::Open { path: root.to_path_buf(), err };
-        let root_fd = rustix::fs::open(root, open_flags_dir(), Mode::empty())
-            .map_err(|e| fail(errno(e)))?;
+        let fail = |err| StoreError::Open {
+            path: root.to_path_buf(),
+            err,
+        };
+        let root_fd =
+            rustix::fs::open(root, open_flags_dir(), Mode::empty()).map_err(|e| fail(errno(e)))?;
         let index = Index::open(root_fd.as_fd()).map_err(|e| {
             if e == Errno::EPROTO {
-                StoreError::Format { path: root.to_path_buf() }
+                StoreError::Format {
+                    path: root.to_path_buf(),
+                }
             } else {
                 fail(e)
             }
@@ -94,7 +99,9 @@ impl Store {
         match sys::get(&root_t, id_name.as_bytes()).map_err(fail)? {
             Some(v) if FileId::from_bytes(&v) == Some(FileId::ROOT) => {}
             Some(_) => return Err(fail(Errno::EEXIST)),
-            None => sys::set(&root_t, id_name.as_bytes(), &FileId::ROOT.to_bytes(), 0).map_err(fail)?,
+            None => {
+                sys::set(&root_t, id_name.as_bytes(), &FileId::ROOT.to_bytes(), 0).map_err(fail)?
+            }
         }
         Ok(store)
     }
@@ -148,8 +155,15 @@ impl Store {
         let mut fd = base;
         for (cid, name) in chain.into_iter().rev() {
             check_name(&name).map_err(|_| Errno::EIO)?;
-            let next = rustix::fs::openat(fd.as_fd(), name.as_slice(), open_flags_dir(), Mode::empty())
-                .map_err(|e| if e == rustix::io::Errno::NOENT { Errno::ESTALE } else { errno(e) })?;
+            let next =
+                rustix::fs::openat(fd.as_fd(), name.as_slice(), open_flags_dir(), Mode::empty())
+                    .map_err(|e| {
+                        if e == rustix::io::Errno::NOENT {
+                            Errno::ESTALE
+                        } else {
+                            errno(e)
+                        }
+                    })?;
             if self.fd_id(&next)? != Some(cid) {
                 return Err(Errno::ESTALE);
             }
@@ -169,7 +183,10 @@ impl Store {
     }
 
     fn fd_id(&self, fd: &OwnedFd) -> Result<Option<FileId>, Errno> {
-        let v = sys::get(&XTarget::Fd(fd.as_fd()), self.ns.disk_name(ns::ID).as_bytes())?;
+        let v = sys::get(
+            &XTarget::Fd(fd.as_fd()),
+            self.ns.disk_name(ns::ID).as_bytes(),
+        )?;
         Ok(v.as_deref().and_then(FileId::from_bytes))
     }
 
@@ -201,47 +218,78 @@ impl Store {
     fn loc_stat(&self, loc: &Loc) -> Result<Stat, Errno> {
         match loc {
             Loc::Dir(fd) => rustix::fs::fstat(fd.as_fd()).map_err(errno),
-            Loc::File(k) => rustix::fs::statat(self.index.ids_fd(), k.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(errno),
-            Loc::Orphan(h) => rustix::fs::statat(self.index.orphans_fd(), h.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(errno),
+            Loc::File(k) => {
+                rustix::fs::statat(self.index.ids_fd(), k.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(errno)
+            }
+            Loc::Orphan(h) => rustix::fs::statat(
+                self.index.orphans_fd(),
+                h.as_str(),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(errno),
         }
     }
 
     /// Reads the id and internal xattrs of the object at `path`.
-    fn read_meta(&self, t: &XTarget<'_>) -> Result<(Option<FileId>, Vec<MetaXattr>), Errno> {
+    fn read_meta(&self, t: &XTarget<'_>) -> Result<(Option<FileId>, Vec<MetaXattr>, bool), Errno> {
         let mut id = None;
         let mut meta = Vec::new();
+        let mut caps = false;
         for name in sys::list(t)? {
-            let Some(internal) = self.ns.internal(&name) else { continue };
-            let Some(value) = sys::get(t, &name)? else { continue };
+            caps |= name == b"security.capability";
+            let Some(internal) = self.ns.internal(&name) else {
+                continue;
+            };
+            let Some(value) = sys::get(t, &name)? else {
+                continue;
+            };
             if internal == ns::ID {
                 id = FileId::from_bytes(&value);
             } else {
-                meta.push(MetaXattr { name: internal.to_string(), value });
+                meta.push(MetaXattr {
+                    name: internal.to_string(),
+                    value,
+                });
             }
         }
-        Ok((id, meta))
+        Ok((id, meta, caps))
     }
 
     fn entry_at_loc(&self, id: FileId, loc: &Loc) -> Result<Entry, Errno> {
         let st = self.loc_stat(loc)?;
-        let (_, meta) = self.read_meta(&self.loc_target(loc))?;
-        Ok(Entry { attr: sys::attr_from_stat(id, &st)?, meta })
+        let (_, meta, has_caps) = self.read_meta(&self.loc_target(loc))?;
+        Ok(Entry {
+            attr: sys::attr_from_stat(id, &st)?,
+            meta,
+            has_caps,
+        })
     }
 
     /// The object `name` in the directory `dir` (whose id is `parent`).
     fn entry_in(&self, parent: FileId, dir: BorrowedFd<'_>, name: &[u8]) -> Result<Entry, Errno> {
         let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
-        let (id, meta) = self.read_meta(&XTarget::Path(proc_path(dir, Some(name))))?;
+        let (id, meta, has_caps) = self.read_meta(&XTarget::Path(proc_path(dir, Some(name))))?;
         let id = match id {
             Some(id) => id,
             None => self.adopt(parent, dir, name, &st)?,
         };
-        Ok(Entry { attr: sys::attr_from_stat(id, &st)?, meta })
+        Ok(Entry {
+            attr: sys::attr_from_stat(id, &st)?,
+            meta,
+            has_caps,
+        })
     }
 
     /// Gives an id to an object that has none (put on the brick by other means than shoal,
     /// or caught between creation and labelling): it joins the index like any other.
-    fn adopt(&self, parent: FileId, dir: BorrowedFd<'_>, name: &[u8], st: &Stat) -> Result<FileId, Errno> {
+    fn adopt(
+        &self,
+        parent: FileId,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        st: &Stat,
+    ) -> Result<FileId, Errno> {
         let _ns = lock(&self.ns_lock);
         let t = XTarget::Path(proc_path(dir, Some(name)));
         if let Some(id) = self.read_meta(&t)?.0 {
@@ -291,8 +339,20 @@ impl Store {
             let gid = set.gid.map(rustix::fs::Gid::from_raw);
             match &loc {
                 Loc::Dir(fd) => rustix::fs::fchown(fd.as_fd(), uid, gid),
-                Loc::File(k) => rustix::fs::chownat(self.index.ids_fd(), k.as_str(), uid, gid, AtFlags::SYMLINK_NOFOLLOW),
-                Loc::Orphan(h) => rustix::fs::chownat(self.index.orphans_fd(), h.as_str(), uid, gid, AtFlags::SYMLINK_NOFOLLOW),
+                Loc::File(k) => rustix::fs::chownat(
+                    self.index.ids_fd(),
+                    k.as_str(),
+                    uid,
+                    gid,
+                    AtFlags::SYMLINK_NOFOLLOW,
+                ),
+                Loc::Orphan(h) => rustix::fs::chownat(
+                    self.index.orphans_fd(),
+                    h.as_str(),
+                    uid,
+                    gid,
+                    AtFlags::SYMLINK_NOFOLLOW,
+                ),
             }
             .map_err(errno)?;
         }
@@ -301,8 +361,14 @@ impl Store {
             match (&loc, kind) {
                 (_, FileKind::Symlink) => {}
                 (Loc::Dir(fd), _) => rustix::fs::fchmod(fd.as_fd(), mode).map_err(errno)?,
-                (Loc::File(k), _) => rustix::fs::chmodat(self.index.ids_fd(), k.as_str(), mode, AtFlags::empty()).map_err(errno)?,
-                (Loc::Orphan(h), _) => rustix::fs::chmodat(self.index.orphans_fd(), h.as_str(), mode, AtFlags::empty()).map_err(errno)?,
+                (Loc::File(k), _) => {
+                    rustix::fs::chmodat(self.index.ids_fd(), k.as_str(), mode, AtFlags::empty())
+                        .map_err(errno)?
+                }
+                (Loc::Orphan(h), _) => {
+                    rustix::fs::chmodat(self.index.orphans_fd(), h.as_str(), mode, AtFlags::empty())
+                        .map_err(errno)?
+                }
             }
         }
         if let Some(size) = set.size {
@@ -321,15 +387,37 @@ impl Store {
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let conv = |t: Option<TimeSet>| match t {
-                None => rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_OMIT },
-                Some(TimeSet::Now) => rustix::fs::Timespec { tv_sec: 0, tv_nsec: rustix::fs::UTIME_NOW },
-                Some(TimeSet::At(t)) => rustix::fs::Timespec { tv_sec: t.sec, tv_nsec: t.nsec as _ },
+                None => rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_OMIT,
+                },
+                Some(TimeSet::Now) => rustix::fs::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: rustix::fs::UTIME_NOW,
+                },
+                Some(TimeSet::At(t)) => rustix::fs::Timespec {
+                    tv_sec: t.sec,
+                    tv_nsec: t.nsec as _,
+                },
             };
-            let ts = rustix::fs::Timestamps { last_access: conv(set.atime), last_modification: conv(set.mtime) };
+            let ts = rustix::fs::Timestamps {
+                last_access: conv(set.atime),
+                last_modification: conv(set.mtime),
+            };
             match &loc {
                 Loc::Dir(fd) => rustix::fs::futimens(fd.as_fd(), &ts),
-                Loc::File(k) => rustix::fs::utimensat(self.index.ids_fd(), k.as_str(), &ts, AtFlags::SYMLINK_NOFOLLOW),
-                Loc::Orphan(h) => rustix::fs::utimensat(self.index.orphans_fd(), h.as_str(), &ts, AtFlags::SYMLINK_NOFOLLOW),
+                Loc::File(k) => rustix::fs::utimensat(
+                    self.index.ids_fd(),
+                    k.as_str(),
+                    &ts,
+                    AtFlags::SYMLINK_NOFOLLOW,
+                ),
+                Loc::Orphan(h) => rustix::fs::utimensat(
+                    self.index.orphans_fd(),
+                    h.as_str(),
+                    &ts,
+                    AtFlags::SYMLINK_NOFOLLOW,
+                ),
             }
             .map_err(errno)?;
         }
@@ -370,15 +458,25 @@ impl Store {
                 let fd = self.make_file(&dir, name, node, gid, perm)?;
                 if let Some(flags) = open {
                     self.note_open(node.id);
-                    opened = Some(OpenFile { id: node.id, fd: self.reopen(&fd, flags)? });
+                    opened = Some(OpenFile {
+                        id: node.id,
+                        fd: self.reopen(&fd, flags)?,
+                    });
                 }
             }
             FileKind::Dir => {
-                rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(0o700)).map_err(errno)?;
+                rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(0o700))
+                    .map_err(errno)?;
                 let made = (|| {
-                    let fd = rustix::fs::openat(dir.as_fd(), name, open_flags_dir(), Mode::empty()).map_err(errno)?;
+                    let fd = rustix::fs::openat(dir.as_fd(), name, open_flags_dir(), Mode::empty())
+                        .map_err(errno)?;
                     self.label(&XTarget::Fd(fd.as_fd()), node)?;
-                    rustix::fs::fchown(&fd, Some(rustix::fs::Uid::from_raw(node.uid)), Some(rustix::fs::Gid::from_raw(gid))).map_err(errno)?;
+                    rustix::fs::fchown(
+                        &fd,
+                        Some(rustix::fs::Uid::from_raw(node.uid)),
+                        Some(rustix::fs::Gid::from_raw(gid)),
+                    )
+                    .map_err(errno)?;
                     rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm)).map_err(errno)?;
                     self.index.set_dir(node.id, parent, name)?;
                     self.cache_dir(node.id, Arc::new(fd));
@@ -405,15 +503,32 @@ impl Store {
                             FileKind::CharDev => rustix::fs::FileType::CharacterDevice,
                             _ => rustix::fs::FileType::BlockDevice,
                         };
-                        rustix::fs::mknodat(dir.as_fd(), name, ft, Mode::from_raw_mode(0o600), node.rdev as _).map_err(errno)?;
+                        rustix::fs::mknodat(
+                            dir.as_fd(),
+                            name,
+                            ft,
+                            Mode::from_raw_mode(0o600),
+                            node.rdev as _,
+                        )
+                        .map_err(errno)?;
                     }
                 }
                 let made = (|| {
                     self.label(&XTarget::Path(proc_path(dir.as_fd(), Some(name))), node)?;
-                    let (uid, g) = (Some(rustix::fs::Uid::from_raw(node.uid)), Some(rustix::fs::Gid::from_raw(gid)));
-                    rustix::fs::chownat(dir.as_fd(), name, uid, g, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
+                    let (uid, g) = (
+                        Some(rustix::fs::Uid::from_raw(node.uid)),
+                        Some(rustix::fs::Gid::from_raw(gid)),
+                    );
+                    rustix::fs::chownat(dir.as_fd(), name, uid, g, AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(errno)?;
                     if kind != FileKind::Symlink {
-                        rustix::fs::chmodat(dir.as_fd(), name, Mode::from_raw_mode(perm), AtFlags::empty()).map_err(errno)?;
+                        rustix::fs::chmodat(
+                            dir.as_fd(),
+                            name,
+                            Mode::from_raw_mode(perm),
+                            AtFlags::empty(),
+                        )
+                        .map_err(errno)?;
                     }
                     self.index.link_file(dir.as_fd(), name, node.id)
                 })();
@@ -429,7 +544,12 @@ impl Store {
 
     /// Sets the id and the creation's internal xattrs.
     fn label(&self, t: &XTarget<'_>, node: &NewNode) -> Result<(), Errno> {
-        sys::set(t, self.ns.disk_name(ns::ID).as_bytes(), &node.id.to_bytes(), 0)?;
+        sys::set(
+            t,
+            self.ns.disk_name(ns::ID).as_bytes(),
+            &node.id.to_bytes(),
+            0,
+        )?;
         for m in &node.meta {
             sys::set(t, self.ns.disk_name(&m.name).as_bytes(), &m.value, 0)?;
         }
@@ -438,21 +558,50 @@ impl Store {
 
     /// A regular file made whole (id, owner, mode) before its name appears: an anonymous
     /// O_TMPFILE linked in at the end, so no reader ever sees it half made.
-    fn make_file(&self, dir: &OwnedFd, name: &[u8], node: &NewNode, gid: u32, perm: u32) -> Result<OwnedFd, Errno> {
-        let fd = match rustix::fs::openat(dir, ".", OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC, Mode::from_raw_mode(0o600)) {
+    fn make_file(
+        &self,
+        dir: &OwnedFd,
+        name: &[u8],
+        node: &NewNode,
+        gid: u32,
+        perm: u32,
+    ) -> Result<OwnedFd, Errno> {
+        let fd = match rustix::fs::openat(
+            dir,
+            ".",
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
             Ok(fd) => fd,
-            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL) => {
-                return self.make_file_named(dir, name, node, gid, perm)
-            }
+            Err(
+                rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL,
+            ) => return self.make_file_named(dir, name, node, gid, perm),
             Err(e) => return Err(errno(e)),
         };
         self.label(&XTarget::Fd(fd.as_fd()), node)?;
-        rustix::fs::fchown(&fd, Some(rustix::fs::Uid::from_raw(node.uid)), Some(rustix::fs::Gid::from_raw(gid))).map_err(errno)?;
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::from_raw(node.uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )
+        .map_err(errno)?;
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm)).map_err(errno)?;
         let fd_path = proc_path(&fd, None);
-        rustix::fs::linkat(rustix::fs::CWD, fd_path.as_c_str(), self.index.ids_fd(), index::key(node.id), AtFlags::SYMLINK_FOLLOW)
-            .map_err(errno)?;
-        if let Err(e) = rustix::fs::linkat(rustix::fs::CWD, fd_path.as_c_str(), dir, name, AtFlags::SYMLINK_FOLLOW) {
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            fd_path.as_c_str(),
+            self.index.ids_fd(),
+            index::key(node.id),
+            AtFlags::SYMLINK_FOLLOW,
+        )
+        .map_err(errno)?;
+        if let Err(e) = rustix::fs::linkat(
+            rustix::fs::CWD,
+            fd_path.as_c_str(),
+            dir,
+            name,
+            AtFlags::SYMLINK_FOLLOW,
+        ) {
             let _ = self.index.remove_file(node.id);
             return Err(errno(e));
         }
@@ -461,12 +610,29 @@ impl Store {
 
     /// The same for file systems without O_TMPFILE: made under its name, labelled at once
     /// while the namespace lock keeps lookups from adopting it.
-    fn make_file_named(&self, dir: &OwnedFd, name: &[u8], node: &NewNode, gid: u32, perm: u32) -> Result<OwnedFd, Errno> {
-        let fd = rustix::fs::openat(dir, name, OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
-            .map_err(errno)?;
+    fn make_file_named(
+        &self,
+        dir: &OwnedFd,
+        name: &[u8],
+        node: &NewNode,
+        gid: u32,
+        perm: u32,
+    ) -> Result<OwnedFd, Errno> {
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(errno)?;
         let made = (|| {
             self.label(&XTarget::Fd(fd.as_fd()), node)?;
-            rustix::fs::fchown(&fd, Some(rustix::fs::Uid::from_raw(node.uid)), Some(rustix::fs::Gid::from_raw(gid))).map_err(errno)?;
+            rustix::fs::fchown(
+                &fd,
+                Some(rustix::fs::Uid::from_raw(node.uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(errno)?;
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm)).map_err(errno)?;
             self.index.link_file(dir.as_fd(), name, node.id)
         })();
@@ -485,7 +651,9 @@ impl Store {
         if FileKind::from_mode(st.st_mode) == Some(FileKind::Dir) {
             return Err(Errno::EISDIR);
         }
-        let id = self.read_meta(&XTarget::Path(proc_path(dir.as_fd(), Some(name))))?.0;
+        let id = self
+            .read_meta(&XTarget::Path(proc_path(dir.as_fd(), Some(name))))?
+            .0;
         rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::empty()).map_err(errno)?;
         if let Some(id) = id {
             self.forget_if_unnamed(id)?;
@@ -516,7 +684,9 @@ impl Store {
         if FileKind::from_mode(st.st_mode) != Some(FileKind::Dir) {
             return Err(Errno::ENOTDIR);
         }
-        let id = self.read_meta(&XTarget::Path(proc_path(dir.as_fd(), Some(name))))?.0;
+        let id = self
+            .read_meta(&XTarget::Path(proc_path(dir.as_fd(), Some(name))))?
+            .0;
         rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::REMOVEDIR).map_err(errno)?;
         if let Some(id) = id {
             self.index.remove_dir(id)?;
@@ -540,10 +710,14 @@ impl Store {
         let nd = self.dir_fd(new_parent)?;
         let src = rustix::fs::statat(od.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW).map_err(errno)?;
         let src_dir = FileKind::from_mode(src.st_mode) == Some(FileKind::Dir);
-        let src_id = self.read_meta(&XTarget::Path(proc_path(od.as_fd(), Some(name))))?.0;
+        let src_id = self
+            .read_meta(&XTarget::Path(proc_path(od.as_fd(), Some(name))))?
+            .0;
         let dst = match rustix::fs::statat(nd.as_fd(), new_name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => {
-                let id = self.read_meta(&XTarget::Path(proc_path(nd.as_fd(), Some(new_name))))?.0;
+                let id = self
+                    .read_meta(&XTarget::Path(proc_path(nd.as_fd(), Some(new_name))))?
+                    .0;
                 Some((FileKind::from_mode(st.st_mode) == Some(FileKind::Dir), id))
             }
             Err(rustix::io::Errno::NOENT) => None,
@@ -566,7 +740,9 @@ impl Store {
                 self.index.remove_dir(id)?;
                 lock(&self.dirs).remove(&id);
             }
-            Some((false, Some(id))) if !flags.exchange && Some(id) != src_id => self.forget_if_unnamed(id)?,
+            Some((false, Some(id))) if !flags.exchange && Some(id) != src_id => {
+                self.forget_if_unnamed(id)?
+            }
             _ => {}
         }
         Ok(())
@@ -578,8 +754,14 @@ impl Store {
         match self.locate(id)? {
             Loc::File(k) => {
                 let nd = self.dir_fd(new_parent)?;
-                rustix::fs::linkat(self.index.ids_fd(), k.as_str(), nd.as_fd(), new_name, AtFlags::empty())
-                    .map_err(errno)?;
+                rustix::fs::linkat(
+                    self.index.ids_fd(),
+                    k.as_str(),
+                    nd.as_fd(),
+                    new_name,
+                    AtFlags::empty(),
+                )
+                .map_err(errno)?;
                 self.entry_in(new_parent, nd.as_fd(), new_name)
             }
             Loc::Dir(_) => Err(Errno::EPERM),
@@ -589,18 +771,27 @@ impl Store {
 
     pub fn readlink(&self, id: FileId) -> Result<Vec<u8>, Errno> {
         match self.locate(id)? {
-            Loc::File(k) => Ok(rustix::fs::readlinkat(self.index.ids_fd(), k.as_str(), Vec::new())
-                .map_err(errno)?
-                .into_bytes()),
+            Loc::File(k) => Ok(
+                rustix::fs::readlinkat(self.index.ids_fd(), k.as_str(), Vec::new())
+                    .map_err(errno)?
+                    .into_bytes(),
+            ),
             _ => Err(Errno::EINVAL),
         }
     }
 
     /// Up to `max` entries after `cookie`, without `.`/`..` (the client adds those).
-    pub fn readdir(&self, id: FileId, cookie: u64, max: u32, plus: bool) -> Result<(Vec<DirEntry>, bool), Errno> {
+    pub fn readdir(
+        &self,
+        id: FileId,
+        cookie: u64,
+        max: u32,
+        plus: bool,
+    ) -> Result<(Vec<DirEntry>, bool), Errno> {
         let dir = self.dir_fd(id)?;
         // A descriptor of our own: the listing position is per open file description.
-        let fd = rustix::fs::openat(dir.as_fd(), ".", open_flags_dir(), Mode::empty()).map_err(errno)?;
+        let fd =
+            rustix::fs::openat(dir.as_fd(), ".", open_flags_dir(), Mode::empty()).map_err(errno)?;
         if cookie != 0 {
             rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(cookie)).map_err(errno)?;
         }
@@ -609,10 +800,13 @@ impl Store {
         let mut out = Vec::new();
         let max = max.clamp(1, 4096) as usize;
         while out.len() < max {
-            let Some(ent) = raw.next() else { return Ok((out, true)) };
+            let Some(ent) = raw.next() else {
+                return Ok((out, true));
+            };
             let ent = ent.map_err(errno)?;
             let name = ent.file_name().to_bytes();
-            if name == b"." || name == b".." || (id == FileId::ROOT && name == META_DIR.as_bytes()) {
+            if name == b"." || name == b".." || (id == FileId::ROOT && name == META_DIR.as_bytes())
+            {
                 continue;
             }
             let next = ent.next_entry_cookie();
@@ -634,12 +828,18 @@ impl Store {
                 (None, rustix::fs::FileType::Socket) => FileKind::Socket,
                 (None, rustix::fs::FileType::CharacterDevice) => FileKind::CharDev,
                 (None, rustix::fs::FileType::BlockDevice) => FileKind::BlockDev,
-                (None, _) => match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
+                (None, _) => match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)
+                {
                     Ok(st) => FileKind::from_mode(st.st_mode).ok_or(Errno::EIO)?,
                     Err(_) => continue,
                 },
             };
-            out.push(DirEntry { name: name.to_vec(), kind, cookie: next, entry });
+            out.push(DirEntry {
+                name: name.to_vec(),
+                kind,
+                cookie: next,
+                entry,
+            });
         }
         // Full batch: tell the caller whether anything follows.
         let eof = raw.next().is_none();
@@ -659,7 +859,9 @@ impl Store {
         let fd = match loc {
             Loc::Dir(_) => return Err(Errno::EISDIR),
             Loc::File(k) => rustix::fs::openat(self.index.ids_fd(), k.as_str(), of, Mode::empty()),
-            Loc::Orphan(h) => rustix::fs::openat(self.index.orphans_fd(), h.as_str(), of, Mode::empty()),
+            Loc::Orphan(h) => {
+                rustix::fs::openat(self.index.orphans_fd(), h.as_str(), of, Mode::empty())
+            }
         }
         .map_err(errno)?;
         let st = rustix::fs::fstat(&fd).map_err(errno)?;
@@ -675,7 +877,12 @@ impl Store {
             libc::O_RDWR => OFlags::RDWR,
             _ => OFlags::RDONLY,
         };
-        rustix::fs::open(proc_path(fd, None).as_c_str(), acc | OFlags::CLOEXEC, Mode::empty()).map_err(errno)
+        rustix::fs::open(
+            proc_path(fd, None).as_c_str(),
+            acc | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno)
     }
 
     fn note_open(&self, id: FileId) {
@@ -752,7 +959,13 @@ impl Store {
         }
     }
 
-    pub fn fallocate(&self, file: &OpenFile, mode: u32, offset: u64, len: u64) -> Result<(), Errno> {
+    pub fn fallocate(
+        &self,
+        file: &OpenFile,
+        mode: u32,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), Errno> {
         let flags = rustix::fs::FallocateFlags::from_bits(mode).ok_or(Errno::EOPNOTSUPP)?;
         rustix::fs::fallocate(&file.fd, flags, offset, len).map_err(errno)
     }
@@ -802,7 +1015,11 @@ impl Store {
     }
 
     /// Adds deltas to internal 64-bit counters; a counter at zero is removed.
-    pub fn xattr_add(&self, id: FileId, deltas: &[(String, i64)]) -> Result<Vec<(String, i64)>, Errno> {
+    pub fn xattr_add(
+        &self,
+        id: FileId,
+        deltas: &[(String, i64)],
+    ) -> Result<Vec<(String, i64)>, Errno> {
         for (name, _) in deltas {
             ns::check_meta_name(name)?;
         }

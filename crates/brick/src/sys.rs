@@ -29,7 +29,11 @@ pub fn errno(e: rustix::io::Errno) -> Errno {
 /// index's own hard link.
 pub fn attr_from_stat(id: FileId, st: &Stat) -> Result<Attr, Errno> {
     let kind = FileKind::from_mode(st.st_mode).ok_or(Errno::EIO)?;
-    let nlink = if kind == FileKind::Dir { st.st_nlink } else { st.st_nlink.saturating_sub(1) };
+    let nlink = if kind == FileKind::Dir {
+        st.st_nlink
+    } else {
+        st.st_nlink.saturating_sub(1)
+    };
     Ok(Attr {
         id,
         kind,
@@ -41,9 +45,18 @@ pub fn attr_from_stat(id: FileId, st: &Stat) -> Result<Attr, Errno> {
         size: st.st_size as u64,
         blocks: st.st_blocks as u64,
         blksize: st.st_blksize as u32,
-        atime: Timespec { sec: st.st_atime, nsec: st.st_atime_nsec as u32 },
-        mtime: Timespec { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 },
-        ctime: Timespec { sec: st.st_ctime, nsec: st.st_ctime_nsec as u32 },
+        atime: Timespec {
+            sec: st.st_atime,
+            nsec: st.st_atime_nsec as u32,
+        },
+        mtime: Timespec {
+            sec: st.st_mtime,
+            nsec: st.st_mtime_nsec as u32,
+        },
+        ctime: Timespec {
+            sec: st.st_ctime,
+            nsec: st.st_ctime_nsec as u32,
+        },
     })
 }
 
@@ -106,7 +119,11 @@ pub fn list(t: &XTarget<'_>) -> Result<Vec<Vec<u8>>, Errno> {
             Err(e) => return Err(errno(e)),
         }
     };
-    Ok(buf[..n].split(|&b| b == 0).filter(|s| !s.is_empty()).map(<[u8]>::to_vec).collect())
+    Ok(buf[..n]
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
 }
 
 pub fn set(t: &XTarget<'_>, name: &[u8], value: &[u8], flags: u32) -> Result<(), Errno> {

@@ -3,11 +3,11 @@
 //! connection) and the server stays up and unchanged.
 
 use bytes::Bytes;
-use shoal_brick as brick;
 use proto::auth::{self, ClusterKey};
 use proto::frame;
 use proto::msg::{Reply, Request, Response};
 use proto::{Errno, FileId, FileKind, NewNode};
+use shoal_brick as brick;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -33,7 +33,9 @@ async fn server() -> Server {
 
 async fn connect(s: &Server) -> TcpStream {
     let mut c = TcpStream::connect(s.addr).await.unwrap();
-    auth::client(&mut c, &s.key, "client", "test").await.unwrap();
+    auth::client(&mut c, &s.key, "client", "test")
+        .await
+        .unwrap();
     c
 }
 
@@ -93,13 +95,17 @@ async fn unknown_operations_get_an_error_and_the_connection_goes_on() {
     let s = server().await;
     let mut c = connect(&s).await;
     // A well-framed header whose operation number does not exist.
-    frame::write_frame(&mut c, 9, &[250, 1, 2, 3], &[]).await.unwrap();
+    frame::write_frame(&mut c, 9, &[250, 1, 2, 3], &[])
+        .await
+        .unwrap();
     c.flush().await.unwrap();
     let (id, resp, _): (u64, Response, Bytes) = frame::recv(&mut c).await.unwrap();
     assert_eq!(id, 9);
     assert_eq!(resp, Err(Errno::ENOSYS));
     // Garbage inside a known operation.
-    frame::write_frame(&mut c, 10, &[1, 0xff, 0xff], &[]).await.unwrap();
+    frame::write_frame(&mut c, 10, &[1, 0xff, 0xff], &[])
+        .await
+        .unwrap();
     c.flush().await.unwrap();
     let (id, resp, _): (u64, Response, Bytes) = frame::recv(&mut c).await.unwrap();
     assert_eq!(id, 10);
@@ -125,7 +131,11 @@ async fn truncated_frames_and_strangers_leave_the_server_up() {
     assert!(closed(&mut raw).await);
     // The wrong key.
     let mut wrong = TcpStream::connect(s.addr).await.unwrap();
-    assert!(auth::client(&mut wrong, &ClusterKey::generate(), "client", "intruder").await.is_err());
+    assert!(
+        auth::client(&mut wrong, &ClusterKey::generate(), "client", "intruder")
+            .await
+            .is_err()
+    );
     alive(&s).await;
 }
 
@@ -163,9 +173,19 @@ async fn names_never_escape_the_brick() {
             symlink_target: None,
             open: None,
         };
-        assert_eq!(call(&mut c, 100 + i as u64, &req).await, Err(*want), "create {name:?}");
-        let req = Request::Lookup { parent: FileId::ROOT, name: name.to_vec() };
-        assert!(call(&mut c, 200 + i as u64, &req).await.is_err(), "lookup {name:?}");
+        assert_eq!(
+            call(&mut c, 100 + i as u64, &req).await,
+            Err(*want),
+            "create {name:?}"
+        );
+        let req = Request::Lookup {
+            parent: FileId::ROOT,
+            name: name.to_vec(),
+        };
+        assert!(
+            call(&mut c, 200 + i as u64, &req).await.is_err(),
+            "lookup {name:?}"
+        );
         let req = Request::Rename {
             parent: FileId::ROOT,
             name: b"nothing".to_vec(),
@@ -173,18 +193,49 @@ async fn names_never_escape_the_brick() {
             new_name: name.to_vec(),
             flags: Default::default(),
         };
-        assert!(call(&mut c, 300 + i as u64, &req).await.is_err(), "rename to {name:?}");
+        assert!(
+            call(&mut c, 300 + i as u64, &req).await.is_err(),
+            "rename to {name:?}"
+        );
     }
     // Ids that name nothing, and reserved xattr names.
-    assert!(call(&mut c, 400, &Request::GetAttr { id: FileId(0xdead_beef_0000) }).await.is_err());
-    let req = Request::SetXattr { id: FileId::ROOT, name: b"trusted.shoal.id".to_vec(), value: vec![1], flags: 0 };
+    assert!(call(
+        &mut c,
+        400,
+        &Request::GetAttr {
+            id: FileId(0xdead_beef_0000)
+        }
+    )
+    .await
+    .is_err());
+    let req = Request::SetXattr {
+        id: FileId::ROOT,
+        name: b"trusted.shoal.id".to_vec(),
+        value: vec![1],
+        flags: 0,
+    };
     assert!(call(&mut c, 401, &req).await.is_err());
-    let req = Request::SetMeta { id: FileId::ROOT, meta: vec![("id".into(), Some(vec![0; 16]))] };
+    let req = Request::SetMeta {
+        id: FileId::ROOT,
+        meta: vec![("id".into(), Some(vec![0; 16]))],
+    };
     assert_eq!(call(&mut c, 402, &req).await, Err(Errno::EINVAL));
-    let req = Request::Read { fh: 12345, offset: 0, size: u32::MAX };
+    let req = Request::Read {
+        fh: 12345,
+        offset: 0,
+        size: u32::MAX,
+    };
     assert_eq!(call(&mut c, 403, &req).await, Err(Errno::EBADF));
 
-    assert_eq!(tree(s.dir.path()), outside_before, "nothing appeared beside the brick");
-    assert_eq!(tree(&s.dir.path().join("brick")), vec![".shoal".to_string()], "nothing appeared in the brick");
+    assert_eq!(
+        tree(s.dir.path()),
+        outside_before,
+        "nothing appeared beside the brick"
+    );
+    assert_eq!(
+        tree(&s.dir.path().join("brick")),
+        vec![".shoal".to_string()],
+        "nothing appeared in the brick"
+    );
     alive(&s).await;
 }

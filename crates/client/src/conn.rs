@@ -92,7 +92,9 @@ impl BrickConn {
 
     /// True while a live connection exists.
     pub fn is_up(&self) -> bool {
-        lock(&self.link).as_ref().is_some_and(|l| !l.dead.load(Ordering::SeqCst))
+        lock(&self.link)
+            .as_ref()
+            .is_some_and(|l| !l.dead.load(Ordering::SeqCst))
     }
 
     /// The generation of the current connection: handles from another generation are void.
@@ -118,17 +120,21 @@ impl BrickConn {
         let attempt = async {
             let mut s = TcpStream::connect(&self.addr).await.map_err(Errno::from)?;
             let _ = s.set_nodelay(true);
-            auth::client(&mut s, &self.key, "client", &self.name).await.map_err(|e| {
-                tracing::warn!(brick = %self.addr, "handshake failed: {e}");
-                match e {
-                    auth::HandshakeError::Frame(frame::FrameError::Io(io)) => Errno::from(io),
-                    auth::HandshakeError::Frame(_) => Errno::ECONNRESET,
-                    _ => Errno::EACCES,
-                }
-            })?;
+            auth::client(&mut s, &self.key, "client", &self.name)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(brick = %self.addr, "handshake failed: {e}");
+                    match e {
+                        auth::HandshakeError::Frame(frame::FrameError::Io(io)) => Errno::from(io),
+                        auth::HandshakeError::Frame(_) => Errno::ECONNRESET,
+                        _ => Errno::EACCES,
+                    }
+                })?;
             Ok::<_, Errno>(s)
         };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await.map_err(|_| Errno::ETIMEDOUT)??;
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+            .await
+            .map_err(|_| Errno::ETIMEDOUT)??;
         let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
@@ -140,8 +146,16 @@ impl BrickConn {
             last_rx: Mutex::new(Instant::now()),
             tasks: Mutex::new(Vec::new()),
         });
-        let w = tokio::spawn(write_loop(link.clone(), BufWriter::with_capacity(256 * 1024, wr), rx));
-        let r = tokio::spawn(read_loop(self.me.clone(), link.clone(), BufReader::with_capacity(256 * 1024, rd)));
+        let w = tokio::spawn(write_loop(
+            link.clone(),
+            BufWriter::with_capacity(256 * 1024, wr),
+            rx,
+        ));
+        let r = tokio::spawn(read_loop(
+            self.me.clone(),
+            link.clone(),
+            BufReader::with_capacity(256 * 1024, rd),
+        ));
         lock(&link.tasks).extend([w.abort_handle(), r.abort_handle()]);
         tokio::spawn(ping_loop(self.me.clone(), Arc::downgrade(&link)));
         tracing::debug!(brick = %self.addr, gen = link.gen, "connected");
@@ -212,10 +226,17 @@ impl BrickConn {
     }
 }
 
-async fn write_loop(link: Arc<Link>, mut w: BufWriter<tokio::net::tcp::OwnedWriteHalf>, mut rx: mpsc::UnboundedReceiver<Out>) {
+async fn write_loop(
+    link: Arc<Link>,
+    mut w: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+) {
     while let Some(mut out) = rx.recv().await {
         loop {
-            if frame::write_frame(&mut w, out.id, &out.header, &out.data).await.is_err() {
+            if frame::write_frame(&mut w, out.id, &out.header, &out.data)
+                .await
+                .is_err()
+            {
                 link.kill();
                 return;
             }
@@ -231,7 +252,11 @@ async fn write_loop(link: Arc<Link>, mut w: BufWriter<tokio::net::tcp::OwnedWrit
     }
 }
 
-async fn read_loop(conn: Weak<BrickConn>, link: Arc<Link>, mut r: BufReader<tokio::net::tcp::OwnedReadHalf>) {
+async fn read_loop(
+    conn: Weak<BrickConn>,
+    link: Arc<Link>,
+    mut r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+) {
     loop {
         let frame = match frame::read_frame(&mut r).await {
             Ok(Some(f)) => f,
@@ -262,7 +287,9 @@ async fn read_loop(conn: Weak<BrickConn>, link: Arc<Link>, mut r: BufReader<toki
 async fn ping_loop(conn: Weak<BrickConn>, link: Weak<Link>) {
     loop {
         tokio::time::sleep(PING_EVERY).await;
-        let (Some(c), Some(l)) = (conn.upgrade(), link.upgrade()) else { return };
+        let (Some(c), Some(l)) = (conn.upgrade(), link.upgrade()) else {
+            return;
+        };
         if l.dead.load(Ordering::SeqCst) {
             return;
         }

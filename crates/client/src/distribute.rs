@@ -10,7 +10,9 @@ use crate::xlator::{Child, DirCursor, DirPage, Handle, Result, Xlator};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::join_all;
-use proto::{Entry, Errno, FileId, FileKind, Lock, MetaXattr, NewNode, RenameFlags, SetAttr, StatFs};
+use proto::{
+    Entry, Errno, FileId, FileKind, Lock, MetaXattr, NewNode, RenameFlags, SetAttr, StatFs,
+};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -39,7 +41,10 @@ pub fn pointer_target(e: &Entry) -> Option<usize> {
 impl Distribute {
     pub fn new(children: Vec<Child>) -> Distribute {
         assert!(!children.is_empty());
-        Distribute { children, home: Mutex::new(HashMap::new()) }
+        Distribute {
+            children,
+            home: Mutex::new(HashMap::new()),
+        }
     }
 
     fn hashed(&self, parent: FileId, name: &[u8]) -> usize {
@@ -55,18 +60,32 @@ impl Distribute {
     }
 
     fn forget(&self, id: FileId) {
-        self.home.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.home
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 
     fn cached(&self, id: FileId) -> Option<usize> {
-        self.home.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied()
+        self.home
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied()
     }
 
     /// A directory's entry as the volume sees it: its entries are spread over the children,
     /// so its times are the latest of any child's.
     async fn whole_dir(&self, from: usize, mut e: Entry) -> Entry {
         let id = e.attr.id;
-        let others = join_all(self.children.iter().enumerate().filter(|(i, _)| *i != from).map(|(_, c)| c.getattr(id))).await;
+        let others = join_all(
+            self.children
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != from)
+                .map(|(_, c)| c.getattr(id)),
+        )
+        .await;
         for o in others.into_iter().flatten() {
             e.attr.mtime = e.attr.mtime.max(o.attr.mtime);
             e.attr.ctime = e.attr.ctime.max(o.attr.ctime);
@@ -123,14 +142,16 @@ impl Distribute {
                 self.remember(e.attr.id, h);
                 Ok((h, h, e))
             }
-            Some(t) if t < self.children.len() && t != h => match self.children[t].getattr(e.attr.id).await {
-                Ok(real) if pointer_target(&real).is_none() => {
-                    self.remember(real.attr.id, t);
-                    Ok((h, t, real))
+            Some(t) if t < self.children.len() && t != h => {
+                match self.children[t].getattr(e.attr.id).await {
+                    Ok(real) if pointer_target(&real).is_none() => {
+                        self.remember(real.attr.id, t);
+                        Ok((h, t, real))
+                    }
+                    Ok(_) | Err(Errno::ENOENT | Errno::ESTALE) => Err(Errno::ENOENT), // dangling pointer
+                    Err(err) => Err(err),
                 }
-                Ok(_) | Err(Errno::ENOENT | Errno::ESTALE) => Err(Errno::ENOENT), // dangling pointer
-                Err(err) => Err(err),
-            },
+            }
             Some(t) => {
                 tracing::warn!(target = t, "pointer entry with an impossible target");
                 Err(Errno::EIO)
@@ -140,7 +161,14 @@ impl Distribute {
 
     /// Makes `new_name` in `new_parent` on child `at` point at `id` whose data is on `data`:
     /// a hard link of an existing pointer for `id` on that child, or a new pointer.
-    async fn put_pointer(&self, at: usize, id: FileId, data: usize, new_parent: FileId, new_name: &[u8]) -> Result<()> {
+    async fn put_pointer(
+        &self,
+        at: usize,
+        id: FileId,
+        data: usize,
+        new_parent: FileId,
+        new_name: &[u8],
+    ) -> Result<()> {
         match self.children[at].link(id, new_parent, new_name).await {
             Ok(_) => return Ok(()),
             Err(Errno::ENOENT | Errno::ESTALE) => {}
@@ -153,9 +181,15 @@ impl Distribute {
             uid: 0,
             gid: 0,
             rdev: 0,
-            meta: vec![MetaXattr { name: LINKTO.into(), value: (data as u32).to_be_bytes().to_vec() }],
+            meta: vec![MetaXattr {
+                name: LINKTO.into(),
+                value: (data as u32).to_be_bytes().to_vec(),
+            }],
         };
-        self.children[at].create(new_parent, new_name, &node, None, None).await.map(|_| ())
+        self.children[at]
+            .create(new_parent, new_name, &node, None, None)
+            .await
+            .map(|_| ())
     }
 
     fn one(h: &Handle) -> Result<(usize, &Handle)> {
@@ -173,7 +207,14 @@ impl Distribute {
         Fut: std::future::Future<Output = Result<T>> + 'a,
     {
         let v = f(&self.children[first]).await?;
-        let rest = join_all(self.children.iter().enumerate().filter(|(i, _)| *i != first).map(|(_, c)| f(c))).await;
+        let rest = join_all(
+            self.children
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != first)
+                .map(|(_, c)| f(c)),
+        )
+        .await;
         for r in rest {
             if let Err(e) = r {
                 tracing::warn!("directory change missed a child: {e}");
@@ -219,9 +260,13 @@ impl Xlator for Distribute {
     ) -> Result<(Entry, Option<Handle>)> {
         let h = self.hashed(parent, name);
         if node.kind == FileKind::Dir {
-            return self.on_all_dirs(h, |c| c.create(parent, name, node, symlink_target, None)).await;
+            return self
+                .on_all_dirs(h, |c| c.create(parent, name, node, symlink_target, None))
+                .await;
         }
-        let (e, handle) = self.children[h].create(parent, name, node, symlink_target, open).await?;
+        let (e, handle) = self.children[h]
+            .create(parent, name, node, symlink_target, open)
+            .await?;
         self.remember(node.id, h);
         Ok((e, handle.map(|x| Handle::One(h, Box::new(x)))))
     }
@@ -250,9 +295,12 @@ impl Xlator for Distribute {
         // the directory never half-disappears.
         let others: Vec<usize> = (0..self.children.len()).filter(|i| *i != h).collect();
         let results = join_all(others.iter().map(|&i| self.children[i].rmdir(parent, name))).await;
-        let failure = results
-            .iter()
-            .find_map(|r| r.as_ref().err().filter(|e| !matches!(**e, Errno::ENOENT)).copied());
+        let failure = results.iter().find_map(|r| {
+            r.as_ref()
+                .err()
+                .filter(|e| !matches!(**e, Errno::ENOENT))
+                .copied()
+        });
         if let Some(err) = failure {
             let node = NewNode {
                 id: e.attr.id,
@@ -265,7 +313,9 @@ impl Xlator for Distribute {
             };
             for (&i, r) in others.iter().zip(&results) {
                 if r.is_ok() {
-                    let _ = self.children[i].create(parent, name, &node, None, None).await;
+                    let _ = self.children[i]
+                        .create(parent, name, &node, None, None)
+                        .await;
                 }
             }
             return Err(err);
@@ -273,7 +323,14 @@ impl Xlator for Distribute {
         self.children[h].rmdir(parent, name).await
     }
 
-    async fn rename(&self, parent: FileId, name: &[u8], new_parent: FileId, new_name: &[u8], flags: RenameFlags) -> Result<()> {
+    async fn rename(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        new_parent: FileId,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
         let (src_h, src_d, src) = self.resolve(parent, name).await?;
         let dst = match self.resolve(new_parent, new_name).await {
             Ok(x) => Some(x),
@@ -285,11 +342,17 @@ impl Xlator for Distribute {
             // same-child exchanges are atomic here.
             match &dst {
                 Some((dh, dd, _)) if *dd == src_d && *dh == src_h && src_h == src_d => {
-                    return self.children[src_d].rename(parent, name, new_parent, new_name, flags).await
+                    return self.children[src_d]
+                        .rename(parent, name, new_parent, new_name, flags)
+                        .await
                 }
                 None => return Err(Errno::ENOENT),
                 _ if src.attr.kind == FileKind::Dir => {
-                    return self.on_all_dirs(src_h, |c| c.rename(parent, name, new_parent, new_name, flags)).await
+                    return self
+                        .on_all_dirs(src_h, |c| {
+                            c.rename(parent, name, new_parent, new_name, flags)
+                        })
+                        .await
                 }
                 _ => return Err(Errno::EXDEV),
             }
@@ -311,28 +374,47 @@ impl Xlator for Distribute {
             if let Some((_, _, d)) = &dst {
                 // Each child sees only its share of the target: ask the whole volume whether
                 // it is empty before any child replaces it.
-                let page = self.readdir(d.attr.id, &DirCursor::default(), false).await?;
+                let page = self
+                    .readdir(d.attr.id, &DirCursor::default(), false)
+                    .await?;
                 if !page.entries.is_empty() {
                     return Err(Errno::ENOTEMPTY);
                 }
             }
-            return self.on_all_dirs(src_h, |c| c.rename(parent, name, new_parent, new_name, flags)).await;
+            return self
+                .on_all_dirs(src_h, |c| {
+                    c.rename(parent, name, new_parent, new_name, flags)
+                })
+                .await;
         }
         let new_h = self.hashed(new_parent, new_name);
         // 1. The data file takes its new name where it is (replacing whatever had that name
         //    on that child).
-        self.children[src_d].rename(parent, name, new_parent, new_name, flags).await?;
+        self.children[src_d]
+            .rename(parent, name, new_parent, new_name, flags)
+            .await?;
         // 2. The new name's hashed child points at the data.
         if new_h != src_d {
             let tmp = format!(".shoal-rename-{}", FileId::random().to_hex());
             let placed = async {
-                self.put_pointer(new_h, src.attr.id, src_d, new_parent, tmp.as_bytes()).await?;
-                self.children[new_h].rename(new_parent, tmp.as_bytes(), new_parent, new_name, RenameFlags::default()).await
+                self.put_pointer(new_h, src.attr.id, src_d, new_parent, tmp.as_bytes())
+                    .await?;
+                self.children[new_h]
+                    .rename(
+                        new_parent,
+                        tmp.as_bytes(),
+                        new_parent,
+                        new_name,
+                        RenameFlags::default(),
+                    )
+                    .await
             }
             .await;
             if let Err(e) = placed {
                 tracing::warn!("rename: cannot place pointer: {e}");
-                let _ = self.children[new_h].unlink(new_parent, tmp.as_bytes()).await;
+                let _ = self.children[new_h]
+                    .unlink(new_parent, tmp.as_bytes())
+                    .await;
             }
         }
         // 3. The replaced file's data elsewhere goes.
@@ -379,7 +461,9 @@ impl Xlator for Distribute {
                 .entries
                 .into_iter()
                 .filter(|d| match &d.entry {
-                    Some(e) => pointer_target(e).is_none() && (child == 0 || e.attr.kind != FileKind::Dir),
+                    Some(e) => {
+                        pointer_target(e).is_none() && (child == 0 || e.attr.kind != FileKind::Dir)
+                    }
                     None => child == 0 || d.kind != FileKind::Dir,
                 })
                 .map(|mut d| {
@@ -393,7 +477,9 @@ impl Xlator for Distribute {
                 })
                 .collect();
             let next = match page.next {
-                Some(n) => Some(DirCursor(std::iter::once(child as u64).chain(n.0).collect())),
+                Some(n) => Some(DirCursor(
+                    std::iter::once(child as u64).chain(n.0).collect(),
+                )),
                 None if child + 1 < self.children.len() => Some(DirCursor(vec![child as u64 + 1])),
                 None => None,
             };
@@ -417,7 +503,10 @@ impl Xlator for Distribute {
             Err(Errno::ENOENT | Errno::ESTALE) => {
                 self.forget(id);
                 let (c, _) = self.locate_one(id).await?;
-                Ok(Handle::One(c, Box::new(self.children[c].open(id, flags).await?)))
+                Ok(Handle::One(
+                    c,
+                    Box::new(self.children[c].open(id, flags).await?),
+                ))
             }
             Err(e) => Err(e),
         }
@@ -465,7 +554,9 @@ impl Xlator for Distribute {
     async fn setxattr(&self, id: FileId, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
         let (c, e) = self.locate_one(id).await?;
         if e.attr.kind == FileKind::Dir {
-            return self.on_all_dirs(c, |ch| ch.setxattr(id, name, value, flags)).await;
+            return self
+                .on_all_dirs(c, |ch| ch.setxattr(id, name, value, flags))
+                .await;
         }
         self.children[c].setxattr(id, name, value, flags).await
     }
@@ -521,9 +612,15 @@ pub fn sum_statfs(results: Vec<Result<StatFs>>) -> Result<StatFs> {
     for r in results {
         match r {
             Ok(s) => {
-                let t = total.get_or_insert(StatFs { bsize: s.bsize, frsize: s.frsize, namemax: s.namemax, ..Default::default() });
+                let t = total.get_or_insert(StatFs {
+                    bsize: s.bsize,
+                    frsize: s.frsize,
+                    namemax: s.namemax,
+                    ..Default::default()
+                });
                 // Normalise to the first child's fragment size.
-                let scale = |v: u64| v.saturating_mul(s.frsize.max(1) as u64) / t.frsize.max(1) as u64;
+                let scale =
+                    |v: u64| v.saturating_mul(s.frsize.max(1) as u64) / t.frsize.max(1) as u64;
                 t.blocks += scale(s.blocks);
                 t.bfree += scale(s.bfree);
                 t.bavail += scale(s.bavail);

@@ -70,7 +70,11 @@ impl Protocol {
             return Ok(fh);
         }
         let flags = f.flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL) as u32;
-        match self.conn.call(&Request::Open { id: f.id, flags }, Bytes::new()).await? {
+        match self
+            .conn
+            .call(&Request::Open { id: f.id, flags }, Bytes::new())
+            .await?
+        {
             (Reply::Opened { fh }, _, gen) => {
                 *f.fh.lock().unwrap_or_else(|p| p.into_inner()) = (gen, fh);
                 Ok(fh)
@@ -81,12 +85,22 @@ impl Protocol {
 
     /// Sends a request that needs the file's handle; on a connection that was renewed
     /// between looking up the handle and sending, tries once more with a fresh one.
-    async fn with_fh(&self, h: &Handle, make: impl Fn(Fh) -> Request, data: Bytes) -> Result<(Reply, Bytes)> {
+    async fn with_fh(
+        &self,
+        h: &Handle,
+        make: impl Fn(Fh) -> Request,
+        data: Bytes,
+    ) -> Result<(Reply, Bytes)> {
         let f = Self::file(h)?;
         for _ in 0..2 {
             let fh = self.fh(f).await?;
             match self.conn.call(&make(fh), data.clone()).await {
-                Err(Errno::EBADF) if f.fh.lock().unwrap_or_else(|p| p.into_inner()).0 != self.conn.generation() => continue,
+                Err(Errno::EBADF)
+                    if f.fh.lock().unwrap_or_else(|p| p.into_inner()).0
+                        != self.conn.generation() =>
+                {
+                    continue
+                }
                 r => return r.map(|(reply, data, _)| (reply, data)),
             }
         }
@@ -97,7 +111,11 @@ impl Protocol {
 #[async_trait]
 impl Xlator for Protocol {
     async fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Entry> {
-        self.entry(Request::Lookup { parent, name: name.to_vec() }).await
+        self.entry(Request::Lookup {
+            parent,
+            name: name.to_vec(),
+        })
+        .await
     }
 
     async fn getattr(&self, id: FileId) -> Result<Entry> {
@@ -107,9 +125,26 @@ impl Xlator for Protocol {
     async fn setattr(&self, id: FileId, h: Option<&Handle>, set: &SetAttr) -> Result<Entry> {
         let reply = match h {
             Some(h) if set.size.is_some() => {
-                self.with_fh(h, |fh| Request::SetAttr { id, fh: Some(fh), set: set.clone() }, Bytes::new()).await?.0
+                self.with_fh(
+                    h,
+                    |fh| Request::SetAttr {
+                        id,
+                        fh: Some(fh),
+                        set: set.clone(),
+                    },
+                    Bytes::new(),
+                )
+                .await?
+                .0
             }
-            _ => self.call(Request::SetAttr { id, fh: None, set: set.clone() }).await?,
+            _ => {
+                self.call(Request::SetAttr {
+                    id,
+                    fh: None,
+                    set: set.clone(),
+                })
+                .await?
+            }
         };
         match reply {
             Reply::Entry(e) => Ok(e),
@@ -149,19 +184,46 @@ impl Xlator for Protocol {
     }
 
     async fn unlink(&self, parent: FileId, name: &[u8]) -> Result<()> {
-        self.ok(Request::Unlink { parent, name: name.to_vec() }).await
+        self.ok(Request::Unlink {
+            parent,
+            name: name.to_vec(),
+        })
+        .await
     }
 
     async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
-        self.ok(Request::Rmdir { parent, name: name.to_vec() }).await
+        self.ok(Request::Rmdir {
+            parent,
+            name: name.to_vec(),
+        })
+        .await
     }
 
-    async fn rename(&self, parent: FileId, name: &[u8], new_parent: FileId, new_name: &[u8], flags: RenameFlags) -> Result<()> {
-        self.ok(Request::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), flags }).await
+    async fn rename(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        new_parent: FileId,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        self.ok(Request::Rename {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: new_name.to_vec(),
+            flags,
+        })
+        .await
     }
 
     async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
-        self.entry(Request::Link { id, new_parent, new_name: new_name.to_vec() }).await
+        self.entry(Request::Link {
+            id,
+            new_parent,
+            new_name: new_name.to_vec(),
+        })
+        .await
     }
 
     async fn readlink(&self, id: FileId) -> Result<Vec<u8>> {
@@ -173,7 +235,15 @@ impl Xlator for Protocol {
 
     async fn readdir(&self, id: FileId, cursor: &DirCursor, plus: bool) -> Result<DirPage> {
         let cookie = cursor.0.first().copied().unwrap_or(0);
-        match self.call(Request::ReadDir { id, cookie, max: DIR_PAGE, plus }).await? {
+        match self
+            .call(Request::ReadDir {
+                id,
+                cookie,
+                max: DIR_PAGE,
+                plus,
+            })
+            .await?
+        {
             Reply::Dir { entries, eof } => {
                 let next = match (eof, entries.last()) {
                     (false, Some(last)) => Some(DirCursor(vec![last.cookie])),
@@ -186,37 +256,57 @@ impl Xlator for Protocol {
     }
 
     async fn open(&self, id: FileId, flags: u32) -> Result<Handle> {
-        match self.conn.call(&Request::Open { id, flags }, Bytes::new()).await? {
-            (Reply::Opened { fh }, _, gen) => {
-                Ok(Handle::Brick(Arc::new(BrickFile { id, flags, fh: Mutex::new((gen, fh)) })))
-            }
+        match self
+            .conn
+            .call(&Request::Open { id, flags }, Bytes::new())
+            .await?
+        {
+            (Reply::Opened { fh }, _, gen) => Ok(Handle::Brick(Arc::new(BrickFile {
+                id,
+                flags,
+                fh: Mutex::new((gen, fh)),
+            }))),
             (r, _, _) => Err(unexpected(r)),
         }
     }
 
     async fn read(&self, h: &Handle, offset: u64, size: u32) -> Result<Bytes> {
-        match self.with_fh(h, |fh| Request::Read { fh, offset, size }, Bytes::new()).await? {
+        match self
+            .with_fh(h, |fh| Request::Read { fh, offset, size }, Bytes::new())
+            .await?
+        {
             (Reply::Data, data) => Ok(data),
             (r, _) => Err(unexpected(r)),
         }
     }
 
     async fn write(&self, h: &Handle, offset: u64, data: Bytes) -> Result<u32> {
-        match self.with_fh(h, |fh| Request::Write { fh, offset }, data).await? {
+        match self
+            .with_fh(h, |fh| Request::Write { fh, offset }, data)
+            .await?
+        {
             (Reply::Written { size }, _) => Ok(size),
             (r, _) => Err(unexpected(r)),
         }
     }
 
     async fn fsync(&self, h: &Handle, datasync: bool) -> Result<()> {
-        match self.with_fh(h, |fh| Request::Fsync { fh, datasync }, Bytes::new()).await?.0 {
+        match self
+            .with_fh(h, |fh| Request::Fsync { fh, datasync }, Bytes::new())
+            .await?
+            .0
+        {
             Reply::Ok => Ok(()),
             r => Err(unexpected(r)),
         }
     }
 
     async fn flush(&self, h: &Handle, lock_owner: u64) -> Result<()> {
-        match self.with_fh(h, |fh| Request::Flush { fh, lock_owner }, Bytes::new()).await?.0 {
+        match self
+            .with_fh(h, |fh| Request::Flush { fh, lock_owner }, Bytes::new())
+            .await?
+            .0
+        {
             Reply::Ok => Ok(()),
             r => Err(unexpected(r)),
         }
@@ -232,7 +322,20 @@ impl Xlator for Protocol {
     }
 
     async fn fallocate(&self, h: &Handle, mode: u32, offset: u64, len: u64) -> Result<()> {
-        match self.with_fh(h, |fh| Request::Fallocate { fh, mode, offset, len }, Bytes::new()).await?.0 {
+        match self
+            .with_fh(
+                h,
+                |fh| Request::Fallocate {
+                    fh,
+                    mode,
+                    offset,
+                    len,
+                },
+                Bytes::new(),
+            )
+            .await?
+            .0
+        {
             Reply::Ok => Ok(()),
             r => Err(unexpected(r)),
         }
@@ -246,14 +349,26 @@ impl Xlator for Protocol {
     }
 
     async fn getxattr(&self, id: FileId, name: &[u8]) -> Result<Vec<u8>> {
-        match self.call(Request::GetXattr { id, name: name.to_vec() }).await? {
+        match self
+            .call(Request::GetXattr {
+                id,
+                name: name.to_vec(),
+            })
+            .await?
+        {
             Reply::Xattr(v) => Ok(v),
             r => Err(unexpected(r)),
         }
     }
 
     async fn setxattr(&self, id: FileId, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
-        self.ok(Request::SetXattr { id, name: name.to_vec(), value: value.to_vec(), flags }).await
+        self.ok(Request::SetXattr {
+            id,
+            name: name.to_vec(),
+            value: value.to_vec(),
+            flags,
+        })
+        .await
     }
 
     async fn listxattr(&self, id: FileId) -> Result<Vec<Vec<u8>>> {
@@ -264,18 +379,32 @@ impl Xlator for Protocol {
     }
 
     async fn removexattr(&self, id: FileId, name: &[u8]) -> Result<()> {
-        self.ok(Request::RemoveXattr { id, name: name.to_vec() }).await
+        self.ok(Request::RemoveXattr {
+            id,
+            name: name.to_vec(),
+        })
+        .await
     }
 
     async fn xattr_add(&self, id: FileId, deltas: &[(String, i64)]) -> Result<()> {
-        match self.call(Request::XattrAdd { id, deltas: deltas.to_vec() }).await? {
+        match self
+            .call(Request::XattrAdd {
+                id,
+                deltas: deltas.to_vec(),
+            })
+            .await?
+        {
             Reply::Counters(_) => Ok(()),
             r => Err(unexpected(r)),
         }
     }
 
     async fn set_meta(&self, id: FileId, meta: &[(String, Option<Vec<u8>>)]) -> Result<()> {
-        self.ok(Request::SetMeta { id, meta: meta.to_vec() }).await
+        self.ok(Request::SetMeta {
+            id,
+            meta: meta.to_vec(),
+        })
+        .await
     }
 
     async fn getlk(&self, id: FileId, lock: &Lock) -> Result<Lock> {
@@ -286,7 +415,12 @@ impl Xlator for Protocol {
     }
 
     async fn setlk(&self, id: FileId, lock: &Lock, wait: bool) -> Result<()> {
-        self.ok(Request::SetLk { id, lock: *lock, wait }).await
+        self.ok(Request::SetLk {
+            id,
+            lock: *lock,
+            wait,
+        })
+        .await
     }
 
     fn is_up(&self) -> bool {

@@ -25,8 +25,16 @@ pub fn pending_key(j: usize) -> String {
 pub fn pending_mask(e: &Entry) -> u64 {
     let mut mask = 0;
     for m in &e.meta {
-        let Some(j) = m.name.strip_prefix("pending.").and_then(|j| j.parse::<u32>().ok()) else { continue };
-        let count = <[u8; 8]>::try_from(m.value.as_slice()).map(i64::from_be_bytes).unwrap_or(0);
+        let Some(j) = m
+            .name
+            .strip_prefix("pending.")
+            .and_then(|j| j.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let count = <[u8; 8]>::try_from(m.value.as_slice())
+            .map(i64::from_be_bytes)
+            .unwrap_or(0);
         if count != 0 && j < 64 {
             mask |= 1 << j;
         }
@@ -72,7 +80,11 @@ impl Replicate {
     }
 
     fn up_mask(&self) -> u64 {
-        self.children.iter().enumerate().filter(|(_, c)| c.is_up()).fold(0, |m, (i, _)| m | bit(i))
+        self.children
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_up())
+            .fold(0, |m, (i, _)| m | bit(i))
     }
 
     /// Majority, or exactly half including the first child.
@@ -117,8 +129,10 @@ impl Replicate {
 
     /// Marks `failed` children as behind on `id`, on every child that has the change.
     async fn mark(&self, id: FileId, ok: &[usize], failed: u64) {
-        let deltas: Vec<(String, i64)> =
-            (0..self.children.len()).filter(|j| failed & bit(*j) != 0).map(|j| (pending_key(j), 1)).collect();
+        let deltas: Vec<(String, i64)> = (0..self.children.len())
+            .filter(|j| failed & bit(*j) != 0)
+            .map(|j| (pending_key(j), 1))
+            .collect();
         let marks = join_all(ok.iter().map(|&i| self.children[i].xattr_add(id, &deltas))).await;
         for (r, i) in marks.into_iter().zip(ok) {
             if let Err(e) = r {
@@ -153,7 +167,10 @@ impl Replicate {
 
     /// The entry of a good copy among lookup/getattr answers.
     fn pick(results: Vec<Result<Entry>>) -> Result<Entry> {
-        let stale = results.iter().filter_map(|r| r.as_ref().ok()).fold(0, |m, e| m | pending_mask(e));
+        let stale = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .fold(0, |m, e| m | pending_mask(e));
         let out = Self::outcome(results)?;
         let mut first = None;
         for (i, e) in out.ok {
@@ -175,8 +192,12 @@ impl Replicate {
     }
 
     fn handle(id: FileId, handles: Vec<Option<Handle>>, good: u64) -> Handle {
-        let candidates: Vec<usize> =
-            handles.iter().enumerate().filter(|(i, h)| h.is_some() && good & bit(*i) != 0).map(|(i, _)| i).collect();
+        let candidates: Vec<usize> = handles
+            .iter()
+            .enumerate()
+            .filter(|(i, h)| h.is_some() && good & bit(*i) != 0)
+            .map(|(i, _)| i)
+            .collect();
         let read_child = if candidates.is_empty() {
             handles.iter().position(Option::is_some).unwrap_or(0)
         } else {
@@ -192,7 +213,11 @@ impl Replicate {
     }
 
     /// Runs a data change through the open handles, with the same quorum and marking rules.
-    async fn mutate_open<'a, T, F, Fut>(&'a self, rh: &'a ReplicaHandle, f: F) -> Result<Vec<(usize, T)>>
+    async fn mutate_open<'a, T, F, Fut>(
+        &'a self,
+        rh: &'a ReplicaHandle,
+        f: F,
+    ) -> Result<Vec<(usize, T)>>
     where
         F: Fn(usize, &'a Child, &'a Handle) -> Fut,
         Fut: Future<Output = Result<T>> + Send + 'a,
@@ -232,16 +257,32 @@ impl Replicate {
 
     /// The first reachable child, for operations one copy answers for the set (locks).
     fn leader(&self) -> Result<&Child> {
-        self.children.iter().find(|c| c.is_up()).ok_or(Errno::ENOTCONN)
+        self.children
+            .iter()
+            .find(|c| c.is_up())
+            .ok_or(Errno::ENOTCONN)
     }
 
     /// Children ordered good-first for reading `id`.
     async fn good_children(&self, id: FileId) -> Result<Vec<usize>> {
         let results = self.fan(|_, c| c.getattr(id)).await;
-        let stale = results.iter().filter_map(|r| r.as_ref().ok()).fold(0, |m, e| m | pending_mask(e));
+        let stale = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .fold(0, |m, e| m | pending_mask(e));
         let out = Self::outcome(results)?;
-        let mut order: Vec<usize> = out.ok.iter().map(|(i, _)| *i).filter(|i| stale & bit(*i) == 0).collect();
-        order.extend(out.ok.iter().map(|(i, _)| *i).filter(|i| stale & bit(*i) != 0));
+        let mut order: Vec<usize> = out
+            .ok
+            .iter()
+            .map(|(i, _)| *i)
+            .filter(|i| stale & bit(*i) == 0)
+            .collect();
+        order.extend(
+            out.ok
+                .iter()
+                .map(|(i, _)| *i)
+                .filter(|i| stale & bit(*i) != 0),
+        );
         Ok(order)
     }
 
@@ -291,7 +332,11 @@ impl Xlator for Replicate {
         symlink_target: Option<&[u8]>,
         open: Option<u32>,
     ) -> Result<(Entry, Option<Handle>)> {
-        let ok = self.mutate(&[parent], |_, c| c.create(parent, name, node, symlink_target, open)).await?;
+        let ok = self
+            .mutate(&[parent], |_, c| {
+                c.create(parent, name, node, symlink_target, open)
+            })
+            .await?;
         let mut handles: Vec<Option<Handle>> = (0..self.children.len()).map(|_| None).collect();
         let mut entry = None;
         let mut good = 0;
@@ -306,20 +351,41 @@ impl Xlator for Replicate {
     }
 
     async fn unlink(&self, parent: FileId, name: &[u8]) -> Result<()> {
-        self.mutate(&[parent], |_, c| c.unlink(parent, name)).await.map(|_| ())
+        self.mutate(&[parent], |_, c| c.unlink(parent, name))
+            .await
+            .map(|_| ())
     }
 
     async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
-        self.mutate(&[parent], |_, c| c.rmdir(parent, name)).await.map(|_| ())
+        self.mutate(&[parent], |_, c| c.rmdir(parent, name))
+            .await
+            .map(|_| ())
     }
 
-    async fn rename(&self, parent: FileId, name: &[u8], new_parent: FileId, new_name: &[u8], flags: RenameFlags) -> Result<()> {
-        let ids: &[FileId] = if parent == new_parent { &[parent] } else { &[parent, new_parent] };
-        self.mutate(ids, |_, c| c.rename(parent, name, new_parent, new_name, flags)).await.map(|_| ())
+    async fn rename(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        new_parent: FileId,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        let ids: &[FileId] = if parent == new_parent {
+            &[parent]
+        } else {
+            &[parent, new_parent]
+        };
+        self.mutate(ids, |_, c| {
+            c.rename(parent, name, new_parent, new_name, flags)
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
-        let ok = self.mutate(&[new_parent], |_, c| c.link(id, new_parent, new_name)).await?;
+        let ok = self
+            .mutate(&[new_parent], |_, c| c.link(id, new_parent, new_name))
+            .await?;
         ok.into_iter().next().map(|(_, e)| e).ok_or(Errno::EIO)
     }
 
@@ -330,18 +396,35 @@ impl Xlator for Replicate {
     async fn readdir(&self, id: FileId, cursor: &DirCursor, plus: bool) -> Result<DirPage> {
         // The cursor names the child the listing started on, so that it stays on one copy.
         let (child, sub) = match cursor.0.split_first() {
-            Some((c, rest)) if (*c as usize) < self.children.len() => (*c as usize, DirCursor(rest.to_vec())),
+            Some((c, rest)) if (*c as usize) < self.children.len() => {
+                (*c as usize, DirCursor(rest.to_vec()))
+            }
             Some(_) => return Err(Errno::EINVAL),
-            None => (*self.good_children(id).await?.first().ok_or(Errno::ENOTCONN)?, DirCursor::default()),
+            None => (
+                *self
+                    .good_children(id)
+                    .await?
+                    .first()
+                    .ok_or(Errno::ENOTCONN)?,
+                DirCursor::default(),
+            ),
         };
         let mut page = self.children[child].readdir(id, &sub, plus).await?;
-        page.next = page.next.map(|n| DirCursor(std::iter::once(child as u64).chain(n.0).collect()));
+        page.next = page
+            .next
+            .map(|n| DirCursor(std::iter::once(child as u64).chain(n.0).collect()));
         Ok(page)
     }
 
     async fn open(&self, id: FileId, flags: u32) -> Result<Handle> {
-        let (opens, attrs) = tokio::join!(self.fan(|_, c| c.open(id, flags)), self.fan(|_, c| c.getattr(id)));
-        let stale = attrs.iter().filter_map(|r| r.as_ref().ok()).fold(0, |m, e| m | pending_mask(e));
+        let (opens, attrs) = tokio::join!(
+            self.fan(|_, c| c.open(id, flags)),
+            self.fan(|_, c| c.getattr(id))
+        );
+        let stale = attrs
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .fold(0, |m, e| m | pending_mask(e));
         let out = Self::outcome(opens)?;
         let mut handles: Vec<Option<Handle>> = (0..self.children.len()).map(|_| None).collect();
         for (i, h) in out.ok {
@@ -381,18 +464,26 @@ impl Xlator for Replicate {
 
     async fn write(&self, h: &Handle, offset: u64, data: Bytes) -> Result<u32> {
         let rh = Self::rh(h)?;
-        let ok = self.mutate_open(rh, |_, c, ch| c.write(ch, offset, data.clone())).await?;
+        let ok = self
+            .mutate_open(rh, |_, c, ch| c.write(ch, offset, data.clone()))
+            .await?;
         Ok(ok.iter().map(|(_, n)| *n).min().unwrap_or(0))
     }
 
     async fn fsync(&self, h: &Handle, datasync: bool) -> Result<()> {
         let rh = Self::rh(h)?;
-        self.mutate_open(rh, |_, c, ch| c.fsync(ch, datasync)).await.map(|_| ())
+        self.mutate_open(rh, |_, c, ch| c.fsync(ch, datasync))
+            .await
+            .map(|_| ())
     }
 
     async fn flush(&self, h: &Handle, lock_owner: u64) -> Result<()> {
         let rh = Self::rh(h)?;
-        let futs = rh.handles.iter().enumerate().filter_map(|(i, ch)| ch.as_ref().map(|ch| self.children[i].flush(ch, lock_owner)));
+        let futs = rh
+            .handles
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ch)| ch.as_ref().map(|ch| self.children[i].flush(ch, lock_owner)));
         let results = join_all(futs).await;
         if results.iter().any(Result::is_ok) || results.is_empty() {
             Ok(())
@@ -403,20 +494,30 @@ impl Xlator for Replicate {
 
     async fn release(&self, h: &Handle) -> Result<()> {
         let rh = Self::rh(h)?;
-        let futs = rh.handles.iter().enumerate().filter_map(|(i, ch)| ch.as_ref().map(|ch| self.children[i].release(ch)));
+        let futs = rh
+            .handles
+            .iter()
+            .enumerate()
+            .filter_map(|(i, ch)| ch.as_ref().map(|ch| self.children[i].release(ch)));
         join_all(futs).await;
         Ok(())
     }
 
     async fn fallocate(&self, h: &Handle, mode: u32, offset: u64, len: u64) -> Result<()> {
         let rh = Self::rh(h)?;
-        self.mutate_open(rh, |_, c, ch| c.fallocate(ch, mode, offset, len)).await.map(|_| ())
+        self.mutate_open(rh, |_, c, ch| c.fallocate(ch, mode, offset, len))
+            .await
+            .map(|_| ())
     }
 
     async fn statfs(&self) -> Result<StatFs> {
         let out = Self::outcome(self.fan(|_, c| c.statfs()).await)?;
         // The set can hold only what its smallest copy holds.
-        out.ok.into_iter().map(|(_, s)| s).min_by_key(|s| s.bavail.saturating_mul(s.frsize as u64)).ok_or(Errno::EIO)
+        out.ok
+            .into_iter()
+            .map(|(_, s)| s)
+            .min_by_key(|s| s.bavail.saturating_mul(s.frsize as u64))
+            .ok_or(Errno::EIO)
     }
 
     async fn getxattr(&self, id: FileId, name: &[u8]) -> Result<Vec<u8>> {
@@ -424,7 +525,9 @@ impl Xlator for Replicate {
     }
 
     async fn setxattr(&self, id: FileId, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
-        self.mutate(&[id], |_, c| c.setxattr(id, name, value, flags)).await.map(|_| ())
+        self.mutate(&[id], |_, c| c.setxattr(id, name, value, flags))
+            .await
+            .map(|_| ())
     }
 
     async fn listxattr(&self, id: FileId) -> Result<Vec<Vec<u8>>> {
@@ -432,7 +535,9 @@ impl Xlator for Replicate {
     }
 
     async fn removexattr(&self, id: FileId, name: &[u8]) -> Result<()> {
-        self.mutate(&[id], |_, c| c.removexattr(id, name)).await.map(|_| ())
+        self.mutate(&[id], |_, c| c.removexattr(id, name))
+            .await
+            .map(|_| ())
     }
 
     async fn xattr_add(&self, id: FileId, deltas: &[(String, i64)]) -> Result<()> {
@@ -440,7 +545,9 @@ impl Xlator for Replicate {
     }
 
     async fn set_meta(&self, id: FileId, meta: &[(String, Option<Vec<u8>>)]) -> Result<()> {
-        self.mutate(&[id], |_, c| c.set_meta(id, meta)).await.map(|_| ())
+        self.mutate(&[id], |_, c| c.set_meta(id, meta))
+            .await
+            .map(|_| ())
     }
 
     async fn getlk(&self, id: FileId, lock: &Lock) -> Result<Lock> {

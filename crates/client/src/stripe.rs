@@ -9,7 +9,9 @@ use crate::xlator::{Child, DirCursor, DirPage, Handle, Result, Xlator};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
-use proto::{Entry, Errno, FileId, FileKind, Lock, MetaXattr, NewNode, RenameFlags, SetAttr, StatFs};
+use proto::{
+    Entry, Errno, FileId, FileKind, Lock, MetaXattr, NewNode, RenameFlags, SetAttr, StatFs,
+};
 use std::future::Future;
 
 /// Internal xattr recording a file's stripe geometry (size, count) at creation, so that a
@@ -116,13 +118,21 @@ impl Xlator for Stripe {
         if node.kind == FileKind::File {
             let mut g = self.size.to_be_bytes().to_vec();
             g.extend_from_slice(&(self.children.len() as u32).to_be_bytes());
-            node.meta.push(MetaXattr { name: STRIPE_META.into(), value: g });
+            node.meta.push(MetaXattr {
+                name: STRIPE_META.into(),
+                value: g,
+            });
         }
         let node = &node;
-        let results = self.fan(|c| c.create(parent, name, node, symlink_target, open)).await;
+        let results = self
+            .fan(|c| c.create(parent, name, node, symlink_target, open))
+            .await;
         if results.iter().any(Result::is_err) {
             // Undo on the children that made it, so that the name is all or nothing.
-            let err = results.iter().find_map(|r| r.as_ref().err().copied()).unwrap_or(Errno::EIO);
+            let err = results
+                .iter()
+                .find_map(|r| r.as_ref().err().copied())
+                .unwrap_or(Errno::EIO);
             let mut undo = Vec::new();
             for (c, r) in self.children.iter().zip(results) {
                 if let Ok((_, h)) = r {
@@ -133,7 +143,11 @@ impl Xlator for Stripe {
                 }
             }
             for c in undo {
-                let _ = if node.kind == FileKind::Dir { c.rmdir(parent, name).await } else { c.unlink(parent, name).await };
+                let _ = if node.kind == FileKind::Dir {
+                    c.rmdir(parent, name).await
+                } else {
+                    c.unlink(parent, name).await
+                };
             }
             return Err(err);
         }
@@ -145,8 +159,13 @@ impl Xlator for Stripe {
                 handles.push(h);
             }
         }
-        let handle = (open.is_some() && handles.len() == self.children.len())
-            .then(|| Handle::Stripe(Box::new(StripeHandle { id: node.id, handles, size: self.size })));
+        let handle = (open.is_some() && handles.len() == self.children.len()).then(|| {
+            Handle::Stripe(Box::new(StripeHandle {
+                id: node.id,
+                handles,
+                size: self.size,
+            }))
+        });
         Ok((Self::merge(entries)?, handle))
     }
 
@@ -161,14 +180,30 @@ impl Xlator for Stripe {
         Self::all(rest).map(|_| ())
     }
 
-    async fn rename(&self, parent: FileId, name: &[u8], new_parent: FileId, new_name: &[u8], flags: RenameFlags) -> Result<()> {
-        self.children[0].rename(parent, name, new_parent, new_name, flags).await?;
-        let rest = join_all(self.children[1..].iter().map(|c| c.rename(parent, name, new_parent, new_name, flags))).await;
+    async fn rename(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        new_parent: FileId,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        self.children[0]
+            .rename(parent, name, new_parent, new_name, flags)
+            .await?;
+        let rest = join_all(
+            self.children[1..]
+                .iter()
+                .map(|c| c.rename(parent, name, new_parent, new_name, flags)),
+        )
+        .await;
         Self::all(rest).map(|_| ())
     }
 
     async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
-        Self::merge(Self::all(self.fan(|c| c.link(id, new_parent, new_name)).await)?)
+        Self::merge(Self::all(
+            self.fan(|c| c.link(id, new_parent, new_name)).await,
+        )?)
     }
 
     async fn readlink(&self, id: FileId) -> Result<Vec<u8>> {
@@ -184,18 +219,28 @@ impl Xlator for Stripe {
                 .entries
                 .iter()
                 .enumerate()
-                .filter(|(_, d)| d.entry.as_ref().is_some_and(|e| e.attr.kind == FileKind::File))
+                .filter(|(_, d)| {
+                    d.entry
+                        .as_ref()
+                        .is_some_and(|e| e.attr.kind == FileKind::File)
+                })
                 .map(|(i, _)| i)
                 .collect();
             let others = join_all(files.iter().map(|&i| {
-                let fid = page.entries[i].entry.as_ref().map(|e| e.attr.id).unwrap_or(id);
+                let fid = page.entries[i]
+                    .entry
+                    .as_ref()
+                    .map(|e| e.attr.id)
+                    .unwrap_or(id);
                 join_all(self.children[1..].iter().map(move |c| c.getattr(fid)))
             }))
             .await;
             for (i, rest) in files.into_iter().zip(others) {
                 let d = &mut page.entries[i];
                 match (d.entry.take(), Self::all(rest)) {
-                    (Some(first), Ok(rest)) => d.entry = Some(Self::merge(std::iter::once(first).chain(rest).collect())?),
+                    (Some(first), Ok(rest)) => {
+                        d.entry = Some(Self::merge(std::iter::once(first).chain(rest).collect())?)
+                    }
                     // Gone meanwhile or unreachable: list the name, let a lookup decide.
                     _ => d.entry = None,
                 }
@@ -205,9 +250,15 @@ impl Xlator for Stripe {
     }
 
     async fn open(&self, id: FileId, flags: u32) -> Result<Handle> {
-        let (opens, first) = tokio::join!(self.fan(|c| c.open(id, flags)), self.children[0].getattr(id));
+        let (opens, first) = tokio::join!(
+            self.fan(|c| c.open(id, flags)),
+            self.children[0].getattr(id)
+        );
         if opens.iter().any(Result::is_err) {
-            let err = opens.iter().find_map(|r| r.as_ref().err().copied()).unwrap_or(Errno::EIO);
+            let err = opens
+                .iter()
+                .find_map(|r| r.as_ref().err().copied())
+                .unwrap_or(Errno::EIO);
             for (c, r) in self.children.iter().zip(opens) {
                 if let Ok(h) = r {
                     let _ = c.release(&h).await;
@@ -223,9 +274,15 @@ impl Xlator for Stripe {
     async fn read(&self, h: &Handle, offset: u64, size: u32) -> Result<Bytes> {
         let sh = Self::sh(h)?;
         let chunks = layout::chunks(offset, size as u64, sh.size, sh.handles.len());
-        let results = join_all(chunks.iter().map(|ch| self.children[ch.child].read(&sh.handles[ch.child], ch.offset, ch.len as u32))).await;
+        let results = join_all(chunks.iter().map(|ch| {
+            self.children[ch.child].read(&sh.handles[ch.child], ch.offset, ch.len as u32)
+        }))
+        .await;
         let parts = Self::all(results)?;
-        let short = chunks.iter().zip(&parts).any(|(ch, p)| (p.len() as u64) < ch.len);
+        let short = chunks
+            .iter()
+            .zip(&parts)
+            .any(|(ch, p)| (p.len() as u64) < ch.len);
         if !short {
             if parts.len() == 1 {
                 return Ok(parts.into_iter().next().unwrap_or_default());
@@ -273,17 +330,41 @@ impl Xlator for Stripe {
 
     async fn fsync(&self, h: &Handle, datasync: bool) -> Result<()> {
         let sh = Self::sh(h)?;
-        Self::all(join_all(self.children.iter().zip(&sh.handles).map(|(c, ch)| c.fsync(ch, datasync))).await).map(|_| ())
+        Self::all(
+            join_all(
+                self.children
+                    .iter()
+                    .zip(&sh.handles)
+                    .map(|(c, ch)| c.fsync(ch, datasync)),
+            )
+            .await,
+        )
+        .map(|_| ())
     }
 
     async fn flush(&self, h: &Handle, lock_owner: u64) -> Result<()> {
         let sh = Self::sh(h)?;
-        Self::all(join_all(self.children.iter().zip(&sh.handles).map(|(c, ch)| c.flush(ch, lock_owner))).await).map(|_| ())
+        Self::all(
+            join_all(
+                self.children
+                    .iter()
+                    .zip(&sh.handles)
+                    .map(|(c, ch)| c.flush(ch, lock_owner)),
+            )
+            .await,
+        )
+        .map(|_| ())
     }
 
     async fn release(&self, h: &Handle) -> Result<()> {
         let sh = Self::sh(h)?;
-        join_all(self.children.iter().zip(&sh.handles).map(|(c, ch)| c.release(ch))).await;
+        join_all(
+            self.children
+                .iter()
+                .zip(&sh.handles)
+                .map(|(c, ch)| c.release(ch)),
+        )
+        .await;
         Ok(())
     }
 
@@ -292,7 +373,10 @@ impl Xlator for Stripe {
         // Each child allocates only its own blocks of the range.
         let chunks = layout::chunks(offset, len, sh.size, sh.handles.len());
         for group in chunks.chunks(64) {
-            let results = join_all(group.iter().map(|ch| self.children[ch.child].fallocate(&sh.handles[ch.child], mode, ch.offset, ch.len))).await;
+            let results = join_all(group.iter().map(|ch| {
+                self.children[ch.child].fallocate(&sh.handles[ch.child], mode, ch.offset, ch.len)
+            }))
+            .await;
             Self::all(results)?;
         }
         Ok(())

@@ -31,13 +31,25 @@ impl Volume {
     /// Connects to the bricks of `spec` (waiting up to `wait` for each) and builds the tree.
     /// Bricks that are down are retried in the background; the volume is usable as soon as
     /// its layout can serve (e.g. a replica quorum).
-    pub async fn connect(spec: VolumeSpec, key: ClusterKey, client_name: &str, wait: Duration) -> Result<Volume, VolumeError> {
+    pub async fn connect(
+        spec: VolumeSpec,
+        key: ClusterKey,
+        client_name: &str,
+        wait: Duration,
+    ) -> Result<Volume, VolumeError> {
         spec.validate()?;
-        let conns: Vec<Arc<BrickConn>> =
-            spec.bricks.iter().map(|b| BrickConn::new(&b.addr, key.clone(), client_name)).collect();
+        let conns: Vec<Arc<BrickConn>> = spec
+            .bricks
+            .iter()
+            .map(|b| BrickConn::new(&b.addr, key.clone(), client_name))
+            .collect();
         let results = futures_util::future::join_all(conns.iter().map(|c| {
             let c = c.clone();
-            async move { tokio::time::timeout(wait, c.connect()).await.unwrap_or(Err(proto::Errno::ETIMEDOUT)) }
+            async move {
+                tokio::time::timeout(wait, c.connect())
+                    .await
+                    .unwrap_or(Err(proto::Errno::ETIMEDOUT))
+            }
         }))
         .await;
         for (b, r) in spec.bricks.iter().zip(&results) {
@@ -56,10 +68,15 @@ impl Volume {
 fn build(g: &Graph, conns: &[Arc<BrickConn>]) -> Child {
     match g {
         Graph::Brick(i) => Arc::new(Protocol::new(conns[*i].clone())),
-        Graph::Distribute(c) => Arc::new(Distribute::new(c.iter().map(|g| build(g, conns)).collect())),
-        Graph::Replicate(c) => Arc::new(Replicate::new(c.iter().map(|g| build(g, conns)).collect())),
-        Graph::Stripe { size, children } => {
-            Arc::new(Stripe::new(children.iter().map(|g| build(g, conns)).collect(), *size))
+        Graph::Distribute(c) => {
+            Arc::new(Distribute::new(c.iter().map(|g| build(g, conns)).collect()))
         }
+        Graph::Replicate(c) => {
+            Arc::new(Replicate::new(c.iter().map(|g| build(g, conns)).collect()))
+        }
+        Graph::Stripe { size, children } => Arc::new(Stripe::new(
+            children.iter().map(|g| build(g, conns)).collect(),
+            *size,
+        )),
     }
 }

@@ -26,7 +26,12 @@ pub struct DirState {
 
 impl DirState {
     pub fn new(id: FileId) -> DirState {
-        let mut s = DirState { id, base: 0, items: VecDeque::new(), next: None };
+        let mut s = DirState {
+            id,
+            base: 0,
+            items: VecDeque::new(),
+            next: None,
+        };
         s.restart();
         s
     }
@@ -34,19 +39,35 @@ impl DirState {
     fn restart(&mut self) {
         self.base = 0;
         self.items.clear();
-        self.items.push_back(Item { name: b".".to_vec(), kind: FileKind::Dir, id: Some(self.id) });
-        self.items.push_back(Item { name: b"..".to_vec(), kind: FileKind::Dir, id: None });
+        self.items.push_back(Item {
+            name: b".".to_vec(),
+            kind: FileKind::Dir,
+            id: Some(self.id),
+        });
+        self.items.push_back(Item {
+            name: b"..".to_vec(),
+            kind: FileKind::Dir,
+            id: None,
+        });
         self.next = Some(DirCursor::default());
     }
 
     fn push(&mut self, d: DirEntry) {
         let id = d.entry.as_ref().map(|e| e.attr.id);
-        self.items.push_back(Item { name: d.name, kind: d.kind, id });
+        self.items.push_back(Item {
+            name: d.name,
+            kind: d.kind,
+            id,
+        });
     }
 
     /// Makes the entries from position `offset` on available (at least one, unless the
     /// listing ends before) and returns them with their positions.
-    pub async fn at(&mut self, vol: &dyn Xlator, offset: u64) -> Result<impl Iterator<Item = (u64, &Item)>, Errno> {
+    pub async fn at(
+        &mut self,
+        vol: &dyn Xlator,
+        offset: u64,
+    ) -> Result<impl Iterator<Item = (u64, &Item)>, Errno> {
         if offset < self.base {
             self.restart();
         }
@@ -56,7 +77,9 @@ impl DirState {
             self.base += 1;
         }
         while self.base + (self.items.len() as u64) <= offset {
-            let Some(cursor) = self.next.take() else { break };
+            let Some(cursor) = self.next.take() else {
+                break;
+            };
             let page = vol.readdir(self.id, &cursor, false).await?;
             self.next = page.next;
             for d in page.entries {
@@ -78,6 +101,10 @@ impl DirState {
             }
         }
         let base = self.base;
-        Ok(self.items.iter().enumerate().map(move |(i, it)| (base + i as u64, it)))
+        Ok(self
+            .items
+            .iter()
+            .enumerate()
+            .map(move |(i, it)| (base + i as u64, it)))
     }
 }

@@ -6,12 +6,16 @@ use crate::inodes::{Inodes, ROOT_INO};
 use bytes::Bytes;
 use client::{Handle, Xlator};
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno as FErrno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags as FRenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno as FErrno, FileHandle, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags as FRenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use proto::{Entry, Errno, FileId, FileKind, Lock, LockKind, NewNode, RenameFlags, SetAttr, TimeSet};
-use std::collections::HashMap;
+use proto::{
+    Attr, Entry, Errno, FileId, FileKind, Lock, LockKind, NewNode, RenameFlags, SetAttr, TimeSet,
+    Timespec,
+};
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -38,6 +42,37 @@ struct Inner {
     attr_ttl: Duration,
     entry_ttl: Duration,
     notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// What the kernel was last told of each inode's data version, to decide at open
+    /// whether its cached pages are still good.
+    seen: Mutex<HashMap<u64, Seen>>,
+    /// Inodes that ever had a lock request through this mount: only their closes need to
+    /// reach the bricks (to drop the closing process's locks).
+    locked: Mutex<HashSet<u64>>,
+}
+
+/// What changes whenever a file's data changes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Version {
+    size: u64,
+    mtime: Timespec,
+    ctime: Timespec,
+}
+
+impl Version {
+    fn of(a: &Attr) -> Version {
+        Version {
+            size: a.size,
+            mtime: a.mtime,
+            ctime: a.ctime,
+        }
+    }
+}
+
+/// What the kernel was last told about a file.
+struct Seen {
+    version: Version,
+    has_caps: bool,
+    at: std::time::Instant,
 }
 
 fn ferr(e: Errno) -> FErrno {
@@ -50,21 +85,53 @@ impl Inner {
     }
 
     fn file(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
-        self.files.lock().unwrap_or_else(|p| p.into_inner()).get(&fh.0).cloned().ok_or(Errno::EBADF)
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned()
+            .ok_or(Errno::EBADF)
     }
 
     fn add_file(&self, h: Handle) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.files.lock().unwrap_or_else(|p| p.into_inner()).insert(fh, Arc::new(h));
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(fh, Arc::new(h));
         fh
+    }
+
+    fn note(&self, ino: u64, e: &Entry) {
+        if e.attr.kind == FileKind::File {
+            let seen = Seen {
+                version: Version::of(&e.attr),
+                has_caps: e.has_caps,
+                at: std::time::Instant::now(),
+            };
+            self.seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(ino, seen);
+        }
+    }
+
+    /// True if the file is known, as of less than an attribute timeout ago, to carry no
+    /// file capabilities.
+    fn surely_no_caps(&self, ino: u64) -> bool {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&ino)
+            .is_some_and(|s| !s.has_caps && s.at.elapsed() < self.attr_ttl)
     }
 
     fn reply_entry(&self, reply: ReplyEntry, e: &Entry) {
         let ino = self.inodes.lookup(e.attr.id);
+        self.note(ino, e);
         reply.entry(&self.entry_ttl, &file_attr(ino, &e.attr), Generation(0));
     }
 
     fn attr_reply(&self, reply: ReplyAttr, ino: INodeNo, e: &Entry) {
+        self.note(ino.0, e);
         reply.attr(&self.attr_ttl, &file_attr(ino.0, &e.attr));
     }
 
@@ -106,7 +173,12 @@ fn time_set(t: TimeOrNow) -> TimeSet {
 }
 
 impl ShoalFs {
-    pub fn new(vol: Arc<dyn Xlator>, rt: tokio::runtime::Handle, attr_ttl: Duration, entry_ttl: Duration) -> ShoalFs {
+    pub fn new(
+        vol: Arc<dyn Xlator>,
+        rt: tokio::runtime::Handle,
+        attr_ttl: Duration,
+        entry_ttl: Duration,
+    ) -> ShoalFs {
         ShoalFs {
             rt,
             inner: Arc::new(Inner {
@@ -118,6 +190,8 @@ impl ShoalFs {
                 attr_ttl,
                 entry_ttl,
                 notifier: Arc::new(OnceLock::new()),
+                seen: Mutex::new(HashMap::new()),
+                locked: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -175,7 +249,18 @@ impl fuser::Filesystem for ShoalFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.inner.inodes.forget(ino.0, nlookup);
+        if self.inner.inodes.forget(ino.0, nlookup) {
+            self.inner
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&ino.0);
+            self.inner
+                .locked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&ino.0);
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -231,7 +316,16 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let name = name.as_bytes().to_vec();
         let Some(k) = FileKind::from_mode(mode) else {
             reply.error(FErrno::EINVAL);
@@ -245,7 +339,15 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         let name = name.as_bytes().to_vec();
         let node = Inner::new_node(req, FileKind::Dir, mode, 0);
         self.spawn(move |s| async move {
@@ -273,13 +375,23 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         let name = link_name.as_bytes().to_vec();
         let target = target.as_os_str().as_bytes().to_vec();
         let node = Inner::new_node(req, FileKind::Symlink, 0o777, 0);
         self.spawn(move |s| async move {
             let p = tryr!(reply, s.id(parent));
-            let (e, _) = tryr!(reply, s.vol.create(p, &name, &node, Some(&target), None).await);
+            let (e, _) = tryr!(
+                reply,
+                s.vol.create(p, &name, &node, Some(&target), None).await
+            );
             s.reply_entry(reply, &e);
         });
     }
@@ -312,7 +424,14 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         let newname = newname.as_bytes().to_vec();
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
@@ -323,19 +442,42 @@ impl fuser::Filesystem for ShoalFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        // Close-to-open consistency, as NFS gives: whoever opens a file sees its size and
-        // times as they are now, not as cached, so changes made through another mount before
-        // this open are visible (the page cache is dropped on open too).
-        if let Some(n) = self.inner.notifier.get() {
-            if let Err(e) = n.inval_inode(ino, -1, 0) {
-                tracing::debug!("attribute invalidation: {e}");
-            }
-        }
+        // Close-to-open consistency, as NFS gives it: an open sees the file as it is now.
+        // The file's current version is fetched alongside the open; if it is what the kernel
+        // already knows, its cached pages stay (no re-read of unchanged data); otherwise the
+        // kernel's attributes are invalidated and its pages dropped.
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
-            let h = tryr!(reply, s.vol.open(id, flags.0 as u32).await);
+            let (opened, fresh) = tokio::join!(s.vol.open(id, flags.0 as u32), s.vol.getattr(id));
+            let h = tryr!(reply, opened);
+            let unchanged = match &fresh {
+                Ok(e) => {
+                    let same = s
+                        .seen
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&ino.0)
+                        .map(|x| x.version)
+                        == Some(Version::of(&e.attr));
+                    s.note(ino.0, e);
+                    same
+                }
+                Err(_) => false,
+            };
+            if !unchanged {
+                if let Some(n) = s.notifier.get() {
+                    if let Err(e) = n.inval_inode(ino, -1, 0) {
+                        tracing::debug!("attribute invalidation: {e}");
+                    }
+                }
+            }
             let fh = s.add_file(h);
-            reply.opened(FileHandle(fh), FopenFlags::empty());
+            let fopen = if unchanged {
+                FopenFlags::FOPEN_KEEP_CACHE
+            } else {
+                FopenFlags::empty()
+            };
+            reply.opened(FileHandle(fh), fopen);
         });
     }
 
@@ -377,7 +519,26 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Writes reach the bricks before they are acknowledged, so a close has nothing to
+        // flush; it only has to drop the closing process's locks, if it could have any.
+        if !self
+            .inner
+            .locked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&ino.0)
+        {
+            reply.ok();
+            return;
+        }
         self.spawn(move |s| async move {
             let h = tryr!(reply, s.file(fh));
             tryr!(reply, s.vol.flush(&h, lock_owner.0).await);
@@ -395,7 +556,12 @@ impl fuser::Filesystem for ShoalFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let h = self.inner.files.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
+        let h = self
+            .inner
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
         self.spawn(move |s| async move {
             if let Some(h) = h {
                 if let Err(e) = s.vol.release(&h).await {
@@ -406,7 +572,14 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.spawn(move |s| async move {
             let h = tryr!(reply, s.file(fh));
             tryr!(reply, s.vol.fsync(&h, datasync).await);
@@ -425,8 +598,21 @@ impl fuser::Filesystem for ShoalFs {
         reply.opened(FileHandle(fh), FopenFlags::empty());
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let state = self.inner.dirs.lock().unwrap_or_else(|p| p.into_inner()).get(&fh.0).cloned();
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let state = self
+            .inner
+            .dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned();
         self.spawn(move |s| async move {
             let Some(state) = state else {
                 reply.error(FErrno::EBADF);
@@ -436,11 +622,22 @@ impl fuser::Filesystem for ShoalFs {
             let items = tryr!(reply, st.at(s.vol.as_ref(), offset).await);
             for (pos, it) in items {
                 let child_ino = match (&it.id, it.name.as_slice()) {
-                    (_, b"..") => if ino.0 == ROOT_INO { ROOT_INO } else { ino.0 },
+                    (_, b"..") => {
+                        if ino.0 == ROOT_INO {
+                            ROOT_INO
+                        } else {
+                            ino.0
+                        }
+                    }
                     (Some(id), _) => s.inodes.peek(*id),
                     (None, name) => layout::hash_name(FileId::ROOT, name).max(2),
                 };
-                if reply.add(INodeNo(child_ino), pos + 1, kind(it.kind), OsStr::from_bytes(&it.name)) {
+                if reply.add(
+                    INodeNo(child_ino),
+                    pos + 1,
+                    kind(it.kind),
+                    OsStr::from_bytes(&it.name),
+                ) {
                     break;
                 }
             }
@@ -448,12 +645,30 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.inner.dirs.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh.0);
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.inner
+            .dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&fh.0);
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         // Directory changes are made synchronously on the bricks.
         reply.ok();
     }
@@ -461,21 +676,44 @@ impl fuser::Filesystem for ShoalFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         self.spawn(move |s| async move {
             let st = tryr!(reply, s.vol.statfs().await);
-            reply.statfs(st.blocks, st.bfree, st.bavail, st.files, st.ffree, st.bsize, st.namemax, st.frsize);
+            reply.statfs(
+                st.blocks, st.bfree, st.bavail, st.files, st.ffree, st.bsize, st.namemax, st.frsize,
+            );
         });
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         let name = name.as_bytes().to_vec();
         let value = value.to_vec();
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
+            if name == b"security.capability" {
+                s.seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&ino.0);
+            }
             tryr!(reply, s.vol.setxattr(id, &name, &value, flags as u32).await);
             reply.ok();
         });
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // The kernel asks this before every write to a file, to know whether the write must
+        // drop capabilities.
+        if name.as_bytes() == b"security.capability" && self.inner.surely_no_caps(ino.0) {
+            reply.error(FErrno::ENODATA);
+            return;
+        }
         let name = name.as_bytes().to_vec();
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
@@ -511,19 +749,40 @@ impl fuser::Filesystem for ShoalFs {
         reply.ok();
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, flags: i32, reply: ReplyCreate) {
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
         let name = name.as_bytes().to_vec();
         let node = Inner::new_node(req, FileKind::File, mode, 0);
         self.spawn(move |s| async move {
             let p = tryr!(reply, s.id(parent));
-            let (e, h) = tryr!(reply, s.vol.create(p, &name, &node, None, Some(flags as u32)).await);
+            let (e, h) = tryr!(
+                reply,
+                s.vol
+                    .create(p, &name, &node, None, Some(flags as u32))
+                    .await
+            );
             let Some(h) = h else {
                 reply.error(FErrno::EIO);
                 return;
             };
             let ino = s.inodes.lookup(e.attr.id);
+            s.note(ino, &e);
             let fh = s.add_file(h);
-            reply.created(&s.entry_ttl, &file_attr(ino, &e.attr), Generation(0), FileHandle(fh), FopenFlags::empty());
+            reply.created(
+                &s.entry_ttl,
+                &file_attr(ino, &e.attr),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            );
         });
     }
 
@@ -539,17 +798,32 @@ impl fuser::Filesystem for ShoalFs {
         pid: u32,
         reply: ReplyLock,
     ) {
+        self.inner
+            .locked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ino.0);
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
             let kind = tryr!(reply, lock_kind(typ));
-            let l = Lock { kind, start, end: lock_end(end), owner: lock_owner.0, pid };
+            let l = Lock {
+                kind,
+                start,
+                end: lock_end(end),
+                owner: lock_owner.0,
+                pid,
+            };
             let got = tryr!(reply, s.vol.getlk(id, &l).await);
             let typ = match got.kind {
                 LockKind::Read => libc::F_RDLCK,
                 LockKind::Write => libc::F_WRLCK,
                 LockKind::Unlock => libc::F_UNLCK,
             };
-            let end = if got.end == u64::MAX { OFFSET_MAX } else { got.end };
+            let end = if got.end == u64::MAX {
+                OFFSET_MAX
+            } else {
+                got.end
+            };
             reply.locked(got.start, end, typ, got.pid);
         });
     }
@@ -567,19 +841,42 @@ impl fuser::Filesystem for ShoalFs {
         sleep: bool,
         reply: ReplyEmpty,
     ) {
+        self.inner
+            .locked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ino.0);
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
             let kind = tryr!(reply, lock_kind(typ));
-            let l = Lock { kind, start, end: lock_end(end), owner: lock_owner.0, pid };
+            let l = Lock {
+                kind,
+                start,
+                end: lock_end(end),
+                owner: lock_owner.0,
+                pid,
+            };
             tryr!(reply, s.vol.setlk(id, &l, sleep).await);
             reply.ok();
         });
     }
 
-    fn fallocate(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
         self.spawn(move |s| async move {
             let h = tryr!(reply, s.file(fh));
-            tryr!(reply, s.vol.fallocate(&h, mode as u32, offset, length).await);
+            tryr!(
+                reply,
+                s.vol.fallocate(&h, mode as u32, offset, length).await
+            );
             reply.ok();
         });
     }

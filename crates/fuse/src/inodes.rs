@@ -25,7 +25,9 @@ impl Inodes {
         let mut m = Maps::default();
         m.by_ino.insert(ROOT_INO, (FileId::ROOT, 1));
         m.by_id.insert(FileId::ROOT, ROOT_INO);
-        Inodes { maps: Mutex::new(m) }
+        Inodes {
+            maps: Mutex::new(m),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Maps> {
@@ -34,7 +36,11 @@ impl Inodes {
 
     /// The id behind an inode number the kernel holds.
     pub fn id(&self, ino: u64) -> Result<FileId, Errno> {
-        self.lock().by_ino.get(&ino).map(|(id, _)| *id).ok_or(Errno::ESTALE)
+        self.lock()
+            .by_ino
+            .get(&ino)
+            .map(|(id, _)| *id)
+            .ok_or(Errno::ESTALE)
     }
 
     /// The inode number for an id the kernel is being told about (one more lookup).
@@ -59,13 +65,17 @@ impl Inodes {
 
     /// The number to show for an id in a listing, without taking a lookup.
     pub fn peek(&self, id: FileId) -> u64 {
-        self.lock().by_id.get(&id).copied().unwrap_or((id.0 as u64).max(2))
+        self.lock()
+            .by_id
+            .get(&id)
+            .copied()
+            .unwrap_or((id.0 as u64).max(2))
     }
 
-    /// The kernel dropped `n` lookups.
-    pub fn forget(&self, ino: u64, n: u64) {
+    /// The kernel dropped `n` lookups. True when the inode is gone.
+    pub fn forget(&self, ino: u64, n: u64) -> bool {
         if ino == ROOT_INO {
-            return;
+            return false;
         }
         let mut m = self.lock();
         let gone = match m.by_ino.get_mut(&ino) {
@@ -75,9 +85,13 @@ impl Inodes {
             }
             None => None,
         };
-        if let Some(id) = gone {
-            m.by_ino.remove(&ino);
-            m.by_id.remove(&id);
+        match gone {
+            Some(id) => {
+                m.by_ino.remove(&ino);
+                m.by_id.remove(&id);
+                true
+            }
+            None => false,
         }
     }
 }

@@ -80,7 +80,11 @@ pub enum SpecError {
     #[error("{what} count must be at least 2, got {count}")]
     BadCount { what: &'static str, count: u32 },
     #[error("number of bricks ({bricks}) is not a multiple of {what} count ({count})")]
-    NotMultiple { bricks: usize, what: &'static str, count: u32 },
+    NotMultiple {
+        bricks: usize,
+        what: &'static str,
+        count: u32,
+    },
     #[error("brick {0} is given more than once")]
     Duplicate(String),
     #[error("brick path {0:?} must be an absolute path")]
@@ -105,7 +109,9 @@ pub fn check_volume_name(name: &str) -> Result<(), SpecError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.starts_with(|c: char| c.is_ascii_alphabetic())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {
@@ -129,7 +135,7 @@ impl VolumeSpec {
             }
         }
         let group = (self.stripe * self.replica) as usize;
-        if self.bricks.len() % group != 0 {
+        if !self.bricks.len().is_multiple_of(group) {
             let (what, count) = if self.stripe > 1 && self.replica > 1 {
                 ("stripe × replica", self.stripe * self.replica)
             } else if self.stripe > 1 {
@@ -137,7 +143,11 @@ impl VolumeSpec {
             } else {
                 ("replica", self.replica)
             };
-            return Err(SpecError::NotMultiple { bricks: self.bricks.len(), what, count });
+            return Err(SpecError::NotMultiple {
+                bricks: self.bricks.len(),
+                what,
+                count,
+            });
         }
         if !self.stripe_size.is_power_of_two() || !(4096..=64 << 20).contains(&self.stripe_size) {
             return Err(SpecError::BadStripeSize(self.stripe_size));
@@ -191,7 +201,10 @@ impl VolumeSpec {
         }
         if self.stripe > 1 {
             let size = self.stripe_size;
-            level = group(level, self.stripe as usize, |children| Graph::Stripe { size, children });
+            level = group(level, self.stripe as usize, |children| Graph::Stripe {
+                size,
+                children,
+            });
         }
         if level.len() == 1 {
             level.pop().unwrap_or(Graph::Distribute(Vec::new()))
@@ -235,26 +248,41 @@ mod tests {
     #[test]
     fn graphs_follow_brick_order() {
         use Graph::*;
-        assert_eq!(spec(1, 1, 3).graph(), Distribute(vec![Brick(0), Brick(1), Brick(2)]));
+        assert_eq!(
+            spec(1, 1, 3).graph(),
+            Distribute(vec![Brick(0), Brick(1), Brick(2)])
+        );
         assert_eq!(spec(1, 1, 1).graph(), Brick(0));
         assert_eq!(spec(1, 2, 2).graph(), Replicate(vec![Brick(0), Brick(1)]));
         assert_eq!(
             spec(1, 2, 4).graph(),
-            Distribute(vec![Replicate(vec![Brick(0), Brick(1)]), Replicate(vec![Brick(2), Brick(3)])])
+            Distribute(vec![
+                Replicate(vec![Brick(0), Brick(1)]),
+                Replicate(vec![Brick(2), Brick(3)])
+            ])
         );
         let s = DEFAULT_STRIPE_SIZE;
         assert_eq!(
             spec(2, 1, 4).graph(),
             Distribute(vec![
-                Stripe { size: s, children: vec![Brick(0), Brick(1)] },
-                Stripe { size: s, children: vec![Brick(2), Brick(3)] }
+                Stripe {
+                    size: s,
+                    children: vec![Brick(0), Brick(1)]
+                },
+                Stripe {
+                    size: s,
+                    children: vec![Brick(2), Brick(3)]
+                }
             ])
         );
         assert_eq!(
             spec(2, 2, 4).graph(),
             Stripe {
                 size: s,
-                children: vec![Replicate(vec![Brick(0), Brick(1)]), Replicate(vec![Brick(2), Brick(3)])]
+                children: vec![
+                    Replicate(vec![Brick(0), Brick(1)]),
+                    Replicate(vec![Brick(2), Brick(3)])
+                ]
             }
         );
         assert_eq!(spec(2, 1, 4).volume_type(), VolumeType::DistributedStripe);
@@ -265,8 +293,14 @@ mod tests {
     #[test]
     fn invalid_specs_are_refused() {
         assert!(spec(2, 1, 4).validate().is_ok());
-        assert!(matches!(spec(2, 1, 3).validate(), Err(SpecError::NotMultiple { .. })));
-        assert!(matches!(spec(1, 3, 4).validate(), Err(SpecError::NotMultiple { .. })));
+        assert!(matches!(
+            spec(2, 1, 3).validate(),
+            Err(SpecError::NotMultiple { .. })
+        ));
+        assert!(matches!(
+            spec(1, 3, 4).validate(),
+            Err(SpecError::NotMultiple { .. })
+        ));
         let mut s = spec(1, 1, 2);
         s.bricks[1] = s.bricks[0].clone();
         assert!(matches!(s.validate(), Err(SpecError::Duplicate(_))));

@@ -45,10 +45,30 @@ mod tests {
         assert_eq!(
             c,
             vec![
-                Chunk { child: 0, offset: 100, len: 28, buf_offset: 0 },
-                Chunk { child: 1, offset: 128, len: 128, buf_offset: 28 },
-                Chunk { child: 0, offset: 256, len: 128, buf_offset: 156 },
-                Chunk { child: 1, offset: 384, len: 16, buf_offset: 284 },
+                Chunk {
+                    child: 0,
+                    offset: 100,
+                    len: 28,
+                    buf_offset: 0
+                },
+                Chunk {
+                    child: 1,
+                    offset: 128,
+                    len: 128,
+                    buf_offset: 28
+                },
+                Chunk {
+                    child: 0,
+                    offset: 256,
+                    len: 128,
+                    buf_offset: 156
+                },
+                Chunk {
+                    child: 1,
+                    offset: 384,
+                    len: 16,
+                    buf_offset: 284
+                },
             ]
         );
         assert!(chunks(5, 0, 128, 2).is_empty());

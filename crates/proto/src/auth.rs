@@ -35,7 +35,10 @@ impl std::fmt::Debug for ClusterKey {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read key file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("key file {path} is not a shoal cluster key (expected one line '{KEY_PREFIX}<64 hex digits>')")]
     Format { path: String },
 }
@@ -73,8 +76,10 @@ impl ClusterKey {
     /// Reads a key file.
     pub fn load(path: &Path) -> Result<ClusterKey, KeyError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| KeyError::Io { path: shown.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Io {
+            path: shown.clone(),
+            source,
+        })?;
         ClusterKey::from_text(&text).ok_or(KeyError::Format { path: shown })
     }
 
@@ -99,11 +104,26 @@ impl ClusterKey {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Handshake {
-    Hello { magic: [u8; 8], min: u16, max: u16, nonce: [u8; 32], role: String, name: String },
-    Challenge { version: u16, nonce: [u8; 32], proof: [u8; 32] },
-    Auth { proof: [u8; 32] },
+    Hello {
+        magic: [u8; 8],
+        min: u16,
+        max: u16,
+        nonce: [u8; 32],
+        role: String,
+        name: String,
+    },
+    Challenge {
+        version: u16,
+        nonce: [u8; 32],
+        proof: [u8; 32],
+    },
+    Auth {
+        proof: [u8; 32],
+    },
     Welcome,
-    Refused { reason: String },
+    Refused {
+        reason: String,
+    },
 }
 
 /// Why a handshake failed.
@@ -114,7 +134,12 @@ pub enum HandshakeError {
     #[error("peer is not speaking the shoal protocol")]
     NotShoal,
     #[error("no common protocol version (we speak {ours_min}..={ours_max}, peer {theirs_min}..={theirs_max})")]
-    Version { ours_min: u16, ours_max: u16, theirs_min: u16, theirs_max: u16 },
+    Version {
+        ours_min: u16,
+        ours_max: u16,
+        theirs_min: u16,
+        theirs_max: u16,
+    },
     #[error("peer failed to prove it holds the cluster key")]
     BadProof,
     #[error("refused by peer: {0}")]
@@ -150,17 +175,26 @@ pub async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     frame::send(s, 0, &hello, &[]).await?;
     let (_, msg, _) = frame::recv(s).await?;
     let (version, server_nonce, proof) = match msg {
-        Handshake::Challenge { version, nonce, proof } => (version, nonce, proof),
+        Handshake::Challenge {
+            version,
+            nonce,
+            proof,
+        } => (version, nonce, proof),
         Handshake::Refused { reason } => return Err(HandshakeError::Refused(reason)),
         _ => return Err(HandshakeError::Unexpected),
     };
     if !(crate::MIN_PROTOCOL_VERSION..=crate::PROTOCOL_VERSION).contains(&version) {
         return Err(HandshakeError::Unexpected);
     }
-    if !constant_eq(&proof, &key.proof(b"server", &nonce, &server_nonce, version)) {
+    if !constant_eq(
+        &proof,
+        &key.proof(b"server", &nonce, &server_nonce, version),
+    ) {
         return Err(HandshakeError::BadProof);
     }
-    let auth = Handshake::Auth { proof: key.proof(b"client", &server_nonce, &nonce, version) };
+    let auth = Handshake::Auth {
+        proof: key.proof(b"client", &server_nonce, &nonce, version),
+    };
     frame::send(s, 0, &auth, &[]).await?;
     match frame::recv(s).await?.1 {
         Handshake::Welcome => Ok(version),
@@ -180,7 +214,15 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
         }
         e => e.into(),
     })?;
-    let Handshake::Hello { magic, min, max, nonce: client_nonce, role, name } = msg else {
+    let Handshake::Hello {
+        magic,
+        min,
+        max,
+        nonce: client_nonce,
+        role,
+        name,
+    } = msg
+    else {
         return Err(HandshakeError::NotShoal);
     };
     if magic != MAGIC {
@@ -194,22 +236,47 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
             theirs_min: min,
             theirs_max: max,
         };
-        let _ = frame::send(s, 0, &Handshake::Refused { reason: err.to_string() }, &[]).await;
+        let _ = frame::send(
+            s,
+            0,
+            &Handshake::Refused {
+                reason: err.to_string(),
+            },
+            &[],
+        )
+        .await;
         return Err(err);
     }
     let nonce: [u8; 32] = rand::random();
     let proof = key.proof(b"server", &client_nonce, &nonce, version);
-    frame::send(s, 0, &Handshake::Challenge { version, nonce, proof }, &[]).await?;
+    frame::send(
+        s,
+        0,
+        &Handshake::Challenge {
+            version,
+            nonce,
+            proof,
+        },
+        &[],
+    )
+    .await?;
     let Handshake::Auth { proof } = frame::recv(s).await?.1 else {
         return Err(HandshakeError::Unexpected);
     };
-    if !constant_eq(&proof, &key.proof(b"client", &nonce, &client_nonce, version)) {
+    if !constant_eq(
+        &proof,
+        &key.proof(b"client", &nonce, &client_nonce, version),
+    ) {
         let reason = "authentication failed: wrong cluster key".to_string();
         let _ = frame::send(s, 0, &Handshake::Refused { reason }, &[]).await;
         return Err(HandshakeError::BadProof);
     }
     frame::send(s, 0, &Handshake::Welcome, &[]).await?;
-    Ok(Peer { version, role, name })
+    Ok(Peer {
+        version,
+        role,
+        name,
+    })
 }
 
 fn constant_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -226,7 +293,10 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let k2 = key.clone();
         let srv = tokio::spawn(async move { server(&mut b, &k2).await });
-        assert_eq!(client(&mut a, &key, "client", "t").await.unwrap(), crate::PROTOCOL_VERSION);
+        assert_eq!(
+            client(&mut a, &key, "client", "t").await.unwrap(),
+            crate::PROTOCOL_VERSION
+        );
         assert_eq!(srv.await.unwrap().unwrap().role, "client");
 
         let (mut a, mut b) = tokio::io::duplex(4096);

@@ -68,11 +68,52 @@ mod libc_consts {
 }
 
 errnos!(
-    EPERM, ENOENT, EINTR, EIO, ENXIO, E2BIG, EBADF, EAGAIN, ENOMEM, EACCES, EFAULT, EBUSY,
-    EEXIST, EXDEV, ENODEV, ENOTDIR, EISDIR, EINVAL, ENFILE, EMFILE, ETXTBSY, EFBIG, ENOSPC,
-    ESPIPE, EROFS, EMLINK, ERANGE, EDEADLK, ENAMETOOLONG, ENOLCK, ENOSYS, ENOTEMPTY, ELOOP,
-    ENODATA, EPROTO, EBADMSG, EOVERFLOW, EOPNOTSUPP, ECONNRESET, ENOTCONN, ETIMEDOUT,
-    ECONNREFUSED, EHOSTUNREACH, ESTALE, EDQUOT, ECANCELED,
+    EPERM,
+    ENOENT,
+    EINTR,
+    EIO,
+    ENXIO,
+    E2BIG,
+    EBADF,
+    EAGAIN,
+    ENOMEM,
+    EACCES,
+    EFAULT,
+    EBUSY,
+    EEXIST,
+    EXDEV,
+    ENODEV,
+    ENOTDIR,
+    EISDIR,
+    EINVAL,
+    ENFILE,
+    EMFILE,
+    ETXTBSY,
+    EFBIG,
+    ENOSPC,
+    ESPIPE,
+    EROFS,
+    EMLINK,
+    ERANGE,
+    EDEADLK,
+    ENAMETOOLONG,
+    ENOLCK,
+    ENOSYS,
+    ENOTEMPTY,
+    ELOOP,
+    ENODATA,
+    EPROTO,
+    EBADMSG,
+    EOVERFLOW,
+    EOPNOTSUPP,
+    ECONNRESET,
+    ENOTCONN,
+    ETIMEDOUT,
+    ECONNREFUSED,
+    EHOSTUNREACH,
+    ESTALE,
+    EDQUOT,
+    ECANCELED,
 );
 
 impl Errno {
@@ -103,9 +144,7 @@ impl From<std::io::Error> for Errno {
                 std::io::ErrorKind::NotFound => Errno::ENOENT,
                 std::io::ErrorKind::PermissionDenied => Errno::EACCES,
                 std::io::ErrorKind::AlreadyExists => Errno::EEXIST,
-                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => {
-                    Errno::EINVAL
-                }
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData => Errno::EINVAL,
                 std::io::ErrorKind::TimedOut => Errno::ETIMEDOUT,
                 std::io::ErrorKind::ConnectionReset
                 | std::io::ErrorKind::ConnectionAborted
@@ -128,7 +167,12 @@ impl From<Errno> for std::io::Error {
 
 impl fmt::Debug for Errno {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Errno({}: {})", self.0, std::io::Error::from_raw_os_error(self.0))
+        write!(
+            f,
+            "Errno({}: {})",
+            self.0,
+            std::io::Error::from_raw_os_error(self.0)
+        )
     }
 }
 

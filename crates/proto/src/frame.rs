@@ -61,7 +61,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
     while got < 4 {
         let n = r.read(&mut len_buf[got..]).await?;
         if n == 0 {
-            return if got == 0 { Ok(None) } else { Err(FrameError::Truncated) };
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
         }
         got += n;
     }
@@ -76,13 +80,20 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
     let header_len = fixed_buf.get_u32_le() as usize;
     let body_len = len - FIXED;
     if header_len > MAX_HEADER || header_len > body_len || body_len - header_len > MAX_DATA {
-        return Err(FrameError::HeaderLength { header: header_len, frame: len });
+        return Err(FrameError::HeaderLength {
+            header: header_len,
+            frame: len,
+        });
     }
     let mut body = BytesMut::zeroed(body_len);
     read_exact(r, &mut body).await?;
     let mut body = body.freeze();
     let header = body.split_to(header_len);
-    Ok(Some(Frame { id, header, data: body }))
+    Ok(Some(Frame {
+        id,
+        header,
+        data: body,
+    }))
 }
 
 async fn read_exact<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), FrameError> {
@@ -97,7 +108,10 @@ async fn read_exact<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(
 pub fn encode_header<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     let header = postcard::to_allocvec(msg)?;
     if header.len() > MAX_HEADER {
-        return Err(FrameError::HeaderLength { header: header.len(), frame: MAX_FRAME });
+        return Err(FrameError::HeaderLength {
+            header: header.len(),
+            frame: MAX_FRAME,
+        });
     }
     Ok(header)
 }
@@ -105,7 +119,10 @@ pub fn encode_header<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
 /// The prefix (length, id, header length) of a frame with this header and data size.
 pub fn prefix(id: u64, header_len: usize, data_len: usize) -> Result<[u8; 16], FrameError> {
     if header_len > MAX_HEADER {
-        return Err(FrameError::HeaderLength { header: header_len, frame: MAX_FRAME });
+        return Err(FrameError::HeaderLength {
+            header: header_len,
+            frame: MAX_FRAME,
+        });
     }
     if data_len > MAX_DATA {
         return Err(FrameError::FrameLength(FIXED + header_len + data_len));
@@ -165,7 +182,10 @@ mod tests {
     #[tokio::test]
     async fn round_trip() {
         let mut buf = Vec::new();
-        let req = Request::Write { fh: 7, offset: 4096 };
+        let req = Request::Write {
+            fh: 7,
+            offset: 4096,
+        };
         send(&mut buf, 42, &req, b"hello").await.unwrap();
         let (id, got, data): (u64, Request, Bytes) = recv(&mut &buf[..]).await.unwrap();
         assert_eq!((id, got, &data[..]), (42, req, &b"hello"[..]));
@@ -176,7 +196,10 @@ mod tests {
         let mut frame = Vec::new();
         frame.extend_from_slice(&u32::MAX.to_le_bytes());
         frame.extend_from_slice(&[0u8; 12]);
-        assert!(matches!(read_frame(&mut &frame[..]).await, Err(FrameError::FrameLength(_))));
+        assert!(matches!(
+            read_frame(&mut &frame[..]).await,
+            Err(FrameError::FrameLength(_))
+        ));
 
         let mut frame = Vec::new();
         frame.extend_from_slice(&(12u32 + 4).to_le_bytes());
@@ -195,7 +218,10 @@ mod tests {
         send(&mut buf, 1, &Request::Ping, b"abc").await.unwrap();
         for cut in 1..buf.len() {
             let r = read_frame(&mut &buf[..cut]).await;
-            assert!(matches!(r, Err(FrameError::Truncated)), "cut at {cut}: {r:?}");
+            assert!(
+                matches!(r, Err(FrameError::Truncated)),
+                "cut at {cut}: {r:?}"
+            );
         }
         assert!(read_frame(&mut &buf[..0]).await.unwrap().is_none());
     }

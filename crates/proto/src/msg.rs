@@ -18,10 +18,19 @@ pub enum Request {
     /// Round trip with no effect.
     Ping,
     /// The object named `name` in directory `parent`.
-    Lookup { parent: FileId, name: Vec<u8> },
+    Lookup {
+        parent: FileId,
+        name: Vec<u8>,
+    },
     /// The object with this id.
-    GetAttr { id: FileId },
-    SetAttr { id: FileId, fh: Option<Fh>, set: SetAttr },
+    GetAttr {
+        id: FileId,
+    },
+    SetAttr {
+        id: FileId,
+        fh: Option<Fh>,
+        set: SetAttr,
+    },
     /// Make a regular file, symlink, directory or special file under `parent`. For a regular
     /// file `open` says how to open it, and the reply carries the handle.
     Create {
@@ -31,8 +40,14 @@ pub enum Request {
         symlink_target: Option<Vec<u8>>,
         open: Option<u32>,
     },
-    Unlink { parent: FileId, name: Vec<u8> },
-    Rmdir { parent: FileId, name: Vec<u8> },
+    Unlink {
+        parent: FileId,
+        name: Vec<u8>,
+    },
+    Rmdir {
+        parent: FileId,
+        name: Vec<u8>,
+    },
     Rename {
         parent: FileId,
         name: Vec<u8>,
@@ -40,35 +55,95 @@ pub enum Request {
         new_name: Vec<u8>,
         flags: RenameFlags,
     },
-    Link { id: FileId, new_parent: FileId, new_name: Vec<u8> },
-    ReadLink { id: FileId },
+    Link {
+        id: FileId,
+        new_parent: FileId,
+        new_name: Vec<u8>,
+    },
+    ReadLink {
+        id: FileId,
+    },
     /// Entries of a directory after `cookie` (0: from the start), at most `max` of them, with
     /// their objects when `plus`.
-    ReadDir { id: FileId, cookie: u64, max: u32, plus: bool },
+    ReadDir {
+        id: FileId,
+        cookie: u64,
+        max: u32,
+        plus: bool,
+    },
     /// Open with open(2) flags (O_CREAT and O_EXCL are ignored; O_TRUNC is honoured).
-    Open { id: FileId, flags: u32 },
-    Read { fh: Fh, offset: u64, size: u32 },
+    Open {
+        id: FileId,
+        flags: u32,
+    },
+    Read {
+        fh: Fh,
+        offset: u64,
+        size: u32,
+    },
     /// Data to write follows in the frame's data section.
-    Write { fh: Fh, offset: u64 },
-    Fsync { fh: Fh, datasync: bool },
+    Write {
+        fh: Fh,
+        offset: u64,
+    },
+    Fsync {
+        fh: Fh,
+        datasync: bool,
+    },
     /// The handle's close by one process: releases that owner's locks on the file.
-    Flush { fh: Fh, lock_owner: u64 },
-    Release { fh: Fh },
-    Fallocate { fh: Fh, mode: u32, offset: u64, len: u64 },
+    Flush {
+        fh: Fh,
+        lock_owner: u64,
+    },
+    Release {
+        fh: Fh,
+    },
+    Fallocate {
+        fh: Fh,
+        mode: u32,
+        offset: u64,
+        len: u64,
+    },
     StatFs,
-    GetXattr { id: FileId, name: Vec<u8> },
-    SetXattr { id: FileId, name: Vec<u8>, value: Vec<u8>, flags: u32 },
-    ListXattr { id: FileId },
-    RemoveXattr { id: FileId, name: Vec<u8> },
+    GetXattr {
+        id: FileId,
+        name: Vec<u8>,
+    },
+    SetXattr {
+        id: FileId,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: u32,
+    },
+    ListXattr {
+        id: FileId,
+    },
+    RemoveXattr {
+        id: FileId,
+        name: Vec<u8>,
+    },
     /// Add signed deltas to 64-bit counters kept in internal xattrs, atomically with respect to
     /// other `XattrAdd`s on the brick; returns the new values. A counter reaching zero is
     /// removed. Replication keeps its pending-heal markers this way.
-    XattrAdd { id: FileId, deltas: Vec<(String, i64)> },
+    XattrAdd {
+        id: FileId,
+        deltas: Vec<(String, i64)>,
+    },
     /// Set or remove (value None) internal xattrs.
-    SetMeta { id: FileId, meta: Vec<(String, Option<Vec<u8>>)> },
-    GetLk { id: FileId, lock: Lock },
+    SetMeta {
+        id: FileId,
+        meta: Vec<(String, Option<Vec<u8>>)>,
+    },
+    GetLk {
+        id: FileId,
+        lock: Lock,
+    },
     /// Take or release a lock; with `wait`, the reply comes once the lock is granted.
-    SetLk { id: FileId, lock: Lock, wait: bool },
+    SetLk {
+        id: FileId,
+        lock: Lock,
+        wait: bool,
+    },
 }
 
 impl Request {
@@ -130,14 +205,24 @@ pub enum Reply {
     Ok,
     Entry(Entry),
     /// A new object, and its handle when it was created open.
-    Created { entry: Entry, fh: Option<Fh> },
+    Created {
+        entry: Entry,
+        fh: Option<Fh>,
+    },
     /// Target of a symlink.
     Link(Vec<u8>),
-    Dir { entries: Vec<DirEntry>, eof: bool },
-    Opened { fh: Fh },
+    Dir {
+        entries: Vec<DirEntry>,
+        eof: bool,
+    },
+    Opened {
+        fh: Fh,
+    },
     /// The bytes read are in the frame's data section.
     Data,
-    Written { size: u32 },
+    Written {
+        size: u32,
+    },
     StatFs(StatFs),
     Xattr(Vec<u8>),
     /// Names of the user-visible xattrs.
@@ -156,10 +241,23 @@ mod tests {
 
     #[test]
     fn op_count_matches_the_enum() {
-        let last = Request::SetLk { id: FileId::ROOT, lock: Lock { kind: LockKind::Unlock, start: 0, end: 0, owner: 0, pid: 0 }, wait: false };
+        let last = Request::SetLk {
+            id: FileId::ROOT,
+            lock: Lock {
+                kind: LockKind::Unlock,
+                start: 0,
+                end: 0,
+                owner: 0,
+                pid: 0,
+            },
+            wait: false,
+        };
         let enc = postcard::to_allocvec(&last).unwrap();
         assert_eq!(op_index(&enc), Some(REQUEST_OPS - 1));
-        assert_eq!(op_index(&postcard::to_allocvec(&Request::Ping).unwrap()), Some(0));
+        assert_eq!(
+            op_index(&postcard::to_allocvec(&Request::Ping).unwrap()),
+            Some(0)
+        );
         assert_eq!(op_index(&[0xfa, 0x01]), Some(250));
         assert_eq!(op_index(&[0xff; 6]), None);
     }

@@ -57,7 +57,15 @@ impl fmt::Debug for FileId {
 impl fmt::Display for FileId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let h = self.to_hex();
-        write!(f, "{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+        write!(
+            f,
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
     }
 }
 
@@ -103,7 +111,9 @@ impl FileKind {
 }
 
 /// Seconds and nanoseconds since the epoch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Timespec {
     pub sec: i64,
     pub nsec: u32,
@@ -173,12 +183,18 @@ pub struct MetaXattr {
 pub struct Entry {
     pub attr: Attr,
     pub meta: Vec<MetaXattr>,
+    /// Whether the object carries file capabilities (`security.capability`). The kernel asks
+    /// before every write; knowing the answer spares a round trip per write.
+    pub has_caps: bool,
 }
 
 impl Entry {
     /// The value of an internal xattr, if present.
     pub fn meta(&self, name: &str) -> Option<&[u8]> {
-        self.meta.iter().find(|m| m.name == name).map(|m| m.value.as_slice())
+        self.meta
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.value.as_slice())
     }
 }
 

@@ -48,7 +48,9 @@ struct Resolved {
 }
 
 fn parse_secs(k: &str, v: &str) -> Result<Duration> {
-    let s: f64 = v.parse().map_err(|_| anyhow!("mount option {k}={v}: not a number of seconds"))?;
+    let s: f64 = v
+        .parse()
+        .map_err(|_| anyhow!("mount option {k}={v}: not a number of seconds"))?;
     if !(0.0..=3600.0).contains(&s) {
         bail!("mount option {k}={v}: must be between 0 and 3600 seconds");
     }
@@ -62,13 +64,25 @@ fn resolve(args: &MountArgs) -> Result<Resolved> {
         .filter(|(h, v)| !h.is_empty() && !v.is_empty())
         .ok_or_else(|| anyhow!("{:?} is not HOST:VOLUME", args.source))?;
     layout::spec::check_volume_name(volume)?;
-    let mut opts = shoal_fuse::MountOptions { source: args.source.clone(), ..Default::default() };
+    let mut opts = shoal_fuse::MountOptions {
+        source: args.source.clone(),
+        ..Default::default()
+    };
     let (mut spec, mut key, mut log) = (args.spec.clone(), args.key.clone(), args.log.clone());
-    for o in args.options.as_deref().unwrap_or("").split(',').filter(|o| !o.is_empty()) {
+    for o in args
+        .options
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|o| !o.is_empty())
+    {
         let (k, v) = o.split_once('=').map_or((o, None), |(k, v)| (k, Some(v)));
         match (k, v) {
             ("ro", None) => opts.read_only = true,
-            ("rw" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "_netdev" | "nofail", None) => {}
+            (
+                "rw" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "_netdev" | "nofail",
+                None,
+            ) => {}
             ("attr_timeout", Some(v)) => opts.attr_ttl = parse_secs(k, v)?,
             ("entry_timeout", Some(v)) => opts.entry_ttl = parse_secs(k, v)?,
             ("spec", Some(v)) => spec = Some(v.into()),
@@ -77,12 +91,20 @@ fn resolve(args: &MountArgs) -> Result<Resolved> {
             _ => bail!("unknown mount option {o:?}"),
         }
     }
-    Ok(Resolved { host: host.to_string(), volume: volume.to_string(), opts, spec, key, log })
+    Ok(Resolved {
+        host: host.to_string(),
+        volume: volume.to_string(),
+        opts,
+        spec,
+        key,
+        log,
+    })
 }
 
 pub fn run(args: MountArgs) -> Result<()> {
     let r = resolve(&args)?;
-    let meta = std::fs::metadata(&args.dir).with_context(|| format!("mount point {}", args.dir.display()))?;
+    let meta = std::fs::metadata(&args.dir)
+        .with_context(|| format!("mount point {}", args.dir.display()))?;
     if !meta.is_dir() {
         bail!("mount point {} is not a directory", args.dir.display());
     }
@@ -101,7 +123,12 @@ fn background(args: &MountArgs, log: Option<&Path>) -> Result<()> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find my own executable")?;
     let mut cmd = Command::new(exe);
-    cmd.arg("mount").arg("-f").arg(&args.source).arg(&args.dir).arg("--key").arg(&args.key);
+    cmd.arg("mount")
+        .arg("-f")
+        .arg(&args.source)
+        .arg(&args.dir)
+        .arg("--key")
+        .arg(&args.key);
     if let Some(s) = &args.spec {
         cmd.arg("--spec").arg(s);
     }
@@ -110,11 +137,18 @@ fn background(args: &MountArgs, log: Option<&Path>) -> Result<()> {
     }
     let stderr = match log {
         Some(p) => Stdio::from(
-            std::fs::OpenOptions::new().create(true).append(true).open(p).with_context(|| format!("log file {}", p.display()))?,
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("log file {}", p.display()))?,
         ),
         None => Stdio::null(),
     };
-    cmd.env(NOTIFY_ENV, "1").stdin(Stdio::null()).stdout(Stdio::piped()).stderr(stderr);
+    cmd.env(NOTIFY_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr);
     // SAFETY: setsid is async-signal-safe; it detaches the mount from our session and
     // terminal so that it survives us.
     unsafe {
@@ -124,7 +158,10 @@ fn background(args: &MountArgs, log: Option<&Path>) -> Result<()> {
         });
     }
     let mut child = cmd.spawn().context("cannot start the mount process")?;
-    let out = child.stdout.take().ok_or_else(|| anyhow!("no pipe to the mount process"))?;
+    let out = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no pipe to the mount process"))?;
     for line in BufReader::new(out).lines() {
         let line = line.unwrap_or_default();
         if line == "ready" {
@@ -141,12 +178,23 @@ fn background(args: &MountArgs, log: Option<&Path>) -> Result<()> {
 
 fn load_spec(r: &Resolved) -> Result<layout::VolumeSpec> {
     let Some(path) = &r.spec else {
-        bail!("no volume spec: give --spec FILE (asking {} for volume {} needs the node daemon)", r.host, r.volume);
+        bail!(
+            "no volume spec: give --spec FILE (asking {} for volume {} needs the node daemon)",
+            r.host,
+            r.volume
+        );
     };
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read spec {}", path.display()))?;
-    let spec: layout::VolumeSpec = toml::from_str(&text).with_context(|| format!("spec {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read spec {}", path.display()))?;
+    let spec: layout::VolumeSpec =
+        toml::from_str(&text).with_context(|| format!("spec {}", path.display()))?;
     if spec.name != r.volume {
-        bail!("spec {} describes volume {:?}, not {:?}", path.display(), spec.name, r.volume);
+        bail!(
+            "spec {} describes volume {:?}, not {:?}",
+            path.display(),
+            spec.name,
+            r.volume
+        );
     }
     spec.validate()?;
     Ok(spec)
@@ -156,9 +204,19 @@ fn foreground(dir: &Path, r: Resolved, notify: bool) -> Result<()> {
     crate::logging::init("warn");
     let key = proto::auth::ClusterKey::load(&r.key)?;
     let spec = load_spec(&r)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
-    let vol = rt.block_on(client::Volume::connect(spec, key, &name, Duration::from_secs(5)))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    let vol = rt.block_on(client::Volume::connect(
+        spec,
+        key,
+        &name,
+        Duration::from_secs(5),
+    ))?;
     let vol = Arc::new(vol);
     let root = vol.root.clone();
     let mut session = shoal_fuse::mount(root, dir, &r.opts, rt.handle().clone())
@@ -166,7 +224,10 @@ fn foreground(dir: &Path, r: Resolved, notify: bool) -> Result<()> {
     let mut unmounter = session.unmount_callable();
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         tokio::select! {
@@ -190,7 +251,11 @@ fn foreground(dir: &Path, r: Resolved, notify: bool) -> Result<()> {
 }
 
 pub fn umount(dir: &Path, lazy: bool) -> Result<()> {
-    let flags = if lazy { rustix::mount::UnmountFlags::DETACH } else { rustix::mount::UnmountFlags::empty() };
+    let flags = if lazy {
+        rustix::mount::UnmountFlags::DETACH
+    } else {
+        rustix::mount::UnmountFlags::empty()
+    };
     match rustix::mount::unmount(dir, flags) {
         Ok(()) => Ok(()),
         Err(rustix::io::Errno::PERM) => {
@@ -206,7 +271,11 @@ pub fn umount(dir: &Path, lazy: bool) -> Result<()> {
                 bail!("fusermount3 -u {} failed", dir.display())
             }
         }
-        Err(e) => Err(anyhow!("cannot unmount {}: {}", dir.display(), std::io::Error::from(e))),
+        Err(e) => Err(anyhow!(
+            "cannot unmount {}: {}",
+            dir.display(),
+            std::io::Error::from(e)
+        )),
     }
 }
 
@@ -223,13 +292,18 @@ pub fn mount_helper(args: Vec<OsString>) -> Result<()> {
             _ => pos.push(a),
         }
     }
-    let [source, dir] = <[OsString; 2]>::try_from(pos).map_err(|_| anyhow!("usage: mount.shoal HOST:VOLUME DIR [-o OPTIONS]"))?;
+    let [source, dir] = <[OsString; 2]>::try_from(pos)
+        .map_err(|_| anyhow!("usage: mount.shoal HOST:VOLUME DIR [-o OPTIONS]"))?;
     let args = MountArgs {
-        source: source.into_string().map_err(|_| anyhow!("source is not UTF-8"))?,
+        source: source
+            .into_string()
+            .map_err(|_| anyhow!("source is not UTF-8"))?,
         dir: dir.into(),
         foreground: false,
         spec: None,
-        key: std::env::var_os("SHOAL_KEY").map(PathBuf::from).unwrap_or_else(|| "/etc/shoal/cluster.key".into()),
+        key: std::env::var_os("SHOAL_KEY")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| "/etc/shoal/cluster.key".into()),
         options,
         log: None,
     };

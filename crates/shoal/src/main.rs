@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "shoal", version, about = "shoal: a high-availability clustered NAS")]
+#[command(
+    name = "shoal",
+    version,
+    about = "shoal: a high-availability clustered NAS"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -40,7 +44,9 @@ enum Cmd {
 fn main() {
     // Installed as /sbin/mount.shoal, this binary is mount(8)'s helper.
     let argv0 = std::env::args_os().next().unwrap_or_default();
-    let name = std::path::Path::new(&argv0).file_name().map(|n| n.to_string_lossy().into_owned());
+    let name = std::path::Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
     let result = if name.as_deref() == Some("mount.shoal") {
         cmd_mount::mount_helper(std::env::args_os().skip(1).collect())
     } else {
@@ -75,6 +81,9 @@ fn keygen(file: &std::path::Path) -> Result<()> {
         .open(file)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", file.display()))?;
     f.write_all(key.to_text().as_bytes())?;
-    println!("wrote a new cluster key to {}; copy it to every node", file.display());
+    println!(
+        "wrote a new cluster key to {}; copy it to every node",
+        file.display()
+    );
     Ok(())
 }

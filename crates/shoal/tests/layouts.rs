@@ -36,8 +36,14 @@ fn sizes_round_trip(a: &Mount, other: &Mount) {
         std::fs::write(a.path(&name), &data).unwrap();
         let back = std::fs::read(other.path(&name)).unwrap();
         assert_eq!(back.len(), n, "{name}: length through the other mount");
-        assert!(back == data, "{name}: content differs through the other mount");
-        assert_eq!(std::fs::metadata(other.path(&name)).unwrap().len(), n as u64);
+        assert!(
+            back == data,
+            "{name}: content differs through the other mount"
+        );
+        assert_eq!(
+            std::fs::metadata(other.path(&name)).unwrap().len(),
+            n as u64
+        );
     }
 }
 
@@ -45,7 +51,15 @@ fn random_ops_match_model(a: &Mount, other: &Mount, seed: u64) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let path = a.path("model");
     let mut model: Vec<u8> = Vec::new();
-    let open = || OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).unwrap();
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .unwrap()
+    };
     let mut f = open();
     for step in 0..2000 {
         match rng.random_range(0..100) {
@@ -81,20 +95,33 @@ fn random_ops_match_model(a: &Mount, other: &Mount, seed: u64) {
                 let end = (off + len).min(model.len()).max(off.min(model.len()));
                 let want = &model[off.min(model.len())..end];
                 assert_eq!(got, want.len(), "step {step}: read length at {off}+{len}");
-                assert!(&buf[..got] == want, "step {step}: read content at {off}+{len}");
+                assert!(
+                    &buf[..got] == want,
+                    "step {step}: read content at {off}+{len}"
+                );
             }
             85..=92 => f.sync_all().unwrap(),
             _ => {
                 drop(f);
                 f = open();
-                assert_eq!(f.metadata().unwrap().len(), model.len() as u64, "step {step}: size after reopen");
+                assert_eq!(
+                    f.metadata().unwrap().len(),
+                    model.len() as u64,
+                    "step {step}: size after reopen"
+                );
             }
         }
     }
     f.sync_all().unwrap();
     drop(f);
-    assert!(std::fs::read(&path).unwrap() == model, "final content through the writing mount");
-    assert!(std::fs::read(other.path("model")).unwrap() == model, "final content through the other mount");
+    assert!(
+        std::fs::read(&path).unwrap() == model,
+        "final content through the writing mount"
+    );
+    assert!(
+        std::fs::read(other.path("model")).unwrap() == model,
+        "final content through the other mount"
+    );
 }
 
 fn namespace_ops(a: &Mount, other: &Mount) {
@@ -102,7 +129,10 @@ fn namespace_ops(a: &Mount, other: &Mount) {
     let deep: String = (0..40).map(|i| format!("d{i}/")).collect();
     std::fs::create_dir_all(a.path(&deep)).unwrap();
     std::fs::write(a.path(&format!("{deep}leaf")), b"deep").unwrap();
-    assert_eq!(std::fs::read(other.path(&format!("{deep}leaf"))).unwrap(), b"deep");
+    assert_eq!(
+        std::fs::read(other.path(&format!("{deep}leaf"))).unwrap(),
+        b"deep"
+    );
 
     // Renames of files across directories, over an existing target, and of directories.
     std::fs::create_dir_all(a.path("r1/sub")).unwrap();
@@ -116,24 +146,44 @@ fn namespace_ops(a: &Mount, other: &Mount) {
     }
     for i in 0..30 {
         assert!(!other.path(&format!("r1/f{i}")).exists());
-        assert_eq!(std::fs::read_to_string(other.path(&format!("r2/g{i}"))).unwrap(), format!("file {i}"));
+        assert_eq!(
+            std::fs::read_to_string(other.path(&format!("r2/g{i}"))).unwrap(),
+            format!("file {i}")
+        );
     }
     std::fs::write(a.path("r2/victim"), b"old").unwrap();
     std::fs::rename(a.path("r2/g0"), a.path("r2/victim")).unwrap();
-    assert_eq!(std::fs::read_to_string(other.path("r2/victim")).unwrap(), "file 0");
+    assert_eq!(
+        std::fs::read_to_string(other.path("r2/victim")).unwrap(),
+        "file 0"
+    );
     std::fs::rename(a.path("r1/sub"), a.path("r2/moved")).unwrap();
-    assert_eq!(std::fs::read(other.path("r2/moved/inner")).unwrap(), b"inner");
+    assert_eq!(
+        std::fs::read(other.path("r2/moved/inner")).unwrap(),
+        b"inner"
+    );
     assert!(!other.path("r1/sub").exists());
-    let mut names: Vec<String> =
-        std::fs::read_dir(other.path("r2")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(other.path("r2"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
-    assert_eq!(names.len(), 31, "r2 lists each name once (29 files, victim, moved): {names:?}");
+    assert_eq!(
+        names.len(),
+        31,
+        "r2 lists each name once (29 files, victim, moved): {names:?}"
+    );
 
     // Hard links.
     std::fs::write(a.path("h1"), b"linked").unwrap();
     std::fs::hard_link(a.path("h1"), a.path("r2/h2")).unwrap();
     assert_eq!(std::fs::metadata(other.path("h1")).unwrap().nlink(), 2);
-    OpenOptions::new().append(true).open(a.path("r2/h2")).unwrap().write_all(b"+more").unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(a.path("r2/h2"))
+        .unwrap()
+        .write_all(b"+more")
+        .unwrap();
     assert_eq!(std::fs::read(other.path("h1")).unwrap(), b"linked+more");
     std::fs::remove_file(a.path("h1")).unwrap();
     assert_eq!(std::fs::read(other.path("r2/h2")).unwrap(), b"linked+more");
@@ -141,7 +191,10 @@ fn namespace_ops(a: &Mount, other: &Mount) {
 
     // Symlinks.
     std::os::unix::fs::symlink("r2/h2", a.path("sl")).unwrap();
-    assert_eq!(std::fs::read_link(other.path("sl")).unwrap(), Path::new("r2/h2"));
+    assert_eq!(
+        std::fs::read_link(other.path("sl")).unwrap(),
+        Path::new("r2/h2")
+    );
     assert_eq!(std::fs::read(other.path("sl")).unwrap(), b"linked+more");
 
     // Ownership, permissions, times.
@@ -150,7 +203,12 @@ fn namespace_ops(a: &Mount, other: &Mount) {
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640)).unwrap();
     std::os::unix::fs::chown(&p, Some(1234), Some(5678)).unwrap();
     let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_000_000_000, 123_456_789);
-    File::options().write(true).open(&p).unwrap().set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t)).unwrap();
+    File::options()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_accessed(t).set_modified(t))
+        .unwrap();
     let m = std::fs::metadata(other.path("attrs")).unwrap();
     assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o640, 1234, 5678));
     assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000_000, 123_456_789));
@@ -163,14 +221,28 @@ fn namespace_ops(a: &Mount, other: &Mount) {
     let n = rustix::fs::getxattr(other.path("attrs"), "user.colour", &mut buf[..]).unwrap();
     assert_eq!(&buf[..n], b"blue");
     let n = rustix::fs::listxattr(other.path("attrs"), &mut buf[..]).unwrap();
-    let names: Vec<&[u8]> = buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()).collect();
-    assert_eq!(names, vec![&b"user.colour"[..]], "internal xattrs must not show");
+    let names: Vec<&[u8]> = buf[..n]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .collect();
+    assert_eq!(
+        names,
+        vec![&b"user.colour"[..]],
+        "internal xattrs must not show"
+    );
     rustix::fs::removexattr(&xp, "user.colour").unwrap();
-    assert_eq!(rustix::fs::getxattr(&xp, "user.colour", &mut buf[..]), Err(rustix::io::Errno::NODATA));
+    assert_eq!(
+        rustix::fs::getxattr(&xp, "user.colour", &mut buf[..]),
+        Err(rustix::io::Errno::NODATA)
+    );
 }
 
 fn source_tree() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap().join("crates")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+        .join("crates")
 }
 
 fn tar_round_trip(a: &Mount, scratch: &Path) {
@@ -179,9 +251,21 @@ fn tar_round_trip(a: &Mount, scratch: &Path) {
     let out = scratch.join("tar-out");
     std::fs::create_dir_all(a.path("tar")).unwrap();
     std::fs::create_dir_all(&out).unwrap();
-    sh(&format!("tar -C {} -cf {} .", src.display(), ball.display()));
-    sh(&format!("tar -C {} -xpf {}", a.path("tar").display(), ball.display()));
-    sh(&format!("tar -C {} -cf - . | tar -C {} -xpf -", a.path("tar").display(), out.display()));
+    sh(&format!(
+        "tar -C {} -cf {} .",
+        src.display(),
+        ball.display()
+    ));
+    sh(&format!(
+        "tar -C {} -xpf {}",
+        a.path("tar").display(),
+        ball.display()
+    ));
+    sh(&format!(
+        "tar -C {} -cf - . | tar -C {} -xpf -",
+        a.path("tar").display(),
+        out.display()
+    ));
     assert_same(&src, &out);
     assert_same(&src, &a.path("tar"));
 }
@@ -189,11 +273,23 @@ fn tar_round_trip(a: &Mount, scratch: &Path) {
 fn rsync_round_trip(a: &Mount, scratch: &Path) {
     let src = source_tree();
     let back = scratch.join("rsync-back");
-    sh(&format!("rsync -a {}/ {}/", src.display(), a.path("rsync").display()));
-    sh(&format!("rsync -a {}/ {}/", a.path("rsync").display(), back.display()));
+    sh(&format!(
+        "rsync -a {}/ {}/",
+        src.display(),
+        a.path("rsync").display()
+    ));
+    sh(&format!(
+        "rsync -a {}/ {}/",
+        a.path("rsync").display(),
+        back.display()
+    ));
     assert_same(&src, &back);
     // A second pass finds nothing to do: sizes, times and modes came through.
-    let changes = sh(&format!("rsync -ai {}/ {}/", src.display(), a.path("rsync").display()));
+    let changes = sh(&format!(
+        "rsync -ai {}/ {}/",
+        src.display(),
+        a.path("rsync").display()
+    ));
     assert!(changes.trim().is_empty(), "rsync found changes: {changes}");
 }
 

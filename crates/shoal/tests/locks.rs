@@ -99,14 +99,22 @@ fn locks_are_exclusive_across_mounts_and_die_with_their_holder() {
 
         let mut holder = Locker::start(&ma.path("f"), "ex");
         assert_eq!(holder.line(), "locked");
-        assert_eq!(Locker::start(&mb.path("f"), "ex-nb").line(), "busy", "exclusive lock seen through the other mount");
+        assert_eq!(
+            Locker::start(&mb.path("f"), "ex-nb").line(),
+            "busy",
+            "exclusive lock seen through the other mount"
+        );
         assert_eq!(Locker::start(&mb.path("f"), "sh-nb").line(), "busy");
         let mut waiter = Locker::start(&mb.path("f"), "ex");
         // The waiter must still be blocked once a later probe has seen the lock held.
         assert_eq!(Locker::start(&mb.path("f"), "ex-nb").line(), "busy");
         holder.release();
         assert_eq!(holder.line(), "released");
-        assert_eq!(line_within(&mut waiter, Duration::from_secs(10)).as_deref(), Some("locked"), "waiter got the lock");
+        assert_eq!(
+            line_within(&mut waiter, Duration::from_secs(10)).as_deref(),
+            Some("locked"),
+            "waiter got the lock"
+        );
         waiter.release();
         assert_eq!(waiter.line(), "released");
 
@@ -122,7 +130,11 @@ fn locks_are_exclusive_across_mounts_and_die_with_their_holder() {
         doomed.child.kill().unwrap();
         doomed.child.wait().unwrap();
         let mut after = Locker::start(&mb.path("f"), "ex");
-        assert_eq!(line_within(&mut after, Duration::from_secs(10)).as_deref(), Some("locked"), "lock freed by the kill");
+        assert_eq!(
+            line_within(&mut after, Duration::from_secs(10)).as_deref(),
+            Some("locked"),
+            "lock freed by the kill"
+        );
         let _ = after.child.stdin.as_mut().map(|s| s.write_all(b""));
     }
 }

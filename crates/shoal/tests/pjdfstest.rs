@@ -29,7 +29,11 @@ fn pjdfstest_bin() -> Option<PathBuf> {
         return Some(p.into());
     }
     let candidates = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("pjdfstest")).collect::<Vec<_>>())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("pjdfstest"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default();
     candidates
         .into_iter()
@@ -59,14 +63,23 @@ fn run(bin: &Path, config: &Path, dir: &Path, secondary: &Path) -> BTreeMap<Stri
             continue;
         }
         let mut parts = line.split_whitespace();
-        let (Some(name), Some(first)) = (parts.next(), parts.next()) else { continue };
+        let (Some(name), Some(first)) = (parts.next(), parts.next()) else {
+            continue;
+        };
         if !name.contains("::") {
             continue;
         }
-        let status = std::iter::once(first).chain(parts).collect::<Vec<_>>().join(" ");
+        let status = std::iter::once(first)
+            .chain(parts)
+            .collect::<Vec<_>>()
+            .join(" ");
         results.insert(name.to_string(), status);
     }
-    assert!(results.len() > 300, "pjdfstest ran only {} tests:\n{text}", results.len());
+    assert!(
+        results.len() > 300,
+        "pjdfstest ran only {} tests:\n{text}",
+        results.len()
+    );
     results
 }
 
@@ -88,13 +101,18 @@ fn pjdfstest_on_distribute_and_replica() {
     }
     let Some(bin) = pjdfstest_bin() else {
         if std::env::var_os("SHOAL_REQUIRE_ALL").is_some() {
-            panic!("pjdfstest is not installed (cargo install pjdfstest --root /var/tmp/shoal-tools)");
+            panic!(
+                "pjdfstest is not installed (cargo install pjdfstest --root /var/tmp/shoal-tools)"
+            );
         }
         eprintln!("SKIPPED: pjdfstest is not installed");
         return;
     };
     let status = Command::new("id").arg("tests").output().unwrap();
-    assert!(status.status.success(), "pjdfstest needs a 'tests' user (see docs/pjdfstest.md)");
+    assert!(
+        status.status.success(),
+        "pjdfstest needs a 'tests' user (see docs/pjdfstest.md)"
+    );
 
     let b = Bricks::start(3);
     let config = b.dir.path().join("pjdfstest.toml");
@@ -102,7 +120,11 @@ fn pjdfstest_on_distribute_and_replica() {
     // The test users must reach the directories under test.
     let local = b.dir.path().join("local");
     std::fs::create_dir(&local).unwrap();
-    sh(&format!("chmod 755 {} {}", b.dir.path().display(), local.display()));
+    sh(&format!(
+        "chmod 755 {} {}",
+        b.dir.path().display(),
+        local.display()
+    ));
     let secondary = Path::new("/tmp").join(format!("shoal-pjdf-secondary-{}", std::process::id()));
     let baseline = run(&bin, &config, &local, &secondary);
     let known = known_differences();
@@ -116,12 +138,19 @@ fn pjdfstest_on_distribute_and_replica() {
             if status == "ok" {
                 passed += 1;
             }
-            if baseline.get(name).map(String::as_str) == Some("ok") && status != "ok" && !known.contains(name) {
+            if baseline.get(name).map(String::as_str) == Some("ok")
+                && status != "ok"
+                && !known.contains(name)
+            {
                 report.push(format!("{label}: {name}: {status} (ok on ext4)"));
             }
         }
         eprintln!("pjdfstest on {label}: {passed} of {} passed", results.len());
     }
     let _ = std::fs::remove_dir_all(&secondary);
-    assert!(report.is_empty(), "pjdfstest regressions against ext4:\n{}", report.join("\n"));
+    assert!(
+        report.is_empty(),
+        "pjdfstest regressions against ext4:\n{}",
+        report.join("\n")
+    );
 }

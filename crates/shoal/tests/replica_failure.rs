@@ -9,7 +9,11 @@ use std::io::Write;
 
 fn pending(brick: &std::path::Path, rel: &str, child: usize) -> i64 {
     let mut buf = [0u8; 8];
-    match rustix::fs::lgetxattr(brick.join(rel), format!("trusted.shoal.pending.{child}"), &mut buf[..]) {
+    match rustix::fs::lgetxattr(
+        brick.join(rel),
+        format!("trusted.shoal.pending.{child}"),
+        &mut buf[..],
+    ) {
         Ok(8) => i64::from_be_bytes(buf),
         _ => 0,
     }
@@ -36,29 +40,47 @@ fn replica_3_carries_on_without_one_brick_and_marks_what_it_missed() {
         std::fs::write(m.path(&format!("dir/during-{i}")), pattern(100 + i, 50_000)).unwrap();
     }
     for i in 0..10 {
-        let mut f = std::fs::OpenOptions::new().append(true).open(m.path(&format!("dir/before-{i}"))).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(m.path(&format!("dir/before-{i}")))
+            .unwrap();
         f.write_all(b"appended while a brick was down").unwrap();
     }
     std::fs::create_dir(m.path("dir/newdir")).unwrap();
     for i in 0..30 {
-        assert!(std::fs::read(m.path(&format!("dir/during-{i}"))).unwrap() == pattern(100 + i, 50_000));
+        assert!(
+            std::fs::read(m.path(&format!("dir/during-{i}"))).unwrap() == pattern(100 + i, 50_000)
+        );
     }
     // The survivors know exactly what brick 2 missed.
     for survivor in [0, 1] {
         let p = &b.bricks[survivor].path;
         for i in 0..10 {
-            assert!(pending(p, &format!("dir/before-{i}"), 2) > 0, "before-{i} on brick {survivor}");
+            assert!(
+                pending(p, &format!("dir/before-{i}"), 2) > 0,
+                "before-{i} on brick {survivor}"
+            );
         }
         for i in 10..20 {
-            assert_eq!(pending(p, &format!("dir/before-{i}"), 2), 0, "before-{i} was not changed");
+            assert_eq!(
+                pending(p, &format!("dir/before-{i}"), 2),
+                0,
+                "before-{i} was not changed"
+            );
         }
         // New entries are marked on their directory (the entry change), and files written
         // after creation on the file itself.
         assert!(pending(p, "dir", 2) > 0, "dir on brick {survivor}");
         for i in 0..30 {
-            assert!(pending(p, &format!("dir/during-{i}"), 2) > 0, "during-{i} on brick {survivor}");
+            assert!(
+                pending(p, &format!("dir/during-{i}"), 2) > 0,
+                "during-{i} on brick {survivor}"
+            );
         }
-        assert_eq!(pending(p, "dir/during-0", 0) + pending(p, "dir/during-0", 1), 0);
+        assert_eq!(
+            pending(p, "dir/during-0", 0) + pending(p, "dir/during-0", 1),
+            0
+        );
     }
 }
 
@@ -75,11 +97,22 @@ fn replica_2_without_its_first_brick_refuses_writes() {
     let err = std::fs::write(m.path("g"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     assert!(!b.bricks[1].path.join("g").exists());
-    assert_eq!(std::fs::read(m.path("f")).unwrap(), b"hello", "reads still work");
+    assert_eq!(
+        std::fs::read(m.path("f")).unwrap(),
+        b"hello",
+        "reads still work"
+    );
     // The first brick alone is a quorum for replica 2.
     b.restart(0);
-    wait_for("brick 0 to be back", std::time::Duration::from_secs(10), || std::fs::write(m.path("g"), b"x").is_ok());
+    wait_for(
+        "brick 0 to be back",
+        std::time::Duration::from_secs(10),
+        || std::fs::write(m.path("g"), b"x").is_ok(),
+    );
     b.kill(1);
     std::fs::write(m.path("h"), b"with the first brick only").unwrap();
-    assert!(pending(&b.bricks[0].path, "", 1) > 0, "root directory marked for brick 1");
+    assert!(
+        pending(&b.bricks[0].path, "", 1) > 0,
+        "root directory marked for brick 1"
+    );
 }

@@ -68,14 +68,23 @@ fn start_brick(key: &Path, path: &Path, listen: &str) -> (Child, String) {
         .expect("start brick");
     let out = child.stdout.take().expect("brick stdout");
     let mut line = String::new();
-    BufReader::new(out).read_line(&mut line).expect("brick output");
-    let addr = line.trim().strip_prefix("listening on ").unwrap_or_else(|| panic!("brick said {line:?}")).to_string();
+    BufReader::new(out)
+        .read_line(&mut line)
+        .expect("brick output");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("brick said {line:?}"))
+        .to_string();
     (child, addr)
 }
 
 impl Bricks {
     pub fn start(n: usize) -> Bricks {
-        let dir = tempfile::Builder::new().prefix("shoal-test-").tempdir_in("/var/tmp").expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-test-")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
         let key = dir.path().join("cluster.key");
         std::fs::write(&key, proto::auth::ClusterKey::generate().to_text()).expect("key");
         let mut bricks = Vec::new();
@@ -83,7 +92,11 @@ impl Bricks {
             let path = dir.path().join(format!("brick{i}"));
             std::fs::create_dir_all(&path).expect("brick dir");
             let (child, addr) = start_brick(&key, &path, "127.0.0.1:0");
-            bricks.push(Brick { path, addr, child: Some(child) });
+            bricks.push(Brick {
+                path,
+                addr,
+                child: Some(child),
+            });
         }
         Bricks { dir, key, bricks }
     }
@@ -173,8 +186,13 @@ impl Mount {
             .expect("start mount");
         let out = child.stdout.take().expect("mount stdout");
         let mut line = String::new();
-        BufReader::new(out).read_line(&mut line).expect("mount output");
-        let m = Mount { dir: dir.to_path_buf(), child };
+        BufReader::new(out)
+            .read_line(&mut line)
+            .expect("mount output");
+        let m = Mount {
+            dir: dir.to_path_buf(),
+            child,
+        };
         assert_eq!(line.trim(), "ready", "mount failed: {line}");
         m
     }
@@ -193,12 +211,18 @@ impl Drop for Mount {
         // Unmount first so that nothing is left answering "transport endpoint is not
         // connected", then make sure the process is gone.
         let _ = rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::DETACH);
-        let _ = Command::new("fusermount3").arg("-uz").arg(&self.dir).stderr(Stdio::null()).status();
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.dir)
+            .stderr(Stdio::null())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             match self.child.try_wait() {
                 Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 _ => {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
@@ -220,7 +244,11 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 /// Runs a command, panicking with its output if it fails.
 pub fn sh(cmd: &str) -> String {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .expect("run sh");
     if !out.status.success() {
         panic!(
             "command failed ({}): {cmd}\nstdout: {}\nstderr: {}",

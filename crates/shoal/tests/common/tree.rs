@@ -19,7 +19,10 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, Node> {
 }
 
 fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Node>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir).expect("read_dir").map(|e| e.expect("entry")).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry"))
+        .collect();
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let p = e.path();
@@ -48,7 +51,12 @@ pub fn assert_same(a: &Path, b: &Path) {
         }
     }
     for k in y.keys() {
-        assert!(x.contains_key(k), "{k} is in {} but not in {}", b.display(), a.display());
+        assert!(
+            x.contains_key(k),
+            "{k} is in {} but not in {}",
+            b.display(),
+            a.display()
+        );
     }
     assert!(!x.is_empty(), "empty tree {}", a.display());
 }
