@@ -1,0 +1,206 @@
+//! Shared pieces of the benchmarks: running tools, starting shoal volumes, reading CPU time.
+
+use anyhow::{anyhow, bail, Context, Result};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const MIB: f64 = 1024.0 * 1024.0;
+
+/// Something mounted to measure.
+pub trait Backend {
+    fn dir(&self) -> &Path;
+    /// Processes doing the storage work (their CPU time is accounted).
+    fn pids(&self) -> Vec<u32>;
+}
+
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+pub fn which(tool: &str) -> Result<()> {
+    if run_ok("sh", &["-c", &format!("command -v {tool}")]) {
+        Ok(())
+    } else {
+        bail!("{tool} is not installed")
+    }
+}
+
+pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(cmd).args(args).output().with_context(|| format!("cannot run {cmd}"))?;
+    if !out.status.success() {
+        bail!("{cmd} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+pub fn run_ok(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+pub fn pgrep(pattern: &str) -> Vec<u32> {
+    run("pgrep", &["-f", pattern]).map(|o| o.lines().filter_map(|l| l.trim().parse().ok()).collect()).unwrap_or_default()
+}
+
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let end = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > end {
+            bail!("timed out after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// User plus system CPU seconds of these processes so far.
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    // Clock ticks per second: 100 on every Linux this runs on.
+    const HZ: f64 = 100.0;
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter_map(|s| {
+            // Fields after the command name (which may contain spaces) start after ')'.
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ut: f64 = f.get(11)?.parse().ok()?;
+            let st: f64 = f.get(12)?.parse().ok()?;
+            Some((ut + st) / HZ)
+        })
+        .sum()
+}
+
+pub fn drop_caches() {
+    let _ = run("sync", &[]);
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+/// Runs fio with JSON output.
+pub fn fio(args: &[&str]) -> Result<serde_json::Value> {
+    let mut a = vec!["--output-format=json"];
+    a.extend_from_slice(args);
+    let out = run("fio", &a)?;
+    // fio may print notes before the JSON document.
+    let start = out.find('{').ok_or_else(|| anyhow!("fio printed no JSON: {out}"))?;
+    Ok(serde_json::from_str(&out[start..])?)
+}
+
+pub fn fio_field(out: &serde_json::Value, dir: &str, field: &str) -> Result<f64> {
+    out["jobs"][0][dir][field].as_f64().ok_or_else(|| anyhow!("fio output lacks jobs[0].{dir}.{field}"))
+}
+
+/// The `shoal` binary built beside this one.
+pub fn shoal_bin() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("SHOAL_BIN") {
+        return Ok(p.into());
+    }
+    let me = std::env::current_exe()?;
+    let p = me.parent().map(|d| d.join("shoal")).ok_or_else(|| anyhow!("no directory"))?;
+    if p.is_file() {
+        Ok(p)
+    } else {
+        bail!("{} not found: build it (cargo build --release -p shoal) or set SHOAL_BIN", p.display())
+    }
+}
+
+/// A shoal volume of brick processes on 127.0.0.1 with a FUSE mount.
+pub struct ShoalVolume {
+    root: PathBuf,
+    mount: PathBuf,
+    bricks: Vec<Child>,
+    mounter: Option<Child>,
+}
+
+fn first_line(child: &mut Child) -> Result<String> {
+    let out = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut line = String::new();
+    BufReader::new(out).read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
+impl ShoalVolume {
+    pub fn start(shoal: &Path, root: &Path, bricks: usize, stripe: u32, replica: u32) -> Result<ShoalVolume> {
+        let _ = std::fs::remove_dir_all(root);
+        std::fs::create_dir_all(root)?;
+        let key = root.join("cluster.key");
+        std::fs::write(&key, proto::auth::ClusterKey::generate().to_text())?;
+        let mut vol = ShoalVolume { root: root.into(), mount: root.join("mnt"), bricks: Vec::new(), mounter: None };
+        let mut specs = Vec::new();
+        for i in 0..bricks {
+            let dir = root.join(format!("b{i}"));
+            let mut c = Command::new(shoal)
+                .args(["brick", "--listen", "127.0.0.1:0", "--dir"])
+                .arg(&dir)
+                .arg("--key")
+                .arg(&key)
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let line = first_line(&mut c)?;
+            vol.bricks.push(c);
+            let addr = line.strip_prefix("listening on ").ok_or_else(|| anyhow!("brick said {line:?}"))?;
+            specs.push(layout::BrickSpec { node: format!("n{i}"), path: dir.display().to_string(), addr: addr.into() });
+        }
+        let spec = layout::VolumeSpec {
+            version: layout::spec::SPEC_VERSION,
+            name: "bench".into(),
+            id: rand::random(),
+            stripe,
+            replica,
+            stripe_size: layout::spec::DEFAULT_STRIPE_SIZE,
+            bricks: specs,
+        };
+        let spec_file = root.join("spec.toml");
+        std::fs::write(&spec_file, toml::to_string(&spec)?)?;
+        std::fs::create_dir_all(&vol.mount)?;
+        let mut m = Command::new(shoal)
+            .args(["mount", "-f", "--spec"])
+            .arg(&spec_file)
+            .arg("--key")
+            .arg(&key)
+            .arg("127.0.0.1:bench")
+            .arg(&vol.mount)
+            .env("SHOAL_MOUNT_NOTIFY", "1")
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let line = first_line(&mut m)?;
+        vol.mounter = Some(m);
+        if line != "ready" {
+            bail!("mount failed: {line}");
+        }
+        Ok(vol)
+    }
+}
+
+impl Backend for ShoalVolume {
+    fn dir(&self) -> &Path {
+        &self.mount
+    }
+    fn pids(&self) -> Vec<u32> {
+        self.bricks.iter().chain(&self.mounter).map(Child::id).collect()
+    }
+}
+
+impl Drop for ShoalVolume {
+    fn drop(&mut self) {
+        let _ = run("umount", &["-l", &self.mount.display().to_string()]);
+        for c in self.mounter.iter_mut().chain(self.bricks.iter_mut()) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
