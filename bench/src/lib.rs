@@ -28,23 +28,39 @@ pub fn which(tool: &str) -> Result<()> {
 }
 
 pub fn run(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd).args(args).output().with_context(|| format!("cannot run {cmd}"))?;
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .with_context(|| format!("cannot run {cmd}"))?;
     if !out.status.success() {
-        bail!("{cmd} {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd} {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 pub fn run_ok(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    Command::new(cmd)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 pub fn pgrep(pattern: &str) -> Vec<u32> {
-    run("pgrep", &["-f", pattern]).map(|o| o.lines().filter_map(|l| l.trim().parse().ok()).collect()).unwrap_or_default()
+    run("pgrep", &["-f", pattern])
+        .map(|o| o.lines().filter_map(|l| l.trim().parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
 }
 
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
@@ -95,12 +111,16 @@ pub fn fio(args: &[&str]) -> Result<serde_json::Value> {
     a.extend_from_slice(args);
     let out = run("fio", &a)?;
     // fio may print notes before the JSON document.
-    let start = out.find('{').ok_or_else(|| anyhow!("fio printed no JSON: {out}"))?;
+    let start = out
+        .find('{')
+        .ok_or_else(|| anyhow!("fio printed no JSON: {out}"))?;
     Ok(serde_json::from_str(&out[start..])?)
 }
 
 pub fn fio_field(out: &serde_json::Value, dir: &str, field: &str) -> Result<f64> {
-    out["jobs"][0][dir][field].as_f64().ok_or_else(|| anyhow!("fio output lacks jobs[0].{dir}.{field}"))
+    out["jobs"][0][dir][field]
+        .as_f64()
+        .ok_or_else(|| anyhow!("fio output lacks jobs[0].{dir}.{field}"))
 }
 
 /// The `shoal` binary built beside this one.
@@ -109,11 +129,17 @@ pub fn shoal_bin() -> Result<PathBuf> {
         return Ok(p.into());
     }
     let me = std::env::current_exe()?;
-    let p = me.parent().map(|d| d.join("shoal")).ok_or_else(|| anyhow!("no directory"))?;
+    let p = me
+        .parent()
+        .map(|d| d.join("shoal"))
+        .ok_or_else(|| anyhow!("no directory"))?;
     if p.is_file() {
         Ok(p)
     } else {
-        bail!("{} not found: build it (cargo build --release -p shoal) or set SHOAL_BIN", p.display())
+        bail!(
+            "{} not found: build it (cargo build --release -p shoal) or set SHOAL_BIN",
+            p.display()
+        )
     }
 }
 
@@ -133,12 +159,23 @@ fn first_line(child: &mut Child) -> Result<String> {
 }
 
 impl ShoalVolume {
-    pub fn start(shoal: &Path, root: &Path, bricks: usize, stripe: u32, replica: u32) -> Result<ShoalVolume> {
+    pub fn start(
+        shoal: &Path,
+        root: &Path,
+        bricks: usize,
+        stripe: u32,
+        replica: u32,
+    ) -> Result<ShoalVolume> {
         let _ = std::fs::remove_dir_all(root);
         std::fs::create_dir_all(root)?;
         let key = root.join("cluster.key");
         std::fs::write(&key, proto::auth::ClusterKey::generate().to_text())?;
-        let mut vol = ShoalVolume { root: root.into(), mount: root.join("mnt"), bricks: Vec::new(), mounter: None };
+        let mut vol = ShoalVolume {
+            root: root.into(),
+            mount: root.join("mnt"),
+            bricks: Vec::new(),
+            mounter: None,
+        };
         let mut specs = Vec::new();
         for i in 0..bricks {
             let dir = root.join(format!("b{i}"));
@@ -151,8 +188,14 @@ impl ShoalVolume {
                 .spawn()?;
             let line = first_line(&mut c)?;
             vol.bricks.push(c);
-            let addr = line.strip_prefix("listening on ").ok_or_else(|| anyhow!("brick said {line:?}"))?;
-            specs.push(layout::BrickSpec { node: format!("n{i}"), path: dir.display().to_string(), addr: addr.into() });
+            let addr = line
+                .strip_prefix("listening on ")
+                .ok_or_else(|| anyhow!("brick said {line:?}"))?;
+            specs.push(layout::BrickSpec {
+                node: format!("n{i}"),
+                path: dir.display().to_string(),
+                addr: addr.into(),
+            });
         }
         let spec = layout::VolumeSpec {
             version: layout::spec::SPEC_VERSION,
@@ -190,7 +233,11 @@ impl Backend for ShoalVolume {
         &self.mount
     }
     fn pids(&self) -> Vec<u32> {
-        self.bricks.iter().chain(&self.mounter).map(Child::id).collect()
+        self.bricks
+            .iter()
+            .chain(&self.mounter)
+            .map(Child::id)
+            .collect()
     }
 }
 

@@ -45,12 +45,42 @@ struct Layout {
 }
 
 const LAYOUTS: &[Layout] = &[
-    Layout { name: "dist3", bricks: 3, stripe: 1, replica: 1 },
-    Layout { name: "stripe2", bricks: 2, stripe: 2, replica: 1 },
-    Layout { name: "rep2", bricks: 2, stripe: 1, replica: 2 },
-    Layout { name: "rep3", bricks: 3, stripe: 1, replica: 3 },
-    Layout { name: "distrep2x2", bricks: 4, stripe: 1, replica: 2 },
-    Layout { name: "diststripe2x2", bricks: 4, stripe: 2, replica: 1 },
+    Layout {
+        name: "dist3",
+        bricks: 3,
+        stripe: 1,
+        replica: 1,
+    },
+    Layout {
+        name: "stripe2",
+        bricks: 2,
+        stripe: 2,
+        replica: 1,
+    },
+    Layout {
+        name: "rep2",
+        bricks: 2,
+        stripe: 1,
+        replica: 2,
+    },
+    Layout {
+        name: "rep3",
+        bricks: 3,
+        stripe: 1,
+        replica: 3,
+    },
+    Layout {
+        name: "distrep2x2",
+        bricks: 4,
+        stripe: 1,
+        replica: 2,
+    },
+    Layout {
+        name: "diststripe2x2",
+        bricks: 4,
+        stripe: 2,
+        replica: 1,
+    },
 ];
 
 struct Params {
@@ -168,7 +198,8 @@ fn run_row(name: &str, backend: &dyn Backend, p: &Params, runs: usize) -> Result
     for i in 0..runs {
         eprint!("  {name}: run {}/{runs} ...", i + 1);
         let t = Instant::now();
-        let s = measure(backend.dir(), &backend.pids(), p).with_context(|| format!("row {name}"))?;
+        let s =
+            measure(backend.dir(), &backend.pids(), p).with_context(|| format!("row {name}"))?;
         eprintln!(" {:.0} s", t.elapsed().as_secs_f64());
         samples.push(s);
     }
@@ -193,12 +224,22 @@ fn main() -> Result<()> {
     }
     which("fio")?;
     let p = if args.quick {
-        Params { seq_bytes: 256 << 20, small_files: 1000, fio_secs: 5 }
+        Params {
+            seq_bytes: 256 << 20,
+            small_files: 1000,
+            fio_secs: 5,
+        }
     } else {
-        Params { seq_bytes: 1 << 30, small_files: 5000, fio_secs: 20 }
+        Params {
+            seq_bytes: 1 << 30,
+            small_files: 5000,
+            fio_secs: 20,
+        }
     };
     let runs = if args.quick { 1 } else { args.runs.max(1) };
-    let wanted: Option<Vec<String>> = args.rows.map(|r| r.split(',').map(str::to_string).collect());
+    let wanted: Option<Vec<String>> = args
+        .rows
+        .map(|r| r.split(',').map(str::to_string).collect());
     let want = |n: &str| wanted.as_ref().is_none_or(|w| w.iter().any(|x| x == n));
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir)?;
@@ -209,18 +250,35 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&local_dir)?;
     eprintln!("local directory {}", local_dir.display());
     let local = LocalDir(local_dir);
-    rows.push(("local directory".into(), run_row("local", &local, &p, runs)?));
+    rows.push((
+        "local directory".into(),
+        run_row("local", &local, &p, runs)?,
+    ));
     for l in LAYOUTS.iter().filter(|l| want(l.name)) {
         let label = format!("shoal {}", describe(l.bricks, l.stripe, l.replica));
         eprintln!("{label}");
-        let vol = ShoalVolume::start(&shoal, &args.dir.join(l.name), l.bricks, l.stripe, l.replica)?;
+        let vol = ShoalVolume::start(
+            &shoal,
+            &args.dir.join(l.name),
+            l.bricks,
+            l.stripe,
+            l.replica,
+        )?;
         rows.push((label, run_row(l.name, &vol, &p, runs)?));
         drop(vol);
         if args.with_gluster && l.stripe == 1 {
             let label = format!("GlusterFS {}", describe(l.bricks, l.stripe, l.replica));
             eprintln!("{label}");
-            let vol = GlusterVolume::start(&args.dir.join(format!("gl-{}", l.name)), l.name, l.bricks, l.replica)?;
-            rows.push((label, run_row(&format!("gluster-{}", l.name), &vol, &p, runs)?));
+            let vol = GlusterVolume::start(
+                &args.dir.join(format!("gl-{}", l.name)),
+                l.name,
+                l.bricks,
+                l.replica,
+            )?;
+            rows.push((
+                label,
+                run_row(&format!("gluster-{}", l.name), &vol, &p, runs)?,
+            ));
         }
     }
     print_table(&rows, &p, runs);
@@ -238,7 +296,9 @@ fn describe(bricks: usize, stripe: u32, replica: u32) -> String {
 }
 
 fn print_table(rows: &[(String, Sample)], p: &Params, runs: usize) {
-    let Some((_, base)) = rows.first() else { return };
+    let Some((_, base)) = rows.first() else {
+        return;
+    };
     println!(
         "\nshoal storage benchmark — medians of {runs} run(s); sequential file {} MiB, {} small files of 4 KiB, fio {} s per random test; (×N) = ratio to the local directory\n",
         p.seq_bytes >> 20,
@@ -294,13 +354,20 @@ impl GlusterVolume {
         which("gluster")?;
         if !run_ok("pgrep", &["-x", "glusterd"]) {
             run("glusterd", &[])?;
-            wait_until(Duration::from_secs(20), || run_ok("gluster", &["--mode=script", "volume", "list"]))
-                .context("glusterd did not come up")?;
+            wait_until(Duration::from_secs(20), || {
+                run_ok("gluster", &["--mode=script", "volume", "list"])
+            })
+            .context("glusterd did not come up")?;
         }
         let host = hostname();
         let name = format!("bench-{layout}");
         let _ = std::fs::remove_dir_all(root);
-        let mut args: Vec<String> = vec!["--mode=script".into(), "volume".into(), "create".into(), name.clone()];
+        let mut args: Vec<String> = vec![
+            "--mode=script".into(),
+            "volume".into(),
+            "create".into(),
+            name.clone(),
+        ];
         if replica > 1 {
             args.extend(["replica".into(), replica.to_string()]);
         }
@@ -315,8 +382,20 @@ impl GlusterVolume {
         run("gluster", &["--mode=script", "volume", "start", &name])?;
         let mount = root.join("mnt");
         std::fs::create_dir_all(&mount)?;
-        run("mount", &["-t", "glusterfs", &format!("{host}:/{name}"), &mount.display().to_string()])?;
-        Ok(GlusterVolume { name, mount, root: root.to_path_buf() })
+        run(
+            "mount",
+            &[
+                "-t",
+                "glusterfs",
+                &format!("{host}:/{name}"),
+                &mount.display().to_string(),
+            ],
+        )?;
+        Ok(GlusterVolume {
+            name,
+            mount,
+            root: root.to_path_buf(),
+        })
     }
 }
 
@@ -334,8 +413,14 @@ impl Backend for GlusterVolume {
 impl Drop for GlusterVolume {
     fn drop(&mut self) {
         let _ = run("umount", &["-l", &self.mount.display().to_string()]);
-        let _ = run("gluster", &["--mode=script", "volume", "stop", &self.name, "force"]);
-        let _ = run("gluster", &["--mode=script", "volume", "delete", &self.name]);
+        let _ = run(
+            "gluster",
+            &["--mode=script", "volume", "stop", &self.name, "force"],
+        );
+        let _ = run(
+            "gluster",
+            &["--mode=script", "volume", "delete", &self.name],
+        );
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }

@@ -1,33 +1,24 @@
-//! The brick's network face: authenticated connections carrying multiplexed requests.
-//!
-//! Each connection has a reader that decodes frames and starts one task per request (up to
-//! a bound, which is the backpressure on a greedy client), and a writer that sends replies
-//! as they complete, batching them into as few writes as the socket allows. File handles and
-//! locks belong to the connection and are released when it goes away.
+//! The brick's network face: a [`proto::service::Service`] answering brick requests. File
+//! handles and locks belong to the connection and are released when it goes away.
 
 use crate::locks::LockTable;
 use crate::store::{OpenFile, Store};
 use bytes::Bytes;
-use proto::auth::{self, ClusterKey};
-use proto::frame::{self, FrameError};
+use proto::auth::{ClusterKey, Peer};
 use proto::msg::{Fh, Reply, Request, Response};
+use proto::service::{Answer, Handled, Service};
 use proto::Errno;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
-/// Requests one connection may have in progress at once.
-const MAX_IN_FLIGHT: usize = 256;
 /// Writes up to this size are done in the reader (see [`BrickServer::quick`]).
 const QUICK_WRITE: usize = 64 * 1024;
 /// Handles one connection may hold open.
 const MAX_HANDLES: usize = 65536;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a brick server needs besides its store.
 #[derive(Clone, Debug)]
@@ -63,9 +54,8 @@ impl Drop for Handle {
     }
 }
 
-struct Conn {
+pub struct Conn {
     id: u64,
-    peer: SocketAddr,
     handles: Mutex<HashMap<Fh, Arc<Handle>>>,
     next_fh: AtomicU64,
     closed: watch::Receiver<bool>,
@@ -102,12 +92,6 @@ enum Quick {
     Slow(Request),
 }
 
-struct Outgoing {
-    id: u64,
-    header: Vec<u8>,
-    data: Bytes,
-}
-
 impl BrickServer {
     pub fn new(store: Store, config: ServerConfig) -> Arc<BrickServer> {
         Arc::new(BrickServer {
@@ -122,108 +106,14 @@ impl BrickServer {
         &self.store
     }
 
-    /// Accepts connections until the listener fails.
-    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) if is_transient_accept_error(&e) => {
-                    tracing::warn!("accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-                Err(e) => return Err(e),
-            };
-            tokio::spawn(self.clone().connection(stream, peer));
-        }
-    }
-
-    async fn connection(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
-        let _ = stream.set_nodelay(true);
-        let who = match tokio::time::timeout(
-            HANDSHAKE_TIMEOUT,
-            auth::server(&mut stream, &self.config.key),
-        )
-        .await
-        {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                tracing::warn!(%peer, brick = %self.store.root().display(), "refused connection: {e}");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!(%peer, "refused connection: handshake timed out");
-                return;
-            }
-        };
-        let (closed_tx, closed_rx) = watch::channel(false);
-        let conn = Arc::new(Conn {
-            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
-            peer,
-            handles: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
-            closed: closed_rx,
-        });
-        tracing::debug!(%peer, role = %who.role, name = %who.name, conn = conn.id, "connected");
-        let (rd, wr) = stream.into_split();
-        let (tx, rx) = mpsc::channel::<Outgoing>(MAX_IN_FLIGHT);
-        let writer = tokio::spawn(write_loop(BufWriter::with_capacity(256 * 1024, wr), rx));
-        let mut rd = BufReader::with_capacity(256 * 1024, rd);
-        let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        loop {
-            let frame = match frame::read_frame(&mut rd).await {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(FrameError::Io(e)) => {
-                    tracing::debug!(%peer, "connection lost: {e}");
-                    break;
-                }
-                Err(e) => {
-                    tracing::warn!(%peer, "closing connection after a bad frame: {e}");
-                    break;
-                }
-            };
-            let Ok(permit) = permits.clone().acquire_owned().await else {
-                break;
-            };
-            let req: Request = match frame.decode() {
-                Ok(r) => r,
-                Err(e) => {
-                    // The frame boundary is intact, so the connection can go on: answer this
-                    // request id with an error.
-                    tracing::warn!(%peer, "undecodable request: {e}");
-                    let errno = match proto::msg::op_index(&frame.header) {
-                        Some(op) if op >= proto::msg::REQUEST_OPS => Errno::ENOSYS,
-                        _ => Errno::EBADMSG,
-                    };
-                    let _ = tx.send(reply(frame.id, Err(errno), Bytes::new())).await;
-                    continue;
-                }
-            };
-            let req = match self.quick(&conn, req, &frame.data) {
-                Quick::Done(resp) => {
-                    let _ = tx.send(reply(frame.id, resp, Bytes::new())).await;
-                    continue;
-                }
-                Quick::Slow(slow) => slow,
-            };
-            let (server, conn, tx) = (self.clone(), conn.clone(), tx.clone());
-            tokio::spawn(async move {
-                let (resp, data) = server.slow(&conn, req, frame.data).await;
-                let _ = tx.send(reply(frame.id, resp, data)).await;
-                drop(permit);
-            });
-        }
-        let _ = closed_tx.send(true);
-        drop(tx);
-        let _ = writer.await;
-        // Handles close as the last request holding them finishes; locks go now.
-        conn.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        self.locks.release_conn(conn.id);
-        tracing::debug!(peer = %conn.peer, conn = conn.id, "disconnected");
+    /// Serves connections until the listener fails or `shutdown` turns true.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        shutdown: watch::Receiver<bool>,
+    ) -> std::io::Result<()> {
+        let key = self.config.key.clone();
+        proto::service::serve(self, listener, key, shutdown).await
     }
 
     async fn blocking<T: Send + 'static>(
@@ -320,12 +210,7 @@ impl BrickServer {
 
     /// Requests that may wait: run on the blocking pool (or wait for a lock) in a task of
     /// their own, so that the connection's other requests go on meanwhile.
-    async fn slow(
-        self: &Arc<Self>,
-        conn: &Arc<Conn>,
-        req: Request,
-        data: Bytes,
-    ) -> (Response, Bytes) {
+    async fn slow(self: &Arc<Self>, conn: &Arc<Conn>, req: Request, data: Bytes) -> Answer<Reply> {
         let none = Bytes::new();
         let handle = |fh| conn.handle(fh);
         let r = match req {
@@ -432,45 +317,47 @@ impl BrickServer {
     }
 }
 
-fn reply(id: u64, resp: Response, data: Bytes) -> Outgoing {
-    let header = frame::encode_header(&resp).unwrap_or_else(|e| {
-        tracing::error!("cannot encode a reply: {e}");
-        frame::encode_header(&Response::Err(Errno::EIO)).unwrap_or_default()
-    });
-    Outgoing { id, header, data }
-}
+impl Service for BrickServer {
+    type Req = Request;
+    type Resp = Reply;
+    type Session = Conn;
 
-async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
-    mut w: BufWriter<W>,
-    mut rx: mpsc::Receiver<Outgoing>,
-) {
-    while let Some(mut out) = rx.recv().await {
-        loop {
-            if let Err(e) = frame::write_frame(&mut w, out.id, &out.header, &out.data).await {
-                tracing::debug!("write failed: {e}");
-                return;
-            }
-            match rx.try_recv() {
-                Ok(next) => out = next,
-                Err(_) => break,
-            }
-        }
-        if w.flush().await.is_err() {
-            return;
+    fn label(&self) -> String {
+        format!("brick {}", self.store.root().display())
+    }
+
+    fn open(&self, _peer: &Peer, _addr: SocketAddr, closed: watch::Receiver<bool>) -> Conn {
+        Conn {
+            id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            closed,
         }
     }
-}
 
-fn is_transient_accept_error(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(
-            libc::EMFILE
-                | libc::ENFILE
-                | libc::ENOBUFS
-                | libc::ENOMEM
-                | libc::ECONNABORTED
-                | libc::EINTR
-        )
-    )
+    fn handle(self: &Arc<Self>, conn: &Arc<Conn>, req: Request, data: Bytes) -> Handled<Reply> {
+        match self.quick(conn, req, &data) {
+            Quick::Done(resp) => Handled::Now((resp, Bytes::new())),
+            Quick::Slow(req) => {
+                let (server, conn) = (self.clone(), conn.clone());
+                Handled::Later(Box::pin(async move { server.slow(&conn, req, data).await }))
+            }
+        }
+    }
+
+    fn close(&self, conn: &Conn) {
+        // Handles close as the last request holding them finishes; locks go now.
+        conn.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.locks.release_conn(conn.id);
+    }
+
+    fn undecodable(&self, header: &[u8]) -> Errno {
+        match proto::msg::op_index(header) {
+            Some(op) if op >= proto::msg::REQUEST_OPS => Errno::ENOSYS,
+            _ => Errno::EBADMSG,
+        }
+    }
 }

@@ -27,7 +27,8 @@ async fn server() -> Server {
     let srv = brick::BrickServer::new(store, brick::ServerConfig { key: key.clone() });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(srv.serve(listener));
+    let (_, never) = tokio::sync::watch::channel(false);
+    tokio::spawn(srv.serve(listener, never));
     Server { addr, key, dir }
 }
 

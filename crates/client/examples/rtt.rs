@@ -7,7 +7,7 @@ use std::time::Instant;
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     let key = proto::auth::ClusterKey::load(std::path::Path::new(&args[2])).unwrap();
-    let c = shoal_client::conn::BrickConn::new(&args[1], key, "rtt");
+    let c = shoal_client::conn::BrickConn::new(&args[1], key, "client", "rtt");
     c.connect().await.unwrap();
     for (name, req) in [
         ("ping", Request::Ping),

@@ -41,7 +41,7 @@ impl Volume {
         let conns: Vec<Arc<BrickConn>> = spec
             .bricks
             .iter()
-            .map(|b| BrickConn::new(&b.addr, key.clone(), client_name))
+            .map(|b| BrickConn::new(&b.addr, key.clone(), "client", client_name))
             .collect();
         let results = futures_util::future::join_all(conns.iter().map(|c| {
             let c = c.clone();

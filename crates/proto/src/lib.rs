@@ -9,6 +9,8 @@ pub mod auth;
 pub mod errno;
 pub mod frame;
 pub mod msg;
+pub mod rpc;
+pub mod service;
 pub mod types;
 
 pub use errno::Errno;

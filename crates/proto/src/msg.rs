@@ -199,6 +199,12 @@ pub fn op_index(header: &[u8]) -> Option<u32> {
     None
 }
 
+impl crate::rpc::Ping for Request {
+    fn ping() -> Self {
+        Request::Ping
+    }
+}
+
 /// A successful answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Reply {

@@ -33,8 +33,9 @@ pub fn run(args: BrickArgs) -> Result<()> {
         // The first line of output says where the brick listens (scripts and tests read it).
         println!("listening on {}", listener.local_addr()?);
         let server = brick::BrickServer::new(store, brick::ServerConfig { key });
+        let (_, never) = tokio::sync::watch::channel(false);
         tokio::select! {
-            r = server.serve(listener) => r.context("brick server stopped"),
+            r = server.serve(listener, never) => r.context("brick server stopped"),
             _ = tokio::signal::ctrl_c() => Ok(()),
         }
     })

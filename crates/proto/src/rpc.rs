@@ -1,0 +1,337 @@
+//! A client connection to one peer (a brick, another node's control port), shared by every
+//! caller that talks to it.
+//!
+//! Requests are multiplexed by id; any number may be in flight. When the connection drops,
+//! every pending request fails with ENOTCONN at once and a background task reconnects (twice
+//! a second), so callers never wait on a dead peer: replicated layers learn within one
+//! round trip that a child is gone. A ping every second notices a silent peer (a cut link)
+//! within `DEAD_AFTER`.
+
+use crate::auth::{self, ClusterKey};
+use crate::frame;
+use crate::Errno;
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const RETRY_EVERY: Duration = Duration::from_millis(500);
+const PING_EVERY: Duration = Duration::from_secs(1);
+/// A link that has not answered anything for this long is declared dead.
+const DEAD_AFTER: Duration = Duration::from_secs(5);
+
+type Pending<R> = oneshot::Sender<Result<(R, Bytes), Errno>>;
+
+struct Out {
+    id: u64,
+    header: Vec<u8>,
+    data: Bytes,
+}
+
+struct Link<R> {
+    gen: u64,
+    tx: mpsc::UnboundedSender<Out>,
+    pending: Mutex<HashMap<u64, Pending<R>>>,
+    next_id: AtomicU64,
+    dead: AtomicBool,
+    last_rx: Mutex<Instant>,
+    /// The reader and writer tasks, stopped when the link dies so that a silent peer does not
+    /// keep a socket open.
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<R> Link<R> {
+    fn kill(&self) {
+        self.dead.store(true, Ordering::SeqCst);
+        for (_, p) in lock(&self.pending).drain() {
+            let _ = p.send(Err(Errno::ENOTCONN));
+        }
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// The request every peer answers at once, used to notice silent peers.
+pub trait Ping {
+    fn ping() -> Self;
+}
+
+/// A multiplexed connection to one peer that reconnects by itself. `Q` is what it sends,
+/// `R` what comes back (as `Result<R, Errno>` on the wire).
+pub struct Conn<Q, R> {
+    addr: String,
+    key: ClusterKey,
+    role: &'static str,
+    name: String,
+    link: Mutex<Option<Arc<Link<R>>>>,
+    reconnecting: AtomicBool,
+    gen: AtomicU64,
+    me: Weak<Conn<Q, R>>,
+    _sends: std::marker::PhantomData<fn(Q)>,
+}
+
+impl<Q, R> Conn<Q, R>
+where
+    Q: Serialize + Ping + Send + Sync + 'static,
+    R: DeserializeOwned + Send + 'static,
+{
+    /// A connection to `addr` (host:port) as `role` ("client", "node"), not yet established.
+    pub fn new(addr: &str, key: ClusterKey, role: &'static str, name: &str) -> Arc<Conn<Q, R>> {
+        Arc::new_cyclic(|me| Conn {
+            addr: addr.to_string(),
+            key,
+            role,
+            name: name.to_string(),
+            link: Mutex::new(None),
+            reconnecting: AtomicBool::new(false),
+            gen: AtomicU64::new(0),
+            me: me.clone(),
+            _sends: std::marker::PhantomData,
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// True while a live connection exists.
+    pub fn is_up(&self) -> bool {
+        lock(&self.link)
+            .as_ref()
+            .is_some_and(|l| !l.dead.load(Ordering::SeqCst))
+    }
+
+    /// The generation of the current connection: handles from another generation are void.
+    pub fn generation(&self) -> u64 {
+        lock(&self.link).as_ref().map(|l| l.gen).unwrap_or(0)
+    }
+
+    /// Connects now, waiting for the outcome; later drops reconnect in the background.
+    pub async fn connect(&self) -> Result<(), Errno> {
+        if self.is_up() {
+            return Ok(());
+        }
+        match self.establish().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.start_reconnect();
+                Err(e)
+            }
+        }
+    }
+
+    async fn establish(&self) -> Result<(), Errno> {
+        let attempt = async {
+            let mut s = TcpStream::connect(&self.addr).await.map_err(Errno::from)?;
+            let _ = s.set_nodelay(true);
+            auth::client(&mut s, &self.key, self.role, &self.name)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(peer = %self.addr, "handshake failed: {e}");
+                    match e {
+                        auth::HandshakeError::Frame(frame::FrameError::Io(io)) => Errno::from(io),
+                        auth::HandshakeError::Frame(_) => Errno::ECONNRESET,
+                        _ => Errno::EACCES,
+                    }
+                })?;
+            Ok::<_, Errno>(s)
+        };
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+            .await
+            .map_err(|_| Errno::ETIMEDOUT)??;
+        let (rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let link = Arc::new(Link {
+            gen: self.gen.fetch_add(1, Ordering::SeqCst) + 1,
+            tx,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            dead: AtomicBool::new(false),
+            last_rx: Mutex::new(Instant::now()),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let w = tokio::spawn(write_loop(
+            link.clone(),
+            BufWriter::with_capacity(256 * 1024, wr),
+            rx,
+        ));
+        let r = tokio::spawn(read_loop(
+            self.me.clone(),
+            link.clone(),
+            BufReader::with_capacity(256 * 1024, rd),
+        ));
+        lock(&link.tasks).extend([w.abort_handle(), r.abort_handle()]);
+        tokio::spawn(ping_loop(self.me.clone(), Arc::downgrade(&link)));
+        tracing::debug!(peer = %self.addr, gen = link.gen, "connected");
+        *lock(&self.link) = Some(link);
+        Ok(())
+    }
+
+    fn start_reconnect(&self) {
+        if self.reconnecting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Some(me) = self.me.upgrade() else { return };
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RETRY_EVERY).await;
+                if me.establish().await.is_ok() {
+                    tracing::info!(peer = %me.addr, "reconnected");
+                    break;
+                }
+                // Stop when nobody holds this connection any more.
+                if Arc::strong_count(&me) == 1 {
+                    break;
+                }
+            }
+            me.reconnecting.store(false, Ordering::SeqCst);
+        });
+    }
+
+    fn lost(&self, link: &Arc<Link<R>>) {
+        link.kill();
+        let mut cur = lock(&self.link);
+        if cur.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
+            *cur = None;
+            drop(cur);
+            tracing::warn!(peer = %self.addr, "connection lost");
+            self.start_reconnect();
+        }
+    }
+
+    fn current(&self) -> Result<Arc<Link<R>>, Errno> {
+        match lock(&self.link).as_ref() {
+            Some(l) if !l.dead.load(Ordering::SeqCst) => Ok(l.clone()),
+            _ => {
+                self.start_reconnect();
+                Err(Errno::ENOTCONN)
+            }
+        }
+    }
+
+    /// Sends a request and waits for its reply. Returns the reply, its data and the
+    /// generation of the connection that carried it.
+    pub async fn call(&self, req: &Q, data: Bytes) -> Result<(R, Bytes, u64), Errno> {
+        let link = self.current()?;
+        let header = frame::encode_header(req).map_err(|_| Errno::EINVAL)?;
+        let id = link.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&link.pending).insert(id, tx);
+        if link.dead.load(Ordering::SeqCst) {
+            lock(&link.pending).remove(&id);
+            return Err(Errno::ENOTCONN);
+        }
+        if link.tx.send(Out { id, header, data }).is_err() {
+            lock(&link.pending).remove(&id);
+            return Err(Errno::ENOTCONN);
+        }
+        let (reply, data) = rx.await.map_err(|_| Errno::ENOTCONN)??;
+        Ok((reply, data, link.gen))
+    }
+}
+
+async fn write_loop<R>(
+    link: Arc<Link<R>>,
+    mut w: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
+    mut rx: mpsc::UnboundedReceiver<Out>,
+) {
+    while let Some(mut out) = rx.recv().await {
+        loop {
+            if frame::write_frame(&mut w, out.id, &out.header, &out.data)
+                .await
+                .is_err()
+            {
+                link.kill();
+                return;
+            }
+            match rx.try_recv() {
+                Ok(next) => out = next,
+                Err(_) => break,
+            }
+        }
+        if w.flush().await.is_err() {
+            link.kill();
+            return;
+        }
+    }
+}
+
+async fn read_loop<Q, R>(
+    conn: Weak<Conn<Q, R>>,
+    link: Arc<Link<R>>,
+    mut r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+) where
+    Q: Serialize + Ping + Send + Sync + 'static,
+    R: DeserializeOwned + Send + 'static,
+{
+    loop {
+        let frame = match frame::read_frame(&mut r).await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::debug!("connection: {e}");
+                break;
+            }
+        };
+        *lock(&link.last_rx) = Instant::now();
+        let resp: Result<R, Errno> = match frame.decode() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("undecodable reply: {e}");
+                break;
+            }
+        };
+        if let Some(p) = lock(&link.pending).remove(&frame.id) {
+            let _ = p.send(resp.map(|reply| (reply, frame.data)));
+        }
+    }
+    match conn.upgrade() {
+        Some(c) => c.lost(&link),
+        None => link.kill(),
+    }
+}
+
+async fn ping_loop<Q, R>(conn: Weak<Conn<Q, R>>, link: Weak<Link<R>>)
+where
+    Q: Serialize + Ping + Send + Sync + 'static,
+    R: DeserializeOwned + Send + 'static,
+{
+    loop {
+        tokio::time::sleep(PING_EVERY).await;
+        let (Some(c), Some(l)) = (conn.upgrade(), link.upgrade()) else {
+            return;
+        };
+        if l.dead.load(Ordering::SeqCst) {
+            return;
+        }
+        if lock(&l.last_rx).elapsed() > DEAD_AFTER {
+            tracing::warn!(peer = %c.addr, "no answer for {DEAD_AFTER:?}");
+            c.lost(&l);
+            return;
+        }
+        let c2 = c.clone();
+        drop(l);
+        tokio::spawn(async move {
+            let _ = c2.call(&Q::ping(), Bytes::new()).await;
+        });
+    }
+}
+
+impl<Q, R> Drop for Conn<Q, R> {
+    fn drop(&mut self) {
+        if let Some(l) = lock(&self.link).take() {
+            l.kill();
+        }
+    }
+}

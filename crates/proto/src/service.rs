@@ -1,0 +1,217 @@
+//! The server side of [`crate::rpc`]: authenticated connections carrying multiplexed
+//! requests to a [`Service`].
+//!
+//! Each connection has a reader that decodes frames and hands each request to the service,
+//! which answers at once or returns a future that runs as a task of its own (up to a bound
+//! per connection: the backpressure on a greedy client), and a writer that sends replies as
+//! they complete, batching them into as few writes as the socket allows.
+
+use crate::auth::{self, ClusterKey, Peer};
+use crate::frame::{self, FrameError};
+use crate::Errno;
+use bytes::Bytes;
+use serde::{de::DeserializeOwned, Serialize};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+
+/// Requests one connection may have in progress at once.
+const MAX_IN_FLIGHT: usize = 256;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A reply and its data section.
+pub type Answer<R> = (Result<R, Errno>, Bytes);
+
+/// How a service handles one request.
+pub enum Handled<R> {
+    /// Answered already (cheap work, done in the connection's reader).
+    Now(Answer<R>),
+    /// To be answered by this future, run as a task of its own.
+    Later(Pin<Box<dyn Future<Output = Answer<R>> + Send>>),
+}
+
+/// What a server does with its requests.
+pub trait Service: Send + Sync + Sized + 'static {
+    type Req: DeserializeOwned + Send + 'static;
+    type Resp: Serialize + Send + 'static;
+    /// State kept per connection.
+    type Session: Send + Sync + 'static;
+
+    /// For logs: what this server serves.
+    fn label(&self) -> String;
+    /// A peer passed the handshake. `closed` turns true when its connection ends.
+    fn open(&self, peer: &Peer, addr: SocketAddr, closed: watch::Receiver<bool>) -> Self::Session;
+    fn handle(
+        self: &Arc<Self>,
+        session: &Arc<Self::Session>,
+        req: Self::Req,
+        data: Bytes,
+    ) -> Handled<Self::Resp>;
+    /// The connection ended (its in-flight requests may still be finishing).
+    fn close(&self, session: &Self::Session);
+    /// The error for a well-framed request that does not decode.
+    fn undecodable(&self, _header: &[u8]) -> Errno {
+        Errno::EBADMSG
+    }
+}
+
+/// Accepts connections until the listener fails or `shutdown` turns true; connections end
+/// with the shutdown too.
+pub async fn serve<S: Service>(
+    svc: Arc<S>,
+    listener: TcpListener,
+    key: ClusterKey,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped(&mut shutdown) => return Ok(()),
+        };
+        let (stream, addr) = match accepted {
+            Ok(x) => x,
+            Err(e) if is_transient_accept_error(&e) => {
+                tracing::warn!("accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        tokio::spawn(connection(
+            svc.clone(),
+            stream,
+            addr,
+            key.clone(),
+            shutdown.clone(),
+        ));
+    }
+}
+
+async fn connection<S: Service>(
+    svc: Arc<S>,
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    key: ClusterKey,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let peer = match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::server(&mut stream, &key)).await
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
+            tracing::warn!(%addr, server = %svc.label(), "refused connection: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%addr, server = %svc.label(), "refused connection: handshake timed out");
+            return;
+        }
+    };
+    let (closed_tx, closed_rx) = watch::channel(false);
+    let session = Arc::new(svc.open(&peer, addr, closed_rx));
+    tracing::debug!(%addr, role = %peer.role, name = %peer.name, "connected");
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel::<(u64, Vec<u8>, Bytes)>(MAX_IN_FLIGHT);
+    let writer = tokio::spawn(write_loop(BufWriter::with_capacity(256 * 1024, wr), rx));
+    let mut rd = BufReader::with_capacity(256 * 1024, rd);
+    let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    loop {
+        let read = tokio::select! {
+            r = frame::read_frame(&mut rd) => r,
+            _ = stopped(&mut shutdown) => break,
+        };
+        let frame = match read {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(FrameError::Io(e)) => {
+                tracing::debug!(%addr, "connection lost: {e}");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(%addr, server = %svc.label(), "closing connection after a bad frame: {e}");
+                break;
+            }
+        };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            break;
+        };
+        let req: S::Req = match frame.decode() {
+            Ok(r) => r,
+            Err(e) => {
+                // The frame boundary is intact, so the connection can go on: answer this
+                // request id with an error.
+                tracing::warn!(%addr, server = %svc.label(), "undecodable request: {e}");
+                let errno = svc.undecodable(&frame.header);
+                let _ = tx
+                    .send(encode::<S::Resp>(frame.id, (Err(errno), Bytes::new())))
+                    .await;
+                continue;
+            }
+        };
+        match svc.handle(&session, req, frame.data) {
+            Handled::Now(answer) => {
+                let _ = tx.send(encode(frame.id, answer)).await;
+            }
+            Handled::Later(fut) => {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let answer = fut.await;
+                    let _ = tx.send(encode(frame.id, answer)).await;
+                    drop(permit);
+                });
+            }
+        }
+    }
+    let _ = closed_tx.send(true);
+    drop(tx);
+    let _ = writer.await;
+    svc.close(&session);
+    tracing::debug!(%addr, "disconnected");
+}
+
+/// Resolves once shutdown is asked for; never if the sender is gone without asking.
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn encode<R: Serialize>(id: u64, (resp, data): Answer<R>) -> (u64, Vec<u8>, Bytes) {
+    let header = frame::encode_header(&resp).unwrap_or_else(|e| {
+        tracing::error!("cannot encode a reply: {e}");
+        frame::encode_header(&Result::<R, Errno>::Err(Errno::EIO)).unwrap_or_default()
+    });
+    (id, header, data)
+}
+
+async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
+    mut w: BufWriter<W>,
+    mut rx: mpsc::Receiver<(u64, Vec<u8>, Bytes)>,
+) {
+    while let Some(mut out) = rx.recv().await {
+        loop {
+            if let Err(e) = frame::write_frame(&mut w, out.0, &out.1, &out.2).await {
+                tracing::debug!("write failed: {e}");
+                return;
+            }
+            match rx.try_recv() {
+                Ok(next) => out = next,
+                Err(_) => break,
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn is_transient_accept_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | Interrupted | OutOfMemory)
+        || matches!(e.raw_os_error(), Some(23 | 24 | 105)) // ENFILE, EMFILE, ENOBUFS
+}
