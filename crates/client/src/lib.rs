@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod distribute;
+pub mod gate;
 pub mod protocol;
 pub mod replicate;
 pub mod stripe;

@@ -21,7 +21,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const RETRY_EVERY: Duration = Duration::from_millis(500);
+const RETRY_EVERY: Duration = Duration::from_millis(250);
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// A link that has not answered anything for this long is declared dead.
 const DEAD_AFTER: Duration = Duration::from_secs(5);
@@ -185,15 +185,15 @@ where
         let Some(me) = self.me.upgrade() else { return };
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(RETRY_EVERY).await;
                 if me.establish().await.is_ok() {
-                    tracing::info!(peer = %me.addr, "reconnected");
+                    tracing::info!(peer = %me.addr, "connected");
                     break;
                 }
                 // Stop when nobody holds this connection any more.
                 if Arc::strong_count(&me) == 1 {
                     break;
                 }
+                tokio::time::sleep(RETRY_EVERY).await;
             }
             me.reconnecting.store(false, Ordering::SeqCst);
         });
@@ -238,6 +238,29 @@ where
         }
         let (reply, data) = rx.await.map_err(|_| Errno::ENOTCONN)??;
         Ok((reply, data, link.gen))
+    }
+}
+
+impl<Q, R> Conn<Q, R>
+where
+    Q: Serialize + Ping + Send + Sync + 'static,
+    R: DeserializeOwned + Send + 'static,
+{
+    /// Like [`Conn::call`], but while the peer is unreachable keeps trying (a fresh
+    /// connection may still be in its handshake) until `patience` has passed; the whole call
+    /// is bounded by `patience` plus `answer_within`.
+    pub async fn call_patiently(&self, req: &Q, patience: Duration, answer_within: Duration) -> Result<R, Errno> {
+        let deadline = Instant::now() + patience;
+        loop {
+            match tokio::time::timeout(answer_within, self.call(req, Bytes::new())).await {
+                Ok(Ok((r, _, _))) => return Ok(r),
+                Ok(Err(e)) if e.is_transport() && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(Errno::ETIMEDOUT),
+            }
+        }
     }
 }
 

@@ -2,9 +2,10 @@
 //! standard error.
 
 pub fn init(default: &str) {
-    // fuser warns when it tries to unmount a session that `shoal umount` already ended.
+    // fuser warns when it tries to unmount a session that `shoal umount` already ended;
+    // openraft narrates every election at info.
     let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default},fuser::session=error"))
+        tracing_subscriber::EnvFilter::new(format!("{default},fuser::session=error,openraft=warn"))
     });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -2,6 +2,8 @@
 //! Wiring only: the work is done by the library crates.
 
 mod cmd_brick;
+mod cmd_cli;
+mod cmd_daemon;
 mod cmd_mount;
 mod logging;
 
@@ -16,6 +18,15 @@ use std::path::PathBuf;
     about = "shoal: a high-availability clustered NAS"
 )]
 struct Cli {
+    /// The local daemon's admin socket.
+    #[arg(long, global = true, env = "SHOAL_SOCKET", default_value = "/run/shoal/shoal.sock")]
+    socket: PathBuf,
+    /// Print read commands' answers as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Which node(s) a command is about: PNN or all (as ctdb's -n).
+    #[arg(short = 'n', global = true, value_name = "PNN|all")]
+    node: Option<cluster::admin::Target>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -32,6 +43,24 @@ enum Cmd {
     Brick(cmd_brick::BrickArgs),
     /// Mount a volume.
     Mount(cmd_mount::MountArgs),
+    /// Run this machine's node of a cluster.
+    Daemon(cmd_daemon::DaemonArgs),
+    /// Volumes: create, start, stop, delete, info, status, list, set.
+    #[command(subcommand)]
+    Volume(cmd_cli::VolumeCmd),
+    /// Cluster membership: add or remove a node.
+    #[command(subcommand)]
+    Node(cmd_cli::NodeCmd),
+    /// Nodes, their states, the leader and the generation (as ctdb status).
+    Status,
+    /// The nodes' private addresses.
+    Listnodes,
+    /// This node's PNN.
+    Pnn,
+    /// Round trip to a node (-n PNN|all).
+    Ping,
+    /// When the daemon started and when the leader last changed (-n PNN|all).
+    Uptime,
     /// Unmount a mounted volume.
     Umount {
         dir: PathBuf,
@@ -59,7 +88,16 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let ctx = cmd_cli::Ctx { socket: cli.socket, json: cli.json, target: cli.node };
     match cli.cmd {
+        Cmd::Daemon(args) => cmd_daemon::run(args),
+        Cmd::Volume(c) => cmd_cli::volume(&ctx, c),
+        Cmd::Node(c) => cmd_cli::node(&ctx, c),
+        Cmd::Status => cmd_cli::status(&ctx),
+        Cmd::Listnodes => cmd_cli::listnodes(&ctx),
+        Cmd::Pnn => cmd_cli::pnn(&ctx),
+        Cmd::Ping => cmd_cli::ping(&ctx),
+        Cmd::Uptime => cmd_cli::uptime(&ctx),
         Cmd::Keygen { file } => keygen(&file),
         Cmd::Brick(args) => cmd_brick::run(args),
         Cmd::Mount(args) => cmd_mount::run(args),

@@ -2,6 +2,7 @@
 //! down on every exit path (mounts unmounted, processes killed by PID).
 #![allow(dead_code)]
 
+pub mod daemons;
 pub mod tree;
 
 use std::io::{BufRead, BufReader};

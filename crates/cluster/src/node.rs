@@ -1,0 +1,854 @@
+//! A running node: its Raft member, its cluster port, and the answers to admin commands.
+
+#![allow(clippy::result_large_err)]
+
+use crate::admin::{
+    AdminRequest, AdminResponse, BrickRow, ClusterStatus, NodeRow, PingRow, Target, VolumeStatusView,
+};
+use crate::config::{NodeConfig, PublicAddress};
+use crate::peers::{NodeConn, Peers};
+use crate::raft::{log_store::LogStore, network::Network, raft_config, state_machine::StateMachineStore, Raft, RaftNode};
+use crate::rpc::{BrickStatus, Hello, NodeReply, NodeRequest, NodeStatus, VolumeView};
+use crate::state::{join_host_port, BrickRequest, ClusterState, Command, NodeInfo, Outcome};
+use bytes::Bytes;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::ChangeMembers;
+use proto::auth::{ClusterKey, Peer};
+use proto::service::{Handled, Service};
+use proto::Errno;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// How long a command may take to commit before the CLI is told the cluster has no quorum.
+pub const COMMIT_DEADLINE: Duration = Duration::from_secs(5);
+/// How long a mount's watch waits before answering with no change.
+const WATCH_WAIT: Duration = Duration::from_secs(20);
+/// Format of the identity file.
+const IDENTITY_VERSION: u32 = 1;
+
+/// What a node does with bricks: provided by the daemon, which knows about file data.
+pub trait BrickHost: Send + Sync + 'static {
+    /// May `path` become a brick here? With `force`, a missing directory is made.
+    fn check(&self, path: &str, force: bool) -> Result<(), String>;
+    /// The bricks served here now.
+    fn status(&self) -> Vec<BrickStatus>;
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("state directory {path}: {source}")]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error("identity file {path}: {message}")]
+    Identity { path: PathBuf, message: String },
+    #[error("raft storage: {0}")]
+    Storage(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: String, source: std::io::Error },
+}
+
+/// What a node remembers about itself across restarts.
+#[derive(Serialize, Deserialize)]
+struct Identity {
+    version: u32,
+    pnn: u64,
+}
+
+pub struct Node {
+    cfg: NodeConfig,
+    name: String,
+    key: ClusterKey,
+    pnn: OnceLock<u64>,
+    raft: OnceLock<Raft>,
+    state: OnceLock<watch::Receiver<Arc<ClusterState>>>,
+    peers: Arc<Peers>,
+    host: Arc<dyn BrickHost>,
+    started: SystemTime,
+    leader_change: Mutex<(Option<u64>, SystemTime)>,
+    publics: Vec<PublicAddress>,
+    /// Serialises joins: a node joins one cluster once.
+    joining: tokio::sync::Mutex<()>,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn fail(msg: impl Into<String>) -> AdminResponse {
+    AdminResponse::Error(msg.into())
+}
+
+impl Node {
+    /// Starts a node: its Raft member (unless it waits to be added), its cluster port.
+    pub async fn start(
+        cfg: NodeConfig,
+        publics: Vec<PublicAddress>,
+        key: ClusterKey,
+        host: Arc<dyn BrickHost>,
+    ) -> Result<Arc<Node>, NodeError> {
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|source| NodeError::StateDir { path: cfg.state_dir.clone(), source })?;
+        let name = cfg.node_name();
+        let node = Arc::new(Node {
+            peers: Arc::new(Peers::new(key.clone(), &name, "node")),
+            name,
+            key,
+            pnn: OnceLock::new(),
+            raft: OnceLock::new(),
+            state: OnceLock::new(),
+            host,
+            started: SystemTime::now(),
+            leader_change: Mutex::new((None, SystemTime::now())),
+            publics,
+            joining: tokio::sync::Mutex::new(()),
+            cfg,
+        });
+        let identity = node.read_identity()?;
+        let pnn = match identity {
+            Some(p) => Some(p),
+            None if !node.cfg.join => node.cfg.nodes.iter().position(|a| *a == node.cfg.address).map(|i| i as u64),
+            None => None,
+        };
+        if let Some(pnn) = pnn {
+            node.start_raft(pnn).await?;
+            if identity.is_none() {
+                node.write_identity(pnn)?;
+                node.bootstrap().await;
+            }
+        }
+        let listen = join_host_port(&node.cfg.address.to_string(), node.cfg.cluster_port);
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .map_err(|source| NodeError::Listen { addr: listen.clone(), source })?;
+        let (_, never) = watch::channel(false);
+        let key = node.key.clone();
+        tokio::spawn(proto::service::serve(node.clone(), listener, key, never));
+        tokio::spawn(node.clone().housekeeping());
+        tracing::info!(node = %node.name, pnn = ?node.pnn.get(), %listen, "node started");
+        Ok(node)
+    }
+
+    fn identity_path(&self) -> PathBuf {
+        self.cfg.state_dir.join("identity.toml")
+    }
+
+    fn read_identity(&self) -> Result<Option<u64>, NodeError> {
+        let path = self.identity_path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                let id: Identity =
+                    toml::from_str(&text).map_err(|e| NodeError::Identity { path: path.clone(), message: e.to_string() })?;
+                if id.version != IDENTITY_VERSION {
+                    return Err(NodeError::Identity { path, message: format!("unknown version {}", id.version) });
+                }
+                Ok(Some(id.pnn))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(NodeError::Identity { path, message: e.to_string() }),
+        }
+    }
+
+    fn write_identity(&self, pnn: u64) -> Result<(), NodeError> {
+        let path = self.identity_path();
+        let text = toml::to_string(&Identity { version: IDENTITY_VERSION, pnn })
+            .map_err(|e| NodeError::Identity { path: path.clone(), message: e.to_string() })?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, &path))
+            .map_err(|e| NodeError::Identity { path, message: e.to_string() })
+    }
+
+    async fn start_raft(&self, pnn: u64) -> Result<(), NodeError> {
+        let dir = &self.cfg.state_dir;
+        let log = LogStore::open(&dir.join("raft-log.redb")).map_err(|e| NodeError::Storage(e.to_string()))?;
+        let (sm, state) = StateMachineStore::open(&dir.join("raft-state.redb")).map_err(|e| NodeError::Storage(e.to_string()))?;
+        let config = Arc::new(raft_config().validate().map_err(|e| NodeError::Storage(e.to_string()))?);
+        let raft = Raft::new(pnn, config, Network { peers: self.peers.clone() }, log, sm)
+            .await
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let _ = self.pnn.set(pnn);
+        let _ = self.raft.set(raft);
+        let _ = self.state.set(state);
+        Ok(())
+    }
+
+    /// First start of a founding member: form the cluster with the configured node list.
+    /// Every founder proposes the same membership, which Raft accepts once.
+    async fn bootstrap(&self) {
+        let Some(raft) = self.raft.get() else { return };
+        let members: BTreeMap<u64, RaftNode> = self
+            .cfg
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, a)| (i as u64, RaftNode { addr: join_host_port(&a.to_string(), self.cfg.cluster_port) }))
+            .collect();
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!("cluster formed with {} nodes", self.cfg.nodes.len()),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => tracing::error!("cannot form the cluster: {e}"),
+        }
+    }
+
+    pub fn pnn(&self) -> Option<u64> {
+        self.pnn.get().copied()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn config(&self) -> &NodeConfig {
+        &self.cfg
+    }
+
+    pub fn public_addresses(&self) -> &[PublicAddress] {
+        &self.publics
+    }
+
+    /// The latest applied cluster state (empty until this node is a member).
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.state.get().map(|s| s.borrow().clone()).unwrap_or_default()
+    }
+
+    /// A receiver of state changes, once this node is a member.
+    pub fn watch_state(&self) -> Option<watch::Receiver<Arc<ClusterState>>> {
+        self.state.get().cloned()
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.raft.get().and_then(|r| r.metrics().borrow().current_leader)
+    }
+
+    fn endpoint_of(&self, pnn: u64) -> Option<String> {
+        if let Some(n) = self.state().nodes.get(&pnn) {
+            return Some(n.endpoint());
+        }
+        let raft = self.raft.get()?;
+        let m = raft.metrics().borrow().membership_config.clone();
+        m.membership().get_node(&pnn).map(|n| n.addr.clone())
+    }
+
+    fn me(&self) -> NodeInfo {
+        NodeInfo {
+            pnn: self.pnn().unwrap_or(u64::MAX),
+            name: self.name.clone(),
+            address: self.cfg.address.to_string(),
+            cluster_port: self.cfg.cluster_port,
+            brick_base_port: self.cfg.brick_base_port,
+            witness: self.cfg.witness,
+        }
+    }
+
+    /// Background duties: keep this node registered in the cluster state, keep connections to
+    /// every member warm (so that status knows who is reachable), note leader changes.
+    async fn housekeeping(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            // Act as soon as Raft's view changes (a leader appears), or every half second.
+            match self.raft.get().map(|r| r.metrics()) {
+                Some(mut m) => {
+                    tokio::select! {
+                        _ = m.changed() => {}
+                        _ = tick.tick() => {}
+                    }
+                }
+                None => {
+                    tick.tick().await;
+                }
+            }
+            let Some(pnn) = self.pnn() else { continue };
+            let leader = self.leader();
+            {
+                let mut lc = self.leader_change.lock().unwrap_or_else(|p| p.into_inner());
+                if lc.0 != leader {
+                    *lc = (leader, SystemTime::now());
+                }
+            }
+            let state = self.state();
+            for n in state.nodes.values().filter(|n| n.pnn != pnn) {
+                let _ = self.peers.get(&n.endpoint());
+            }
+            if leader.is_some() && !state.nodes.contains_key(&pnn) {
+                match self.propose(Command::AddNode(self.me())).await {
+                    Ok(Outcome::Done) => tracing::info!(pnn, "registered in the cluster state"),
+                    Ok(Outcome::Refused(why)) => tracing::warn!("cannot register in the cluster state: {why}"),
+                    Err(e) => tracing::debug!("registration deferred: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Commits a command through the leader, wherever it is, and waits until this node has
+    /// applied it (so that what follows here sees it). Fails within the commit deadline when
+    /// there is no quorum.
+    pub async fn propose(&self, cmd: Command) -> Result<Outcome, String> {
+        let (outcome, index) = self.propose_at(cmd).await?;
+        if let Some(raft) = self.raft.get() {
+            let _ = raft.wait(Some(COMMIT_DEADLINE)).applied_index_at_least(Some(index), "own command").await;
+        }
+        Ok(outcome)
+    }
+
+    async fn propose_at(&self, cmd: Command) -> Result<(Outcome, u64), String> {
+        let raft = self.raft.get().ok_or("this node is not a member of a cluster yet")?;
+        let deadline = Instant::now() + COMMIT_DEADLINE;
+        let mut last = String::from("no leader");
+        while Instant::now() < deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, raft.client_write(cmd.clone())).await {
+                Err(_) => break,
+                Ok(Ok(resp)) => return Ok((resp.data, resp.log_id.index)),
+                Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+                    if let Some(node) = f.leader_node {
+                        let conn = self.peers.get(&node.addr);
+                        let req = NodeRequest::Propose(cmd.clone());
+                        match tokio::time::timeout(left, conn.call(&req, Bytes::new())).await {
+                            Ok(Ok((NodeReply::Outcome(r), _, _))) => return r,
+                            Ok(Ok((other, _, _))) => return Err(format!("unexpected reply from the leader: {other:?}")),
+                            Ok(Err(e)) => last = format!("leader {} unreachable: {e}", node.addr),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Ok(Err(e)) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!(
+            "the cluster has no quorum: the command was not committed within {}s ({last}); it may still take effect if the cluster recovers",
+            COMMIT_DEADLINE.as_secs()
+        ))
+    }
+
+    /// Runs `req` on the leader (here if this node leads).
+    async fn on_leader(self: &Arc<Self>, req: NodeRequest) -> Result<NodeReply, String> {
+        let deadline = Instant::now() + COMMIT_DEADLINE;
+        while Instant::now() < deadline {
+            match self.leader() {
+                Some(l) if Some(l) == self.pnn() => return Ok(self.leader_duty(req).await),
+                Some(l) => {
+                    let ep = self.endpoint_of(l).ok_or("leader endpoint unknown")?;
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let conn = self.peers.get(&ep);
+                    match tokio::time::timeout(left + Duration::from_secs(10), conn.call(&req, Bytes::new())).await {
+                        Ok(Ok((r, _, _))) => return Ok(r),
+                        Ok(Err(e)) if e.is_transport() => {}
+                        Ok(Err(e)) => return Err(e.to_string()),
+                        Err(_) => return Err("the leader did not answer".into()),
+                    }
+                }
+                None => {}
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(format!("the cluster has no quorum: no leader within {}s", COMMIT_DEADLINE.as_secs()))
+    }
+
+    /// Membership changes, which only the leader makes.
+    async fn leader_duty(self: &Arc<Self>, req: NodeRequest) -> NodeReply {
+        let r = match req {
+            NodeRequest::AddMember { endpoint } => self.add_member(&endpoint).await,
+            NodeRequest::RemoveMember { pnn } => self.remove_member(pnn).await,
+            _ => Err("not a leader request".to_string()),
+        };
+        NodeReply::Outcome(r.map(|msg| {
+            tracing::info!("{msg}");
+            (Outcome::Done, 0)
+        }))
+    }
+
+    async fn add_member(self: &Arc<Self>, endpoint: &str) -> Result<String, String> {
+        let raft = self.raft.get().ok_or("not a member")?;
+        let conn: Arc<NodeConn> = self.peers.get(endpoint);
+        let hello = match conn.call_patiently(&NodeRequest::Hello, Duration::from_secs(5), Duration::from_secs(5)).await {
+            Ok(NodeReply::Hello(h)) => h,
+            Ok(_) => return Err(format!("{endpoint} gave an unexpected answer")),
+            Err(e) => {
+                return Err(format!(
+                    "cannot reach {endpoint}: {e} (is its daemon running with join = true, and the same cluster key?)"
+                ))
+            }
+        };
+        if let Some(p) = hello.pnn {
+            return Err(format!("{} at {endpoint} is already a member (pnn {p})", hello.name));
+        }
+        let state = self.state();
+        if let Some(n) = state.nodes.values().find(|n| n.name == hello.name || n.address == hello.address) {
+            return Err(format!("node {} ({}) is already a member as pnn {}", n.name, n.address, n.pnn));
+        }
+        let membership = raft.metrics().borrow().membership_config.clone();
+        let ids: BTreeSet<u64> = membership.membership().nodes().map(|(id, _)| *id).chain(state.nodes.keys().copied()).collect();
+        let pnn = ids.iter().max().map(|m| m + 1).unwrap_or(0);
+        let members: BTreeMap<u64, RaftNode> = membership.membership().nodes().map(|(id, n)| (*id, n.clone())).collect();
+        match conn.call(&NodeRequest::Join { pnn, members }, Bytes::new()).await {
+            Ok((NodeReply::Outcome(Ok(_)), _, _)) => {}
+            Ok((NodeReply::Outcome(Err(e)), _, _)) => return Err(format!("{endpoint} refused to join: {e}")),
+            Ok(_) => return Err("unexpected answer to join".into()),
+            Err(e) => return Err(format!("cannot reach {endpoint}: {e}")),
+        }
+        let node = RaftNode { addr: endpoint.to_string() };
+        tokio::time::timeout(Duration::from_secs(15), raft.add_learner(pnn, node, true))
+            .await
+            .map_err(|_| "the new node did not catch up within 15s".to_string())?
+            .map_err(|e| format!("cannot add learner: {e}"))?;
+        raft.change_membership(ChangeMembers::AddVoterIds([pnn].into()), false)
+            .await
+            .map_err(|e| format!("cannot change membership: {e}"))?;
+        let info = NodeInfo {
+            pnn,
+            name: hello.name.clone(),
+            address: hello.address,
+            cluster_port: hello.cluster_port,
+            brick_base_port: hello.brick_base_port,
+            witness: hello.witness,
+        };
+        match self.propose(Command::AddNode(info)).await? {
+            Outcome::Done | Outcome::Refused(_) => {}
+        }
+        Ok(format!("node {} added as pnn {pnn}", hello.name))
+    }
+
+    async fn remove_member(self: &Arc<Self>, pnn: u64) -> Result<String, String> {
+        let raft = self.raft.get().ok_or("not a member")?;
+        let state = self.state();
+        // Refuse before touching membership if the state says no.
+        state.check(&Command::RemoveNode { pnn })?;
+        let voters: BTreeSet<u64> = raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        if voters.contains(&pnn) {
+            if voters.len() <= 1 {
+                return Err("cannot remove the last voter".into());
+            }
+            raft.change_membership(ChangeMembers::RemoveVoters([pnn].into()), false)
+                .await
+                .map_err(|e| format!("cannot change membership: {e}"))?;
+        }
+        match self.propose(Command::RemoveNode { pnn }).await? {
+            Outcome::Done => Ok(format!("node {pnn} removed")),
+            Outcome::Refused(why) => Err(why),
+        }
+    }
+
+    async fn join(&self, pnn: u64, members: BTreeMap<u64, RaftNode>) -> Result<(), String> {
+        let _g = self.joining.lock().await;
+        if let Some(p) = self.pnn() {
+            return if p == pnn { Ok(()) } else { Err(format!("already a member as pnn {p}")) };
+        }
+        if !self.cfg.join {
+            return Err("this node is not configured to join a cluster (join = true)".into());
+        }
+        self.start_raft(pnn).await.map_err(|e| e.to_string())?;
+        self.write_identity(pnn).map_err(|e| e.to_string())?;
+        tracing::info!(pnn, members = members.len(), "joining the cluster");
+        Ok(())
+    }
+
+    fn status(&self) -> NodeStatus {
+        let (term, role, leader) = match self.raft.get() {
+            Some(r) => {
+                let m = r.metrics().borrow().clone();
+                (m.current_term, format!("{:?}", m.state), m.current_leader)
+            }
+            None => (0, "Waiting to join".into(), None),
+        };
+        NodeStatus {
+            pnn: self.pnn().unwrap_or(u64::MAX),
+            name: self.name.clone(),
+            address: self.cfg.address.to_string(),
+            witness: self.cfg.witness,
+            leader,
+            term,
+            role,
+            started: unix(self.started),
+            last_leader_change: unix(self.leader_change.lock().unwrap_or_else(|p| p.into_inner()).1),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    fn volume_view(&self, name: &str) -> Option<VolumeView> {
+        let state = self.state();
+        state.volumes.get(name).map(|record| VolumeView {
+            record: record.clone(),
+            revision: state.revision,
+            nodes: state.nodes.values().cloned().collect(),
+        })
+    }
+
+    /// Waits until this node has applied everything the cluster had committed when the
+    /// call began, so that a read here sees every change already acknowledged anywhere.
+    /// Without a quorum it gives up after a moment: reads still answer, from what this node
+    /// knows.
+    async fn read_barrier(self: &Arc<Self>) {
+        let Some(raft) = self.raft.get() else { return };
+        let index = match self.leader() {
+            Some(l) if Some(l) == self.pnn() => self.read_index().await.ok().flatten(),
+            Some(l) => match self.endpoint_of(l) {
+                Some(ep) => {
+                    let conn = self.peers.get(&ep);
+                    match conn.call_patiently(&NodeRequest::ReadIndex, Duration::from_secs(1), Duration::from_secs(2)).await {
+                        Ok(NodeReply::ReadIndex(Ok(i))) => i,
+                        _ => None,
+                    }
+                }
+                None => None,
+            },
+            None => None,
+        };
+        if let Some(i) = index {
+            let _ = raft.wait(Some(Duration::from_secs(3))).applied_index_at_least(Some(i), "read barrier").await;
+        }
+    }
+
+    async fn read_index(&self) -> Result<Option<u64>, String> {
+        let raft = self.raft.get().ok_or("not a member")?;
+        match tokio::time::timeout(Duration::from_secs(1), raft.ensure_linearizable()).await {
+            Ok(Ok(id)) => Ok(id.map(|l| l.index)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no quorum".into()),
+        }
+    }
+
+    // ---- admin ------------------------------------------------------------------------
+
+    /// Answers one admin request from the local CLI.
+    pub async fn admin(self: &Arc<Self>, req: AdminRequest) -> AdminResponse {
+        if self.raft.get().is_none() && !matches!(req, AdminRequest::Pnn | AdminRequest::Ping { target: Target::This }) {
+            return fail("this node waits to be added to a cluster: run `shoal node add` on a member");
+        }
+        if matches!(
+            req,
+            AdminRequest::ListNodes | AdminRequest::VolumeInfo { .. } | AdminRequest::VolumeList | AdminRequest::VolumeStatus { .. }
+        ) {
+            self.read_barrier().await;
+        }
+        match req {
+            AdminRequest::Status => AdminResponse::Status(self.cluster_status()),
+            AdminRequest::ListNodes => AdminResponse::Nodes(self.state().nodes.values().cloned().collect()),
+            AdminRequest::Pnn => match self.pnn() {
+                Some(p) => AdminResponse::Pnn(p),
+                None => fail("this node is not a member yet"),
+            },
+            AdminRequest::Ping { target } => AdminResponse::Pings(self.ping(target).await),
+            AdminRequest::Uptime { target } => AdminResponse::Uptimes(self.uptime(target).await),
+            AdminRequest::VolumeCreate { name, stripe, replica, bricks, force, stripe_size } => {
+                self.volume_create(name, stripe, replica, bricks, force, stripe_size).await
+            }
+            AdminRequest::VolumeStart { name } => self.commit(Command::StartVolume { name: name.clone() }, format!("volume start: {name}: success")).await,
+            AdminRequest::VolumeStop { name } => self.commit(Command::StopVolume { name: name.clone() }, format!("volume stop: {name}: success")).await,
+            AdminRequest::VolumeDelete { name } => self.commit(Command::DeleteVolume { name: name.clone() }, format!("volume delete: {name}: success")).await,
+            AdminRequest::VolumeSet { name, key, value } => {
+                self.commit(Command::SetVolumeOption { name: name.clone(), key, value }, format!("volume set: {name}: success")).await
+            }
+            AdminRequest::VolumeInfo { name } => match self.select_volumes(name.as_deref()) {
+                Ok(v) => AdminResponse::Volumes(v),
+                Err(e) => fail(e),
+            },
+            AdminRequest::VolumeList => AdminResponse::Volumes(self.state().volumes.values().cloned().collect()),
+            AdminRequest::VolumeStatus { name } => match self.select_volumes(name.as_deref()) {
+                Ok(v) => AdminResponse::VolumeStatus(self.volume_status(v).await),
+                Err(e) => fail(e),
+            },
+            AdminRequest::NodeAdd { endpoint } => {
+                let endpoint = if endpoint.contains(':') && !endpoint.starts_with('[') && endpoint.matches(':').count() == 1 {
+                    endpoint
+                } else if endpoint.parse::<std::net::IpAddr>().is_ok() {
+                    join_host_port(&endpoint, self.cfg.cluster_port)
+                } else {
+                    endpoint
+                };
+                self.leader_op(NodeRequest::AddMember { endpoint: endpoint.clone() }, format!("node add: {endpoint}: success")).await
+            }
+            AdminRequest::NodeRemove { pnn } => self.leader_op(NodeRequest::RemoveMember { pnn }, format!("node remove: {pnn}: success")).await,
+        }
+    }
+
+    async fn leader_op(self: &Arc<Self>, req: NodeRequest, ok: String) -> AdminResponse {
+        match self.on_leader(req).await {
+            Ok(NodeReply::Outcome(Ok(_))) => AdminResponse::Done(ok),
+            Ok(NodeReply::Outcome(Err(e))) => fail(e),
+            Ok(other) => fail(format!("unexpected reply {other:?}")),
+            Err(e) => fail(e),
+        }
+    }
+
+    async fn commit(self: &Arc<Self>, cmd: Command, ok: String) -> AdminResponse {
+        // Refuse at once what the current state already refuses; the commit re-checks.
+        self.read_barrier().await;
+        if let Err(why) = self.state().check(&cmd) {
+            return fail(why);
+        }
+        match self.propose(cmd).await {
+            Ok(Outcome::Done) => AdminResponse::Done(ok),
+            Ok(Outcome::Refused(why)) => fail(why),
+            Err(e) => fail(e),
+        }
+    }
+
+    fn select_volumes(&self, name: Option<&str>) -> Result<Vec<crate::state::VolumeRecord>, String> {
+        let state = self.state();
+        match name {
+            Some(n) => state.volumes.get(n).map(|v| vec![v.clone()]).ok_or_else(|| format!("volume {n} does not exist")),
+            None => Ok(state.volumes.values().cloned().collect()),
+        }
+    }
+
+    async fn volume_create(
+        self: &Arc<Self>,
+        name: String,
+        stripe: u32,
+        replica: u32,
+        bricks: Vec<String>,
+        force: bool,
+        stripe_size: Option<u64>,
+    ) -> AdminResponse {
+        let mut parsed = Vec::new();
+        for b in &bricks {
+            match BrickRequest::parse(b) {
+                Ok(r) => parsed.push(r),
+                Err(e) => return fail(e),
+            }
+        }
+        let cmd = Command::CreateVolume {
+            name: name.clone(),
+            id: rand_id(),
+            stripe,
+            replica,
+            stripe_size: stripe_size.unwrap_or(layout::spec::DEFAULT_STRIPE_SIZE),
+            bricks: parsed.clone(),
+        };
+        self.read_barrier().await;
+        let state = self.state();
+        if let Err(why) = state.check(&cmd) {
+            return fail(format!("volume create: {name}: failed: {why}"));
+        }
+        // Each brick's node checks the directory itself.
+        for b in &parsed {
+            let Some(node) = state.node_by_name(&b.node) else { continue };
+            let verdict = if Some(node.pnn) == self.pnn() {
+                self.host.check(&b.path, force)
+            } else {
+                let conn = self.peers.get(&node.endpoint());
+                let req = NodeRequest::CheckBrick { path: b.path.clone(), force };
+                match conn.call_patiently(&req, Duration::from_secs(2), Duration::from_secs(5)).await {
+                    Ok(NodeReply::Checked(r)) => r,
+                    Ok(_) => Err("unexpected answer".into()),
+                    Err(e) => Err(format!("node {} is unreachable ({e})", node.name)),
+                }
+            };
+            if let Err(why) = verdict {
+                return fail(format!("volume create: {name}: failed: brick {}:{}: {why}", node.name, b.path));
+            }
+        }
+        match self.propose(cmd).await {
+            Ok(Outcome::Done) => AdminResponse::Done(format!("volume create: {name}: success: please start the volume to access data")),
+            Ok(Outcome::Refused(why)) => fail(format!("volume create: {name}: failed: {why}")),
+            Err(e) => fail(e),
+        }
+    }
+
+    async fn volume_status(self: &Arc<Self>, vols: Vec<crate::state::VolumeRecord>) -> Vec<VolumeStatusView> {
+        let state = self.state();
+        let owners: BTreeSet<u64> = vols.iter().flat_map(|v| v.brick_nodes.iter().copied()).collect();
+        let mut reports: BTreeMap<u64, Vec<BrickStatus>> = BTreeMap::new();
+        for pnn in owners {
+            let r = if Some(pnn) == self.pnn() {
+                Some(self.host.status())
+            } else if let Some(n) = state.nodes.get(&pnn) {
+                let conn = self.peers.get(&n.endpoint());
+                match conn.call_patiently(&NodeRequest::Bricks, Duration::from_secs(1), Duration::from_secs(2)).await {
+                    Ok(NodeReply::Bricks(b)) => Some(b),
+                    _ => None,
+                }
+            } else {
+                None
+            };
+            if let Some(r) = r {
+                reports.insert(pnn, r);
+            }
+        }
+        vols.into_iter()
+            .map(|v| {
+                let bricks = v
+                    .spec
+                    .bricks
+                    .iter()
+                    .zip(&v.brick_nodes)
+                    .map(|(b, owner)| BrickRow {
+                        label: b.label(),
+                        status: reports
+                            .get(owner)
+                            .and_then(|r| r.iter().find(|s| s.volume == v.spec.name && s.path == b.path).cloned()),
+                    })
+                    .collect();
+                VolumeStatusView { volume: v, bricks }
+            })
+            .collect()
+    }
+
+    fn targets(&self, target: Target) -> Vec<u64> {
+        match target {
+            Target::This => self.pnn().into_iter().collect(),
+            Target::Pnn(p) => vec![p],
+            Target::All => self.state().nodes.keys().copied().collect(),
+        }
+    }
+
+    async fn ask(&self, pnn: u64, req: NodeRequest) -> Result<NodeReply, String> {
+        let ep = self.endpoint_of(pnn).ok_or_else(|| format!("no node with pnn {pnn}"))?;
+        let conn = self.peers.get(&ep);
+        conn.call_patiently(&req, Duration::from_secs(2), Duration::from_secs(2))
+            .await
+            .map_err(|e| format!("node {pnn} is unreachable: {e}"))
+    }
+
+    async fn ping(&self, target: Target) -> Vec<PingRow> {
+        let mut out = Vec::new();
+        for pnn in self.targets(target) {
+            let t = Instant::now();
+            let result = if Some(pnn) == self.pnn() {
+                Ok(t.elapsed().as_secs_f64())
+            } else {
+                match self.ask(pnn, NodeRequest::Ping).await {
+                    Ok(NodeReply::Pong) => Ok(t.elapsed().as_secs_f64()),
+                    Ok(other) => Err(format!("unexpected reply {other:?}")),
+                    Err(e) => Err(e),
+                }
+            };
+            out.push(PingRow { pnn, result });
+        }
+        out
+    }
+
+    async fn uptime(&self, target: Target) -> Vec<Result<NodeStatus, (u64, String)>> {
+        let mut out = Vec::new();
+        for pnn in self.targets(target) {
+            out.push(if Some(pnn) == self.pnn() {
+                Ok(self.status())
+            } else {
+                match self.ask(pnn, NodeRequest::Status).await {
+                    Ok(NodeReply::Status(s)) => Ok(s),
+                    Ok(other) => Err((pnn, format!("unexpected reply {other:?}"))),
+                    Err(e) => Err((pnn, e)),
+                }
+            });
+        }
+        out
+    }
+
+    fn cluster_status(&self) -> ClusterStatus {
+        let state = self.state();
+        let me = self.pnn().unwrap_or(u64::MAX);
+        let nodes = state
+            .nodes
+            .values()
+            .map(|n| {
+                let up = n.pnn == me || self.peers.is_up(&n.endpoint());
+                NodeRow {
+                    pnn: n.pnn,
+                    name: n.name.clone(),
+                    address: n.address.clone(),
+                    state: if up { "OK".into() } else { "DISCONNECTED".into() },
+                    witness: n.witness,
+                    this: n.pnn == me,
+                }
+            })
+            .collect();
+        let m = self.raft.get().map(|r| r.metrics().borrow().clone());
+        ClusterStatus {
+            nodes,
+            generation: m.as_ref().map(|m| m.current_term).unwrap_or(0),
+            leader: m.and_then(|m| m.current_leader),
+            this: me,
+        }
+    }
+}
+
+fn rand_id() -> u128 {
+    proto::FileId::random().0
+}
+
+/// The cluster port: Raft, control requests from peers, volume specs for mounts.
+impl Service for Node {
+    type Req = NodeRequest;
+    type Resp = NodeReply;
+    type Session = Peer;
+
+    fn label(&self) -> String {
+        format!("node {}", self.name)
+    }
+
+    fn open(&self, peer: &Peer, _addr: SocketAddr, _closed: watch::Receiver<bool>) -> Peer {
+        peer.clone()
+    }
+
+    fn handle(self: &Arc<Self>, peer: &Arc<Peer>, req: NodeRequest, _data: Bytes) -> Handled<NodeReply> {
+        let node = self.clone();
+        let nodes_only = !matches!(req, NodeRequest::Ping | NodeRequest::GetVolume { .. } | NodeRequest::WatchVolume { .. });
+        if nodes_only && peer.role != "node" {
+            return Handled::Now((Err(Errno::EACCES), Bytes::new()));
+        }
+        match req {
+            NodeRequest::Ping => Handled::Now((Ok(NodeReply::Pong), Bytes::new())),
+            NodeRequest::Hello => Handled::Now((
+                Ok(NodeReply::Hello(Hello {
+                    name: self.name.clone(),
+                    address: self.cfg.address.to_string(),
+                    cluster_port: self.cfg.cluster_port,
+                    brick_base_port: self.cfg.brick_base_port,
+                    witness: self.cfg.witness,
+                    pnn: self.pnn(),
+                })),
+                Bytes::new(),
+            )),
+            NodeRequest::Status => Handled::Now((Ok(NodeReply::Status(self.status())), Bytes::new())),
+            NodeRequest::Bricks => Handled::Now((Ok(NodeReply::Bricks(self.host.status())), Bytes::new())),
+            NodeRequest::GetVolume { name } => Handled::Now((Ok(NodeReply::Volume(self.volume_view(&name))), Bytes::new())),
+            NodeRequest::CheckBrick { path, force } => {
+                let verdict = if self.cfg.witness {
+                    Err(format!("{} is a witness and holds no bricks", self.name))
+                } else {
+                    self.host.check(&path, force)
+                };
+                Handled::Now((Ok(NodeReply::Checked(verdict)), Bytes::new()))
+            }
+            other => Handled::Later(Box::pin(async move { (node.serve_later(other).await, Bytes::new()) })),
+        }
+    }
+
+    fn close(&self, _peer: &Peer) {}
+}
+
+impl Node {
+    async fn serve_later(self: Arc<Self>, req: NodeRequest) -> Result<NodeReply, Errno> {
+        let raft = || self.raft.get().ok_or(Errno::ENOTCONN);
+        Ok(match req {
+            NodeRequest::Append(r) => NodeReply::Append(raft()?.append_entries(r).await),
+            NodeRequest::Vote(r) => NodeReply::Vote(raft()?.vote(r).await),
+            NodeRequest::Snapshot(r) => NodeReply::Snapshot(raft()?.install_snapshot(r).await),
+            NodeRequest::Propose(cmd) => NodeReply::Outcome(self.propose_at(cmd).await),
+            req @ (NodeRequest::AddMember { .. } | NodeRequest::RemoveMember { .. }) => {
+                if self.leader() == self.pnn() {
+                    self.leader_duty(req).await
+                } else {
+                    NodeReply::Outcome(Err("not the leader any more: try again".into()))
+                }
+            }
+            NodeRequest::Join { pnn, members } => NodeReply::Outcome(self.join(pnn, members).await.map(|_| (Outcome::Done, 0))),
+            NodeRequest::ReadIndex => NodeReply::ReadIndex(self.read_index().await),
+            NodeRequest::WatchVolume { name, revision } => {
+                if let Some(mut rx) = self.watch_state() {
+                    let _ = tokio::time::timeout(WATCH_WAIT, rx.wait_for(|s| s.revision > revision)).await;
+                }
+                NodeReply::Volume(self.volume_view(&name))
+            }
+            other => {
+                tracing::warn!("request {other:?} reached the slow path");
+                return Err(Errno::ENOSYS);
+            }
+        })
+    }
+}

@@ -1,0 +1,393 @@
+//! The admin commands: sent to the local daemon over its socket, printed the way GlusterFS
+//! and CTDB users know (or as JSON with `--json`).
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Subcommand;
+use cluster::admin::{AdminRequest, AdminResponse, ClusterStatus, Target, VolumeStatusView};
+use cluster::state::VolumeRecord;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::time::Duration;
+
+/// How the CLI reaches its daemon and prints.
+pub struct Ctx {
+    pub socket: std::path::PathBuf,
+    pub json: bool,
+    pub target: Option<Target>,
+}
+
+#[derive(Subcommand)]
+pub enum VolumeCmd {
+    /// volume create NAME [stripe N] [replica N] [stripe-size BYTES] NODE:/path... [force]
+    Create {
+        name: String,
+        #[arg(num_args = 1.., allow_hyphen_values = false)]
+        args: Vec<String>,
+    },
+    Start { name: String },
+    Stop { name: String },
+    Delete { name: String },
+    Info { name: Option<String> },
+    Status { name: Option<String> },
+    List,
+    /// volume set NAME KEY VALUE
+    Set { name: String, key: String, value: String },
+}
+
+#[derive(Subcommand)]
+pub enum NodeCmd {
+    /// Add the node whose daemon listens at ADDRESS[:PORT] (started with join = true).
+    Add { endpoint: String },
+    /// Remove node PNN from the cluster.
+    Remove { pnn: u64 },
+}
+
+pub fn call(socket: &Path, req: &AdminRequest) -> Result<AdminResponse> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!("cannot reach the shoal daemon at {} (is it running? set --socket or SHOAL_SOCKET)", socket.display())
+    })?;
+    // Commands commit within seconds or report no quorum; never hang.
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut text = serde_json::to_string(req)?;
+    text.push('\n');
+    s.write_all(text.as_bytes())?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).context("no answer from the daemon")?;
+    serde_json::from_str(&line).map_err(|e| anyhow!("unreadable answer from the daemon: {e}"))
+}
+
+fn expect_done(r: AdminResponse) -> Result<()> {
+    match r {
+        AdminResponse::Done(msg) => {
+            println!("{msg}");
+            Ok(())
+        }
+        AdminResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// Parses `[stripe N] [replica N] [stripe-size B] BRICK... [force]` as gluster does.
+fn parse_create(args: &[String]) -> Result<(u32, u32, Option<u64>, Vec<String>, bool)> {
+    let (mut stripe, mut replica, mut size, mut bricks, mut force) = (1u32, 1u32, None, Vec::new(), false);
+    let mut it = args.iter().peekable();
+    let count = |what: &str, v: Option<&String>| -> Result<u32> {
+        let v = v.ok_or_else(|| anyhow!("{what} needs a count"))?;
+        let n: u32 = v.parse().map_err(|_| anyhow!("{what} count {v:?} is not a number"))?;
+        if n < 2 {
+            bail!("{what} count must be at least 2, got {n}");
+        }
+        Ok(n)
+    };
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "stripe" => stripe = count("stripe", it.next())?,
+            "replica" => replica = count("replica", it.next())?,
+            "stripe-size" => {
+                let v = it.next().ok_or_else(|| anyhow!("stripe-size needs a value"))?;
+                size = Some(v.parse().map_err(|_| anyhow!("stripe-size {v:?} is not a number of bytes"))?);
+            }
+            "transport" => {
+                let t = it.next().map(String::as_str);
+                if t != Some("tcp") {
+                    bail!("only transport tcp is supported");
+                }
+            }
+            "force" if it.peek().is_none() => force = true,
+            b => bricks.push(b.to_string()),
+        }
+    }
+    if bricks.is_empty() {
+        bail!("no bricks given: volume create NAME [stripe N] [replica N] NODE:/path... [force]");
+    }
+    Ok((stripe, replica, size, bricks, force))
+}
+
+pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
+    let req = match cmd {
+        VolumeCmd::Create { name, args } => {
+            let (stripe, replica, stripe_size, bricks, force) = parse_create(&args)?;
+            AdminRequest::VolumeCreate { name, stripe, replica, bricks, force, stripe_size }
+        }
+        VolumeCmd::Start { name } => AdminRequest::VolumeStart { name },
+        VolumeCmd::Stop { name } => AdminRequest::VolumeStop { name },
+        VolumeCmd::Delete { name } => AdminRequest::VolumeDelete { name },
+        VolumeCmd::Set { name, key, value } => AdminRequest::VolumeSet { name, key, value },
+        VolumeCmd::Info { name } => return volume_info(ctx, call(&ctx.socket, &AdminRequest::VolumeInfo { name })?),
+        VolumeCmd::List => return volume_list(ctx, call(&ctx.socket, &AdminRequest::VolumeList)?),
+        VolumeCmd::Status { name } => return volume_status(ctx, call(&ctx.socket, &AdminRequest::VolumeStatus { name })?),
+    };
+    expect_done(call(&ctx.socket, &req)?)
+}
+
+fn volumes(r: AdminResponse) -> Result<Vec<VolumeRecord>> {
+    match r {
+        AdminResponse::Volumes(v) => Ok(v),
+        AdminResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+fn volume_list(ctx: &Ctx, r: AdminResponse) -> Result<()> {
+    let v = volumes(r)?;
+    if ctx.json {
+        return print_json(&v.iter().map(|v| &v.spec.name).collect::<Vec<_>>());
+    }
+    if v.is_empty() {
+        println!("No volumes present in cluster");
+    }
+    for v in v {
+        println!("{}", v.spec.name);
+    }
+    Ok(())
+}
+
+fn uuid(id: u128) -> String {
+    proto::FileId(id).to_string()
+}
+
+fn volume_info(ctx: &Ctx, r: AdminResponse) -> Result<()> {
+    let v = volumes(r)?;
+    if ctx.json {
+        return print_json(&v);
+    }
+    if v.is_empty() {
+        println!("No volumes present");
+    }
+    for v in v {
+        let s = &v.spec;
+        println!(" ");
+        println!("Volume Name: {}", s.name);
+        println!("Type: {}", s.volume_type());
+        println!("Volume ID: {}", uuid(s.id));
+        println!("Status: {}", v.state);
+        println!("Number of Bricks: {}", s.brick_count_text());
+        println!("Transport-type: tcp");
+        if s.stripe > 1 {
+            println!("Stripe Size: {}", s.stripe_size);
+        }
+        println!("Bricks:");
+        for (i, b) in s.bricks.iter().enumerate() {
+            println!("Brick{}: {}", i + 1, b.label());
+        }
+        if !v.options.is_empty() {
+            println!("Options Reconfigured:");
+            for (k, val) in &v.options {
+                println!("{k}: {val}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn volume_status(ctx: &Ctx, r: AdminResponse) -> Result<()> {
+    let views: Vec<VolumeStatusView> = match r {
+        AdminResponse::VolumeStatus(v) => v,
+        AdminResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if ctx.json {
+        return print_json(&views);
+    }
+    let rule = "-".repeat(78);
+    for v in views {
+        if v.volume.state != cluster::state::VolumeState::Started {
+            println!("Volume {} is not started", v.volume.spec.name);
+            continue;
+        }
+        println!("Status of volume: {}", v.volume.spec.name);
+        println!("{:<44}{:<11}{:<8}{}", "shoal process", "TCP Port", "Online", "Pid");
+        println!("{rule}");
+        for b in &v.bricks {
+            let (port, online, pid) = match &b.status {
+                Some(s) => (s.port.to_string(), if s.online { "Y" } else { "N" }, s.pid.to_string()),
+                None => ("N/A".into(), "N", "N/A".into()),
+            };
+            println!("{:<44}{:<11}{:<8}{}", format!("Brick {}", b.label), port, online, pid);
+        }
+        println!(" ");
+    }
+    Ok(())
+}
+
+pub fn node(ctx: &Ctx, cmd: NodeCmd) -> Result<()> {
+    let req = match cmd {
+        NodeCmd::Add { endpoint } => AdminRequest::NodeAdd { endpoint },
+        NodeCmd::Remove { pnn } => AdminRequest::NodeRemove { pnn },
+    };
+    expect_done(call(&ctx.socket, &req)?)
+}
+
+pub fn status(ctx: &Ctx) -> Result<()> {
+    let s: ClusterStatus = match call(&ctx.socket, &AdminRequest::Status)? {
+        AdminResponse::Status(s) => s,
+        AdminResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if ctx.json {
+        return print_json(&s);
+    }
+    println!("Number of nodes:{}", s.nodes.len());
+    for n in &s.nodes {
+        let mut state = n.state.clone();
+        if n.witness {
+            state.push_str(" (WITNESS)");
+        }
+        if n.this {
+            state.push_str(" (THIS NODE)");
+        }
+        println!("pnn:{} {:<16} {}", n.pnn, n.address, state);
+    }
+    println!("Generation:{}", s.generation);
+    println!("Size:{}", s.nodes.len());
+    match s.leader {
+        Some(l) => println!("Leader:{l}"),
+        None => println!("Leader:UNKNOWN (no quorum)"),
+    }
+    Ok(())
+}
+
+pub fn listnodes(ctx: &Ctx) -> Result<()> {
+    let nodes = match call(&ctx.socket, &AdminRequest::ListNodes)? {
+        AdminResponse::Nodes(n) => n,
+        AdminResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if ctx.json {
+        return print_json(&nodes);
+    }
+    for n in nodes {
+        println!("{}", n.address);
+    }
+    Ok(())
+}
+
+pub fn pnn(ctx: &Ctx) -> Result<()> {
+    match call(&ctx.socket, &AdminRequest::Pnn)? {
+        AdminResponse::Pnn(p) if ctx.json => print_json(&p),
+        AdminResponse::Pnn(p) => {
+            println!("{p}");
+            Ok(())
+        }
+        AdminResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+pub fn ping(ctx: &Ctx) -> Result<()> {
+    let rows = match call(&ctx.socket, &AdminRequest::Ping { target: ctx.target.unwrap_or(Target::This) })? {
+        AdminResponse::Pings(r) => r,
+        AdminResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if ctx.json {
+        return print_json(&rows);
+    }
+    let mut failed = false;
+    for r in rows {
+        match r.result {
+            Ok(t) => println!("response from {} time={t:.6} sec", r.pnn),
+            Err(e) => {
+                failed = true;
+                println!("no response from {}: {e}", r.pnn)
+            }
+        }
+    }
+    if failed {
+        bail!("some nodes did not answer");
+    }
+    Ok(())
+}
+
+fn fmt_time(unix: u64) -> String {
+    // Local time formatting without a time crate: UTC in the ctdb layout.
+    let days = unix / 86400;
+    let secs = unix % 86400;
+    let (y, m, d) = civil_from_days(days as i64);
+    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MO: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    format!(
+        "{} {} {:2} {:02}:{:02}:{:02} {}",
+        WD[(days % 7) as usize],
+        MO[(m - 1) as usize],
+        d,
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        y
+    )
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z.rem_euclid(146097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+fn span(secs: u64) -> String {
+    format!("({:03} {:02}:{:02}:{:02})", secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60)
+}
+
+pub fn uptime(ctx: &Ctx) -> Result<()> {
+    let rows = match call(&ctx.socket, &AdminRequest::Uptime { target: ctx.target.unwrap_or(Target::This) })? {
+        AdminResponse::Uptimes(r) => r,
+        AdminResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if ctx.json {
+        return print_json(&rows);
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    for r in rows {
+        match r {
+            Ok(s) => {
+                println!("Current time of node {:<10}:                {}", s.pnn, fmt_time(now));
+                println!("Daemon start time             : {} {}", span(now.saturating_sub(s.started)), fmt_time(s.started));
+                println!(
+                    "Time of last leader change    : {} {}",
+                    span(now.saturating_sub(s.last_leader_change)),
+                    fmt_time(s.last_leader_change)
+                );
+            }
+            Err((pnn, e)) => println!("node {pnn}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_arguments_parse_like_gluster() {
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (s, r, _, b, f) = parse_create(&a(&["stripe", "2", "n1:/a", "n2:/b"])).unwrap();
+        assert_eq!((s, r, b.len(), f), (2, 1, 2, false));
+        let (_, r, _, b, f) = parse_create(&a(&["replica", "3", "n1:/a", "n2:/a", "n3:/a", "force"])).unwrap();
+        assert_eq!((r, b.len(), f), (3, 3, true));
+        assert!(parse_create(&a(&["replica", "1", "n1:/a"])).is_err());
+        assert!(parse_create(&a(&["replica", "x", "n1:/a"])).is_err());
+        assert!(parse_create(&a(&["force"])).is_err());
+    }
+
+    #[test]
+    fn times_print_like_ctdb() {
+        assert_eq!(fmt_time(0), "Thu Jan  1 00:00:00 1970");
+        assert_eq!(fmt_time(1_795_000_000), "Sun Nov 18 08:26:40 2026");
+        assert_eq!(span(90061), "(001 01:01:01)");
+    }
+}
