@@ -34,6 +34,12 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends $missing
 fi
 
+# Debian's udev rules give /dev/fuse mode 0666 so that users can mount (fusermount3);
+# machines without udev may leave it root-only.
+if [ "$(id -u)" -eq 0 ] && [ -c /dev/fuse ] && [ "$(stat -c %a /dev/fuse)" = "600" ]; then
+  chmod 0666 /dev/fuse
+fi
+
 if [ $want_test = 1 ]; then
   tools=/var/tmp/shoal-tools
   if [ ! -x "$tools/bin/pjdfstest" ]; then

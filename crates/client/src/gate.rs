@@ -15,7 +15,10 @@ pub struct Gate {
 
 impl Gate {
     pub fn new(inner: Child, open: bool) -> Gate {
-        Gate { inner, open: AtomicBool::new(open) }
+        Gate {
+            inner,
+            open: AtomicBool::new(open),
+        }
     }
 
     pub fn is_open(&self) -> bool {
@@ -54,7 +57,9 @@ impl Xlator for Gate {
         symlink_target: Option<&[u8]>,
         open: Option<u32>,
     ) -> Result<(Entry, Option<Handle>)> {
-        self.pass()?.create(parent, name, node, symlink_target, open).await
+        self.pass()?
+            .create(parent, name, node, symlink_target, open)
+            .await
     }
     async fn unlink(&self, parent: FileId, name: &[u8]) -> Result<()> {
         self.pass()?.unlink(parent, name).await
@@ -62,8 +67,17 @@ impl Xlator for Gate {
     async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
         self.pass()?.rmdir(parent, name).await
     }
-    async fn rename(&self, parent: FileId, name: &[u8], new_parent: FileId, new_name: &[u8], flags: RenameFlags) -> Result<()> {
-        self.pass()?.rename(parent, name, new_parent, new_name, flags).await
+    async fn rename(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        new_parent: FileId,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        self.pass()?
+            .rename(parent, name, new_parent, new_name, flags)
+            .await
     }
     async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
         self.pass()?.link(id, new_parent, new_name).await

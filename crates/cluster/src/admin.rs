@@ -19,7 +19,10 @@ impl std::str::FromStr for Target {
     fn from_str(s: &str) -> Result<Target, String> {
         match s {
             "all" => Ok(Target::All),
-            n => n.parse().map(Target::Pnn).map_err(|_| format!("-n takes a PNN or 'all', not {n:?}")),
+            n => n
+                .parse()
+                .map(Target::Pnn)
+                .map_err(|_| format!("-n takes a PNN or 'all', not {n:?}")),
         }
     }
 }
@@ -29,18 +32,47 @@ pub enum AdminRequest {
     Status,
     ListNodes,
     Pnn,
-    Ping { target: Target },
-    Uptime { target: Target },
-    VolumeCreate { name: String, stripe: u32, replica: u32, bricks: Vec<String>, force: bool, stripe_size: Option<u64> },
-    VolumeStart { name: String },
-    VolumeStop { name: String },
-    VolumeDelete { name: String },
-    VolumeSet { name: String, key: String, value: String },
-    VolumeInfo { name: Option<String> },
-    VolumeStatus { name: Option<String> },
+    Ping {
+        target: Target,
+    },
+    Uptime {
+        target: Target,
+    },
+    VolumeCreate {
+        name: String,
+        stripe: u32,
+        replica: u32,
+        bricks: Vec<String>,
+        force: bool,
+        stripe_size: Option<u64>,
+    },
+    VolumeStart {
+        name: String,
+    },
+    VolumeStop {
+        name: String,
+    },
+    VolumeDelete {
+        name: String,
+    },
+    VolumeSet {
+        name: String,
+        key: String,
+        value: String,
+    },
+    VolumeInfo {
+        name: Option<String>,
+    },
+    VolumeStatus {
+        name: Option<String>,
+    },
     VolumeList,
-    NodeAdd { endpoint: String },
-    NodeRemove { pnn: u64 },
+    NodeAdd {
+        endpoint: String,
+    },
+    NodeRemove {
+        pnn: u64,
+    },
 }
 
 /// A node as `shoal status` shows it.

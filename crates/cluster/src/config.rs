@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
-/// Default port for cluster traffic (Raft, control, volume specs).
-pub const DEFAULT_CLUSTER_PORT: u16 = 24007;
-/// First port handed to bricks.
-pub const DEFAULT_BRICK_BASE_PORT: u16 = 49152;
+/// Default port for cluster traffic (Raft, control, volume specs). Not glusterd's 24007, so
+/// that both can run side by side during a migration.
+pub const DEFAULT_CLUSTER_PORT: u16 = 7780;
+/// First port handed to bricks: below the kernel's ephemeral range (32768 and up), so that a
+/// brick's port is never taken by an outgoing connection, and clear of GlusterFS's bricks.
+pub const DEFAULT_BRICK_BASE_PORT: u16 = 7800;
 
 /// Why a configuration cannot be used.
 #[derive(Debug, thiserror::Error)]

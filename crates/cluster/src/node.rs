@@ -3,11 +3,15 @@
 #![allow(clippy::result_large_err)]
 
 use crate::admin::{
-    AdminRequest, AdminResponse, BrickRow, ClusterStatus, NodeRow, PingRow, Target, VolumeStatusView,
+    AdminRequest, AdminResponse, BrickRow, ClusterStatus, NodeRow, PingRow, Target,
+    VolumeStatusView,
 };
 use crate::config::{NodeConfig, PublicAddress};
 use crate::peers::{NodeConn, Peers};
-use crate::raft::{log_store::LogStore, network::Network, raft_config, state_machine::StateMachineStore, Raft, RaftNode};
+use crate::raft::{
+    log_store::LogStore, network::Network, raft_config, state_machine::StateMachineStore, Raft,
+    RaftNode,
+};
 use crate::rpc::{BrickStatus, Hello, NodeReply, NodeRequest, NodeStatus, VolumeView};
 use crate::state::{join_host_port, BrickRequest, ClusterState, Command, NodeInfo, Outcome};
 use bytes::Bytes;
@@ -43,13 +47,19 @@ pub trait BrickHost: Send + Sync + 'static {
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("state directory {path}: {source}")]
-    StateDir { path: PathBuf, source: std::io::Error },
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("identity file {path}: {message}")]
     Identity { path: PathBuf, message: String },
     #[error("raft storage: {0}")]
     Storage(String),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: String, source: std::io::Error },
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// What a node remembers about itself across restarts.
@@ -76,7 +86,9 @@ pub struct Node {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn fail(msg: impl Into<String>) -> AdminResponse {
@@ -91,7 +103,10 @@ impl Node {
         key: ClusterKey,
         host: Arc<dyn BrickHost>,
     ) -> Result<Arc<Node>, NodeError> {
-        std::fs::create_dir_all(&cfg.state_dir).map_err(|source| NodeError::StateDir { path: cfg.state_dir.clone(), source })?;
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|source| NodeError::StateDir {
+            path: cfg.state_dir.clone(),
+            source,
+        })?;
         let name = cfg.node_name();
         let node = Arc::new(Node {
             peers: Arc::new(Peers::new(key.clone(), &name, "node")),
@@ -110,7 +125,12 @@ impl Node {
         let identity = node.read_identity()?;
         let pnn = match identity {
             Some(p) => Some(p),
-            None if !node.cfg.join => node.cfg.nodes.iter().position(|a| *a == node.cfg.address).map(|i| i as u64),
+            None if !node.cfg.join => node
+                .cfg
+                .nodes
+                .iter()
+                .position(|a| *a == node.cfg.address)
+                .map(|i| i as u64),
             None => None,
         };
         if let Some(pnn) = pnn {
@@ -123,7 +143,10 @@ impl Node {
         let listen = join_host_port(&node.cfg.address.to_string(), node.cfg.cluster_port);
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
-            .map_err(|source| NodeError::Listen { addr: listen.clone(), source })?;
+            .map_err(|source| NodeError::Listen {
+                addr: listen.clone(),
+                source,
+            })?;
         let (_, never) = watch::channel(false);
         let key = node.key.clone();
         tokio::spawn(proto::service::serve(node.clone(), listener, key, never));
@@ -140,36 +163,67 @@ impl Node {
         let path = self.identity_path();
         match std::fs::read_to_string(&path) {
             Ok(text) => {
-                let id: Identity =
-                    toml::from_str(&text).map_err(|e| NodeError::Identity { path: path.clone(), message: e.to_string() })?;
+                let id: Identity = toml::from_str(&text).map_err(|e| NodeError::Identity {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
                 if id.version != IDENTITY_VERSION {
-                    return Err(NodeError::Identity { path, message: format!("unknown version {}", id.version) });
+                    return Err(NodeError::Identity {
+                        path,
+                        message: format!("unknown version {}", id.version),
+                    });
                 }
                 Ok(Some(id.pnn))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(NodeError::Identity { path, message: e.to_string() }),
+            Err(e) => Err(NodeError::Identity {
+                path,
+                message: e.to_string(),
+            }),
         }
     }
 
     fn write_identity(&self, pnn: u64) -> Result<(), NodeError> {
         let path = self.identity_path();
-        let text = toml::to_string(&Identity { version: IDENTITY_VERSION, pnn })
-            .map_err(|e| NodeError::Identity { path: path.clone(), message: e.to_string() })?;
+        let text = toml::to_string(&Identity {
+            version: IDENTITY_VERSION,
+            pnn,
+        })
+        .map_err(|e| NodeError::Identity {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text)
             .and_then(|_| std::fs::rename(&tmp, &path))
-            .map_err(|e| NodeError::Identity { path, message: e.to_string() })
+            .map_err(|e| NodeError::Identity {
+                path,
+                message: e.to_string(),
+            })
     }
 
     async fn start_raft(&self, pnn: u64) -> Result<(), NodeError> {
         let dir = &self.cfg.state_dir;
-        let log = LogStore::open(&dir.join("raft-log.redb")).map_err(|e| NodeError::Storage(e.to_string()))?;
-        let (sm, state) = StateMachineStore::open(&dir.join("raft-state.redb")).map_err(|e| NodeError::Storage(e.to_string()))?;
-        let config = Arc::new(raft_config().validate().map_err(|e| NodeError::Storage(e.to_string()))?);
-        let raft = Raft::new(pnn, config, Network { peers: self.peers.clone() }, log, sm)
-            .await
+        let log = LogStore::open(&dir.join("raft-log.redb"))
             .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let (sm, state) = StateMachineStore::open(&dir.join("raft-state.redb"))
+            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let config = Arc::new(
+            raft_config()
+                .validate()
+                .map_err(|e| NodeError::Storage(e.to_string()))?,
+        );
+        let raft = Raft::new(
+            pnn,
+            config,
+            Network {
+                peers: self.peers.clone(),
+            },
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| NodeError::Storage(e.to_string()))?;
         let _ = self.pnn.set(pnn);
         let _ = self.raft.set(raft);
         let _ = self.state.set(state);
@@ -185,12 +239,28 @@ impl Node {
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, a)| (i as u64, RaftNode { addr: join_host_port(&a.to_string(), self.cfg.cluster_port) }))
+            .map(|(i, a)| {
+                (
+                    i as u64,
+                    RaftNode {
+                        addr: join_host_port(&a.to_string(), self.cfg.cluster_port),
+                    },
+                )
+            })
             .collect();
         match raft.initialize(members).await {
             Ok(()) => tracing::info!("cluster formed with {} nodes", self.cfg.nodes.len()),
             Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
             Err(e) => tracing::error!("cannot form the cluster: {e}"),
+        }
+    }
+
+    /// Stops Raft cleanly (its stores are closed as it ends).
+    pub async fn shutdown(&self) {
+        if let Some(r) = self.raft.get() {
+            if let Err(e) = r.shutdown().await {
+                tracing::warn!("raft shutdown: {e}");
+            }
         }
     }
 
@@ -212,7 +282,10 @@ impl Node {
 
     /// The latest applied cluster state (empty until this node is a member).
     pub fn state(&self) -> Arc<ClusterState> {
-        self.state.get().map(|s| s.borrow().clone()).unwrap_or_default()
+        self.state
+            .get()
+            .map(|s| s.borrow().clone())
+            .unwrap_or_default()
     }
 
     /// A receiver of state changes, once this node is a member.
@@ -221,7 +294,9 @@ impl Node {
     }
 
     fn leader(&self) -> Option<u64> {
-        self.raft.get().and_then(|r| r.metrics().borrow().current_leader)
+        self.raft
+            .get()
+            .and_then(|r| r.metrics().borrow().current_leader)
     }
 
     fn endpoint_of(&self, pnn: u64) -> Option<String> {
@@ -276,7 +351,9 @@ impl Node {
             if leader.is_some() && !state.nodes.contains_key(&pnn) {
                 match self.propose(Command::AddNode(self.me())).await {
                     Ok(Outcome::Done) => tracing::info!(pnn, "registered in the cluster state"),
-                    Ok(Outcome::Refused(why)) => tracing::warn!("cannot register in the cluster state: {why}"),
+                    Ok(Outcome::Refused(why)) => {
+                        tracing::warn!("cannot register in the cluster state: {why}")
+                    }
                     Err(e) => tracing::debug!("registration deferred: {e}"),
                 }
             }
@@ -289,13 +366,19 @@ impl Node {
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, String> {
         let (outcome, index) = self.propose_at(cmd).await?;
         if let Some(raft) = self.raft.get() {
-            let _ = raft.wait(Some(COMMIT_DEADLINE)).applied_index_at_least(Some(index), "own command").await;
+            let _ = raft
+                .wait(Some(COMMIT_DEADLINE))
+                .applied_index_at_least(Some(index), "own command")
+                .await;
         }
         Ok(outcome)
     }
 
     async fn propose_at(&self, cmd: Command) -> Result<(Outcome, u64), String> {
-        let raft = self.raft.get().ok_or("this node is not a member of a cluster yet")?;
+        let raft = self
+            .raft
+            .get()
+            .ok_or("this node is not a member of a cluster yet")?;
         let deadline = Instant::now() + COMMIT_DEADLINE;
         let mut last = String::from("no leader");
         while Instant::now() < deadline {
@@ -309,7 +392,9 @@ impl Node {
                         let req = NodeRequest::Propose(cmd.clone());
                         match tokio::time::timeout(left, conn.call(&req, Bytes::new())).await {
                             Ok(Ok((NodeReply::Outcome(r), _, _))) => return r,
-                            Ok(Ok((other, _, _))) => return Err(format!("unexpected reply from the leader: {other:?}")),
+                            Ok(Ok((other, _, _))) => {
+                                return Err(format!("unexpected reply from the leader: {other:?}"))
+                            }
                             Ok(Err(e)) => last = format!("leader {} unreachable: {e}", node.addr),
                             Err(_) => break,
                         }
@@ -335,7 +420,12 @@ impl Node {
                     let ep = self.endpoint_of(l).ok_or("leader endpoint unknown")?;
                     let left = deadline.saturating_duration_since(Instant::now());
                     let conn = self.peers.get(&ep);
-                    match tokio::time::timeout(left + Duration::from_secs(10), conn.call(&req, Bytes::new())).await {
+                    match tokio::time::timeout(
+                        left + Duration::from_secs(10),
+                        conn.call(&req, Bytes::new()),
+                    )
+                    .await
+                    {
                         Ok(Ok((r, _, _))) => return Ok(r),
                         Ok(Err(e)) if e.is_transport() => {}
                         Ok(Err(e)) => return Err(e.to_string()),
@@ -346,7 +436,10 @@ impl Node {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Err(format!("the cluster has no quorum: no leader within {}s", COMMIT_DEADLINE.as_secs()))
+        Err(format!(
+            "the cluster has no quorum: no leader within {}s",
+            COMMIT_DEADLINE.as_secs()
+        ))
     }
 
     /// Membership changes, which only the leader makes.
@@ -375,23 +468,49 @@ impl Node {
             }
         };
         if let Some(p) = hello.pnn {
-            return Err(format!("{} at {endpoint} is already a member (pnn {p})", hello.name));
+            return Err(format!(
+                "{} at {endpoint} is already a member (pnn {p})",
+                hello.name
+            ));
         }
         let state = self.state();
-        if let Some(n) = state.nodes.values().find(|n| n.name == hello.name || n.address == hello.address) {
-            return Err(format!("node {} ({}) is already a member as pnn {}", n.name, n.address, n.pnn));
+        if let Some(n) = state
+            .nodes
+            .values()
+            .find(|n| n.name == hello.name || n.address == hello.address)
+        {
+            return Err(format!(
+                "node {} ({}) is already a member as pnn {}",
+                n.name, n.address, n.pnn
+            ));
         }
         let membership = raft.metrics().borrow().membership_config.clone();
-        let ids: BTreeSet<u64> = membership.membership().nodes().map(|(id, _)| *id).chain(state.nodes.keys().copied()).collect();
+        let ids: BTreeSet<u64> = membership
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .chain(state.nodes.keys().copied())
+            .collect();
         let pnn = ids.iter().max().map(|m| m + 1).unwrap_or(0);
-        let members: BTreeMap<u64, RaftNode> = membership.membership().nodes().map(|(id, n)| (*id, n.clone())).collect();
-        match conn.call(&NodeRequest::Join { pnn, members }, Bytes::new()).await {
+        let members: BTreeMap<u64, RaftNode> = membership
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.clone()))
+            .collect();
+        match conn
+            .call(&NodeRequest::Join { pnn, members }, Bytes::new())
+            .await
+        {
             Ok((NodeReply::Outcome(Ok(_)), _, _)) => {}
-            Ok((NodeReply::Outcome(Err(e)), _, _)) => return Err(format!("{endpoint} refused to join: {e}")),
+            Ok((NodeReply::Outcome(Err(e)), _, _)) => {
+                return Err(format!("{endpoint} refused to join: {e}"))
+            }
             Ok(_) => return Err("unexpected answer to join".into()),
             Err(e) => return Err(format!("cannot reach {endpoint}: {e}")),
         }
-        let node = RaftNode { addr: endpoint.to_string() };
+        let node = RaftNode {
+            addr: endpoint.to_string(),
+        };
         tokio::time::timeout(Duration::from_secs(15), raft.add_learner(pnn, node, true))
             .await
             .map_err(|_| "the new node did not catch up within 15s".to_string())?
@@ -418,7 +537,13 @@ impl Node {
         let state = self.state();
         // Refuse before touching membership if the state says no.
         state.check(&Command::RemoveNode { pnn })?;
-        let voters: BTreeSet<u64> = raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        let voters: BTreeSet<u64> = raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
         if voters.contains(&pnn) {
             if voters.len() <= 1 {
                 return Err("cannot remove the last voter".into());
@@ -436,7 +561,11 @@ impl Node {
     async fn join(&self, pnn: u64, members: BTreeMap<u64, RaftNode>) -> Result<(), String> {
         let _g = self.joining.lock().await;
         if let Some(p) = self.pnn() {
-            return if p == pnn { Ok(()) } else { Err(format!("already a member as pnn {p}")) };
+            return if p == pnn {
+                Ok(())
+            } else {
+                Err(format!("already a member as pnn {p}"))
+            };
         }
         if !self.cfg.join {
             return Err("this node is not configured to join a cluster (join = true)".into());
@@ -464,7 +593,12 @@ impl Node {
             term,
             role,
             started: unix(self.started),
-            last_leader_change: unix(self.leader_change.lock().unwrap_or_else(|p| p.into_inner()).1),
+            last_leader_change: unix(
+                self.leader_change
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .1,
+            ),
             version: env!("CARGO_PKG_VERSION").into(),
         }
     }
@@ -484,22 +618,41 @@ impl Node {
     /// knows.
     async fn read_barrier(self: &Arc<Self>) {
         let Some(raft) = self.raft.get() else { return };
-        let index = match self.leader() {
-            Some(l) if Some(l) == self.pnn() => self.read_index().await.ok().flatten(),
-            Some(l) => match self.endpoint_of(l) {
-                Some(ep) => {
-                    let conn = self.peers.get(&ep);
-                    match conn.call_patiently(&NodeRequest::ReadIndex, Duration::from_secs(1), Duration::from_secs(2)).await {
-                        Ok(NodeReply::ReadIndex(Ok(i))) => i,
-                        _ => None,
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut index = None;
+        while index.is_none() && Instant::now() < deadline {
+            // Right after a restart a node may still name an old leader (even itself): ask
+            // whoever it names, and follow the answer until a real leader confirms.
+            index = match self.leader() {
+                Some(l) if Some(l) == self.pnn() => self.read_index().await.ok(),
+                Some(l) => match self.endpoint_of(l) {
+                    Some(ep) => {
+                        let conn = self.peers.get(&ep);
+                        match conn
+                            .call_patiently(
+                                &NodeRequest::ReadIndex,
+                                Duration::from_millis(500),
+                                Duration::from_secs(2),
+                            )
+                            .await
+                        {
+                            Ok(NodeReply::ReadIndex(Ok(i))) => Some(i),
+                            _ => None,
+                        }
                     }
-                }
+                    None => None,
+                },
                 None => None,
-            },
-            None => None,
-        };
-        if let Some(i) = index {
-            let _ = raft.wait(Some(Duration::from_secs(3))).applied_index_at_least(Some(i), "read barrier").await;
+            };
+            if index.is_none() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        if let Some(Some(i)) = index {
+            let _ = raft
+                .wait(Some(Duration::from_secs(3)))
+                .applied_index_at_least(Some(i), "read barrier")
+                .await;
         }
     }
 
@@ -516,53 +669,119 @@ impl Node {
 
     /// Answers one admin request from the local CLI.
     pub async fn admin(self: &Arc<Self>, req: AdminRequest) -> AdminResponse {
-        if self.raft.get().is_none() && !matches!(req, AdminRequest::Pnn | AdminRequest::Ping { target: Target::This }) {
-            return fail("this node waits to be added to a cluster: run `shoal node add` on a member");
+        if self.raft.get().is_none()
+            && !matches!(
+                req,
+                AdminRequest::Pnn
+                    | AdminRequest::Ping {
+                        target: Target::This
+                    }
+            )
+        {
+            return fail(
+                "this node waits to be added to a cluster: run `shoal node add` on a member",
+            );
         }
         if matches!(
             req,
-            AdminRequest::ListNodes | AdminRequest::VolumeInfo { .. } | AdminRequest::VolumeList | AdminRequest::VolumeStatus { .. }
+            AdminRequest::ListNodes
+                | AdminRequest::VolumeInfo { .. }
+                | AdminRequest::VolumeList
+                | AdminRequest::VolumeStatus { .. }
         ) {
             self.read_barrier().await;
         }
         match req {
             AdminRequest::Status => AdminResponse::Status(self.cluster_status()),
-            AdminRequest::ListNodes => AdminResponse::Nodes(self.state().nodes.values().cloned().collect()),
+            AdminRequest::ListNodes => {
+                AdminResponse::Nodes(self.state().nodes.values().cloned().collect())
+            }
             AdminRequest::Pnn => match self.pnn() {
                 Some(p) => AdminResponse::Pnn(p),
                 None => fail("this node is not a member yet"),
             },
             AdminRequest::Ping { target } => AdminResponse::Pings(self.ping(target).await),
             AdminRequest::Uptime { target } => AdminResponse::Uptimes(self.uptime(target).await),
-            AdminRequest::VolumeCreate { name, stripe, replica, bricks, force, stripe_size } => {
-                self.volume_create(name, stripe, replica, bricks, force, stripe_size).await
+            AdminRequest::VolumeCreate {
+                name,
+                stripe,
+                replica,
+                bricks,
+                force,
+                stripe_size,
+            } => {
+                self.volume_create(name, stripe, replica, bricks, force, stripe_size)
+                    .await
             }
-            AdminRequest::VolumeStart { name } => self.commit(Command::StartVolume { name: name.clone() }, format!("volume start: {name}: success")).await,
-            AdminRequest::VolumeStop { name } => self.commit(Command::StopVolume { name: name.clone() }, format!("volume stop: {name}: success")).await,
-            AdminRequest::VolumeDelete { name } => self.commit(Command::DeleteVolume { name: name.clone() }, format!("volume delete: {name}: success")).await,
+            AdminRequest::VolumeStart { name } => {
+                self.commit(
+                    Command::StartVolume { name: name.clone() },
+                    format!("volume start: {name}: success"),
+                )
+                .await
+            }
+            AdminRequest::VolumeStop { name } => {
+                self.commit(
+                    Command::StopVolume { name: name.clone() },
+                    format!("volume stop: {name}: success"),
+                )
+                .await
+            }
+            AdminRequest::VolumeDelete { name } => {
+                self.commit(
+                    Command::DeleteVolume { name: name.clone() },
+                    format!("volume delete: {name}: success"),
+                )
+                .await
+            }
             AdminRequest::VolumeSet { name, key, value } => {
-                self.commit(Command::SetVolumeOption { name: name.clone(), key, value }, format!("volume set: {name}: success")).await
+                self.commit(
+                    Command::SetVolumeOption {
+                        name: name.clone(),
+                        key,
+                        value,
+                    },
+                    format!("volume set: {name}: success"),
+                )
+                .await
             }
             AdminRequest::VolumeInfo { name } => match self.select_volumes(name.as_deref()) {
                 Ok(v) => AdminResponse::Volumes(v),
                 Err(e) => fail(e),
             },
-            AdminRequest::VolumeList => AdminResponse::Volumes(self.state().volumes.values().cloned().collect()),
+            AdminRequest::VolumeList => {
+                AdminResponse::Volumes(self.state().volumes.values().cloned().collect())
+            }
             AdminRequest::VolumeStatus { name } => match self.select_volumes(name.as_deref()) {
                 Ok(v) => AdminResponse::VolumeStatus(self.volume_status(v).await),
                 Err(e) => fail(e),
             },
             AdminRequest::NodeAdd { endpoint } => {
-                let endpoint = if endpoint.contains(':') && !endpoint.starts_with('[') && endpoint.matches(':').count() == 1 {
+                let endpoint = if endpoint.contains(':')
+                    && !endpoint.starts_with('[')
+                    && endpoint.matches(':').count() == 1
+                {
                     endpoint
                 } else if endpoint.parse::<std::net::IpAddr>().is_ok() {
                     join_host_port(&endpoint, self.cfg.cluster_port)
                 } else {
                     endpoint
                 };
-                self.leader_op(NodeRequest::AddMember { endpoint: endpoint.clone() }, format!("node add: {endpoint}: success")).await
+                self.leader_op(
+                    NodeRequest::AddMember {
+                        endpoint: endpoint.clone(),
+                    },
+                    format!("node add: {endpoint}: success"),
+                )
+                .await
             }
-            AdminRequest::NodeRemove { pnn } => self.leader_op(NodeRequest::RemoveMember { pnn }, format!("node remove: {pnn}: success")).await,
+            AdminRequest::NodeRemove { pnn } => {
+                self.leader_op(
+                    NodeRequest::RemoveMember { pnn },
+                    format!("node remove: {pnn}: success"),
+                )
+                .await
+            }
         }
     }
 
@@ -588,10 +807,17 @@ impl Node {
         }
     }
 
-    fn select_volumes(&self, name: Option<&str>) -> Result<Vec<crate::state::VolumeRecord>, String> {
+    fn select_volumes(
+        &self,
+        name: Option<&str>,
+    ) -> Result<Vec<crate::state::VolumeRecord>, String> {
         let state = self.state();
         match name {
-            Some(n) => state.volumes.get(n).map(|v| vec![v.clone()]).ok_or_else(|| format!("volume {n} does not exist")),
+            Some(n) => state
+                .volumes
+                .get(n)
+                .map(|v| vec![v.clone()])
+                .ok_or_else(|| format!("volume {n} does not exist")),
             None => Ok(state.volumes.values().cloned().collect()),
         }
     }
@@ -627,39 +853,65 @@ impl Node {
         }
         // Each brick's node checks the directory itself.
         for b in &parsed {
-            let Some(node) = state.node_by_name(&b.node) else { continue };
+            let Some(node) = state.node_by_name(&b.node) else {
+                continue;
+            };
             let verdict = if Some(node.pnn) == self.pnn() {
                 self.host.check(&b.path, force)
             } else {
                 let conn = self.peers.get(&node.endpoint());
-                let req = NodeRequest::CheckBrick { path: b.path.clone(), force };
-                match conn.call_patiently(&req, Duration::from_secs(2), Duration::from_secs(5)).await {
+                let req = NodeRequest::CheckBrick {
+                    path: b.path.clone(),
+                    force,
+                };
+                match conn
+                    .call_patiently(&req, Duration::from_secs(2), Duration::from_secs(5))
+                    .await
+                {
                     Ok(NodeReply::Checked(r)) => r,
                     Ok(_) => Err("unexpected answer".into()),
                     Err(e) => Err(format!("node {} is unreachable ({e})", node.name)),
                 }
             };
             if let Err(why) = verdict {
-                return fail(format!("volume create: {name}: failed: brick {}:{}: {why}", node.name, b.path));
+                return fail(format!(
+                    "volume create: {name}: failed: brick {}:{}: {why}",
+                    node.name, b.path
+                ));
             }
         }
         match self.propose(cmd).await {
-            Ok(Outcome::Done) => AdminResponse::Done(format!("volume create: {name}: success: please start the volume to access data")),
+            Ok(Outcome::Done) => AdminResponse::Done(format!(
+                "volume create: {name}: success: please start the volume to access data"
+            )),
             Ok(Outcome::Refused(why)) => fail(format!("volume create: {name}: failed: {why}")),
             Err(e) => fail(e),
         }
     }
 
-    async fn volume_status(self: &Arc<Self>, vols: Vec<crate::state::VolumeRecord>) -> Vec<VolumeStatusView> {
+    async fn volume_status(
+        self: &Arc<Self>,
+        vols: Vec<crate::state::VolumeRecord>,
+    ) -> Vec<VolumeStatusView> {
         let state = self.state();
-        let owners: BTreeSet<u64> = vols.iter().flat_map(|v| v.brick_nodes.iter().copied()).collect();
+        let owners: BTreeSet<u64> = vols
+            .iter()
+            .flat_map(|v| v.brick_nodes.iter().copied())
+            .collect();
         let mut reports: BTreeMap<u64, Vec<BrickStatus>> = BTreeMap::new();
         for pnn in owners {
             let r = if Some(pnn) == self.pnn() {
                 Some(self.host.status())
             } else if let Some(n) = state.nodes.get(&pnn) {
                 let conn = self.peers.get(&n.endpoint());
-                match conn.call_patiently(&NodeRequest::Bricks, Duration::from_secs(1), Duration::from_secs(2)).await {
+                match conn
+                    .call_patiently(
+                        &NodeRequest::Bricks,
+                        Duration::from_secs(1),
+                        Duration::from_secs(2),
+                    )
+                    .await
+                {
                     Ok(NodeReply::Bricks(b)) => Some(b),
                     _ => None,
                 }
@@ -679,9 +931,11 @@ impl Node {
                     .zip(&v.brick_nodes)
                     .map(|(b, owner)| BrickRow {
                         label: b.label(),
-                        status: reports
-                            .get(owner)
-                            .and_then(|r| r.iter().find(|s| s.volume == v.spec.name && s.path == b.path).cloned()),
+                        status: reports.get(owner).and_then(|r| {
+                            r.iter()
+                                .find(|s| s.volume == v.spec.name && s.path == b.path)
+                                .cloned()
+                        }),
                     })
                     .collect();
                 VolumeStatusView { volume: v, bricks }
@@ -698,7 +952,9 @@ impl Node {
     }
 
     async fn ask(&self, pnn: u64, req: NodeRequest) -> Result<NodeReply, String> {
-        let ep = self.endpoint_of(pnn).ok_or_else(|| format!("no node with pnn {pnn}"))?;
+        let ep = self
+            .endpoint_of(pnn)
+            .ok_or_else(|| format!("no node with pnn {pnn}"))?;
         let conn = self.peers.get(&ep);
         conn.call_patiently(&req, Duration::from_secs(2), Duration::from_secs(2))
             .await
@@ -751,7 +1007,11 @@ impl Node {
                     pnn: n.pnn,
                     name: n.name.clone(),
                     address: n.address.clone(),
-                    state: if up { "OK".into() } else { "DISCONNECTED".into() },
+                    state: if up {
+                        "OK".into()
+                    } else {
+                        "DISCONNECTED".into()
+                    },
                     witness: n.witness,
                     this: n.pnn == me,
                 }
@@ -785,9 +1045,17 @@ impl Service for Node {
         peer.clone()
     }
 
-    fn handle(self: &Arc<Self>, peer: &Arc<Peer>, req: NodeRequest, _data: Bytes) -> Handled<NodeReply> {
+    fn handle(
+        self: &Arc<Self>,
+        peer: &Arc<Peer>,
+        req: NodeRequest,
+        _data: Bytes,
+    ) -> Handled<NodeReply> {
         let node = self.clone();
-        let nodes_only = !matches!(req, NodeRequest::Ping | NodeRequest::GetVolume { .. } | NodeRequest::WatchVolume { .. });
+        let nodes_only = !matches!(
+            req,
+            NodeRequest::Ping | NodeRequest::GetVolume { .. } | NodeRequest::WatchVolume { .. }
+        );
         if nodes_only && peer.role != "node" {
             return Handled::Now((Err(Errno::EACCES), Bytes::new()));
         }
@@ -804,9 +1072,15 @@ impl Service for Node {
                 })),
                 Bytes::new(),
             )),
-            NodeRequest::Status => Handled::Now((Ok(NodeReply::Status(self.status())), Bytes::new())),
-            NodeRequest::Bricks => Handled::Now((Ok(NodeReply::Bricks(self.host.status())), Bytes::new())),
-            NodeRequest::GetVolume { name } => Handled::Now((Ok(NodeReply::Volume(self.volume_view(&name))), Bytes::new())),
+            NodeRequest::Status => {
+                Handled::Now((Ok(NodeReply::Status(self.status())), Bytes::new()))
+            }
+            NodeRequest::Bricks => {
+                Handled::Now((Ok(NodeReply::Bricks(self.host.status())), Bytes::new()))
+            }
+            NodeRequest::GetVolume { name } => {
+                Handled::Now((Ok(NodeReply::Volume(self.volume_view(&name))), Bytes::new()))
+            }
             NodeRequest::CheckBrick { path, force } => {
                 let verdict = if self.cfg.witness {
                     Err(format!("{} is a witness and holds no bricks", self.name))
@@ -815,7 +1089,9 @@ impl Service for Node {
                 };
                 Handled::Now((Ok(NodeReply::Checked(verdict)), Bytes::new()))
             }
-            other => Handled::Later(Box::pin(async move { (node.serve_later(other).await, Bytes::new()) })),
+            other => Handled::Later(Box::pin(async move {
+                (node.serve_later(other).await, Bytes::new())
+            })),
         }
     }
 
@@ -837,11 +1113,15 @@ impl Node {
                     NodeReply::Outcome(Err("not the leader any more: try again".into()))
                 }
             }
-            NodeRequest::Join { pnn, members } => NodeReply::Outcome(self.join(pnn, members).await.map(|_| (Outcome::Done, 0))),
+            NodeRequest::Join { pnn, members } => {
+                NodeReply::Outcome(self.join(pnn, members).await.map(|_| (Outcome::Done, 0)))
+            }
             NodeRequest::ReadIndex => NodeReply::ReadIndex(self.read_index().await),
             NodeRequest::WatchVolume { name, revision } => {
                 if let Some(mut rx) = self.watch_state() {
-                    let _ = tokio::time::timeout(WATCH_WAIT, rx.wait_for(|s| s.revision > revision)).await;
+                    let _ =
+                        tokio::time::timeout(WATCH_WAIT, rx.wait_for(|s| s.revision > revision))
+                            .await;
                 }
                 NodeReply::Volume(self.volume_view(&name))
             }

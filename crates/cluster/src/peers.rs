@@ -16,7 +16,12 @@ pub struct Peers {
 
 impl Peers {
     pub fn new(key: ClusterKey, name: &str, role: &'static str) -> Peers {
-        Peers { key, name: name.to_string(), role, conns: Mutex::new(HashMap::new()) }
+        Peers {
+            key,
+            name: name.to_string(),
+            role,
+            conns: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The connection to `endpoint` (`host:port`); it connects in the background.
@@ -30,11 +35,18 @@ impl Peers {
 
     /// Forgets a peer that left the cluster.
     pub fn drop_peer(&self, endpoint: &str) {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(endpoint);
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(endpoint);
     }
 
     /// Whether a live connection to `endpoint` exists.
     pub fn is_up(&self, endpoint: &str) -> bool {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).get(endpoint).is_some_and(|c| c.is_up())
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(endpoint)
+            .is_some_and(|c| c.is_up())
     }
 }

@@ -4,8 +4,8 @@ use crate::raft::{RaftNode, TypeConfig};
 use crate::state::{Command, NodeInfo, Outcome, VolumeRecord};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -19,27 +19,42 @@ pub enum NodeRequest {
     /// Commit a command (sent to the leader).
     Propose(Command),
     /// Add the node listening at `endpoint` to the cluster (sent to the leader).
-    AddMember { endpoint: String },
+    AddMember {
+        endpoint: String,
+    },
     /// Remove a node from the cluster (sent to the leader).
-    RemoveMember { pnn: u64 },
+    RemoveMember {
+        pnn: u64,
+    },
     /// Who are you, and may you join?
     Hello,
     /// Become member `pnn` of the cluster whose current members are `members`.
-    Join { pnn: u64, members: BTreeMap<u64, RaftNode> },
+    Join {
+        pnn: u64,
+        members: BTreeMap<u64, RaftNode>,
+    },
     /// This node's own view: role, leader, uptime.
     Status,
     /// May `path` on this node become a brick?
-    CheckBrick { path: String, force: bool },
+    CheckBrick {
+        path: String,
+        force: bool,
+    },
     /// The bricks this node serves.
     Bricks,
     /// The leader's commit index, confirmed with a quorum (for reads that must see every
     /// committed change).
     ReadIndex,
     /// A volume's record (for mounts).
-    GetVolume { name: String },
+    GetVolume {
+        name: String,
+    },
     /// Like GetVolume, but answers only once the cluster state has moved past `revision`
     /// (or after a while, with the current record).
-    WatchVolume { name: String, revision: u64 },
+    WatchVolume {
+        name: String,
+        revision: u64,
+    },
 }
 
 impl proto::rpc::Ping for NodeRequest {

@@ -151,8 +151,11 @@ pub enum Outcome {
     Refused(String),
 }
 
+/// Checks an option's value.
+pub type OptionCheck = fn(&str) -> bool;
+
 /// Volume options that may be set, with a check of their value.
-pub const VOLUME_OPTIONS: &[(&str, fn(&str) -> bool)] = &[
+pub const VOLUME_OPTIONS: &[(&str, OptionCheck)] = &[
     ("performance.attr-timeout", |v| {
         v.parse::<f64>().is_ok_and(|x| (0.0..=3600.0).contains(&x))
     }),

@@ -8,6 +8,7 @@
 mod attr;
 mod dirs;
 mod fs;
+pub mod fusermount;
 mod inodes;
 pub mod mount;
 

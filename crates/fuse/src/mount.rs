@@ -51,9 +51,14 @@ pub fn mount(
         MountOption::FSName(opts.source.clone()),
         MountOption::Subtype("shoal".into()),
         MountOption::DefaultPermissions,
-        MountOption::Dev,
-        MountOption::Suid,
     ];
+    if rustix::process::geteuid().is_root() {
+        // Device nodes and set-id programs work as on a local disk; fusermount refuses these
+        // options to other users.
+        config
+            .mount_options
+            .extend([MountOption::Dev, MountOption::Suid]);
+    }
     if opts.read_only {
         config.mount_options.push(MountOption::RO);
     }
@@ -65,7 +70,20 @@ pub fn mount(
     let slot = fs.notifier_slot();
     // Resolved before mounting: once mounted, resolving it would ask this very session.
     let canonical = dir.canonicalize()?;
-    let session = fuser::Session::new(fs, &canonical, &config)?;
+    let session = if crate::fusermount::needed() {
+        let mut o = vec![
+            format!("fsname={}", opts.source),
+            "subtype=shoal".into(),
+            "default_permissions".into(),
+        ];
+        if opts.read_only {
+            o.push("ro".into());
+        }
+        let fd = crate::fusermount::mount(&canonical, &o.join(","))?;
+        fuser::Session::from_fd(fs, fd, config.acl, config.clone())?
+    } else {
+        fuser::Session::new(fs, &canonical, &config)?
+    };
     let _ = slot.set(session.notifier());
     raise_readahead(&canonical);
     Ok(session)

@@ -249,7 +249,12 @@ where
     /// Like [`Conn::call`], but while the peer is unreachable keeps trying (a fresh
     /// connection may still be in its handshake) until `patience` has passed; the whole call
     /// is bounded by `patience` plus `answer_within`.
-    pub async fn call_patiently(&self, req: &Q, patience: Duration, answer_within: Duration) -> Result<R, Errno> {
+    pub async fn call_patiently(
+        &self,
+        req: &Q,
+        patience: Duration,
+        answer_within: Duration,
+    ) -> Result<R, Errno> {
         let deadline = Instant::now() + patience;
         loop {
             match tokio::time::timeout(answer_within, self.call(req, Bytes::new())).await {

@@ -24,14 +24,28 @@ pub enum VolumeCmd {
         #[arg(num_args = 1.., allow_hyphen_values = false)]
         args: Vec<String>,
     },
-    Start { name: String },
-    Stop { name: String },
-    Delete { name: String },
-    Info { name: Option<String> },
-    Status { name: Option<String> },
+    Start {
+        name: String,
+    },
+    Stop {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
+    Info {
+        name: Option<String>,
+    },
+    Status {
+        name: Option<String>,
+    },
     List,
     /// volume set NAME KEY VALUE
-    Set { name: String, key: String, value: String },
+    Set {
+        name: String,
+        key: String,
+        value: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -44,7 +58,10 @@ pub enum NodeCmd {
 
 pub fn call(socket: &Path, req: &AdminRequest) -> Result<AdminResponse> {
     let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
-        format!("cannot reach the shoal daemon at {} (is it running? set --socket or SHOAL_SOCKET)", socket.display())
+        format!(
+            "cannot reach the shoal daemon at {} (is it running? set --socket or SHOAL_SOCKET)",
+            socket.display()
+        )
     })?;
     // Commands commit within seconds or report no quorum; never hang.
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
@@ -52,7 +69,9 @@ pub fn call(socket: &Path, req: &AdminRequest) -> Result<AdminResponse> {
     text.push('\n');
     s.write_all(text.as_bytes())?;
     let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).context("no answer from the daemon")?;
+    BufReader::new(s)
+        .read_line(&mut line)
+        .context("no answer from the daemon")?;
     serde_json::from_str(&line).map_err(|e| anyhow!("unreadable answer from the daemon: {e}"))
 }
 
@@ -72,13 +91,25 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
     Ok(())
 }
 
+/// What `volume create` was asked for.
+struct CreateArgs {
+    stripe: u32,
+    replica: u32,
+    stripe_size: Option<u64>,
+    bricks: Vec<String>,
+    force: bool,
+}
+
 /// Parses `[stripe N] [replica N] [stripe-size B] BRICK... [force]` as gluster does.
-fn parse_create(args: &[String]) -> Result<(u32, u32, Option<u64>, Vec<String>, bool)> {
-    let (mut stripe, mut replica, mut size, mut bricks, mut force) = (1u32, 1u32, None, Vec::new(), false);
+fn parse_create(args: &[String]) -> Result<CreateArgs> {
+    let (mut stripe, mut replica, mut size, mut bricks, mut force) =
+        (1u32, 1u32, None, Vec::new(), false);
     let mut it = args.iter().peekable();
     let count = |what: &str, v: Option<&String>| -> Result<u32> {
         let v = v.ok_or_else(|| anyhow!("{what} needs a count"))?;
-        let n: u32 = v.parse().map_err(|_| anyhow!("{what} count {v:?} is not a number"))?;
+        let n: u32 = v
+            .parse()
+            .map_err(|_| anyhow!("{what} count {v:?} is not a number"))?;
         if n < 2 {
             bail!("{what} count must be at least 2, got {n}");
         }
@@ -89,8 +120,13 @@ fn parse_create(args: &[String]) -> Result<(u32, u32, Option<u64>, Vec<String>, 
             "stripe" => stripe = count("stripe", it.next())?,
             "replica" => replica = count("replica", it.next())?,
             "stripe-size" => {
-                let v = it.next().ok_or_else(|| anyhow!("stripe-size needs a value"))?;
-                size = Some(v.parse().map_err(|_| anyhow!("stripe-size {v:?} is not a number of bytes"))?);
+                let v = it
+                    .next()
+                    .ok_or_else(|| anyhow!("stripe-size needs a value"))?;
+                size = Some(
+                    v.parse()
+                        .map_err(|_| anyhow!("stripe-size {v:?} is not a number of bytes"))?,
+                );
             }
             "transport" => {
                 let t = it.next().map(String::as_str);
@@ -105,22 +141,48 @@ fn parse_create(args: &[String]) -> Result<(u32, u32, Option<u64>, Vec<String>, 
     if bricks.is_empty() {
         bail!("no bricks given: volume create NAME [stripe N] [replica N] NODE:/path... [force]");
     }
-    Ok((stripe, replica, size, bricks, force))
+    Ok(CreateArgs {
+        stripe,
+        replica,
+        stripe_size: size,
+        bricks,
+        force,
+    })
 }
 
 pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
     let req = match cmd {
         VolumeCmd::Create { name, args } => {
-            let (stripe, replica, stripe_size, bricks, force) = parse_create(&args)?;
-            AdminRequest::VolumeCreate { name, stripe, replica, bricks, force, stripe_size }
+            let CreateArgs {
+                stripe,
+                replica,
+                stripe_size,
+                bricks,
+                force,
+            } = parse_create(&args)?;
+            AdminRequest::VolumeCreate {
+                name,
+                stripe,
+                replica,
+                bricks,
+                force,
+                stripe_size,
+            }
         }
         VolumeCmd::Start { name } => AdminRequest::VolumeStart { name },
         VolumeCmd::Stop { name } => AdminRequest::VolumeStop { name },
         VolumeCmd::Delete { name } => AdminRequest::VolumeDelete { name },
         VolumeCmd::Set { name, key, value } => AdminRequest::VolumeSet { name, key, value },
-        VolumeCmd::Info { name } => return volume_info(ctx, call(&ctx.socket, &AdminRequest::VolumeInfo { name })?),
+        VolumeCmd::Info { name } => {
+            return volume_info(ctx, call(&ctx.socket, &AdminRequest::VolumeInfo { name })?)
+        }
         VolumeCmd::List => return volume_list(ctx, call(&ctx.socket, &AdminRequest::VolumeList)?),
-        VolumeCmd::Status { name } => return volume_status(ctx, call(&ctx.socket, &AdminRequest::VolumeStatus { name })?),
+        VolumeCmd::Status { name } => {
+            return volume_status(
+                ctx,
+                call(&ctx.socket, &AdminRequest::VolumeStatus { name })?,
+            )
+        }
     };
     expect_done(call(&ctx.socket, &req)?)
 }
@@ -201,14 +263,27 @@ fn volume_status(ctx: &Ctx, r: AdminResponse) -> Result<()> {
             continue;
         }
         println!("Status of volume: {}", v.volume.spec.name);
-        println!("{:<44}{:<11}{:<8}{}", "shoal process", "TCP Port", "Online", "Pid");
+        println!(
+            "{:<44}{:<11}{:<8}Pid",
+            "shoal process", "TCP Port", "Online"
+        );
         println!("{rule}");
         for b in &v.bricks {
             let (port, online, pid) = match &b.status {
-                Some(s) => (s.port.to_string(), if s.online { "Y" } else { "N" }, s.pid.to_string()),
+                Some(s) => (
+                    s.port.to_string(),
+                    if s.online { "Y" } else { "N" },
+                    s.pid.to_string(),
+                ),
                 None => ("N/A".into(), "N", "N/A".into()),
             };
-            println!("{:<44}{:<11}{:<8}{}", format!("Brick {}", b.label), port, online, pid);
+            println!(
+                "{:<44}{:<11}{:<8}{}",
+                format!("Brick {}", b.label),
+                port,
+                online,
+                pid
+            );
         }
         println!(" ");
     }
@@ -280,7 +355,12 @@ pub fn pnn(ctx: &Ctx) -> Result<()> {
 }
 
 pub fn ping(ctx: &Ctx) -> Result<()> {
-    let rows = match call(&ctx.socket, &AdminRequest::Ping { target: ctx.target.unwrap_or(Target::This) })? {
+    let rows = match call(
+        &ctx.socket,
+        &AdminRequest::Ping {
+            target: ctx.target.unwrap_or(Target::This),
+        },
+    )? {
         AdminResponse::Pings(r) => r,
         AdminResponse::Error(e) => bail!("{e}"),
         other => bail!("unexpected answer: {other:?}"),
@@ -310,7 +390,9 @@ fn fmt_time(unix: u64) -> String {
     let secs = unix % 86400;
     let (y, m, d) = civil_from_days(days as i64);
     const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MO: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MO: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     format!(
         "{} {} {:2} {:02}:{:02}:{:02} {}",
         WD[(days % 7) as usize],
@@ -338,11 +420,22 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 }
 
 fn span(secs: u64) -> String {
-    format!("({:03} {:02}:{:02}:{:02})", secs / 86400, secs / 3600 % 24, secs / 60 % 60, secs % 60)
+    format!(
+        "({:03} {:02}:{:02}:{:02})",
+        secs / 86400,
+        secs / 3600 % 24,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 pub fn uptime(ctx: &Ctx) -> Result<()> {
-    let rows = match call(&ctx.socket, &AdminRequest::Uptime { target: ctx.target.unwrap_or(Target::This) })? {
+    let rows = match call(
+        &ctx.socket,
+        &AdminRequest::Uptime {
+            target: ctx.target.unwrap_or(Target::This),
+        },
+    )? {
         AdminResponse::Uptimes(r) => r,
         AdminResponse::Error(e) => bail!("{e}"),
         other => bail!("unexpected answer: {other:?}"),
@@ -350,12 +443,23 @@ pub fn uptime(ctx: &Ctx) -> Result<()> {
     if ctx.json {
         return print_json(&rows);
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     for r in rows {
         match r {
             Ok(s) => {
-                println!("Current time of node {:<10}:                {}", s.pnn, fmt_time(now));
-                println!("Daemon start time             : {} {}", span(now.saturating_sub(s.started)), fmt_time(s.started));
+                println!(
+                    "Current time of node {:<10}:                {}",
+                    s.pnn,
+                    fmt_time(now)
+                );
+                println!(
+                    "Daemon start time             : {} {}",
+                    span(now.saturating_sub(s.started)),
+                    fmt_time(s.started)
+                );
                 println!(
                     "Time of last leader change    : {} {}",
                     span(now.saturating_sub(s.last_leader_change)),
@@ -375,10 +479,13 @@ mod tests {
     #[test]
     fn create_arguments_parse_like_gluster() {
         let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let (s, r, _, b, f) = parse_create(&a(&["stripe", "2", "n1:/a", "n2:/b"])).unwrap();
-        assert_eq!((s, r, b.len(), f), (2, 1, 2, false));
-        let (_, r, _, b, f) = parse_create(&a(&["replica", "3", "n1:/a", "n2:/a", "n3:/a", "force"])).unwrap();
-        assert_eq!((r, b.len(), f), (3, 3, true));
+        let c = parse_create(&a(&["stripe", "2", "n1:/a", "n2:/b"])).unwrap();
+        assert_eq!(
+            (c.stripe, c.replica, c.bricks.len(), c.force),
+            (2, 1, 2, false)
+        );
+        let c = parse_create(&a(&["replica", "3", "n1:/a", "n2:/a", "n3:/a", "force"])).unwrap();
+        assert_eq!((c.replica, c.bricks.len(), c.force), (3, 3, true));
         assert!(parse_create(&a(&["replica", "1", "n1:/a"])).is_err());
         assert!(parse_create(&a(&["replica", "x", "n1:/a"])).is_err());
         assert!(parse_create(&a(&["force"])).is_err());

@@ -31,9 +31,15 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     let (mut cfg, publics) = NodeConfig::load(&args.config)?;
     cfg.witness |= args.witness;
     let key = proto::auth::ClusterKey::load(&cfg.key)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async move {
-        let bricks = Arc::new(DaemonBricks { address: cfg.address, key: key.clone(), running: Mutex::new(HashMap::new()) });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async move {
+        let bricks = Arc::new(DaemonBricks {
+            address: cfg.address,
+            key: key.clone(),
+            running: Mutex::new(HashMap::new()),
+        });
         let socket = cfg.socket.clone();
         let node = Node::start(cfg, publics, key, bricks.clone()).await?;
         let admin = bind_admin_socket(&socket)?;
@@ -42,14 +48,21 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         wait_for_signal().await;
         tracing::info!("shutting down");
         bricks.stop_all();
+        node.shutdown().await;
         let _ = std::fs::remove_file(&socket);
         Ok(())
-    })
+    });
+    // Raft's and the bricks' tasks need not finish: their state is on disk.
+    rt.shutdown_timeout(Duration::from_millis(300));
+    result
 }
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut t), Ok(mut i)) => {
             tokio::select! {
                 _ = t.recv() => {}
@@ -69,9 +82,11 @@ fn bind_admin_socket(path: &Path) -> Result<tokio::net::UnixListener> {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!("another daemon answers on {}", path.display());
         }
-        std::fs::remove_file(path).with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    let l = tokio::net::UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+    let l = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot bind {}", path.display()))?;
     // Admin rights follow the socket's permissions: owner and group.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     Ok(l)
@@ -82,7 +97,9 @@ const MAX_ADMIN_LINE: usize = 1 << 20;
 
 async fn serve_admin(listener: tokio::net::UnixListener, node: Arc<Node>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
         let node = node.clone();
         tokio::spawn(async move {
             let (rd, mut wr) = stream.into_split();
@@ -184,8 +201,15 @@ impl DaemonBricks {
         let p = PathBuf::from(path);
         let store = tokio::task::spawn_blocking(move || brick::Store::open_dir(&p)).await??;
         let addr = cluster::state::join_host_port(&self.address.to_string(), port);
-        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("cannot listen on {addr}"))?;
-        let server = brick::BrickServer::new(store, brick::ServerConfig { key: self.key.clone() });
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let server = brick::BrickServer::new(
+            store,
+            brick::ServerConfig {
+                key: self.key.clone(),
+            },
+        );
         let (stop, shutdown) = watch::channel(false);
         tokio::spawn(async move {
             if let Err(e) = server.serve(listener, shutdown).await {

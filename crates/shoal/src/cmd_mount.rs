@@ -177,10 +177,17 @@ fn background(args: &MountArgs, log: Option<&Path>) -> Result<()> {
 }
 
 fn load_spec(path: &Path, volume: &str) -> Result<layout::VolumeSpec> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read spec {}", path.display()))?;
-    let spec: layout::VolumeSpec = toml::from_str(&text).with_context(|| format!("spec {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read spec {}", path.display()))?;
+    let spec: layout::VolumeSpec =
+        toml::from_str(&text).with_context(|| format!("spec {}", path.display()))?;
     if spec.name != volume {
-        bail!("spec {} describes volume {:?}, not {:?}", path.display(), spec.name, volume);
+        bail!(
+            "spec {} describes volume {:?}, not {:?}",
+            path.display(),
+            spec.name,
+            volume
+        );
     }
     spec.validate()?;
     Ok(spec)
@@ -195,13 +202,24 @@ fn endpoint(host: &str) -> String {
     if has_port {
         host.to_string()
     } else {
-        cluster::state::join_host_port(host.trim_matches(|c| c == '[' || c == ']'), cluster::config::DEFAULT_CLUSTER_PORT)
+        cluster::state::join_host_port(
+            host.trim_matches(|c| c == '[' || c == ']'),
+            cluster::config::DEFAULT_CLUSTER_PORT,
+        )
     }
 }
 
-async fn fetch(peers: &cluster::peers::Peers, endpoint: &str, req: &cluster::rpc::NodeRequest, wait: Duration) -> Result<Option<cluster::rpc::VolumeView>> {
+async fn fetch(
+    peers: &cluster::peers::Peers,
+    endpoint: &str,
+    req: &cluster::rpc::NodeRequest,
+    wait: Duration,
+) -> Result<Option<cluster::rpc::VolumeView>> {
     let conn = peers.get(endpoint);
-    match conn.call_patiently(req, wait, Duration::from_secs(30)).await {
+    match conn
+        .call_patiently(req, wait, Duration::from_secs(30))
+        .await
+    {
         Ok(cluster::rpc::NodeReply::Volume(v)) => Ok(v),
         Ok(other) => bail!("unexpected answer from {endpoint}: {other:?}"),
         Err(e) => bail!("cannot reach {endpoint}: {e}"),
@@ -210,7 +228,12 @@ async fn fetch(peers: &cluster::peers::Peers, endpoint: &str, req: &cluster::rpc
 
 /// Follows the volume's state from any node that answers: a stopped (or deleted) volume
 /// closes the gate, a started one opens it.
-async fn follow(peers: cluster::peers::Peers, first: String, mut view: cluster::rpc::VolumeView, gate: Arc<client::gate::Gate>) {
+async fn follow(
+    peers: cluster::peers::Peers,
+    first: String,
+    mut view: cluster::rpc::VolumeView,
+    gate: Arc<client::gate::Gate>,
+) {
     let name = view.record.spec.name.clone();
     let mut endpoints = vec![first];
     loop {
@@ -222,7 +245,10 @@ async fn follow(peers: cluster::peers::Peers, first: String, mut view: cluster::
         }
         let mut progressed = false;
         for ep in endpoints.clone() {
-            let req = cluster::rpc::NodeRequest::WatchVolume { name: name.clone(), revision: view.revision };
+            let req = cluster::rpc::NodeRequest::WatchVolume {
+                name: name.clone(),
+                revision: view.revision,
+            };
             match fetch(&peers, &ep, &req, Duration::ZERO).await {
                 Ok(Some(v)) => {
                     let open = v.record.state == cluster::state::VolumeState::Started;
@@ -252,25 +278,41 @@ async fn follow(peers: cluster::peers::Peers, first: String, mut view: cluster::
 fn foreground(dir: &Path, mut r: Resolved, notify: bool) -> Result<()> {
     crate::logging::init("warn");
     let key = proto::auth::ClusterKey::load(&r.key)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let name = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
     let (spec, follow_from) = match &r.spec {
         Some(path) => (load_spec(path, &r.volume)?, None),
         None => {
             let peers = cluster::peers::Peers::new(key.clone(), &name, "client");
             let ep = endpoint(&r.host);
-            let req = cluster::rpc::NodeRequest::GetVolume { name: r.volume.clone() };
+            let req = cluster::rpc::NodeRequest::GetVolume {
+                name: r.volume.clone(),
+            };
             let view = rt
                 .block_on(fetch(&peers, &ep, &req, Duration::from_secs(5)))?
                 .ok_or_else(|| anyhow!("volume {} does not exist on {}", r.volume, r.host))?;
             if view.record.state != cluster::state::VolumeState::Started {
-                bail!("volume {} is not started (state: {})", r.volume, view.record.state);
+                bail!(
+                    "volume {} is not started (state: {})",
+                    r.volume,
+                    view.record.state
+                );
             }
             apply_options(&mut r.opts, &view.record.options);
             (view.record.spec.clone(), Some((peers, ep, view)))
         }
     };
-    let vol = rt.block_on(client::Volume::connect(spec, key, &name, Duration::from_secs(5)))?;
+    let vol = rt.block_on(client::Volume::connect(
+        spec,
+        key,
+        &name,
+        Duration::from_secs(5),
+    ))?;
     let gate = Arc::new(client::gate::Gate::new(vol.root.clone(), true));
     if let Some((peers, ep, view)) = follow_from {
         rt.spawn(follow(peers, ep, view, gate.clone()));
@@ -278,16 +320,26 @@ fn foreground(dir: &Path, mut r: Resolved, notify: bool) -> Result<()> {
     let mut session = shoal_fuse::mount(gate, dir, &r.opts, rt.handle().clone())
         .with_context(|| format!("cannot mount on {}", dir.display()))?;
     let mut unmounter = session.unmount_callable();
+    let helper_mounted = shoal_fuse::fusermount::needed();
+    let mount_dir = dir.to_path_buf();
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
             return;
         };
         tokio::select! {
             _ = term.recv() => {},
             _ = int.recv() => {},
         }
-        if let Err(e) = unmounter.unmount() {
+        let r = if helper_mounted {
+            shoal_fuse::fusermount::unmount(&mount_dir)
+        } else {
+            unmounter.unmount()
+        };
+        if let Err(e) = r {
             tracing::warn!("unmount on signal: {e}");
         }
     });
@@ -304,8 +356,16 @@ fn foreground(dir: &Path, mut r: Resolved, notify: bool) -> Result<()> {
 }
 
 /// Volume options that shape a mount, unless the mount's own options said otherwise.
-fn apply_options(opts: &mut shoal_fuse::MountOptions, options: &std::collections::BTreeMap<String, String>) {
-    let secs = |k: &str| options.get(k).and_then(|v| v.parse::<f64>().ok()).map(Duration::from_secs_f64);
+fn apply_options(
+    opts: &mut shoal_fuse::MountOptions,
+    options: &std::collections::BTreeMap<String, String>,
+) {
+    let secs = |k: &str| {
+        options
+            .get(k)
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(Duration::from_secs_f64)
+    };
     if let Some(t) = secs("performance.attr-timeout") {
         opts.attr_ttl = t;
     }

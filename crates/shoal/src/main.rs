@@ -5,6 +5,7 @@ mod cmd_brick;
 mod cmd_cli;
 mod cmd_daemon;
 mod cmd_mount;
+mod cmd_sandbox;
 mod logging;
 
 use anyhow::Result;
@@ -19,7 +20,12 @@ use std::path::PathBuf;
 )]
 struct Cli {
     /// The local daemon's admin socket.
-    #[arg(long, global = true, env = "SHOAL_SOCKET", default_value = "/run/shoal/shoal.sock")]
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_SOCKET",
+        default_value = "/run/shoal/shoal.sock"
+    )]
     socket: PathBuf,
     /// Print read commands' answers as JSON.
     #[arg(long, global = true)]
@@ -45,6 +51,8 @@ enum Cmd {
     Mount(cmd_mount::MountArgs),
     /// Run this machine's node of a cluster.
     Daemon(cmd_daemon::DaemonArgs),
+    /// A whole cluster on this machine: `up`, `down`, or (plain) up until Ctrl-C.
+    Sandbox(cmd_sandbox::SandboxArgs),
     /// Volumes: create, start, stop, delete, info, status, list, set.
     #[command(subcommand)]
     Volume(cmd_cli::VolumeCmd),
@@ -88,9 +96,14 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let ctx = cmd_cli::Ctx { socket: cli.socket, json: cli.json, target: cli.node };
+    let ctx = cmd_cli::Ctx {
+        socket: cli.socket,
+        json: cli.json,
+        target: cli.node,
+    };
     match cli.cmd {
         Cmd::Daemon(args) => cmd_daemon::run(args),
+        Cmd::Sandbox(args) => cmd_sandbox::run(args),
         Cmd::Volume(c) => cmd_cli::volume(&ctx, c),
         Cmd::Node(c) => cmd_cli::node(&ctx, c),
         Cmd::Status => cmd_cli::status(&ctx),

@@ -19,12 +19,23 @@ fn three_nodes_agree_survive_their_leader_restart_and_change_membership() {
     let mut args = vec!["volume", "create", "v1", "replica", "3"];
     args.extend(bricks.iter().map(String::as_str));
     let r = c.ok(0, &args);
-    assert!(r.stdout.contains("volume create: v1: success"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("volume create: v1: success"),
+        "{}",
+        r.stdout
+    );
     for i in [1, 2] {
-        assert_eq!(c.volume_names(i), vec!["v1"], "node {i} lists the new volume");
+        assert_eq!(
+            c.volume_names(i),
+            vec!["v1"],
+            "node {i} lists the new volume"
+        );
     }
     let info = c.ok(2, &["volume", "info", "v1"]).stdout;
-    assert!(info.contains("Type: Replicate") && info.contains("Number of Bricks: 1 x 3 = 3"), "{info}");
+    assert!(
+        info.contains("Type: Replicate") && info.contains("Number of Bricks: 1 x 3 = 3"),
+        "{info}"
+    );
 
     // The leader dies: another takes over within 2 s, and commands still work.
     c.kill(leader as usize);
@@ -44,7 +55,11 @@ fn three_nodes_agree_survive_their_leader_restart_and_change_membership() {
     c.start_all();
     c.wait_ready(0, 3);
     for i in 0..3 {
-        assert_eq!(c.volume_names(i), vec!["v1", "v2"], "node {i} after restart");
+        assert_eq!(
+            c.volume_names(i),
+            vec!["v1", "v2"],
+            "node {i} after restart"
+        );
     }
     let v2 = c.ok(1, &["volume", "info", "v2", "--json"]).json();
     assert_eq!(v2[0]["state"], "Started");
@@ -56,16 +71,34 @@ fn three_nodes_agree_survive_their_leader_restart_and_change_membership() {
     let r = c.ok(1, &["node", "add", &endpoint]);
     assert!(r.stdout.contains("success"), "{}", r.stdout);
     wait_for("4 nodes everywhere", Duration::from_secs(10), || {
-        (0..4).all(|i| c.cli(i, &["status", "--json"]).ok && c.cli(i, &["status", "--json"]).json()["nodes"].as_array().map(Vec::len) == Some(4))
+        (0..4).all(|i| {
+            c.cli(i, &["status", "--json"]).ok
+                && c.cli(i, &["status", "--json"]).json()["nodes"]
+                    .as_array()
+                    .map(Vec::len)
+                    == Some(4)
+        })
     });
-    assert_eq!(c.volume_names(j), vec!["v1", "v2"], "the new node has the configuration");
+    assert_eq!(
+        c.volume_names(j),
+        vec!["v1", "v2"],
+        "the new node has the configuration"
+    );
     c.ok(2, &["node", "remove", "3"]);
     wait_for("3 nodes again", Duration::from_secs(10), || {
-        c.cli(0, &["status", "--json"]).json()["nodes"].as_array().map(Vec::len) == Some(3)
+        c.cli(0, &["status", "--json"]).json()["nodes"]
+            .as_array()
+            .map(Vec::len)
+            == Some(3)
     });
     // Removing a node that holds bricks is refused.
     let r = c.cli(0, &["node", "remove", "0"]);
-    assert!(!r.ok && r.stderr.contains("holds bricks"), "{}{}", r.stdout, r.stderr);
+    assert!(
+        !r.ok && r.stderr.contains("holds bricks"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
 }
 
 #[test]
@@ -89,7 +122,9 @@ fn two_data_nodes_and_a_witness_keep_a_quorum() {
         c.ok(alive, &["volume", "create", &name, &b]);
         assert!(c.volume_names(alive).contains(&name));
         c.start(dead);
-        wait_for("the node to catch up", Duration::from_secs(10), || c.volume_names(dead).contains(&name));
+        wait_for("the node to catch up", Duration::from_secs(10), || {
+            c.volume_names(dead).contains(&name)
+        });
     }
 }
 
@@ -99,18 +134,36 @@ fn a_peer_with_the_wrong_key_is_refused() {
     c.use_other_key(2);
     c.start_all();
     c.wait_ready(0, 2);
-    wait_for("the refusal to be logged", Duration::from_secs(10), || c.log(0).contains("refused connection") || c.log(1).contains("refused connection"));
+    wait_for("the refusal to be logged", Duration::from_secs(10), || {
+        c.log(0).contains("refused connection") || c.log(1).contains("refused connection")
+    });
     // The impostor never joins: the other two see it as disconnected, it sees no leader.
     let s = c.ok(0, &["status", "--json"]).json();
     let nodes = s["nodes"].as_array().expect("nodes");
-    assert!(nodes.iter().all(|n| n["pnn"] != 2 || n["state"] == "DISCONNECTED"), "{s}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["pnn"] != 2 || n["state"] == "DISCONNECTED"),
+        "{s}"
+    );
     assert_eq!(c.leader(2), None);
     // A client with the wrong key cannot reach the cluster port either.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
     let endpoint = c.endpoint(0);
     let refused = rt.block_on(async {
-        let mut s = tokio::net::TcpStream::connect(&endpoint).await.expect("connect");
-        proto::auth::client(&mut s, &proto::auth::ClusterKey::generate(), "node", "intruder").await
+        let mut s = tokio::net::TcpStream::connect(&endpoint)
+            .await
+            .expect("connect");
+        proto::auth::client(
+            &mut s,
+            &proto::auth::ClusterKey::generate(),
+            "node",
+            "intruder",
+        )
+        .await
     });
     assert!(refused.is_err());
 }
@@ -132,34 +185,123 @@ fn cli_errors_say_why_and_change_nothing() {
     let fresh = c.brick(2, "fresh");
     let fresh2 = c.brick(1, "fresh2");
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (vec!["volume".into(), "create".into(), "x".into(), "nosuchnode:/b".into()], "not a node of this cluster"),
-        (vec!["volume".into(), "create".into(), "x".into(), missing], "does not exist"),
-        (vec!["volume".into(), "create".into(), "x".into(), file_brick], "not a directory"),
-        (vec!["volume".into(), "create".into(), "x".into(), fresh.clone(), fresh.clone()], "more than once"),
-        (vec!["volume".into(), "create".into(), "x".into(), b0.clone()], "already part of volume good"),
-        (vec!["volume".into(), "create".into(), "x".into(), "replica".into(), "2".into(), fresh.clone(), fresh2.clone(), c.brick(0, "third")], "not a multiple"),
-        (vec!["volume".into(), "create".into(), "9bad!".into(), fresh.clone()], "invalid"),
-        (vec!["volume".into(), "create".into(), "x".into(), "node0:relative".into()], "NODE:/absolute/path"),
-        (vec!["volume".into(), "start".into(), "good".into()], "already started"),
-        (vec!["volume".into(), "delete".into(), "good".into()], "stop it"),
-        (vec!["volume".into(), "stop".into(), "nope".into()], "does not exist"),
-        (vec!["volume".into(), "set".into(), "good".into(), "no.such.option".into(), "1".into()], "does not exist"),
+        (
+            vec![
+                "volume".into(),
+                "create".into(),
+                "x".into(),
+                "nosuchnode:/b".into(),
+            ],
+            "not a node of this cluster",
+        ),
+        (
+            vec!["volume".into(), "create".into(), "x".into(), missing],
+            "does not exist",
+        ),
+        (
+            vec!["volume".into(), "create".into(), "x".into(), file_brick],
+            "not a directory",
+        ),
+        (
+            vec![
+                "volume".into(),
+                "create".into(),
+                "x".into(),
+                fresh.clone(),
+                fresh.clone(),
+            ],
+            "more than once",
+        ),
+        (
+            vec!["volume".into(), "create".into(), "x".into(), b0.clone()],
+            "already part of volume good",
+        ),
+        (
+            vec![
+                "volume".into(),
+                "create".into(),
+                "x".into(),
+                "replica".into(),
+                "2".into(),
+                fresh.clone(),
+                fresh2.clone(),
+                c.brick(0, "third"),
+            ],
+            "not a multiple",
+        ),
+        (
+            vec![
+                "volume".into(),
+                "create".into(),
+                "9bad!".into(),
+                fresh.clone(),
+            ],
+            "invalid",
+        ),
+        (
+            vec![
+                "volume".into(),
+                "create".into(),
+                "x".into(),
+                "node0:relative".into(),
+            ],
+            "NODE:/absolute/path",
+        ),
+        (
+            vec!["volume".into(), "start".into(), "good".into()],
+            "already started",
+        ),
+        (
+            vec!["volume".into(), "delete".into(), "good".into()],
+            "stop it",
+        ),
+        (
+            vec!["volume".into(), "stop".into(), "nope".into()],
+            "does not exist",
+        ),
+        (
+            vec![
+                "volume".into(),
+                "set".into(),
+                "good".into(),
+                "no.such.option".into(),
+                "1".into(),
+            ],
+            "does not exist",
+        ),
     ];
     for (args, why) in &cases {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let r = c.cli(0, &a);
         assert!(!r.ok, "{a:?} should fail");
-        assert!(r.stderr.contains(why), "{a:?}: expected {why:?} in: {}", r.stderr);
+        assert!(
+            r.stderr.contains(why),
+            "{a:?}: expected {why:?} in: {}",
+            r.stderr
+        );
     }
-    assert_eq!(c.ok(1, &["volume", "info", "--json"]).stdout, before, "the configuration is unchanged");
+    assert_eq!(
+        c.ok(1, &["volume", "info", "--json"]).stdout,
+        before,
+        "the configuration is unchanged"
+    );
 
     // Without a quorum, a command says so within a bounded time.
     c.kill(1);
     c.kill(2);
     let t = Instant::now();
     let r = c.cli(0, &["volume", "stop", "good"]);
-    assert!(!r.ok && r.stderr.contains("no quorum"), "{}{}", r.stdout, r.stderr);
-    assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
+    assert!(
+        !r.ok && r.stderr.contains("no quorum"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        t.elapsed()
+    );
     // Read commands still answer from what the node knows.
     assert!(c.cli(0, &["status"]).ok);
     assert_eq!(c.volume_names(0), vec!["good"]);
@@ -172,16 +314,29 @@ fn ping_uptime_and_listnodes_address_nodes_like_ctdb() {
     c.wait_ready(0, 3);
     let r = c.ok(0, &["ping", "-n", "all"]);
     for i in 0..3 {
-        assert!(r.stdout.contains(&format!("response from {i} time=")), "{}", r.stdout);
+        assert!(
+            r.stdout.contains(&format!("response from {i} time=")),
+            "{}",
+            r.stdout
+        );
     }
     let r = c.ok(1, &["-n", "2", "uptime"]);
-    assert!(r.stdout.contains("Current time of node 2") && r.stdout.contains("Daemon start time"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("Current time of node 2") && r.stdout.contains("Daemon start time"),
+        "{}",
+        r.stdout
+    );
     let nodes = c.ok(2, &["listnodes"]).stdout;
     assert_eq!(nodes.lines().count(), 3);
     assert_eq!(c.ok(1, &["pnn"]).stdout.trim(), "1");
     c.kill(2);
-    wait_for("node 2 to be seen as down", Duration::from_secs(10), || !c.cli(0, &["ping", "-n", "2"]).ok);
-    assert!(c.cli(0, &["-n", "bogus", "ping"]).stderr.contains("PNN or 'all'"));
+    wait_for("node 2 to be seen as down", Duration::from_secs(10), || {
+        !c.cli(0, &["ping", "-n", "2"]).ok
+    });
+    assert!(c
+        .cli(0, &["-n", "bogus", "ping"])
+        .stderr
+        .contains("PNN or 'all'"));
 }
 
 #[test]
@@ -198,7 +353,11 @@ fn a_mount_follows_its_volume_and_outlives_the_node_it_came_from() {
     c.ok(0, &args);
     c.ok(0, &["volume", "start", "nas"]);
     wait_for("bricks online", Duration::from_secs(10), || {
-        c.ok(0, &["volume", "status", "nas"]).stdout.matches(" Y ").count() == 3
+        c.ok(0, &["volume", "status", "nas"])
+            .stdout
+            .matches(" Y ")
+            .count()
+            == 3
     });
     let dir = c.dir.path().join("mnt");
     std::fs::create_dir_all(&dir).unwrap();
@@ -210,14 +369,26 @@ fn a_mount_follows_its_volume_and_outlives_the_node_it_came_from() {
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "mount: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _unmount = Unmount(dir.clone());
     std::fs::write(dir.join("f"), b"kept").unwrap();
 
     c.ok(1, &["volume", "stop", "nas"]);
-    wait_for("the stopped volume to refuse access", Duration::from_secs(10), || std::fs::read(dir.join("g")).is_err() && std::fs::write(dir.join("h"), b"x").is_err());
+    wait_for(
+        "the stopped volume to refuse access",
+        Duration::from_secs(10),
+        || std::fs::read(dir.join("g")).is_err() && std::fs::write(dir.join("h"), b"x").is_err(),
+    );
     c.ok(2, &["volume", "start", "nas"]);
-    wait_for("the restarted volume to serve again", Duration::from_secs(15), || std::fs::read(dir.join("f")).is_ok_and(|d| d == b"kept"));
+    wait_for(
+        "the restarted volume to serve again",
+        Duration::from_secs(15),
+        || std::fs::read(dir.join("f")).is_ok_and(|d| d == b"kept"),
+    );
 
     // The node the mount came from goes away: the mount talks to the bricks.
     c.kill(0);
@@ -231,6 +402,10 @@ struct Unmount(std::path::PathBuf);
 
 impl Drop for Unmount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new(shoal_bin()).arg("umount").arg("--lazy").arg(&self.0).status();
+        let _ = std::process::Command::new(shoal_bin())
+            .arg("umount")
+            .arg("--lazy")
+            .arg(&self.0)
+            .status();
     }
 }

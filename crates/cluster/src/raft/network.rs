@@ -4,11 +4,13 @@ use super::{NodeId, RaftNode, TypeConfig};
 use crate::peers::Peers;
 use crate::rpc::{NodeReply, NodeRequest};
 use bytes::Bytes;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +23,11 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &RaftNode) -> PeerClient {
-        PeerClient { target, peers: self.peers.clone(), addr: node.addr.clone() }
+        PeerClient {
+            target,
+            peers: self.peers.clone(),
+            addr: node.addr.clone(),
+        }
     }
 }
 
@@ -34,19 +40,30 @@ pub struct PeerClient {
 type RpcResult<T, E> = Result<T, RPCError<NodeId, RaftNode, RaftError<NodeId, E>>>;
 
 impl PeerClient {
-    async fn call(&self, req: NodeRequest, ttl: Duration) -> Result<NodeReply, RPCError<NodeId, RaftNode, RaftError<NodeId, openraft::error::Infallible>>> {
+    async fn call(
+        &self,
+        req: NodeRequest,
+        ttl: Duration,
+    ) -> Result<NodeReply, RPCError<NodeId, RaftNode, RaftError<NodeId, openraft::error::Infallible>>>
+    {
         let conn = self.peers.get(&self.addr);
         match tokio::time::timeout(ttl, conn.call(&req, Bytes::new())).await {
             Err(elapsed) => Err(RPCError::Network(NetworkError::new(&elapsed))),
-            Ok(Err(e)) if e.is_transport() => Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::from(e)))),
-            Ok(Err(e)) => Err(RPCError::Network(NetworkError::new(&std::io::Error::from(e)))),
+            Ok(Err(e)) if e.is_transport() => Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::from(e),
+            ))),
+            Ok(Err(e)) => Err(RPCError::Network(NetworkError::new(&std::io::Error::from(
+                e,
+            )))),
             Ok(Ok((reply, _, _))) => Ok(reply),
         }
     }
 }
 
 /// Turns a transport error of one error type into the same for another.
-fn retype<E: std::error::Error>(e: RPCError<NodeId, RaftNode, RaftError<NodeId, openraft::error::Infallible>>) -> RPCError<NodeId, RaftNode, RaftError<NodeId, E>> {
+fn retype<E: std::error::Error>(
+    e: RPCError<NodeId, RaftNode, RaftError<NodeId, openraft::error::Infallible>>,
+) -> RPCError<NodeId, RaftNode, RaftError<NodeId, E>> {
     match e {
         RPCError::Unreachable(u) => RPCError::Unreachable(u),
         RPCError::Timeout(t) => RPCError::Timeout(t),
@@ -56,8 +73,12 @@ fn retype<E: std::error::Error>(e: RPCError<NodeId, RaftNode, RaftError<NodeId, 
     }
 }
 
-fn unexpected<E: std::error::Error>(r: NodeReply) -> RPCError<NodeId, RaftNode, RaftError<NodeId, E>> {
-    RPCError::Network(NetworkError::new(&std::io::Error::other(format!("unexpected reply {r:?}"))))
+fn unexpected<E: std::error::Error>(
+    r: NodeReply,
+) -> RPCError<NodeId, RaftNode, RaftError<NodeId, E>> {
+    RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
+        "unexpected reply {r:?}"
+    ))))
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
@@ -66,8 +87,13 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        match self.call(NodeRequest::Append(rpc), option.hard_ttl()).await? {
-            NodeReply::Append(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+        match self
+            .call(NodeRequest::Append(rpc), option.hard_ttl())
+            .await?
+        {
+            NodeReply::Append(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             other => Err(unexpected(other)),
         }
     }
@@ -77,15 +103,27 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        match self.call(NodeRequest::Snapshot(rpc), option.hard_ttl()).await.map_err(retype)? {
-            NodeReply::Snapshot(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+        match self
+            .call(NodeRequest::Snapshot(rpc), option.hard_ttl())
+            .await
+            .map_err(retype)?
+        {
+            NodeReply::Snapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             other => Err(unexpected(other)),
         }
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         match self.call(NodeRequest::Vote(rpc), option.hard_ttl()).await? {
-            NodeReply::Vote(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
+            NodeReply::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
             other => Err(unexpected(other)),
         }
     }

@@ -46,7 +46,9 @@ fn get<T: serde::de::DeserializeOwned>(
 
 impl StateMachineStore {
     /// Opens the store; the returned receiver always holds the latest applied state.
-    pub fn open(path: &Path) -> Result<(StateMachineStore, watch::Receiver<Arc<ClusterState>>), StorageError> {
+    pub fn open(
+        path: &Path,
+    ) -> Result<(StateMachineStore, watch::Receiver<Arc<ClusterState>>), StorageError> {
         let db = Database::create(path).map_err(write_err)?;
         let tx = db.begin_write().map_err(write_err)?;
         {
@@ -63,10 +65,22 @@ impl StateMachineStore {
             )
         };
         let (publish, rx) = watch::channel(Arc::new(state.clone()));
-        Ok((StateMachineStore { db: Arc::new(db), state, applied, membership, publish }, rx))
+        Ok((
+            StateMachineStore {
+                db: Arc::new(db),
+                state,
+                applied,
+                membership,
+                publish,
+            },
+            rx,
+        ))
     }
 
-    fn persist(&self, snapshot: Option<(&SnapshotMeta<NodeId, RaftNode>, &[u8])>) -> Result<(), StorageError> {
+    fn persist(
+        &self,
+        snapshot: Option<(&SnapshotMeta<NodeId, RaftNode>, &[u8])>,
+    ) -> Result<(), StorageError> {
         let state = encode(&self.state)?;
         let applied = encode(&self.applied)?;
         let membership = encode(&self.membership)?;
@@ -75,9 +89,11 @@ impl StateMachineStore {
             let mut t = tx.open_table(META).map_err(write_err)?;
             t.insert(STATE, state.as_slice()).map_err(write_err)?;
             t.insert(APPLIED, applied.as_slice()).map_err(write_err)?;
-            t.insert(MEMBERSHIP, membership.as_slice()).map_err(write_err)?;
+            t.insert(MEMBERSHIP, membership.as_slice())
+                .map_err(write_err)?;
             if let Some((meta, data)) = snapshot {
-                t.insert(SNAP_META, encode(meta)?.as_slice()).map_err(write_err)?;
+                t.insert(SNAP_META, encode(meta)?.as_slice())
+                    .map_err(write_err)?;
                 t.insert(SNAP_DATA, data).map_err(write_err)?;
             }
         }
@@ -90,22 +106,38 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let (data, applied, membership) = {
             let tx = self.db.begin_read().map_err(read_err)?;
             let t = tx.open_table(META).map_err(read_err)?;
-            let data = t.get(STATE).map_err(read_err)?.map(|v| v.value().to_vec()).unwrap_or(encode(&ClusterState::default())?);
-            (data, get::<Option<LogId<NodeId>>>(&t, APPLIED)?.flatten(), get::<Membership>(&t, MEMBERSHIP)?.unwrap_or_default())
+            let data = t
+                .get(STATE)
+                .map_err(read_err)?
+                .map(|v| v.value().to_vec())
+                .unwrap_or(encode(&ClusterState::default())?);
+            (
+                data,
+                get::<Option<LogId<NodeId>>>(&t, APPLIED)?.flatten(),
+                get::<Membership>(&t, MEMBERSHIP)?.unwrap_or_default(),
+            )
         };
         let snapshot_id = match applied {
             Some(id) => format!("{}-{}", id.leader_id, id.index),
             None => "empty".into(),
         };
-        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+            snapshot_id,
+        };
         let tx = self.db.begin_write().map_err(write_err)?;
         {
             let mut t = tx.open_table(META).map_err(write_err)?;
-            t.insert(SNAP_META, encode(&meta)?.as_slice()).map_err(write_err)?;
+            t.insert(SNAP_META, encode(&meta)?.as_slice())
+                .map_err(write_err)?;
             t.insert(SNAP_DATA, data.as_slice()).map_err(write_err)?;
         }
         tx.commit().map_err(write_err)?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
@@ -142,7 +174,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder { db: self.db.clone() }
+        SnapshotBuilder {
+            db: self.db.clone(),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -167,9 +201,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let tx = self.db.begin_read().map_err(read_err)?;
         let t = tx.open_table(META).map_err(read_err)?;
         let meta: Option<SnapshotMeta<NodeId, RaftNode>> = get(&t, SNAP_META)?;
-        let data = t.get(SNAP_DATA).map_err(read_err)?.map(|v| v.value().to_vec());
+        let data = t
+            .get(SNAP_DATA)
+            .map_err(read_err)?
+            .map(|v| v.value().to_vec());
         Ok(match (meta, data) {
-            (Some(meta), Some(data)) => Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }),
+            (Some(meta), Some(data)) => Some(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            }),
             _ => None,
         })
     }

@@ -38,7 +38,8 @@ impl Run {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
     }
 }
 
@@ -46,20 +47,36 @@ impl Daemons {
     /// Configures `n` nodes (the last `witnesses` of them witnesses); starts all but those
     /// marked to join later.
     pub fn new(n: usize) -> Daemons {
-        let dir = tempfile::Builder::new().prefix("shoal-cluster-").tempdir_in("/var/tmp").expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-cluster-")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
         let key = dir.path().join("cluster.key");
         std::fs::write(&key, proto::auth::ClusterKey::generate().to_text()).expect("key");
         let (a, b): (u8, u8) = (rand::random::<u8>().max(1), rand::random());
         let port = 20000 + rand::random::<u16>() % 20000;
-        let mut d = Daemons { dir, key, port, nodes: Vec::new() };
+        let mut d = Daemons {
+            dir,
+            key,
+            port,
+            nodes: Vec::new(),
+        };
         let addrs: Vec<String> = (1..=n).map(|i| format!("127.{a}.{b}.{i}")).collect();
         for (i, addr) in addrs.iter().enumerate() {
-            d.nodes.push(d.configure(i, addr, &addrs, false, &d.key.clone()));
+            d.nodes
+                .push(d.configure(i, addr, &addrs, false, &d.key.clone()));
         }
         d
     }
 
-    fn configure(&self, i: usize, addr: &str, founders: &[String], join: bool, key: &Path) -> Daemon {
+    fn configure(
+        &self,
+        i: usize,
+        addr: &str,
+        founders: &[String],
+        join: bool,
+        key: &Path,
+    ) -> Daemon {
         let home = self.dir.path().join(format!("node{i}"));
         std::fs::create_dir_all(&home).expect("node dir");
         let config = home.join("shoal.toml");
@@ -74,13 +91,24 @@ impl Daemons {
             nodes.join(", ")
         );
         std::fs::write(&config, text).expect("config");
-        Daemon { address: addr.to_string(), socket: home.join("shoal.sock"), log: home.join("daemon.log"), config, witness: false, child: None }
+        Daemon {
+            address: addr.to_string(),
+            socket: home.join("shoal.sock"),
+            log: home.join("daemon.log"),
+            config,
+            witness: false,
+            child: None,
+        }
     }
 
     /// Adds a node that waits to be added with `shoal node add` (not started).
     pub fn add_joiner(&mut self) -> usize {
         let i = self.nodes.len();
-        let prefix = self.nodes[0].address.rsplit_once('.').map(|(p, _)| p.to_string()).expect("address");
+        let prefix = self.nodes[0]
+            .address
+            .rsplit_once('.')
+            .map(|(p, _)| p.to_string())
+            .expect("address");
         let addr = format!("{prefix}.{}", i + 1);
         let founders: Vec<String> = Vec::new();
         let key = self.key.clone();
@@ -94,19 +122,31 @@ impl Daemons {
         let other = self.dir.path().join(format!("other-{i}.key"));
         std::fs::write(&other, proto::auth::ClusterKey::generate().to_text()).expect("key");
         let text = std::fs::read_to_string(&self.nodes[i].config).expect("config");
-        let text = text.replace(&format!("key = \"{}\"", self.key.display()), &format!("key = \"{}\"", other.display()));
+        let text = text.replace(
+            &format!("key = \"{}\"", self.key.display()),
+            &format!("key = \"{}\"", other.display()),
+        );
         std::fs::write(&self.nodes[i].config, text).expect("config");
     }
 
     pub fn start(&mut self, i: usize) {
         let d = &mut self.nodes[i];
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&d.log).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&d.log)
+            .expect("log");
         let mut cmd = Command::new(super::shoal_bin());
         cmd.arg("daemon").arg("--config").arg(&d.config);
         if d.witness {
             cmd.arg("--witness");
         }
-        let child = cmd.env("SHOAL_LOG", "info,openraft=warn").stdout(Stdio::null()).stderr(log).spawn().expect("daemon");
+        let child = cmd
+            .env("SHOAL_LOG", "info,openraft=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("daemon");
         d.child = Some(child);
         let socket = d.socket.clone();
         super::wait_for("the daemon's admin socket", Duration::from_secs(20), || {
@@ -146,7 +186,11 @@ impl Daemons {
     /// Runs the CLI and insists that it succeeds.
     pub fn ok(&self, i: usize, args: &[&str]) -> Run {
         let r = self.cli(i, args);
-        assert!(r.ok, "shoal {args:?} on node {i} failed:\n{}{}", r.stdout, r.stderr);
+        assert!(
+            r.ok,
+            "shoal {args:?} on node {i} failed:\n{}{}",
+            r.stdout, r.stderr
+        );
         r
     }
 
@@ -179,13 +223,19 @@ impl Daemons {
     pub fn wait_ready(&self, i: usize, n: usize) {
         super::wait_for("the cluster to form", Duration::from_secs(20), || {
             let r = self.cli(i, &["status", "--json"]);
-            r.ok && r.json()["leader"].is_u64() && r.json()["nodes"].as_array().map(Vec::len) == Some(n)
+            r.ok && r.json()["leader"].is_u64()
+                && r.json()["nodes"].as_array().map(Vec::len) == Some(n)
         });
     }
 
     /// A directory for a brick of node `i`.
     pub fn brick_dir(&self, i: usize, name: &str) -> String {
-        let p = self.dir.path().join(format!("node{i}")).join("bricks").join(name);
+        let p = self
+            .dir
+            .path()
+            .join(format!("node{i}"))
+            .join("bricks")
+            .join(name);
         std::fs::create_dir_all(&p).expect("brick dir");
         p.display().to_string()
     }
@@ -204,7 +254,8 @@ impl Daemons {
     }
 
     pub fn volume_names(&self, i: usize) -> Vec<String> {
-        let mut v: Vec<String> = self.ok(i, &["volume", "list", "--json"])
+        let mut v: Vec<String> = self
+            .ok(i, &["volume", "list", "--json"])
             .json()
             .as_array()
             .expect("array")
