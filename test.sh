@@ -8,4 +8,4 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/shoal-target}"
 scripts/deps.sh run test
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --workspace --locked -- --test-threads "${SHOAL_TEST_THREADS:-2}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads "${SHOAL_TEST_THREADS:-2}"

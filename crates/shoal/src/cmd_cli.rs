@@ -494,7 +494,7 @@ mod tests {
     #[test]
     fn times_print_like_ctdb() {
         assert_eq!(fmt_time(0), "Thu Jan  1 00:00:00 1970");
-        assert_eq!(fmt_time(1_795_000_000), "Sun Nov 18 08:26:40 2026");
+        assert_eq!(fmt_time(1_795_000_000), "Wed Nov 18 11:06:40 2026");
         assert_eq!(span(90061), "(001 01:01:01)");
     }
 }

@@ -387,7 +387,10 @@ fn a_mount_follows_its_volume_and_outlives_the_node_it_came_from() {
     wait_for(
         "the restarted volume to serve again",
         Duration::from_secs(15),
-        || std::fs::read(dir.join("f")).is_ok_and(|d| d == b"kept"),
+        || {
+            std::fs::read(dir.join("f")).is_ok_and(|d| d == b"kept")
+                && std::fs::write(dir.join("back"), b"x").is_ok()
+        },
     );
 
     // The node the mount came from goes away: the mount talks to the bricks.
