@@ -127,6 +127,16 @@ impl Nodes {
         self.status(i).and_then(|s| s["leader"].as_u64())
     }
 
+    /// The leader every running node names, once they agree.
+    fn agreed_leader(&self) -> Option<u64> {
+        let views: Vec<Option<u64>> = (0..self.procs.len())
+            .filter(|i| self.procs[*i].is_some())
+            .map(|i| self.leader(i))
+            .collect();
+        let first = *views.first()?;
+        views.iter().all(|v| *v == first).then_some(first).flatten()
+    }
+
     fn rss_kib(&self, i: usize) -> Option<u64> {
         let pid = self.procs[i].as_ref()?.id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -178,14 +188,26 @@ fn failover(shoal: &Path, dir: &Path, trials: usize) -> Result<(Vec<f64>, Vec<f6
     wait_until(Duration::from_secs(30), || n.converged(0, 3)).context("cluster did not form")?;
     let (mut elections, mut creates) = (Vec::new(), Vec::new());
     for t in 0..trials {
-        let leader = (0..3)
-            .find_map(|i| n.leader(i))
-            .ok_or_else(|| anyhow!("no leader"))? as usize;
+        let mut agreed = None;
+        wait_until(Duration::from_secs(20), || {
+            agreed = n.agreed_leader();
+            agreed.is_some()
+        })
+        .context("the nodes do not agree on a leader")?;
+        let leader = agreed.ok_or_else(|| anyhow!("no leader"))? as usize;
         let watcher = (leader + 1) % 3;
+        let term = n
+            .status(watcher)
+            .and_then(|s| s["generation"].as_u64())
+            .unwrap_or(0);
         let start = Instant::now();
         n.kill(leader);
+        // A new leader, in a later term (a stale view of the old one cannot have that).
         wait_until(Duration::from_secs(20), || {
-            n.leader(watcher).is_some_and(|l| l as usize != leader)
+            n.status(watcher).is_some_and(|s| {
+                s["generation"].as_u64().unwrap_or(0) > term
+                    && s["leader"].as_u64().is_some_and(|l| l as usize != leader)
+            })
         })?;
         elections.push(secs(start.elapsed()));
         // Volume creation through the new leader's cluster.

@@ -66,14 +66,16 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
     }
 }
 
-/// Raft timing. Elections finish well within the 2 s the control plane promises after a
-/// leader dies; heartbeats leave room for an fsync on a busy disk.
+/// Raft timing. A follower starts an election once the leader's lease (the maximum election
+/// timeout) and then its own random timeout have passed without a heartbeat: 650–800 ms
+/// after a leader dies, a new one is elected. Heartbeats (every 60 ms) carry no fsync; appends
+/// must fsync within the heartbeat interval or be retried.
 pub fn raft_config() -> openraft::Config {
     openraft::Config {
         cluster_name: "shoal".into(),
-        heartbeat_interval: 100,
-        election_timeout_min: 400,
-        election_timeout_max: 800,
+        heartbeat_interval: 60,
+        election_timeout_min: 250,
+        election_timeout_max: 400,
         install_snapshot_timeout: 2000,
         max_in_snapshot_log_to_keep: 500,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
