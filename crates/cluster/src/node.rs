@@ -714,11 +714,16 @@ impl Node {
                     .await
             }
             AdminRequest::VolumeStart { name } => {
-                self.commit(
-                    Command::StartVolume { name: name.clone() },
-                    format!("volume start: {name}: success"),
-                )
-                .await
+                let r = self
+                    .commit(
+                        Command::StartVolume { name: name.clone() },
+                        format!("volume start: {name}: success"),
+                    )
+                    .await;
+                if matches!(r, AdminResponse::Done(_)) {
+                    self.wait_bricks_online(&name).await;
+                }
+                r
             }
             AdminRequest::VolumeStop { name } => {
                 self.commit(
@@ -887,6 +892,27 @@ impl Node {
             Ok(Outcome::Refused(why)) => fail(format!("volume create: {name}: failed: {why}")),
             Err(e) => fail(e),
         }
+    }
+
+    /// Waits (a bounded while) until every brick of a volume that was just started serves,
+    /// so that a mount made right after `volume start` finds them.
+    async fn wait_bricks_online(self: &Arc<Self>, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let Ok(vols) = self.select_volumes(Some(name)) else {
+                return;
+            };
+            let views = self.volume_status(vols).await;
+            if views.iter().all(|v| {
+                v.bricks
+                    .iter()
+                    .all(|b| b.status.as_ref().is_some_and(|s| s.online))
+            }) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::warn!(volume = %name, "some bricks did not come online within 10s");
     }
 
     async fn volume_status(

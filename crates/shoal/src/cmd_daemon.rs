@@ -133,7 +133,9 @@ async fn keep_bricks(node: Arc<Node>, bricks: Arc<DaemonBricks>) {
         match rx.as_mut() {
             Some(rx) => {
                 tokio::select! {
-                    _ = rx.changed() => {}
+                    changed = rx.changed() => if changed.is_err() {
+                        return; // the node is shutting down
+                    },
                     _ = tick.tick() => {}
                 }
             }

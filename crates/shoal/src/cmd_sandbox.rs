@@ -154,6 +154,24 @@ fn up_cmd(a: &UpArgs) -> Result<()> {
         down(&dir)?;
     }
     let root = rustix::process::geteuid().is_root();
+    // A directory keeps its cluster across up and down; it must be brought up the same way.
+    let params = format!(
+        "format=1 nodes={} layout={} root={root} port={CLUSTER_PORT}\n",
+        a.nodes,
+        a.layout
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    );
+    match std::fs::read_to_string(dir.join("sandbox.params")) {
+        Ok(old) if old != params => bail!(
+            "{} holds a sandbox made with other settings ({}); use another --dir, or remove it",
+            dir.display(),
+            old.trim()
+        ),
+        Ok(_) => {}
+        Err(_) => std::fs::write(dir.join("sandbox.params"), &params)?,
+    }
     let t = tag(&dir);
     let prefix = format!("sb{t:04x}");
     let (x, y) = ((t >> 8) as u8, (t & 0xff) as u8);

@@ -412,3 +412,71 @@ impl Drop for Unmount {
             .status();
     }
 }
+
+/// Removes a file on every exit path.
+struct RemoveOnDrop(Option<std::path::PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+#[test]
+fn mount_helper_and_fstab_lines_work() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Daemons::new(2);
+    c.start_all();
+    c.wait_ready(0, 2);
+    let (b0, b1) = (c.brick(0, "h"), c.brick(1, "h"));
+    c.ok(0, &["volume", "create", "web", &b0, &b1]);
+    c.ok(0, &["volume", "start", "web"]);
+    // mount(8) runs /sbin/mount.shoal: install it for this test if it is not there.
+    let helper = std::path::Path::new("/sbin/mount.shoal");
+    let _installed = RemoveOnDrop(if helper.exists() {
+        None
+    } else {
+        std::os::unix::fs::symlink(shoal_bin(), helper).unwrap();
+        Some(helper.to_path_buf())
+    });
+    let dir = c.dir.path().join("helper-mnt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = format!("{}:web", c.endpoint(0));
+    let key = format!("key={}", c.key.display());
+    let st = std::process::Command::new("mount")
+        .args(["-t", "shoal", "-o", &key, &source])
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount -t shoal");
+    let _unmount = Unmount(dir.clone());
+    std::fs::write(dir.join("via-helper"), b"1").unwrap();
+    assert!(std::process::Command::new("umount")
+        .arg(&dir)
+        .status()
+        .unwrap()
+        .success());
+
+    // An fstab line (a private fstab, so the system's is left alone).
+    let fstab = c.dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!(
+            "{source} {} shoal defaults,_netdev,{key} 0 0\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let st = std::process::Command::new("mount")
+        .arg("-T")
+        .arg(&fstab)
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount from an fstab line");
+    assert_eq!(std::fs::read(dir.join("via-helper")).unwrap(), b"1");
+}
