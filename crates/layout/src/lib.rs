@@ -1,6 +1,8 @@
 //! Pure placement math, no I/O: what a volume looks like as a translator graph, where a name
-//! lives in a distributed volume, and which brick holds which bytes of a striped file.
+//! lives in a distributed volume, which brick holds which bytes of a striped file, and which
+//! node hosts which public address.
 
+pub mod alloc;
 pub mod hash;
 pub mod spec;
 pub mod stripe;
