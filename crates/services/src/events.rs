@@ -75,15 +75,25 @@ pub struct EventScripts {
 
 impl EventScripts {
     pub fn new(dir: &Path) -> EventScripts {
-        EventScripts { dir: dir.to_path_buf(), last: Mutex::new(BTreeMap::new()) }
+        EventScripts {
+            dir: dir.to_path_buf(),
+            last: Mutex::new(BTreeMap::new()),
+        }
     }
 
     fn scripts(&self) -> Vec<PathBuf> {
-        let Ok(rd) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
         let mut v: Vec<PathBuf> = rd
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.is_file() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+            .filter(|p| {
+                p.is_file()
+                    && !p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            })
             .collect();
         v.sort();
         v
@@ -95,16 +105,32 @@ impl EventScripts {
         let mut results = Vec::new();
         let mut ok = true;
         for path in self.scripts() {
-            let script = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let started = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-            let executable = std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+            let script = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let started = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let executable =
+                std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
             if !executable {
-                results.push(ScriptResult { script, verdict: Verdict::Disabled, duration: 0.0, started, output: String::new() });
+                results.push(ScriptResult {
+                    script,
+                    verdict: Verdict::Disabled,
+                    duration: 0.0,
+                    started,
+                    output: String::new(),
+                });
                 continue;
             }
             let t = Instant::now();
             let mut cmd = tokio::process::Command::new(&path);
-            cmd.arg(event.name()).args(args).stdin(std::process::Stdio::null()).kill_on_drop(true);
+            cmd.arg(event.name())
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true);
             let (verdict, output) = match tokio::time::timeout(timeout, cmd.output()).await {
                 Err(_) => (Verdict::TimedOut, format!("timed out after {timeout:?}")),
                 Ok(Err(e)) => (Verdict::Error(-1), format!("cannot run: {e}")),
@@ -112,7 +138,11 @@ impl EventScripts {
                     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
                     text.push_str(&String::from_utf8_lossy(&out.stderr));
                     text.truncate(MAX_OUTPUT);
-                    let v = if out.status.success() { Verdict::Ok } else { Verdict::Error(out.status.code().unwrap_or(-1)) };
+                    let v = if out.status.success() {
+                        Verdict::Ok
+                    } else {
+                        Verdict::Error(out.status.code().unwrap_or(-1))
+                    };
                     (v, text)
                 }
             };
@@ -120,19 +150,33 @@ impl EventScripts {
             if failed {
                 tracing::warn!(event = event.name(), %script, ?verdict, output = %output.trim(), "event script failed");
             }
-            results.push(ScriptResult { script, verdict, duration: t.elapsed().as_secs_f64(), started, output });
+            results.push(ScriptResult {
+                script,
+                verdict,
+                duration: t.elapsed().as_secs_f64(),
+                started,
+                output,
+            });
             if failed {
                 ok = false;
                 break;
             }
         }
-        self.last.lock().unwrap_or_else(|p| p.into_inner()).insert(event, results);
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(event, results);
         ok
     }
 
     /// The last results of an event's scripts.
     pub fn status(&self, event: Event) -> Vec<ScriptResult> {
-        self.last.lock().unwrap_or_else(|p| p.into_inner()).get(&event).cloned().unwrap_or_default()
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&event)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -143,27 +187,64 @@ mod tests {
     fn script(dir: &Path, name: &str, body: &str, exec: bool) {
         let p = dir.join(name);
         std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(if exec { 0o755 } else { 0o644 })).unwrap();
+        std::fs::set_permissions(
+            &p,
+            std::fs::Permissions::from_mode(if exec { 0o755 } else { 0o644 }),
+        )
+        .unwrap();
     }
 
     #[tokio::test]
     async fn scripts_run_in_order_and_failures_are_kept() {
         let d = tempfile::tempdir().unwrap();
         let log = d.path().join("log");
-        script(d.path(), "10.first", &format!("echo \"first $@\" >> {}", log.display()), true);
+        script(
+            d.path(),
+            "10.first",
+            &format!("echo \"first $@\" >> {}", log.display()),
+            true,
+        );
         script(d.path(), "20.off", "exit 1", false);
-        script(d.path(), "30.second", &format!("echo \"second $@\" >> {}; [ \"$1\" != monitor ] || [ ! -e {}/fail ]", log.display(), d.path().display()), true);
+        script(
+            d.path(),
+            "30.second",
+            &format!(
+                "echo \"second $@\" >> {}; [ \"$1\" != monitor ] || [ ! -e {}/fail ]",
+                log.display(),
+                d.path().display()
+            ),
+            true,
+        );
         let ev = EventScripts::new(d.path());
-        assert!(ev.run(Event::TakeIp, &["eth1".into(), "10.0.0.1".into(), "24".into()], Duration::from_secs(5)).await);
-        assert_eq!(std::fs::read_to_string(&log).unwrap(), "first takeip eth1 10.0.0.1 24\nsecond takeip eth1 10.0.0.1 24\n");
+        assert!(
+            ev.run(
+                Event::TakeIp,
+                &["eth1".into(), "10.0.0.1".into(), "24".into()],
+                Duration::from_secs(5)
+            )
+            .await
+        );
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "first takeip eth1 10.0.0.1 24\nsecond takeip eth1 10.0.0.1 24\n"
+        );
         assert!(ev.run(Event::Monitor, &[], Duration::from_secs(5)).await);
         std::fs::write(d.path().join("fail"), "").unwrap();
         assert!(!ev.run(Event::Monitor, &[], Duration::from_secs(5)).await);
         let st = ev.status(Event::Monitor);
-        assert_eq!(st.iter().map(|r| r.verdict).collect::<Vec<_>>(), vec![Verdict::Ok, Verdict::Disabled, Verdict::Error(1)]);
+        assert_eq!(
+            st.iter().map(|r| r.verdict).collect::<Vec<_>>(),
+            vec![Verdict::Ok, Verdict::Disabled, Verdict::Error(1)]
+        );
         script(d.path(), "40.slow", "sleep 5", true);
         std::fs::remove_file(d.path().join("fail")).unwrap();
-        assert!(!ev.run(Event::Monitor, &[], Duration::from_millis(200)).await);
-        assert_eq!(ev.status(Event::Monitor).last().map(|r| r.verdict), Some(Verdict::TimedOut));
+        assert!(
+            !ev.run(Event::Monitor, &[], Duration::from_millis(200))
+                .await
+        );
+        assert_eq!(
+            ev.status(Event::Monitor).last().map(|r| r.verdict),
+            Some(Verdict::TimedOut)
+        );
     }
 }
