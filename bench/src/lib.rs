@@ -159,13 +159,7 @@ fn first_line(child: &mut Child) -> Result<String> {
 }
 
 impl ShoalVolume {
-    pub fn start(
-        shoal: &Path,
-        root: &Path,
-        bricks: usize,
-        stripe: u32,
-        replica: u32,
-    ) -> Result<ShoalVolume> {
+    pub fn start(shoal: &Path, root: &Path, bricks: usize, stripe: u32, replica: u32) -> Result<ShoalVolume> {
         let _ = std::fs::remove_dir_all(root);
         std::fs::create_dir_all(root)?;
         let key = root.join("cluster.key");
@@ -233,11 +227,7 @@ impl Backend for ShoalVolume {
         &self.mount
     }
     fn pids(&self) -> Vec<u32> {
-        self.bricks
-            .iter()
-            .chain(&self.mounter)
-            .map(Child::id)
-            .collect()
+        self.bricks.iter().chain(&self.mounter).map(Child::id).collect()
     }
 }
 

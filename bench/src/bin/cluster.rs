@@ -168,8 +168,7 @@ fn sandbox_up(shoal: &Path, dir: &Path, trials: usize) -> Result<Vec<f64>> {
         if !up.status.success() {
             bail!("sandbox up: {}", String::from_utf8_lossy(&up.stderr));
         }
-        std::fs::write(d.join("mnt").join("probe"), b"writable")
-            .context("write into the sandbox mount")?;
+        std::fs::write(d.join("mnt").join("probe"), b"writable").context("write into the sandbox mount")?;
         out.push(secs(start.elapsed()));
         let _ = Command::new(shoal)
             .args(["sandbox", "down", "--dir"])

@@ -198,8 +198,7 @@ fn run_row(name: &str, backend: &dyn Backend, p: &Params, runs: usize) -> Result
     for i in 0..runs {
         eprint!("  {name}: run {}/{runs} ...", i + 1);
         let t = Instant::now();
-        let s =
-            measure(backend.dir(), &backend.pids(), p).with_context(|| format!("row {name}"))?;
+        let s = measure(backend.dir(), &backend.pids(), p).with_context(|| format!("row {name}"))?;
         eprintln!(" {:.0} s", t.elapsed().as_secs_f64());
         samples.push(s);
     }
@@ -237,9 +236,7 @@ fn main() -> Result<()> {
         }
     };
     let runs = if args.quick { 1 } else { args.runs.max(1) };
-    let wanted: Option<Vec<String>> = args
-        .rows
-        .map(|r| r.split(',').map(str::to_string).collect());
+    let wanted: Option<Vec<String>> = args.rows.map(|r| r.split(',').map(str::to_string).collect());
     let want = |n: &str| wanted.as_ref().is_none_or(|w| w.iter().any(|x| x == n));
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir)?;
@@ -250,20 +247,11 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&local_dir)?;
     eprintln!("local directory {}", local_dir.display());
     let local = LocalDir(local_dir);
-    rows.push((
-        "local directory".into(),
-        run_row("local", &local, &p, runs)?,
-    ));
+    rows.push(("local directory".into(), run_row("local", &local, &p, runs)?));
     for l in LAYOUTS.iter().filter(|l| want(l.name)) {
         let label = format!("shoal {}", describe(l.bricks, l.stripe, l.replica));
         eprintln!("{label}");
-        let vol = ShoalVolume::start(
-            &shoal,
-            &args.dir.join(l.name),
-            l.bricks,
-            l.stripe,
-            l.replica,
-        )?;
+        let vol = ShoalVolume::start(&shoal, &args.dir.join(l.name), l.bricks, l.stripe, l.replica)?;
         rows.push((label, run_row(l.name, &vol, &p, runs)?));
         drop(vol);
         if args.with_gluster && l.stripe == 1 {
@@ -275,10 +263,7 @@ fn main() -> Result<()> {
                 l.bricks,
                 l.replica,
             )?;
-            rows.push((
-                label,
-                run_row(&format!("gluster-{}", l.name), &vol, &p, runs)?,
-            ));
+            rows.push((label, run_row(&format!("gluster-{}", l.name), &vol, &p, runs)?));
         }
     }
     print_table(&rows, &p, runs);
@@ -417,10 +402,7 @@ impl Drop for GlusterVolume {
             "gluster",
             &["--mode=script", "volume", "stop", &self.name, "force"],
         );
-        let _ = run(
-            "gluster",
-            &["--mode=script", "volume", "delete", &self.name],
-        );
+        let _ = run("gluster", &["--mode=script", "volume", "delete", &self.name]);
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }

@@ -19,13 +19,7 @@ fn main() {
             meta: vec![],
         };
         let (_, f) = s
-            .create(
-                FileId::ROOT,
-                format!("f{i}").as_bytes(),
-                &node,
-                None,
-                Some(1),
-            )
+            .create(FileId::ROOT, format!("f{i}").as_bytes(), &node, None, Some(1))
             .unwrap();
         s.close(f.unwrap());
         ids.push(node.id);
@@ -46,24 +40,15 @@ fn main() {
     for i in 0..n {
         s.lookup(FileId::ROOT, format!("f{i}").as_bytes()).unwrap();
     }
-    println!(
-        "lookup: {:.1} us",
-        t.elapsed().as_secs_f64() * 1e6 / n as f64
-    );
+    println!("lookup: {:.1} us", t.elapsed().as_secs_f64() * 1e6 / n as f64);
     let t = Instant::now();
     for id in &ids {
         s.getattr(*id).unwrap();
     }
-    println!(
-        "getattr: {:.1} us",
-        t.elapsed().as_secs_f64() * 1e6 / n as f64
-    );
+    println!("getattr: {:.1} us", t.elapsed().as_secs_f64() * 1e6 / n as f64);
     let t = Instant::now();
     for i in 0..n {
         s.unlink(FileId::ROOT, format!("f{i}").as_bytes()).unwrap();
     }
-    println!(
-        "unlink: {:.1} us",
-        t.elapsed().as_secs_f64() * 1e6 / n as f64
-    );
+    println!("unlink: {:.1} us", t.elapsed().as_secs_f64() * 1e6 / n as f64);
 }

@@ -117,8 +117,7 @@ impl Index {
 
     /// Moves a file's index link aside: its last name is gone but someone still has it open.
     pub fn orphan(&self, id: FileId) -> Result<(), Errno> {
-        rustix::fs::renameat(self.ids.as_fd(), key(id), self.orphans.as_fd(), id.to_hex())
-            .map_err(errno)
+        rustix::fs::renameat(self.ids.as_fd(), key(id), self.orphans.as_fd(), id.to_hex()).map_err(errno)
     }
 
     pub fn remove_orphan(&self, id: FileId) -> Result<(), Errno> {
@@ -159,8 +158,7 @@ impl Index {
 
     /// The parent and name recorded for a directory.
     pub fn dir_entry(&self, id: FileId) -> Result<(FileId, Vec<u8>), Errno> {
-        let target =
-            rustix::fs::readlinkat(self.dirs.as_fd(), key(id), Vec::new()).map_err(errno)?;
+        let target = rustix::fs::readlinkat(self.dirs.as_fd(), key(id), Vec::new()).map_err(errno)?;
         let bytes = target.as_bytes();
         if bytes.len() < 34 || bytes[32] != b'/' {
             return Err(Errno::EIO);

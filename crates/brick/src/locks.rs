@@ -74,16 +74,7 @@ impl LockTable {
     /// F_GETLK: the first lock that would block `l`, or `l` with kind Unlock.
     pub fn test(&self, id: FileId, conn: u64, l: &Lock) -> Lock {
         let inner = self.lock();
-        Self::conflict(
-            &inner,
-            id,
-            Owner {
-                conn,
-                owner: l.owner,
-            },
-            l,
-        )
-        .unwrap_or(Lock {
+        Self::conflict(&inner, id, Owner { conn, owner: l.owner }, l).unwrap_or(Lock {
             kind: LockKind::Unlock,
             ..*l
         })
@@ -94,10 +85,7 @@ impl LockTable {
         if l.start > l.end {
             return Err(Errno::EINVAL);
         }
-        let owner = Owner {
-            conn,
-            owner: l.owner,
-        };
+        let owner = Owner { conn, owner: l.owner };
         let mut inner = self.lock();
         if l.kind != LockKind::Unlock && Self::conflict(&inner, id, owner, l).is_some() {
             return Err(Errno::EAGAIN);
@@ -147,10 +135,7 @@ impl LockTable {
     /// F_SETLKW: waits until the lock can be had. Gives up with EINTR if the owner closes
     /// the file meanwhile.
     pub async fn set_wait(&self, id: FileId, conn: u64, l: &Lock) -> Result<(), Errno> {
-        let owner = Owner {
-            conn,
-            owner: l.owner,
-        };
+        let owner = Owner { conn, owner: l.owner };
         let epoch = {
             let mut inner = self.lock();
             let w = inner.waiting.entry((owner, id)).or_insert((0, 0));
@@ -239,25 +224,16 @@ mod tests {
         let t = LockTable::default();
         t.set(F, 1, &l(LockKind::Read, 0, 99, 1)).unwrap();
         t.set(F, 2, &l(LockKind::Read, 50, 150, 1)).unwrap();
-        assert_eq!(
-            t.set(F, 3, &l(LockKind::Write, 90, 95, 1)),
-            Err(Errno::EAGAIN)
-        );
+        assert_eq!(t.set(F, 3, &l(LockKind::Write, 90, 95, 1)), Err(Errno::EAGAIN));
         assert!(t.set(F, 3, &l(LockKind::Write, 151, u64::MAX, 1)).is_ok());
-        assert_eq!(
-            t.test(F, 3, &l(LockKind::Write, 0, 10, 1)).kind,
-            LockKind::Read
-        );
+        assert_eq!(t.test(F, 3, &l(LockKind::Write, 0, 10, 1)).kind, LockKind::Read);
         // Unlocking the middle of a range splits it.
         t.set(F, 1, &l(LockKind::Unlock, 10, 20, 1)).unwrap();
         assert_eq!(
             t.test(F, 9, &l(LockKind::Write, 10, 20, 1)).kind,
             LockKind::Unlock
         );
-        assert_eq!(
-            t.test(F, 9, &l(LockKind::Write, 5, 5, 1)).kind,
-            LockKind::Read
-        );
+        assert_eq!(t.test(F, 9, &l(LockKind::Write, 5, 5, 1)).kind, LockKind::Read);
         t.release_conn(1);
         t.release_conn(2);
         assert_eq!(

@@ -262,11 +262,7 @@ impl BrickServer {
                 Err(e) => Err(e),
             },
             Request::Release { fh } => {
-                let h = conn
-                    .handles
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&fh);
+                let h = conn.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
                 match h {
                     // Closing may unlink an orphan: keep that off the reactor.
                     Some(h) => self
@@ -291,11 +287,7 @@ impl BrickServer {
                     .map(|_| Reply::Ok),
                 Err(e) => Err(e),
             },
-            Request::SetLk {
-                id,
-                lock,
-                wait: true,
-            } => match self.blocking(move |s| s.kind(id)).await {
+            Request::SetLk { id, lock, wait: true } => match self.blocking(move |s| s.kind(id)).await {
                 Ok(_) => {
                     let mut closed = conn.closed.clone();
                     tokio::select! {
@@ -347,10 +339,7 @@ impl Service for BrickServer {
 
     fn close(&self, conn: &Conn) {
         // Handles close as the last request holding them finishes; locks go now.
-        conn.handles
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        conn.handles.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.locks.release_conn(conn.id);
     }
 

@@ -9,8 +9,8 @@ use crate::index::{self, Index, META_DIR};
 use crate::ns::{self, Namespace};
 use crate::sys::{self, errno, proc_path, XTarget};
 use proto::{
-    check_name, Attr, DirEntry, Entry, Errno, FileId, FileKind, MetaXattr, NewNode, RenameFlags,
-    SetAttr, StatFs, TimeSet,
+    check_name, Attr, DirEntry, Entry, Errno, FileId, FileKind, MetaXattr, NewNode, RenameFlags, SetAttr,
+    StatFs, TimeSet,
 };
 use rustix::fs::{AtFlags, Mode, OFlags, Stat};
 use std::collections::HashMap;
@@ -72,8 +72,7 @@ impl Store {
             path: root.to_path_buf(),
             err,
         };
-        let root_fd =
-            rustix::fs::open(root, open_flags_dir(), Mode::empty()).map_err(|e| fail(errno(e)))?;
+        let root_fd = rustix::fs::open(root, open_flags_dir(), Mode::empty()).map_err(|e| fail(errno(e)))?;
         let index = Index::open(root_fd.as_fd()).map_err(|e| {
             if e == Errno::EPROTO {
                 StoreError::Format {
@@ -99,9 +98,7 @@ impl Store {
         match sys::get(&root_t, id_name.as_bytes()).map_err(fail)? {
             Some(v) if FileId::from_bytes(&v) == Some(FileId::ROOT) => {}
             Some(_) => return Err(fail(Errno::EEXIST)),
-            None => {
-                sys::set(&root_t, id_name.as_bytes(), &FileId::ROOT.to_bytes(), 0).map_err(fail)?
-            }
+            None => sys::set(&root_t, id_name.as_bytes(), &FileId::ROOT.to_bytes(), 0).map_err(fail)?,
         }
         Ok(store)
     }
@@ -155,15 +152,14 @@ impl Store {
         let mut fd = base;
         for (cid, name) in chain.into_iter().rev() {
             check_name(&name).map_err(|_| Errno::EIO)?;
-            let next =
-                rustix::fs::openat(fd.as_fd(), name.as_slice(), open_flags_dir(), Mode::empty())
-                    .map_err(|e| {
-                        if e == rustix::io::Errno::NOENT {
-                            Errno::ESTALE
-                        } else {
-                            errno(e)
-                        }
-                    })?;
+            let next = rustix::fs::openat(fd.as_fd(), name.as_slice(), open_flags_dir(), Mode::empty())
+                .map_err(|e| {
+                    if e == rustix::io::Errno::NOENT {
+                        Errno::ESTALE
+                    } else {
+                        errno(e)
+                    }
+                })?;
             if self.fd_id(&next)? != Some(cid) {
                 return Err(Errno::ESTALE);
             }
@@ -183,10 +179,7 @@ impl Store {
     }
 
     fn fd_id(&self, fd: &OwnedFd) -> Result<Option<FileId>, Errno> {
-        let v = sys::get(
-            &XTarget::Fd(fd.as_fd()),
-            self.ns.disk_name(ns::ID).as_bytes(),
-        )?;
+        let v = sys::get(&XTarget::Fd(fd.as_fd()), self.ns.disk_name(ns::ID).as_bytes())?;
         Ok(v.as_deref().and_then(FileId::from_bytes))
     }
 
@@ -219,15 +212,12 @@ impl Store {
         match loc {
             Loc::Dir(fd) => rustix::fs::fstat(fd.as_fd()).map_err(errno),
             Loc::File(k) => {
-                rustix::fs::statat(self.index.ids_fd(), k.as_str(), AtFlags::SYMLINK_NOFOLLOW)
+                rustix::fs::statat(self.index.ids_fd(), k.as_str(), AtFlags::SYMLINK_NOFOLLOW).map_err(errno)
+            }
+            Loc::Orphan(h) => {
+                rustix::fs::statat(self.index.orphans_fd(), h.as_str(), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(errno)
             }
-            Loc::Orphan(h) => rustix::fs::statat(
-                self.index.orphans_fd(),
-                h.as_str(),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )
-            .map_err(errno),
         }
     }
 
@@ -283,13 +273,7 @@ impl Store {
 
     /// Gives an id to an object that has none (put on the brick by other means than shoal,
     /// or caught between creation and labelling): it joins the index like any other.
-    fn adopt(
-        &self,
-        parent: FileId,
-        dir: BorrowedFd<'_>,
-        name: &[u8],
-        st: &Stat,
-    ) -> Result<FileId, Errno> {
+    fn adopt(&self, parent: FileId, dir: BorrowedFd<'_>, name: &[u8], st: &Stat) -> Result<FileId, Errno> {
         let _ns = lock(&self.ns_lock);
         let t = XTarget::Path(proc_path(dir, Some(name)));
         if let Some(id) = self.read_meta(&t)?.0 {
@@ -406,12 +390,9 @@ impl Store {
             };
             match &loc {
                 Loc::Dir(fd) => rustix::fs::futimens(fd.as_fd(), &ts),
-                Loc::File(k) => rustix::fs::utimensat(
-                    self.index.ids_fd(),
-                    k.as_str(),
-                    &ts,
-                    AtFlags::SYMLINK_NOFOLLOW,
-                ),
+                Loc::File(k) => {
+                    rustix::fs::utimensat(self.index.ids_fd(), k.as_str(), &ts, AtFlags::SYMLINK_NOFOLLOW)
+                }
                 Loc::Orphan(h) => rustix::fs::utimensat(
                     self.index.orphans_fd(),
                     h.as_str(),
@@ -465,8 +446,7 @@ impl Store {
                 }
             }
             FileKind::Dir => {
-                rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(0o700))
-                    .map_err(errno)?;
+                rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(0o700)).map_err(errno)?;
                 let made = (|| {
                     let fd = rustix::fs::openat(dir.as_fd(), name, open_flags_dir(), Mode::empty())
                         .map_err(errno)?;
@@ -522,13 +502,8 @@ impl Store {
                     rustix::fs::chownat(dir.as_fd(), name, uid, g, AtFlags::SYMLINK_NOFOLLOW)
                         .map_err(errno)?;
                     if kind != FileKind::Symlink {
-                        rustix::fs::chmodat(
-                            dir.as_fd(),
-                            name,
-                            Mode::from_raw_mode(perm),
-                            AtFlags::empty(),
-                        )
-                        .map_err(errno)?;
+                        rustix::fs::chmodat(dir.as_fd(), name, Mode::from_raw_mode(perm), AtFlags::empty())
+                            .map_err(errno)?;
                     }
                     self.index.link_file(dir.as_fd(), name, node.id)
                 })();
@@ -544,12 +519,7 @@ impl Store {
 
     /// Sets the id and the creation's internal xattrs.
     fn label(&self, t: &XTarget<'_>, node: &NewNode) -> Result<(), Errno> {
-        sys::set(
-            t,
-            self.ns.disk_name(ns::ID).as_bytes(),
-            &node.id.to_bytes(),
-            0,
-        )?;
+        sys::set(t, self.ns.disk_name(ns::ID).as_bytes(), &node.id.to_bytes(), 0)?;
         for m in &node.meta {
             sys::set(t, self.ns.disk_name(&m.name).as_bytes(), &m.value, 0)?;
         }
@@ -573,9 +543,9 @@ impl Store {
             Mode::from_raw_mode(0o600),
         ) {
             Ok(fd) => fd,
-            Err(
-                rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL,
-            ) => return self.make_file_named(dir, name, node, gid, perm),
+            Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL) => {
+                return self.make_file_named(dir, name, node, gid, perm)
+            }
             Err(e) => return Err(errno(e)),
         };
         self.label(&XTarget::Fd(fd.as_fd()), node)?;
@@ -740,9 +710,7 @@ impl Store {
                 self.index.remove_dir(id)?;
                 lock(&self.dirs).remove(&id);
             }
-            Some((false, Some(id))) if !flags.exchange && Some(id) != src_id => {
-                self.forget_if_unnamed(id)?
-            }
+            Some((false, Some(id))) if !flags.exchange && Some(id) != src_id => self.forget_if_unnamed(id)?,
             _ => {}
         }
         Ok(())
@@ -790,8 +758,7 @@ impl Store {
     ) -> Result<(Vec<DirEntry>, bool), Errno> {
         let dir = self.dir_fd(id)?;
         // A descriptor of our own: the listing position is per open file description.
-        let fd =
-            rustix::fs::openat(dir.as_fd(), ".", open_flags_dir(), Mode::empty()).map_err(errno)?;
+        let fd = rustix::fs::openat(dir.as_fd(), ".", open_flags_dir(), Mode::empty()).map_err(errno)?;
         if cookie != 0 {
             rustix::fs::seek(&fd, rustix::fs::SeekFrom::Start(cookie)).map_err(errno)?;
         }
@@ -805,8 +772,7 @@ impl Store {
             };
             let ent = ent.map_err(errno)?;
             let name = ent.file_name().to_bytes();
-            if name == b"." || name == b".." || (id == FileId::ROOT && name == META_DIR.as_bytes())
-            {
+            if name == b"." || name == b".." || (id == FileId::ROOT && name == META_DIR.as_bytes()) {
                 continue;
             }
             let next = ent.next_entry_cookie();
@@ -828,8 +794,7 @@ impl Store {
                 (None, rustix::fs::FileType::Socket) => FileKind::Socket,
                 (None, rustix::fs::FileType::CharacterDevice) => FileKind::CharDev,
                 (None, rustix::fs::FileType::BlockDevice) => FileKind::BlockDev,
-                (None, _) => match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)
-                {
+                (None, _) => match rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW) {
                     Ok(st) => FileKind::from_mode(st.st_mode).ok_or(Errno::EIO)?,
                     Err(_) => continue,
                 },
@@ -859,9 +824,7 @@ impl Store {
         let fd = match loc {
             Loc::Dir(_) => return Err(Errno::EISDIR),
             Loc::File(k) => rustix::fs::openat(self.index.ids_fd(), k.as_str(), of, Mode::empty()),
-            Loc::Orphan(h) => {
-                rustix::fs::openat(self.index.orphans_fd(), h.as_str(), of, Mode::empty())
-            }
+            Loc::Orphan(h) => rustix::fs::openat(self.index.orphans_fd(), h.as_str(), of, Mode::empty()),
         }
         .map_err(errno)?;
         let st = rustix::fs::fstat(&fd).map_err(errno)?;
@@ -959,13 +922,7 @@ impl Store {
         }
     }
 
-    pub fn fallocate(
-        &self,
-        file: &OpenFile,
-        mode: u32,
-        offset: u64,
-        len: u64,
-    ) -> Result<(), Errno> {
+    pub fn fallocate(&self, file: &OpenFile, mode: u32, offset: u64, len: u64) -> Result<(), Errno> {
         let flags = rustix::fs::FallocateFlags::from_bits(mode).ok_or(Errno::EOPNOTSUPP)?;
         rustix::fs::fallocate(&file.fd, flags, offset, len).map_err(errno)
     }
@@ -1015,11 +972,7 @@ impl Store {
     }
 
     /// Adds deltas to internal 64-bit counters; a counter at zero is removed.
-    pub fn xattr_add(
-        &self,
-        id: FileId,
-        deltas: &[(String, i64)],
-    ) -> Result<Vec<(String, i64)>, Errno> {
+    pub fn xattr_add(&self, id: FileId, deltas: &[(String, i64)]) -> Result<Vec<(String, i64)>, Errno> {
         for (name, _) in deltas {
             ns::check_meta_name(name)?;
         }

@@ -34,9 +34,7 @@ async fn server() -> Server {
 
 async fn connect(s: &Server) -> TcpStream {
     let mut c = TcpStream::connect(s.addr).await.unwrap();
-    auth::client(&mut c, &s.key, "client", "test")
-        .await
-        .unwrap();
+    auth::client(&mut c, &s.key, "client", "test").await.unwrap();
     c
 }
 
@@ -96,9 +94,7 @@ async fn unknown_operations_get_an_error_and_the_connection_goes_on() {
     let s = server().await;
     let mut c = connect(&s).await;
     // A well-framed header whose operation number does not exist.
-    frame::write_frame(&mut c, 9, &[250, 1, 2, 3], &[])
-        .await
-        .unwrap();
+    frame::write_frame(&mut c, 9, &[250, 1, 2, 3], &[]).await.unwrap();
     c.flush().await.unwrap();
     let (id, resp, _): (u64, Response, Bytes) = frame::recv(&mut c).await.unwrap();
     assert_eq!(id, 9);

@@ -30,9 +30,6 @@ async fn main() {
         for _ in 0..n {
             let _ = c.call(&req, Bytes::new()).await;
         }
-        println!(
-            "{name}: {:.1} us",
-            t.elapsed().as_secs_f64() * 1e6 / n as f64
-        );
+        println!("{name}: {:.1} us", t.elapsed().as_secs_f64() * 1e6 / n as f64);
     }
 }

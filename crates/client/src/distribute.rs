@@ -10,9 +10,7 @@ use crate::xlator::{Child, DirCursor, DirPage, Handle, Result, Xlator};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::join_all;
-use proto::{
-    Entry, Errno, FileId, FileKind, Lock, MetaXattr, NewNode, RenameFlags, SetAttr, StatFs,
-};
+use proto::{Entry, Errno, FileId, FileKind, Lock, MetaXattr, NewNode, RenameFlags, SetAttr, StatFs};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -60,10 +58,7 @@ impl Distribute {
     }
 
     fn forget(&self, id: FileId) {
-        self.home
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+        self.home.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
     }
 
     fn cached(&self, id: FileId) -> Option<usize> {
@@ -313,9 +308,7 @@ impl Xlator for Distribute {
             };
             for (&i, r) in others.iter().zip(&results) {
                 if r.is_ok() {
-                    let _ = self.children[i]
-                        .create(parent, name, &node, None, None)
-                        .await;
+                    let _ = self.children[i].create(parent, name, &node, None, None).await;
                 }
             }
             return Err(err);
@@ -349,9 +342,7 @@ impl Xlator for Distribute {
                 None => return Err(Errno::ENOENT),
                 _ if src.attr.kind == FileKind::Dir => {
                     return self
-                        .on_all_dirs(src_h, |c| {
-                            c.rename(parent, name, new_parent, new_name, flags)
-                        })
+                        .on_all_dirs(src_h, |c| c.rename(parent, name, new_parent, new_name, flags))
                         .await
                 }
                 _ => return Err(Errno::EXDEV),
@@ -374,17 +365,13 @@ impl Xlator for Distribute {
             if let Some((_, _, d)) = &dst {
                 // Each child sees only its share of the target: ask the whole volume whether
                 // it is empty before any child replaces it.
-                let page = self
-                    .readdir(d.attr.id, &DirCursor::default(), false)
-                    .await?;
+                let page = self.readdir(d.attr.id, &DirCursor::default(), false).await?;
                 if !page.entries.is_empty() {
                     return Err(Errno::ENOTEMPTY);
                 }
             }
             return self
-                .on_all_dirs(src_h, |c| {
-                    c.rename(parent, name, new_parent, new_name, flags)
-                })
+                .on_all_dirs(src_h, |c| c.rename(parent, name, new_parent, new_name, flags))
                 .await;
         }
         let new_h = self.hashed(new_parent, new_name);
@@ -412,9 +399,7 @@ impl Xlator for Distribute {
             .await;
             if let Err(e) = placed {
                 tracing::warn!("rename: cannot place pointer: {e}");
-                let _ = self.children[new_h]
-                    .unlink(new_parent, tmp.as_bytes())
-                    .await;
+                let _ = self.children[new_h].unlink(new_parent, tmp.as_bytes()).await;
             }
         }
         // 3. The replaced file's data elsewhere goes.
@@ -461,9 +446,7 @@ impl Xlator for Distribute {
                 .entries
                 .into_iter()
                 .filter(|d| match &d.entry {
-                    Some(e) => {
-                        pointer_target(e).is_none() && (child == 0 || e.attr.kind != FileKind::Dir)
-                    }
+                    Some(e) => pointer_target(e).is_none() && (child == 0 || e.attr.kind != FileKind::Dir),
                     None => child == 0 || d.kind != FileKind::Dir,
                 })
                 .map(|mut d| {
@@ -477,9 +460,7 @@ impl Xlator for Distribute {
                 })
                 .collect();
             let next = match page.next {
-                Some(n) => Some(DirCursor(
-                    std::iter::once(child as u64).chain(n.0).collect(),
-                )),
+                Some(n) => Some(DirCursor(std::iter::once(child as u64).chain(n.0).collect())),
                 None if child + 1 < self.children.len() => Some(DirCursor(vec![child as u64 + 1])),
                 None => None,
             };
@@ -503,10 +484,7 @@ impl Xlator for Distribute {
             Err(Errno::ENOENT | Errno::ESTALE) => {
                 self.forget(id);
                 let (c, _) = self.locate_one(id).await?;
-                Ok(Handle::One(
-                    c,
-                    Box::new(self.children[c].open(id, flags).await?),
-                ))
+                Ok(Handle::One(c, Box::new(self.children[c].open(id, flags).await?)))
             }
             Err(e) => Err(e),
         }
@@ -619,8 +597,7 @@ pub fn sum_statfs(results: Vec<Result<StatFs>>) -> Result<StatFs> {
                     ..Default::default()
                 });
                 // Normalise to the first child's fragment size.
-                let scale =
-                    |v: u64| v.saturating_mul(s.frsize.max(1) as u64) / t.frsize.max(1) as u64;
+                let scale = |v: u64| v.saturating_mul(s.frsize.max(1) as u64) / t.frsize.max(1) as u64;
                 t.blocks += scale(s.blocks);
                 t.bfree += scale(s.bfree);
                 t.bavail += scale(s.bavail);

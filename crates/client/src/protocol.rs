@@ -85,19 +85,13 @@ impl Protocol {
 
     /// Sends a request that needs the file's handle; on a connection that was renewed
     /// between looking up the handle and sending, tries once more with a fresh one.
-    async fn with_fh(
-        &self,
-        h: &Handle,
-        make: impl Fn(Fh) -> Request,
-        data: Bytes,
-    ) -> Result<(Reply, Bytes)> {
+    async fn with_fh(&self, h: &Handle, make: impl Fn(Fh) -> Request, data: Bytes) -> Result<(Reply, Bytes)> {
         let f = Self::file(h)?;
         for _ in 0..2 {
             let fh = self.fh(f).await?;
             match self.conn.call(&make(fh), data.clone()).await {
                 Err(Errno::EBADF)
-                    if f.fh.lock().unwrap_or_else(|p| p.into_inner()).0
-                        != self.conn.generation() =>
+                    if f.fh.lock().unwrap_or_else(|p| p.into_inner()).0 != self.conn.generation() =>
                 {
                     continue
                 }
@@ -256,11 +250,7 @@ impl Xlator for Protocol {
     }
 
     async fn open(&self, id: FileId, flags: u32) -> Result<Handle> {
-        match self
-            .conn
-            .call(&Request::Open { id, flags }, Bytes::new())
-            .await?
-        {
+        match self.conn.call(&Request::Open { id, flags }, Bytes::new()).await? {
             (Reply::Opened { fh }, _, gen) => Ok(Handle::Brick(Arc::new(BrickFile {
                 id,
                 flags,
@@ -281,10 +271,7 @@ impl Xlator for Protocol {
     }
 
     async fn write(&self, h: &Handle, offset: u64, data: Bytes) -> Result<u32> {
-        match self
-            .with_fh(h, |fh| Request::Write { fh, offset }, data)
-            .await?
-        {
+        match self.with_fh(h, |fh| Request::Write { fh, offset }, data).await? {
             (Reply::Written { size }, _) => Ok(size),
             (r, _) => Err(unexpected(r)),
         }

@@ -213,11 +213,7 @@ impl Replicate {
     }
 
     /// Runs a data change through the open handles, with the same quorum and marking rules.
-    async fn mutate_open<'a, T, F, Fut>(
-        &'a self,
-        rh: &'a ReplicaHandle,
-        f: F,
-    ) -> Result<Vec<(usize, T)>>
+    async fn mutate_open<'a, T, F, Fut>(&'a self, rh: &'a ReplicaHandle, f: F) -> Result<Vec<(usize, T)>>
     where
         F: Fn(usize, &'a Child, &'a Handle) -> Fut,
         Fut: Future<Output = Result<T>> + Send + 'a,
@@ -257,10 +253,7 @@ impl Replicate {
 
     /// The first reachable child, for operations one copy answers for the set (locks).
     fn leader(&self) -> Result<&Child> {
-        self.children
-            .iter()
-            .find(|c| c.is_up())
-            .ok_or(Errno::ENOTCONN)
+        self.children.iter().find(|c| c.is_up()).ok_or(Errno::ENOTCONN)
     }
 
     /// Children ordered good-first for reading `id`.
@@ -277,12 +270,7 @@ impl Replicate {
             .map(|(i, _)| *i)
             .filter(|i| stale & bit(*i) == 0)
             .collect();
-        order.extend(
-            out.ok
-                .iter()
-                .map(|(i, _)| *i)
-                .filter(|i| stale & bit(*i) != 0),
-        );
+        order.extend(out.ok.iter().map(|(i, _)| *i).filter(|i| stale & bit(*i) != 0));
         Ok(order)
     }
 
@@ -375,11 +363,9 @@ impl Xlator for Replicate {
         } else {
             &[parent, new_parent]
         };
-        self.mutate(ids, |_, c| {
-            c.rename(parent, name, new_parent, new_name, flags)
-        })
-        .await
-        .map(|_| ())
+        self.mutate(ids, |_, c| c.rename(parent, name, new_parent, new_name, flags))
+            .await
+            .map(|_| ())
     }
 
     async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
@@ -396,16 +382,10 @@ impl Xlator for Replicate {
     async fn readdir(&self, id: FileId, cursor: &DirCursor, plus: bool) -> Result<DirPage> {
         // The cursor names the child the listing started on, so that it stays on one copy.
         let (child, sub) = match cursor.0.split_first() {
-            Some((c, rest)) if (*c as usize) < self.children.len() => {
-                (*c as usize, DirCursor(rest.to_vec()))
-            }
+            Some((c, rest)) if (*c as usize) < self.children.len() => (*c as usize, DirCursor(rest.to_vec())),
             Some(_) => return Err(Errno::EINVAL),
             None => (
-                *self
-                    .good_children(id)
-                    .await?
-                    .first()
-                    .ok_or(Errno::ENOTCONN)?,
+                *self.good_children(id).await?.first().ok_or(Errno::ENOTCONN)?,
                 DirCursor::default(),
             ),
         };
@@ -417,10 +397,7 @@ impl Xlator for Replicate {
     }
 
     async fn open(&self, id: FileId, flags: u32) -> Result<Handle> {
-        let (opens, attrs) = tokio::join!(
-            self.fan(|_, c| c.open(id, flags)),
-            self.fan(|_, c| c.getattr(id))
-        );
+        let (opens, attrs) = tokio::join!(self.fan(|_, c| c.open(id, flags)), self.fan(|_, c| c.getattr(id)));
         let stale = attrs
             .iter()
             .filter_map(|r| r.as_ref().ok())
@@ -545,9 +522,7 @@ impl Xlator for Replicate {
     }
 
     async fn set_meta(&self, id: FileId, meta: &[(String, Option<Vec<u8>>)]) -> Result<()> {
-        self.mutate(&[id], |_, c| c.set_meta(id, meta))
-            .await
-            .map(|_| ())
+        self.mutate(&[id], |_, c| c.set_meta(id, meta)).await.map(|_| ())
     }
 
     async fn getlk(&self, id: FileId, lock: &Lock) -> Result<Lock> {

@@ -9,9 +9,7 @@ use crate::xlator::{Child, DirCursor, DirPage, Handle, Result, Xlator};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
-use proto::{
-    Entry, Errno, FileId, FileKind, Lock, MetaXattr, NewNode, RenameFlags, SetAttr, StatFs,
-};
+use proto::{Entry, Errno, FileId, FileKind, Lock, MetaXattr, NewNode, RenameFlags, SetAttr, StatFs};
 use std::future::Future;
 
 /// Internal xattr recording a file's stripe geometry (size, count) at creation, so that a
@@ -201,9 +199,7 @@ impl Xlator for Stripe {
     }
 
     async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
-        Self::merge(Self::all(
-            self.fan(|c| c.link(id, new_parent, new_name)).await,
-        )?)
+        Self::merge(Self::all(self.fan(|c| c.link(id, new_parent, new_name)).await)?)
     }
 
     async fn readlink(&self, id: FileId) -> Result<Vec<u8>> {
@@ -219,19 +215,11 @@ impl Xlator for Stripe {
                 .entries
                 .iter()
                 .enumerate()
-                .filter(|(_, d)| {
-                    d.entry
-                        .as_ref()
-                        .is_some_and(|e| e.attr.kind == FileKind::File)
-                })
+                .filter(|(_, d)| d.entry.as_ref().is_some_and(|e| e.attr.kind == FileKind::File))
                 .map(|(i, _)| i)
                 .collect();
             let others = join_all(files.iter().map(|&i| {
-                let fid = page.entries[i]
-                    .entry
-                    .as_ref()
-                    .map(|e| e.attr.id)
-                    .unwrap_or(id);
+                let fid = page.entries[i].entry.as_ref().map(|e| e.attr.id).unwrap_or(id);
                 join_all(self.children[1..].iter().map(move |c| c.getattr(fid)))
             }))
             .await;
@@ -250,10 +238,7 @@ impl Xlator for Stripe {
     }
 
     async fn open(&self, id: FileId, flags: u32) -> Result<Handle> {
-        let (opens, first) = tokio::join!(
-            self.fan(|c| c.open(id, flags)),
-            self.children[0].getattr(id)
-        );
+        let (opens, first) = tokio::join!(self.fan(|c| c.open(id, flags)), self.children[0].getattr(id));
         if opens.iter().any(Result::is_err) {
             let err = opens
                 .iter()
@@ -274,15 +259,14 @@ impl Xlator for Stripe {
     async fn read(&self, h: &Handle, offset: u64, size: u32) -> Result<Bytes> {
         let sh = Self::sh(h)?;
         let chunks = layout::chunks(offset, size as u64, sh.size, sh.handles.len());
-        let results = join_all(chunks.iter().map(|ch| {
-            self.children[ch.child].read(&sh.handles[ch.child], ch.offset, ch.len as u32)
-        }))
+        let results = join_all(
+            chunks
+                .iter()
+                .map(|ch| self.children[ch.child].read(&sh.handles[ch.child], ch.offset, ch.len as u32)),
+        )
         .await;
         let parts = Self::all(results)?;
-        let short = chunks
-            .iter()
-            .zip(&parts)
-            .any(|(ch, p)| (p.len() as u64) < ch.len);
+        let short = chunks.iter().zip(&parts).any(|(ch, p)| (p.len() as u64) < ch.len);
         if !short {
             if parts.len() == 1 {
                 return Ok(parts.into_iter().next().unwrap_or_default());
@@ -358,13 +342,7 @@ impl Xlator for Stripe {
 
     async fn release(&self, h: &Handle) -> Result<()> {
         let sh = Self::sh(h)?;
-        join_all(
-            self.children
-                .iter()
-                .zip(&sh.handles)
-                .map(|(c, ch)| c.release(ch)),
-        )
-        .await;
+        join_all(self.children.iter().zip(&sh.handles).map(|(c, ch)| c.release(ch))).await;
         Ok(())
     }
 
@@ -373,10 +351,11 @@ impl Xlator for Stripe {
         // Each child allocates only its own blocks of the range.
         let chunks = layout::chunks(offset, len, sh.size, sh.handles.len());
         for group in chunks.chunks(64) {
-            let results = join_all(group.iter().map(|ch| {
-                self.children[ch.child].fallocate(&sh.handles[ch.child], mode, ch.offset, ch.len)
-            }))
-            .await;
+            let results =
+                join_all(group.iter().map(|ch| {
+                    self.children[ch.child].fallocate(&sh.handles[ch.child], mode, ch.offset, ch.len)
+                }))
+                .await;
             Self::all(results)?;
         }
         Ok(())

@@ -68,12 +68,8 @@ impl Volume {
 fn build(g: &Graph, conns: &[Arc<BrickConn>]) -> Child {
     match g {
         Graph::Brick(i) => Arc::new(Protocol::new(conns[*i].clone())),
-        Graph::Distribute(c) => {
-            Arc::new(Distribute::new(c.iter().map(|g| build(g, conns)).collect()))
-        }
-        Graph::Replicate(c) => {
-            Arc::new(Replicate::new(c.iter().map(|g| build(g, conns)).collect()))
-        }
+        Graph::Distribute(c) => Arc::new(Distribute::new(c.iter().map(|g| build(g, conns)).collect())),
+        Graph::Replicate(c) => Arc::new(Replicate::new(c.iter().map(|g| build(g, conns)).collect())),
         Graph::Stripe { size, children } => Arc::new(Stripe::new(
             children.iter().map(|g| build(g, conns)).collect(),
             *size,

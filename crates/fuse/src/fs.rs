@@ -6,14 +6,13 @@ use crate::inodes::{Inodes, ROOT_INO};
 use bytes::Bytes;
 use client::{Handle, Xlator};
 use fuser::{
-    AccessFlags, BsdFileFlags, Errno as FErrno, FileHandle, FopenFlags, Generation, INodeNo,
-    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags as FRenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, Errno as FErrno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags as FRenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use proto::{
-    Attr, Entry, Errno, FileId, FileKind, Lock, LockKind, NewNode, RenameFlags, SetAttr, TimeSet,
-    Timespec,
+    Attr, Entry, Errno, FileId, FileKind, Lock, LockKind, NewNode, RenameFlags, SetAttr, TimeSet, Timespec,
 };
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -339,15 +338,7 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn mkdir(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
         let name = name.as_bytes().to_vec();
         let node = Inner::new_node(req, FileKind::Dir, mode, 0);
         self.spawn(move |s| async move {
@@ -375,23 +366,13 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn symlink(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        link_name: &OsStr,
-        target: &Path,
-        reply: ReplyEntry,
-    ) {
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
         let name = link_name.as_bytes().to_vec();
         let target = target.as_os_str().as_bytes().to_vec();
         let node = Inner::new_node(req, FileKind::Symlink, 0o777, 0);
         self.spawn(move |s| async move {
             let p = tryr!(reply, s.id(parent));
-            let (e, _) = tryr!(
-                reply,
-                s.vol.create(p, &name, &node, Some(&target), None).await
-            );
+            let (e, _) = tryr!(reply, s.vol.create(p, &name, &node, Some(&target), None).await);
             s.reply_entry(reply, &e);
         });
     }
@@ -424,14 +405,7 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn link(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        newparent: INodeNo,
-        newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
         let newname = newname.as_bytes().to_vec();
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
@@ -519,14 +493,7 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
         // Writes reach the bricks before they are acknowledged, so a close has nothing to
         // flush; it only has to drop the closing process's locks, if it could have any.
         if !self
@@ -572,14 +539,7 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn fsync(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         self.spawn(move |s| async move {
             let h = tryr!(reply, s.file(fh));
             tryr!(reply, s.vol.fsync(&h, datasync).await);
@@ -598,14 +558,7 @@ impl fuser::Filesystem for ShoalFs {
         reply.opened(FileHandle(fh), FopenFlags::empty());
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let state = self
             .inner
             .dirs
@@ -661,14 +614,7 @@ impl fuser::Filesystem for ShoalFs {
         reply.ok();
     }
 
-    fn fsyncdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
         // Directory changes are made synchronously on the bricks.
         reply.ok();
     }
@@ -697,10 +643,7 @@ impl fuser::Filesystem for ShoalFs {
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
             if name == b"security.capability" {
-                s.seen
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&ino.0);
+                s.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&ino.0);
             }
             tryr!(reply, s.vol.setxattr(id, &name, &value, flags as u32).await);
             reply.ok();
@@ -765,9 +708,7 @@ impl fuser::Filesystem for ShoalFs {
             let p = tryr!(reply, s.id(parent));
             let (e, h) = tryr!(
                 reply,
-                s.vol
-                    .create(p, &name, &node, None, Some(flags as u32))
-                    .await
+                s.vol.create(p, &name, &node, None, Some(flags as u32)).await
             );
             let Some(h) = h else {
                 reply.error(FErrno::EIO);
@@ -819,11 +760,7 @@ impl fuser::Filesystem for ShoalFs {
                 LockKind::Write => libc::F_WRLCK,
                 LockKind::Unlock => libc::F_UNLCK,
             };
-            let end = if got.end == u64::MAX {
-                OFFSET_MAX
-            } else {
-                got.end
-            };
+            let end = if got.end == u64::MAX { OFFSET_MAX } else { got.end };
             reply.locked(got.start, end, typ, got.pid);
         });
     }
@@ -873,10 +810,7 @@ impl fuser::Filesystem for ShoalFs {
     ) {
         self.spawn(move |s| async move {
             let h = tryr!(reply, s.file(fh));
-            tryr!(
-                reply,
-                s.vol.fallocate(&h, mode as u32, offset, length).await
-            );
+            tryr!(reply, s.vol.fallocate(&h, mode as u32, offset, length).await);
             reply.ok();
         });
     }

@@ -42,8 +42,7 @@ pub fn mount(dir: &Path, options: &str) -> std::io::Result<OwnedFd> {
         unsafe {
             cmd.pre_exec(move || {
                 let flags = libc::fcntl(theirs_fd, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(theirs_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
-                {
+                if flags < 0 || libc::fcntl(theirs_fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
                     return Err(Error::last_os_error());
                 }
                 Ok(())
@@ -82,10 +81,7 @@ fn receive_fd(sock: &UnixStream) -> std::io::Result<OwnedFd> {
         }
     };
     if got.bytes == 0 {
-        return Err(Error::new(
-            ErrorKind::UnexpectedEof,
-            "fusermount3 sent nothing",
-        ));
+        return Err(Error::new(ErrorKind::UnexpectedEof, "fusermount3 sent nothing"));
     }
     for msg in cmsg.drain() {
         if let RecvAncillaryMessage::ScmRights(mut fds) = msg {
@@ -111,9 +107,6 @@ pub fn unmount(dir: &Path) -> std::io::Result<()> {
     if st.success() {
         Ok(())
     } else {
-        Err(Error::other(format!(
-            "fusermount3 -u {} failed",
-            dir.display()
-        )))
+        Err(Error::other(format!("fusermount3 -u {} failed", dir.display())))
     }
 }

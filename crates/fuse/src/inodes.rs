@@ -25,9 +25,7 @@ impl Inodes {
         let mut m = Maps::default();
         m.by_ino.insert(ROOT_INO, (FileId::ROOT, 1));
         m.by_id.insert(FileId::ROOT, ROOT_INO);
-        Inodes {
-            maps: Mutex::new(m),
-        }
+        Inodes { maps: Mutex::new(m) }
     }
 
     fn lock(&self) -> MutexGuard<'_, Maps> {

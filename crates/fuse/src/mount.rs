@@ -55,9 +55,7 @@ pub fn mount(
     if rustix::process::geteuid().is_root() {
         // Device nodes and set-id programs work as on a local disk; fusermount refuses these
         // options to other users.
-        config
-            .mount_options
-            .extend([MountOption::Dev, MountOption::Suid]);
+        config.mount_options.extend([MountOption::Dev, MountOption::Suid]);
     }
     if opts.read_only {
         config.mount_options.push(MountOption::RO);

@@ -51,9 +51,7 @@ pub fn parse_table(text: &str, v6: bool, locals: &BTreeSet<IpAddr>) -> Vec<Conn>
             }
             let local = parse_endpoint(f.get(1)?, v6)?;
             let remote = parse_endpoint(f.get(2)?, v6)?;
-            locals
-                .contains(&local.ip())
-                .then_some(Conn { local, remote })
+            locals.contains(&local.ip()).then_some(Conn { local, remote })
         })
         .collect()
 }
@@ -100,7 +98,8 @@ mod tests {
             }]
         );
         assert!(parse_table(v4, false, &BTreeSet::new()).is_empty());
-        let v6 = "header\n   0: 000080FE00000000FF97A6B2C3D4E5F6:0016 0000000000000000000000000100000:1234 01 x\n";
+        let v6 =
+            "header\n   0: 000080FE00000000FF97A6B2C3D4E5F6:0016 0000000000000000000000000100000:1234 01 x\n";
         assert!(parse_table(v6, true, &BTreeSet::new()).is_empty());
         assert_eq!(
             parse_v6("00000000000000000000000001000000"),

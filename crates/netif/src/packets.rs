@@ -102,10 +102,7 @@ mod tests {
         assert_eq!(&f[20..22], &[0, 1]);
         assert_eq!(&f[28..32], &[10, 0, 0, 7]);
         assert_eq!(&f[38..42], &[10, 0, 0, 7]);
-        assert_eq!(
-            gratuitous_arp(mac, Ipv4Addr::new(10, 0, 0, 7), true)[32..38],
-            mac
-        );
+        assert_eq!(gratuitous_arp(mac, Ipv4Addr::new(10, 0, 0, 7), true)[32..38], mac);
     }
 
     #[test]

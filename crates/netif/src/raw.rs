@@ -145,8 +145,8 @@ fn neighbour_advert(index: u32, mac: [u8; 6], ip: Ipv6Addr) -> Result<()> {
 /// Sends a tickle ACK (see [`packets::tickle_ack`]) from `local` (a public address on this
 /// node) to a client.
 pub fn tickle(local: SocketAddr, remote: SocketAddr) -> Result<()> {
-    let seg = packets::tickle_ack(local, remote)
-        .ok_or_else(|| Error::from_raw_os_error(libc::EAFNOSUPPORT))?;
+    let seg =
+        packets::tickle_ack(local, remote).ok_or_else(|| Error::from_raw_os_error(libc::EAFNOSUPPORT))?;
     match (local, remote) {
         (SocketAddr::V4(l), SocketAddr::V4(r)) => {
             let s = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP)?;

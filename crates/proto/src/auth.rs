@@ -35,10 +35,7 @@ impl std::fmt::Debug for ClusterKey {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
     #[error("cannot read key file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("key file {path} is not a shoal cluster key (expected one line '{KEY_PREFIX}<64 hex digits>')")]
     Format { path: String },
 }
@@ -133,7 +130,9 @@ pub enum HandshakeError {
     Frame(#[from] FrameError),
     #[error("peer is not speaking the shoal protocol")]
     NotShoal,
-    #[error("no common protocol version (we speak {ours_min}..={ours_max}, peer {theirs_min}..={theirs_max})")]
+    #[error(
+        "no common protocol version (we speak {ours_min}..={ours_max}, peer {theirs_min}..={theirs_max})"
+    )]
     Version {
         ours_min: u16,
         ours_max: u16,
@@ -186,10 +185,7 @@ pub async fn client<S: AsyncRead + AsyncWrite + Unpin>(
     if !(crate::MIN_PROTOCOL_VERSION..=crate::PROTOCOL_VERSION).contains(&version) {
         return Err(HandshakeError::Unexpected);
     }
-    if !constant_eq(
-        &proof,
-        &key.proof(b"server", &nonce, &server_nonce, version),
-    ) {
+    if !constant_eq(&proof, &key.proof(b"server", &nonce, &server_nonce, version)) {
         return Err(HandshakeError::BadProof);
     }
     let auth = Handshake::Auth {
@@ -263,20 +259,13 @@ pub async fn server<S: AsyncRead + AsyncWrite + Unpin>(
     let Handshake::Auth { proof } = frame::recv(s).await?.1 else {
         return Err(HandshakeError::Unexpected);
     };
-    if !constant_eq(
-        &proof,
-        &key.proof(b"client", &nonce, &client_nonce, version),
-    ) {
+    if !constant_eq(&proof, &key.proof(b"client", &nonce, &client_nonce, version)) {
         let reason = "authentication failed: wrong cluster key".to_string();
         let _ = frame::send(s, 0, &Handshake::Refused { reason }, &[]).await;
         return Err(HandshakeError::BadProof);
     }
     frame::send(s, 0, &Handshake::Welcome, &[]).await?;
-    Ok(Peer {
-        version,
-        role,
-        name,
-    })
+    Ok(Peer { version, role, name })
 }
 
 fn constant_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {

@@ -182,10 +182,7 @@ mod tests {
     #[tokio::test]
     async fn round_trip() {
         let mut buf = Vec::new();
-        let req = Request::Write {
-            fh: 7,
-            offset: 4096,
-        };
+        let req = Request::Write { fh: 7, offset: 4096 };
         send(&mut buf, 42, &req, b"hello").await.unwrap();
         let (id, got, data): (u64, Request, Bytes) = recv(&mut &buf[..]).await.unwrap();
         assert_eq!((id, got, &data[..]), (42, req, &b"hello"[..]));
@@ -218,10 +215,7 @@ mod tests {
         send(&mut buf, 1, &Request::Ping, b"abc").await.unwrap();
         for cut in 1..buf.len() {
             let r = read_frame(&mut &buf[..cut]).await;
-            assert!(
-                matches!(r, Err(FrameError::Truncated)),
-                "cut at {cut}: {r:?}"
-            );
+            assert!(matches!(r, Err(FrameError::Truncated)), "cut at {cut}: {r:?}");
         }
         assert!(read_frame(&mut &buf[..0]).await.unwrap().is_none());
     }

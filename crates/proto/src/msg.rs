@@ -260,10 +260,7 @@ mod tests {
         };
         let enc = postcard::to_allocvec(&last).unwrap();
         assert_eq!(op_index(&enc), Some(REQUEST_OPS - 1));
-        assert_eq!(
-            op_index(&postcard::to_allocvec(&Request::Ping).unwrap()),
-            Some(0)
-        );
+        assert_eq!(op_index(&postcard::to_allocvec(&Request::Ping).unwrap()), Some(0));
         assert_eq!(op_index(&[0xfa, 0x01]), Some(250));
         assert_eq!(op_index(&[0xff; 6]), None);
     }

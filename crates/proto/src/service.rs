@@ -100,8 +100,7 @@ async fn connection<S: Service>(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let peer = match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::server(&mut stream, &key)).await
-    {
+    let peer = match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::server(&mut stream, &key)).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
             tracing::warn!(%addr, server = %svc.label(), "refused connection: {e}");

@@ -111,9 +111,7 @@ impl FileKind {
 }
 
 /// Seconds and nanoseconds since the epoch.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Timespec {
     pub sec: i64,
     pub nsec: u32,
@@ -271,8 +269,7 @@ pub fn check_name(name: &[u8]) -> Result<(), crate::Errno> {
     if name.len() > NAME_MAX {
         return Err(crate::Errno::ENAMETOOLONG);
     }
-    if name.is_empty() || name == b"." || name == b".." || name.iter().any(|&b| b == b'/' || b == 0)
-    {
+    if name.is_empty() || name == b"." || name == b".." || name.iter().any(|&b| b == b'/' || b == 0) {
         return Err(crate::Errno::EINVAL);
     }
     Ok(())

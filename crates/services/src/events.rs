@@ -113,8 +113,7 @@ impl EventScripts {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            let executable =
-                std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+            let executable = std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
             if !executable {
                 results.push(ScriptResult {
                     script,
@@ -238,10 +237,7 @@ mod tests {
         );
         script(d.path(), "40.slow", "sleep 5", true);
         std::fs::remove_file(d.path().join("fail")).unwrap();
-        assert!(
-            !ev.run(Event::Monitor, &[], Duration::from_millis(200))
-                .await
-        );
+        assert!(!ev.run(Event::Monitor, &[], Duration::from_millis(200)).await);
         assert_eq!(
             ev.status(Event::Monitor).last().map(|r| r.verdict),
             Some(Verdict::TimedOut)

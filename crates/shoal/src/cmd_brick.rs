@@ -20,12 +20,9 @@ pub struct BrickArgs {
 pub fn run(args: BrickArgs) -> Result<()> {
     crate::logging::init("info");
     let key = proto::auth::ClusterKey::load(&args.key)?;
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("cannot make {}", args.dir.display()))?;
+    std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot make {}", args.dir.display()))?;
     let store = brick::Store::open_dir(&args.dir)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await

@@ -79,10 +79,7 @@ fn resolve(args: &MountArgs) -> Result<Resolved> {
         let (k, v) = o.split_once('=').map_or((o, None), |(k, v)| (k, Some(v)));
         match (k, v) {
             ("ro", None) => opts.read_only = true,
-            (
-                "rw" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "_netdev" | "nofail",
-                None,
-            ) => {}
+            ("rw" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "_netdev" | "nofail", None) => {}
             ("attr_timeout", Some(v)) => opts.attr_ttl = parse_secs(k, v)?,
             ("entry_timeout", Some(v)) => opts.entry_ttl = parse_secs(k, v)?,
             ("spec", Some(v)) => spec = Some(v.into()),
@@ -103,8 +100,7 @@ fn resolve(args: &MountArgs) -> Result<Resolved> {
 
 pub fn run(args: MountArgs) -> Result<()> {
     let r = resolve(&args)?;
-    let meta = std::fs::metadata(&args.dir)
-        .with_context(|| format!("mount point {}", args.dir.display()))?;
+    let meta = std::fs::metadata(&args.dir).with_context(|| format!("mount point {}", args.dir.display()))?;
     if !meta.is_dir() {
         bail!("mount point {} is not a directory", args.dir.display());
     }
@@ -177,8 +173,8 @@ fn background(args: &MountArgs, log: Option<&Path>) -> Result<()> {
 }
 
 fn load_spec(path: &Path, volume: &str) -> Result<layout::VolumeSpec> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read spec {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read spec {}", path.display()))?;
     let spec: layout::VolumeSpec =
         toml::from_str(&text).with_context(|| format!("spec {}", path.display()))?;
     if spec.name != volume {
@@ -216,10 +212,7 @@ async fn fetch(
     wait: Duration,
 ) -> Result<Option<cluster::rpc::VolumeView>> {
     let conn = peers.get(endpoint);
-    match conn
-        .call_patiently(req, wait, Duration::from_secs(30))
-        .await
-    {
+    match conn.call_patiently(req, wait, Duration::from_secs(30)).await {
         Ok(cluster::rpc::NodeReply::Volume(v)) => Ok(v),
         Ok(other) => bail!("unexpected answer from {endpoint}: {other:?}"),
         Err(e) => bail!("cannot reach {endpoint}: {e}"),
@@ -278,13 +271,8 @@ async fn follow(
 fn foreground(dir: &Path, mut r: Resolved, notify: bool) -> Result<()> {
     crate::logging::init("warn");
     let key = proto::auth::ClusterKey::load(&r.key)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let name = rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let name = rustix::system::uname().nodename().to_string_lossy().into_owned();
     let (spec, follow_from) = match &r.spec {
         Some(path) => (load_spec(path, &r.volume)?, None),
         None => {
@@ -307,12 +295,7 @@ fn foreground(dir: &Path, mut r: Resolved, notify: bool) -> Result<()> {
             (view.record.spec.clone(), Some((peers, ep, view)))
         }
     };
-    let vol = rt.block_on(client::Volume::connect(
-        spec,
-        key,
-        &name,
-        Duration::from_secs(5),
-    ))?;
+    let vol = rt.block_on(client::Volume::connect(spec, key, &name, Duration::from_secs(5)))?;
     let gate = Arc::new(client::gate::Gate::new(vol.root.clone(), true));
     if let Some((peers, ep, view)) = follow_from {
         rt.spawn(follow(peers, ep, view, gate.clone()));
@@ -324,10 +307,8 @@ fn foreground(dir: &Path, mut r: Resolved, notify: bool) -> Result<()> {
     let mount_dir = dir.to_path_buf();
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+        else {
             return;
         };
         tokio::select! {
@@ -356,10 +337,7 @@ fn foreground(dir: &Path, mut r: Resolved, notify: bool) -> Result<()> {
 }
 
 /// Volume options that shape a mount, unless the mount's own options said otherwise.
-fn apply_options(
-    opts: &mut shoal_fuse::MountOptions,
-    options: &std::collections::BTreeMap<String, String>,
-) {
+fn apply_options(opts: &mut shoal_fuse::MountOptions, options: &std::collections::BTreeMap<String, String>) {
     let secs = |k: &str| {
         options
             .get(k)
@@ -419,9 +397,7 @@ pub fn mount_helper(args: Vec<OsString>) -> Result<()> {
     let [source, dir] = <[OsString; 2]>::try_from(pos)
         .map_err(|_| anyhow!("usage: mount.shoal HOST:VOLUME DIR [-o OPTIONS]"))?;
     let args = MountArgs {
-        source: source
-            .into_string()
-            .map_err(|_| anyhow!("source is not UTF-8"))?,
+        source: source.into_string().map_err(|_| anyhow!("source is not UTF-8"))?,
         dir: dir.into(),
         foreground: false,
         spec: None,

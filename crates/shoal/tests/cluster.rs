@@ -19,17 +19,9 @@ fn three_nodes_agree_survive_their_leader_restart_and_change_membership() {
     let mut args = vec!["volume", "create", "v1", "replica", "3"];
     args.extend(bricks.iter().map(String::as_str));
     let r = c.ok(0, &args);
-    assert!(
-        r.stdout.contains("volume create: v1: success"),
-        "{}",
-        r.stdout
-    );
+    assert!(r.stdout.contains("volume create: v1: success"), "{}", r.stdout);
     for i in [1, 2] {
-        assert_eq!(
-            c.volume_names(i),
-            vec!["v1"],
-            "node {i} lists the new volume"
-        );
+        assert_eq!(c.volume_names(i), vec!["v1"], "node {i} lists the new volume");
     }
     let info = c.ok(2, &["volume", "info", "v1"]).stdout;
     assert!(
@@ -55,11 +47,7 @@ fn three_nodes_agree_survive_their_leader_restart_and_change_membership() {
     c.start_all();
     c.wait_ready(0, 3);
     for i in 0..3 {
-        assert_eq!(
-            c.volume_names(i),
-            vec!["v1", "v2"],
-            "node {i} after restart"
-        );
+        assert_eq!(c.volume_names(i), vec!["v1", "v2"], "node {i} after restart");
     }
     let v2 = c.ok(1, &["volume", "info", "v2", "--json"]).json();
     assert_eq!(v2[0]["state"], "Started");
@@ -154,16 +142,8 @@ fn a_peer_with_the_wrong_key_is_refused() {
         .expect("rt");
     let endpoint = c.endpoint(0);
     let refused = rt.block_on(async {
-        let mut s = tokio::net::TcpStream::connect(&endpoint)
-            .await
-            .expect("connect");
-        proto::auth::client(
-            &mut s,
-            &proto::auth::ClusterKey::generate(),
-            "node",
-            "intruder",
-        )
-        .await
+        let mut s = tokio::net::TcpStream::connect(&endpoint).await.expect("connect");
+        proto::auth::client(&mut s, &proto::auth::ClusterKey::generate(), "node", "intruder").await
     });
     assert!(refused.is_err());
 }
@@ -230,12 +210,7 @@ fn cli_errors_say_why_and_change_nothing() {
             "not a multiple",
         ),
         (
-            vec![
-                "volume".into(),
-                "create".into(),
-                "9bad!".into(),
-                fresh.clone(),
-            ],
+            vec!["volume".into(), "create".into(), "9bad!".into(), fresh.clone()],
             "invalid",
         ),
         (
@@ -251,10 +226,7 @@ fn cli_errors_say_why_and_change_nothing() {
             vec!["volume".into(), "start".into(), "good".into()],
             "already started",
         ),
-        (
-            vec!["volume".into(), "delete".into(), "good".into()],
-            "stop it",
-        ),
+        (vec!["volume".into(), "delete".into(), "good".into()], "stop it"),
         (
             vec!["volume".into(), "stop".into(), "nope".into()],
             "does not exist",
@@ -274,11 +246,7 @@ fn cli_errors_say_why_and_change_nothing() {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         let r = c.cli(0, &a);
         assert!(!r.ok, "{a:?} should fail");
-        assert!(
-            r.stderr.contains(why),
-            "{a:?}: expected {why:?} in: {}",
-            r.stderr
-        );
+        assert!(r.stderr.contains(why), "{a:?}: expected {why:?} in: {}", r.stderr);
     }
     assert_eq!(
         c.ok(1, &["volume", "info", "--json"]).stdout,
@@ -297,11 +265,7 @@ fn cli_errors_say_why_and_change_nothing() {
         r.stdout,
         r.stderr
     );
-    assert!(
-        t.elapsed() < Duration::from_secs(15),
-        "took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
     // Read commands still answer from what the node knows.
     assert!(c.cli(0, &["status"]).ok);
     assert_eq!(c.volume_names(0), vec!["good"]);
@@ -333,10 +297,7 @@ fn ping_uptime_and_listnodes_address_nodes_like_ctdb() {
     wait_for("node 2 to be seen as down", Duration::from_secs(10), || {
         !c.cli(0, &["ping", "-n", "2"]).ok
     });
-    assert!(c
-        .cli(0, &["-n", "bogus", "ping"])
-        .stderr
-        .contains("PNN or 'all'"));
+    assert!(c.cli(0, &["-n", "bogus", "ping"]).stderr.contains("PNN or 'all'"));
 }
 
 #[test]
@@ -465,10 +426,7 @@ fn mount_helper_and_fstab_lines_work() {
     let fstab = c.dir.path().join("fstab");
     std::fs::write(
         &fstab,
-        format!(
-            "{source} {} shoal defaults,_netdev,{key} 0 0\n",
-            dir.display()
-        ),
+        format!("{source} {} shoal defaults,_netdev,{key} 0 0\n", dir.display()),
     )
     .unwrap();
     let st = std::process::Command::new("mount")

@@ -36,14 +36,8 @@ fn sizes_round_trip(a: &Mount, other: &Mount) {
         std::fs::write(a.path(&name), &data).unwrap();
         let back = std::fs::read(other.path(&name)).unwrap();
         assert_eq!(back.len(), n, "{name}: length through the other mount");
-        assert!(
-            back == data,
-            "{name}: content differs through the other mount"
-        );
-        assert_eq!(
-            std::fs::metadata(other.path(&name)).unwrap().len(),
-            n as u64
-        );
+        assert!(back == data, "{name}: content differs through the other mount");
+        assert_eq!(std::fs::metadata(other.path(&name)).unwrap().len(), n as u64);
     }
 }
 
@@ -95,10 +89,7 @@ fn random_ops_match_model(a: &Mount, other: &Mount, seed: u64) {
                 let end = (off + len).min(model.len()).max(off.min(model.len()));
                 let want = &model[off.min(model.len())..end];
                 assert_eq!(got, want.len(), "step {step}: read length at {off}+{len}");
-                assert!(
-                    &buf[..got] == want,
-                    "step {step}: read content at {off}+{len}"
-                );
+                assert!(&buf[..got] == want, "step {step}: read content at {off}+{len}");
             }
             85..=92 => f.sync_all().unwrap(),
             _ => {
@@ -158,10 +149,7 @@ fn namespace_ops(a: &Mount, other: &Mount) {
         "file 0"
     );
     std::fs::rename(a.path("r1/sub"), a.path("r2/moved")).unwrap();
-    assert_eq!(
-        std::fs::read(other.path("r2/moved/inner")).unwrap(),
-        b"inner"
-    );
+    assert_eq!(std::fs::read(other.path("r2/moved/inner")).unwrap(), b"inner");
     assert!(!other.path("r1/sub").exists());
     let mut names: Vec<String> = std::fs::read_dir(other.path("r2"))
         .unwrap()
@@ -191,10 +179,7 @@ fn namespace_ops(a: &Mount, other: &Mount) {
 
     // Symlinks.
     std::os::unix::fs::symlink("r2/h2", a.path("sl")).unwrap();
-    assert_eq!(
-        std::fs::read_link(other.path("sl")).unwrap(),
-        Path::new("r2/h2")
-    );
+    assert_eq!(std::fs::read_link(other.path("sl")).unwrap(), Path::new("r2/h2"));
     assert_eq!(std::fs::read(other.path("sl")).unwrap(), b"linked+more");
 
     // Ownership, permissions, times.
@@ -221,15 +206,8 @@ fn namespace_ops(a: &Mount, other: &Mount) {
     let n = rustix::fs::getxattr(other.path("attrs"), "user.colour", &mut buf[..]).unwrap();
     assert_eq!(&buf[..n], b"blue");
     let n = rustix::fs::listxattr(other.path("attrs"), &mut buf[..]).unwrap();
-    let names: Vec<&[u8]> = buf[..n]
-        .split(|b| *b == 0)
-        .filter(|s| !s.is_empty())
-        .collect();
-    assert_eq!(
-        names,
-        vec![&b"user.colour"[..]],
-        "internal xattrs must not show"
-    );
+    let names: Vec<&[u8]> = buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()).collect();
+    assert_eq!(names, vec![&b"user.colour"[..]], "internal xattrs must not show");
     rustix::fs::removexattr(&xp, "user.colour").unwrap();
     assert_eq!(
         rustix::fs::getxattr(&xp, "user.colour", &mut buf[..]),
@@ -251,11 +229,7 @@ fn tar_round_trip(a: &Mount, scratch: &Path) {
     let out = scratch.join("tar-out");
     std::fs::create_dir_all(a.path("tar")).unwrap();
     std::fs::create_dir_all(&out).unwrap();
-    sh(&format!(
-        "tar -C {} -cf {} .",
-        src.display(),
-        ball.display()
-    ));
+    sh(&format!("tar -C {} -cf {} .", src.display(), ball.display()));
     sh(&format!(
         "tar -C {} -xpf {}",
         a.path("tar").display(),
@@ -303,7 +277,10 @@ fn sqlite_on_mount(a: &Mount) {
     let script = a.path("fill.sql");
     std::fs::write(&script, sql).unwrap();
     sh(&format!("sqlite3 {} < {}", db.display(), script.display()));
-    let out = sh(&format!("sqlite3 {} 'select count(*), sum(a) from t where b like \"row %\"; pragma integrity_check;'", db.display()));
+    let out = sh(&format!(
+        "sqlite3 {} 'select count(*), sum(a) from t where b like \"row %\"; pragma integrity_check;'",
+        db.display()
+    ));
     assert_eq!(out.trim(), "1000|500500\nok");
 }
 

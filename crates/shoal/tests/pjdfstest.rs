@@ -69,10 +69,7 @@ fn run(bin: &Path, config: &Path, dir: &Path, secondary: &Path) -> BTreeMap<Stri
         if !name.contains("::") {
             continue;
         }
-        let status = std::iter::once(first)
-            .chain(parts)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let status = std::iter::once(first).chain(parts).collect::<Vec<_>>().join(" ");
         results.insert(name.to_string(), status);
     }
     assert!(
@@ -101,9 +98,7 @@ fn pjdfstest_on_distribute_and_replica() {
     }
     let Some(bin) = pjdfstest_bin() else {
         if std::env::var_os("SHOAL_REQUIRE_ALL").is_some() {
-            panic!(
-                "pjdfstest is not installed (cargo install pjdfstest --root /var/tmp/shoal-tools)"
-            );
+            panic!("pjdfstest is not installed (cargo install pjdfstest --root /var/tmp/shoal-tools)");
         }
         eprintln!("SKIPPED: pjdfstest is not installed");
         return;
@@ -138,9 +133,7 @@ fn pjdfstest_on_distribute_and_replica() {
             if status == "ok" {
                 passed += 1;
             }
-            if baseline.get(name).map(String::as_str) == Some("ok")
-                && status != "ok"
-                && !known.contains(name)
+            if baseline.get(name).map(String::as_str) == Some("ok") && status != "ok" && !known.contains(name)
             {
                 report.push(format!("{label}: {name}: {status} (ok on ext4)"));
             }

@@ -86,12 +86,7 @@ fn replicas_are_identical_plain_files() {
     let b = Bricks::start(3);
     let m = b.mount(&b.spec("r", 1, 3), "a");
     std::fs::create_dir_all(m.path("x/y")).unwrap();
-    let files = [
-        ("a", 0usize),
-        ("x/b", 1),
-        ("x/y/c", 200_000),
-        ("x/y/d", 3 << 20),
-    ];
+    let files = [("a", 0usize), ("x/b", 1), ("x/y/c", 200_000), ("x/y/d", 3 << 20)];
     for (i, (name, len)) in files.iter().enumerate() {
         std::fs::write(m.path(name), pattern(i as u64, *len)).unwrap();
     }

@@ -48,9 +48,7 @@ fn replica_3_carries_on_without_one_brick_and_marks_what_it_missed() {
     }
     std::fs::create_dir(m.path("dir/newdir")).unwrap();
     for i in 0..30 {
-        assert!(
-            std::fs::read(m.path(&format!("dir/during-{i}"))).unwrap() == pattern(100 + i, 50_000)
-        );
+        assert!(std::fs::read(m.path(&format!("dir/during-{i}"))).unwrap() == pattern(100 + i, 50_000));
     }
     // The survivors know exactly what brick 2 missed.
     for survivor in [0, 1] {
@@ -77,10 +75,7 @@ fn replica_3_carries_on_without_one_brick_and_marks_what_it_missed() {
                 "during-{i} on brick {survivor}"
             );
         }
-        assert_eq!(
-            pending(p, "dir/during-0", 0) + pending(p, "dir/during-0", 1),
-            0
-        );
+        assert_eq!(pending(p, "dir/during-0", 0) + pending(p, "dir/during-0", 1), 0);
     }
 }
 
@@ -97,18 +92,12 @@ fn replica_2_without_its_first_brick_refuses_writes() {
     let err = std::fs::write(m.path("g"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
     assert!(!b.bricks[1].path.join("g").exists());
-    assert_eq!(
-        std::fs::read(m.path("f")).unwrap(),
-        b"hello",
-        "reads still work"
-    );
+    assert_eq!(std::fs::read(m.path("f")).unwrap(), b"hello", "reads still work");
     // The first brick alone is a quorum for replica 2.
     b.restart(0);
-    wait_for(
-        "brick 0 to be back",
-        std::time::Duration::from_secs(10),
-        || std::fs::write(m.path("g"), b"x").is_ok(),
-    );
+    wait_for("brick 0 to be back", std::time::Duration::from_secs(10), || {
+        std::fs::write(m.path("g"), b"x").is_ok()
+    });
     b.kill(1);
     std::fs::write(m.path("h"), b"with the first brick only").unwrap();
     assert!(

@@ -46,11 +46,7 @@ fn processes_of(dir: &Path) -> Vec<String> {
     out
 }
 
-fn run_as(
-    uid: Option<(u32, u32)>,
-    args: &[&str],
-    env: &HashMap<String, String>,
-) -> std::process::Output {
+fn run_as(uid: Option<(u32, u32)>, args: &[&str], env: &HashMap<String, String>) -> std::process::Output {
     let mut c = Command::new(shoal_bin());
     c.args(args).envs(env);
     if let Some((u, g)) = uid {
@@ -141,16 +137,11 @@ fn sandbox_up_and_down_as_root_and_as_a_user() {
         "the 'tests' user is needed (scripts/deps.sh test makes it)"
     );
     let uid: u32 = String::from_utf8_lossy(&ids.stdout).trim().parse().unwrap();
-    let gid: u32 = String::from_utf8_lossy(
-        &Command::new("id")
-            .args(["-g", "tests"])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .trim()
-    .parse()
-    .unwrap();
+    let gid: u32 =
+        String::from_utf8_lossy(&Command::new("id").args(["-g", "tests"]).output().unwrap().stdout)
+            .trim()
+            .parse()
+            .unwrap();
     let user_dir = tempfile::Builder::new()
         .prefix("shoal-sbx-user-")
         .tempdir_in("/var/tmp")

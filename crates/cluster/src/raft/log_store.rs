@@ -33,10 +33,7 @@ impl LogStore {
         Ok(LogStore { db: Arc::new(db) })
     }
 
-    fn get_meta<T: serde::de::DeserializeOwned>(
-        &self,
-        key: &str,
-    ) -> Result<Option<T>, StorageError> {
+    fn get_meta<T: serde::de::DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StorageError> {
         let tx = self.db.begin_read().map_err(read_err)?;
         let t = tx.open_table(META).map_err(read_err)?;
         match t.get(key).map_err(read_err)? {
@@ -61,8 +58,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
-        let bounds: (Bound<u64>, Bound<u64>) =
-            (range.start_bound().cloned(), range.end_bound().cloned());
+        let bounds: (Bound<u64>, Bound<u64>) = (range.start_bound().cloned(), range.end_bound().cloned());
         let tx = self.db.begin_read().map_err(read_err)?;
         let t = tx.open_table(LOGS).map_err(read_err)?;
         let mut out = Vec::new();
@@ -103,10 +99,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.get_meta(VOTE)
     }
 
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<NodeId>>,
-    ) -> Result<(), StorageError> {
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> Result<(), StorageError> {
         self.put_meta(COMMITTED, &committed)
     }
 
@@ -114,11 +107,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId<NodeId>>>(COMMITTED)?.flatten())
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -128,8 +117,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut t = tx.open_table(LOGS).map_err(write_err)?;
             for e in entries {
                 let bytes = encode(&e)?;
-                t.insert(e.log_id.index, bytes.as_slice())
-                    .map_err(write_err)?;
+                t.insert(e.log_id.index, bytes.as_slice()).map_err(write_err)?;
             }
         }
         // redb commits durably (fsync) by default: the entries are flushed once this returns.
@@ -142,8 +130,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let tx = self.db.begin_write().map_err(write_err)?;
         {
             let mut t = tx.open_table(LOGS).map_err(write_err)?;
-            t.retain_in(log_id.index.., |_, _| false)
-                .map_err(write_err)?;
+            t.retain_in(log_id.index.., |_, _| false).map_err(write_err)?;
         }
         tx.commit().map_err(write_err)
     }
@@ -155,8 +142,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut meta = tx.open_table(META).map_err(write_err)?;
             meta.insert(PURGED, bytes.as_slice()).map_err(write_err)?;
             let mut logs = tx.open_table(LOGS).map_err(write_err)?;
-            logs.retain_in(..=log_id.index, |_, _| false)
-                .map_err(write_err)?;
+            logs.retain_in(..=log_id.index, |_, _| false).map_err(write_err)?;
         }
         tx.commit().map_err(write_err)
     }

@@ -63,20 +63,12 @@ impl Daemons {
         };
         let addrs: Vec<String> = (1..=n).map(|i| format!("127.{a}.{b}.{i}")).collect();
         for (i, addr) in addrs.iter().enumerate() {
-            d.nodes
-                .push(d.configure(i, addr, &addrs, false, &d.key.clone()));
+            d.nodes.push(d.configure(i, addr, &addrs, false, &d.key.clone()));
         }
         d
     }
 
-    fn configure(
-        &self,
-        i: usize,
-        addr: &str,
-        founders: &[String],
-        join: bool,
-        key: &Path,
-    ) -> Daemon {
+    fn configure(&self, i: usize, addr: &str, founders: &[String], join: bool, key: &Path) -> Daemon {
         let home = self.dir.path().join(format!("node{i}"));
         std::fs::create_dir_all(&home).expect("node dir");
         let config = home.join("shoal.toml");
@@ -223,19 +215,13 @@ impl Daemons {
     pub fn wait_ready(&self, i: usize, n: usize) {
         super::wait_for("the cluster to form", Duration::from_secs(20), || {
             let r = self.cli(i, &["status", "--json"]);
-            r.ok && r.json()["leader"].is_u64()
-                && r.json()["nodes"].as_array().map(Vec::len) == Some(n)
+            r.ok && r.json()["leader"].is_u64() && r.json()["nodes"].as_array().map(Vec::len) == Some(n)
         });
     }
 
     /// A directory for a brick of node `i`.
     pub fn brick_dir(&self, i: usize, name: &str) -> String {
-        let p = self
-            .dir
-            .path()
-            .join(format!("node{i}"))
-            .join("bricks")
-            .join(name);
+        let p = self.dir.path().join(format!("node{i}")).join("bricks").join(name);
         std::fs::create_dir_all(&p).expect("brick dir");
         p.display().to_string()
     }
