@@ -27,6 +27,13 @@ impl std::str::FromStr for Target {
     }
 }
 
+/// A change to a node's ban. (An enum, not `Option<Option<_>>`, which JSON cannot tell apart.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BanChange {
+    For { seconds: u64 },
+    Lift,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum AdminRequest {
     Status,
@@ -73,6 +80,54 @@ pub enum AdminRequest {
     NodeRemove {
         pnn: u64,
     },
+    Ip {
+        target: Target,
+    },
+    /// disable/enable, stop/continue, ban/unban (None leaves a flag as it is).
+    Flags {
+        target: Target,
+        disabled: Option<bool>,
+        stopped: Option<bool>,
+        ban: Option<BanChange>,
+    },
+    MoveIp {
+        ip: std::net::IpAddr,
+        pnn: u64,
+    },
+    ReloadIps,
+    AddIp {
+        ip: std::net::IpAddr,
+        prefix: u8,
+        interfaces: Vec<String>,
+    },
+    DelIp {
+        ip: std::net::IpAddr,
+    },
+    GratArp {
+        ip: std::net::IpAddr,
+    },
+    SetVar {
+        name: String,
+        value: i64,
+    },
+    GetVar {
+        name: String,
+    },
+    ListVars,
+    ScriptStatus {
+        target: Target,
+    },
+}
+
+/// A public address in `shoal ip`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct IpRow {
+    pub ip: std::net::IpAddr,
+    pub prefix: u8,
+    /// Hosting (or releasing) node.
+    pub pnn: Option<u64>,
+    pub releasing: bool,
+    pub interfaces: Vec<String>,
 }
 
 /// A node as `shoal status` shows it.
@@ -126,4 +181,7 @@ pub enum AdminResponse {
     Uptimes(Vec<Result<NodeStatus, (u64, String)>>),
     Volumes(Vec<VolumeRecord>),
     VolumeStatus(Vec<VolumeStatusView>),
+    Ips(Vec<IpRow>),
+    Vars(Vec<(String, i64)>),
+    Scripts(Vec<(u64, Result<Vec<crate::rpc::ScriptRow>, String>)>),
 }

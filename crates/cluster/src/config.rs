@@ -25,10 +25,7 @@ pub const DEFAULT_BRICK_BASE_PORT: u16 = 7800;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{path} line {line}: {message}")]
@@ -49,6 +46,9 @@ fn default_key() -> PathBuf {
 }
 fn default_socket() -> PathBuf {
     "/run/shoal/shoal.sock".into()
+}
+fn default_event_dir() -> PathBuf {
+    "/etc/shoal/events.d".into()
 }
 fn default_cluster_port() -> u16 {
     DEFAULT_CLUSTER_PORT
@@ -105,6 +105,9 @@ pub struct NodeConfig {
     /// CTDB-style public addresses file: `ADDR/PREFIX IFACE[,IFACE]` per line.
     #[serde(default)]
     pub public_addresses_file: Option<PathBuf>,
+    /// Event scripts (CTDB style), run in name order.
+    #[serde(default = "default_event_dir")]
+    pub event_dir: PathBuf,
     /// A voter that holds no bricks and hosts no addresses.
     #[serde(default)]
     pub witness: bool,
@@ -160,9 +163,7 @@ impl NodeConfig {
         let mut seen = std::collections::HashSet::new();
         for a in &self.nodes {
             if !seen.insert(a) {
-                return Err(ConfigError::Invalid(format!(
-                    "node address {a} is listed twice"
-                )));
+                return Err(ConfigError::Invalid(format!("node address {a} is listed twice")));
             }
         }
         if !self.join && !self.nodes.is_empty() && !self.nodes.contains(&self.address) {
@@ -181,12 +182,9 @@ impl NodeConfig {
 
     /// The node's name: as configured, or the host name.
     pub fn node_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| {
-            rustix::system::uname()
-                .nodename()
-                .to_string_lossy()
-                .into_owned()
-        })
+        self.name
+            .clone()
+            .unwrap_or_else(|| rustix::system::uname().nodename().to_string_lossy().into_owned())
     }
 }
 
@@ -356,10 +354,7 @@ mod tests {
             "c.toml",
             "name = \"n1\"\naddress = \"10.0.0.1\"\nnodez = []\n",
         );
-        assert!(NodeConfig::load(&typo)
-            .unwrap_err()
-            .to_string()
-            .contains("nodez"));
+        assert!(NodeConfig::load(&typo).unwrap_err().to_string().contains("nodez"));
         let badname = write(
             d.path(),
             "d.toml",

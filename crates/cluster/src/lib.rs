@@ -4,10 +4,14 @@
 
 pub mod admin;
 pub mod config;
+mod ha;
+pub mod health;
 pub mod node;
 pub mod peers;
+pub mod placement;
 pub mod raft;
 pub mod rpc;
 pub mod state;
+pub mod tunables;
 
-pub use node::{BrickHost, Node};
+pub use node::{LocalHost, Node};

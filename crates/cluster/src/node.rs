@@ -3,14 +3,12 @@
 #![allow(clippy::result_large_err)]
 
 use crate::admin::{
-    AdminRequest, AdminResponse, BrickRow, ClusterStatus, NodeRow, PingRow, Target,
-    VolumeStatusView,
+    AdminRequest, AdminResponse, BrickRow, ClusterStatus, NodeRow, PingRow, Target, VolumeStatusView,
 };
 use crate::config::{NodeConfig, PublicAddress};
 use crate::peers::{NodeConn, Peers};
 use crate::raft::{
-    log_store::LogStore, network::Network, raft_config, state_machine::StateMachineStore, Raft,
-    RaftNode,
+    log_store::LogStore, network::Network, raft_config, state_machine::StateMachineStore, Raft, RaftNode,
 };
 use crate::rpc::{BrickStatus, Hello, NodeReply, NodeRequest, NodeStatus, VolumeView};
 use crate::state::{join_host_port, BrickRequest, ClusterState, Command, NodeInfo, Outcome};
@@ -35,31 +33,30 @@ const WATCH_WAIT: Duration = Duration::from_secs(20);
 /// Format of the identity file.
 const IDENTITY_VERSION: u32 = 1;
 
-/// What a node does with bricks: provided by the daemon, which knows about file data.
-pub trait BrickHost: Send + Sync + 'static {
+/// What only the machine itself can do, provided by the daemon (which knows about file data,
+/// interfaces and scripts).
+pub trait LocalHost: Send + Sync + 'static {
     /// May `path` become a brick here? With `force`, a missing directory is made.
     fn check(&self, path: &str, force: bool) -> Result<(), String>;
     /// The bricks served here now.
     fn status(&self) -> Vec<BrickStatus>;
+    /// Announces a public address hosted here again (gratuitous ARP).
+    fn announce(&self, ip: std::net::IpAddr) -> Result<(), String>;
+    /// The last results of the event scripts.
+    fn script_status(&self) -> Vec<crate::rpc::ScriptRow>;
 }
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("state directory {path}: {source}")]
-    StateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    StateDir { path: PathBuf, source: std::io::Error },
     #[error("identity file {path}: {message}")]
     Identity { path: PathBuf, message: String },
     #[error("raft storage: {0}")]
     Storage(String),
     #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
+    Listen { addr: String, source: std::io::Error },
 }
 
 /// What a node remembers about itself across restarts.
@@ -70,25 +67,28 @@ struct Identity {
 }
 
 pub struct Node {
-    cfg: NodeConfig,
+    pub(crate) health: crate::health::Health,
+    /// Addresses `moveip` asked to put on a given node, until placed there.
+    pub(crate) pins: Mutex<std::collections::HashMap<std::net::IpAddr, u64>>,
+    /// This node's public_addresses file has been proposed.
+    synced: std::sync::atomic::AtomicBool,
+    pub(crate) cfg: NodeConfig,
     name: String,
     key: ClusterKey,
-    pnn: OnceLock<u64>,
-    raft: OnceLock<Raft>,
+    pub(crate) pnn: OnceLock<u64>,
+    pub(crate) raft: OnceLock<Raft>,
     state: OnceLock<watch::Receiver<Arc<ClusterState>>>,
-    peers: Arc<Peers>,
-    host: Arc<dyn BrickHost>,
+    pub(crate) peers: Arc<Peers>,
+    pub(crate) host: Arc<dyn LocalHost>,
     started: SystemTime,
     leader_change: Mutex<(Option<u64>, SystemTime)>,
-    publics: Vec<PublicAddress>,
+    pub(crate) publics: Vec<PublicAddress>,
     /// Serialises joins: a node joins one cluster once.
     joining: tokio::sync::Mutex<()>,
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 fn fail(msg: impl Into<String>) -> AdminResponse {
@@ -101,7 +101,7 @@ impl Node {
         cfg: NodeConfig,
         publics: Vec<PublicAddress>,
         key: ClusterKey,
-        host: Arc<dyn BrickHost>,
+        host: Arc<dyn LocalHost>,
     ) -> Result<Arc<Node>, NodeError> {
         std::fs::create_dir_all(&cfg.state_dir).map_err(|source| NodeError::StateDir {
             path: cfg.state_dir.clone(),
@@ -109,6 +109,9 @@ impl Node {
         })?;
         let name = cfg.node_name();
         let node = Arc::new(Node {
+            health: crate::health::Health::default(),
+            pins: Mutex::new(std::collections::HashMap::new()),
+            synced: std::sync::atomic::AtomicBool::new(false),
             peers: Arc::new(Peers::new(key.clone(), &name, "node")),
             name,
             key,
@@ -151,6 +154,8 @@ impl Node {
         let key = node.key.clone();
         tokio::spawn(proto::service::serve(node.clone(), listener, key, never));
         tokio::spawn(node.clone().housekeeping());
+        tokio::spawn(node.clone().heartbeats());
+        tokio::spawn(node.clone().placement_loop());
         tracing::info!(node = %node.name, pnn = ?node.pnn.get(), %listen, "node started");
         Ok(node)
     }
@@ -204,8 +209,8 @@ impl Node {
 
     async fn start_raft(&self, pnn: u64) -> Result<(), NodeError> {
         let dir = &self.cfg.state_dir;
-        let log = LogStore::open(&dir.join("raft-log.redb"))
-            .map_err(|e| NodeError::Storage(e.to_string()))?;
+        let log =
+            LogStore::open(&dir.join("raft-log.redb")).map_err(|e| NodeError::Storage(e.to_string()))?;
         let (sm, state) = StateMachineStore::open(&dir.join("raft-state.redb"))
             .map_err(|e| NodeError::Storage(e.to_string()))?;
         let config = Arc::new(
@@ -282,10 +287,7 @@ impl Node {
 
     /// The latest applied cluster state (empty until this node is a member).
     pub fn state(&self) -> Arc<ClusterState> {
-        self.state
-            .get()
-            .map(|s| s.borrow().clone())
-            .unwrap_or_default()
+        self.state.get().map(|s| s.borrow().clone()).unwrap_or_default()
     }
 
     /// A receiver of state changes, once this node is a member.
@@ -293,13 +295,11 @@ impl Node {
         self.state.get().cloned()
     }
 
-    fn leader(&self) -> Option<u64> {
-        self.raft
-            .get()
-            .and_then(|r| r.metrics().borrow().current_leader)
+    pub(crate) fn leader(&self) -> Option<u64> {
+        self.raft.get().and_then(|r| r.metrics().borrow().current_leader)
     }
 
-    fn endpoint_of(&self, pnn: u64) -> Option<String> {
+    pub(crate) fn endpoint_of(&self, pnn: u64) -> Option<String> {
         if let Some(n) = self.state().nodes.get(&pnn) {
             return Some(n.endpoint());
         }
@@ -347,6 +347,20 @@ impl Node {
             let state = self.state();
             for n in state.nodes.values().filter(|n| n.pnn != pnn) {
                 let _ = self.peers.get(&n.endpoint());
+            }
+            if leader.is_some()
+                && state.nodes.contains_key(&pnn)
+                && !self.synced.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                match self.sync_public_addresses().await {
+                    Ok(n) => {
+                        self.synced.store(true, std::sync::atomic::Ordering::SeqCst);
+                        if n > 0 {
+                            tracing::info!(count = n, "public addresses registered");
+                        }
+                    }
+                    Err(e) => tracing::warn!("cannot register public addresses: {e}"),
+                }
             }
             if leader.is_some() && !state.nodes.contains_key(&pnn) {
                 match self.propose(Command::AddNode(self.me())).await {
@@ -411,7 +425,7 @@ impl Node {
     }
 
     /// Runs `req` on the leader (here if this node leads).
-    async fn on_leader(self: &Arc<Self>, req: NodeRequest) -> Result<NodeReply, String> {
+    pub(crate) async fn on_leader(self: &Arc<Self>, req: NodeRequest) -> Result<NodeReply, String> {
         let deadline = Instant::now() + COMMIT_DEADLINE;
         while Instant::now() < deadline {
             match self.leader() {
@@ -420,11 +434,8 @@ impl Node {
                     let ep = self.endpoint_of(l).ok_or("leader endpoint unknown")?;
                     let left = deadline.saturating_duration_since(Instant::now());
                     let conn = self.peers.get(&ep);
-                    match tokio::time::timeout(
-                        left + Duration::from_secs(10),
-                        conn.call(&req, Bytes::new()),
-                    )
-                    .await
+                    match tokio::time::timeout(left + Duration::from_secs(10), conn.call(&req, Bytes::new()))
+                        .await
                     {
                         Ok(Ok((r, _, _))) => return Ok(r),
                         Ok(Err(e)) if e.is_transport() => {}
@@ -447,6 +458,7 @@ impl Node {
         let r = match req {
             NodeRequest::AddMember { endpoint } => self.add_member(&endpoint).await,
             NodeRequest::RemoveMember { pnn } => self.remove_member(pnn).await,
+            NodeRequest::MoveIp { ip, pnn } => self.move_ip(ip, pnn).await,
             _ => Err("not a leader request".to_string()),
         };
         NodeReply::Outcome(r.map(|msg| {
@@ -497,14 +509,9 @@ impl Node {
             .nodes()
             .map(|(id, n)| (*id, n.clone()))
             .collect();
-        match conn
-            .call(&NodeRequest::Join { pnn, members }, Bytes::new())
-            .await
-        {
+        match conn.call(&NodeRequest::Join { pnn, members }, Bytes::new()).await {
             Ok((NodeReply::Outcome(Ok(_)), _, _)) => {}
-            Ok((NodeReply::Outcome(Err(e)), _, _)) => {
-                return Err(format!("{endpoint} refused to join: {e}"))
-            }
+            Ok((NodeReply::Outcome(Err(e)), _, _)) => return Err(format!("{endpoint} refused to join: {e}")),
             Ok(_) => return Err("unexpected answer to join".into()),
             Err(e) => return Err(format!("cannot reach {endpoint}: {e}")),
         }
@@ -593,12 +600,7 @@ impl Node {
             term,
             role,
             started: unix(self.started),
-            last_leader_change: unix(
-                self.leader_change
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .1,
-            ),
+            last_leader_change: unix(self.leader_change.lock().unwrap_or_else(|p| p.into_inner()).1),
             version: env!("CARGO_PKG_VERSION").into(),
         }
     }
@@ -616,7 +618,7 @@ impl Node {
     /// call began, so that a read here sees every change already acknowledged anywhere.
     /// Without a quorum it gives up after a moment: reads still answer, from what this node
     /// knows.
-    async fn read_barrier(self: &Arc<Self>) {
+    pub(crate) async fn read_barrier(self: &Arc<Self>) {
         let Some(raft) = self.raft.get() else { return };
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut index = None;
@@ -672,15 +674,10 @@ impl Node {
         if self.raft.get().is_none()
             && !matches!(
                 req,
-                AdminRequest::Pnn
-                    | AdminRequest::Ping {
-                        target: Target::This
-                    }
+                AdminRequest::Pnn | AdminRequest::Ping { target: Target::This }
             )
         {
-            return fail(
-                "this node waits to be added to a cluster: run `shoal node add` on a member",
-            );
+            return fail("this node waits to be added to a cluster: run `shoal node add` on a member");
         }
         if matches!(
             req,
@@ -693,9 +690,7 @@ impl Node {
         }
         match req {
             AdminRequest::Status => AdminResponse::Status(self.cluster_status()),
-            AdminRequest::ListNodes => {
-                AdminResponse::Nodes(self.state().nodes.values().cloned().collect())
-            }
+            AdminRequest::ListNodes => AdminResponse::Nodes(self.state().nodes.values().cloned().collect()),
             AdminRequest::Pnn => match self.pnn() {
                 Some(p) => AdminResponse::Pnn(p),
                 None => fail("this node is not a member yet"),
@@ -787,10 +782,63 @@ impl Node {
                 )
                 .await
             }
+            AdminRequest::Ip { target } => self.admin_ip(target).await,
+            AdminRequest::Flags {
+                target,
+                disabled,
+                stopped,
+                ban,
+            } => {
+                let target = if target == Target::This {
+                    self.pnn().map(Target::Pnn).unwrap_or(target)
+                } else {
+                    target
+                };
+                self.admin_flags(target, disabled, stopped, ban).await
+            }
+            AdminRequest::MoveIp { ip, pnn } => {
+                self.leader_op(
+                    NodeRequest::MoveIp { ip, pnn },
+                    format!("moveip: {ip} to node {pnn}: success"),
+                )
+                .await
+            }
+            AdminRequest::ReloadIps => match self.sync_public_addresses().await {
+                Ok(n) => {
+                    AdminResponse::Done(format!("reloadips: {n} public addresses from this node's file"))
+                }
+                Err(e) => fail(e),
+            },
+            AdminRequest::AddIp {
+                ip,
+                prefix,
+                interfaces,
+            } => self.admin_addip(ip, prefix, interfaces).await,
+            AdminRequest::DelIp { ip } => {
+                self.commit(
+                    Command::DeletePublicAddress { ip },
+                    format!("delip: {ip}: success"),
+                )
+                .await
+            }
+            AdminRequest::GratArp { ip } => self.admin_gratarp(ip).await,
+            AdminRequest::SetVar { name, value } => {
+                self.commit(
+                    Command::SetTunable {
+                        name: name.clone(),
+                        value,
+                    },
+                    format!("{name} = {value}"),
+                )
+                .await
+            }
+            AdminRequest::GetVar { name } => self.admin_vars(Some(&name)),
+            AdminRequest::ListVars => self.admin_vars(None),
+            AdminRequest::ScriptStatus { target } => self.admin_scripts(target).await,
         }
     }
 
-    async fn leader_op(self: &Arc<Self>, req: NodeRequest, ok: String) -> AdminResponse {
+    pub(crate) async fn leader_op(self: &Arc<Self>, req: NodeRequest, ok: String) -> AdminResponse {
         match self.on_leader(req).await {
             Ok(NodeReply::Outcome(Ok(_))) => AdminResponse::Done(ok),
             Ok(NodeReply::Outcome(Err(e))) => fail(e),
@@ -799,7 +847,7 @@ impl Node {
         }
     }
 
-    async fn commit(self: &Arc<Self>, cmd: Command, ok: String) -> AdminResponse {
+    pub(crate) async fn commit(self: &Arc<Self>, cmd: Command, ok: String) -> AdminResponse {
         // Refuse at once what the current state already refuses; the commit re-checks.
         self.read_barrier().await;
         if let Err(why) = self.state().check(&cmd) {
@@ -812,10 +860,7 @@ impl Node {
         }
     }
 
-    fn select_volumes(
-        &self,
-        name: Option<&str>,
-    ) -> Result<Vec<crate::state::VolumeRecord>, String> {
+    fn select_volumes(&self, name: Option<&str>) -> Result<Vec<crate::state::VolumeRecord>, String> {
         let state = self.state();
         match name {
             Some(n) => state
@@ -915,15 +960,9 @@ impl Node {
         tracing::warn!(volume = %name, "some bricks did not come online within 10s");
     }
 
-    async fn volume_status(
-        self: &Arc<Self>,
-        vols: Vec<crate::state::VolumeRecord>,
-    ) -> Vec<VolumeStatusView> {
+    async fn volume_status(self: &Arc<Self>, vols: Vec<crate::state::VolumeRecord>) -> Vec<VolumeStatusView> {
         let state = self.state();
-        let owners: BTreeSet<u64> = vols
-            .iter()
-            .flat_map(|v| v.brick_nodes.iter().copied())
-            .collect();
+        let owners: BTreeSet<u64> = vols.iter().flat_map(|v| v.brick_nodes.iter().copied()).collect();
         let mut reports: BTreeMap<u64, Vec<BrickStatus>> = BTreeMap::new();
         for pnn in owners {
             let r = if Some(pnn) == self.pnn() {
@@ -969,7 +1008,7 @@ impl Node {
             .collect()
     }
 
-    fn targets(&self, target: Target) -> Vec<u64> {
+    pub(crate) fn targets(&self, target: Target) -> Vec<u64> {
         match target {
             Target::This => self.pnn().into_iter().collect(),
             Target::Pnn(p) => vec![p],
@@ -977,7 +1016,7 @@ impl Node {
         }
     }
 
-    async fn ask(&self, pnn: u64, req: NodeRequest) -> Result<NodeReply, String> {
+    pub(crate) async fn ask(&self, pnn: u64, req: NodeRequest) -> Result<NodeReply, String> {
         let ep = self
             .endpoint_of(pnn)
             .ok_or_else(|| format!("no node with pnn {pnn}"))?;
@@ -1027,20 +1066,13 @@ impl Node {
         let nodes = state
             .nodes
             .values()
-            .map(|n| {
-                let up = n.pnn == me || self.peers.is_up(&n.endpoint());
-                NodeRow {
-                    pnn: n.pnn,
-                    name: n.name.clone(),
-                    address: n.address.clone(),
-                    state: if up {
-                        "OK".into()
-                    } else {
-                        "DISCONNECTED".into()
-                    },
-                    witness: n.witness,
-                    this: n.pnn == me,
-                }
+            .map(|n| NodeRow {
+                pnn: n.pnn,
+                name: n.name.clone(),
+                address: n.address.clone(),
+                state: self.node_state(&state, n.pnn),
+                witness: n.witness,
+                this: n.pnn == me,
             })
             .collect();
         let m = self.raft.get().map(|r| r.metrics().borrow().clone());
@@ -1071,12 +1103,7 @@ impl Service for Node {
         peer.clone()
     }
 
-    fn handle(
-        self: &Arc<Self>,
-        peer: &Arc<Peer>,
-        req: NodeRequest,
-        _data: Bytes,
-    ) -> Handled<NodeReply> {
+    fn handle(self: &Arc<Self>, peer: &Arc<Peer>, req: NodeRequest, _data: Bytes) -> Handled<NodeReply> {
         let node = self.clone();
         let nodes_only = !matches!(
             req,
@@ -1087,6 +1114,24 @@ impl Service for Node {
         }
         match req {
             NodeRequest::Ping => Handled::Now((Ok(NodeReply::Pong), Bytes::new())),
+            NodeRequest::Heartbeat(report) => {
+                let from = report.pnn;
+                let state = self.state();
+                // A member gets a grant towards its lease unless it is fenced and has not yet
+                // caught up with its fence (see `health`).
+                let grant = state.nodes.contains_key(&from)
+                    && state.fences.get(&from).is_none_or(|f| report.held_at >= *f);
+                self.health.on_heartbeat(from, report, grant);
+                let mut mine = self.health.report(self.pnn().unwrap_or(u64::MAX), state.revision);
+                mine.grant = grant;
+                Handled::Now((Ok(NodeReply::Heartbeat(mine)), Bytes::new()))
+            }
+            NodeRequest::ScriptStatus => {
+                Handled::Now((Ok(NodeReply::Scripts(self.host.script_status())), Bytes::new()))
+            }
+            NodeRequest::Announce { ip } => {
+                Handled::Now((Ok(NodeReply::Checked(self.host.announce(ip))), Bytes::new()))
+            }
             NodeRequest::Hello => Handled::Now((
                 Ok(NodeReply::Hello(Hello {
                     name: self.name.clone(),
@@ -1098,12 +1143,8 @@ impl Service for Node {
                 })),
                 Bytes::new(),
             )),
-            NodeRequest::Status => {
-                Handled::Now((Ok(NodeReply::Status(self.status())), Bytes::new()))
-            }
-            NodeRequest::Bricks => {
-                Handled::Now((Ok(NodeReply::Bricks(self.host.status())), Bytes::new()))
-            }
+            NodeRequest::Status => Handled::Now((Ok(NodeReply::Status(self.status())), Bytes::new())),
+            NodeRequest::Bricks => Handled::Now((Ok(NodeReply::Bricks(self.host.status())), Bytes::new())),
             NodeRequest::GetVolume { name } => {
                 Handled::Now((Ok(NodeReply::Volume(self.volume_view(&name))), Bytes::new()))
             }
@@ -1115,9 +1156,9 @@ impl Service for Node {
                 };
                 Handled::Now((Ok(NodeReply::Checked(verdict)), Bytes::new()))
             }
-            other => Handled::Later(Box::pin(async move {
-                (node.serve_later(other).await, Bytes::new())
-            })),
+            other => Handled::Later(Box::pin(
+                async move { (node.serve_later(other).await, Bytes::new()) },
+            )),
         }
     }
 
@@ -1132,7 +1173,9 @@ impl Node {
             NodeRequest::Vote(r) => NodeReply::Vote(raft()?.vote(r).await),
             NodeRequest::Snapshot(r) => NodeReply::Snapshot(raft()?.install_snapshot(r).await),
             NodeRequest::Propose(cmd) => NodeReply::Outcome(self.propose_at(cmd).await),
-            req @ (NodeRequest::AddMember { .. } | NodeRequest::RemoveMember { .. }) => {
+            req @ (NodeRequest::AddMember { .. }
+            | NodeRequest::RemoveMember { .. }
+            | NodeRequest::MoveIp { .. }) => {
                 if self.leader() == self.pnn() {
                     self.leader_duty(req).await
                 } else {
@@ -1145,9 +1188,7 @@ impl Node {
             NodeRequest::ReadIndex => NodeReply::ReadIndex(self.read_index().await),
             NodeRequest::WatchVolume { name, revision } => {
                 if let Some(mut rx) = self.watch_state() {
-                    let _ =
-                        tokio::time::timeout(WATCH_WAIT, rx.wait_for(|s| s.revision > revision))
-                            .await;
+                    let _ = tokio::time::timeout(WATCH_WAIT, rx.wait_for(|s| s.revision > revision)).await;
                 }
                 NodeReply::Volume(self.volume_view(&name))
             }

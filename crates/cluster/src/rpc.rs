@@ -45,6 +45,19 @@ pub enum NodeRequest {
     /// The leader's commit index, confirmed with a quorum (for reads that must see every
     /// committed change).
     ReadIndex,
+    /// A node's heartbeat: its report; the answer is the receiver's.
+    Heartbeat(crate::health::NodeReport),
+    /// The last results of this node's event scripts.
+    ScriptStatus,
+    /// Announce a public address hosted here again.
+    Announce {
+        ip: std::net::IpAddr,
+    },
+    /// Move a public address to a node (sent to the leader).
+    MoveIp {
+        ip: std::net::IpAddr,
+        pnn: u64,
+    },
     /// A volume's record (for mounts).
     GetVolume {
         name: String,
@@ -126,4 +139,18 @@ pub enum NodeReply {
     Bricks(Vec<BrickStatus>),
     Volume(Option<VolumeView>),
     ReadIndex(Result<Option<u64>, String>),
+    Heartbeat(crate::health::NodeReport),
+    Scripts(Vec<ScriptRow>),
+}
+
+/// One event script's last run, for `shoal scriptstatus`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScriptRow {
+    pub event: String,
+    pub script: String,
+    /// OK, ERROR(code), TIMEDOUT, DISABLED.
+    pub status: String,
+    pub duration: f64,
+    pub started: u64,
+    pub output: String,
 }

@@ -6,6 +6,7 @@ use crate::config::valid_node_name;
 use layout::{BrickSpec, VolumeSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 /// Version of the persisted state and command formats.
 pub const STATE_VERSION: u32 = 1;
@@ -64,6 +65,55 @@ pub struct VolumeRecord {
     pub brick_nodes: Vec<u64>,
 }
 
+/// A floating public address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicAddr {
+    pub prefix: u8,
+    /// Interfaces it may live on (a node hosts it on the first of these it has up).
+    pub interfaces: Vec<String>,
+    /// The node whose public_addresses file listed it; None when added with `addip`.
+    pub source: Option<u64>,
+}
+
+/// Where a public address is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Placement {
+    /// Hosted by this node.
+    Host(u64),
+    /// Being released by this node before it moves (a planned move: release first, then
+    /// take over, so that it is never up twice).
+    Releasing(u64),
+    /// Was on this node, which went silent and is fenced: it moves once that node's lease
+    /// has surely run out (see the `health` module).
+    Fenced(u64),
+}
+
+impl Placement {
+    /// The node the address is on, or was on last.
+    pub fn node(&self) -> u64 {
+        match self {
+            Placement::Host(p) | Placement::Releasing(p) | Placement::Fenced(p) => *p,
+        }
+    }
+}
+
+/// What the administrator said about a node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeFlags {
+    /// Healthy, but hosts no addresses.
+    pub disabled: bool,
+    /// Stopped by the admin: a member that takes no part until `continue`.
+    pub stopped: bool,
+    /// Banned until this unix time (seconds).
+    pub banned_until: Option<u64>,
+}
+
+impl NodeFlags {
+    pub fn banned(&self, now_unix: u64) -> bool {
+        self.banned_until.is_some_and(|t| t > now_unix)
+    }
+}
+
 /// Everything the cluster agrees on.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -71,6 +121,16 @@ pub struct ClusterState {
     pub volumes: BTreeMap<String, VolumeRecord>,
     /// Cluster-wide tunables (`setvar`), by name.
     pub tunables: BTreeMap<String, i64>,
+    pub public_addresses: BTreeMap<IpAddr, PublicAddr>,
+    pub placement: BTreeMap<IpAddr, Placement>,
+    pub flags: BTreeMap<u64, NodeFlags>,
+    /// Revision at which each fenced node was fenced: no node grants it a lease again until
+    /// it has applied that revision (and so knows its addresses are gone).
+    #[serde(default)]
+    pub fences: BTreeMap<u64, u64>,
+    /// Revision at which each address's placement last changed.
+    #[serde(default)]
+    pub placed_at: BTreeMap<IpAddr, u64>,
     /// Bumped by every applied change: lets watchers see that something moved.
     pub revision: u64,
 }
@@ -142,6 +202,45 @@ pub enum Command {
         name: String,
         value: i64,
     },
+    AddPublicAddress {
+        ip: IpAddr,
+        prefix: u8,
+        interfaces: Vec<String>,
+        source: Option<u64>,
+    },
+    DeletePublicAddress {
+        ip: IpAddr,
+    },
+    /// A node's public_addresses file as it reads now: adds what is new, drops what that node
+    /// listed before and lists no more.
+    SyncPublicAddresses {
+        pnn: u64,
+        list: Vec<(IpAddr, u8, Vec<String>)>,
+    },
+    SetFlags {
+        pnn: u64,
+        disabled: Option<bool>,
+        stopped: Option<bool>,
+        banned_until: Option<Option<u64>>,
+    },
+    /// The leader's placement decisions, each applied only if the address is still placed as
+    /// the leader saw it (`from`), so that a stale decision never undoes a newer one.
+    Place {
+        changes: Vec<PlaceChange>,
+    },
+    /// A silent node is fenced: its addresses become `Fenced` and it gets no lease until it
+    /// has caught up with this.
+    Fence {
+        pnn: u64,
+    },
+}
+
+/// One address's move: from where the leader saw it to where it goes (None: unplaced).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlaceChange {
+    pub ip: IpAddr,
+    pub from: Option<Placement>,
+    pub to: Option<Placement>,
 }
 
 /// The outcome of applying one command.
@@ -169,9 +268,7 @@ pub const VOLUME_OPTIONS: &[(&str, OptionCheck)] = &[
 impl ClusterState {
     /// The node named `who`, by name or private address.
     pub fn node_by_name(&self, who: &str) -> Option<&NodeInfo> {
-        self.nodes
-            .values()
-            .find(|n| n.name == who || n.address == who)
+        self.nodes.values().find(|n| n.name == who || n.address == who)
     }
 
     /// Which volume uses a brick directory on a node, if any.
@@ -248,17 +345,16 @@ impl ClusterState {
                     .nodes
                     .get(pnn)
                     .ok_or_else(|| format!("no node with pnn {pnn}"))?;
-                if let Some((vol, _)) = self
-                    .volumes
-                    .iter()
-                    .find(|(_, v)| v.brick_nodes.contains(pnn))
-                {
+                if let Some((vol, _)) = self.volumes.iter().find(|(_, v)| v.brick_nodes.contains(pnn)) {
                     return Err(format!(
                         "node {} holds bricks of volume {vol}: delete or move them first",
                         node.name
                     ));
                 }
-                self.nodes.remove(pnn);
+                let pnn = *pnn;
+                self.nodes.remove(&pnn);
+                self.flags.remove(&pnn);
+                self.fence(pnn);
             }
             Command::CreateVolume {
                 name,
@@ -351,9 +447,7 @@ impl ClusterState {
             Command::DeleteVolume { name } => {
                 let v = self.volume_mut(name)?;
                 if v.state == VolumeState::Started {
-                    return Err(format!(
-                        "volume {name} has been started: stop it before deleting"
-                    ));
+                    return Err(format!("volume {name} has been started: stop it before deleting"));
                 }
                 self.volumes.remove(name);
             }
@@ -361,23 +455,148 @@ impl ClusterState {
                 let check = VOLUME_OPTIONS
                     .iter()
                     .find(|(k, _)| k == key)
-                    .ok_or_else(|| {
-                        format!("option {key} does not exist (known: {})", option_names())
-                    })?
+                    .ok_or_else(|| format!("option {key} does not exist (known: {})", option_names()))?
                     .1;
                 if !check(value) {
                     return Err(format!("value {value:?} is not valid for option {key}"));
                 }
-                self.volume_mut(name)?
-                    .options
-                    .insert(key.clone(), value.clone());
+                self.volume_mut(name)?.options.insert(key.clone(), value.clone());
             }
             Command::SetTunable { name, value } => {
-                self.tunables.insert(name.clone(), *value);
+                let t =
+                    crate::tunables::find(name).ok_or_else(|| format!("no tunable {name} (see listvars)"))?;
+                if !(t.min..=t.max).contains(value) {
+                    return Err(format!("{name} must be between {} and {}", t.min, t.max));
+                }
+                self.tunables.insert(t.name.to_string(), *value);
+            }
+            Command::AddPublicAddress {
+                ip,
+                prefix,
+                interfaces,
+                source,
+            } => {
+                check_public(*ip, *prefix, interfaces)?;
+                if self.public_addresses.contains_key(ip) {
+                    return Err(format!("public address {ip} is already configured"));
+                }
+                self.public_addresses.insert(
+                    *ip,
+                    PublicAddr {
+                        prefix: *prefix,
+                        interfaces: interfaces.clone(),
+                        source: *source,
+                    },
+                );
+            }
+            Command::DeletePublicAddress { ip } => {
+                if self.public_addresses.remove(ip).is_none() {
+                    return Err(format!("public address {ip} is not configured"));
+                }
+                self.placement.remove(ip);
+                self.placed_at.remove(ip);
+            }
+            Command::SyncPublicAddresses { pnn, list } => {
+                for (ip, prefix, ifaces) in list {
+                    check_public(*ip, *prefix, ifaces)?;
+                }
+                let listed: std::collections::BTreeSet<IpAddr> = list.iter().map(|(ip, _, _)| *ip).collect();
+                let gone: Vec<IpAddr> = self
+                    .public_addresses
+                    .iter()
+                    .filter(|(ip, a)| a.source == Some(*pnn) && !listed.contains(ip))
+                    .map(|(ip, _)| *ip)
+                    .collect();
+                for ip in gone {
+                    self.public_addresses.remove(&ip);
+                    self.placement.remove(&ip);
+                    self.placed_at.remove(&ip);
+                }
+                for (ip, prefix, ifaces) in list {
+                    self.public_addresses.entry(*ip).or_insert_with(|| PublicAddr {
+                        prefix: *prefix,
+                        interfaces: ifaces.clone(),
+                        source: Some(*pnn),
+                    });
+                }
+            }
+            Command::SetFlags {
+                pnn,
+                disabled,
+                stopped,
+                banned_until,
+            } => {
+                if !self.nodes.contains_key(pnn) {
+                    return Err(format!("no node with pnn {pnn}"));
+                }
+                let f = self.flags.entry(*pnn).or_default();
+                if let Some(d) = disabled {
+                    f.disabled = *d;
+                }
+                if let Some(s) = stopped {
+                    f.stopped = *s;
+                }
+                if let Some(b) = banned_until {
+                    f.banned_until = *b;
+                }
+            }
+            Command::Place { changes } => {
+                let rev = self.revision + 1;
+                for c in changes {
+                    // Deleted or moved meanwhile: this decision is stale.
+                    if !self.public_addresses.contains_key(&c.ip)
+                        || self.placement.get(&c.ip) != c.from.as_ref()
+                    {
+                        continue;
+                    }
+                    match c.to {
+                        Some(p) => self.placement.insert(c.ip, p),
+                        None => self.placement.remove(&c.ip),
+                    };
+                    self.placed_at.insert(c.ip, rev);
+                }
+            }
+            Command::Fence { pnn } => {
+                if !self.nodes.contains_key(pnn) {
+                    return Err(format!("no node with pnn {pnn}"));
+                }
+                self.fence(*pnn);
             }
         }
         Ok(())
     }
+}
+
+impl ClusterState {
+    /// Marks `pnn` fenced at the revision being applied, its addresses `Fenced`.
+    fn fence(&mut self, pnn: u64) {
+        let rev = self.revision + 1;
+        self.fences.insert(pnn, rev);
+        for (ip, p) in self.placement.iter_mut() {
+            if matches!(p, Placement::Host(x) | Placement::Releasing(x) if *x == pnn) {
+                *p = Placement::Fenced(pnn);
+                self.placed_at.insert(*ip, rev);
+            }
+        }
+    }
+}
+
+fn check_public(ip: IpAddr, prefix: u8, interfaces: &[String]) -> Result<(), String> {
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    if prefix == 0 || prefix > max {
+        return Err(format!("prefix /{prefix} is out of range for {ip}"));
+    }
+    if ip.is_loopback() || ip.is_multicast() || ip.is_unspecified() {
+        return Err(format!("{ip} cannot be a public address"));
+    }
+    if interfaces.is_empty()
+        || interfaces
+            .iter()
+            .any(|i| i.is_empty() || i.len() > 15 || i.contains('/'))
+    {
+        return Err(format!("public address {ip}: give one or more interface names"));
+    }
+    Ok(())
 }
 
 fn option_names() -> String {
@@ -421,18 +640,14 @@ mod tests {
             stripe: 1,
             replica,
             stripe_size: 131072,
-            bricks: bricks
-                .iter()
-                .map(|b| BrickRequest::parse(b).unwrap())
-                .collect(),
+            bricks: bricks.iter().map(|b| BrickRequest::parse(b).unwrap()).collect(),
         }
     }
 
     #[test]
     fn volume_lifecycle() {
         let mut s = state();
-        s.apply(&create("v", 1, &["n0:/b/v", "10.0.0.2:/b/v"]))
-            .unwrap();
+        s.apply(&create("v", 1, &["n0:/b/v", "10.0.0.2:/b/v"])).unwrap();
         let v = &s.volumes["v"];
         assert_eq!(v.spec.bricks[1].node, "n1", "addresses resolve to names");
         assert_eq!(v.spec.bricks[0].addr, "10.0.0.1:49152");
@@ -453,10 +668,7 @@ mod tests {
             ),
             (create("x", 1, &["n9:/b/x"]), "not a node"),
             (create("x", 1, &["n0:/b/v"]), "already part of volume v"),
-            (
-                create("x", 1, &["n0:/b/v/inner"]),
-                "already part of volume v",
-            ),
+            (create("x", 1, &["n0:/b/v/inner"]), "already part of volume v"),
             (
                 create("x", 2, &["n0:/b/x", "n1:/b/x", "n2:/b/x"]),
                 "not a multiple",
@@ -479,8 +691,7 @@ mod tests {
         }
         assert_eq!(s.revision, rev);
         s.apply(&Command::StopVolume { name: "v".into() }).unwrap();
-        s.apply(&Command::DeleteVolume { name: "v".into() })
-            .unwrap();
+        s.apply(&Command::DeleteVolume { name: "v".into() }).unwrap();
         assert!(!s.volumes.contains_key("v"));
     }
 

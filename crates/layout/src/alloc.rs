@@ -77,6 +77,18 @@ pub fn allocate(
     current: &BTreeMap<IpAddr, u64>,
     failback: bool,
 ) -> BTreeMap<IpAddr, u64> {
+    allocate_with(addresses, hosts, current, failback, &BTreeSet::new())
+}
+
+/// [`allocate`], where rebalancing leaves the `sticky` addresses where they are (an
+/// administrator put them there) and moves others instead.
+pub fn allocate_with(
+    addresses: &[Address],
+    hosts: &[Host],
+    current: &BTreeMap<IpAddr, u64>,
+    failback: bool,
+    sticky: &BTreeSet<IpAddr>,
+) -> BTreeMap<IpAddr, u64> {
     let mut addrs: Vec<&Address> = addresses.iter().collect();
     addrs.sort_by_key(|a| a.ip);
     let can = |h: &Host, a: &Address| a.interfaces.iter().any(|i| h.interfaces.contains(i));
@@ -132,7 +144,7 @@ pub fn allocate(
                     // `from` and sparse on `to`.
                     let pick = held[&from.pnn]
                         .iter()
-                        .filter(|ip| can(to, by_ip[*ip]))
+                        .filter(|ip| can(to, by_ip[*ip]) && !sticky.contains(*ip))
                         .min_by_key(|ip| {
                             let net = subnet(**ip, by_ip[*ip].prefix);
                             (
@@ -190,6 +202,28 @@ mod tests {
     }
 
     #[test]
+    fn sticky_addresses_stay_and_others_move_instead() {
+        let addrs: Vec<Address> = (100..103)
+            .map(|i| addr(&format!("10.1.0.{i}/24"), &["eth1"]))
+            .collect();
+        let three = [host(0, &["eth1"]), host(1, &["eth1"]), host(2, &["eth1"])];
+        // An administrator moved .100 from node 0 to node 2.
+        let current: BTreeMap<IpAddr, u64> = [
+            (ip("10.1.0.100"), 2),
+            (ip("10.1.0.101"), 1),
+            (ip("10.1.0.102"), 2),
+        ]
+        .into();
+        let sticky = [ip("10.1.0.100")].into();
+        let a = allocate_with(&addrs, &three, &current, true, &sticky);
+        assert_eq!(a[&ip("10.1.0.100")], 2);
+        assert_eq!(a[&ip("10.1.0.102")], 0);
+        // Without it, rebalancing may undo the move.
+        let b = allocate(&addrs, &three, &current, true);
+        assert_eq!(counts(&b).values().copied().collect::<Vec<_>>(), vec![1, 1, 1]);
+    }
+
+    #[test]
     fn table() {
         let addrs: Vec<Address> = (100..106)
             .map(|i| addr(&format!("10.1.0.{i}/24"), &["eth1"]))
@@ -197,10 +231,7 @@ mod tests {
         let three = [host(0, &["eth1"]), host(1, &["eth1"]), host(2, &["eth1"])];
         // From nothing: two each.
         let a = allocate(&addrs, &three, &BTreeMap::new(), true);
-        assert_eq!(
-            counts(&a).values().copied().collect::<Vec<_>>(),
-            vec![2, 2, 2]
-        );
+        assert_eq!(counts(&a).values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
         // A node leaves: only its addresses move, one to each survivor.
         let two = [three[0].clone(), three[2].clone()];
         let b = allocate(&addrs, &two, &a, true);
@@ -212,10 +243,7 @@ mod tests {
         assert_eq!(counts(&b).values().copied().collect::<Vec<_>>(), vec![3, 3]);
         // It comes back: with failback it gets two again (two moves); without, nothing moves.
         let c = allocate(&addrs, &three, &b, true);
-        assert_eq!(
-            counts(&c).values().copied().collect::<Vec<_>>(),
-            vec![2, 2, 2]
-        );
+        assert_eq!(counts(&c).values().copied().collect::<Vec<_>>(), vec![2, 2, 2]);
         assert_eq!(c.iter().filter(|(k, v)| b[*k] != **v).count(), 2);
         let d = allocate(&addrs, &three, &b, false);
         assert_eq!(d, b);

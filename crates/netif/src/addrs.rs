@@ -55,12 +55,7 @@ impl Links {
     }
 
     async fn index(&self, iface: &str) -> Result<u32, NetifError> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(iface.to_string())
-            .execute();
+        let mut links = self.handle.link().get().match_name(iface.to_string()).execute();
         match links.try_next().await {
             Ok(Some(m)) => Ok(m.header.index),
             Ok(None) => Err(NetifError::NoInterface(iface.into())),
@@ -90,6 +85,9 @@ impl Links {
     /// Adds an address. Present already is an error ([`NetifError::Exists`]).
     pub async fn add(&self, iface: &str, ip: IpAddr, prefix: u8) -> Result<(), NetifError> {
         let index = self.index(iface).await?;
+        if ip.is_ipv4() {
+            promote_secondaries(iface);
+        }
         match self.handle.address().add(index, ip, prefix).execute().await {
             Ok(()) => Ok(()),
             Err(e) if errno(&e) == Some(libc::EEXIST) => Err(NetifError::Exists {
@@ -156,5 +154,18 @@ impl Links {
             }
         }
         Ok(out)
+    }
+}
+
+/// Without this, removing the first IPv4 address of a subnet from an interface silently
+/// removes every other address of that subnet with it (the kernel's "secondaries"), which
+/// would take other public addresses down with one that moves.
+fn promote_secondaries(iface: &str) {
+    if iface.contains('/') || iface.starts_with('.') {
+        return;
+    }
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/promote_secondaries");
+    if let Err(e) = std::fs::write(&path, "1") {
+        tracing::warn!(%iface, "cannot set promote_secondaries: {e}");
     }
 }

@@ -6,7 +6,10 @@
 
 pub mod addrs;
 pub mod conns;
+pub mod keeper;
+pub mod netns;
 pub mod packets;
 pub mod raw;
 
 pub use addrs::{Assigned, Links, NetifError};
+pub use keeper::{Held, Keeper};

@@ -102,8 +102,7 @@ struct CreateArgs {
 
 /// Parses `[stripe N] [replica N] [stripe-size B] BRICK... [force]` as gluster does.
 fn parse_create(args: &[String]) -> Result<CreateArgs> {
-    let (mut stripe, mut replica, mut size, mut bricks, mut force) =
-        (1u32, 1u32, None, Vec::new(), false);
+    let (mut stripe, mut replica, mut size, mut bricks, mut force) = (1u32, 1u32, None, Vec::new(), false);
     let mut it = args.iter().peekable();
     let count = |what: &str, v: Option<&String>| -> Result<u32> {
         let v = v.ok_or_else(|| anyhow!("{what} needs a count"))?;
@@ -120,9 +119,7 @@ fn parse_create(args: &[String]) -> Result<CreateArgs> {
             "stripe" => stripe = count("stripe", it.next())?,
             "replica" => replica = count("replica", it.next())?,
             "stripe-size" => {
-                let v = it
-                    .next()
-                    .ok_or_else(|| anyhow!("stripe-size needs a value"))?;
+                let v = it.next().ok_or_else(|| anyhow!("stripe-size needs a value"))?;
                 size = Some(
                     v.parse()
                         .map_err(|_| anyhow!("stripe-size {v:?} is not a number of bytes"))?,
@@ -178,10 +175,7 @@ pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
         }
         VolumeCmd::List => return volume_list(ctx, call(&ctx.socket, &AdminRequest::VolumeList)?),
         VolumeCmd::Status { name } => {
-            return volume_status(
-                ctx,
-                call(&ctx.socket, &AdminRequest::VolumeStatus { name })?,
-            )
+            return volume_status(ctx, call(&ctx.socket, &AdminRequest::VolumeStatus { name })?)
         }
     };
     expect_done(call(&ctx.socket, &req)?)
@@ -263,10 +257,7 @@ fn volume_status(ctx: &Ctx, r: AdminResponse) -> Result<()> {
             continue;
         }
         println!("Status of volume: {}", v.volume.spec.name);
-        println!(
-            "{:<44}{:<11}{:<8}Pid",
-            "shoal process", "TCP Port", "Online"
-        );
+        println!("{:<44}{:<11}{:<8}Pid", "shoal process", "TCP Port", "Online");
         println!("{rule}");
         for b in &v.bricks {
             let (port, online, pid) = match &b.status {
@@ -472,6 +463,142 @@ pub fn uptime(ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// Sends a command that answers with a message.
+pub fn done(ctx: &Ctx, req: &AdminRequest) -> Result<()> {
+    expect_done(call(&ctx.socket, req)?)
+}
+
+pub fn flags(
+    ctx: &Ctx,
+    disabled: Option<bool>,
+    stopped: Option<bool>,
+    ban: Option<cluster::admin::BanChange>,
+) -> Result<()> {
+    let target = ctx.target.unwrap_or(Target::This);
+    done(
+        ctx,
+        &AdminRequest::Flags {
+            target,
+            disabled,
+            stopped,
+            ban,
+        },
+    )
+}
+
+pub fn addip(ctx: &Ctx, address: &str, interfaces: &str) -> Result<()> {
+    let line = format!("{address} {interfaces}");
+    let p = cluster::config::parse_public_address(&line).map_err(|e| anyhow!("addip: {e}"))?;
+    done(
+        ctx,
+        &AdminRequest::AddIp {
+            ip: p.addr,
+            prefix: p.prefix,
+            interfaces: p.interfaces,
+        },
+    )
+}
+
+pub fn ip(ctx: &Ctx, verbose: bool) -> Result<()> {
+    let target = ctx.target.unwrap_or(Target::All);
+    let rows = match call(&ctx.socket, &AdminRequest::Ip { target })? {
+        AdminResponse::Ips(r) => r,
+        AdminResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if ctx.json {
+        return print_json(&rows);
+    }
+    match target {
+        Target::Pnn(p) => println!("Public IPs on node {p}"),
+        _ => println!("Public IPs on ALL nodes"),
+    }
+    for r in rows {
+        let pnn = match (r.pnn, r.releasing) {
+            (Some(p), false) => p.to_string(),
+            (Some(p), true) => format!("{p} (releasing)"),
+            (None, _) => "-1".into(),
+        };
+        if verbose {
+            let active = if r.releasing || r.pnn.is_none() {
+                String::new()
+            } else {
+                r.interfaces.first().cloned().unwrap_or_default()
+            };
+            println!(
+                "{} node[{pnn}] active[{active}] configured[{}]",
+                r.ip,
+                r.interfaces.join(",")
+            );
+        } else {
+            println!("{} {pnn}", r.ip);
+        }
+    }
+    Ok(())
+}
+
+pub fn vars(ctx: &Ctx, name: Option<String>) -> Result<()> {
+    let req = match name {
+        Some(name) => AdminRequest::GetVar { name },
+        None => AdminRequest::ListVars,
+    };
+    let vars = match call(&ctx.socket, &req)? {
+        AdminResponse::Vars(v) => v,
+        AdminResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if ctx.json {
+        return print_json(&vars);
+    }
+    for (n, v) in vars {
+        println!("{n:<26} = {v}");
+    }
+    Ok(())
+}
+
+pub fn scriptstatus(ctx: &Ctx) -> Result<()> {
+    let target = ctx.target.unwrap_or(Target::This);
+    let nodes = match call(&ctx.socket, &AdminRequest::ScriptStatus { target })? {
+        AdminResponse::Scripts(s) => s,
+        AdminResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if ctx.json {
+        return print_json(&nodes);
+    }
+    for (pnn, rows) in nodes {
+        if nodes_many(target) {
+            println!("node {pnn}:");
+        }
+        match rows {
+            Ok(rows) if rows.is_empty() => println!("no event scripts have run"),
+            Ok(rows) => {
+                for r in rows {
+                    println!(
+                        "{:<14} {:<20} {:<10} {:.3} {}",
+                        r.event,
+                        r.script,
+                        r.status,
+                        r.duration,
+                        fmt_time(r.started)
+                    );
+                    if r.status != "OK" && r.status != "DISABLED" {
+                        for l in r.output.lines().take(5) {
+                            println!("  OUTPUT: {l}");
+                        }
+                    }
+                }
+            }
+            Err(e) => println!("no answer: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn nodes_many(t: Target) -> bool {
+    t == Target::All
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,10 +607,7 @@ mod tests {
     fn create_arguments_parse_like_gluster() {
         let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let c = parse_create(&a(&["stripe", "2", "n1:/a", "n2:/b"])).unwrap();
-        assert_eq!(
-            (c.stripe, c.replica, c.bricks.len(), c.force),
-            (2, 1, 2, false)
-        );
+        assert_eq!((c.stripe, c.replica, c.bricks.len(), c.force), (2, 1, 2, false));
         let c = parse_create(&a(&["replica", "3", "n1:/a", "n2:/a", "n3:/a", "force"])).unwrap();
         assert_eq!((c.replica, c.bricks.len(), c.force), (3, 3, true));
         assert!(parse_create(&a(&["replica", "1", "n1:/a"])).is_err());

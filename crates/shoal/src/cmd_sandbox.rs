@@ -30,6 +30,27 @@ pub enum SandboxCmd {
         #[arg(long, default_value_os_t = default_dir())]
         dir: PathBuf,
     },
+    /// A machine crash of node PNN: its processes killed (SIGKILL) and its links down.
+    Kill {
+        #[arg(long, default_value_os_t = default_dir())]
+        dir: PathBuf,
+        /// Kill only the node's `shoal daemon` (SIGKILL); the machine stays up.
+        #[arg(long)]
+        daemon: bool,
+        pnn: usize,
+    },
+    /// Cut node PNN's network links (the node keeps running).
+    Cut {
+        #[arg(long, default_value_os_t = default_dir())]
+        dir: PathBuf,
+        pnn: usize,
+    },
+    /// Bring node PNN back: links up, daemon started if it is not running.
+    Start {
+        #[arg(long, default_value_os_t = default_dir())]
+        dir: PathBuf,
+        pnn: usize,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -64,12 +85,17 @@ fn default_dir() -> PathBuf {
 const CLUSTER_PORT: u16 = cluster::config::DEFAULT_CLUSTER_PORT;
 const STATE_FILE: &str = "sandbox.state";
 
-/// What `down` needs to undo.
+/// What `down` needs to undo, and what `kill`/`cut`/`start` need to find.
 #[derive(Serialize, Deserialize, Default)]
 struct State {
     netns: Vec<String>,
     bridge: Option<String>,
+    public_bridge: Option<String>,
+    /// Host-side ends of each node's links (private, then public if any).
+    links: Vec<Vec<String>>,
     daemons: Vec<u32>,
+    /// How each node's daemon is started.
+    commands: Vec<Vec<String>>,
     mount_pid: Option<u32>,
     mount: Option<PathBuf>,
 }
@@ -78,6 +104,11 @@ pub fn run(args: SandboxArgs) -> Result<()> {
     match args.cmd {
         Some(SandboxCmd::Up(up)) => up_cmd(&up),
         Some(SandboxCmd::Down { dir }) => down(&dir),
+        Some(SandboxCmd::Kill { dir, pnn, daemon }) => {
+            node_op(&dir, pnn, if daemon { Op::KillDaemon } else { Op::Kill })
+        }
+        Some(SandboxCmd::Cut { dir, pnn }) => node_op(&dir, pnn, Op::Cut),
+        Some(SandboxCmd::Start { dir, pnn }) => node_op(&dir, pnn, Op::Start),
         None => {
             up_cmd(&args.up)?;
             println!("\nPress Ctrl-C to stop the sandbox.");
@@ -186,11 +217,22 @@ fn up_cmd(a: &UpArgs) -> Result<()> {
             }
         })
         .collect();
+    // Public addresses live on a bridge of their own; the host (.254) and a client namespace (.200) reach them.
+    let public_net = format!("10.{}.{y}", 150 + x % 50);
+    let publics: Vec<String> = if root {
+        (0..a.nodes)
+            .map(|i| format!("{public_net}.{}", 100 + i))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut st = State::default();
     if root {
         sweep(&prefix);
-        setup_network(&prefix, &addrs, &mut st)?;
+        setup_network(&prefix, &addrs, a.nodes, &public_net, &mut st)?;
         save(&dir, &st)?;
+        let text: String = publics.iter().map(|p| format!("{p}/24 eth1\n")).collect();
+        std::fs::write(dir.join("public_addresses"), text)?;
     }
     let key = dir.join("cluster.key");
     if !key.exists() {
@@ -203,39 +245,45 @@ fn up_cmd(a: &UpArgs) -> Result<()> {
         let home = dir.join(format!("node{i}"));
         std::fs::create_dir_all(&home)?;
         let config = home.join("shoal.toml");
+        let events = home.join("events.d");
+        std::fs::create_dir_all(&events)?;
+        let is_witness = witness && i == total - 1;
+        let publics_line = if root && !is_witness {
+            format!(
+                "public_addresses_file = \"{}\"\n",
+                dir.join("public_addresses").display()
+            )
+        } else {
+            String::new()
+        };
         std::fs::write(
             &config,
             format!(
-                "name = \"node{i}\"\naddress = \"{addr}\"\nstate_dir = \"{}\"\nkey = \"{}\"\nsocket = \"{}\"\ncluster_port = {CLUSTER_PORT}\nnodes = [{}]\nwitness = {}\n",
+                "name = \"node{i}\"\naddress = \"{addr}\"\nstate_dir = \"{}\"\nkey = \"{}\"\nsocket = \"{}\"\ncluster_port = {CLUSTER_PORT}\nnodes = [{}]\nwitness = {is_witness}\nevent_dir = \"{}\"\n{publics_line}",
                 home.join("state").display(),
                 key.display(),
                 home.join("shoal.sock").display(),
                 nodes_list.join(", "),
-                witness && i == total - 1
+                events.display(),
             ),
         )?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(home.join("daemon.log"))?;
-        let mut cmd = if root {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &format!("{prefix}n{i}")])
-                .arg(&exe);
-            c
-        } else {
-            Command::new(&exe)
-        };
-        cmd.arg("daemon")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        let child = detached(&mut cmd)
-            .spawn()
-            .context("cannot start a node daemon")?;
-        st.daemons.push(child.id());
+        let mut argv: Vec<String> = Vec::new();
+        if root {
+            argv.extend([
+                "ip".into(),
+                "netns".into(),
+                "exec".into(),
+                format!("{prefix}n{i}"),
+            ]);
+        }
+        argv.extend([
+            exe.display().to_string(),
+            "daemon".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ]);
+        st.daemons.push(start_daemon(&argv, &home.join("daemon.log"))?);
+        st.commands.push(argv);
         save(&dir, &st)?;
     }
     let socket = dir.join("node0").join("shoal.sock");
@@ -262,7 +310,8 @@ fn up_cmd(a: &UpArgs) -> Result<()> {
         _ => (1, 1),
     };
     let vols = admin(&cluster::admin::AdminRequest::VolumeList)?;
-    let exists = matches!(&vols, cluster::admin::AdminResponse::Volumes(v) if v.iter().any(|v| v.spec.name == "nas"));
+    let exists =
+        matches!(&vols, cluster::admin::AdminResponse::Volumes(v) if v.iter().any(|v| v.spec.name == "nas"));
     if !exists {
         let req = cluster::admin::AdminRequest::VolumeCreate {
             name: "nas".into(),
@@ -318,8 +367,29 @@ fn up_cmd(a: &UpArgs) -> Result<()> {
         );
     }
 
+    if !publics.is_empty() {
+        let want = publics.len();
+        wait(
+            "every public address to be hosted",
+            Duration::from_secs(20),
+            || {
+                Ok(matches!(
+                    admin(&cluster::admin::AdminRequest::Ip { target: cluster::admin::Target::All }),
+                    Ok(cluster::admin::AdminResponse::Ips(rows))
+                        if rows.len() == want && rows.iter().all(|r| r.pnn.is_some() && !r.releasing)
+                ))
+            },
+        )?;
+    }
+    let client_ns = if root {
+        format!("{prefix}cl")
+    } else {
+        String::new()
+    };
     let env = format!(
-        "# shoal sandbox in {d}: source this file to use it\nexport SHOAL_SOCKET={s}\nexport SHOAL_KEY={k}\nexport SHOAL_MOUNT={m}\nexport SHOAL_VOLUME={v}\nexport SHOAL_NODES=\"{n}\"\nexport SHOAL_NETNS=\"{ns}\"\n",
+        "# shoal sandbox in {d}: source this file to use it\nexport SHOAL_SOCKET={s}\nexport SHOAL_KEY={k}\nexport SHOAL_MOUNT={m}\nexport SHOAL_VOLUME={v}\nexport SHOAL_NODES=\"{n}\"\nexport SHOAL_NETNS=\"{ns}\"\nexport SHOAL_PUBLIC=\"{p}\"\nexport SHOAL_CLIENT_NETNS={c}\n",
+        p = publics.join(" "),
+        c = client_ns,
         d = dir.display(),
         s = socket.display(),
         k = key.display(),
@@ -351,7 +421,111 @@ fn up_cmd(a: &UpArgs) -> Result<()> {
     println!("  shoal status                 # nodes, leader, generation");
     println!("  shoal volume info nas        # the volume and its bricks");
     println!("  cp -r /usr/share/doc $SHOAL_MOUNT/   # use the mounted volume");
+    if root {
+        println!(
+            "  shoal ip                     # public addresses {} and their nodes",
+            publics.join(" ")
+        );
+        println!(
+            "  ip netns exec $SHOAL_CLIENT_NETNS ping {}   # a client on the public network",
+            publics[0]
+        );
+        println!(
+            "  shoal sandbox kill --dir {} 0  # crash node 0: its address moves",
+            dir.display()
+        );
+        println!("  shoal sandbox start --dir {} 0", dir.display());
+    }
     println!("  shoal sandbox down --dir {}", dir.display());
+    Ok(())
+}
+
+fn start_daemon(argv: &[String], log: &Path) -> Result<u32> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    Ok(detached(&mut cmd)
+        .spawn()
+        .context("cannot start a node daemon")?
+        .id())
+}
+
+enum Op {
+    Kill,
+    KillDaemon,
+    Cut,
+    Start,
+}
+
+fn node_op(dir: &Path, pnn: usize, op: Op) -> Result<()> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("no sandbox in {}", dir.display()))?;
+    let text = std::fs::read_to_string(dir.join(STATE_FILE))
+        .with_context(|| format!("no sandbox state in {}", dir.display()))?;
+    let mut st: State = serde_json::from_str(&text).context("unreadable sandbox state")?;
+    if pnn >= st.daemons.len() {
+        bail!(
+            "the sandbox has nodes 0 to {}",
+            st.daemons.len().saturating_sub(1)
+        );
+    }
+    let links = st.links.get(pnn).cloned().unwrap_or_default();
+    if links.is_empty() && matches!(op, Op::Kill | Op::Cut) {
+        bail!("kill and cut need the sandbox to run as root (nodes in namespaces)");
+    }
+    let set = |state: &str| -> Result<()> {
+        for l in &links {
+            sh("ip", &["link", "set", l, state])?;
+        }
+        Ok(())
+    };
+    match op {
+        Op::Kill => {
+            let home = dir.join(format!("node{pnn}"));
+            let watchdog = std::fs::read_to_string(home.join("state").join("watchdog.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse().ok());
+            // A power loss: links and processes go at once, nothing is given back.
+            set("down")?;
+            for pid in std::iter::once(st.daemons[pnn]).chain(watchdog) {
+                // SAFETY: kill(2) on a PID this sandbox started (or its daemon's watchdog).
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            // A machine that lost power comes back without the addresses it had.
+            if let Some(ns) = st.netns.get(pnn) {
+                let _ = sh("ip", &["-n", ns, "addr", "flush", "dev", "eth1"]);
+            }
+            println!("node {pnn}: processes killed, links down");
+        }
+        Op::KillDaemon => {
+            // SAFETY: kill(2) on a PID this sandbox started.
+            unsafe { libc::kill(st.daemons[pnn] as i32, libc::SIGKILL) };
+            println!("node {pnn}: daemon killed");
+        }
+        Op::Cut => {
+            set("down")?;
+            println!("node {pnn}: links down");
+        }
+        Op::Start => {
+            set("up")?;
+            if !alive(st.daemons[pnn]) {
+                let argv = st
+                    .commands
+                    .get(pnn)
+                    .cloned()
+                    .ok_or_else(|| anyhow!("no command recorded for node {pnn}"))?;
+                st.daemons[pnn] = start_daemon(&argv, &dir.join(format!("node{pnn}")).join("daemon.log"))?;
+                save(&dir, &st)?;
+                println!("node {pnn}: links up, daemon started");
+            } else {
+                println!("node {pnn}: links up");
+            }
+        }
+    }
     Ok(())
 }
 
@@ -400,47 +574,73 @@ fn detached(cmd: &mut Command) -> &mut Command {
     }
 }
 
-/// A bridge on the host and, per node, a namespace joined to it by a veth pair.
-fn setup_network(prefix: &str, addrs: &[String], st: &mut State) -> Result<()> {
+/// A private bridge on the host and, per node, a namespace joined to it by a veth pair
+/// (eth0); for data nodes also a second veth (eth1) on a public bridge, where a client
+/// namespace lives too.
+fn setup_network(
+    prefix: &str,
+    addrs: &[String],
+    data_nodes: usize,
+    public_net: &str,
+    st: &mut State,
+) -> Result<()> {
     let br = format!("{prefix}br");
     sh("ip", &["link", "add", &br, "type", "bridge"])?;
     st.bridge = Some(br.clone());
     let host_addr = {
-        let (net, _) = addrs[0]
-            .rsplit_once('.')
-            .ok_or_else(|| anyhow!("bad address"))?;
+        let (net, _) = addrs[0].rsplit_once('.').ok_or_else(|| anyhow!("bad address"))?;
         format!("{net}.254/24")
     };
     sh("ip", &["addr", "add", &host_addr, "dev", &br])?;
     sh("ip", &["link", "set", &br, "up"])?;
+    let pb = format!("{prefix}pb");
+    sh("ip", &["link", "add", &pb, "type", "bridge"])?;
+    st.public_bridge = Some(pb.clone());
+    sh(
+        "ip",
+        &["addr", "add", &format!("{public_net}.254/24"), "dev", &pb],
+    )?;
+    sh("ip", &["link", "set", &pb, "up"])?;
+    let veth =
+        |host: &str, peer: &str, bridge: &str, ns: &str, name: &str, addr: Option<&str>| -> Result<()> {
+            sh("ip", &["link", "add", host, "type", "veth", "peer", "name", peer])?;
+            sh("ip", &["link", "set", peer, "netns", ns])?;
+            sh("ip", &["link", "set", host, "master", bridge])?;
+            sh("ip", &["link", "set", host, "up"])?;
+            sh("ip", &["-n", ns, "link", "set", peer, "name", name])?;
+            if let Some(a) = addr {
+                sh("ip", &["-n", ns, "addr", "add", a, "dev", name])?;
+            }
+            sh("ip", &["-n", ns, "link", "set", name, "up"])?;
+            Ok(())
+        };
     for (i, addr) in addrs.iter().enumerate() {
         let ns = format!("{prefix}n{i}");
         sh("ip", &["netns", "add", &ns])?;
         st.netns.push(ns.clone());
-        let (host, peer) = (format!("{prefix}n{i}h"), format!("{prefix}n{i}c"));
-        sh(
-            "ip",
-            &["link", "add", &host, "type", "veth", "peer", "name", &peer],
-        )?;
-        sh("ip", &["link", "set", &peer, "netns", &ns])?;
-        sh("ip", &["link", "set", &host, "master", &br])?;
-        sh("ip", &["link", "set", &host, "up"])?;
-        sh("ip", &["-n", &ns, "link", "set", &peer, "name", "eth0"])?;
-        sh(
-            "ip",
-            &[
-                "-n",
-                &ns,
-                "addr",
-                "add",
-                &format!("{addr}/24"),
-                "dev",
-                "eth0",
-            ],
-        )?;
-        sh("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
         sh("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+        let (host, peer) = (format!("{prefix}n{i}h"), format!("{prefix}n{i}c"));
+        veth(&host, &peer, &br, &ns, "eth0", Some(&format!("{addr}/24")))?;
+        let mut links = vec![host];
+        if i < data_nodes {
+            let (host, peer) = (format!("{prefix}n{i}p"), format!("{prefix}n{i}q"));
+            veth(&host, &peer, &pb, &ns, "eth1", None)?;
+            links.push(host);
+        }
+        st.links.push(links);
     }
+    let cl = format!("{prefix}cl");
+    sh("ip", &["netns", "add", &cl])?;
+    st.netns.push(cl.clone());
+    sh("ip", &["-n", &cl, "link", "set", "lo", "up"])?;
+    veth(
+        &format!("{prefix}clh"),
+        &format!("{prefix}clc"),
+        &pb,
+        &cl,
+        "eth0",
+        Some(&format!("{public_net}.200/24")),
+    )?;
     Ok(())
 }
 
@@ -448,11 +648,7 @@ fn setup_network(prefix: &str, addrs: &[String], st: &mut State) -> Result<()> {
 fn sweep(prefix: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
-            if let Some(ns) = line
-                .split_whitespace()
-                .next()
-                .filter(|n| n.starts_with(prefix))
-            {
+            if let Some(ns) = line.split_whitespace().next().filter(|n| n.starts_with(prefix)) {
                 let _ = sh("ip", &["netns", "del", ns]);
             }
         }
@@ -500,7 +696,7 @@ pub fn down(dir: &Path) -> Result<()> {
     for ns in &st.netns {
         let _ = sh("ip", &["netns", "del", ns]);
     }
-    if let Some(br) = &st.bridge {
+    for br in st.bridge.iter().chain(&st.public_bridge) {
         let _ = sh("ip", &["link", "del", br]);
     }
     if rustix::process::geteuid().is_root() {

@@ -3,9 +3,9 @@
 
 mod cmd_brick;
 mod cmd_cli;
-mod cmd_daemon;
 mod cmd_mount;
 mod cmd_sandbox;
+mod daemon;
 mod logging;
 
 use anyhow::Result;
@@ -13,11 +13,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(
-    name = "shoal",
-    version,
-    about = "shoal: a high-availability clustered NAS"
-)]
+#[command(name = "shoal", version, about = "shoal: a high-availability clustered NAS")]
 struct Cli {
     /// The local daemon's admin socket.
     #[arg(
@@ -50,7 +46,13 @@ enum Cmd {
     /// Mount a volume.
     Mount(cmd_mount::MountArgs),
     /// Run this machine's node of a cluster.
-    Daemon(cmd_daemon::DaemonArgs),
+    Daemon(daemon::DaemonArgs),
+    /// (internal) Gives back a dead daemon's public addresses.
+    #[command(hide = true)]
+    Watchdog {
+        #[arg(long)]
+        hosted: PathBuf,
+    },
     /// A whole cluster on this machine: `up`, `down`, or (plain) up until Ctrl-C.
     Sandbox(cmd_sandbox::SandboxArgs),
     /// Volumes: create, start, stop, delete, info, status, list, set.
@@ -69,6 +71,46 @@ enum Cmd {
     Ping,
     /// When the daemon started and when the leader last changed (-n PNN|all).
     Uptime,
+    /// Public addresses and the node hosting each (-n PNN|all; -v for interfaces).
+    Ip {
+        #[arg(short, long)]
+        verbose: bool,
+    },
+    /// Keep a node (-n, default this one) from hosting public addresses.
+    Disable,
+    /// Let a disabled node host public addresses again.
+    Enable,
+    /// Stop a node (-n): it stays a member but takes no part.
+    Stop,
+    /// Undo `stop`.
+    Continue,
+    /// Ban a node (-n) for SECONDS.
+    Ban { seconds: u64 },
+    /// Lift a ban.
+    Unban,
+    /// Move a public address to node PNN (a planned move: released first, then taken).
+    Moveip { address: std::net::IpAddr, pnn: u64 },
+    /// Re-read this node's public_addresses file.
+    Reloadips,
+    /// Add a public address to the cluster (kept in the replicated configuration).
+    Addip {
+        /// ADDR/PREFIX
+        address: String,
+        /// Interface(s), comma separated.
+        interfaces: String,
+    },
+    /// Remove a public address from the cluster.
+    Delip { address: std::net::IpAddr },
+    /// Announce a public address again from the node hosting it.
+    Gratarp { address: std::net::IpAddr },
+    /// Set a tunable.
+    Setvar { name: String, value: i64 },
+    /// Show a tunable.
+    Getvar { name: String },
+    /// Show every tunable.
+    Listvars,
+    /// The last result of each event script (-n PNN|all).
+    Scriptstatus,
     /// Unmount a mounted volume.
     Umount {
         dir: PathBuf,
@@ -102,7 +144,8 @@ fn run(cli: Cli) -> Result<()> {
         target: cli.node,
     };
     match cli.cmd {
-        Cmd::Daemon(args) => cmd_daemon::run(args),
+        Cmd::Daemon(args) => daemon::run(args),
+        Cmd::Watchdog { hosted } => daemon::watchdog(&hosted),
         Cmd::Sandbox(args) => cmd_sandbox::run(args),
         Cmd::Volume(c) => cmd_cli::volume(&ctx, c),
         Cmd::Node(c) => cmd_cli::node(&ctx, c),
@@ -111,6 +154,30 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Pnn => cmd_cli::pnn(&ctx),
         Cmd::Ping => cmd_cli::ping(&ctx),
         Cmd::Uptime => cmd_cli::uptime(&ctx),
+        Cmd::Ip { verbose } => cmd_cli::ip(&ctx, verbose),
+        Cmd::Disable => cmd_cli::flags(&ctx, Some(true), None, None),
+        Cmd::Enable => cmd_cli::flags(&ctx, Some(false), None, None),
+        Cmd::Stop => cmd_cli::flags(&ctx, None, Some(true), None),
+        Cmd::Continue => cmd_cli::flags(&ctx, None, Some(false), None),
+        Cmd::Ban { seconds } => {
+            cmd_cli::flags(&ctx, None, None, Some(cluster::admin::BanChange::For { seconds }))
+        }
+        Cmd::Unban => cmd_cli::flags(&ctx, None, None, Some(cluster::admin::BanChange::Lift)),
+        Cmd::Moveip { address, pnn } => {
+            cmd_cli::done(&ctx, &cluster::admin::AdminRequest::MoveIp { ip: address, pnn })
+        }
+        Cmd::Reloadips => cmd_cli::done(&ctx, &cluster::admin::AdminRequest::ReloadIps),
+        Cmd::Addip { address, interfaces } => cmd_cli::addip(&ctx, &address, &interfaces),
+        Cmd::Delip { address } => cmd_cli::done(&ctx, &cluster::admin::AdminRequest::DelIp { ip: address }),
+        Cmd::Gratarp { address } => {
+            cmd_cli::done(&ctx, &cluster::admin::AdminRequest::GratArp { ip: address })
+        }
+        Cmd::Setvar { name, value } => {
+            cmd_cli::done(&ctx, &cluster::admin::AdminRequest::SetVar { name, value })
+        }
+        Cmd::Getvar { name } => cmd_cli::vars(&ctx, Some(name)),
+        Cmd::Listvars => cmd_cli::vars(&ctx, None),
+        Cmd::Scriptstatus => cmd_cli::scriptstatus(&ctx),
         Cmd::Keygen { file } => keygen(&file),
         Cmd::Brick(args) => cmd_brick::run(args),
         Cmd::Mount(args) => cmd_mount::run(args),

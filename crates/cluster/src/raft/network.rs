@@ -4,9 +4,7 @@ use super::{NodeId, RaftNode, TypeConfig};
 use crate::peers::Peers;
 use crate::rpc::{NodeReply, NodeRequest};
 use bytes::Bytes;
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -44,17 +42,14 @@ impl PeerClient {
         &self,
         req: NodeRequest,
         ttl: Duration,
-    ) -> Result<NodeReply, RPCError<NodeId, RaftNode, RaftError<NodeId, openraft::error::Infallible>>>
-    {
+    ) -> Result<NodeReply, RPCError<NodeId, RaftNode, RaftError<NodeId, openraft::error::Infallible>>> {
         let conn = self.peers.get(&self.addr);
         match tokio::time::timeout(ttl, conn.call(&req, Bytes::new())).await {
             Err(elapsed) => Err(RPCError::Network(NetworkError::new(&elapsed))),
-            Ok(Err(e)) if e.is_transport() => Err(RPCError::Unreachable(Unreachable::new(
-                &std::io::Error::from(e),
-            ))),
-            Ok(Err(e)) => Err(RPCError::Network(NetworkError::new(&std::io::Error::from(
-                e,
-            )))),
+            Ok(Err(e)) if e.is_transport() => {
+                Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::from(e))))
+            }
+            Ok(Err(e)) => Err(RPCError::Network(NetworkError::new(&std::io::Error::from(e)))),
             Ok(Ok((reply, _, _))) => Ok(reply),
         }
     }
@@ -73,9 +68,7 @@ fn retype<E: std::error::Error>(
     }
 }
 
-fn unexpected<E: std::error::Error>(
-    r: NodeReply,
-) -> RPCError<NodeId, RaftNode, RaftError<NodeId, E>> {
+fn unexpected<E: std::error::Error>(r: NodeReply) -> RPCError<NodeId, RaftNode, RaftError<NodeId, E>> {
     RPCError::Network(NetworkError::new(&std::io::Error::other(format!(
         "unexpected reply {r:?}"
     ))))
@@ -87,13 +80,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        match self
-            .call(NodeRequest::Append(rpc), option.hard_ttl())
-            .await?
-        {
-            NodeReply::Append(r) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
+        match self.call(NodeRequest::Append(rpc), option.hard_ttl()).await? {
+            NodeReply::Append(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(unexpected(other)),
         }
     }
@@ -108,9 +96,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             .await
             .map_err(retype)?
         {
-            NodeReply::Snapshot(r) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
+            NodeReply::Snapshot(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(unexpected(other)),
         }
     }
@@ -121,9 +107,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
         match self.call(NodeRequest::Vote(rpc), option.hard_ttl()).await? {
-            NodeReply::Vote(r) => {
-                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
+            NodeReply::Vote(r) => r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e))),
             other => Err(unexpected(other)),
         }
     }

@@ -84,16 +84,20 @@ impl StateMachineStore {
         let state = encode(&self.state)?;
         let applied = encode(&self.applied)?;
         let membership = encode(&self.membership)?;
-        let tx = self.db.begin_write().map_err(write_err)?;
+        let mut tx = self.db.begin_write().map_err(write_err)?;
+        if snapshot.is_none() {
+            // Applied state need not reach the disk at once: the log is durable and entries
+            // applied since the last durable commit are applied again after a crash. Building
+            // or installing a snapshot commits durably, and so persists this too.
+            tx.set_durability(redb::Durability::None).map_err(write_err)?;
+        }
         {
             let mut t = tx.open_table(META).map_err(write_err)?;
             t.insert(STATE, state.as_slice()).map_err(write_err)?;
             t.insert(APPLIED, applied.as_slice()).map_err(write_err)?;
-            t.insert(MEMBERSHIP, membership.as_slice())
-                .map_err(write_err)?;
+            t.insert(MEMBERSHIP, membership.as_slice()).map_err(write_err)?;
             if let Some((meta, data)) = snapshot {
-                t.insert(SNAP_META, encode(meta)?.as_slice())
-                    .map_err(write_err)?;
+                t.insert(SNAP_META, encode(meta)?.as_slice()).map_err(write_err)?;
                 t.insert(SNAP_DATA, data).map_err(write_err)?;
             }
         }
@@ -174,9 +178,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        SnapshotBuilder {
-            db: self.db.clone(),
-        }
+        SnapshotBuilder { db: self.db.clone() }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
@@ -201,10 +203,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let tx = self.db.begin_read().map_err(read_err)?;
         let t = tx.open_table(META).map_err(read_err)?;
         let meta: Option<SnapshotMeta<NodeId, RaftNode>> = get(&t, SNAP_META)?;
-        let data = t
-            .get(SNAP_DATA)
-            .map_err(read_err)?
-            .map(|v| v.value().to_vec());
+        let data = t.get(SNAP_DATA).map_err(read_err)?.map(|v| v.value().to_vec());
         Ok(match (meta, data) {
             (Some(meta), Some(data)) => Some(Snapshot {
                 meta,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod daemons;
+pub mod ha;
 pub mod tree;
 
 use std::io::{BufRead, BufReader};
@@ -69,9 +70,7 @@ fn start_brick(key: &Path, path: &Path, listen: &str) -> (Child, String) {
         .expect("start brick");
     let out = child.stdout.take().expect("brick stdout");
     let mut line = String::new();
-    BufReader::new(out)
-        .read_line(&mut line)
-        .expect("brick output");
+    BufReader::new(out).read_line(&mut line).expect("brick output");
     let addr = line
         .trim()
         .strip_prefix("listening on ")
@@ -187,9 +186,7 @@ impl Mount {
             .expect("start mount");
         let out = child.stdout.take().expect("mount stdout");
         let mut line = String::new();
-        BufReader::new(out)
-            .read_line(&mut line)
-            .expect("mount output");
+        BufReader::new(out).read_line(&mut line).expect("mount output");
         let m = Mount {
             dir: dir.to_path_buf(),
             child,
@@ -221,9 +218,7 @@ impl Drop for Mount {
         loop {
             match self.child.try_wait() {
                 Ok(Some(_)) => break,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
                 _ => {
                     let _ = self.child.kill();
                     let _ = self.child.wait();
@@ -245,11 +240,7 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 
 /// Runs a command, panicking with its output if it fails.
 pub fn sh(cmd: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .output()
-        .expect("run sh");
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
     if !out.status.success() {
         panic!(
             "command failed ({}): {cmd}\nstdout: {}\nstderr: {}",
