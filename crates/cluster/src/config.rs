@@ -57,25 +57,6 @@ fn default_brick_port() -> u16 {
     DEFAULT_BRICK_BASE_PORT
 }
 
-/// Timing of failure detection and Raft.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Tunables {
-    /// Heartbeat period, milliseconds.
-    pub heartbeat_ms: u64,
-    /// Heartbeats missed before a peer counts as dead.
-    pub dead_after_missed: u32,
-}
-
-impl Default for Tunables {
-    fn default() -> Self {
-        Tunables {
-            heartbeat_ms: 100,
-            dead_after_missed: 5,
-        }
-    }
-}
-
 /// The configuration file as written.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,8 +95,10 @@ pub struct NodeConfig {
     /// Wait to be added with `shoal node add` instead of forming a cluster.
     #[serde(default)]
     pub join: bool,
+    /// Tunables by their `shoal listvars` names: seeded into the replicated configuration
+    /// when the cluster has no value yet (`shoal setvar` changes them later, cluster-wide).
     #[serde(default)]
-    pub tunables: Tunables,
+    pub tunables: std::collections::BTreeMap<String, i64>,
 }
 
 /// A public address line.
@@ -172,10 +155,22 @@ impl NodeConfig {
                 self.address
             )));
         }
-        if self.tunables.heartbeat_ms == 0 || self.tunables.dead_after_missed == 0 {
-            return Err(ConfigError::Invalid(
-                "heartbeat_ms and dead_after_missed must be positive".into(),
-            ));
+        for (name, value) in &self.tunables {
+            let t = crate::tunables::find(name).ok_or_else(|| {
+                ConfigError::Invalid(format!("unknown tunable {name} (shoal listvars lists them)"))
+            })?;
+            if t.name != name {
+                return Err(ConfigError::Invalid(format!(
+                    "tunable {name} is spelled {}",
+                    t.name
+                )));
+            }
+            if !(t.min..=t.max).contains(value) {
+                return Err(ConfigError::Invalid(format!(
+                    "tunable {name} = {value} is out of range {}..={}",
+                    t.min, t.max
+                )));
+            }
         }
         Ok(())
     }
@@ -361,5 +356,23 @@ mod tests {
             "name = \"bad name\"\naddress = \"10.0.0.1\"\n",
         );
         assert!(NodeConfig::load(&badname).is_err());
+    }
+
+    #[test]
+    fn tunables_are_checked_by_name_and_range() {
+        let d = tempfile::tempdir().unwrap();
+        let base = "address = \"10.0.0.1\"\n[tunables]\n";
+        let load =
+            |name: &str, extra: &str| NodeConfig::load(&write(d.path(), name, &format!("{base}{extra}")));
+        let (c, _) = load("ok.toml", "HeartbeatIntervalMs = 50\nNoIPFailback = 1\n").unwrap();
+        assert_eq!(c.tunables["HeartbeatIntervalMs"], 50);
+        let e = load("unknown.toml", "HeartbeatMs = 50\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown tunable HeartbeatMs"), "{e}");
+        let e = load("range.toml", "NoIPFailback = 2\n").unwrap_err().to_string();
+        assert!(e.contains("out of range"), "{e}");
+        let e = load("case.toml", "noipfailback = 1\n").unwrap_err().to_string();
+        assert!(e.contains("spelled NoIPFailback"), "{e}");
     }
 }

@@ -337,6 +337,24 @@ impl Node {
         }
     }
 
+    /// Tunables this node's configuration sets and the cluster has no value for yet.
+    pub(crate) async fn seed_tunables(&self, state: &ClusterState) -> Result<(), String> {
+        for (name, value) in &self.config().tunables {
+            if state.tunables.contains_key(name) {
+                continue;
+            }
+            let cmd = Command::SetTunable {
+                name: name.clone(),
+                value: *value,
+            };
+            if let Outcome::Refused(why) = self.propose(cmd).await? {
+                return Err(why);
+            }
+            tracing::info!(%name, value, "tunable set from the configuration");
+        }
+        Ok(())
+    }
+
     // ---- admin ------------------------------------------------------------------------
 
     pub(crate) async fn admin_ip(self: &Arc<Self>, target: Target) -> AdminResponse {

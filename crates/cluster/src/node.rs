@@ -354,9 +354,12 @@ impl Node {
             {
                 match self.sync_public_addresses().await {
                     Ok(n) => {
-                        self.synced.store(true, std::sync::atomic::Ordering::SeqCst);
                         if n > 0 {
                             tracing::info!(count = n, "public addresses registered");
+                        }
+                        match self.seed_tunables(&state).await {
+                            Ok(()) => self.synced.store(true, std::sync::atomic::Ordering::SeqCst),
+                            Err(e) => tracing::warn!("cannot set tunables from the configuration: {e}"),
                         }
                     }
                     Err(e) => tracing::warn!("cannot register public addresses: {e}"),
