@@ -50,6 +50,23 @@ impl Node {
         &self.health
     }
 
+    /// This node's report, with the handovers it has done its part of.
+    pub(crate) fn report(&self, state: &ClusterState, me: u64) -> crate::health::NodeReport {
+        let mut r = self.health.report(me, state.revision);
+        r.handed = state
+            .placement
+            .iter()
+            .filter_map(|(ip, p)| match p {
+                Placement::Handover { from, to } if *from == me => {
+                    let since = state.placed_at.get(ip).copied().unwrap_or(0);
+                    (r.held_at >= since && !r.hosted.contains(ip)).then_some((*ip, *to, since))
+                }
+                _ => None,
+            })
+            .collect();
+        r
+    }
+
     /// Every heartbeat period: a heartbeat to every member, and the lease renewed (or lost).
     pub(crate) async fn heartbeats(self: Arc<Self>) {
         loop {
@@ -61,7 +78,7 @@ impl Node {
             }
             let state = self.state();
             let Some(me) = self.pnn() else { continue };
-            let report = self.health.report(me, state.revision);
+            let report = self.report(&state, me);
             for n in state.nodes.values().filter(|n| n.pnn != me) {
                 let conn = self.peers.get(&n.endpoint());
                 let (node, report, pnn) = (self.clone(), report.clone(), n.pnn);
@@ -111,41 +128,7 @@ impl Node {
             if state.public_addresses.is_empty() {
                 continue;
             }
-            let voters = self.voters();
-            let fresh = dead_after * 2;
-            let mut reports = self.health.reports(fresh);
-            let mut own = self.health.report(me, state.revision);
-            own.conns = None;
-            reports.insert(me, own);
-            let alive: BTreeSet<u64> = state
-                .nodes
-                .keys()
-                .copied()
-                .filter(|p| *p == me || self.health.alive(*p, dead_after))
-                .collect();
-            // The silent node checks its lease every time it could change; the margin covers
-            // the release itself.
-            let margin = period * 2;
-            let expired: BTreeSet<u64> = state
-                .fences
-                .iter()
-                .filter(|(p, _)| !alive.contains(p))
-                .filter(|(p, fence)| {
-                    self.health
-                        .silence_confirmed(me, **p, &voters, dead_after + margin, fresh, **fence)
-                })
-                .map(|(p, _)| *p)
-                .collect();
-            let view = View {
-                me,
-                now_unix: now_unix(),
-                alive,
-                expired,
-                reports,
-                failback: tunables::get(&state, "NoIPFailback") == 0,
-                hold_unplaced: false,
-                sticky: self.sticky(&state),
-            };
+            let view = self.view(&state, me);
             // Until every node that could host has reported (or for one dead-after time).
             let waiting = state
                 .nodes
@@ -159,7 +142,7 @@ impl Node {
             let mut plan = plan(&state, &view);
             if !plan.fence.is_empty() {
                 for pnn in plan.fence {
-                    tracing::warn!(pnn, "node silent: fencing it before its addresses move");
+                    tracing::warn!(pnn, "node silent: fencing it");
                     if let Err(e) = self.propose(Command::Fence { pnn }).await {
                         tracing::warn!("cannot commit a fence: {e}");
                     }
@@ -182,13 +165,66 @@ impl Node {
         }
     }
 
+    /// What the leader knows of the nodes now, for placement.
+    fn view(&self, state: &ClusterState, me: u64) -> View {
+        let (period, dead_after) = timing(state);
+        let voters = self.voters();
+        let fresh = dead_after * 2;
+        let mut reports = self.health.reports(fresh);
+        let mut own = self.report(state, me);
+        own.conns = None;
+        reports.insert(me, own);
+        // Members, and nodes fenced on their way out (they may still hold something).
+        let known: BTreeSet<u64> = state.nodes.keys().chain(state.fences.keys()).copied().collect();
+        let alive: BTreeSet<u64> = known
+            .iter()
+            .copied()
+            .filter(|p| *p == me || self.health.alive(*p, dead_after))
+            .collect();
+        // The silent node checks its lease every time it could change; the margin covers
+        // the release itself.
+        let margin = period * 2;
+        let expired: BTreeSet<u64> = state
+            .fences
+            .iter()
+            .filter(|(p, _)| !alive.contains(p))
+            .filter(|(p, fence)| {
+                self.health
+                    .silence_confirmed(me, **p, &voters, dead_after + margin, fresh, **fence)
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        // Silent members not fenced since they were last seen caught up.
+        let unfenced = state
+            .nodes
+            .values()
+            .filter(|n| !n.witness && !alive.contains(&n.pnn))
+            .filter(|n| match state.fences.get(&n.pnn) {
+                None => true,
+                Some(f) => self.health.last_report(n.pnn).is_some_and(|r| r.held_at >= *f),
+            })
+            .map(|n| n.pnn)
+            .collect();
+        View {
+            me,
+            now_unix: now_unix(),
+            alive,
+            expired,
+            unfenced,
+            reports,
+            failback: tunables::get(state, "NoIPFailback") == 0,
+            hold_unplaced: false,
+            sticky: self.sticky(state),
+        }
+    }
+
     /// Addresses `moveip` put where they are: rebalancing leaves them there. A wish lasts
     /// until its address is placed elsewhere for another reason (its node failed, say).
     fn sticky(&self, state: &ClusterState) -> BTreeSet<IpAddr> {
         let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
         pins.retain(|ip, pnn| match state.placement.get(ip) {
             Some(Placement::Host(h)) => h == pnn,
-            Some(Placement::Releasing(_)) => true,
+            Some(Placement::Handover { to, .. }) => to == pnn,
             _ => false,
         });
         pins.iter()
@@ -202,15 +238,22 @@ impl Node {
     fn apply_pins(&self, eligible: &BTreeSet<u64>, changes: &mut [PlaceChange]) {
         let pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
         for c in changes.iter_mut() {
-            if let (Some(&want), Some(Placement::Host(_))) = (pins.get(&c.ip), c.to) {
-                if eligible.contains(&want) {
-                    c.to = Some(Placement::Host(want));
-                }
+            let Some(&want) = pins.get(&c.ip) else { continue };
+            if !eligible.contains(&want) {
+                continue;
             }
+            c.to = match c.to {
+                Some(Placement::Host(_)) => Some(Placement::Host(want)),
+                Some(Placement::Handover { from, .. }) if from != want => {
+                    Some(Placement::Handover { from, to: want })
+                }
+                other => other,
+            };
         }
     }
 
-    /// Leader side of `moveip`: release the address from its node, then place it on `pnn`.
+    /// Leader side of `moveip`: a handover of the address to `pnn`, which then stays there
+    /// (rebalancing moves other addresses instead).
     pub(crate) async fn move_ip(self: &Arc<Self>, ip: IpAddr, pnn: u64) -> Result<String, String> {
         let state = self.state();
         if !state.public_addresses.contains_key(&ip) {
@@ -223,37 +266,39 @@ impl Node {
         if node.witness {
             return Err(format!("node {pnn} is a witness and hosts no addresses"));
         }
-        match state.placement.get(&ip) {
-            Some(Placement::Host(h)) if *h == pnn => return Ok(format!("{ip} is already on node {pnn}")),
-            Some(Placement::Host(h)) => {
-                self.pins
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(ip, pnn);
-                let h = *h;
-                let change = PlaceChange {
-                    ip,
-                    from: Some(Placement::Host(h)),
-                    to: Some(Placement::Releasing(h)),
-                };
-                match self
-                    .propose(Command::Place {
-                        changes: vec![change],
-                    })
-                    .await?
-                {
-                    Outcome::Done => {}
-                    Outcome::Refused(why) => return Err(why),
-                }
-            }
-            _ => {
-                self.pins
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(ip, pnn);
-            }
+        let me = self.pnn().ok_or("not a member")?;
+        let eligible = crate::placement::eligible(&state, &self.view(&state, me));
+        if !eligible.iter().any(|h| h.pnn == pnn) {
+            return Err(format!(
+                "node {pnn} cannot host addresses now ({})",
+                self.node_state(&state, pnn)
+            ));
         }
-        Ok(format!("moving {ip} to node {pnn}"))
+        let now = state.placement.get(&ip).copied();
+        let to = match now {
+            Some(Placement::Host(h)) if h == pnn => return Ok(format!("{ip} is already on node {pnn}")),
+            Some(Placement::Host(h)) => Placement::Handover { from: h, to: pnn },
+            None => Placement::Host(pnn),
+            Some(other) => return Err(format!("{ip} is moving already ({other:?}); try again")),
+        };
+        self.pins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(ip, pnn);
+        let change = PlaceChange {
+            ip,
+            from: now,
+            to: Some(to),
+        };
+        match self
+            .propose(Command::Place {
+                changes: vec![change],
+            })
+            .await?
+        {
+            Outcome::Done => Ok(format!("moving {ip} to node {pnn}")),
+            Outcome::Refused(why) => Err(why),
+        }
     }
 
     /// The addresses this node should hold now (placed here, and only with a lease), and the
@@ -263,13 +308,35 @@ impl Node {
         let Some(me) = self.pnn() else {
             return (state.revision, Vec::new());
         };
-        if self.config().witness || !self.health.has_lease() {
+        let caught_up = self.caught_up.load(std::sync::atomic::Ordering::SeqCst);
+        if self.config().witness || !caught_up || !self.health.has_lease() {
             return (state.revision, Vec::new());
         }
+        let (_, dead_after) = timing(&state);
+        let reports = self.health.reports(dead_after);
+        // A handover is taken the moment the old host reports, at a revision that includes
+        // it, that the address is gone; or, before this node has applied the handover itself,
+        // on the old host's word that it released the address for this node.
+        let handed = |ip: &IpAddr, from: u64| {
+            let since = state.placed_at.get(ip).copied().unwrap_or(0);
+            reports
+                .get(&from)
+                .is_some_and(|r| r.held_at >= since && !r.hosted.contains(ip))
+        };
+        let ahead: BTreeSet<IpAddr> = reports
+            .values()
+            .flat_map(|r| r.handed.iter())
+            .filter(|(_, to, since)| *to == me && state.revision < *since)
+            .map(|(ip, _, _)| *ip)
+            .collect();
         let list = state
             .placement
             .iter()
-            .filter(|(_, p)| **p == Placement::Host(me))
+            .filter(|(ip, p)| match p {
+                Placement::Host(h) => *h == me,
+                Placement::Handover { from, to } => *to == me && handed(ip, *from),
+                _ => ahead.contains(ip),
+            })
             .filter_map(|(ip, _)| state.public_addresses.get(ip).map(|a| (*ip, a.clone())))
             .collect();
         (state.revision, list)
@@ -367,7 +434,7 @@ impl Node {
                 let place = state.placement.get(ip).copied();
                 let (pnn, releasing) = match place {
                     Some(Placement::Host(p)) => (Some(p), false),
-                    Some(Placement::Releasing(p)) | Some(Placement::Fenced(p)) => (Some(p), true),
+                    Some(p) => (Some(p.node()), true),
                     None => (None, false),
                 };
                 IpRow {

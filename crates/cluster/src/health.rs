@@ -49,6 +49,10 @@ pub struct NodeReport {
     pub silent_ms: Vec<(u64, u64)>,
     /// Client connections to its public addresses, when they changed or now and then.
     pub conns: Option<Vec<(SocketAddr, SocketAddr)>>,
+    /// Addresses it has released for a committed handover: (address, new host, revision of
+    /// the handover). The new host may take them on this word even before its own state
+    /// has caught up with the handover.
+    pub handed: Vec<(IpAddr, u64, u64)>,
 }
 
 #[derive(Default)]
@@ -74,6 +78,8 @@ pub struct Health {
     pub(crate) beat_now: tokio::sync::Notify,
     /// A peer's hosted set or health changed: the leader places again now.
     pub(crate) replan: tokio::sync::Notify,
+    /// The same, for this node's address keeper (a handover may be ready).
+    pub keeper_wake: tokio::sync::Notify,
 }
 
 impl Default for Health {
@@ -85,6 +91,7 @@ impl Default for Health {
             }),
             beat_now: tokio::sync::Notify::new(),
             replan: tokio::sync::Notify::new(),
+            keeper_wake: tokio::sync::Notify::new(),
         }
     }
 }
@@ -116,6 +123,7 @@ impl Health {
             interfaces: i.interfaces.clone(),
             silent_ms: i.acked_to.iter().map(|(p, t)| (*p, ms(now - *t))).collect(),
             conns: send_conns.then(|| i.conns.clone()),
+            handed: Vec::new(),
         }
     }
 
@@ -123,13 +131,13 @@ impl Health {
         if let Some(c) = &r.conns {
             i.peer_conns.insert(from, c.clone());
         }
-        let news = i
-            .reports
-            .get(&from)
-            .is_none_or(|(_, old)| (old.healthy, old.lease, &old.hosted) != (r.healthy, r.lease, &r.hosted));
+        let news = i.reports.get(&from).is_none_or(|(_, old)| {
+            (old.healthy, old.lease, &old.hosted, &old.handed) != (r.healthy, r.lease, &r.hosted, &r.handed)
+        });
         i.reports.insert(from, (Instant::now(), r));
         if news {
             self.replan.notify_one();
+            self.keeper_wake.notify_one();
         }
     }
 
@@ -207,6 +215,11 @@ impl Health {
             .get(&pnn)
             .filter(|(t, _)| t.elapsed() < fresh)
             .map(|(_, r)| r.clone())
+    }
+
+    /// A peer's latest report, however old.
+    pub fn last_report(&self, pnn: u64) -> Option<NodeReport> {
+        self.lock().reports.get(&pnn).map(|(_, r)| r.clone())
     }
 
     /// True once a quorum of `voters` (this node with its own clock, the others through

@@ -72,6 +72,10 @@ pub struct Node {
     pub(crate) pins: Mutex<std::collections::HashMap<std::net::IpAddr, u64>>,
     /// This node's public_addresses file has been proposed.
     synced: std::sync::atomic::AtomicBool,
+    /// Applied everything the cluster had committed when it last (re)started: until then
+    /// its state may be stale (applied state is not flushed at every entry) and it holds no
+    /// addresses.
+    pub(crate) caught_up: std::sync::atomic::AtomicBool,
     pub(crate) cfg: NodeConfig,
     name: String,
     key: ClusterKey,
@@ -112,6 +116,7 @@ impl Node {
             health: crate::health::Health::default(),
             pins: Mutex::new(std::collections::HashMap::new()),
             synced: std::sync::atomic::AtomicBool::new(false),
+            caught_up: std::sync::atomic::AtomicBool::new(false),
             peers: Arc::new(Peers::new(key.clone(), &name, "node")),
             name,
             key,
@@ -323,10 +328,16 @@ impl Node {
     /// every member warm (so that status knows who is reachable), note leader changes.
     async fn housekeeping(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
+        // One receiver for the whole loop: a fresh clone would report every past change again
+        // and spin.
+        let mut metrics = None;
         loop {
+            if metrics.is_none() {
+                metrics = self.raft.get().map(|r| r.metrics());
+            }
             // Act as soon as Raft's view changes (a leader appears), or every half second.
-            match self.raft.get().map(|r| r.metrics()) {
-                Some(mut m) => {
+            match metrics.as_mut() {
+                Some(m) => {
                     tokio::select! {
                         _ = m.changed() => {}
                         _ = tick.tick() => {}
@@ -347,6 +358,12 @@ impl Node {
             let state = self.state();
             for n in state.nodes.values().filter(|n| n.pnn != pnn) {
                 let _ = self.peers.get(&n.endpoint());
+            }
+            if leader.is_some()
+                && !self.caught_up.load(std::sync::atomic::Ordering::SeqCst)
+                && self.read_barrier().await
+            {
+                self.caught_up.store(true, std::sync::atomic::Ordering::SeqCst);
             }
             if leader.is_some()
                 && state.nodes.contains_key(&pnn)
@@ -621,8 +638,10 @@ impl Node {
     /// call began, so that a read here sees every change already acknowledged anywhere.
     /// Without a quorum it gives up after a moment: reads still answer, from what this node
     /// knows.
-    pub(crate) async fn read_barrier(self: &Arc<Self>) {
-        let Some(raft) = self.raft.get() else { return };
+    /// Waits until this node has applied what the leader had committed when asked; false if
+    /// that could not be learnt (no leader, no quorum) or reached in time.
+    pub(crate) async fn read_barrier(self: &Arc<Self>) -> bool {
+        let Some(raft) = self.raft.get() else { return false };
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut index = None;
         while index.is_none() && Instant::now() < deadline {
@@ -653,11 +672,14 @@ impl Node {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        if let Some(Some(i)) = index {
-            let _ = raft
+        match index {
+            Some(Some(i)) => raft
                 .wait(Some(Duration::from_secs(3)))
                 .applied_index_at_least(Some(i), "read barrier")
-                .await;
+                .await
+                .is_ok(),
+            Some(None) => true,
+            None => false,
         }
     }
 
@@ -1125,7 +1147,7 @@ impl Service for Node {
                 let grant = state.nodes.contains_key(&from)
                     && state.fences.get(&from).is_none_or(|f| report.held_at >= *f);
                 self.health.on_heartbeat(from, report, grant);
-                let mut mine = self.health.report(self.pnn().unwrap_or(u64::MAX), state.revision);
+                let mut mine = self.report(&state, self.pnn().unwrap_or(u64::MAX));
                 mine.grant = grant;
                 Handled::Now((Ok(NodeReply::Heartbeat(mine)), Bytes::new()))
             }

@@ -2,13 +2,14 @@
 //! knows of each node now, the changes to commit.
 //!
 //! - An address stays on its node while that node may host it.
-//! - A node that is alive but may no longer host it (disabled, stopped, banned, unhealthy,
-//!   or losing it to rebalancing) first releases it (`Releasing`); only once it reports, at a
-//!   revision that includes the release, that the address is gone does the address get a new
-//!   host: release before takeover.
-//! - A silent node is fenced first (its addresses become `Fenced`); they move once its lease
-//!   has surely run out (see [`crate::health`]), or once it is back and reports it knows.
-//! - Where to put homeless addresses is [`layout::alloc::allocate`].
+//! - A planned move (the node is disabled, stopped, banned, unhealthy, or rebalancing) is a
+//!   `Handover`: the old node releases, and the new one takes the address as soon as the old
+//!   one's report says it is gone, with no commit in between. With nowhere to go, the old
+//!   node just releases it (`Releasing`).
+//! - A silent node is fenced; its addresses become `Fenced` and move once no node can hold
+//!   them: every live node reports (at a revision that includes the change) it does not,
+//!   and every silent node is fenced with its lease surely over (see [`crate::health`]).
+//! - Where addresses go is [`layout::alloc::allocate_with`].
 
 use crate::health::NodeReport;
 use crate::state::{ClusterState, PlaceChange, Placement};
@@ -24,6 +25,8 @@ pub struct View {
     pub alive: BTreeSet<u64>,
     /// Fenced nodes whose lease has surely run out.
     pub expired: BTreeSet<u64>,
+    /// Silent nodes not fenced since they were last seen: to fence.
+    pub unfenced: BTreeSet<u64>,
     /// Fresh reports (the leader's own included).
     pub reports: BTreeMap<u64, NodeReport>,
     pub failback: bool,
@@ -37,7 +40,7 @@ pub struct View {
 /// What the leader should commit now.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Silent nodes still placed with addresses: fence them first.
+    /// Silent nodes to fence first.
     pub fence: BTreeSet<u64>,
     pub changes: Vec<PlaceChange>,
     /// The nodes that may host addresses now.
@@ -50,9 +53,9 @@ impl Plan {
     }
 }
 
-/// The placement changes to commit now.
-pub fn plan(state: &ClusterState, view: &View) -> Plan {
-    let eligible: Vec<Host> = state
+/// The nodes that may host addresses now, with their interfaces.
+pub fn eligible(state: &ClusterState, view: &View) -> Vec<Host> {
+    state
         .nodes
         .values()
         .filter(|n| !n.witness && view.alive.contains(&n.pnn))
@@ -67,19 +70,34 @@ pub fn plan(state: &ClusterState, view: &View) -> Plan {
                 interfaces: r.interfaces.iter().cloned().collect(),
             })
         })
-        .collect();
+        .collect()
+}
+
+/// The placement changes to commit now.
+pub fn plan(state: &ClusterState, view: &View) -> Plan {
+    let eligible = eligible(state, view);
     let eligible_set: BTreeSet<u64> = eligible.iter().map(|h| h.pnn).collect();
+    let report = |x: u64, since: u64| view.reports.get(&x).filter(|r| r.held_at >= since);
     // `x` says, having acted on revision `since` or later, that it does not hold `ip`.
-    let let_go = |x: u64, ip: &IpAddr, since: u64| {
-        view.reports
-            .get(&x)
-            .is_some_and(|r| r.held_at >= since && !r.hosted.contains(ip))
+    let let_go = |x: u64, ip: &IpAddr, since: u64| report(x, since).is_some_and(|r| !r.hosted.contains(ip));
+    // No node can hold `ip`: live ones say so, silent ones are fenced and their leases over.
+    let clear = |ip: &IpAddr, since: u64| {
+        let candidates = state.nodes.values().filter(|n| !n.witness).map(|n| n.pnn);
+        candidates.chain(state.fences.keys().copied()).all(|m| {
+            if view.alive.contains(&m) {
+                let_go(m, ip, since)
+            } else {
+                view.expired.contains(&m)
+            }
+        })
     };
 
     let mut out = Plan {
         eligible: eligible_set.clone(),
         ..Plan::default()
     };
+    // Every silent node gets fenced, so that a limbo address can tell it cannot hold it.
+    out.fence.extend(view.unfenced.iter().copied());
     let mut current = BTreeMap::new();
     let mut frozen = BTreeSet::new();
     for ip in state.public_addresses.keys() {
@@ -95,19 +113,32 @@ pub fn plan(state: &ClusterState, view: &View) -> Plan {
                 out.fence.insert(x);
                 false
             }
-            Some(Placement::Host(x)) => {
-                out.changes.push(PlaceChange {
-                    ip: *ip,
-                    from: now,
-                    to: Some(Placement::Releasing(x)),
-                });
+            // Alive but may not host it: moves (below, once we know where to).
+            Some(Placement::Host(_)) => true,
+            Some(Placement::Releasing(x)) => let_go(x, ip, since),
+            Some(Placement::Handover { from, to }) => {
+                let change = if report(to, since).is_some_and(|r| r.hosted.contains(ip)) {
+                    Some(Placement::Host(to))
+                } else if !view.alive.contains(&from) || !view.alive.contains(&to) {
+                    out.fence
+                        .extend([from, to].into_iter().filter(|n| !view.alive.contains(n)));
+                    None
+                } else if !eligible_set.contains(&to) && let_go(from, ip, since) {
+                    // The new host may no longer take it: it gives it up if it already did.
+                    Some(Placement::Releasing(to))
+                } else {
+                    None
+                };
+                if let Some(to) = change {
+                    out.changes.push(PlaceChange {
+                        ip: *ip,
+                        from: now,
+                        to: Some(to),
+                    });
+                }
                 false
             }
-            Some(Placement::Releasing(x)) => let_go(x, ip, since),
-            Some(Placement::Fenced(x)) => {
-                let fence = state.fences.get(&x).copied().unwrap_or(0);
-                view.expired.contains(&x) || (view.alive.contains(&x) && let_go(x, ip, fence.max(since)))
-            }
+            Some(Placement::Fenced(_)) => clear(ip, since),
         };
         if !homeless && !current.contains_key(ip) {
             frozen.insert(*ip);
@@ -126,12 +157,15 @@ pub fn plan(state: &ClusterState, view: &View) -> Plan {
     let target = allocate_with(&addrs, &eligible, &current, view.failback, &view.sticky);
     for a in &addrs {
         let now = state.placement.get(&a.ip).copied();
-        let to = match (current.get(&a.ip), target.get(&a.ip).copied()) {
-            (Some(&x), Some(t)) if x != t => Some(Placement::Releasing(x)),
-            (Some(_), _) => continue,
-            (None, Some(_)) if now.is_none() && view.hold_unplaced => continue,
-            (None, Some(t)) => Some(Placement::Host(t)),
-            (None, None) => None,
+        let to = match (now, current.get(&a.ip), target.get(&a.ip).copied()) {
+            (_, Some(&x), Some(t)) if x != t => Some(Placement::Handover { from: x, to: t }),
+            (_, Some(_), _) => continue,
+            // Its node may no longer host it.
+            (Some(Placement::Host(x)), None, Some(t)) => Some(Placement::Handover { from: x, to: t }),
+            (Some(Placement::Host(x)), None, None) => Some(Placement::Releasing(x)),
+            (None, None, Some(_)) if view.hold_unplaced => continue,
+            (_, None, Some(t)) => Some(Placement::Host(t)),
+            (_, None, None) => None,
         };
         if to != now {
             out.changes.push(PlaceChange {
@@ -201,6 +235,12 @@ mod tests {
             now_unix: 1000,
             alive: alive.iter().copied().collect(),
             expired: expired.iter().copied().collect(),
+            unfenced: s
+                .nodes
+                .keys()
+                .filter(|p| !alive.contains(p) && !s.fences.contains_key(p))
+                .copied()
+                .collect(),
             reports: alive
                 .iter()
                 .map(|p| (*p, report(*p, &hosted(*p), s.revision)))
@@ -290,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn planned_moves_release_first() {
+    fn planned_moves_hand_over_once_the_old_host_reports_it_gone() {
         let mut s = up(3, 3);
         s.apply(&Command::SetFlags {
             pnn: 1,
@@ -302,19 +342,62 @@ mod tests {
         let p = plan(&s, &view(&[0, 1, 2], &[], &s));
         assert_eq!(p.changes.len(), 1);
         let ip = p.changes[0].ip;
-        assert_eq!(p.changes[0].to, Some(Placement::Releasing(1)));
+        let Some(Placement::Handover { from: 1, to }) = p.changes[0].to else {
+            panic!("expected a handover from node 1: {p:?}");
+        };
         commit(&mut s, p);
-        // Node 1 still reports it: nothing happens yet.
+        // Node 1 still reports it, node `to` has not taken it: nothing to commit.
         let mut v = view(&[0, 1, 2], &[], &s);
         v.reports.insert(1, report(1, &[ip], s.revision));
         assert!(plan(&s, &v).is_empty());
-        // Node 1 reports it gone, but from a revision before the release: not enough.
-        v.reports.insert(1, report(1, &[], s.revision - 1));
-        assert!(plan(&s, &v).is_empty());
-        // Released: now it moves.
-        let p = plan(&s, &view(&[0, 1, 2], &[], &s));
+        // Node `to` took it (at the handover's revision): the placement catches up.
+        let mut v = view(&[0, 1, 2], &[], &s);
+        let mut held = s
+            .placement
+            .iter()
+            .filter(|(_, p)| **p == Placement::Host(to))
+            .map(|(i, _)| *i)
+            .collect::<Vec<_>>();
+        held.push(ip);
+        v.reports.insert(to, report(to, &held, s.revision));
+        let p = plan(&s, &v);
         assert!(matches!(p.changes.as_slice(),
-            [PlaceChange { ip: i, to: Some(Placement::Host(h)), .. }] if *i == ip && *h != 1));
+            [PlaceChange { ip: i, to: Some(Placement::Host(h)), .. }] if *i == ip && *h == to));
+    }
+
+    #[test]
+    fn a_handover_whose_new_host_goes_silent_waits_for_both() {
+        let mut s = up(3, 3);
+        s.apply(&Command::SetFlags {
+            pnn: 1,
+            disabled: Some(true),
+            stopped: None,
+            banned_until: None,
+        })
+        .unwrap();
+        let p = plan(&s, &view(&[0, 1, 2], &[], &s));
+        let ip = p.changes[0].ip;
+        let Some(Placement::Handover { to, .. }) = p.changes[0].to else {
+            panic!("expected a handover: {p:?}");
+        };
+        commit(&mut s, p);
+        // The new host goes silent (it may have taken the address): fenced.
+        let alive: Vec<u64> = (0..3).filter(|n| *n != to).collect();
+        let p = plan(&s, &view(&alive, &[], &s));
+        assert_eq!(p.fence, [to].into());
+        commit(&mut s, p);
+        assert_eq!(s.placement[&ip], Placement::Fenced(to));
+        // Node 1 (the old host) has not reported at the fence's revision: no move yet.
+        let mut v = view(&alive, &[to], &s);
+        v.reports.insert(1, report(1, &[], s.revision - 1));
+        assert!(plan(&s, &v).changes.is_empty());
+        // Everyone live says it is gone and the silent one is expired: it moves.
+        let p = plan(&s, &view(&alive, &[to], &s));
+        let moved = p.changes.iter().find(|c| c.ip == ip).expect("the address moves");
+        assert!(
+            matches!(moved.to, Some(Placement::Host(h)) if h != to && h != 1),
+            "{p:?}"
+        );
     }
 
     #[test]

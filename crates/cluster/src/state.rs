@@ -83,9 +83,12 @@ pub enum Placement {
     /// Being released by this node before it moves (a planned move: release first, then
     /// take over, so that it is never up twice).
     Releasing(u64),
-    /// Was on this node, which went silent and is fenced: it moves once that node's lease
-    /// has surely run out (see the `health` module).
+    /// Was on this node, which went silent and is fenced: it moves once no node can hold it
+    /// (every live node says so, every silent one's lease has surely run out; see `health`).
     Fenced(u64),
+    /// A planned move: `from` releases it, and `to` takes it the moment `from` reports it
+    /// gone (heartbeats go to every node), without waiting for another commit.
+    Handover { from: u64, to: u64 },
 }
 
 impl Placement {
@@ -93,6 +96,16 @@ impl Placement {
     pub fn node(&self) -> u64 {
         match self {
             Placement::Host(p) | Placement::Releasing(p) | Placement::Fenced(p) => *p,
+            Placement::Handover { from, .. } => *from,
+        }
+    }
+
+    /// Whether this placement names `pnn` as a node that holds or may hold the address.
+    pub fn involves(&self, pnn: u64) -> bool {
+        match self {
+            Placement::Host(p) | Placement::Releasing(p) => *p == pnn,
+            Placement::Handover { from, to } => *from == pnn || *to == pnn,
+            Placement::Fenced(_) => false,
         }
     }
 }
@@ -573,7 +586,7 @@ impl ClusterState {
         let rev = self.revision + 1;
         self.fences.insert(pnn, rev);
         for (ip, p) in self.placement.iter_mut() {
-            if matches!(p, Placement::Host(x) | Placement::Releasing(x) if *x == pnn) {
+            if p.involves(pnn) {
                 *p = Placement::Fenced(pnn);
                 self.placed_at.insert(*ip, rev);
             }

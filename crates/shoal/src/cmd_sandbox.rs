@@ -110,15 +110,25 @@ pub fn run(args: SandboxArgs) -> Result<()> {
         Some(SandboxCmd::Cut { dir, pnn }) => node_op(&dir, pnn, Op::Cut),
         Some(SandboxCmd::Start { dir, pnn }) => node_op(&dir, pnn, Op::Start),
         None => {
+            use std::io::Write;
+            use tokio::signal::unix::{signal, SignalKind};
             up_cmd(&args.up)?;
-            println!("\nPress Ctrl-C to stop the sandbox.");
+            // Written without println!: a closed stdout must not skip the teardown below.
+            let _ = writeln!(std::io::stdout(), "\nPress Ctrl-C to stop the sandbox.");
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(async {
-                let _ = tokio::signal::ctrl_c().await;
-            });
-            println!();
+                // Ctrl-C, kill, or the terminal closing: all tear the sandbox down.
+                let (mut term, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                    _ = hup.recv() => {}
+                }
+                Ok::<_, std::io::Error>(())
+            })?;
+            let _ = writeln!(std::io::stdout());
             down(&args.up.dir)
         }
     }

@@ -87,6 +87,7 @@ pub async fn keep(node: Arc<Node>, keeper: Arc<netif::Keeper>, events: Arc<Event
             Some(r) => {
                 tokio::select! {
                     _ = r.changed() => {}
+                    _ = node.health().keeper_wake.notified() => {}
                     _ = tokio::time::sleep(wait) => {}
                 }
             }
@@ -110,7 +111,6 @@ pub async fn keep(node: Arc<Node>, keeper: Arc<netif::Keeper>, events: Arc<Event
             match keeper.release(*ip).await {
                 Ok(Some(h)) => {
                     changed = true;
-                    node.health().set_hosted(keeper.held().into_keys().collect());
                     tracing::info!(%ip, iface = %h.iface, "released public address");
                     let _ = tx.send((
                         Event::ReleaseIp,
@@ -121,6 +121,10 @@ pub async fn keep(node: Arc<Node>, keeper: Arc<netif::Keeper>, events: Arc<Event
                 Err(e) => tracing::error!(%ip, "cannot release: {e}"),
             }
         }
+        // Released what this revision no longer places here: say so now (a handover's new
+        // host is waiting for exactly this report).
+        node.health().set_held_at(revision);
+        node.health().set_hosted(keeper.held().into_keys().collect());
         let missing: Vec<_> = desired.iter().filter(|(ip, _)| !held.contains_key(*ip)).collect();
         if !missing.is_empty() {
             up = keeper.up_interfaces().await;

@@ -216,8 +216,13 @@ async fn serve_admin(listener: tokio::net::UnixListener, node: Arc<Node>) {
 /// state changes (and retries any that failed to start).
 async fn keep_bricks(node: Arc<Node>, local: Arc<Local>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
+    // One receiver for the whole loop: a fresh clone would report every past change again
+    // and spin.
+    let mut rx = None;
     loop {
-        let mut rx = node.watch_state();
+        if rx.is_none() {
+            rx = node.watch_state();
+        }
         if let (Some(pnn), Some(_)) = (node.pnn(), rx.as_ref()) {
             local.bricks.reconcile(&node.state(), pnn).await;
         }

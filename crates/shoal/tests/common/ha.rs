@@ -147,6 +147,21 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the nodes were doing, for the failure report.
+            for pnn in 0..self.env["SHOAL_NETNS"]
+                .split_whitespace()
+                .count()
+                .saturating_sub(1)
+            {
+                let log = self.log(pnn);
+                let lines: Vec<&str> = log.lines().collect();
+                eprintln!("--- node {pnn} daemon.log (last lines) ---");
+                for l in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{l}");
+                }
+            }
+        }
         let out = Command::new(shoal_bin())
             .args(["sandbox", "down", "--dir"])
             .arg(self.dir.path())
