@@ -255,6 +255,17 @@ impl Node {
     /// Leader side of `moveip`: a handover of the address to `pnn`, which then stays there
     /// (rebalancing moves other addresses instead).
     pub(crate) async fn move_ip(self: &Arc<Self>, ip: IpAddr, pnn: u64) -> Result<String, String> {
+        // An address in flight finishes its move first (changing its target midway could
+        // double it): wait for that, within the commit deadline.
+        let settled = |s: &ClusterState| {
+            !matches!(
+                s.placement.get(&ip),
+                Some(Placement::Handover { .. } | Placement::Releasing(_) | Placement::Fenced(_))
+            )
+        };
+        if let Some(mut rx) = self.watch_state() {
+            let _ = tokio::time::timeout(crate::node::COMMIT_DEADLINE, rx.wait_for(|s| settled(s))).await;
+        }
         let state = self.state();
         if !state.public_addresses.contains_key(&ip) {
             return Err(format!("{ip} is not a public address of this cluster"));

@@ -9,7 +9,7 @@ use crate::conns;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// An address held here, and where.
@@ -19,10 +19,14 @@ pub struct Held {
     pub prefix: u8,
 }
 
+/// How long after a planned release its connections are reset (the new host takes the
+/// address within milliseconds of the release).
+const RESET_DELAY: Duration = Duration::from_millis(100);
+
 pub struct Keeper {
     links: Links,
     file: PathBuf,
-    held: Mutex<BTreeMap<IpAddr, Held>>,
+    held: Arc<Mutex<BTreeMap<IpAddr, Held>>>,
 }
 
 fn parse_line(l: &str) -> Option<(String, IpAddr, u8)> {
@@ -64,7 +68,7 @@ impl Keeper {
         Keeper {
             links,
             file: file.to_path_buf(),
-            held: Mutex::new(BTreeMap::new()),
+            held: Arc::default(),
         }
     }
 
@@ -189,17 +193,32 @@ impl Keeper {
     /// Gives `ip` up: it is removed at once, then its connections here are reset in the
     /// background (so that services let go of their clients, who reconnect to wherever the
     /// address goes next).
+    /// Gives an address up for a planned move: its connections are reset a moment later,
+    /// once the new host has taken and announced it; a client reset at once would reconnect
+    /// into the gap and wait a whole SYN retransmission (a second). Not if the address came
+    /// back here meanwhile: those connections are new.
     pub async fn release(&self, ip: IpAddr) -> Result<Option<Held>, NetifError> {
+        let h = self.drop_address(ip).await?;
+        if h.is_some() {
+            let held = self.held.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(RESET_DELAY).await;
+                if !held.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&ip) {
+                    conns::reset(ip).await;
+                }
+            });
+        }
+        Ok(h)
+    }
+
+    async fn drop_address(&self, ip: IpAddr) -> Result<Option<Held>, NetifError> {
         let Some(h) = self.lock().get(&ip).cloned() else {
             return Ok(None);
         };
         self.links.del(&h.iface, ip, h.prefix).await?;
-        {
-            let mut held = self.lock();
-            held.remove(&ip);
-            self.save(&held);
-        }
-        tokio::spawn(conns::reset(ip));
+        let mut held = self.lock();
+        held.remove(&ip);
+        self.save(&held);
         Ok(Some(h))
     }
 
@@ -207,8 +226,12 @@ impl Keeper {
     pub async fn release_all(&self) -> Vec<(IpAddr, Held)> {
         let mut out = Vec::new();
         for ip in self.held().into_keys() {
-            match self.release(ip).await {
-                Ok(Some(h)) => out.push((ip, h)),
+            // No new host is waiting (or the process is going away): reset now.
+            match self.drop_address(ip).await {
+                Ok(Some(h)) => {
+                    conns::reset(ip).await;
+                    out.push((ip, h))
+                }
                 Ok(None) => {}
                 Err(e) => tracing::error!(%ip, "cannot release: {e}"),
             }

@@ -119,6 +119,18 @@ impl Rig {
             .filter(|a| a.start <= after && a.answer.is_err())
             .collect();
         assert!(failed.is_empty(), "{label}: failed connections: {failed:?}");
+        for a in client
+            .since(t0)
+            .iter()
+            .filter(|a| a.end - a.start > Duration::from_millis(50))
+        {
+            eprintln!(
+                "{label}: slow attempt at +{:?} took {:?} ({:?})",
+                a.start - t0,
+                a.end - a.start,
+                a.answer
+            );
+        }
         eprintln!(
             "{label}: {ip} moved off node {from} with no failed connection (longest gap {:?})",
             client.longest_gap(t0, after)
