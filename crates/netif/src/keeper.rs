@@ -172,10 +172,14 @@ impl Keeper {
             self.save(&held);
             return Err(e);
         }
-        // Announce now and twice more, as switches and ARP caches may miss one.
+        // Announce at once (clients still send to the old host until they hear this), then
+        // twice more, as switches and ARP caches may miss one.
+        if let Err(e) = crate::raw::announce(&iface, ip) {
+            tracing::warn!(%ip, %iface, "cannot announce: {e}");
+        }
         let announce_iface = iface.clone();
         tokio::spawn(async move {
-            for delay in [0u64, 100, 400] {
+            for delay in [100u64, 300] {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
                 if let Err(e) = crate::raw::announce(&announce_iface, ip) {
                     tracing::warn!(%ip, iface = %announce_iface, "cannot announce: {e}");

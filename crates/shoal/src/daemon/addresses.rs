@@ -7,6 +7,7 @@ use cluster::tunables;
 use cluster::Node;
 use services::events::{Event, EventScripts};
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -107,11 +108,18 @@ pub async fn keep(node: Arc<Node>, keeper: Arc<netif::Keeper>, events: Arc<Event
         let desired: std::collections::BTreeMap<_, _> = desired.into_iter().collect();
         let held = keeper.held();
         let mut changed = false;
-        for (ip, _) in held.iter().filter(|(ip, _)| !desired.contains_key(ip)) {
+        let going: BTreeSet<IpAddr> = held
+            .keys()
+            .filter(|ip| !desired.contains_key(*ip))
+            .copied()
+            .collect();
+        for ip in &going {
             match keeper.release(*ip).await {
                 Ok(Some(h)) => {
                     changed = true;
-                    tracing::info!(%ip, iface = %h.iface, "released public address");
+                    let placed = node.state().placement.get(ip).copied();
+                    let lease = node.health().has_lease();
+                    tracing::info!(%ip, iface = %h.iface, revision, ?placed, lease, "released public address");
                     let _ = tx.send((
                         Event::ReleaseIp,
                         vec![h.iface, ip.to_string(), h.prefix.to_string()],
@@ -120,6 +128,16 @@ pub async fn keep(node: Arc<Node>, keeper: Arc<netif::Keeper>, events: Arc<Event
                 Ok(None) => {}
                 Err(e) => tracing::error!(%ip, "cannot release: {e}"),
             }
+        }
+        if !going.is_empty() {
+            // The connections the new hosts are to tickle, as they are now that no new one can
+            // reach these addresses here (their sockets live until the delayed reset; the
+            // periodic list may be a second old). They go out with the report below.
+            let mut ips: BTreeSet<IpAddr> = keeper.held().into_keys().collect();
+            ips.extend(&going);
+            let conns = netif::conns::established(&ips);
+            node.health()
+                .set_conns(conns.into_iter().map(|c| (c.local, c.remote)).collect());
         }
         // Released what this revision no longer places here: say so now (a handover's new
         // host is waiting for exactly this report).
@@ -139,7 +157,8 @@ pub async fn keep(node: Arc<Node>, keeper: Arc<netif::Keeper>, events: Arc<Event
                 Ok(iface) => {
                     changed = true;
                     node.health().set_hosted(keeper.held().into_keys().collect());
-                    tracing::info!(%ip, %iface, tickled = conns.len(), "took public address");
+                    let placed = node.state().placement.get(ip).copied();
+                    tracing::info!(%ip, %iface, tickled = conns.len(), revision, ?placed, "took public address");
                     let _ = tx.send((Event::TakeIp, vec![iface, ip.to_string(), a.prefix.to_string()]));
                 }
                 Err(e) => tracing::error!(%ip, "cannot take public address: {e}"),

@@ -8,6 +8,7 @@ use netif::netns::{in_netns, ipv4_on};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,7 +40,7 @@ impl Sandbox {
         let out = Command::new(shoal_bin())
             .args(["sandbox", "up", "--nodes", &nodes.to_string(), "--dir"])
             .arg(dir.path())
-            .env("SHOAL_LOG", "info")
+            .env("SHOAL_LOG", "info,openraft=warn")
             .output()
             .expect("run shoal sandbox up");
         let mut sb = Sandbox {
@@ -157,7 +158,7 @@ impl Drop for Sandbox {
                 let log = self.log(pnn);
                 let lines: Vec<&str> = log.lines().collect();
                 eprintln!("--- node {pnn} daemon.log (last lines) ---");
-                for l in &lines[lines.len().saturating_sub(40)..] {
+                for l in &lines[lines.len().saturating_sub(80)..] {
                     eprintln!("{l}");
                 }
             }
@@ -316,8 +317,18 @@ impl Responders {
                             let _ = c.set_nonblocking(false);
                             let _ = c.write_all(&[pnn as u8]);
                         }
-                        // Polling, so that the thread notices `stop`.
-                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                        // Wakes the moment a connection arrives, as a real server does (a
+                        // connection left unanswered for long could be caught by a planned
+                        // release); the timeout lets the thread notice `stop`.
+                        Err(_) => {
+                            let mut p = libc::pollfd {
+                                fd: l.as_raw_fd(),
+                                events: libc::POLLIN,
+                                revents: 0,
+                            };
+                            // SAFETY: one valid pollfd for the listener this thread owns.
+                            unsafe { libc::poll(&mut p, 1, 20) };
+                        }
                     }
                 }
             }));
