@@ -1,5 +1,7 @@
 //! Shared pieces of the benchmarks: running tools, starting shoal volumes, reading CPU time.
 
+pub mod ctdb;
+
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

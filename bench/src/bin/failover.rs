@@ -6,12 +6,14 @@
 //! 20 ms (attempts overlap, so a lost SYN does not hide the moment the address is back).
 //! For each kind of fault, over several trials: the time from the fault to the first answer
 //! from another node. Also: `sandbox up` to every node OK with every address hosted, and the
-//! allocation of 1,000 addresses over 64 nodes.
+//! allocation of 1,000 addresses over 64 nodes. With `--with-ctdb`, the same trials run
+//! against CTDB from Debian's packages on the same topology, side by side.
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
 use layout::alloc::{allocate, Address, Host};
 use netif::netns::in_netns;
+use shoal_bench::ctdb::Ctdb;
 use shoal_bench::*;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -32,6 +34,12 @@ struct Args {
     trials: usize,
     #[arg(long, default_value = "/var/tmp/shoal-bench-failover")]
     dir: PathBuf,
+    /// Also run CTDB (Debian's ctdb package) on the same topology, at its defaults.
+    #[arg(long)]
+    with_ctdb: bool,
+    /// Trials per measure for CTDB (its failovers take tens of seconds each).
+    #[arg(long, default_value_t = 3)]
+    ctdb_trials: usize,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -141,6 +149,27 @@ impl Drop for Prober {
     }
 }
 
+/// A TCP responder in each namespace that answers every connection with its node's number.
+fn responders(namespaces: &[String], stop: Arc<AtomicBool>) -> Result<()> {
+    for (pnn, ns) in namespaces.iter().enumerate() {
+        let l = in_netns(ns, || TcpListener::bind(("0.0.0.0", PORT)))??;
+        l.set_nonblocking(true)?;
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut c, _)) => {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.write_all(&[pnn as u8]);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
 /// The sandbox, responders in every node namespace, and the CLI.
 struct Rig {
     shoal: PathBuf,
@@ -175,21 +204,9 @@ impl Rig {
             env,
             stop: Arc::new(AtomicBool::new(false)),
         };
+        let namespaces: Vec<String> = (0..3).map(|p| rig.netns(p)).collect::<Result<_>>()?;
+        responders(&namespaces, rig.stop.clone())?;
         for pnn in 0..3 {
-            let l = in_netns(&rig.netns(pnn)?, || TcpListener::bind(("0.0.0.0", PORT)))??;
-            l.set_nonblocking(true)?;
-            let stop = rig.stop.clone();
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    match l.accept() {
-                        Ok((mut c, _)) => {
-                            let _ = c.set_nonblocking(false);
-                            let _ = c.write_all(&[pnn as u8]);
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(1)),
-                    }
-                }
-            });
             // A monitor script that fails while DIR/nodeN/fail exists.
             let home = dir.join(format!("node{pnn}"));
             let script = home.join("events.d").join("50.bench");
@@ -203,6 +220,10 @@ impl Rig {
             std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         }
         Ok(rig)
+    }
+
+    fn fail_flag(&self, pnn: usize) -> PathBuf {
+        self.dir.join(format!("node{pnn}")).join("fail")
     }
 
     fn netns(&self, pnn: usize) -> Result<String> {
@@ -314,59 +335,227 @@ enum Fault {
 impl Fault {
     fn label(self) -> &'static str {
         match self {
-            Fault::MachineCrash => "machine crash (`sandbox kill`: processes killed, links down)",
-            Fault::DaemonCrash => "daemon crash (SIGKILL of `shoal daemon` alone)",
-            Fault::LinkCut => "link cut (`sandbox cut`)",
+            Fault::MachineCrash => "machine crash (processes killed, links down: `sandbox kill`)",
+            Fault::DaemonCrash => "daemon crash (SIGKILL of the cluster daemon alone)",
+            Fault::LinkCut => "link cut (the node's links down: `sandbox cut`)",
             Fault::MonitorFails => "monitor event starts failing",
         }
     }
 }
 
+/// What the trials need of a cluster under test: shoal's sandbox or CTDB.
+trait Cluster {
+    fn client_ns(&self) -> String;
+    fn first_public(&self) -> Ipv4Addr;
+    fn host_of(&self, ip: Ipv4Addr) -> Result<usize>;
+    fn wait_settled(&self) -> Result<()>;
+    fn fault(&mut self, fault: Fault, pnn: usize) -> Result<()>;
+    fn restore(&mut self, fault: Fault, pnn: usize) -> Result<()>;
+    fn moveip(&self, ip: Ipv4Addr, to: usize, via: usize) -> Result<()>;
+    /// How long a failover may take before the trial gives up.
+    fn patience(&self) -> Duration;
+}
+
+impl Cluster for Rig {
+    fn client_ns(&self) -> String {
+        self.env["SHOAL_CLIENT_NETNS"].clone()
+    }
+
+    fn first_public(&self) -> Ipv4Addr {
+        self.publics()[0]
+    }
+
+    fn host_of(&self, ip: Ipv4Addr) -> Result<usize> {
+        Rig::host_of(self, ip)
+    }
+
+    fn wait_settled(&self) -> Result<()> {
+        Rig::wait_settled(self)
+    }
+
+    fn fault(&mut self, fault: Fault, h: usize) -> Result<()> {
+        match fault {
+            Fault::MachineCrash => self.sandbox(&["kill"], h),
+            Fault::DaemonCrash => self.sandbox(&["kill", "--daemon"], h),
+            Fault::LinkCut => self.sandbox(&["cut"], h),
+            Fault::MonitorFails => Ok(std::fs::write(self.fail_flag(h), "")?),
+        }
+    }
+
+    fn restore(&mut self, fault: Fault, h: usize) -> Result<()> {
+        match fault {
+            Fault::MonitorFails => Ok(std::fs::remove_file(self.fail_flag(h))?),
+            _ => self.sandbox(&["start"], h),
+        }
+    }
+
+    fn moveip(&self, ip: Ipv4Addr, to: usize, via: usize) -> Result<()> {
+        self.cli(via, &["moveip", &ip.to_string(), &to.to_string()])
+            .map(|_| ())
+    }
+
+    fn patience(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+/// CTDB on the same topology, with the same responders.
+struct CtdbRig {
+    ctdb: Ctdb,
+    stop: Arc<AtomicBool>,
+}
+
+impl CtdbRig {
+    fn up(dir: &Path) -> Result<CtdbRig> {
+        let ctdb = Ctdb::up(dir)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let namespaces: Vec<String> = (0..3).map(Ctdb::netns).collect();
+        responders(&namespaces, stop.clone())?;
+        Ok(CtdbRig { ctdb, stop })
+    }
+}
+
+impl Drop for CtdbRig {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Cluster for CtdbRig {
+    fn client_ns(&self) -> String {
+        Ctdb::client_ns()
+    }
+
+    fn first_public(&self) -> Ipv4Addr {
+        Ctdb::publics()[0]
+    }
+
+    fn host_of(&self, ip: Ipv4Addr) -> Result<usize> {
+        self.ctdb
+            .placement(0)?
+            .get(&ip)
+            .copied()
+            .flatten()
+            .ok_or_else(|| anyhow!("{ip} is not hosted"))
+    }
+
+    fn wait_settled(&self) -> Result<()> {
+        self.ctdb.wait_settled(0, Duration::from_secs(120))
+    }
+
+    fn fault(&mut self, fault: Fault, h: usize) -> Result<()> {
+        match fault {
+            Fault::MachineCrash => self.ctdb.crash(h),
+            Fault::DaemonCrash => self.ctdb.kill(h),
+            Fault::LinkCut => self.ctdb.links(h, false),
+            Fault::MonitorFails => Ok(std::fs::write(self.ctdb.fail_flag(h), "")?),
+        }
+    }
+
+    fn restore(&mut self, fault: Fault, h: usize) -> Result<()> {
+        match fault {
+            Fault::MonitorFails => Ok(std::fs::remove_file(self.ctdb.fail_flag(h))?),
+            // A killed ctdbd leaves its addresses up (nothing removes them): clear them, as an
+            // administrator would, before it starts again.
+            Fault::DaemonCrash => {
+                run("ip", &["-n", &Ctdb::netns(h), "addr", "flush", "dev", "eth1"])?;
+                self.ctdb.restore(h)
+            }
+            _ => self.ctdb.restore(h),
+        }
+    }
+
+    fn moveip(&self, ip: Ipv4Addr, to: usize, via: usize) -> Result<()> {
+        self.ctdb.moveip(via, ip, to)
+    }
+
+    fn patience(&self) -> Duration {
+        Duration::from_secs(120)
+    }
+}
+
 /// One trial: the fault on the node hosting the first address, the time until another node
 /// answers, then the node restored and the cluster settled again.
-fn fault_trial(rig: &Rig, fault: Fault) -> Result<f64> {
+fn fault_trial(rig: &mut dyn Cluster, fault: Fault) -> Result<f64> {
     rig.wait_settled()?;
-    let ip = rig.publics()[0];
+    let ip = rig.first_public();
     let h = rig.host_of(ip)?;
-    let client_ns = rig.env["SHOAL_CLIENT_NETNS"].clone();
-    let probe = Prober::start(&client_ns, ip, Duration::from_millis(900));
-    probe.first(Instant::now(), |p| p as usize == h, Duration::from_secs(10))?;
-    let flag = rig.dir.join(format!("node{h}")).join("fail");
+    let probe = Prober::start(&rig.client_ns(), ip, Duration::from_millis(900));
+    probe.first(Instant::now(), |p| p as usize == h, rig.patience())?;
     let t0 = Instant::now();
-    match fault {
-        Fault::MachineCrash => rig.sandbox(&["kill"], h)?,
-        Fault::DaemonCrash => rig.sandbox(&["kill", "--daemon"], h)?,
-        Fault::LinkCut => rig.sandbox(&["cut"], h)?,
-        Fault::MonitorFails => std::fs::write(&flag, "")?,
-    }
-    let back = probe.first(t0, |p| p as usize != h, Duration::from_secs(30))?;
+    rig.fault(fault, h)?;
+    let back = probe.first(t0, |p| p as usize != h, rig.patience())?;
     drop(probe);
-    match fault {
-        Fault::MonitorFails => std::fs::remove_file(&flag)?,
-        _ => rig.sandbox(&["start"], h)?,
-    }
+    rig.restore(fault, h)?;
     Ok(ms(back - t0))
 }
 
-/// One planned move (`shoal moveip` of the first address to the next node): the worst time
-/// any connection attempt took while it moved, and how many failed.
-fn planned_trial(rig: &Rig) -> Result<(f64, usize)> {
+/// One planned move of the first address to the next node: the worst time any connection
+/// attempt took while it moved, and how many failed.
+fn planned_trial(rig: &mut dyn Cluster) -> Result<(f64, usize)> {
     rig.wait_settled()?;
-    let ip = rig.publics()[0];
+    let ip = rig.first_public();
     let h = rig.host_of(ip)?;
     let to = (h + 1) % 3;
-    let client_ns = rig.env["SHOAL_CLIENT_NETNS"].clone();
     // Patient, as real clients are: a SYN lost while the address moves is sent again.
-    let probe = Prober::start(&client_ns, ip, Duration::from_secs(5));
-    probe.first(Instant::now(), |p| p as usize == h, Duration::from_secs(10))?;
+    let probe = Prober::start(&rig.client_ns(), ip, Duration::from_secs(5));
+    probe.first(Instant::now(), |p| p as usize == h, rig.patience())?;
     let t0 = Instant::now();
-    rig.cli(h, &["moveip", &ip.to_string(), &to.to_string()])?;
-    let landed = probe.first(t0, |p| p as usize == to, Duration::from_secs(30))?;
+    rig.moveip(ip, to, h)?;
+    let landed = probe.first(t0, |p| p as usize == to, rig.patience())?;
     // Every attempt started while it moved, including any whose SYN was sent again.
     let during = probe.finished(t0 - Duration::from_millis(100), landed, Duration::from_secs(15))?;
     let failed = during.iter().filter(|a| a.answer.is_none()).count();
     let worst = during.iter().map(|a| ms(a.end - a.start)).fold(0.0, f64::max);
     Ok((worst, failed))
+}
+
+/// CTDB started on every node until every node is OK with every address hosted.
+fn ctdb_start_trial(dir: &Path) -> Result<f64> {
+    let t0 = Instant::now();
+    let c = Ctdb::up(dir)?;
+    c.wait_settled(0, Duration::from_secs(120))?;
+    Ok(ms(t0.elapsed()))
+}
+
+/// Every measure of one system: fault kinds, planned move, start.
+struct Results {
+    faults: Vec<Vec<f64>>,
+    planned: Vec<f64>,
+    failed: usize,
+    start: Vec<f64>,
+}
+
+const FAULTS: [Fault; 4] = [
+    Fault::MachineCrash,
+    Fault::DaemonCrash,
+    Fault::LinkCut,
+    Fault::MonitorFails,
+];
+
+fn measure(rig: &mut dyn Cluster, trials: usize, who: &str) -> Result<Results> {
+    let mut faults = Vec::new();
+    for fault in FAULTS {
+        eprintln!("{who}: {} ...", fault.label());
+        let mut v = Vec::new();
+        for _ in 0..trials {
+            v.push(fault_trial(rig, fault)?);
+        }
+        faults.push(v);
+    }
+    eprintln!("{who}: planned move ...");
+    let (mut planned, mut failed) = (Vec::new(), 0);
+    for _ in 0..trials {
+        let (w, f) = planned_trial(rig)?;
+        planned.push(w);
+        failed += f;
+    }
+    Ok(Results {
+        faults,
+        planned,
+        failed,
+        start: Vec::new(),
+    })
 }
 
 /// `shoal sandbox up` until every node is OK with every address hosted.
@@ -435,13 +624,9 @@ fn allocation(runs: usize) -> (f64, f64) {
     (median(fresh), median(again))
 }
 
-fn row(label: &str, v: &[f64], target: &str) -> String {
+fn stats(v: &[f64]) -> String {
     let worst = v.iter().cloned().fold(0.0, f64::max);
-    format!(
-        "| {label} | {:.0} ms | {worst:.0} ms | {} | {target} |",
-        median(v.to_vec()),
-        v.len()
-    )
+    format!("{:.0} ms | {worst:.0} ms | {}", median(v.to_vec()), v.len())
 }
 
 fn main() -> Result<()> {
@@ -451,58 +636,78 @@ fn main() -> Result<()> {
     }
     let shoal = shoal_bin()?;
     let trials = args.trials.max(1);
-    let mut rows = Vec::new();
 
-    eprintln!("start to all healthy ...");
+    eprintln!("shoal: start to all healthy ...");
     let mut start = Vec::new();
     for _ in 0..trials {
         start.push(start_trial(&shoal, &args.dir)?);
     }
+    let mut rig = Rig::up(&shoal, &args.dir)?;
+    let mut ours = measure(&mut rig, trials, "shoal")?;
+    ours.start = start;
+    drop(rig);
 
-    let rig = Rig::up(&shoal, &args.dir)?;
-    for fault in [
-        Fault::MachineCrash,
-        Fault::DaemonCrash,
-        Fault::LinkCut,
-        Fault::MonitorFails,
-    ] {
-        eprintln!("{} ...", fault.label());
-        let mut v = Vec::new();
-        for _ in 0..trials {
-            v.push(fault_trial(&rig, fault)?);
+    let theirs = if args.with_ctdb {
+        let n = args.ctdb_trials.max(1);
+        eprintln!("CTDB: start to all healthy ...");
+        let mut start = Vec::new();
+        for _ in 0..n {
+            start.push(ctdb_start_trial(&args.dir)?);
         }
+        let mut rig = CtdbRig::up(&args.dir)?;
+        let mut r = measure(&mut rig, n, "CTDB")?;
+        r.start = start;
+        Some(r)
+    } else {
+        None
+    };
+    let (fresh, again) = allocation(21);
+
+    println!("\nfailover benchmark: 3 nodes + a client in network namespaces, defaults (shoal: heartbeat 100 ms, dead after 5)\n");
+    let mut head =
+        "| measure (client connects every 20 ms) | shoal median | worst | trials | target |".to_string();
+    let mut rule = "|---|---|---|---|---|".to_string();
+    if theirs.is_some() {
+        head.push_str(" CTDB 4.17 median | worst | trials | CTDB / shoal |");
+        rule.push_str("---|---|---|---|");
+    }
+    println!("{head}\n{rule}");
+    let line = |label: &str, a: &[f64], b: Option<&[f64]>, target: &str| {
+        let mut l = format!("| {label} | {} | {target} |", stats(a));
+        if let Some(b) = b {
+            let ratio = median(b.to_vec()) / median(a.to_vec()).max(1.0);
+            l.push_str(&format!(" {} | {ratio:.0}× |", stats(b)));
+        }
+        println!("{l}");
+    };
+    for (i, fault) in FAULTS.iter().enumerate() {
         let target = match fault {
             Fault::MachineCrash | Fault::LinkCut => "median < 1 s",
             _ => "",
         };
-        rows.push(row(fault.label(), &v, target));
+        line(
+            fault.label(),
+            &ours.faults[i],
+            theirs.as_ref().map(|t| t.faults[i].as_slice()),
+            target,
+        );
     }
-    eprintln!("planned move ...");
-    let (mut worst, mut failed) = (Vec::new(), 0);
-    for _ in 0..trials {
-        let (w, f) = planned_trial(&rig)?;
-        worst.push(w);
-        failed += f;
-    }
-    rows.push(row(
-        &format!("planned move (`moveip`): slowest connection while it moves; {failed} failed"),
-        &worst,
+    let failed = match &theirs {
+        Some(t) => format!("failed: shoal {}, CTDB {}", ours.failed, t.failed),
+        None => format!("{} failed", ours.failed),
+    };
+    line(
+        &format!("planned move (`moveip`): slowest connection while it moves; {failed}"),
+        &ours.planned,
+        theirs.as_ref().map(|t| t.planned.as_slice()),
         "< 200 ms, none failed",
-    ));
-    drop(rig);
-    rows.push(row(
-        "`sandbox up` → every node OK, every address hosted",
-        &start,
+    );
+    line(
+        "start → every node OK, every address hosted",
+        &ours.start,
+        theirs.as_ref().map(|t| t.start.as_slice()),
         "< 3 s",
-    ));
-    let (fresh, again) = allocation(21);
-
-    println!("\nshoal failover benchmark: 3 nodes + a client in network namespaces, defaults (heartbeat 100 ms, dead after 5)\n");
-    println!("| measure (client connects every 20 ms) | median | worst | trials | target |");
-    println!("|---|---|---|---|---|");
-    for r in rows {
-        println!("{r}");
-    }
+    );
     println!("| allocation: 1,000 addresses over 64 nodes, from nothing | {fresh:.1} ms | | 21 | < 50 ms |");
     println!("| allocation: the same after one node leaves | {again:.1} ms | | 21 | < 50 ms |");
     Ok(())
