@@ -278,13 +278,24 @@ impl Node {
             return Err(format!("node {pnn} is a witness and hosts no addresses"));
         }
         let me = self.pnn().ok_or("not a member")?;
-        let eligible = crate::placement::eligible(&state, &self.view(&state, me));
-        if !eligible.iter().any(|h| h.pnn == pnn) {
-            return Err(format!(
-                "node {pnn} cannot host addresses now ({})",
-                self.node_state(&state, pnn)
-            ));
-        }
+        // Eligibility comes from the nodes' latest reports; give a report in flight (a lease
+        // just renewed, a monitor just passed) a moment before refusing.
+        let (period, dead_after) = timing(&state);
+        let deadline = std::time::Instant::now() + dead_after;
+        let state = loop {
+            let state = self.state();
+            let eligible = crate::placement::eligible(&state, &self.view(&state, me));
+            if eligible.iter().any(|h| h.pnn == pnn) {
+                break state;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "node {pnn} cannot host addresses now ({})",
+                    self.node_state(&state, pnn)
+                ));
+            }
+            tokio::time::sleep(period / 2).await;
+        };
         let now = state.placement.get(&ip).copied();
         let to = match now {
             Some(Placement::Host(h)) if h == pnn => return Ok(format!("{ip} is already on node {pnn}")),

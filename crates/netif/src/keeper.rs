@@ -26,6 +26,12 @@ const RESET_DELAY: Duration = Duration::from_millis(100);
 pub struct Keeper {
     links: Links,
     file: PathBuf,
+    /// The hosted file, kept open and rewritten in place: a rename over it, or a truncation
+    /// to nothing, makes ext4 flush it (auto_da_alloc), which took tens of milliseconds on a
+    /// busy disk, on the path between a release and the new host's take. Its readers (the
+    /// watchdog, the next start) need the page cache, not the disk: a reboot takes the
+    /// addresses away anyway.
+    out: Mutex<Option<std::fs::File>>,
     held: Arc<Mutex<BTreeMap<IpAddr, Held>>>,
 }
 
@@ -68,6 +74,15 @@ impl Keeper {
         Keeper {
             links,
             file: file.to_path_buf(),
+            out: Mutex::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .write(true)
+                    .truncate(false)
+                    .open(file)
+                    .map_err(|e| tracing::error!(file = %file.display(), "cannot open the hosted file: {e}"))
+                    .ok(),
+            ),
             held: Arc::default(),
         }
     }
@@ -85,8 +100,15 @@ impl Keeper {
             .iter()
             .map(|(ip, h)| format!("{} {ip} {}\n", h.iface, h.prefix))
             .collect();
-        let tmp = self.file.with_extension("tmp");
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &self.file)) {
+        // Never empty (see `out`): a header line first.
+        let text = format!("# public addresses held by shoal: IFACE ADDRESS PREFIX\n{text}");
+        let out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        let r = match out.as_ref() {
+            Some(f) => std::os::unix::fs::FileExt::write_all_at(f, text.as_bytes(), 0)
+                .and_then(|_| f.set_len(text.len() as u64)),
+            None => Err(std::io::Error::other("not open")),
+        };
+        if let Err(e) = r {
             tracing::error!(file = %self.file.display(), "cannot record hosted addresses: {e}");
         }
     }
@@ -173,16 +195,17 @@ impl Keeper {
             return Err(e);
         }
         // Announce at once (clients still send to the old host until they hear this), then
-        // twice more, as switches and ARP caches may miss one.
-        if let Err(e) = crate::raw::announce(&iface, ip) {
-            tracing::warn!(%ip, %iface, "cannot announce: {e}");
-        }
+        // twice more, as switches and ARP caches may miss one. Off the runtime's threads:
+        // packet sockets block on close.
         let announce_iface = iface.clone();
         tokio::spawn(async move {
-            for delay in [100u64, 300] {
+            for delay in [0u64, 100, 300] {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
-                if let Err(e) = crate::raw::announce(&announce_iface, ip) {
-                    tracing::warn!(%ip, iface = %announce_iface, "cannot announce: {e}");
+                let i = announce_iface.clone();
+                match tokio::task::spawn_blocking(move || crate::raw::announce(&i, ip)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(%ip, iface = %announce_iface, "cannot announce: {e}"),
+                    Err(e) => tracing::warn!(%ip, "announce task failed: {e}"),
                 }
             }
         });

@@ -63,16 +63,18 @@ pub fn announce(iface: &str, ip: IpAddr) -> Result<()> {
     let index = ifindex(iface)?;
     match ip {
         IpAddr::V4(v4) => {
-            garp(index, m, v4, false)?;
-            garp(index, m, v4, true)
+            // One socket for both: closing a packet socket waits for an RCU grace period
+            // (tens of milliseconds on a busy machine).
+            let proto = (libc::ETH_P_ARP as u16).to_be() as libc::c_int;
+            let s = socket(libc::AF_PACKET, libc::SOCK_RAW, proto)?;
+            garp(&s, index, m, v4, false)?;
+            garp(&s, index, m, v4, true)
         }
         IpAddr::V6(v6) => neighbour_advert(index, m, v6),
     }
 }
 
-fn garp(index: u32, mac: [u8; 6], ip: Ipv4Addr, reply: bool) -> Result<()> {
-    let proto = (libc::ETH_P_ARP as u16).to_be() as libc::c_int;
-    let s = socket(libc::AF_PACKET, libc::SOCK_RAW, proto)?;
+fn garp(s: &OwnedFd, index: u32, mac: [u8; 6], ip: Ipv4Addr, reply: bool) -> Result<()> {
     let frame = packets::gratuitous_arp(mac, ip, reply);
     // SAFETY: sockaddr_ll is plain data.
     let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
