@@ -113,6 +113,16 @@ pub async fn keep(node: Arc<Node>, keeper: Arc<netif::Keeper>, events: Arc<Event
             .filter(|ip| !desired.contains_key(*ip))
             .copied()
             .collect();
+        if !going.is_empty() {
+            // The connections the new hosts are to tickle, as they are now (the periodic list
+            // may be a second old); they go out with the release report. Listed before the
+            // release, not after: reading the kernel's TCP tables takes milliseconds, which
+            // would widen the gap in which nobody holds the address.
+            let ips: BTreeSet<IpAddr> = held.keys().copied().collect();
+            let conns = netif::conns::established(&ips);
+            node.health()
+                .set_conns(conns.into_iter().map(|c| (c.local, c.remote)).collect());
+        }
         for ip in &going {
             match keeper.release(*ip).await {
                 Ok(Some(h)) => {
@@ -128,16 +138,6 @@ pub async fn keep(node: Arc<Node>, keeper: Arc<netif::Keeper>, events: Arc<Event
                 Ok(None) => {}
                 Err(e) => tracing::error!(%ip, "cannot release: {e}"),
             }
-        }
-        if !going.is_empty() {
-            // The connections the new hosts are to tickle, as they are now that no new one can
-            // reach these addresses here (their sockets live until the delayed reset; the
-            // periodic list may be a second old). They go out with the report below.
-            let mut ips: BTreeSet<IpAddr> = keeper.held().into_keys().collect();
-            ips.extend(&going);
-            let conns = netif::conns::established(&ips);
-            node.health()
-                .set_conns(conns.into_iter().map(|c| (c.local, c.remote)).collect());
         }
         // Released what this revision no longer places here: say so now (a handover's new
         // host is waiting for exactly this report).
