@@ -114,16 +114,10 @@ impl Ctdb {
             )?;
             std::fs::write(home.join("etc/nodes"), &nodes)?;
             std::fs::write(home.join("etc/public_addresses"), &publics)?;
-            // The monitor fails while this node's `fail` file exists.
-            let script = home.join("etc/events/legacy/50.bench.script");
-            std::fs::write(
-                &script,
-                format!(
-                    "#!/bin/sh\n[ \"$1\" = monitor ] || exit 0\n[ -e {} ] && exit 1\nexit 0\n",
-                    home.join("fail").display()
-                ),
+            crate::failing_monitor(
+                &home.join("etc/events/legacy/50.bench.script"),
+                &home.join("fail"),
             )?;
-            std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
         }
         let cl = Self::client_ns();
         ip(&["netns", "add", &cl])?;

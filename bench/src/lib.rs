@@ -17,6 +17,20 @@ pub trait Backend {
     fn pids(&self) -> Vec<u32>;
 }
 
+/// An event script whose `monitor` fails while `flag` exists (shoal's and CTDB's scripts take
+/// the event as their first argument alike).
+pub fn failing_monitor(script: &Path, flag: &Path) -> Result<()> {
+    std::fs::write(
+        script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = monitor ] || exit 0\n[ -e {} ] && exit 1\nexit 0\n",
+            flag.display()
+        ),
+    )?;
+    std::fs::set_permissions(script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    Ok(())
+}
+
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }

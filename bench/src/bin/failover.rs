@@ -149,6 +149,26 @@ impl Drop for Prober {
     }
 }
 
+/// Whatever an earlier run left in `dir`, gone.
+fn clear_sandbox(shoal: &Path, dir: &Path) {
+    let _ = Command::new(shoal)
+        .args(["sandbox", "down", "--dir"])
+        .arg(dir)
+        .output();
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn sandbox_up(shoal: &Path, dir: &Path) -> Result<()> {
+    let out = Command::new(shoal)
+        .args(["sandbox", "up", "--dir"])
+        .arg(dir)
+        .output()?;
+    if !out.status.success() {
+        bail!("sandbox up: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
 /// A TCP responder in each namespace that answers every connection with its node's number.
 fn responders(namespaces: &[String], stop: Arc<AtomicBool>) -> Result<()> {
     for (pnn, ns) in namespaces.iter().enumerate() {
@@ -180,18 +200,8 @@ struct Rig {
 
 impl Rig {
     fn up(shoal: &Path, dir: &Path) -> Result<Rig> {
-        let _ = Command::new(shoal)
-            .args(["sandbox", "down", "--dir"])
-            .arg(dir)
-            .output();
-        let _ = std::fs::remove_dir_all(dir);
-        let out = Command::new(shoal)
-            .args(["sandbox", "up", "--dir"])
-            .arg(dir)
-            .output()?;
-        if !out.status.success() {
-            bail!("sandbox up: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        clear_sandbox(shoal, dir);
+        sandbox_up(shoal, dir)?;
         let env = std::fs::read_to_string(dir.join("sandbox.env"))?
             .lines()
             .filter_map(|l| l.strip_prefix("export "))
@@ -207,17 +217,8 @@ impl Rig {
         let namespaces: Vec<String> = (0..3).map(|p| rig.netns(p)).collect::<Result<_>>()?;
         responders(&namespaces, rig.stop.clone())?;
         for pnn in 0..3 {
-            // A monitor script that fails while DIR/nodeN/fail exists.
             let home = dir.join(format!("node{pnn}"));
-            let script = home.join("events.d").join("50.bench");
-            std::fs::write(
-                &script,
-                format!(
-                    "#!/bin/sh\n[ \"$1\" = monitor ] || exit 0\n[ -e {} ] && exit 1\nexit 0\n",
-                    home.join("fail").display()
-                ),
-            )?;
-            std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+            failing_monitor(&home.join("events.d").join("50.bench"), &rig.fail_flag(pnn))?;
         }
         Ok(rig)
     }
@@ -577,19 +578,9 @@ fn measure(rig: &mut dyn Cluster, trials: usize, who: &str, timeouts: &mut usize
 
 /// `shoal sandbox up` until every node is OK with every address hosted.
 fn start_trial(shoal: &Path, dir: &Path) -> Result<f64> {
-    let _ = Command::new(shoal)
-        .args(["sandbox", "down", "--dir"])
-        .arg(dir)
-        .output();
-    let _ = std::fs::remove_dir_all(dir);
+    clear_sandbox(shoal, dir);
     let t0 = Instant::now();
-    let out = Command::new(shoal)
-        .args(["sandbox", "up", "--dir"])
-        .arg(dir)
-        .output()?;
-    if !out.status.success() {
-        bail!("sandbox up: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    sandbox_up(shoal, dir)?;
     let rig_env = dir.join("node0").join("shoal.sock");
     wait_until(Duration::from_secs(30), || {
         let o = Command::new(shoal)
