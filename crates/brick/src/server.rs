@@ -1,11 +1,17 @@
 //! The brick's network face: a [`proto::service::Service`] answering brick requests. File
 //! handles and locks belong to the connection and are released when it goes away.
+//!
+//! The brick also remembers which objects each client was told about, and when another
+//! client changes one, sends it a [`Notice`]: clients can then cache attributes and entries
+//! for long and still see every change at once (see `crate::interest`).
 
+use crate::interest::{Effect, Interest};
 use crate::locks::LockTable;
 use crate::store::{OpenFile, Store};
 use bytes::Bytes;
 use proto::auth::{ClusterKey, Peer};
-use proto::msg::{Fh, Reply, Request, Response};
+use proto::msg::{Fh, Notice, Reply, Request, Response, NOTICE_ID};
+use proto::outbox::Outbox;
 use proto::service::{Answer, Handled, Service};
 use proto::Errno;
 use std::collections::HashMap;
@@ -31,6 +37,8 @@ pub struct BrickServer {
     locks: LockTable,
     config: ServerConfig,
     next_conn: AtomicU64,
+    /// Connections that take notices.
+    listeners: Mutex<HashMap<u64, Arc<Conn>>>,
 }
 
 /// An open handle; closing it (drop) tells the store, which may remove an unlinked file.
@@ -59,6 +67,10 @@ pub struct Conn {
     handles: Mutex<HashMap<Fh, Arc<Handle>>>,
     next_fh: AtomicU64,
     closed: watch::Receiver<bool>,
+    out: Arc<Outbox>,
+    /// The peer's protocol version: notices and attributes on release from 2 on.
+    version: u16,
+    interest: Interest,
 }
 
 impl Conn {
@@ -99,7 +111,38 @@ impl BrickServer {
             locks: LockTable::default(),
             config,
             next_conn: AtomicU64::new(1),
+            listeners: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// After a request: what its reply showed the client, and who else must hear of what it
+    /// changed.
+    fn settle(&self, conn: &Conn, effect: Effect, resp: &Response) {
+        let Ok(reply) = resp else { return };
+        if conn.version >= 2
+            && conn
+                .interest
+                .learn(effect.shown.iter().copied().chain(shown(reply)))
+        {
+            send_notice(conn, &Notice::All);
+        }
+        if effect.changes.is_empty() {
+            return;
+        }
+        let others: Vec<Arc<Conn>> = self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|c| c.id != conn.id)
+            .cloned()
+            .collect();
+        for other in others {
+            let hits = other.interest.hits(&effect.changes);
+            if !hits.is_empty() {
+                send_notice(&other, &Notice::Changed(hits));
+            }
+        }
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -182,6 +225,20 @@ impl BrickServer {
                 Reply::Ok
             }),
             Request::StatFs => s.statfs().map(Reply::StatFs),
+            // Removing or closing a small file frees next to nothing: done here too.
+            Request::Unlink { parent, name } if s.cheap_to_free(Some((parent, &name)), None) => {
+                s.unlink(parent, &name).map(|_| Reply::Ok)
+            }
+            Request::UnlinkUnless { parent, name, keep } if s.cheap_to_free(Some((parent, &name)), None) => s
+                .unlink_unless(parent, &name, Some(&keep))
+                .map(|kept| kept.map_or(Reply::Ok, Reply::Entry)),
+            Request::Release { fh }
+                if conn
+                    .handle(fh)
+                    .is_ok_and(|h| s.cheap_to_free(None, Some(&h.file().fd))) =>
+            {
+                self.release(conn, fh)
+            }
             Request::GetXattr { id, name } => s.getxattr(id, &name).map(Reply::Xattr),
             Request::SetXattr {
                 id,
@@ -208,6 +265,19 @@ impl BrickServer {
         })
     }
 
+    /// Closes a handle. The file's attributes as it is closed let the client answer the
+    /// next stat itself.
+    fn release(&self, conn: &Conn, fh: Fh) -> Response {
+        let h = conn.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
+        let h = h.ok_or(Errno::EBADF)?;
+        let id = h.file().id;
+        drop(h);
+        Ok(match conn.version >= 2 {
+            true => self.store.getattr(id).map(Reply::Entry).unwrap_or(Reply::Ok),
+            false => Reply::Ok,
+        })
+    }
+
     /// Requests that may wait: run on the blocking pool (or wait for a lock) in a task of
     /// their own, so that the connection's other requests go on meanwhile.
     async fn slow(self: &Arc<Self>, conn: &Arc<Conn>, req: Request, data: Bytes) -> Answer<Reply> {
@@ -225,6 +295,10 @@ impl BrickServer {
                 .blocking(move |s| s.unlink(parent, &name))
                 .await
                 .map(|_| Reply::Ok),
+            Request::UnlinkUnless { parent, name, keep } => self
+                .blocking(move |s| s.unlink_unless(parent, &name, Some(&keep)))
+                .await
+                .map(|kept| kept.map_or(Reply::Ok, Reply::Entry)),
             Request::ReadDir {
                 id,
                 cookie,
@@ -262,18 +336,11 @@ impl BrickServer {
                 Err(e) => Err(e),
             },
             Request::Release { fh } => {
-                let h = conn.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
-                match h {
-                    // Closing may unlink an orphan: keep that off the reactor.
-                    Some(h) => self
-                        .blocking(move |_| {
-                            drop(h);
-                            Ok(())
-                        })
-                        .await
-                        .map(|_| Reply::Ok),
-                    None => Err(Errno::EBADF),
-                }
+                // Closing may unlink a big orphan: keep that off the reactor.
+                let (server, conn) = (self.clone(), conn.clone());
+                tokio::task::spawn_blocking(move || server.release(&conn, fh))
+                    .await
+                    .unwrap_or(Err(Errno::EIO))
             }
             Request::Fallocate {
                 fh,
@@ -318,21 +385,45 @@ impl Service for BrickServer {
         format!("brick {}", self.store.root().display())
     }
 
-    fn open(&self, _peer: &Peer, _addr: SocketAddr, closed: watch::Receiver<bool>) -> Conn {
-        Conn {
+    fn open(
+        &self,
+        peer: &Peer,
+        _addr: SocketAddr,
+        closed: watch::Receiver<bool>,
+        out: Arc<Outbox>,
+    ) -> Arc<Conn> {
+        let conn = Arc::new(Conn {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             closed,
+            out,
+            version: peer.version,
+            interest: Interest::default(),
+        });
+        if conn.version >= 2 {
+            self.listeners
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(conn.id, conn.clone());
         }
+        conn
     }
 
     fn handle(self: &Arc<Self>, conn: &Arc<Conn>, req: Request, data: Bytes) -> Handled<Reply> {
+        let effect = Effect::of(&req, |fh| conn.handle(fh).ok().map(|h| h.file().id));
         match self.quick(conn, req, &data) {
-            Quick::Done(resp) => Handled::Now((resp, Bytes::new())),
+            Quick::Done(resp) => {
+                self.settle(conn, effect, &resp);
+                Handled::Now((resp, Bytes::new()))
+            }
             Quick::Slow(req) => {
                 let (server, conn) = (self.clone(), conn.clone());
-                Handled::Later(Box::pin(async move { server.slow(&conn, req, data).await }))
+                Handled::Later(Box::pin(async move {
+                    let answer = server.slow(&conn, req, data).await;
+                    server.settle(&conn, effect, &answer.0);
+                    answer
+                }))
             }
         }
     }
@@ -341,6 +432,10 @@ impl Service for BrickServer {
         // Handles close as the last request holding them finishes; locks go now.
         conn.handles.lock().unwrap_or_else(|p| p.into_inner()).clear();
         self.locks.release_conn(conn.id);
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&conn.id);
     }
 
     fn undecodable(&self, header: &[u8]) -> Errno {
@@ -348,5 +443,28 @@ impl Service for BrickServer {
             Some(op) if op >= proto::msg::REQUEST_OPS => Errno::ENOSYS,
             _ => Errno::EBADMSG,
         }
+    }
+}
+
+/// The ids a reply tells the client about.
+fn shown(reply: &Reply) -> Vec<proto::FileId> {
+    match reply {
+        Reply::Entry(e) | Reply::Created { entry: e, .. } => vec![e.attr.id],
+        Reply::Dir { entries, .. } => entries
+            .iter()
+            .filter_map(|d| d.entry.as_ref().map(|e| e.attr.id))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn send_notice(conn: &Conn, notice: &Notice) {
+    match proto::frame::encode_header(notice) {
+        Ok(header) => {
+            if let Err(e) = conn.out.send(NOTICE_ID, &header, &Bytes::new()) {
+                tracing::debug!("notice not sent: {e}");
+            }
+        }
+        Err(e) => tracing::error!("cannot encode a notice: {e}"),
     }
 }

@@ -614,6 +614,18 @@ impl Store {
     }
 
     pub fn unlink(&self, parent: FileId, name: &[u8]) -> Result<(), Errno> {
+        self.unlink_unless(parent, name, None).map(|_| ())
+    }
+
+    /// Removes a name, unless what it names carries the internal xattr `keep`: then nothing
+    /// changes and its entry comes back (a translator's own entries, such as distribute's
+    /// pointers, need its care).
+    pub fn unlink_unless(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        keep: Option<&str>,
+    ) -> Result<Option<Entry>, Errno> {
         self.check_entry_name(parent, name)?;
         let _ns = lock(&self.ns_lock);
         let dir = self.dir_fd(parent)?;
@@ -621,14 +633,21 @@ impl Store {
         if FileKind::from_mode(st.st_mode) == Some(FileKind::Dir) {
             return Err(Errno::EISDIR);
         }
-        let id = self
-            .read_meta(&XTarget::Path(proc_path(dir.as_fd(), Some(name))))?
-            .0;
+        let (id, meta, has_caps) = self.read_meta(&XTarget::Path(proc_path(dir.as_fd(), Some(name))))?;
+        if let (Some(keep), Some(id)) = (keep, id) {
+            if meta.iter().any(|m| m.name == keep) {
+                return Ok(Some(Entry {
+                    attr: sys::attr_from_stat(id, &st)?,
+                    meta,
+                    has_caps,
+                }));
+            }
+        }
         rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::empty()).map_err(errno)?;
         if let Some(id) = id {
             self.forget_if_unnamed(id)?;
         }
-        Ok(())
+        Ok(None)
     }
 
     /// After a name of a non-directory went away: if only the index link is left, the file
@@ -861,6 +880,21 @@ impl Store {
     }
 
     /// Closes a handle; the last close of an unlinked file removes it.
+    /// True if removing `name` in `parent` (or closing `fd`) frees so little that it can be
+    /// done without a hand-off to a blocking thread.
+    pub fn cheap_to_free(&self, at: Option<(FileId, &[u8])>, fd: Option<&OwnedFd>) -> bool {
+        const CHEAP_BLOCKS: u64 = 2048; // 1 MiB in 512-byte blocks
+        let st = match (at, fd) {
+            (Some((parent, name)), _) => match self.dir_fd(parent) {
+                Ok(dir) => rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW),
+                Err(_) => return false,
+            },
+            (None, Some(fd)) => rustix::fs::fstat(fd),
+            (None, None) => return false,
+        };
+        st.is_ok_and(|st| (st.st_blocks as u64) <= CHEAP_BLOCKS)
+    }
+
     pub fn close(&self, file: OpenFile) {
         let _ns = lock(&self.ns_lock);
         let mut opens = lock(&self.opens);

@@ -267,6 +267,19 @@ impl Xlator for Distribute {
     }
 
     async fn unlink(&self, parent: FileId, name: &[u8]) -> Result<()> {
+        if self.children.len() == 1 {
+            return self.children[0].unlink(parent, name).await;
+        }
+        // A name is most often a plain file where it hashes: removed in one step, unless it
+        // turns out to be a pointer, whose data goes first.
+        match self.children[self.hashed(parent, name)]
+            .unlink_unless(parent, name, LINKTO)
+            .await
+        {
+            Ok(None) => return Ok(()),
+            Ok(Some(_)) | Err(Errno::ENOSYS) => {}
+            Err(e) => return Err(e),
+        }
         let (h, d, e) = self.resolve(parent, name).await?;
         if e.attr.kind == FileKind::Dir {
             return Err(Errno::EISDIR);
@@ -510,7 +523,7 @@ impl Xlator for Distribute {
         self.children[c].flush(ch, lock_owner).await
     }
 
-    async fn release(&self, h: &Handle) -> Result<()> {
+    async fn release(&self, h: &Handle) -> Result<Option<Entry>> {
         let (c, ch) = Self::one(h)?;
         self.children[c].release(ch).await
     }

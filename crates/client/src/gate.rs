@@ -103,7 +103,7 @@ impl Xlator for Gate {
     async fn flush(&self, h: &Handle, lock_owner: u64) -> Result<()> {
         self.pass()?.flush(h, lock_owner).await
     }
-    async fn release(&self, h: &Handle) -> Result<()> {
+    async fn release(&self, h: &Handle) -> Result<Option<Entry>> {
         // Handles are always let go, gate or not.
         self.inner.release(h).await
     }

@@ -13,5 +13,5 @@ pub mod stripe;
 pub mod volume;
 pub mod xlator;
 
-pub use volume::Volume;
+pub use volume::{Stale, StaleFn, Volume};
 pub use xlator::{DirCursor, DirPage, Handle, Xlator};

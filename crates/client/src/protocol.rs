@@ -185,6 +185,21 @@ impl Xlator for Protocol {
         .await
     }
 
+    async fn unlink_unless(&self, parent: FileId, name: &[u8], keep: &str) -> Result<Option<Entry>> {
+        match self
+            .call(Request::UnlinkUnless {
+                parent,
+                name: name.to_vec(),
+                keep: keep.to_string(),
+            })
+            .await?
+        {
+            Reply::Ok => Ok(None),
+            Reply::Entry(e) => Ok(Some(e)),
+            r => Err(unexpected(r)),
+        }
+    }
+
     async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
         self.ok(Request::Rmdir {
             parent,
@@ -299,13 +314,17 @@ impl Xlator for Protocol {
         }
     }
 
-    async fn release(&self, h: &Handle) -> Result<()> {
+    async fn release(&self, h: &Handle) -> Result<Option<Entry>> {
         let f = Self::file(h)?;
         let (gen, fh) = *f.fh.lock().unwrap_or_else(|p| p.into_inner());
         if gen != self.conn.generation() {
-            return Ok(()); // the brick dropped it with the old connection
+            return Ok(None); // the brick dropped it with the old connection
         }
-        self.ok(Request::Release { fh }).await
+        match self.call(Request::Release { fh }).await? {
+            Reply::Ok => Ok(None),
+            Reply::Entry(e) => Ok(Some(e)),
+            r => Err(unexpected(r)),
+        }
     }
 
     async fn fallocate(&self, h: &Handle, mode: u32, offset: u64, len: u64) -> Result<()> {

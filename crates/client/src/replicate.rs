@@ -469,15 +469,25 @@ impl Xlator for Replicate {
         }
     }
 
-    async fn release(&self, h: &Handle) -> Result<()> {
+    async fn release(&self, h: &Handle) -> Result<Option<Entry>> {
         let rh = Self::rh(h)?;
-        let futs = rh
-            .handles
-            .iter()
-            .enumerate()
-            .filter_map(|(i, ch)| ch.as_ref().map(|ch| self.children[i].release(ch)));
-        join_all(futs).await;
-        Ok(())
+        let futs = rh.handles.iter().enumerate().map(|(i, ch)| async move {
+            match ch {
+                Some(ch) => self.children[i].release(ch).await,
+                None => Ok(None),
+            }
+        });
+        let results = join_all(futs).await;
+        // The attributes are only worth anything as getattr would have picked them: from
+        // every copy.
+        if results.iter().all(|r| matches!(r, Ok(Some(_)))) {
+            let entries = results
+                .into_iter()
+                .map(|r| r.and_then(|e| e.ok_or(Errno::EIO)))
+                .collect();
+            return Ok(Self::pick(entries).ok());
+        }
+        Ok(None)
     }
 
     async fn fallocate(&self, h: &Handle, mode: u32, offset: u64, len: u64) -> Result<()> {

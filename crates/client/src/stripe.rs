@@ -340,10 +340,11 @@ impl Xlator for Stripe {
         .map(|_| ())
     }
 
-    async fn release(&self, h: &Handle) -> Result<()> {
+    async fn release(&self, h: &Handle) -> Result<Option<Entry>> {
         let sh = Self::sh(h)?;
         join_all(self.children.iter().zip(&sh.handles).map(|(c, ch)| c.release(ch))).await;
-        Ok(())
+        // A striped file's size is pieced together from every child: not known here.
+        Ok(None)
     }
 
     async fn fallocate(&self, h: &Handle, mode: u32, offset: u64, len: u64) -> Result<()> {

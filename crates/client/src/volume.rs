@@ -18,6 +18,18 @@ pub struct Volume {
     pub conns: Vec<Arc<BrickConn>>,
 }
 
+/// Something cached from the bricks that may no longer hold.
+#[derive(Debug)]
+pub enum Stale {
+    /// Another client changed these (see [`proto::msg::Notice`]).
+    Changed(Vec<proto::msg::Change>),
+    /// Anything may have changed: a brick's connection was lost, or it stopped tracking us.
+    All,
+}
+
+/// Receives what went stale, on the thread that read the brick's notice: keep it quick.
+pub type StaleFn = Arc<dyn Fn(Stale) + Send + Sync>;
+
 /// Why a volume could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum VolumeError {
@@ -62,6 +74,25 @@ impl Volume {
         }
         let root = build(&spec.graph(), &conns);
         Ok(Volume { spec, root, conns })
+    }
+
+    /// Has every brick's notices (and connection losses) reported to `f`.
+    pub fn on_stale(&self, f: StaleFn) {
+        for c in &self.conns {
+            let f = f.clone();
+            c.on_notice(Arc::new(move |frame| {
+                let stale = match frame.map(|fr| fr.decode::<proto::msg::Notice>()) {
+                    None => Stale::All,
+                    Some(Ok(proto::msg::Notice::Changed(c))) => Stale::Changed(c),
+                    Some(Ok(proto::msg::Notice::All)) => Stale::All,
+                    Some(Err(e)) => {
+                        tracing::warn!("undecodable notice: {e}");
+                        Stale::All
+                    }
+                };
+                f(stale);
+            }));
+        }
     }
 }
 

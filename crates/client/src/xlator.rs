@@ -47,6 +47,11 @@ pub trait Xlator: Send + Sync {
         open: Option<u32>,
     ) -> Result<(Entry, Option<Handle>)>;
     async fn unlink(&self, parent: FileId, name: &[u8]) -> Result<()>;
+    /// Unlinks, unless the entry carries the internal xattr `keep`: then nothing changes and
+    /// the entry comes back. ENOSYS from layers that cannot tell in one step.
+    async fn unlink_unless(&self, _parent: FileId, _name: &[u8], _keep: &str) -> Result<Option<Entry>> {
+        Err(Errno::ENOSYS)
+    }
     async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()>;
     async fn rename(
         &self,
@@ -66,7 +71,9 @@ pub trait Xlator: Send + Sync {
     async fn fsync(&self, h: &Handle, datasync: bool) -> Result<()>;
     /// One close(2) of the file by the process owning `lock_owner`: drops its locks.
     async fn flush(&self, h: &Handle, lock_owner: u64) -> Result<()>;
-    async fn release(&self, h: &Handle) -> Result<()>;
+    /// Lets go of a handle; returns the file's attributes as it was closed when this layer
+    /// can tell them (the front end may then answer the next stat itself).
+    async fn release(&self, h: &Handle) -> Result<Option<Entry>>;
     async fn fallocate(&self, h: &Handle, mode: u32, offset: u64, len: u64) -> Result<()>;
     async fn statfs(&self) -> Result<StatFs>;
     async fn getxattr(&self, id: FileId, name: &[u8]) -> Result<Vec<u8>>;

@@ -1124,8 +1124,14 @@ impl Service for Node {
         format!("node {}", self.name)
     }
 
-    fn open(&self, peer: &Peer, _addr: SocketAddr, _closed: watch::Receiver<bool>) -> Peer {
-        peer.clone()
+    fn open(
+        &self,
+        peer: &Peer,
+        _addr: SocketAddr,
+        _closed: watch::Receiver<bool>,
+        _out: Arc<proto::outbox::Outbox>,
+    ) -> Arc<Peer> {
+        Arc::new(peer.clone())
     }
 
     fn handle(self: &Arc<Self>, peer: &Arc<Peer>, req: NodeRequest, _data: Bytes) -> Handled<NodeReply> {

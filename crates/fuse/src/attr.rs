@@ -62,3 +62,25 @@ pub fn file_attr(ino: u64, a: &Attr) -> FileAttr {
         flags: 0,
     }
 }
+
+/// What the kernel is given for a name that does not exist, so that it remembers that too:
+/// inode number 0.
+pub fn negative() -> FileAttr {
+    FileAttr {
+        ino: INodeNo(0),
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: FileType::RegularFile,
+        perm: 0,
+        nlink: 0,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 0,
+        flags: 0,
+    }
+}

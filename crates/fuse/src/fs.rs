@@ -1,15 +1,16 @@
 //! The fuser `Filesystem` over a shoal volume.
 
-use crate::attr::{file_attr, kind, timespec};
+use crate::attr::{file_attr, kind, negative, timespec};
+use crate::cache::{AttrCache, Coherence, Complete, Inval};
 use crate::dirs::DirState;
 use crate::inodes::{Inodes, ROOT_INO};
 use bytes::Bytes;
-use client::{Handle, Xlator};
+use client::{Handle, Stale, StaleFn, Xlator};
 use fuser::{
     AccessFlags, BsdFileFlags, Errno as FErrno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags,
-    KernelConfig, LockOwner, OpenFlags, RenameFlags as FRenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags as FRenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use proto::{
     Attr, Entry, Errno, FileId, FileKind, Lock, LockKind, NewNode, RenameFlags, SetAttr, TimeSet, Timespec,
@@ -19,6 +20,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -35,7 +37,7 @@ pub struct ShoalFs {
 struct Inner {
     vol: Arc<dyn Xlator>,
     inodes: Inodes,
-    files: Mutex<HashMap<u64, Arc<Handle>>>,
+    files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirState>>>>,
     next_fh: AtomicU64,
     attr_ttl: Duration,
@@ -47,6 +49,22 @@ struct Inner {
     /// Inodes that ever had a lock request through this mount: only their closes need to
     /// reach the bricks (to drop the closing process's locks).
     locked: Mutex<HashSet<u64>>,
+    coherence: Coherence,
+    attrs: AttrCache,
+    complete: Complete,
+    inval: Mutex<Option<Sender<Inval>>>,
+    /// Counts writes through this mount as they start and end: attributes fetched across
+    /// one may be older than the data and are not kept.
+    writes: AtomicU64,
+}
+
+/// A file the kernel opened. Read-only opens reach the bricks only when a read misses the
+/// kernel's cache (most reads of a file just written or read do not): `handle` is filled
+/// then.
+struct OpenFile {
+    id: FileId,
+    flags: u32,
+    handle: tokio::sync::OnceCell<Arc<Handle>>,
 }
 
 /// What changes whenever a file's data changes.
@@ -74,6 +92,13 @@ struct Seen {
     at: std::time::Instant,
 }
 
+/// Where a request began, to tell what happened while it was in flight.
+#[derive(Clone, Copy)]
+struct Start {
+    notices: u64,
+    writes: u64,
+}
+
 fn ferr(e: Errno) -> FErrno {
     FErrno::from_i32(e.code())
 }
@@ -83,21 +108,55 @@ impl Inner {
         self.inodes.id(ino.0)
     }
 
-    fn file(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
-        self.files
+    /// The bricks' handle of an open file, opening it there first if it was opened lazily.
+    async fn file(&self, fh: FileHandle) -> Result<Arc<Handle>, Errno> {
+        let f = self
+            .files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&fh.0)
             .cloned()
-            .ok_or(Errno::EBADF)
+            .ok_or(Errno::EBADF)?;
+        self.materialize(&f).await
     }
 
-    fn add_file(&self, h: Handle) -> u64 {
+    async fn materialize(&self, f: &OpenFile) -> Result<Arc<Handle>, Errno> {
+        f.handle
+            .get_or_try_init(|| async { self.vol.open(f.id, f.flags).await.map(Arc::new) })
+            .await
+            .cloned()
+    }
+
+    /// Before this mount removes or replaces a name: files it opened lazily get opened on
+    /// the bricks, so that they stay readable once unlinked, as POSIX wants. (Which file the
+    /// name is is not known here; there are seldom any such files at a time.)
+    async fn materialize_all(&self) {
+        let lazy: Vec<Arc<OpenFile>> = self
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|f| f.handle.get().is_none())
+            .cloned()
+            .collect();
+        for f in lazy {
+            if let Err(e) = self.materialize(&f).await {
+                tracing::debug!("opening a lazily opened file: {e}");
+            }
+        }
+    }
+
+    fn add_file(&self, id: FileId, flags: u32, h: Option<Handle>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let f = OpenFile {
+            id,
+            flags,
+            handle: tokio::sync::OnceCell::new_with(h.map(Arc::new)),
+        };
         self.files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(fh, Arc::new(h));
+            .insert(fh, Arc::new(f));
         fh
     }
 
@@ -123,15 +182,101 @@ impl Inner {
             .is_some_and(|s| !s.has_caps && s.at.elapsed() < self.attr_ttl)
     }
 
-    fn reply_entry(&self, reply: ReplyEntry, e: &Entry) {
-        let ino = self.inodes.lookup(e.attr.id);
-        self.note(ino, e);
-        reply.entry(&self.entry_ttl, &file_attr(ino, &e.attr), Generation(0));
+    /// How long the kernel (and this mount) may keep what a request begun at `start` got
+    /// about `ids`: nothing if a change to one of them was announced meanwhile.
+    fn ttls(&self, ids: &[FileId], start: Start) -> (Duration, Duration) {
+        if self.coherence.changed_since(ids, start.notices) {
+            (Duration::ZERO, Duration::ZERO)
+        } else {
+            (self.attr_ttl, self.entry_ttl)
+        }
     }
 
-    fn attr_reply(&self, reply: ReplyAttr, ino: INodeNo, e: &Entry) {
+    /// Keeps `e` to answer the kernel's next getattr of `ino` here, unless a write through
+    /// this mount ran meanwhile.
+    fn keep(&self, ino: u64, e: &Entry, ttl: Duration, start: Start) {
+        if self.writes.load(Ordering::SeqCst) == start.writes {
+            self.attrs.put(ino, e, ttl);
+        } else {
+            self.attrs.drop(ino);
+        }
+    }
+
+    fn start(&self) -> Start {
+        Start {
+            notices: self.coherence.now(),
+            writes: self.writes.load(Ordering::SeqCst),
+        }
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, e: &Entry, start: Start, parent: FileId) {
+        let ino = self.inodes.lookup(e.attr.id);
+        self.reply_entry_at(reply, ino, e, start, parent);
+    }
+
+    /// As [`Inner::reply_entry`], for an entry whose lookup was already counted as `ino`.
+    fn reply_entry_at(&self, reply: ReplyEntry, ino: u64, e: &Entry, start: Start, parent: FileId) {
+        let (attr_ttl, entry_ttl) = self.ttls(&[e.attr.id, parent], start);
+        self.note(ino, e);
+        self.keep(ino, e, attr_ttl, start);
+        reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(ino, &e.attr), Generation(0));
+    }
+
+    fn attr_reply(&self, reply: ReplyAttr, ino: INodeNo, e: &Entry, start: Start) {
+        let (ttl, _) = self.ttls(&[e.attr.id], start);
         self.note(ino.0, e);
-        reply.attr(&self.attr_ttl, &file_attr(ino.0, &e.attr));
+        self.keep(ino.0, e, ttl, start);
+        reply.attr(&ttl, &file_attr(ino.0, &e.attr));
+    }
+
+    fn invalidate(&self, i: Inval) {
+        if let Some(tx) = self.inval.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = tx.send(i);
+        }
+    }
+
+    /// A brick announced that another client changed something (or that anything may have
+    /// changed): forget it here and in the kernel.
+    fn on_stale(&self, stale: Stale) {
+        match stale {
+            Stale::All => {
+                self.coherence.mark_all();
+                self.attrs.clear();
+                self.complete.clear();
+                for ino in self.inodes.all() {
+                    self.invalidate(Inval::Inode(ino));
+                }
+            }
+            Stale::Changed(changes) => {
+                for c in changes {
+                    self.coherence.mark(c.id);
+                    let Some(ino) = self.inodes.known(c.id) else {
+                        continue;
+                    };
+                    self.attrs.drop(ino);
+                    self.complete.forget(ino);
+                    self.invalidate(Inval::Inode(ino));
+                    if let Some(name) = c.name {
+                        self.invalidate(Inval::Entry(ino, name));
+                    }
+                }
+            }
+        }
+    }
+
+    /// This mount wrote to `ino` (or is about to).
+    fn wrote(&self, ino: u64) {
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        self.attrs.drop(ino);
+    }
+
+    async fn open_existing(&self, parent: FileId, name: &[u8], flags: i32) -> Result<(Entry, Handle), Errno> {
+        let e = self.vol.lookup(parent, name).await?;
+        if e.attr.kind == FileKind::Dir {
+            return Err(Errno::EISDIR);
+        }
+        let h = self.vol.open(e.attr.id, (flags & !libc::O_CREAT) as u32).await?;
+        Ok((e, h))
     }
 
     fn new_node(req: &Request, kind: FileKind, mode: u32, rdev: u64) -> NewNode {
@@ -178,6 +323,14 @@ impl ShoalFs {
         attr_ttl: Duration,
         entry_ttl: Duration,
     ) -> ShoalFs {
+        let notifier = Arc::new(OnceLock::new());
+        let inval = match crate::cache::invalidator(notifier.clone()) {
+            Ok(tx) => Some(tx),
+            Err(e) => {
+                tracing::warn!("no thread for cache invalidations ({e}): other clients' changes show only as caches expire");
+                None
+            }
+        };
         ShoalFs {
             rt,
             inner: Arc::new(Inner {
@@ -188,11 +341,27 @@ impl ShoalFs {
                 next_fh: AtomicU64::new(1),
                 attr_ttl,
                 entry_ttl,
-                notifier: Arc::new(OnceLock::new()),
+                notifier,
                 seen: Mutex::new(HashMap::new()),
                 locked: Mutex::new(HashSet::new()),
+                coherence: Coherence::default(),
+                attrs: AttrCache::default(),
+                complete: Complete::default(),
+                inval: Mutex::new(inval),
+                writes: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Where the volume's announcements of other clients' changes go.
+    pub fn stale_fn(&self) -> StaleFn {
+        // Weak: the volume's connections hold this, and this mount holds the volume.
+        let inner = Arc::downgrade(&self.inner);
+        Arc::new(move |stale| {
+            if let Some(i) = inner.upgrade() {
+                i.on_stale(stale);
+            }
+        })
     }
 
     /// Where the session's notifier goes once the session exists.
@@ -200,14 +369,14 @@ impl ShoalFs {
         self.inner.notifier.clone()
     }
 
-    /// Runs `f` on the runtime; its error goes back to the kernel through `fail`.
+    /// Runs a request: on this thread until it first waits, then on the runtime.
     fn spawn<F, Fut>(&self, f: F)
     where
         F: FnOnce(Arc<Inner>) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
         let inner = self.inner.clone();
-        self.rt.spawn(f(inner));
+        crate::inline::run(&self.rt, f(inner));
     }
 }
 
@@ -231,24 +400,45 @@ impl fuser::Filesystem for ShoalFs {
         let wanted = InitFlags::FUSE_POSIX_LOCKS
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_DIO
-            | InitFlags::FUSE_AUTO_INVAL_DATA
             | InitFlags::FUSE_CACHE_SYMLINKS;
+        // Not FUSE_AUTO_INVAL_DATA: it drops a file's cached pages whenever its mtime moves,
+        // which this mount's own writes do every time. Pages go instead when a brick
+        // announces another client's change, and at open when the file is not the version
+        // the kernel's pages hold.
         let supported = config.capabilities() & wanted;
         let _ = config.add_capabilities(supported);
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        // (A name the bricks would refuse goes to them, for their error.)
+        if proto::check_name(name.as_bytes()).is_ok()
+            && self.inner.complete.surely_absent(parent.0, name.as_bytes())
+        {
+            reply.entry(&self.inner.entry_ttl, &negative(), Generation(0));
+            return;
+        }
         let name = name.as_bytes().to_vec();
         self.spawn(move |s| async move {
             let p = tryr!(reply, s.id(parent));
-            let e = tryr!(reply, s.vol.lookup(p, &name).await);
-            s.reply_entry(reply, &e);
+            let start = s.start();
+            match s.vol.lookup(p, &name).await {
+                Ok(e) => s.reply_entry(reply, &e, start, p),
+                Err(Errno::ENOENT) => match s.ttls(&[p], start) {
+                    // The kernel remembers the absence too; a brick announces the name's
+                    // creation by another client.
+                    (_, ttl) if !ttl.is_zero() => reply.entry(&ttl, &negative(), Generation(0)),
+                    _ => reply.error(FErrno::ENOENT),
+                },
+                Err(e) => reply.error(ferr(e)),
+            }
         });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         if self.inner.inodes.forget(ino.0, nlookup) {
+            self.inner.attrs.drop(ino.0);
+            self.inner.complete.forget(ino.0);
             self.inner
                 .seen
                 .lock()
@@ -263,10 +453,17 @@ impl fuser::Filesystem for ShoalFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        // The kernel drops attributes after this mount's own writes and namespace changes;
+        // what they did is known here.
+        if let Some((e, left)) = self.inner.attrs.get(ino.0) {
+            reply.attr(&left, &file_attr(ino.0, &e.attr));
+            return;
+        }
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
+            let start = s.start();
             let e = tryr!(reply, s.vol.getattr(id).await);
-            s.attr_reply(reply, ino, &e);
+            s.attr_reply(reply, ino, &e, start);
         });
     }
 
@@ -299,11 +496,19 @@ impl fuser::Filesystem for ShoalFs {
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
             let h = match fh {
-                Some(fh) if set.size.is_some() => s.file(fh).ok(),
+                Some(fh) if set.size.is_some() => s.file(fh).await.ok(),
                 _ => None,
             };
-            let e = tryr!(reply, s.vol.setattr(id, h.as_deref(), &set).await);
-            s.attr_reply(reply, ino, &e);
+            if set.size.is_some() {
+                s.wrote(ino.0);
+            }
+            let start = s.start();
+            let r = s.vol.setattr(id, h.as_deref(), &set).await;
+            if set.size.is_some() {
+                s.wrote(ino.0);
+            }
+            let e = tryr!(reply, r);
+            s.attr_reply(reply, ino, &e, start);
         });
     }
 
@@ -333,8 +538,11 @@ impl fuser::Filesystem for ShoalFs {
         let node = Inner::new_node(req, k, mode, rdev as u64);
         self.spawn(move |s| async move {
             let p = tryr!(reply, s.id(parent));
+            let start = s.start();
             let (e, _) = tryr!(reply, s.vol.create(p, &name, &node, None, None).await);
-            s.reply_entry(reply, &e);
+            s.attrs.touch_dir(parent.0, e.attr.ctime);
+            s.complete.added(parent.0, &name);
+            s.reply_entry(reply, &e, start, p);
         });
     }
 
@@ -343,8 +551,16 @@ impl fuser::Filesystem for ShoalFs {
         let node = Inner::new_node(req, FileKind::Dir, mode, 0);
         self.spawn(move |s| async move {
             let p = tryr!(reply, s.id(parent));
+            let start = s.start();
             let (e, _) = tryr!(reply, s.vol.create(p, &name, &node, None, None).await);
-            s.reply_entry(reply, &e);
+            // The parent's link count changed too.
+            s.attrs.drop(parent.0);
+            s.complete.added(parent.0, &name);
+            let ino = s.inodes.lookup(e.attr.id);
+            if !s.coherence.changed_since(&[e.attr.id], start.notices) {
+                s.complete.made(ino);
+            }
+            s.reply_entry_at(reply, ino, &e, start, p);
         });
     }
 
@@ -352,7 +568,12 @@ impl fuser::Filesystem for ShoalFs {
         let name = name.as_bytes().to_vec();
         self.spawn(move |s| async move {
             let p = tryr!(reply, s.id(parent));
-            tryr!(reply, s.vol.unlink(p, &name).await);
+            s.materialize_all().await;
+            let r = s.vol.unlink(p, &name).await;
+            s.attrs.removed();
+            tryr!(reply, r);
+            s.complete.removed(parent.0, &name);
+            s.attrs.touch_dir(parent.0, timespec(SystemTime::now()));
             reply.ok();
         });
     }
@@ -361,7 +582,11 @@ impl fuser::Filesystem for ShoalFs {
         let name = name.as_bytes().to_vec();
         self.spawn(move |s| async move {
             let p = tryr!(reply, s.id(parent));
-            tryr!(reply, s.vol.rmdir(p, &name).await);
+            let r = s.vol.rmdir(p, &name).await;
+            s.attrs.removed();
+            s.attrs.drop(parent.0);
+            tryr!(reply, r);
+            s.complete.removed(parent.0, &name);
             reply.ok();
         });
     }
@@ -372,8 +597,11 @@ impl fuser::Filesystem for ShoalFs {
         let node = Inner::new_node(req, FileKind::Symlink, 0o777, 0);
         self.spawn(move |s| async move {
             let p = tryr!(reply, s.id(parent));
+            let start = s.start();
             let (e, _) = tryr!(reply, s.vol.create(p, &name, &node, Some(&target), None).await);
-            s.reply_entry(reply, &e);
+            s.attrs.touch_dir(parent.0, e.attr.ctime);
+            s.complete.added(parent.0, &name);
+            s.reply_entry(reply, &e, start, p);
         });
     }
 
@@ -400,7 +628,18 @@ impl fuser::Filesystem for ShoalFs {
         self.spawn(move |s| async move {
             let p = tryr!(reply, s.id(parent));
             let np = tryr!(reply, s.id(newparent));
-            tryr!(reply, s.vol.rename(p, &name, np, &newname, rflags).await);
+            s.materialize_all().await;
+            let r = s.vol.rename(p, &name, np, &newname, rflags).await;
+            s.attrs.removed();
+            s.attrs.drop(parent.0);
+            s.attrs.drop(newparent.0);
+            if r.is_err() || rflags.exchange {
+                s.complete.forget(parent.0);
+                s.complete.forget(newparent.0);
+            }
+            tryr!(reply, r);
+            s.complete.removed(parent.0, &name);
+            s.complete.added(newparent.0, &newname);
             reply.ok();
         });
     }
@@ -410,8 +649,11 @@ impl fuser::Filesystem for ShoalFs {
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
             let np = tryr!(reply, s.id(newparent));
+            let start = s.start();
             let e = tryr!(reply, s.vol.link(id, np, &newname).await);
-            s.reply_entry(reply, &e);
+            s.attrs.touch_dir(newparent.0, e.attr.ctime);
+            s.complete.added(newparent.0, &newname);
+            s.reply_entry(reply, &e, start, np);
         });
     }
 
@@ -420,10 +662,34 @@ impl fuser::Filesystem for ShoalFs {
         // The file's current version is fetched alongside the open; if it is what the kernel
         // already knows, its cached pages stay (no re-read of unchanged data); otherwise the
         // kernel's attributes are invalidated and its pages dropped.
+        let flags = flags.0 as u32;
+        let lazy = flags as i32 & libc::O_ACCMODE == libc::O_RDONLY && flags as i32 & libc::O_TRUNC == 0;
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
-            let (opened, fresh) = tokio::join!(s.vol.open(id, flags.0 as u32), s.vol.getattr(id));
+            let start = s.start();
+            let open = async {
+                match lazy {
+                    true => Ok(None),
+                    false => s.vol.open(id, flags).await.map(Some),
+                }
+            };
+            // Attributes known here are current: a brick would have announced a change.
+            let (opened, fresh) = match s.attrs.get(ino.0) {
+                Some((e, _)) => (open.await, Ok(e)),
+                None => {
+                    let (o, f) = tokio::join!(open, s.vol.getattr(id));
+                    if let Ok(e) = &f {
+                        let (ttl, _) = s.ttls(&[id], start);
+                        s.keep(ino.0, e, ttl, start);
+                    }
+                    (o, f)
+                }
+            };
             let h = tryr!(reply, opened);
+            if lazy {
+                // The file must exist for a lazy open to succeed.
+                tryr!(reply, fresh.as_ref().map_err(|e| *e));
+            }
             let unchanged = match &fresh {
                 Ok(e) => {
                     let same = s
@@ -445,7 +711,7 @@ impl fuser::Filesystem for ShoalFs {
                     }
                 }
             }
-            let fh = s.add_file(h);
+            let fh = s.add_file(id, flags, h);
             let fopen = if unchanged {
                 FopenFlags::FOPEN_KEEP_CACHE
             } else {
@@ -467,7 +733,7 @@ impl fuser::Filesystem for ShoalFs {
         reply: ReplyData,
     ) {
         self.spawn(move |s| async move {
-            let h = tryr!(reply, s.file(fh));
+            let h = tryr!(reply, s.file(fh).await);
             let data = tryr!(reply, s.vol.read(&h, offset, size).await);
             reply.data(&data);
         });
@@ -476,7 +742,7 @@ impl fuser::Filesystem for ShoalFs {
     fn write(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -487,8 +753,11 @@ impl fuser::Filesystem for ShoalFs {
     ) {
         let data = Bytes::copy_from_slice(data);
         self.spawn(move |s| async move {
-            let h = tryr!(reply, s.file(fh));
-            let n = tryr!(reply, s.vol.write(&h, offset, data).await);
+            let h = tryr!(reply, s.file(fh).await);
+            s.wrote(ino.0);
+            let r = s.vol.write(&h, offset, data).await;
+            s.wrote(ino.0);
+            let n = tryr!(reply, r);
             reply.written(n);
         });
     }
@@ -507,7 +776,7 @@ impl fuser::Filesystem for ShoalFs {
             return;
         }
         self.spawn(move |s| async move {
-            let h = tryr!(reply, s.file(fh));
+            let h = tryr!(reply, s.file(fh).await);
             tryr!(reply, s.vol.flush(&h, lock_owner.0).await);
             reply.ok();
         });
@@ -516,7 +785,7 @@ impl fuser::Filesystem for ShoalFs {
     fn release(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
@@ -530,9 +799,21 @@ impl fuser::Filesystem for ShoalFs {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh.0);
         self.spawn(move |s| async move {
-            if let Some(h) = h {
-                if let Err(e) = s.vol.release(&h).await {
-                    tracing::debug!("release: {e}");
+            if let Some(h) = h.and_then(|f| f.handle.get().cloned()) {
+                let start = s.start();
+                match s.vol.release(&h).await {
+                    // The file as it was closed, after this mount's writes: the next stat
+                    // and open need not ask, and the pages those writes left in the
+                    // kernel are of this version.
+                    Ok(Some(e)) => {
+                        let (ttl, _) = s.ttls(&[e.attr.id], start);
+                        if !ttl.is_zero() && s.writes.load(Ordering::SeqCst) == start.writes {
+                            s.note(ino.0, &e);
+                            s.keep(ino.0, &e, ttl, start);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!("release: {e}"),
                 }
             }
             reply.ok();
@@ -541,7 +822,7 @@ impl fuser::Filesystem for ShoalFs {
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         self.spawn(move |s| async move {
-            let h = tryr!(reply, s.file(fh));
+            let h = tryr!(reply, s.file(fh).await);
             tryr!(reply, s.vol.fsync(&h, datasync).await);
             reply.ok();
         });
@@ -645,7 +926,9 @@ impl fuser::Filesystem for ShoalFs {
             if name == b"security.capability" {
                 s.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&ino.0);
             }
-            tryr!(reply, s.vol.setxattr(id, &name, &value, flags as u32).await);
+            let r = s.vol.setxattr(id, &name, &value, flags as u32).await;
+            s.attrs.drop(ino.0);
+            tryr!(reply, r);
             reply.ok();
         });
     }
@@ -682,9 +965,27 @@ impl fuser::Filesystem for ShoalFs {
         let name = name.as_bytes().to_vec();
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
-            tryr!(reply, s.vol.removexattr(id, &name).await);
+            let r = s.vol.removexattr(id, &name).await;
+            s.attrs.drop(ino.0);
+            tryr!(reply, r);
             reply.ok();
         });
+    }
+
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: IoctlFlags,
+        _cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: ReplyIoctl,
+    ) {
+        // Asked on every open by programs checking for a terminal (isatty); the kernel
+        // does not remember a refusal, so it must be cheap and quiet.
+        reply.error(FErrno::ENOTTY);
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
@@ -706,19 +1007,23 @@ impl fuser::Filesystem for ShoalFs {
         let node = Inner::new_node(req, FileKind::File, mode, 0);
         self.spawn(move |s| async move {
             let p = tryr!(reply, s.id(parent));
-            let (e, h) = tryr!(
-                reply,
-                s.vol.create(p, &name, &node, None, Some(flags as u32)).await
-            );
-            let Some(h) = h else {
-                reply.error(FErrno::EIO);
-                return;
+            let start = s.start();
+            let created = match s.vol.create(p, &name, &node, None, Some(flags as u32)).await {
+                // Another client made the name since the kernel saw it absent: without
+                // O_EXCL, the open goes to that file, as it would have.
+                Err(Errno::EEXIST) if flags & libc::O_EXCL == 0 => s.open_existing(p, &name, flags).await,
+                other => other.and_then(|(e, h)| Ok((e, h.ok_or(Errno::EIO)?))),
             };
+            let (e, h) = tryr!(reply, created);
             let ino = s.inodes.lookup(e.attr.id);
+            let (ttl, _) = s.ttls(&[e.attr.id, p], start);
             s.note(ino, &e);
-            let fh = s.add_file(h);
+            s.keep(ino, &e, ttl, start);
+            s.attrs.touch_dir(parent.0, e.attr.ctime);
+            s.complete.added(parent.0, &name);
+            let fh = s.add_file(e.attr.id, flags as u32, Some(h));
             reply.created(
-                &s.entry_ttl,
+                &ttl,
                 &file_attr(ino, &e.attr),
                 Generation(0),
                 FileHandle(fh),
@@ -801,7 +1106,7 @@ impl fuser::Filesystem for ShoalFs {
     fn fallocate(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         length: u64,
@@ -809,8 +1114,11 @@ impl fuser::Filesystem for ShoalFs {
         reply: ReplyEmpty,
     ) {
         self.spawn(move |s| async move {
-            let h = tryr!(reply, s.file(fh));
-            tryr!(reply, s.vol.fallocate(&h, mode as u32, offset, length).await);
+            let h = tryr!(reply, s.file(fh).await);
+            s.wrote(ino.0);
+            let r = s.vol.fallocate(&h, mode as u32, offset, length).await;
+            s.wrote(ino.0);
+            tryr!(reply, r);
             reply.ok();
         });
     }

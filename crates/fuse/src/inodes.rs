@@ -61,6 +61,16 @@ impl Inodes {
         ino
     }
 
+    /// The inode number of an id the kernel holds, if it holds it.
+    pub fn known(&self, id: FileId) -> Option<u64> {
+        self.lock().by_id.get(&id).copied()
+    }
+
+    /// Every inode number the kernel holds.
+    pub fn all(&self) -> Vec<u64> {
+        self.lock().by_ino.keys().copied().collect()
+    }
+
     /// The number to show for an id in a listing, without taking a lookup.
     pub fn peek(&self, id: FileId) -> u64 {
         self.lock()

@@ -1,14 +1,17 @@
 //! The FUSE front end: a shoal volume mounted as a local directory.
 //!
-//! The kernel's requests are read by fuser's threads and handed to the tokio runtime at once,
-//! so that many requests (reads of several files, readahead, lookups) proceed together while
-//! the translators wait on bricks. Replies go straight back to the kernel from the task
-//! that finishes the request.
+//! The kernel's requests are read by fuser's threads, which run each request until it first
+//! waits (sending its brick requests themselves) and then go back to the kernel for more; the
+//! waiting request finishes on the tokio runtime, woken by the reply, so many requests
+//! (reads of several files, readahead, lookups) proceed together. Replies go straight back to
+//! the kernel from the task that finishes the request.
 
 mod attr;
+mod cache;
 mod dirs;
 mod fs;
 pub mod fusermount;
+mod inline;
 mod inodes;
 pub mod mount;
 

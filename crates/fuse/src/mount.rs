@@ -14,7 +14,9 @@ pub struct MountOptions {
     pub source: String,
     /// Let every user use the mount (as root; the kernel checks permissions).
     pub allow_other: bool,
-    /// How long the kernel may trust attributes and names without asking.
+    /// How long the kernel may trust attributes and names without asking. Bricks announce
+    /// other clients' changes, which drop what they touch at once; these bound how long
+    /// anything can stay stale if an announcement is lost with its connection.
     pub attr_ttl: Duration,
     pub entry_ttl: Duration,
     /// Threads reading requests from the kernel.
@@ -27,8 +29,8 @@ impl Default for MountOptions {
         MountOptions {
             source: "shoal".into(),
             allow_other: rustix::process::geteuid().is_root(),
-            attr_ttl: Duration::from_secs(1),
-            entry_ttl: Duration::from_secs(1),
+            attr_ttl: Duration::from_secs(10),
+            entry_ttl: Duration::from_secs(10),
             threads: 2,
             read_only: false,
         }
@@ -38,14 +40,18 @@ impl Default for MountOptions {
 /// The session type a mount runs.
 pub type Session = fuser::Session<ShoalFs>;
 
-/// Mounts `vol` on `dir`. The session serves until it is unmounted or dropped.
+/// Mounts `vol` on `dir`. The session serves until it is unmounted or dropped. `announce`
+/// is given where the volume's announcements of other clients' changes must go
+/// ([`client::Volume::on_stale`]).
 pub fn mount(
     vol: Arc<dyn Xlator>,
     dir: &Path,
     opts: &MountOptions,
     rt: tokio::runtime::Handle,
+    announce: &dyn Fn(client::StaleFn),
 ) -> std::io::Result<Session> {
     let fs = ShoalFs::new(vol, rt, opts.attr_ttl, opts.entry_ttl);
+    announce(fs.stale_fn());
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(opts.source.clone()),

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod errno;
 pub mod frame;
 pub mod msg;
+pub mod outbox;
 pub mod rpc;
 pub mod service;
 pub mod types;
@@ -18,6 +19,7 @@ pub use types::*;
 
 /// Version of the message set spoken after the handshake. Bumped on any incompatible change;
 /// peers agree on the highest version both speak.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: bricks send [`msg::Notice`]s and answer a release with the file's attributes.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Oldest message-set version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;

@@ -144,6 +144,13 @@ pub enum Request {
         lock: Lock,
         wait: bool,
     },
+    /// Unlink, unless the entry carries the internal xattr `keep`: then nothing is removed
+    /// and the entry comes back (`Reply::Entry`; `Reply::Ok` when it was removed).
+    UnlinkUnless {
+        parent: FileId,
+        name: Vec<u8>,
+        keep: String,
+    },
 }
 
 impl Request {
@@ -177,6 +184,7 @@ impl Request {
             Request::SetMeta { .. } => "setmeta",
             Request::GetLk { .. } => "getlk",
             Request::SetLk { .. } => "setlk",
+            Request::UnlinkUnless { .. } => "unlink",
         }
     }
 }
@@ -184,7 +192,7 @@ impl Request {
 /// Number of operations in [`Request`]: a header naming an operation at or past this index
 /// asks for something this build does not know (ENOSYS), anything else undecodable is
 /// malformed (EBADMSG).
-pub const REQUEST_OPS: u32 = 27;
+pub const REQUEST_OPS: u32 = 28;
 
 /// The operation index at the start of an encoded request (postcard writes an enum's
 /// variant index first, as a varint).
@@ -241,22 +249,37 @@ pub enum Reply {
 /// What comes back for one request.
 pub type Response = Result<Reply, Errno>;
 
+/// Frames a server sends unasked carry this request id (clients number theirs from 1).
+pub const NOTICE_ID: u64 = 0;
+
+/// Sent by a brick, unasked (protocol version 2 on), to each client that may cache something
+/// another client's change made stale. A client hears about an object again only after it
+/// asked about it again: each notice clears the brick's record of the client's interest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Notice {
+    Changed(Vec<Change>),
+    /// Forget everything learnt from this brick (it stopped tracking this client's interest).
+    All,
+}
+
+/// One stale thing: an object's attributes and data, or with `name`, that entry of the
+/// directory `id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub id: FileId,
+    pub name: Option<Vec<u8>>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn op_count_matches_the_enum() {
-        let last = Request::SetLk {
-            id: FileId::ROOT,
-            lock: Lock {
-                kind: LockKind::Unlock,
-                start: 0,
-                end: 0,
-                owner: 0,
-                pid: 0,
-            },
-            wait: false,
+        let last = Request::UnlinkUnless {
+            parent: FileId::ROOT,
+            name: b"x".to_vec(),
+            keep: "linkto".into(),
         };
         let enc = postcard::to_allocvec(&last).unwrap();
         assert_eq!(op_index(&enc), Some(REQUEST_OPS - 1));

@@ -9,6 +9,7 @@
 
 use crate::auth::{self, ClusterKey};
 use crate::frame;
+use crate::outbox::Outbox;
 use crate::Errno;
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
@@ -16,9 +17,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RETRY_EVERY: Duration = Duration::from_millis(250);
@@ -28,21 +29,20 @@ const DEAD_AFTER: Duration = Duration::from_secs(5);
 
 type Pending<R> = oneshot::Sender<Result<(R, Bytes), Errno>>;
 
-struct Out {
-    id: u64,
-    header: Vec<u8>,
-    data: Bytes,
-}
+/// Called with each frame the peer sends unasked, and with `None` when the connection is
+/// lost (whatever the peer would have announced meanwhile is unknown).
+pub type NoticeFn = Arc<dyn Fn(Option<&frame::Frame>) + Send + Sync>;
 
 struct Link<R> {
     gen: u64,
-    tx: mpsc::UnboundedSender<Out>,
+    /// Requests are written by their callers, on whatever thread they run.
+    out: Arc<Outbox>,
     pending: Mutex<HashMap<u64, Pending<R>>>,
     next_id: AtomicU64,
     dead: AtomicBool,
     last_rx: Mutex<Instant>,
-    /// The reader and writer tasks, stopped when the link dies so that a silent peer does not
-    /// keep a socket open.
+    /// The reader task, stopped when the link dies so that a silent peer does not keep a
+    /// socket open.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
@@ -56,6 +56,7 @@ impl<R> Link<R> {
         for (_, p) in lock(&self.pending).drain() {
             let _ = p.send(Err(Errno::ENOTCONN));
         }
+        self.out.close();
         for t in lock(&self.tasks).drain(..) {
             t.abort();
         }
@@ -77,6 +78,7 @@ pub struct Conn<Q, R> {
     link: Mutex<Option<Arc<Link<R>>>>,
     reconnecting: AtomicBool,
     gen: AtomicU64,
+    notices: Mutex<Option<NoticeFn>>,
     me: Weak<Conn<Q, R>>,
     _sends: std::marker::PhantomData<fn(Q)>,
 }
@@ -96,6 +98,7 @@ where
             link: Mutex::new(None),
             reconnecting: AtomicBool::new(false),
             gen: AtomicU64::new(0),
+            notices: Mutex::new(None),
             me: me.clone(),
             _sends: std::marker::PhantomData,
         })
@@ -103,6 +106,18 @@ where
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// Where frames the peer sends unasked go (replacing any earlier receiver).
+    pub fn on_notice(&self, f: NoticeFn) {
+        *lock(&self.notices) = Some(f);
+    }
+
+    fn notice(&self, frame: Option<&frame::Frame>) {
+        let f = lock(&self.notices).clone();
+        if let Some(f) = f {
+            f(frame);
+        }
     }
 
     /// True while a live connection exists.
@@ -151,27 +166,21 @@ where
             .await
             .map_err(|_| Errno::ETIMEDOUT)??;
         let (rd, wr) = stream.into_split();
-        let (tx, rx) = mpsc::unbounded_channel();
         let link = Arc::new(Link {
             gen: self.gen.fetch_add(1, Ordering::SeqCst) + 1,
-            tx,
+            out: Outbox::start(wr),
             pending: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             dead: AtomicBool::new(false),
             last_rx: Mutex::new(Instant::now()),
             tasks: Mutex::new(Vec::new()),
         });
-        let w = tokio::spawn(write_loop(
-            link.clone(),
-            BufWriter::with_capacity(256 * 1024, wr),
-            rx,
-        ));
         let r = tokio::spawn(read_loop(
             self.me.clone(),
             link.clone(),
             BufReader::with_capacity(256 * 1024, rd),
         ));
-        lock(&link.tasks).extend([w.abort_handle(), r.abort_handle()]);
+        lock(&link.tasks).push(r.abort_handle());
         tokio::spawn(ping_loop(self.me.clone(), Arc::downgrade(&link)));
         tracing::debug!(peer = %self.addr, gen = link.gen, "connected");
         *lock(&self.link) = Some(link);
@@ -206,6 +215,7 @@ where
             *cur = None;
             drop(cur);
             tracing::warn!(peer = %self.addr, "connection lost");
+            self.notice(None);
             self.start_reconnect();
         }
     }
@@ -232,7 +242,7 @@ where
             lock(&link.pending).remove(&id);
             return Err(Errno::ENOTCONN);
         }
-        if link.tx.send(Out { id, header, data }).is_err() {
+        if link.out.send(id, &header, &data).is_err() {
             lock(&link.pending).remove(&id);
             return Err(Errno::ENOTCONN);
         }
@@ -269,32 +279,6 @@ where
     }
 }
 
-async fn write_loop<R>(
-    link: Arc<Link<R>>,
-    mut w: BufWriter<tokio::net::tcp::OwnedWriteHalf>,
-    mut rx: mpsc::UnboundedReceiver<Out>,
-) {
-    while let Some(mut out) = rx.recv().await {
-        loop {
-            if frame::write_frame(&mut w, out.id, &out.header, &out.data)
-                .await
-                .is_err()
-            {
-                link.kill();
-                return;
-            }
-            match rx.try_recv() {
-                Ok(next) => out = next,
-                Err(_) => break,
-            }
-        }
-        if w.flush().await.is_err() {
-            link.kill();
-            return;
-        }
-    }
-}
-
 async fn read_loop<Q, R>(
     conn: Weak<Conn<Q, R>>,
     link: Arc<Link<R>>,
@@ -313,6 +297,12 @@ async fn read_loop<Q, R>(
             }
         };
         *lock(&link.last_rx) = Instant::now();
+        if frame.id == crate::msg::NOTICE_ID {
+            if let Some(c) = conn.upgrade() {
+                c.notice(Some(&frame));
+            }
+            continue;
+        }
         let resp: Result<R, Errno> = match frame.decode() {
             Ok(r) => r,
             Err(e) => {
@@ -320,7 +310,8 @@ async fn read_loop<Q, R>(
                 break;
             }
         };
-        if let Some(p) = lock(&link.pending).remove(&frame.id) {
+        let waiting = lock(&link.pending).remove(&frame.id);
+        if let Some(p) = waiting {
             let _ = p.send(resp.map(|reply| (reply, frame.data)));
         }
     }

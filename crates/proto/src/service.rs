@@ -3,11 +3,13 @@
 //!
 //! Each connection has a reader that decodes frames and hands each request to the service,
 //! which answers at once or returns a future that runs as a task of its own (up to a bound
-//! per connection: the backpressure on a greedy client), and a writer that sends replies as
-//! they complete, batching them into as few writes as the socket allows.
+//! per connection: the backpressure on a greedy client). Replies are written by whoever has
+//! them, through the connection's [`Outbox`]; a client that does not read its replies stops
+//! the reader once `MAX_BACKLOG` bytes of them wait.
 
 use crate::auth::{self, ClusterKey, Peer};
 use crate::frame::{self, FrameError};
+use crate::outbox::Outbox;
 use crate::Errno;
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
@@ -16,12 +18,14 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{watch, Semaphore};
 
 /// Requests one connection may have in progress at once.
 const MAX_IN_FLIGHT: usize = 256;
+/// Reply bytes that may wait for a slow client before its requests stop being read.
+const MAX_BACKLOG: usize = 16 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A reply and its data section.
@@ -44,8 +48,15 @@ pub trait Service: Send + Sync + Sized + 'static {
 
     /// For logs: what this server serves.
     fn label(&self) -> String;
-    /// A peer passed the handshake. `closed` turns true when its connection ends.
-    fn open(&self, peer: &Peer, addr: SocketAddr, closed: watch::Receiver<bool>) -> Self::Session;
+    /// A peer passed the handshake. `closed` turns true when its connection ends; `out` sends
+    /// frames to it unasked (with id [`crate::msg::NOTICE_ID`]).
+    fn open(
+        &self,
+        peer: &Peer,
+        addr: SocketAddr,
+        closed: watch::Receiver<bool>,
+        out: Arc<Outbox>,
+    ) -> Arc<Self::Session>;
     fn handle(
         self: &Arc<Self>,
         session: &Arc<Self::Session>,
@@ -112,14 +123,14 @@ async fn connection<S: Service>(
         }
     };
     let (closed_tx, closed_rx) = watch::channel(false);
-    let session = Arc::new(svc.open(&peer, addr, closed_rx));
-    tracing::debug!(%addr, role = %peer.role, name = %peer.name, "connected");
     let (rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<(u64, Vec<u8>, Bytes)>(MAX_IN_FLIGHT);
-    let writer = tokio::spawn(write_loop(BufWriter::with_capacity(256 * 1024, wr), rx));
+    let out = Outbox::start(wr);
+    let session = svc.open(&peer, addr, closed_rx, out.clone());
+    tracing::debug!(%addr, role = %peer.role, name = %peer.name, "connected");
     let mut rd = BufReader::with_capacity(256 * 1024, rd);
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
+        out.wait_below(MAX_BACKLOG).await;
         let read = tokio::select! {
             r = frame::read_frame(&mut rd) => r,
             _ = stopped(&mut shutdown) => break,
@@ -146,29 +157,26 @@ async fn connection<S: Service>(
                 // request id with an error.
                 tracing::warn!(%addr, server = %svc.label(), "undecodable request: {e}");
                 let errno = svc.undecodable(&frame.header);
-                let _ = tx
-                    .send(encode::<S::Resp>(frame.id, (Err(errno), Bytes::new())))
-                    .await;
+                reply::<S::Resp>(&out, frame.id, (Err(errno), Bytes::new()));
                 continue;
             }
         };
         match svc.handle(&session, req, frame.data) {
-            Handled::Now(answer) => {
-                let _ = tx.send(encode(frame.id, answer)).await;
-            }
+            Handled::Now(answer) => reply(&out, frame.id, answer),
             Handled::Later(fut) => {
-                let tx = tx.clone();
+                let out = out.clone();
                 tokio::spawn(async move {
                     let answer = fut.await;
-                    let _ = tx.send(encode(frame.id, answer)).await;
+                    reply(&out, frame.id, answer);
                     drop(permit);
                 });
             }
         }
     }
     let _ = closed_tx.send(true);
-    drop(tx);
-    let _ = writer.await;
+    // Replies of requests still running go out as they finish; the socket closes after the
+    // last of them.
+    drop(out);
     svc.close(&session);
     tracing::debug!(%addr, "disconnected");
 }
@@ -180,32 +188,13 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     }
 }
 
-fn encode<R: Serialize>(id: u64, (resp, data): Answer<R>) -> (u64, Vec<u8>, Bytes) {
+fn reply<R: Serialize>(out: &Outbox, id: u64, (resp, data): Answer<R>) {
     let header = frame::encode_header(&resp).unwrap_or_else(|e| {
         tracing::error!("cannot encode a reply: {e}");
         frame::encode_header(&Result::<R, Errno>::Err(Errno::EIO)).unwrap_or_default()
     });
-    (id, header, data)
-}
-
-async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(
-    mut w: BufWriter<W>,
-    mut rx: mpsc::Receiver<(u64, Vec<u8>, Bytes)>,
-) {
-    while let Some(mut out) = rx.recv().await {
-        loop {
-            if let Err(e) = frame::write_frame(&mut w, out.0, &out.1, &out.2).await {
-                tracing::debug!("write failed: {e}");
-                return;
-            }
-            match rx.try_recv() {
-                Ok(next) => out = next,
-                Err(_) => break,
-            }
-        }
-        if w.flush().await.is_err() {
-            return;
-        }
+    if let Err(e) = out.send(id, &header, &data) {
+        tracing::debug!("reply not sent: {e}");
     }
 }
 

@@ -300,7 +300,7 @@ fn foreground(dir: &Path, mut r: Resolved, notify: bool) -> Result<()> {
     if let Some((peers, ep, view)) = follow_from {
         rt.spawn(follow(peers, ep, view, gate.clone()));
     }
-    let mut session = shoal_fuse::mount(gate, dir, &r.opts, rt.handle().clone())
+    let mut session = shoal_fuse::mount(gate, dir, &r.opts, rt.handle().clone(), &|f| vol.on_stale(f))
         .with_context(|| format!("cannot mount on {}", dir.display()))?;
     let mut unmounter = session.unmount_callable();
     let helper_mounted = shoal_fuse::fusermount::needed();

@@ -1,0 +1,150 @@
+//! Which objects each client may cache, and what a request changes.
+//!
+//! A client that was told about an object (in a lookup, getattr, listing, create or open)
+//! may cache it; when another client changes it, the brick sends a notice. An object's
+//! attributes are announced once, then not again until the client asks about it again (a
+//! client rewriting a file does not flood every reader with notices). Changes of a
+//! directory's entries are always announced to clients that know the directory, since they
+//! may cache any of its names, present or absent.
+
+use proto::msg::{Change, Fh, Request};
+use proto::FileId;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Objects remembered per client. Past this the brick stops tracking the client and tells
+/// it to forget everything it learnt here.
+const MAX_TRACKED: usize = 256 * 1024;
+
+/// What a request shows the client and what it changes, worked out before it runs and
+/// applied only if it succeeds.
+#[derive(Default)]
+pub struct Effect {
+    pub shown: Vec<FileId>,
+    pub changes: Vec<Change>,
+}
+
+fn entry(dir: FileId, name: &[u8]) -> Change {
+    Change {
+        id: dir,
+        name: Some(name.to_vec()),
+    }
+}
+
+fn object(id: FileId) -> Change {
+    Change { id, name: None }
+}
+
+impl Effect {
+    /// `file_of` gives the object behind one of the connection's handles.
+    pub fn of(req: &Request, file_of: impl Fn(Fh) -> Option<FileId>) -> Effect {
+        let (shown, changes) = match req {
+            Request::Lookup { parent, .. } => (vec![*parent], vec![]),
+            Request::GetAttr { id } | Request::Open { id, .. } => (vec![*id], vec![]),
+            Request::ReadDir { id, .. } => (vec![*id], vec![]),
+            Request::Create { parent, name, .. } => (vec![*parent], vec![entry(*parent, name)]),
+            Request::Unlink { parent, name }
+            | Request::Rmdir { parent, name }
+            | Request::UnlinkUnless { parent, name, .. } => (vec![], vec![entry(*parent, name)]),
+            Request::Rename {
+                parent,
+                name,
+                new_parent,
+                new_name,
+                ..
+            } => (vec![], vec![entry(*parent, name), entry(*new_parent, new_name)]),
+            Request::Link {
+                id,
+                new_parent,
+                new_name,
+            } => (vec![], vec![entry(*new_parent, new_name), object(*id)]),
+            Request::SetAttr { id, .. } | Request::SetXattr { id, .. } | Request::RemoveXattr { id, .. } => {
+                (vec![], vec![object(*id)])
+            }
+            Request::Write { fh, .. } | Request::Fallocate { fh, .. } => {
+                (vec![], file_of(*fh).map(object).into_iter().collect())
+            }
+            _ => (vec![], vec![]),
+        };
+        Effect { shown, changes }
+    }
+}
+
+/// One client's objects, each with whether a change to its attributes is still to be told.
+#[derive(Default)]
+pub struct Interest {
+    ids: Mutex<HashMap<FileId, bool>>,
+}
+
+impl Interest {
+    /// The client was told about `ids`. True when this overflowed the table, which was then
+    /// cleared: the client must forget everything it learnt from this brick.
+    pub fn learn(&self, ids: impl Iterator<Item = FileId>) -> bool {
+        let mut m = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        for id in ids {
+            m.insert(id, true);
+        }
+        if m.len() > MAX_TRACKED {
+            m.clear();
+            return true;
+        }
+        false
+    }
+
+    /// Of `changes`, those this client must hear of.
+    pub fn hits(&self, changes: &[Change]) -> Vec<Change> {
+        let mut m = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for c in changes {
+            let Some(armed) = m.get_mut(&c.id) else {
+                continue;
+            };
+            if c.name.is_some() || *armed {
+                *armed = false;
+                out.push(c.clone());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_are_announced_once_until_asked_again_entries_always() {
+        let (file, dir) = (FileId(7), FileId(9));
+        let i = Interest::default();
+        assert!(
+            i.hits(&[object(file)]).is_empty(),
+            "unknown objects are not announced"
+        );
+        assert!(!i.learn([file, dir].into_iter()));
+        assert_eq!(i.hits(&[object(file)]), vec![object(file)]);
+        assert!(
+            i.hits(&[object(file)]).is_empty(),
+            "a second change waits for a new ask"
+        );
+        i.learn([file].into_iter());
+        assert_eq!(i.hits(&[object(file)]), vec![object(file)]);
+        for n in [&b"a"[..], b"b"] {
+            assert_eq!(i.hits(&[entry(dir, n)]), vec![entry(dir, n)]);
+        }
+    }
+
+    #[test]
+    fn overflow_clears_and_says_so() {
+        let i = Interest::default();
+        assert!(i.learn((0..=MAX_TRACKED as u128).map(FileId)));
+        assert!(i.hits(&[object(FileId(1))]).is_empty());
+    }
+
+    #[test]
+    fn writes_change_the_file_behind_the_handle() {
+        let e = Effect::of(&Request::Write { fh: 3, offset: 0 }, |fh| {
+            (fh == 3).then_some(FileId(42))
+        });
+        assert_eq!(e.changes, vec![object(FileId(42))]);
+    }
+}

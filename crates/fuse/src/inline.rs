@@ -1,0 +1,135 @@
+//! Running a request's first steps on the FUSE thread that read it.
+//!
+//! Spawning each request onto the runtime would wake a worker thread just to encode and send
+//! it; on a small machine that wake-up costs as much as the network round trip. Instead the
+//! future is polled once right here: it sends its brick requests from this thread. If it then
+//! has to wait, it is parked, and whichever thread wakes it (the connection reader that got
+//! the reply, a runtime worker) moves it onto the runtime from there, where it finishes
+//! without any further hand-off.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Wake, Waker};
+
+type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+enum Slot {
+    /// Being polled on the FUSE thread.
+    Polling,
+    /// Woken while being polled: to be spawned as soon as that poll returns.
+    PollingWoken,
+    /// Waiting for its first wake-up.
+    Parked(BoxFuture),
+    /// Handed to the runtime (or finished); wake-ups of this waker no longer matter.
+    Gone,
+}
+
+struct Task {
+    rt: tokio::runtime::Handle,
+    slot: Mutex<Slot>,
+}
+
+impl Wake for Task {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        match std::mem::replace(&mut *slot, Slot::Gone) {
+            Slot::Polling => *slot = Slot::PollingWoken,
+            Slot::Parked(fut) => {
+                drop(slot);
+                self.rt.spawn(fut);
+            }
+            other => *slot = other,
+        }
+    }
+}
+
+/// Runs `fut` on this thread until it first waits, then lets it finish on `rt`.
+pub fn run<F>(rt: &tokio::runtime::Handle, fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let mut fut: BoxFuture = Box::pin(fut);
+    let task = Arc::new(Task {
+        rt: rt.clone(),
+        slot: Mutex::new(Slot::Polling),
+    });
+    let waker = Waker::from(task.clone());
+    let polled = {
+        // Timers, spawns and I/O registrations inside the future need the runtime's context.
+        let _rt = rt.enter();
+        fut.as_mut().poll(&mut Context::from_waker(&waker))
+    };
+    if polled.is_ready() {
+        return;
+    }
+    let mut slot = task.slot.lock().unwrap_or_else(|p| p.into_inner());
+    match std::mem::replace(&mut *slot, Slot::Gone) {
+        Slot::PollingWoken => {
+            drop(slot);
+            rt.spawn(fut);
+        }
+        _ => *slot = Slot::Parked(fut),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[test]
+    fn ready_futures_finish_on_the_calling_thread() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let here = std::thread::current().id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        run(rt.handle(), async move {
+            tx.send(std::thread::current().id()).unwrap();
+        });
+        assert_eq!(rx.recv().unwrap(), here);
+    }
+
+    #[test]
+    fn waiting_futures_finish_on_the_runtime_whoever_wakes_them() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let done = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..200u64 {
+            let (wake_tx, wake_rx) = tokio::sync::oneshot::channel::<u64>();
+            let (done, tx) = (done.clone(), tx.clone());
+            run(rt.handle(), async move {
+                // Waits on a timer and on another thread, several times.
+                tokio::time::sleep(Duration::from_millis(i % 3)).await;
+                let v = wake_rx.await.unwrap();
+                tokio::task::yield_now().await;
+                done.fetch_add(v as usize, Ordering::SeqCst);
+                tx.send(()).unwrap();
+            });
+            // Sometimes woken at once from this thread, sometimes later from another.
+            if i % 2 == 0 {
+                wake_tx.send(1).unwrap();
+            } else {
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(1));
+                    wake_tx.send(1).unwrap();
+                });
+            }
+        }
+        for _ in 0..200 {
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        assert_eq!(done.load(Ordering::SeqCst), 200);
+    }
+}

@@ -1,0 +1,303 @@
+//! Sending frames on a shared socket from any thread.
+//!
+//! A frame is written straight onto the socket by whoever sends it (a FUSE thread, a
+//! connection's reader answering a quick request), with one `writev`. Only when the socket
+//! is full does the rest wait in a queue that a small task drains as the socket becomes
+//! writable. A hand-off to a writer task costs a thread wake-up per frame, which on a small
+//! machine is as much as the rest of a request's round trip; this path has none.
+
+use crate::frame::{self, FrameError};
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::io::{ErrorKind, IoSlice};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::Notify;
+
+/// Pieces handed to one `writev`.
+const MAX_IOV: usize = 64;
+
+struct State {
+    /// What could not be written yet, in order.
+    queue: VecDeque<Bytes>,
+    queued_bytes: usize,
+    /// The drain task has been told about the queue.
+    draining: bool,
+    closed: bool,
+}
+
+/// The sending half of a connection. Dropping it stops the drain task (queued frames are
+/// dropped with it).
+pub struct Outbox(Arc<Shared>);
+
+struct Shared {
+    sock: OwnedWriteHalf,
+    state: Mutex<State>,
+    /// Wakes the drain task when something was queued.
+    queued: Notify,
+    /// Wakes senders waiting for the queue to shrink.
+    drained: Notify,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn closed() -> FrameError {
+    FrameError::Io(std::io::Error::from(ErrorKind::BrokenPipe))
+}
+
+impl Outbox {
+    /// Takes over `sock` and starts the task that drains what could not be written at once
+    /// (on the current runtime). The task ends when the outbox is closed or dropped.
+    pub fn start(sock: OwnedWriteHalf) -> Arc<Outbox> {
+        let shared = Arc::new(Shared {
+            sock,
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                draining: false,
+                closed: false,
+            }),
+            queued: Notify::new(),
+            drained: Notify::new(),
+        });
+        tokio::spawn(drain(shared.clone()));
+        Arc::new(Outbox(shared))
+    }
+
+    /// Sends one frame. Never waits: what the socket does not take now is queued.
+    pub fn send(&self, id: u64, header: &[u8], data: &Bytes) -> Result<(), FrameError> {
+        self.0.send(id, header, data)
+    }
+
+    /// Bytes waiting for the socket.
+    pub fn backlog(&self) -> usize {
+        lock(&self.0.state).queued_bytes
+    }
+
+    /// Waits until at most `limit` bytes wait for the socket (or the outbox is closed): the
+    /// backpressure for a peer that does not read.
+    pub async fn wait_below(&self, limit: usize) {
+        loop {
+            let notified = self.0.drained.notified();
+            {
+                let st = lock(&self.0.state);
+                if st.closed || st.queued_bytes <= limit {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Stops sending; queued frames are dropped.
+    pub fn close(&self) {
+        self.0.close()
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+impl Shared {
+    fn send(&self, id: u64, header: &[u8], data: &Bytes) -> Result<(), FrameError> {
+        let prefix = frame::prefix(id, header.len(), data.len())?;
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Err(closed());
+        }
+        let parts: [&[u8]; 3] = [&prefix, header, data];
+        let mut written = 0;
+        if st.queue.is_empty() {
+            written = match self.write_now(&parts) {
+                Ok(n) => n,
+                Err(e) => {
+                    st.closed = true;
+                    drop(st);
+                    self.drained.notify_waiters();
+                    return Err(e.into());
+                }
+            };
+        }
+        // Queue what is left of each part (the data without copying it).
+        let mut skip = written;
+        for (i, part) in parts.iter().enumerate() {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            let rest = if i == 2 {
+                data.slice(skip..)
+            } else {
+                Bytes::copy_from_slice(&part[skip..])
+            };
+            skip = 0;
+            st.queued_bytes += rest.len();
+            st.queue.push_back(rest);
+        }
+        if !st.queue.is_empty() && !st.draining {
+            st.draining = true;
+            drop(st);
+            self.queued.notify_one();
+        }
+        Ok(())
+    }
+
+    fn close(&self) {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        st.queue.clear();
+        st.queued_bytes = 0;
+        drop(st);
+        self.queued.notify_one();
+        self.drained.notify_waiters();
+    }
+
+    /// Writes as much of `parts` as the socket takes without waiting.
+    fn write_now(&self, parts: &[&[u8]]) -> std::io::Result<usize> {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut done = 0;
+        while done < total {
+            let mut skip = done;
+            let mut iov: Vec<IoSlice<'_>> = Vec::with_capacity(parts.len());
+            for p in parts {
+                if skip >= p.len() {
+                    skip -= p.len();
+                } else {
+                    iov.push(IoSlice::new(&p[skip..]));
+                    skip = 0;
+                }
+            }
+            match self.sock.try_write_vectored(&iov) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    /// Writes queued bytes until the queue is empty (true) or the socket is full (false).
+    fn write_queued(&self, st: &mut State) -> std::io::Result<bool> {
+        while !st.queue.is_empty() {
+            let iov: Vec<IoSlice<'_>> = st.queue.iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
+            let mut n = match self.sock.try_write_vectored(&iov) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            st.queued_bytes -= n;
+            while n > 0 {
+                let Some(front) = st.queue.front_mut() else { break };
+                if n >= front.len() {
+                    n -= front.len();
+                    st.queue.pop_front();
+                } else {
+                    let _ = front.split_to(n);
+                    n = 0;
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+async fn drain(o: Arc<Shared>) {
+    loop {
+        let queued = o.queued.notified();
+        tokio::pin!(queued);
+        let draining = {
+            let st = lock(&o.state);
+            if st.closed {
+                return;
+            }
+            st.draining
+        };
+        if !draining {
+            queued.await;
+            continue;
+        }
+        // Wait for room on the socket, or for a close.
+        let writable = tokio::select! {
+            w = o.sock.writable() => w,
+            _ = &mut queued => continue,
+        };
+        if writable.is_err() {
+            o.close();
+            return;
+        }
+        let mut st = lock(&o.state);
+        match o.write_queued(&mut st) {
+            Ok(done) => {
+                if done {
+                    st.draining = false;
+                }
+                drop(st);
+                o.drained.notify_waiters();
+            }
+            Err(e) => {
+                tracing::debug!("write failed: {e}");
+                drop(st);
+                o.close();
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::read_frame;
+    use tokio::io::BufReader;
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn pair() -> (Arc<Outbox>, BufReader<TcpStream>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let (_rd, wr) = c.unwrap().into_split();
+        std::mem::forget(_rd);
+        (Outbox::start(wr), BufReader::new(s.unwrap().0))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_arrive_whole_and_in_order_when_the_socket_fills() {
+        let (out, mut rd) = pair().await;
+        // Far more than the socket buffers hold, sent before the peer reads anything.
+        let data = Bytes::from(vec![7u8; 1 << 20]);
+        let n = 40u64;
+        for id in 0..n {
+            out.send(id, &id.to_le_bytes(), &data).unwrap();
+        }
+        assert!(
+            out.backlog() > 0,
+            "the socket took everything: the test proves nothing"
+        );
+        for id in 0..n {
+            let f = read_frame(&mut rd).await.unwrap().unwrap();
+            assert_eq!(f.id, id);
+            assert_eq!(&f.header[..], &id.to_le_bytes());
+            assert_eq!(f.data.len(), data.len());
+        }
+        tokio::time::timeout(std::time::Duration::from_secs(5), out.wait_below(0))
+            .await
+            .unwrap();
+        assert_eq!(out.backlog(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_closed_outbox_refuses() {
+        let (out, _rd) = pair().await;
+        out.close();
+        assert!(out.send(1, b"h", &Bytes::new()).is_err());
+    }
+}
