@@ -70,6 +70,19 @@ impl Effect {
     }
 }
 
+/// The name a request removes or may replace, as (directory, name).
+pub fn doomed(req: &Request) -> Option<(FileId, &[u8])> {
+    match req {
+        Request::Unlink { parent, name }
+        | Request::Rmdir { parent, name }
+        | Request::UnlinkUnless { parent, name, .. } => Some((*parent, name)),
+        Request::Rename {
+            new_parent, new_name, ..
+        } => Some((*new_parent, new_name)),
+        _ => None,
+    }
+}
+
 /// One client's objects, each with whether a change to its attributes is still to be told.
 #[derive(Default)]
 pub struct Interest {

@@ -115,6 +115,14 @@ impl BrickServer {
         })
     }
 
+    fn others_listen(&self, conn: &Conn) -> bool {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .any(|&id| id != conn.id)
+    }
+
     /// After a request: what its reply showed the client, and who else must hear of what it
     /// changed.
     fn settle(&self, conn: &Conn, effect: Effect, resp: &Response) {
@@ -411,7 +419,16 @@ impl Service for BrickServer {
     }
 
     fn handle(self: &Arc<Self>, conn: &Arc<Conn>, req: Request, data: Bytes) -> Handled<Reply> {
-        let effect = Effect::of(&req, |fh| conn.handle(fh).ok().map(|h| h.file().id));
+        let mut effect = Effect::of(&req, |fh| conn.handle(fh).ok().map(|h| h.file().id));
+        // What a removed or replaced name named loses a link: clients caching it must hear.
+        if let Some((dir, name)) = crate::interest::doomed(&req).filter(|_| self.others_listen(conn)) {
+            if let Ok(e) = self.store.lookup(dir, name) {
+                effect.changes.push(proto::msg::Change {
+                    id: e.attr.id,
+                    name: None,
+                });
+            }
+        }
         match self.quick(conn, req, &data) {
             Quick::Done(resp) => {
                 self.settle(conn, effect, &resp);

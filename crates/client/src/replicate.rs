@@ -344,6 +344,14 @@ impl Xlator for Replicate {
             .map(|_| ())
     }
 
+    async fn unlink_unless(&self, parent: FileId, name: &[u8], keep: &str) -> Result<Option<Entry>> {
+        // Every copy holds the same entry: kept on one, kept on all.
+        let ok = self
+            .mutate(&[parent], |_, c| c.unlink_unless(parent, name, keep))
+            .await?;
+        Ok(ok.into_iter().find_map(|(_, kept)| kept))
+    }
+
     async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
         self.mutate(&[parent], |_, c| c.rmdir(parent, name))
             .await

@@ -171,6 +171,12 @@ impl Xlator for Stripe {
         Self::all(self.fan(|c| c.unlink(parent, name)).await).map(|_| ())
     }
 
+    async fn unlink_unless(&self, parent: FileId, name: &[u8], keep: &str) -> Result<Option<Entry>> {
+        // Every child holds a piece under the name, all marked alike.
+        let kept = Self::all(self.fan(|c| c.unlink_unless(parent, name, keep)).await)?;
+        Ok(kept.into_iter().flatten().next())
+    }
+
     async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
         // The first child decides (it may say ENOTEMPTY); the others follow.
         self.children[0].rmdir(parent, name).await?;
@@ -342,9 +348,10 @@ impl Xlator for Stripe {
 
     async fn release(&self, h: &Handle) -> Result<Option<Entry>> {
         let sh = Self::sh(h)?;
-        join_all(self.children.iter().zip(&sh.handles).map(|(c, ch)| c.release(ch))).await;
-        // A striped file's size is pieced together from every child: not known here.
-        Ok(None)
+        let results = join_all(self.children.iter().zip(&sh.handles).map(|(c, ch)| c.release(ch))).await;
+        // Pieced together as getattr does, when every child told.
+        let entries: Option<Vec<Entry>> = results.into_iter().map(|r| r.ok().flatten()).collect();
+        Ok(entries.and_then(|e| Self::merge(e).ok()))
     }
 
     async fn fallocate(&self, h: &Handle, mode: u32, offset: u64, len: u64) -> Result<()> {

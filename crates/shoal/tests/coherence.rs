@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
 
 /// Far below the mounts' cache lifetime (10 s).
@@ -73,6 +73,17 @@ fn changes_through_one_mount_show_at_once_through_another() {
         std::fs::set_permissions(a.path("d/h"), std::fs::Permissions::from_mode(0o600)).unwrap();
         wait_for(&format!("{layout}: mode seen"), PROMPTLY, || {
             std::fs::metadata(bm.path("d/h")).is_ok_and(|m| m.permissions().mode() & 0o777 == 0o600)
+        });
+
+        // A name removed elsewhere takes a link from the file B looks at.
+        std::fs::hard_link(a.path("d/h"), a.path("d/h2")).unwrap();
+        let links = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| m.nlink());
+        wait_for(&format!("{layout}: two links seen"), PROMPTLY, || {
+            links(&bm.path("d/h")) == Some(2)
+        });
+        std::fs::remove_file(a.path("d/h2")).unwrap();
+        wait_for(&format!("{layout}: link count drop seen"), PROMPTLY, || {
+            links(&bm.path("d/h")) == Some(1)
         });
 
         // And the other way round, in a directory B made (whose names B knows all of).
