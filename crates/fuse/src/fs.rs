@@ -127,21 +127,28 @@ impl Inner {
             .cloned()
     }
 
-    /// Before this mount removes or replaces a name: files it opened lazily get opened on
-    /// the bricks, so that they stay readable once unlinked, as POSIX wants. (Which file the
-    /// name is is not known here; there are seldom any such files at a time.)
-    async fn materialize_all(&self) {
-        let lazy: Vec<Arc<OpenFile>> = self
-            .files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|f| f.handle.get().is_none())
-            .cloned()
-            .collect();
-        for f in lazy {
-            if let Err(e) = self.materialize(&f).await {
-                tracing::debug!("opening a lazily opened file: {e}");
+    /// Before this mount removes or replaces `name` in `parent`: if it names a file opened
+    /// here lazily, that file gets opened on the bricks, so that it stays readable once
+    /// unlinked, as POSIX wants. Costs a lookup only while lazily opened files exist.
+    async fn keep_readable(&self, parent: FileId, name: &[u8]) {
+        let lazy = || -> Vec<Arc<OpenFile>> {
+            self.files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .filter(|f| f.handle.get().is_none())
+                .cloned()
+                .collect()
+        };
+        if lazy().is_empty() {
+            return;
+        }
+        let Ok(e) = self.vol.lookup(parent, name).await else {
+            return;
+        };
+        for f in lazy().into_iter().filter(|f| f.id == e.attr.id) {
+            if let Err(err) = self.materialize(&f).await {
+                tracing::debug!("opening a lazily opened file: {err}");
             }
         }
     }
@@ -502,10 +509,12 @@ impl fuser::Filesystem for ShoalFs {
             if set.size.is_some() {
                 s.wrote(ino.0);
             }
-            let start = s.start();
+            let mut start = s.start();
             let r = s.vol.setattr(id, h.as_deref(), &set).await;
             if set.size.is_some() {
+                // Fetches that crossed the truncation are stale; its own reply is not.
                 s.wrote(ino.0);
+                start.writes = s.writes.load(Ordering::SeqCst);
             }
             let e = tryr!(reply, r);
             s.attr_reply(reply, ino, &e, start);
@@ -568,7 +577,7 @@ impl fuser::Filesystem for ShoalFs {
         let name = name.as_bytes().to_vec();
         self.spawn(move |s| async move {
             let p = tryr!(reply, s.id(parent));
-            s.materialize_all().await;
+            s.keep_readable(p, &name).await;
             let r = s.vol.unlink(p, &name).await;
             s.attrs.removed();
             tryr!(reply, r);
@@ -628,7 +637,7 @@ impl fuser::Filesystem for ShoalFs {
         self.spawn(move |s| async move {
             let p = tryr!(reply, s.id(parent));
             let np = tryr!(reply, s.id(newparent));
-            s.materialize_all().await;
+            s.keep_readable(np, &newname).await;
             let r = s.vol.rename(p, &name, np, &newname, rflags).await;
             s.attrs.removed();
             s.attrs.drop(parent.0);

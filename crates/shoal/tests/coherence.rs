@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::time::Duration;
 
 /// Far below the mounts' cache lifetime (10 s).
@@ -85,6 +85,22 @@ fn changes_through_one_mount_show_at_once_through_another() {
         wait_for(&format!("{layout}: link count drop seen"), PROMPTLY, || {
             links(&bm.path("d/h")) == Some(1)
         });
+
+        // A file opened read-only (reaching the bricks only at its first uncached read)
+        // stays readable after this mount unlinks it, as POSIX wants.
+        std::fs::write(a.path("u"), b"still here").unwrap();
+        let mut open = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(a.path("u"))
+            .unwrap();
+        std::fs::remove_file(a.path("u")).unwrap();
+        let mut buf = Vec::new();
+        open.read_to_end(&mut buf).unwrap();
+        assert_eq!(
+            buf, b"still here",
+            "{layout}: unlinked file read through an open handle"
+        );
 
         // And the other way round, in a directory B made (whose names B knows all of).
         std::fs::create_dir(bm.path("e")).unwrap();
