@@ -9,12 +9,13 @@
 
 use proto::msg::{Change, Fh, Request};
 use proto::FileId;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
-/// Objects remembered per client. Past this the brick stops tracking the client and tells
-/// it to forget everything it learnt here.
-const MAX_TRACKED: usize = 256 * 1024;
+/// Objects remembered per client (about 6 MiB). Past this the oldest quarter is dropped,
+/// and the client told to forget them as if they had changed: it may no longer rely on
+/// hearing about them.
+const MAX_TRACKED: usize = 128 * 1024;
 
 /// What a request shows the client and what it changes, worked out before it runs and
 /// applied only if it succeeds.
@@ -83,33 +84,59 @@ pub fn doomed(req: &Request) -> Option<(FileId, &[u8])> {
     }
 }
 
-/// One client's objects, each with whether a change to its attributes is still to be told.
+/// One client's objects, each with whether a change to its attributes is still to be told,
+/// oldest first.
 #[derive(Default)]
 pub struct Interest {
-    ids: Mutex<HashMap<FileId, bool>>,
+    table: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    /// Each id with whether it is armed and when it was (last) learnt.
+    ids: HashMap<FileId, (bool, u64)>,
+    /// Ids in the order learnt; an entry whose stamp is not the id's current one is stale.
+    order: VecDeque<(FileId, u64)>,
+    clock: u64,
 }
 
 impl Interest {
-    /// The client was told about `ids`. True when this overflowed the table, which was then
-    /// cleared: the client must forget everything it learnt from this brick.
-    pub fn learn(&self, ids: impl Iterator<Item = FileId>) -> bool {
-        let mut m = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+    /// The client was told about `ids`. Returns what the brick stopped tracking to make room:
+    /// the client must forget those.
+    pub fn learn(&self, ids: impl Iterator<Item = FileId>) -> Vec<FileId> {
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
         for id in ids {
-            m.insert(id, true);
+            t.clock += 1;
+            let stamp = t.clock;
+            t.ids.insert(id, (true, stamp));
+            t.order.push_back((id, stamp));
         }
-        if m.len() > MAX_TRACKED {
-            m.clear();
-            return true;
+        let mut dropped = Vec::new();
+        if t.ids.len() > MAX_TRACKED {
+            while t.ids.len() > MAX_TRACKED * 3 / 4 {
+                let Some((id, stamp)) = t.order.pop_front() else {
+                    break;
+                };
+                if t.ids.get(&id).is_some_and(|&(_, s)| s == stamp) {
+                    t.ids.remove(&id);
+                    dropped.push(id);
+                }
+            }
         }
-        false
+        // Stale order entries (ids learnt again) are bounded by the table's size.
+        if t.order.len() > 2 * MAX_TRACKED {
+            let Table { ids, order, .. } = &mut *t;
+            order.retain(|(id, stamp)| ids.get(id).is_some_and(|&(_, s)| s == *stamp));
+        }
+        dropped
     }
 
     /// Of `changes`, those this client must hear of.
     pub fn hits(&self, changes: &[Change]) -> Vec<Change> {
-        let mut m = self.ids.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let mut out = Vec::new();
         for c in changes {
-            let Some(armed) = m.get_mut(&c.id) else {
+            let Some((armed, _)) = t.ids.get_mut(&c.id) else {
                 continue;
             };
             if c.name.is_some() || *armed {
@@ -133,7 +160,7 @@ mod tests {
             i.hits(&[object(file)]).is_empty(),
             "unknown objects are not announced"
         );
-        assert!(!i.learn([file, dir].into_iter()));
+        assert!(i.learn([file, dir].into_iter()).is_empty());
         assert_eq!(i.hits(&[object(file)]), vec![object(file)]);
         assert!(
             i.hits(&[object(file)]).is_empty(),
@@ -147,10 +174,26 @@ mod tests {
     }
 
     #[test]
-    fn overflow_clears_and_says_so() {
+    fn overflow_drops_the_oldest_and_names_them() {
         let i = Interest::default();
-        assert!(i.learn((0..=MAX_TRACKED as u128).map(FileId)));
-        assert!(i.hits(&[object(FileId(1))]).is_empty());
+        let n = MAX_TRACKED as u128;
+        assert!(i.learn((0..n).map(FileId)).is_empty());
+        // Learnt again: no longer among the oldest.
+        assert!(i.learn([FileId(0)].into_iter()).is_empty());
+        let dropped = i.learn([FileId(n)].into_iter());
+        assert_eq!(dropped.len(), MAX_TRACKED / 4 + 1);
+        assert_eq!(
+            dropped.first(),
+            Some(&FileId(1)),
+            "oldest first, the relearnt one kept"
+        );
+        assert!(!dropped.contains(&FileId(0)));
+        assert!(
+            i.hits(&[object(FileId(1))]).is_empty(),
+            "dropped ids are not announced"
+        );
+        assert_eq!(i.hits(&[object(FileId(0))]).len(), 1);
+        assert_eq!(i.hits(&[object(FileId(n))]).len(), 1);
     }
 
     #[test]

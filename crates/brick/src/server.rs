@@ -127,12 +127,15 @@ impl BrickServer {
     /// changed.
     fn settle(&self, conn: &Conn, effect: Effect, resp: &Response) {
         let Ok(reply) = resp else { return };
-        if conn.version >= 2
-            && conn
+        if conn.version >= 2 {
+            let dropped = conn
                 .interest
-                .learn(effect.shown.iter().copied().chain(shown(reply)))
-        {
-            send_notice(conn, &Notice::All);
+                .learn(effect.shown.iter().copied().chain(shown(reply)));
+            // In pieces that stay well inside a frame's header bound.
+            for ids in dropped.chunks(8192) {
+                let forget = ids.iter().map(|&id| proto::msg::Change { id, name: None });
+                send_notice(conn, &Notice::Changed(forget.collect()));
+            }
         }
         if effect.changes.is_empty() {
             return;

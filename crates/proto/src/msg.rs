@@ -258,7 +258,8 @@ pub const NOTICE_ID: u64 = 0;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Notice {
     Changed(Vec<Change>),
-    /// Forget everything learnt from this brick (it stopped tracking this client's interest).
+    /// Forget everything learnt from this brick. (Bricks of this version drop the oldest
+    /// part of a full interest table and announce those ids instead; clients accept it.)
     All,
 }
 
