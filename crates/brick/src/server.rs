@@ -478,7 +478,21 @@ fn shown(reply: &Reply) -> Vec<proto::FileId> {
     }
 }
 
+/// Notice bytes that may wait for a client before it counts as not reading at all.
+const MAX_NOTICE_BACKLOG: usize = 16 << 20;
+
 fn send_notice(conn: &Conn, notice: &Notice) {
+    // Notices are sent whatever the client asks; one that never reads must not make them
+    // pile up here. Dropping one would leave it trusting stale caches: it is cut off
+    // instead (it reconnects, and forgets everything on the loss).
+    if conn.out.backlog() > MAX_NOTICE_BACKLOG {
+        tracing::warn!(
+            conn = conn.id,
+            "client does not read its notices: closing its connection"
+        );
+        conn.out.close();
+        return;
+    }
     match proto::frame::encode_header(notice) {
         Ok(header) => {
             if let Err(e) = conn.out.send(NOTICE_ID, &header, &Bytes::new()) {

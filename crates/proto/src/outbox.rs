@@ -91,9 +91,11 @@ impl Outbox {
         }
     }
 
-    /// Stops sending; queued frames are dropped.
+    /// Stops sending and shuts the connection down (both ways: the reader sees its end);
+    /// queued frames are dropped.
     pub fn close(&self) {
-        self.0.close()
+        self.0.close();
+        let _ = rustix::net::shutdown(self.0.sock.as_ref(), rustix::net::Shutdown::Both);
     }
 }
 
