@@ -9,7 +9,7 @@
 //!
 //! Every row runs on one fresh ext4 file system (with a journal, as bricks have in
 //! production), made in an image file on the disk under test and mounted through a loop
-//! device: the same starting point for every row. (This VM's root file system has no
+//! device doing direct I/O: the same starting point for every row. (This VM's root file system has no
 //! journal; ext4 then steps over every inode freed in the last minutes when it allocates one,
 //! so the cost of a create there depends on what the previous row deleted.) `--same-fs`
 //! runs in `--dir` as it is instead.
@@ -46,9 +46,11 @@ struct Args {
     same_fs: bool,
 }
 
-/// A fresh ext4 file system in an image file, loop-mounted; gone when dropped.
+/// A fresh ext4 file system in an image file, on a loop device doing direct I/O (no second
+/// page cache of the image file); gone when dropped.
 struct FreshFs {
     image: PathBuf,
+    device: String,
     mount: PathBuf,
 }
 
@@ -61,28 +63,35 @@ impl FreshFs {
         which("mkfs.ext4")?;
         let image = dir.join("fs.img");
         let mount = dir.join("fs");
+        // Leftovers of an interrupted run.
         let _ = run("umount", &[&mount.display().to_string()]);
+        if let Ok(list) = run("losetup", &["-j", &image.display().to_string()]) {
+            for dev in list.lines().filter_map(|l| l.split(':').next()) {
+                let _ = run("losetup", &["-d", dev]);
+            }
+        }
         let _ = std::fs::remove_file(&image);
         std::fs::create_dir_all(&mount)?;
         run("truncate", &["-s", Self::SIZE, &image.display().to_string()])?;
         run("mkfs.ext4", &["-q", "-F", &image.display().to_string()])?;
-        run(
-            "mount",
-            &[
-                "-o",
-                "loop",
-                &image.display().to_string(),
-                &mount.display().to_string(),
-            ],
+        let device = run(
+            "losetup",
+            &["--direct-io=on", "--show", "-f", &image.display().to_string()],
         )
-        .context("cannot loop-mount the benchmark's file system")?;
-        Ok(FreshFs { image, mount })
+        .context("cannot set up a loop device for the benchmark's file system")?
+        .trim()
+        .to_string();
+        let fs = FreshFs { image, device, mount };
+        run("mount", &[&fs.device, &fs.mount.display().to_string()])
+            .context("cannot mount the benchmark's file system")?;
+        Ok(fs)
     }
 }
 
 impl Drop for FreshFs {
     fn drop(&mut self) {
         let _ = run("umount", &[&self.mount.display().to_string()]);
+        let _ = run("losetup", &["-d", &self.device]);
         let _ = std::fs::remove_file(&self.image);
     }
 }
@@ -321,7 +330,7 @@ fn main() -> Result<()> {
         }
     }
     let fs = match &fresh {
-        Some(_) => "a fresh ext4 file system (with journal) in a loop-mounted image".to_string(),
+        Some(_) => "a fresh ext4 file system (with journal) on a direct-I/O loop device".to_string(),
         None => format!("{} as it is", args.dir.display()),
     };
     print_table(&rows, &p, runs, &fs);
