@@ -59,18 +59,27 @@ impl FreshFs {
     /// files, GlusterFS's metadata); sparse, so it takes only what the rows write.
     const SIZE: &'static str = "16G";
 
-    fn make(dir: &Path) -> Result<FreshFs> {
-        which("mkfs.ext4")?;
-        let image = dir.join("fs.img");
-        let mount = dir.join("fs");
-        // Leftovers of an interrupted run.
-        let _ = run("umount", &[&mount.display().to_string()]);
-        if let Ok(list) = run("losetup", &["-j", &image.display().to_string()]) {
+    fn image(dir: &Path) -> PathBuf {
+        dir.join("fs.img")
+    }
+
+    fn mount_point(dir: &Path) -> PathBuf {
+        dir.join("fs")
+    }
+
+    /// Unmounts and detaches what an interrupted run left in `dir`.
+    fn sweep(dir: &Path) {
+        let _ = run("umount", &[&Self::mount_point(dir).display().to_string()]);
+        if let Ok(list) = run("losetup", &["-j", &Self::image(dir).display().to_string()]) {
             for dev in list.lines().filter_map(|l| l.split(':').next()) {
                 let _ = run("losetup", &["-d", dev]);
             }
         }
-        let _ = std::fs::remove_file(&image);
+    }
+
+    fn make(dir: &Path) -> Result<FreshFs> {
+        which("mkfs.ext4")?;
+        let (image, mount) = (Self::image(dir), Self::mount_point(dir));
         std::fs::create_dir_all(&mount)?;
         run("truncate", &["-s", Self::SIZE, &image.display().to_string()])?;
         run("mkfs.ext4", &["-q", "-F", &image.display().to_string()])?;
@@ -298,7 +307,7 @@ fn main() -> Result<()> {
     let runs = if args.quick { 1 } else { args.runs.max(1) };
     let wanted: Option<Vec<String>> = args.rows.map(|r| r.split(',').map(str::to_string).collect());
     let want = |n: &str| wanted.as_ref().is_none_or(|w| w.iter().any(|x| x == n));
-    let _ = run("umount", &[&args.dir.join("fs").display().to_string()]);
+    FreshFs::sweep(&args.dir);
     let _ = std::fs::remove_dir_all(&args.dir);
     std::fs::create_dir_all(&args.dir)?;
     let fresh = if args.same_fs {

@@ -237,17 +237,13 @@ impl BrickServer {
             }),
             Request::StatFs => s.statfs().map(Reply::StatFs),
             // Removing or closing a small file frees next to nothing: done here too.
-            Request::Unlink { parent, name } if s.cheap_to_free(Some((parent, &name)), None) => {
+            Request::Unlink { parent, name } if s.cheap_to_remove(parent, &name) => {
                 s.unlink(parent, &name).map(|_| Reply::Ok)
             }
-            Request::UnlinkUnless { parent, name, keep } if s.cheap_to_free(Some((parent, &name)), None) => s
-                .unlink_unless(parent, &name, Some(&keep))
-                .map(|kept| kept.map_or(Reply::Ok, Reply::Entry)),
-            Request::Release { fh }
-                if conn
-                    .handle(fh)
-                    .is_ok_and(|h| s.cheap_to_free(None, Some(&h.file().fd))) =>
-            {
+            Request::UnlinkUnless { parent, name, keep } if s.cheap_to_remove(parent, &name) => {
+                s.unlink_unless(parent, &name, Some(&keep)).map(unlinked)
+            }
+            Request::Release { fh } if conn.handle(fh).is_ok_and(|h| s.cheap_to_close(h.file())) => {
                 self.release(conn, fh)
             }
             Request::GetXattr { id, name } => s.getxattr(id, &name).map(Reply::Xattr),
@@ -309,7 +305,7 @@ impl BrickServer {
             Request::UnlinkUnless { parent, name, keep } => self
                 .blocking(move |s| s.unlink_unless(parent, &name, Some(&keep)))
                 .await
-                .map(|kept| kept.map_or(Reply::Ok, Reply::Entry)),
+                .map(unlinked),
             Request::ReadDir {
                 id,
                 cookie,
@@ -464,6 +460,11 @@ impl Service for BrickServer {
             _ => Errno::EBADMSG,
         }
     }
+}
+
+/// The reply to an `UnlinkUnless`: done, or the entry that was kept.
+fn unlinked(kept: Option<proto::Entry>) -> Reply {
+    kept.map_or(Reply::Ok, Reply::Entry)
 }
 
 /// The ids a reply tells the client about.

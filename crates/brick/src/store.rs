@@ -879,22 +879,19 @@ impl Store {
         Ok(OpenFile { id, fd })
     }
 
-    /// Closes a handle; the last close of an unlinked file removes it.
-    /// True if removing `name` in `parent` (or closing `fd`) frees so little that it can be
-    /// done without a hand-off to a blocking thread.
-    pub fn cheap_to_free(&self, at: Option<(FileId, &[u8])>, fd: Option<&OwnedFd>) -> bool {
-        const CHEAP_BLOCKS: u64 = 2048; // 1 MiB in 512-byte blocks
-        let st = match (at, fd) {
-            (Some((parent, name)), _) => match self.dir_fd(parent) {
-                Ok(dir) => rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW),
-                Err(_) => return false,
-            },
-            (None, Some(fd)) => rustix::fs::fstat(fd),
-            (None, None) => return false,
-        };
-        st.is_ok_and(|st| (st.st_blocks as u64) <= CHEAP_BLOCKS)
+    /// True if removing `name` in `parent` frees so little that it can be done without a
+    /// hand-off to a blocking thread.
+    pub fn cheap_to_remove(&self, parent: FileId, name: &[u8]) -> bool {
+        self.dir_fd(parent)
+            .is_ok_and(|dir| small(rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)))
     }
 
+    /// The same for closing `file` (which may be the last name of an unlinked file).
+    pub fn cheap_to_close(&self, file: &OpenFile) -> bool {
+        small(rustix::fs::fstat(&file.fd))
+    }
+
+    /// Closes a handle; the last close of an unlinked file removes it.
     pub fn close(&self, file: OpenFile) {
         let _ns = lock(&self.ns_lock);
         let mut opens = lock(&self.opens);
@@ -1086,4 +1083,9 @@ fn pick_namespace(root: &OwnedFd) -> Result<Namespace, Errno> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// At most 1 MiB allocated: freeing it is quick.
+fn small(st: rustix::io::Result<Stat>) -> bool {
+    st.is_ok_and(|st| (st.st_blocks as u64) <= 2048)
 }

@@ -260,20 +260,21 @@ mod tests {
     use super::*;
     use crate::frame::read_frame;
     use tokio::io::BufReader;
+    use tokio::net::tcp::OwnedReadHalf;
     use tokio::net::{TcpListener, TcpStream};
 
-    async fn pair() -> (Arc<Outbox>, BufReader<TcpStream>) {
+    /// An outbox, the peer's end, and the outbox's own reading half (kept open).
+    async fn pair() -> (Arc<Outbox>, BufReader<TcpStream>, OwnedReadHalf) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
-        let (_rd, wr) = c.unwrap().into_split();
-        std::mem::forget(_rd);
-        (Outbox::start(wr), BufReader::new(s.unwrap().0))
+        let (rd, wr) = c.unwrap().into_split();
+        (Outbox::start(wr), BufReader::new(s.unwrap().0), rd)
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn frames_arrive_whole_and_in_order_when_the_socket_fills() {
-        let (out, mut rd) = pair().await;
+        let (out, mut rd, _own) = pair().await;
         // Far more than the socket buffers hold, sent before the peer reads anything.
         let data = Bytes::from(vec![7u8; 1 << 20]);
         let n = 40u64;
@@ -298,7 +299,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_outbox_refuses() {
-        let (out, _rd) = pair().await;
+        let (out, _rd, _own) = pair().await;
         out.close();
         assert!(out.send(1, b"h", &Bytes::new()).is_err());
     }
