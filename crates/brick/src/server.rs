@@ -277,12 +277,12 @@ impl BrickServer {
     fn release(&self, conn: &Conn, fh: Fh) -> Response {
         let h = conn.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
         let h = h.ok_or(Errno::EBADF)?;
-        let id = h.file().id;
+        let entry = match conn.version >= 2 {
+            true => self.store.entry_of(h.file()).ok(),
+            false => None,
+        };
         drop(h);
-        Ok(match conn.version >= 2 {
-            true => self.store.getattr(id).map(Reply::Entry).unwrap_or(Reply::Ok),
-            false => Reply::Ok,
-        })
+        Ok(entry.map_or(Reply::Ok, Reply::Entry))
     }
 
     /// Requests that may wait: run on the blocking pool (or wait for a lock) in a task of

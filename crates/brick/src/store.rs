@@ -422,7 +422,11 @@ impl Store {
             ns::check_meta_name(&m.name)?;
         }
         let _ns = lock(&self.ns_lock);
-        if self.index.stat_file(node.id).is_ok() || self.index.dir_entry(node.id).is_ok() {
+        // A regular file's id taken already fails its link into the index, before its name
+        // appears.
+        if (node.kind != FileKind::File && self.index.stat_file(node.id).is_ok())
+            || self.index.dir_entry(node.id).is_ok()
+        {
             return Err(Errno::EEXIST);
         }
         let dir = self.dir_fd(parent)?;
@@ -437,13 +441,22 @@ impl Store {
         match node.kind {
             FileKind::File => {
                 let fd = self.make_file(&dir, name, node, gid, perm)?;
+                // Made just now with what the request gave it: no need to read it back.
+                let entry = Entry {
+                    attr: sys::attr_from_stat(node.id, &rustix::fs::fstat(&fd).map_err(errno)?)?,
+                    meta: node.meta.clone(),
+                    has_caps: false,
+                };
                 if let Some(flags) = open {
+                    let fd = match flags as i32 & libc::O_ACCMODE {
+                        // The file was made read-write; a writer may as well keep that.
+                        libc::O_WRONLY | libc::O_RDWR => fd,
+                        _ => self.reopen(&fd, flags)?,
+                    };
                     self.note_open(node.id);
-                    opened = Some(OpenFile {
-                        id: node.id,
-                        fd: self.reopen(&fd, flags)?,
-                    });
+                    opened = Some(OpenFile { id: node.id, fd });
                 }
+                return Ok((entry, opened));
             }
             FileKind::Dir => {
                 rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(0o700)).map_err(errno)?;
@@ -549,12 +562,15 @@ impl Store {
             Err(e) => return Err(errno(e)),
         };
         self.label(&XTarget::Fd(fd.as_fd()), node)?;
-        rustix::fs::fchown(
-            &fd,
-            Some(rustix::fs::Uid::from_raw(node.uid)),
-            Some(rustix::fs::Gid::from_raw(gid)),
-        )
-        .map_err(errno)?;
+        let st = rustix::fs::fstat(&fd).map_err(errno)?;
+        if st.st_uid != node.uid || st.st_gid != gid {
+            rustix::fs::fchown(
+                &fd,
+                Some(rustix::fs::Uid::from_raw(node.uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(errno)?;
+        }
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm)).map_err(errno)?;
         let fd_path = proc_path(&fd, None);
         rustix::fs::linkat(
@@ -889,6 +905,17 @@ impl Store {
     /// The same for closing `file` (which may be the last name of an unlinked file).
     pub fn cheap_to_close(&self, file: &OpenFile) -> bool {
         small(rustix::fs::fstat(&file.fd))
+    }
+
+    /// The attributes of an open file, read through its descriptor (no path to walk).
+    pub fn entry_of(&self, file: &OpenFile) -> Result<Entry, Errno> {
+        let st = rustix::fs::fstat(&file.fd).map_err(errno)?;
+        let (_, meta, has_caps) = self.read_meta(&XTarget::Fd(file.fd.as_fd()))?;
+        Ok(Entry {
+            attr: sys::attr_from_stat(file.id, &st)?,
+            meta,
+            has_caps,
+        })
     }
 
     /// Closes a handle; the last close of an unlinked file removes it.
