@@ -320,11 +320,45 @@ impl Xlator for Replicate {
         symlink_target: Option<&[u8]>,
         open: Option<u32>,
     ) -> Result<(Entry, Option<Handle>)> {
-        let ok = self
-            .mutate(&[parent], |_, c| {
-                c.create(parent, name, node, symlink_target, open)
-            })
-            .await?;
+        if !self.quorum(self.up_mask()) {
+            return Err(Errno::EROFS);
+        }
+        let results = self
+            .fan(|_, c| c.create(parent, name, node, symlink_target, open))
+            .await;
+        let out = Self::outcome(results)?;
+        let ok_mask = out.ok.iter().fold(0, |m, (i, _)| m | bit(*i));
+        if !self.quorum(ok_mask) {
+            // A child went away unnoticed until now, and too few copies took the new name:
+            // it is taken back, so that nothing is left of a create that was refused.
+            let mut kept = Vec::new();
+            for (i, (_, h)) in out.ok {
+                let c = &self.children[i];
+                if let Some(h) = h {
+                    let _ = c.release(&h).await;
+                }
+                let undone = match node.kind {
+                    proto::FileKind::Dir => c.rmdir(parent, name).await,
+                    _ => c.unlink(parent, name).await,
+                };
+                if let Err(e) = undone {
+                    tracing::warn!(
+                        child = i,
+                        "cannot take back a create refused for want of quorum: {e}"
+                    );
+                    kept.push(i);
+                }
+            }
+            if !kept.is_empty() {
+                self.mark(parent, &kept, out.failed).await;
+            }
+            return Err(Errno::EROFS);
+        }
+        if out.failed != 0 {
+            let took: Vec<usize> = out.ok.iter().map(|(i, _)| *i).collect();
+            self.mark(parent, &took, out.failed).await;
+        }
+        let ok = out.ok;
         let mut handles: Vec<Option<Handle>> = (0..self.children.len()).map(|_| None).collect();
         let mut entry = None;
         let mut good = 0;

@@ -105,3 +105,28 @@ fn replica_2_without_its_first_brick_refuses_writes() {
         "root directory marked for brick 1"
     );
 }
+
+#[test]
+fn replica_2_takes_back_a_create_that_only_its_second_brick_took() {
+    if !require_root() {
+        return;
+    }
+    let mut b = Bricks::start(2);
+    let m = b.mount(&b.spec("r2", 1, 2), "a");
+    // Made by this mount, so it knows every name in it: the create is the first request
+    // to reach the bricks.
+    std::fs::create_dir(m.path("d")).unwrap();
+    // (And the kernel knows the root's attributes again, which the mkdir dropped.)
+    std::fs::metadata(m.path("d/.")).unwrap();
+    // The first brick stops answering without closing its connection: the mount learns
+    // it is gone only when its pings go unanswered, after sending the create to both.
+    b.stop(0);
+    let err = std::fs::write(m.path("d/g"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    assert!(
+        !b.bricks[1].path.join("d/g").exists(),
+        "a refused create left its file behind"
+    );
+    assert_eq!(pending(&b.bricks[1].path, "d", 0), 0, "nothing to heal");
+    b.kill(0);
+}

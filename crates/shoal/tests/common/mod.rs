@@ -109,6 +109,16 @@ impl Bricks {
         }
     }
 
+    /// SIGSTOP of one brick server: its connections stay open but nothing answers.
+    pub fn stop(&mut self, i: usize) {
+        if let Some(c) = &self.bricks[i].child {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_child(c),
+                rustix::process::Signal::STOP,
+            );
+        }
+    }
+
     /// Starts a killed brick again on its old address.
     pub fn restart(&mut self, i: usize) {
         let b = &mut self.bricks[i];
