@@ -1,6 +1,7 @@
 //! The fuser `Filesystem` over a shoal volume.
 
 use crate::attr::{file_attr, kind, negative, timespec};
+use crate::behind::Behind;
 use crate::cache::{AttrCache, Coherence, Complete, Inval};
 use crate::dirs::DirState;
 use crate::inodes::{Inodes, ROOT_INO};
@@ -19,7 +20,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -35,6 +36,7 @@ pub struct ShoalFs {
 }
 
 struct Inner {
+    rt: tokio::runtime::Handle,
     vol: Arc<dyn Xlator>,
     inodes: Inodes,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
@@ -56,6 +58,7 @@ struct Inner {
     /// Counts writes through this mount as they start and end: attributes fetched across
     /// one may be older than the data and are not kept.
     writes: AtomicU64,
+    behind: Arc<Behind>,
 }
 
 /// A file the kernel opened. Read-only opens reach the bricks only when a read misses the
@@ -65,6 +68,8 @@ struct OpenFile {
     id: FileId,
     flags: u32,
     handle: tokio::sync::OnceCell<Arc<Handle>>,
+    /// Written through before.
+    wrote: AtomicBool,
 }
 
 /// What changes whenever a file's data changes.
@@ -159,6 +164,7 @@ impl Inner {
             id,
             flags,
             handle: tokio::sync::OnceCell::new_with(h.map(Arc::new)),
+            wrote: AtomicBool::new(false),
         };
         self.files
             .lock()
@@ -271,6 +277,22 @@ impl Inner {
         }
     }
 
+    /// Writes all of `data`, as a writer would: after a short write, the rest again, to get
+    /// the reason it stopped (ENOSPC, EDQUOT, ...).
+    async fn write_all(&self, h: &Handle, mut offset: u64, mut data: Bytes) -> Result<(), Errno> {
+        while !data.is_empty() {
+            match self.vol.write(h, offset, data.clone()).await? {
+                0 => return Err(Errno::EIO),
+                n => {
+                    let n = (n as usize).min(data.len());
+                    offset += n as u64;
+                    data = data.slice(n..);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// This mount wrote to `ino` (or is about to).
     fn wrote(&self, ino: u64) {
         self.writes.fetch_add(1, Ordering::SeqCst);
@@ -339,8 +361,9 @@ impl ShoalFs {
             }
         };
         ShoalFs {
-            rt,
+            rt: rt.clone(),
             inner: Arc::new(Inner {
+                rt,
                 vol,
                 inodes: Inodes::new(),
                 files: Mutex::new(HashMap::new()),
@@ -356,6 +379,7 @@ impl ShoalFs {
                 complete: Complete::default(),
                 inval: Mutex::new(inval),
                 writes: AtomicU64::new(0),
+                behind: Arc::new(Behind::default()),
             }),
         }
     }
@@ -468,6 +492,7 @@ impl fuser::Filesystem for ShoalFs {
         }
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
+            s.behind.settle(ino.0).await;
             let start = s.start();
             let e = tryr!(reply, s.vol.getattr(id).await);
             s.attr_reply(reply, ino, &e, start);
@@ -502,6 +527,7 @@ impl fuser::Filesystem for ShoalFs {
         };
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
+            s.behind.settle(ino.0).await;
             let h = match fh {
                 Some(fh) if set.size.is_some() => s.file(fh).await.ok(),
                 _ => None,
@@ -675,6 +701,8 @@ impl fuser::Filesystem for ShoalFs {
         let lazy = flags as i32 & libc::O_ACCMODE == libc::O_RDONLY && flags as i32 & libc::O_TRUNC == 0;
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
+            // The version check below must see this mount's writes.
+            s.behind.settle(ino.0).await;
             let start = s.start();
             let open = async {
                 match lazy {
@@ -733,7 +761,7 @@ impl fuser::Filesystem for ShoalFs {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -742,6 +770,7 @@ impl fuser::Filesystem for ShoalFs {
         reply: ReplyData,
     ) {
         self.spawn(move |s| async move {
+            s.behind.settle(ino.0).await;
             let h = tryr!(reply, s.file(fh).await);
             let data = tryr!(reply, s.vol.read(&h, offset, size).await);
             reply.data(&data);
@@ -761,30 +790,62 @@ impl fuser::Filesystem for ShoalFs {
         reply: ReplyWrite,
     ) {
         let data = Bytes::copy_from_slice(data);
+        // A handle's first write goes straight through: a small file written at once gains
+        // nothing from going behind (its close waits for the write anyway) and would pay
+        // for the extra hand-off.
+        let sync = libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT;
+        let behind = self
+            .inner
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .is_some_and(|f| f.flags as i32 & sync == 0 && f.wrote.swap(true, Ordering::Relaxed));
         self.spawn(move |s| async move {
             let h = tryr!(reply, s.file(fh).await);
+            if !behind {
+                // After any of the file's writes that went behind, as it must land after them.
+                tryr!(reply, s.behind.drain(ino.0).await);
+                s.wrote(ino.0);
+                let r = s.vol.write(&h, offset, data).await;
+                s.wrote(ino.0);
+                let n = tryr!(reply, r);
+                reply.written(n);
+                return;
+            }
+            let len = data.len() as u32;
+            let ticket = tryr!(reply, s.behind.admit(ino.0, offset, data.len()).await);
             s.wrote(ino.0);
-            let r = s.vol.write(&h, offset, data).await;
-            s.wrote(ino.0);
-            let n = tryr!(reply, r);
-            reply.written(n);
+            let inner = s.clone();
+            // Sent from this thread; the reply finishes it wherever it arrives.
+            crate::inline::run(&s.rt, async move {
+                let r = inner.write_all(&h, offset, data).await;
+                inner.wrote(ino.0);
+                ticket.done(r);
+            });
+            reply.written(len);
         });
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, lock_owner: LockOwner, reply: ReplyEmpty) {
-        // Writes reach the bricks before they are acknowledged, so a close has nothing to
-        // flush; it only has to drop the closing process's locks, if it could have any.
-        if !self
+        // A close waits for the file's writes still on their way, and drops the closing
+        // process's locks if it could have any.
+        let locked = self
             .inner
             .locked
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(&ino.0)
-        {
+            .contains(&ino.0);
+        if !locked && !self.inner.behind.pending(ino.0) {
             reply.ok();
             return;
         }
         self.spawn(move |s| async move {
+            tryr!(reply, s.behind.drain(ino.0).await);
+            if !locked {
+                reply.ok();
+                return;
+            }
             let h = tryr!(reply, s.file(fh).await);
             tryr!(reply, s.vol.flush(&h, lock_owner.0).await);
             reply.ok();
@@ -808,7 +869,22 @@ impl fuser::Filesystem for ShoalFs {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh.0);
         self.spawn(move |s| async move {
-            if let Some(h) = h.and_then(|f| f.handle.get().cloned()) {
+            let id = h.as_ref().map(|f| f.id);
+            if let (Some(h), Some(id)) = (h.and_then(|f| f.handle.get().cloned()), id) {
+                // Its writes still use the handle.
+                s.behind.settle(ino.0).await;
+                let last = !s
+                    .files
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .any(|f| f.id == id);
+                if last {
+                    // Nobody is left to hear of a failure that no flush reported.
+                    if let Err(e) = s.behind.drain(ino.0).await {
+                        tracing::warn!(%id, "a write to a file closed since failed: {e}");
+                    }
+                }
                 let start = s.start();
                 match s.vol.release(&h).await {
                     // The file as it was closed, after this mount's writes: the next stat
@@ -829,8 +905,9 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         self.spawn(move |s| async move {
+            tryr!(reply, s.behind.drain(ino.0).await);
             let h = tryr!(reply, s.file(fh).await);
             tryr!(reply, s.vol.fsync(&h, datasync).await);
             reply.ok();
@@ -1060,6 +1137,8 @@ impl fuser::Filesystem for ShoalFs {
             .insert(ino.0);
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
+            // Whoever takes the lock next must find this mount's writes made under it.
+            s.behind.settle(ino.0).await;
             let kind = tryr!(reply, lock_kind(typ));
             let l = Lock {
                 kind,
@@ -1099,6 +1178,8 @@ impl fuser::Filesystem for ShoalFs {
             .insert(ino.0);
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
+            // Whoever takes the lock next must find this mount's writes made under it.
+            s.behind.settle(ino.0).await;
             let kind = tryr!(reply, lock_kind(typ));
             let l = Lock {
                 kind,
@@ -1123,6 +1204,7 @@ impl fuser::Filesystem for ShoalFs {
         reply: ReplyEmpty,
     ) {
         self.spawn(move |s| async move {
+            s.behind.settle(ino.0).await;
             let h = tryr!(reply, s.file(fh).await);
             s.wrote(ino.0);
             let r = s.vol.fallocate(&h, mode as u32, offset, length).await;

@@ -7,6 +7,7 @@
 //! the kernel from the task that finishes the request.
 
 mod attr;
+mod behind;
 mod cache;
 mod dirs;
 mod fs;
