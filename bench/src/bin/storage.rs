@@ -174,6 +174,10 @@ struct Sample {
 fn measure(dir: &Path, pids: &[u32], p: &Params) -> Result<Sample> {
     let mut s = Sample::default();
     let seq = dir.join("seq");
+    // Every row's writes start with free memory: otherwise the page reclaim they cause
+    // (of what earlier rows left cached) is charged to whichever process allocates, and the
+    // CPU per GiB measures the previous row as much as this one.
+    drop_caches();
     let cpu0 = cpu_seconds(pids);
     let out = fio(&[
         "--name=seqw",
