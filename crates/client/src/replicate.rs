@@ -326,12 +326,18 @@ impl Xlator for Replicate {
         let results = self
             .fan(|_, c| c.create(parent, name, node, symlink_target, open))
             .await;
+        // Children that never answered: they may have made the name, or may yet.
+        let unknown = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.as_ref().is_err_and(|e| e.is_transport()))
+            .fold(0, |m, (i, _)| m | bit(i));
         let out = Self::outcome(results)?;
         let ok_mask = out.ok.iter().fold(0, |m, (i, _)| m | bit(*i));
         if !self.quorum(ok_mask) {
             // A child went away unnoticed until now, and too few copies took the new name:
             // it is taken back, so that nothing is left of a create that was refused.
-            let mut kept = Vec::new();
+            let (mut kept, mut taken_back) = (Vec::new(), Vec::new());
             for (i, (_, h)) in out.ok {
                 let c = &self.children[i];
                 if let Some(h) = h {
@@ -347,10 +353,17 @@ impl Xlator for Replicate {
                         "cannot take back a create refused for want of quorum: {e}"
                     );
                     kept.push(i);
+                } else {
+                    taken_back.push(i);
                 }
             }
             if !kept.is_empty() {
                 self.mark(parent, &kept, out.failed).await;
+            }
+            // What a silent child did with the name is unknown: its copy of the directory
+            // is to be checked against the others.
+            if unknown != 0 && !taken_back.is_empty() {
+                self.mark(parent, &taken_back, unknown).await;
             }
             return Err(Errno::EROFS);
         }

@@ -127,6 +127,7 @@ fn replica_2_takes_back_a_create_that_only_its_second_brick_took() {
         !b.bricks[1].path.join("d/g").exists(),
         "a refused create left its file behind"
     );
-    assert_eq!(pending(&b.bricks[1].path, "d", 0), 0, "nothing to heal");
+    // Brick 0 may still make it when it runs again: its copy of the directory is marked.
+    assert!(pending(&b.bricks[1].path, "d", 0) > 0, "d not marked for brick 0");
     b.kill(0);
 }
