@@ -123,6 +123,11 @@ impl Behind {
         }
     }
 
+    /// The failure a flush of `ino` would report, if any (left for it to report).
+    pub fn failed(&self, ino: u64) -> Option<Errno> {
+        self.get(ino).and_then(|p| lock(&p.state).error)
+    }
+
     /// Waits until `ino` has no write in flight.
     pub async fn settle(&self, ino: u64) {
         self.wait(ino, false).await;
@@ -223,6 +228,7 @@ mod tests {
             assert_eq!(b.admit(7, 100, 10).await.err(), Some(Errno::ENOSPC));
             b.settle(7).await;
             assert!(b.pending(7), "settling keeps the error for the flush");
+            assert_eq!(b.failed(7), Some(Errno::ENOSPC));
             assert_eq!(b.drain(7).await, Err(Errno::ENOSPC));
             assert_eq!(b.drain(7).await, Ok(()));
             assert!(!b.pending(7));

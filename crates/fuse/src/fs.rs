@@ -804,8 +804,13 @@ impl fuser::Filesystem for ShoalFs {
         self.spawn(move |s| async move {
             let h = tryr!(reply, s.file(fh).await);
             if !behind {
-                // After any of the file's writes that went behind, as it must land after them.
-                tryr!(reply, s.behind.drain(ino.0).await);
+                // After any of the file's writes that went behind, as it must land after them;
+                // and, as those would, failing after one of them failed.
+                s.behind.settle(ino.0).await;
+                if let Some(e) = s.behind.failed(ino.0) {
+                    reply.error(ferr(e));
+                    return;
+                }
                 s.wrote(ino.0);
                 let r = s.vol.write(&h, offset, data).await;
                 s.wrote(ino.0);
@@ -841,13 +846,13 @@ impl fuser::Filesystem for ShoalFs {
             return;
         }
         self.spawn(move |s| async move {
-            tryr!(reply, s.behind.drain(ino.0).await);
-            if !locked {
-                reply.ok();
-                return;
+            let written = s.behind.drain(ino.0).await;
+            if locked {
+                // The locks go even if a write failed.
+                let h = tryr!(reply, s.file(fh).await);
+                tryr!(reply, s.vol.flush(&h, lock_owner.0).await);
             }
-            let h = tryr!(reply, s.file(fh).await);
-            tryr!(reply, s.vol.flush(&h, lock_owner.0).await);
+            tryr!(reply, written);
             reply.ok();
         });
     }
@@ -907,9 +912,11 @@ impl fuser::Filesystem for ShoalFs {
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         self.spawn(move |s| async move {
-            tryr!(reply, s.behind.drain(ino.0).await);
+            // What did reach the bricks is made durable even if a write failed.
+            let written = s.behind.drain(ino.0).await;
             let h = tryr!(reply, s.file(fh).await);
             tryr!(reply, s.vol.fsync(&h, datasync).await);
+            tryr!(reply, written);
             reply.ok();
         });
     }
