@@ -941,17 +941,19 @@ impl Store {
 
     pub fn read(&self, file: &OpenFile, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
         let size = (size as usize).min(proto::frame::MAX_DATA);
-        let mut buf = vec![0u8; size];
-        let mut done = 0;
-        while done < size {
-            match rustix::io::pread(&file.fd, &mut buf[done..], offset + done as u64) {
+        // Read into the spare capacity: zeroing a megabyte first would cost as much as
+        // a good part of the copy.
+        let mut buf = Vec::with_capacity(size);
+        while buf.len() < size {
+            let at = offset + buf.len() as u64;
+            match rustix::io::pread(&file.fd, rustix::buffer::spare_capacity(&mut buf), at) {
                 Ok(0) => break,
-                Ok(n) => done += n,
+                Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(errno(e)),
             }
         }
-        buf.truncate(done);
+        buf.truncate(size);
         Ok(buf)
     }
 

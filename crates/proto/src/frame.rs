@@ -85,8 +85,14 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
             frame: len,
         });
     }
-    let mut body = BytesMut::zeroed(body_len);
-    read_exact(r, &mut body).await?;
+    // Filled from the socket without zeroing it first, and never past this frame.
+    let mut body = BytesMut::with_capacity(body_len);
+    while body.len() < body_len {
+        let want = (body_len - body.len()) as u64;
+        if (&mut *r).take(want).read_buf(&mut body).await? == 0 {
+            return Err(FrameError::Truncated);
+        }
+    }
     let mut body = body.freeze();
     let header = body.split_to(header_len);
     Ok(Some(Frame {
