@@ -357,8 +357,10 @@ impl Xlator for Replicate {
                     taken_back.push(i);
                 }
             }
+            // Where it could not be taken back, every other copy now lacks the name.
             if !kept.is_empty() {
-                self.mark(parent, &kept, out.failed).await;
+                let lacking = taken_back.iter().fold(out.failed, |m, i| m | bit(*i));
+                self.mark(parent, &kept, lacking).await;
             }
             // What a silent child did with the name is unknown: its copy of the directory
             // is to be checked against the others.

@@ -3,14 +3,18 @@
 //! caps a sequential writer at what one request at a time can carry).
 //!
 //! The promises are those of NFS and of a local page cache: a close (flush) or fsync waits
-//! for the file's writes and reports any that failed; so do reads, attribute fetches, size
-//! changes and locks of that file from this mount. A write that failed also fails the next
-//! writes to its file. Writes in flight never overlap, so the bricks cannot apply two of
-//! them out of order; their bytes are bounded across the mount. `O_SYNC`, `O_DSYNC` and
-//! `O_DIRECT` writes do not go behind.
+//! for the file's writes and reports a failure among them; reads, attribute fetches, size
+//! changes and locks of that file from this mount wait for them too. As with the kernel's
+//! `errseq`, a failure is reported once to every open file (the kernel's file handle, which
+//! dup'ed and inherited descriptors share) that was open when it happened, at its next
+//! flush or fsync, and its writes fail meanwhile; never to one opened after it. Waits are
+//! for the writes admitted before them, so a busy writer cannot starve a reader. Writes in
+//! flight never overlap, so the bricks cannot apply two of them out of order; their bytes
+//! are bounded across the mount. `O_SYNC`, `O_DSYNC` and `O_DIRECT` writes do not go behind.
 
 use proto::Errno;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
@@ -19,10 +23,20 @@ pub const BUDGET: usize = 16 << 20;
 
 #[derive(Default)]
 struct State {
-    /// Byte ranges `[start, end)` in flight.
-    ranges: Vec<(u64, u64)>,
-    /// The first failure not yet reported by a flush or fsync.
+    /// Writes in flight: (admission number, start, end).
+    ranges: Vec<(u64, u64, u64)>,
+    /// Writes admitted so far.
+    admitted: u64,
+    /// Failures so far, and the latest one.
+    failures: u64,
     error: Option<Errno>,
+}
+
+impl State {
+    /// The latest failure, if it came after the `seen` first ones.
+    fn unseen(&self, seen: u64) -> Option<Errno> {
+        (self.failures > seen).then_some(self.error).flatten()
+    }
 }
 
 #[derive(Default)]
@@ -36,6 +50,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Writes behind, per inode. An inode's entry lives while it has writes in flight, and
+/// after a failure until [`Behind::forget`] (its last close).
 pub struct Behind {
     budget: Arc<Semaphore>,
     size: usize,
@@ -52,7 +68,7 @@ impl Default for Behind {
 /// was cancelled), it counts as failed.
 pub struct Ticket {
     ino: u64,
-    range: (u64, u64),
+    number: u64,
     pending: Arc<Pending>,
     behind: Arc<Behind>,
     _permit: OwnedSemaphorePermit,
@@ -77,9 +93,31 @@ impl Behind {
         lock(&self.files).contains_key(&ino)
     }
 
+    /// True if `ino` has writes in flight.
+    pub fn in_flight(&self, ino: u64) -> bool {
+        self.get(ino).is_some_and(|p| !lock(&p.state).ranges.is_empty())
+    }
+
+    /// How many failures `ino` had so far: what a descriptor opened now has seen.
+    pub fn failures(&self, ino: u64) -> u64 {
+        self.get(ino).map_or(0, |p| lock(&p.state).failures)
+    }
+
+    /// A failure the descriptor that has seen `seen` of them was not told of yet.
+    pub fn failed(&self, ino: u64, seen: u64) -> Option<Errno> {
+        self.get(ino).and_then(|p| lock(&p.state).unseen(seen))
+    }
+
     /// Waits until a write of `len` bytes at `offset` may go: within the budget, and
-    /// overlapping no write in flight. Fails with an earlier write's error.
-    pub async fn admit(self: &Arc<Self>, ino: u64, offset: u64, len: usize) -> Result<Ticket, Errno> {
+    /// overlapping no write in flight. Fails with a failure the writer (that has seen
+    /// `seen`) was not told of.
+    pub async fn admit(
+        self: &Arc<Self>,
+        ino: u64,
+        offset: u64,
+        len: usize,
+        seen: u64,
+    ) -> Result<Ticket, Errno> {
         let want = len.clamp(1, self.size) as u32;
         let permit = self
             .budget
@@ -87,79 +125,77 @@ impl Behind {
             .acquire_many_owned(want)
             .await
             .map_err(|_| Errno::EIO)?;
-        let range = (offset, offset.saturating_add(len as u64));
+        let (start, end) = (offset, offset.saturating_add(len as u64));
         loop {
-            let pending = {
-                // Under the map's lock, so that the entry cannot be dropped as idle meanwhile.
-                let mut files = lock(&self.files);
-                files.entry(ino).or_default().clone()
-            };
+            let pending = lock(&self.files).entry(ino).or_default().clone();
             let ended = pending.ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
             {
+                // Under the map's lock, so that the entry cannot be dropped as idle meanwhile.
                 let files = lock(&self.files);
                 let mut st = lock(&pending.state);
-                if let Some(e) = st.error {
+                if let Some(e) = st.unseen(seen) {
                     return Err(e);
                 }
-                let current = files.get(&ino).is_some_and(|p| Arc::ptr_eq(p, &pending));
-                if current && !st.ranges.iter().any(|r| r.0 < range.1 && range.0 < r.1) {
-                    st.ranges.push(range);
+                if !files.get(&ino).is_some_and(|p| Arc::ptr_eq(p, &pending)) {
+                    continue; // dropped as idle meanwhile: take the new entry
+                }
+                if !st.ranges.iter().any(|r| r.1 < end && start < r.2) {
+                    let number = st.admitted;
+                    st.admitted += 1;
+                    st.ranges.push((number, start, end));
                     return Ok(Ticket {
                         ino,
-                        range,
+                        number,
                         pending: pending.clone(),
                         behind: self.clone(),
                         _permit: permit,
                         told: false,
                     });
                 }
-                if !current {
-                    continue; // dropped as idle meanwhile: take the new entry
-                }
             }
             ended.await;
         }
     }
 
-    /// The failure a flush of `ino` would report, if any (left for it to report).
-    pub fn failed(&self, ino: u64) -> Option<Errno> {
-        self.get(ino).and_then(|p| lock(&p.state).error)
-    }
-
-    /// Waits until `ino` has no write in flight.
+    /// Waits until the writes to `ino` admitted so far have ended.
     pub async fn settle(&self, ino: u64) {
-        self.wait(ino, false).await;
+        let Some(pending) = self.get(ino) else { return };
+        let upto = lock(&pending.state).admitted;
+        loop {
+            let ended = pending.ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            if !lock(&pending.state).ranges.iter().any(|r| r.0 < upto) {
+                return;
+            }
+            ended.await;
+        }
     }
 
-    /// Waits until `ino` has no write in flight, then reports (once) a failure among them.
-    pub async fn drain(&self, ino: u64) -> Result<(), Errno> {
-        match self.wait(ino, true).await {
-            Some(e) => Err(e),
+    /// For a flush or fsync through a descriptor that has seen `seen` failures: waits for
+    /// the writes admitted so far, then reports a failure it was not told of (once).
+    pub async fn report(&self, ino: u64, seen: &AtomicU64) -> Result<(), Errno> {
+        self.settle(ino).await;
+        let Some(pending) = self.get(ino) else {
+            return Ok(());
+        };
+        let st = lock(&pending.state);
+        match st.unseen(seen.load(Ordering::SeqCst)) {
+            Some(e) => {
+                seen.store(st.failures, Ordering::SeqCst);
+                Err(e)
+            }
             None => Ok(()),
         }
     }
 
-    async fn wait(&self, ino: u64, take: bool) -> Option<Errno> {
-        loop {
-            let pending = self.get(ino)?;
-            let ended = pending.ended.notified();
-            tokio::pin!(ended);
-            ended.as_mut().enable();
-            {
-                let mut st = lock(&pending.state);
-                if st.ranges.is_empty() {
-                    let e = if take { st.error.take() } else { st.error };
-                    let idle = st.error.is_none();
-                    drop(st);
-                    if idle {
-                        self.forget_if_idle(ino, &pending);
-                    }
-                    return e;
-                }
-            }
-            ended.await;
+    /// The last descriptor of `ino` was closed: nobody is left to tell of its failures.
+    pub fn forget(&self, ino: u64) {
+        let mut files = lock(&self.files);
+        if files.get(&ino).is_some_and(|p| lock(&p.state).ranges.is_empty()) {
+            files.remove(&ino);
         }
     }
 
@@ -168,7 +204,7 @@ impl Behind {
         let mut files = lock(&self.files);
         if let Some(p) = files.get(&ino) {
             let st = lock(&p.state);
-            if Arc::ptr_eq(p, pending) && st.ranges.is_empty() && st.error.is_none() {
+            if Arc::ptr_eq(p, pending) && st.ranges.is_empty() && st.failures == 0 {
                 drop(st);
                 files.remove(&ino);
             }
@@ -186,11 +222,10 @@ impl Ticket {
         self.told = true;
         {
             let mut st = lock(&self.pending.state);
-            if let Some(i) = st.ranges.iter().position(|x| *x == self.range) {
-                st.ranges.swap_remove(i);
-            }
+            st.ranges.retain(|x| x.0 != self.number);
             if let Err(e) = r {
-                st.error.get_or_insert(e);
+                st.failures += 1;
+                st.error = Some(e);
             }
         }
         self.pending.ended.notify_waiters();
@@ -219,33 +254,46 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_is_reported_once_by_drain_and_fails_later_writes_until_then() {
+    fn a_failure_is_reported_once_to_each_descriptor_open_when_it_happened() {
         rt().block_on(async {
             let b = Arc::new(Behind::default());
-            let t = b.admit(7, 0, 10).await.unwrap();
-            assert!(b.pending(7));
+            let (writer, reader) = (AtomicU64::new(b.failures(7)), AtomicU64::new(b.failures(7)));
+            let t = b.admit(7, 0, 10, 0).await.unwrap();
+            assert!(b.pending(7) && b.in_flight(7));
             t.done(Err(Errno::ENOSPC));
-            assert_eq!(b.admit(7, 100, 10).await.err(), Some(Errno::ENOSPC));
-            b.settle(7).await;
-            assert!(b.pending(7), "settling keeps the error for the flush");
-            assert_eq!(b.failed(7), Some(Errno::ENOSPC));
-            assert_eq!(b.drain(7).await, Err(Errno::ENOSPC));
-            assert_eq!(b.drain(7).await, Ok(()));
+            assert!(!b.in_flight(7));
+            // The writer's next writes fail until it is told.
+            assert_eq!(b.admit(7, 100, 10, 0).await.err(), Some(Errno::ENOSPC));
+            assert_eq!(b.failed(7, 0), Some(Errno::ENOSPC));
+            // A descriptor opened now never hears of it.
+            let later = AtomicU64::new(b.failures(7));
+            assert_eq!(b.report(7, &later).await, Ok(()));
+            b.admit(7, 100, 10, later.load(Ordering::SeqCst))
+                .await
+                .unwrap()
+                .done(Ok(()));
+            // Each one open before hears of it once.
+            assert_eq!(b.report(7, &reader).await, Err(Errno::ENOSPC));
+            assert_eq!(b.report(7, &reader).await, Ok(()));
+            assert_eq!(b.report(7, &writer).await, Err(Errno::ENOSPC));
+            assert_eq!(b.report(7, &writer).await, Ok(()));
+            assert!(b.pending(7), "kept until the last close");
+            b.forget(7);
             assert!(!b.pending(7));
-            b.admit(7, 100, 10).await.unwrap().done(Ok(()));
-            assert!(!b.pending(7));
+            b.admit(7, 100, 10, 0).await.unwrap().done(Ok(()));
+            assert!(!b.pending(7), "an entry without failures goes when idle");
         });
     }
 
     #[test]
-    fn overlapping_writes_wait_for_each_other_and_drain_waits_for_all() {
+    fn overlapping_writes_wait_for_each_other_and_settle_waits_for_earlier_ones() {
         rt().block_on(async {
             let b = Arc::new(Behind::default());
-            let first = b.admit(1, 0, 100).await.unwrap();
+            let first = b.admit(1, 0, 100, 0).await.unwrap();
             // Disjoint: admitted at once.
-            let beside = b.admit(1, 100, 50).await.unwrap();
+            let beside = b.admit(1, 100, 50, 0).await.unwrap();
             let b2 = b.clone();
-            let mut over = tokio::spawn(async move { b2.admit(1, 50, 100).await.map(|t| t.done(Ok(()))) });
+            let mut over = tokio::spawn(async move { b2.admit(1, 50, 100, 0).await.map(|t| t.done(Ok(()))) });
             assert!(tokio::time::timeout(Duration::from_millis(50), &mut over)
                 .await
                 .is_err());
@@ -255,11 +303,31 @@ mod tests {
                 .await
                 .is_err());
             let b3 = b.clone();
-            let drain = tokio::spawn(async move { b3.drain(1).await });
+            let settle = tokio::spawn(async move { b3.settle(1).await });
             beside.done(Ok(()));
             over.await.unwrap().unwrap();
-            assert_eq!(drain.await.unwrap(), Ok(()));
+            settle.await.unwrap();
             assert!(!b.pending(1));
+        });
+    }
+
+    #[test]
+    fn settling_does_not_wait_for_writes_admitted_after_it() {
+        rt().block_on(async {
+            let b = Arc::new(Behind::default());
+            let early = b.admit(1, 0, 10, 0).await.unwrap();
+            let b2 = b.clone();
+            let mut settle = tokio::spawn(async move { b2.settle(1).await });
+            assert!(tokio::time::timeout(Duration::from_millis(20), &mut settle)
+                .await
+                .is_err());
+            let late = b.admit(1, 10, 10, 0).await.unwrap();
+            early.done(Ok(()));
+            tokio::time::timeout(Duration::from_secs(5), settle)
+                .await
+                .expect("settle waited for a later write")
+                .unwrap();
+            late.done(Ok(()));
         });
     }
 
@@ -267,15 +335,15 @@ mod tests {
     fn the_budget_bounds_bytes_in_flight_and_a_dropped_ticket_counts_as_failed() {
         rt().block_on(async {
             let b = Arc::new(Behind::new(100));
-            let t = b.admit(1, 0, 100).await.unwrap();
+            let t = b.admit(1, 0, 100, 0).await.unwrap();
             let b2 = b.clone();
-            let mut next = tokio::spawn(async move { b2.admit(2, 0, 10).await.map(|t| t.done(Ok(()))) });
+            let mut next = tokio::spawn(async move { b2.admit(2, 0, 10, 0).await.map(|t| t.done(Ok(()))) });
             assert!(tokio::time::timeout(Duration::from_millis(50), &mut next)
                 .await
                 .is_err());
             drop(t);
             next.await.unwrap().unwrap();
-            assert_eq!(b.drain(1).await, Err(Errno::EIO));
+            assert_eq!(b.report(1, &AtomicU64::new(0)).await, Err(Errno::EIO));
         });
     }
 }

@@ -70,6 +70,9 @@ struct OpenFile {
     handle: tokio::sync::OnceCell<Arc<Handle>>,
     /// Written through before.
     wrote: AtomicBool,
+    /// Failures of writes behind to this file that it was told of (or that came before it
+    /// was opened).
+    seen: AtomicU64,
 }
 
 /// What changes whenever a file's data changes.
@@ -158,13 +161,14 @@ impl Inner {
         }
     }
 
-    fn add_file(&self, id: FileId, flags: u32, h: Option<Handle>) -> u64 {
+    fn add_file(&self, ino: u64, id: FileId, flags: u32, h: Option<Handle>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let f = OpenFile {
             id,
             flags,
             handle: tokio::sync::OnceCell::new_with(h.map(Arc::new)),
             wrote: AtomicBool::new(false),
+            seen: AtomicU64::new(self.behind.failures(ino)),
         };
         self.files
             .lock()
@@ -291,6 +295,36 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Waits for the writes behind to `ino` so far, and reports a failure among them that
+    /// the descriptor `fh` was not told of.
+    async fn report(&self, ino: u64, fh: FileHandle) -> Result<(), Errno> {
+        let f = self
+            .files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&fh.0)
+            .cloned();
+        match f {
+            Some(f) => self.behind.report(ino, &f.seen).await,
+            None => {
+                self.behind.settle(ino).await;
+                Ok(())
+            }
+        }
+    }
+
+    /// `e`, fetched while writes behind to it were in flight, may show it before them (a
+    /// smaller size the kernel would believe): fetched again once they have ended.
+    async fn settled(&self, e: Entry) -> Result<Entry, Errno> {
+        match self.inodes.known(e.attr.id) {
+            Some(ino) if self.behind.in_flight(ino) => {
+                self.behind.settle(ino).await;
+                self.vol.getattr(e.attr.id).await
+            }
+            _ => Ok(e),
+        }
     }
 
     /// This mount wrote to `ino` (or is about to).
@@ -454,7 +488,10 @@ impl fuser::Filesystem for ShoalFs {
             let p = tryr!(reply, s.id(parent));
             let start = s.start();
             match s.vol.lookup(p, &name).await {
-                Ok(e) => s.reply_entry(reply, &e, start, p),
+                Ok(e) => {
+                    let e = tryr!(reply, s.settled(e).await);
+                    s.reply_entry(reply, &e, start, p)
+                }
                 Err(Errno::ENOENT) => match s.ttls(&[p], start) {
                     // The kernel remembers the absence too; a brick announces the name's
                     // creation by another client.
@@ -686,6 +723,7 @@ impl fuser::Filesystem for ShoalFs {
             let np = tryr!(reply, s.id(newparent));
             let start = s.start();
             let e = tryr!(reply, s.vol.link(id, np, &newname).await);
+            let e = tryr!(reply, s.settled(e).await);
             s.attrs.touch_dir(newparent.0, e.attr.ctime);
             s.complete.added(newparent.0, &newname);
             s.reply_entry(reply, &e, start, np);
@@ -748,7 +786,7 @@ impl fuser::Filesystem for ShoalFs {
                     }
                 }
             }
-            let fh = s.add_file(id, flags, h);
+            let fh = s.add_file(ino.0, id, flags, h);
             let fopen = if unchanged {
                 FopenFlags::FOPEN_KEEP_CACHE
             } else {
@@ -794,20 +832,23 @@ impl fuser::Filesystem for ShoalFs {
         // nothing from going behind (its close waits for the write anyway) and would pay
         // for the extra hand-off.
         let sync = libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT;
-        let behind = self
+        let (behind, seen) = self
             .inner
             .files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&fh.0)
-            .is_some_and(|f| f.flags as i32 & sync == 0 && f.wrote.swap(true, Ordering::Relaxed));
+            .map_or((false, 0), |f| {
+                let behind = f.flags as i32 & sync == 0 && f.wrote.swap(true, Ordering::Relaxed);
+                (behind, f.seen.load(Ordering::SeqCst))
+            });
         self.spawn(move |s| async move {
             let h = tryr!(reply, s.file(fh).await);
             if !behind {
                 // After any of the file's writes that went behind, as it must land after them;
                 // and, as those would, failing after one of them failed.
                 s.behind.settle(ino.0).await;
-                if let Some(e) = s.behind.failed(ino.0) {
+                if let Some(e) = s.behind.failed(ino.0, seen) {
                     reply.error(ferr(e));
                     return;
                 }
@@ -819,7 +860,7 @@ impl fuser::Filesystem for ShoalFs {
                 return;
             }
             let len = data.len() as u32;
-            let ticket = tryr!(reply, s.behind.admit(ino.0, offset, data.len()).await);
+            let ticket = tryr!(reply, s.behind.admit(ino.0, offset, data.len(), seen).await);
             s.wrote(ino.0);
             let inner = s.clone();
             // Sent from this thread; the reply finishes it wherever it arrives.
@@ -846,7 +887,7 @@ impl fuser::Filesystem for ShoalFs {
             return;
         }
         self.spawn(move |s| async move {
-            let written = s.behind.drain(ino.0).await;
+            let written = s.report(ino.0, fh).await;
             if locked {
                 // The locks go even if a write failed.
                 let h = tryr!(reply, s.file(fh).await);
@@ -885,10 +926,7 @@ impl fuser::Filesystem for ShoalFs {
                     .values()
                     .any(|f| f.id == id);
                 if last {
-                    // Nobody is left to hear of a failure that no flush reported.
-                    if let Err(e) = s.behind.drain(ino.0).await {
-                        tracing::warn!(%id, "a write to a file closed since failed: {e}");
-                    }
+                    s.behind.forget(ino.0);
                 }
                 let start = s.start();
                 match s.vol.release(&h).await {
@@ -913,7 +951,7 @@ impl fuser::Filesystem for ShoalFs {
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         self.spawn(move |s| async move {
             // What did reach the bricks is made durable even if a write failed.
-            let written = s.behind.drain(ino.0).await;
+            let written = s.report(ino.0, fh).await;
             let h = tryr!(reply, s.file(fh).await);
             tryr!(reply, s.vol.fsync(&h, datasync).await);
             tryr!(reply, written);
@@ -1114,7 +1152,7 @@ impl fuser::Filesystem for ShoalFs {
             s.keep(ino, &e, ttl, start);
             s.attrs.touch_dir(parent.0, e.attr.ctime);
             s.complete.added(parent.0, &name);
-            let fh = s.add_file(e.attr.id, flags as u32, Some(h));
+            let fh = s.add_file(ino, e.attr.id, flags as u32, Some(h));
             reply.created(
                 &ttl,
                 &file_attr(ino, &e.attr),

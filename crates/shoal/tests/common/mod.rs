@@ -119,6 +119,16 @@ impl Bricks {
         }
     }
 
+    /// SIGCONT of a stopped brick server.
+    pub fn resume(&mut self, i: usize) {
+        if let Some(c) = &self.bricks[i].child {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_child(c),
+                rustix::process::Signal::CONT,
+            );
+        }
+    }
+
     /// Starts a killed brick again on its old address.
     pub fn restart(&mut self, i: usize) {
         let b = &mut self.bricks[i];
