@@ -5,9 +5,11 @@
 //! The promises are those of NFS and of a local page cache: a close (flush) or fsync waits
 //! for the file's writes and reports a failure among them; reads, attribute fetches, size
 //! changes and locks of that file from this mount wait for them too. As with the kernel's
-//! `errseq`, a failure is reported once to every open file (the kernel's file handle, which
-//! dup'ed and inherited descriptors share) that was open when it happened, at its next
-//! flush or fsync, and its writes fail meanwhile; never to one opened after it. Waits are
+//! `errseq`, a failure concerns every open file (the kernel's file handle, which dup'ed and
+//! inherited descriptors share) that was open when it happened, never one opened after:
+//! each close of it reports the failure (a child's exec closing an inherited copy must not
+//! take the report from the writer's own close), its writes fail, and an fsync reports it
+//! once and clears it. Waits are
 //! for the writes admitted before them, so a busy writer cannot starve a reader. Writes in
 //! flight never overlap, so the bricks cannot apply two of them out of order; their bytes
 //! are bounded across the mount. `O_SYNC`, `O_DSYNC` and `O_DIRECT` writes do not go behind.
@@ -174,9 +176,10 @@ impl Behind {
         }
     }
 
-    /// For a flush or fsync through a descriptor that has seen `seen` failures: waits for
-    /// the writes admitted so far, then reports a failure it was not told of (once).
-    pub async fn report(&self, ino: u64, seen: &AtomicU64) -> Result<(), Errno> {
+    /// For a flush or fsync through an open file that has seen `seen` failures: waits for
+    /// the writes admitted so far, then reports a failure it was not told of; `clear`
+    /// (fsync) counts it as told.
+    pub async fn report(&self, ino: u64, seen: &AtomicU64, clear: bool) -> Result<(), Errno> {
         self.settle(ino).await;
         let Some(pending) = self.get(ino) else {
             return Ok(());
@@ -184,7 +187,9 @@ impl Behind {
         let st = lock(&pending.state);
         match st.unseen(seen.load(Ordering::SeqCst)) {
             Some(e) => {
-                seen.store(st.failures, Ordering::SeqCst);
+                if clear {
+                    seen.store(st.failures, Ordering::SeqCst);
+                }
                 Err(e)
             }
             None => Ok(()),
@@ -254,7 +259,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failure_is_reported_once_to_each_descriptor_open_when_it_happened() {
+    fn a_failure_is_reported_to_each_file_open_when_it_happened_until_an_fsync() {
         rt().block_on(async {
             let b = Arc::new(Behind::default());
             let (writer, reader) = (AtomicU64::new(b.failures(7)), AtomicU64::new(b.failures(7)));
@@ -267,16 +272,19 @@ mod tests {
             assert_eq!(b.failed(7, 0), Some(Errno::ENOSPC));
             // A descriptor opened now never hears of it.
             let later = AtomicU64::new(b.failures(7));
-            assert_eq!(b.report(7, &later).await, Ok(()));
+            assert_eq!(b.report(7, &later, false).await, Ok(()));
             b.admit(7, 100, 10, later.load(Ordering::SeqCst))
                 .await
                 .unwrap()
                 .done(Ok(()));
-            // Each one open before hears of it once.
-            assert_eq!(b.report(7, &reader).await, Err(Errno::ENOSPC));
-            assert_eq!(b.report(7, &reader).await, Ok(()));
-            assert_eq!(b.report(7, &writer).await, Err(Errno::ENOSPC));
-            assert_eq!(b.report(7, &writer).await, Ok(()));
+            // Each one open before hears of it at every close, until an fsync.
+            assert_eq!(b.report(7, &reader, false).await, Err(Errno::ENOSPC));
+            assert_eq!(b.report(7, &writer, false).await, Err(Errno::ENOSPC));
+            assert_eq!(b.report(7, &writer, false).await, Err(Errno::ENOSPC));
+            assert_eq!(b.report(7, &writer, true).await, Err(Errno::ENOSPC));
+            assert_eq!(b.report(7, &writer, false).await, Ok(()));
+            assert_eq!(b.report(7, &reader, true).await, Err(Errno::ENOSPC));
+            assert_eq!(b.report(7, &reader, true).await, Ok(()));
             assert!(b.pending(7), "kept until the last close");
             b.forget(7);
             assert!(!b.pending(7));
@@ -343,7 +351,7 @@ mod tests {
                 .is_err());
             drop(t);
             next.await.unwrap().unwrap();
-            assert_eq!(b.report(1, &AtomicU64::new(0)).await, Err(Errno::EIO));
+            assert_eq!(b.report(1, &AtomicU64::new(0), true).await, Err(Errno::EIO));
         });
     }
 }

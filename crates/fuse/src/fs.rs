@@ -298,8 +298,8 @@ impl Inner {
     }
 
     /// Waits for the writes behind to `ino` so far, and reports a failure among them that
-    /// the descriptor `fh` was not told of.
-    async fn report(&self, ino: u64, fh: FileHandle) -> Result<(), Errno> {
+    /// the open file `fh` was not told of; `clear` (fsync) counts it as told.
+    async fn report(&self, ino: u64, fh: FileHandle, clear: bool) -> Result<(), Errno> {
         let f = self
             .files
             .lock()
@@ -307,7 +307,7 @@ impl Inner {
             .get(&fh.0)
             .cloned();
         match f {
-            Some(f) => self.behind.report(ino, &f.seen).await,
+            Some(f) => self.behind.report(ino, &f.seen, clear).await,
             None => {
                 self.behind.settle(ino).await;
                 Ok(())
@@ -887,7 +887,7 @@ impl fuser::Filesystem for ShoalFs {
             return;
         }
         self.spawn(move |s| async move {
-            let written = s.report(ino.0, fh).await;
+            let written = s.report(ino.0, fh, false).await;
             if locked {
                 // The locks go even if a write failed.
                 let h = tryr!(reply, s.file(fh).await);
@@ -951,7 +951,7 @@ impl fuser::Filesystem for ShoalFs {
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         self.spawn(move |s| async move {
             // What did reach the bricks is made durable even if a write failed.
-            let written = s.report(ino.0, fh).await;
+            let written = s.report(ino.0, fh, true).await;
             let h = tryr!(reply, s.file(fh).await);
             tryr!(reply, s.vol.fsync(&h, datasync).await);
             tryr!(reply, written);
