@@ -322,6 +322,8 @@ fn main() -> Result<()> {
     let work = fresh.as_ref().map_or(args.dir.clone(), |f| f.mount.clone());
     let shoal = shoal_bin()?;
 
+    // A glusterd this run starts is stopped at its end (it daemonizes: found by name).
+    let _glusterd = Glusterd(args.with_gluster && !run_ok("pgrep", &["-x", "glusterd"]));
     let mut rows: Vec<(String, Sample)> = Vec::new();
     let local_dir = work.join("local");
     std::fs::create_dir_all(&local_dir)?;
@@ -405,6 +407,17 @@ impl Backend for LocalDir {
     }
     fn pids(&self) -> Vec<u32> {
         Vec::new()
+    }
+}
+
+/// Stops glusterd when dropped, if `.0` (this run started it).
+struct Glusterd(bool);
+
+impl Drop for Glusterd {
+    fn drop(&mut self) {
+        if self.0 {
+            let _ = run("pkill", &["-x", "glusterd"]);
+        }
     }
 }
 
