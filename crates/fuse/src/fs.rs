@@ -915,19 +915,23 @@ impl fuser::Filesystem for ShoalFs {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh.0);
         self.spawn(move |s| async move {
-            let id = h.as_ref().map(|f| f.id);
-            if let (Some(h), Some(id)) = (h.and_then(|f| f.handle.get().cloned()), id) {
-                // Its writes still use the handle.
-                s.behind.settle(ino.0).await;
-                let last = !s
-                    .files
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .values()
-                    .any(|f| f.id == id);
-                if last {
-                    s.behind.forget(ino.0);
-                }
+            let Some(f) = h else {
+                reply.ok();
+                return;
+            };
+            // The file's writes still use the handle.
+            s.behind.settle(ino.0).await;
+            let open = s
+                .files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .any(|o| o.id == f.id);
+            if !open {
+                // Nobody is left to tell of a failure.
+                s.behind.forget(ino.0);
+            }
+            if let Some(h) = f.handle.get().cloned() {
                 let start = s.start();
                 match s.vol.release(&h).await {
                     // The file as it was closed, after this mount's writes: the next stat
