@@ -247,10 +247,14 @@ impl Store {
     }
 
     fn entry_at_loc(&self, id: FileId, loc: &Loc) -> Result<Entry, Errno> {
-        let st = self.loc_stat(loc)?;
-        let (_, meta, has_caps) = self.read_meta(&self.loc_target(loc))?;
+        self.entry_from(id, &self.loc_stat(loc)?, &self.loc_target(loc))
+    }
+
+    /// The entry of the object `id` with attributes `st`, whose xattrs `t` reaches.
+    fn entry_from(&self, id: FileId, st: &Stat, t: &XTarget<'_>) -> Result<Entry, Errno> {
+        let (_, meta, has_caps) = self.read_meta(t)?;
         Ok(Entry {
-            attr: sys::attr_from_stat(id, &st)?,
+            attr: sys::attr_from_stat(id, st)?,
             meta,
             has_caps,
         })
@@ -910,12 +914,7 @@ impl Store {
     /// The attributes of an open file, read through its descriptor (no path to walk).
     pub fn entry_of(&self, file: &OpenFile) -> Result<Entry, Errno> {
         let st = rustix::fs::fstat(&file.fd).map_err(errno)?;
-        let (_, meta, has_caps) = self.read_meta(&XTarget::Fd(file.fd.as_fd()))?;
-        Ok(Entry {
-            attr: sys::attr_from_stat(file.id, &st)?,
-            meta,
-            has_caps,
-        })
+        self.entry_from(file.id, &st, &XTarget::Fd(file.fd.as_fd()))
     }
 
     /// Closes a handle; the last close of an unlinked file removes it.

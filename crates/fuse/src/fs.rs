@@ -921,15 +921,18 @@ impl fuser::Filesystem for ShoalFs {
             };
             // The file's writes still use the handle.
             s.behind.settle(ino.0).await;
-            let open = s
-                .files
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .values()
-                .any(|o| o.id == f.id);
-            if !open {
-                // Nobody is left to tell of a failure.
-                s.behind.forget(ino.0);
+            // At the last close nobody is left to tell of a failure. (The scan of open files
+            // only when there is something to forget: most closes have nothing behind.)
+            if s.behind.pending(ino.0) {
+                let open = s
+                    .files
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .values()
+                    .any(|o| o.id == f.id);
+                if !open {
+                    s.behind.forget(ino.0);
+                }
             }
             if let Some(h) = f.handle.get().cloned() {
                 let start = s.start();
