@@ -15,7 +15,6 @@ use proto::outbox::Outbox;
 use proto::service::{Answer, Handled, Service};
 use proto::Errno;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
@@ -395,7 +394,7 @@ impl Service for BrickServer {
     fn open(
         &self,
         peer: &Peer,
-        _addr: SocketAddr,
+        _via: proto::transport::Via,
         closed: watch::Receiver<bool>,
         out: Arc<Outbox>,
     ) -> Arc<Conn> {

@@ -20,7 +20,6 @@ use proto::service::{Handled, Service};
 use proto::Errno;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -1127,7 +1126,7 @@ impl Service for Node {
     fn open(
         &self,
         peer: &Peer,
-        _addr: SocketAddr,
+        _via: proto::transport::Via,
         _closed: watch::Receiver<bool>,
         _out: Arc<proto::outbox::Outbox>,
     ) -> Arc<Peer> {

@@ -12,6 +12,7 @@ pub mod msg;
 pub mod outbox;
 pub mod rpc;
 pub mod service;
+pub mod transport;
 pub mod types;
 
 pub use errno::Errno;

@@ -7,11 +7,11 @@
 //! machine is as much as the rest of a request's round trip; this path has none.
 
 use crate::frame::{self, FrameError};
+use crate::transport::WriteHalf;
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::io::{ErrorKind, IoSlice};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
 /// Pieces handed to one `writev`.
@@ -31,7 +31,7 @@ struct State {
 pub struct Outbox(Arc<Shared>);
 
 struct Shared {
-    sock: OwnedWriteHalf,
+    sock: WriteHalf,
     state: Mutex<State>,
     /// Wakes the drain task when something was queued.
     queued: Notify,
@@ -50,9 +50,9 @@ fn closed() -> FrameError {
 impl Outbox {
     /// Takes over `sock` and starts the task that drains what could not be written at once
     /// (on the current runtime). The task ends when the outbox is closed or dropped.
-    pub fn start(sock: OwnedWriteHalf) -> Arc<Outbox> {
+    pub fn start(sock: impl Into<WriteHalf>) -> Arc<Outbox> {
         let shared = Arc::new(Shared {
-            sock,
+            sock: sock.into(),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 queued_bytes: 0,
@@ -95,7 +95,7 @@ impl Outbox {
     /// queued frames are dropped.
     pub fn close(&self) {
         self.0.close();
-        let _ = rustix::net::shutdown(self.0.sock.as_ref(), rustix::net::Shutdown::Both);
+        let _ = rustix::net::shutdown(&self.0.sock, rustix::net::Shutdown::Both);
     }
 }
 

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 use tokio::io::BufReader;
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -148,8 +147,7 @@ where
 
     async fn establish(&self) -> Result<(), Errno> {
         let attempt = async {
-            let mut s = TcpStream::connect(&self.addr).await.map_err(Errno::from)?;
-            let _ = s.set_nodelay(true);
+            let mut s = crate::transport::connect(&self.addr).await.map_err(Errno::from)?;
             auth::client(&mut s, &self.key, self.role, &self.name)
                 .await
                 .map_err(|e| {
@@ -165,7 +163,7 @@ where
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
             .await
             .map_err(|_| Errno::ETIMEDOUT)??;
-        let (rd, wr) = stream.into_split();
+        let (rd, wr) = stream.into_split().map_err(Errno::from)?;
         let link = Arc::new(Link {
             gen: self.gen.fetch_add(1, Ordering::SeqCst) + 1,
             out: Outbox::start(wr),
@@ -282,7 +280,7 @@ where
 async fn read_loop<Q, R>(
     conn: Weak<Conn<Q, R>>,
     link: Arc<Link<R>>,
-    mut r: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    mut r: BufReader<crate::transport::ReadHalf>,
 ) where
     Q: Serialize + Ping + Send + Sync + 'static,
     R: DeserializeOwned + Send + 'static,

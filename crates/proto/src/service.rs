@@ -10,16 +10,16 @@
 use crate::auth::{self, ClusterKey, Peer};
 use crate::frame::{self, FrameError};
 use crate::outbox::Outbox;
+use crate::transport::{Listener, Stream, Via};
 use crate::Errno;
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 use std::future::Future;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::BufReader;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 /// Requests one connection may have in progress at once.
@@ -53,7 +53,7 @@ pub trait Service: Send + Sync + Sized + 'static {
     fn open(
         &self,
         peer: &Peer,
-        addr: SocketAddr,
+        via: Via,
         closed: watch::Receiver<bool>,
         out: Arc<Outbox>,
     ) -> Arc<Self::Session>;
@@ -71,7 +71,8 @@ pub trait Service: Send + Sync + Sized + 'static {
     }
 }
 
-/// Accepts connections until the listener fails or `shutdown` turns true; connections end
+/// Accepts connections, by TCP on `listener` and by the Unix socket beside it
+/// ([`crate::transport`]), until the listener fails or `shutdown` turns true; connections end
 /// with the shutdown too.
 pub async fn serve<S: Service>(
     svc: Arc<S>,
@@ -79,6 +80,7 @@ pub async fn serve<S: Service>(
     key: ClusterKey,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    let listener = Listener::new(listener);
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -105,12 +107,11 @@ pub async fn serve<S: Service>(
 
 async fn connection<S: Service>(
     svc: Arc<S>,
-    mut stream: TcpStream,
-    addr: SocketAddr,
+    mut stream: Stream,
+    addr: Via,
     key: ClusterKey,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
     let peer = match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::server(&mut stream, &key)).await {
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
@@ -123,7 +124,13 @@ async fn connection<S: Service>(
         }
     };
     let (closed_tx, closed_rx) = watch::channel(false);
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = match stream.into_split() {
+        Ok(halves) => halves,
+        Err(e) => {
+            tracing::warn!(%addr, server = %svc.label(), "cannot set up connection: {e}");
+            return;
+        }
+    };
     let out = Outbox::start(wr);
     let session = svc.open(&peer, addr, closed_rx, out.clone());
     tracing::debug!(%addr, role = %peer.role, name = %peer.name, "connected");
