@@ -553,11 +553,13 @@ impl Store {
         gid: u32,
         perm: u32,
     ) -> Result<OwnedFd, Errno> {
+        // Unnamed until linked, so it may get its permission bits at once (the umask
+        // permitting): most files then need no chmod.
         let fd = match rustix::fs::openat(
             dir,
             ".",
             OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
+            Mode::from_raw_mode(perm & 0o777),
         ) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL) => {
@@ -575,7 +577,10 @@ impl Store {
             )
             .map_err(errno)?;
         }
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm)).map_err(errno)?;
+        // (Set-id bits are never given at creation, so a chown just made cleared none.)
+        if st.st_mode & 0o7777 != perm {
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm)).map_err(errno)?;
+        }
         let fd_path = proc_path(&fd, None);
         rustix::fs::linkat(
             rustix::fs::CWD,
