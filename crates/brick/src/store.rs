@@ -554,12 +554,13 @@ impl Store {
         perm: u32,
     ) -> Result<OwnedFd, Errno> {
         // Unnamed until linked, so it may get its permission bits at once (the umask
-        // permitting): most files then need no chmod.
+        // permitting): most files then need no chmod. Always writable by its owner until
+        // labelled: a brick without root labels in user.* xattrs, which need that.
         let fd = match rustix::fs::openat(
             dir,
             ".",
             OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
-            Mode::from_raw_mode(perm & 0o777),
+            Mode::from_raw_mode((perm & 0o777) | 0o600),
         ) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL) => {

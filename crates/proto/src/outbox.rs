@@ -259,6 +259,7 @@ async fn drain(o: Arc<Shared>) {
 mod tests {
     use super::*;
     use crate::frame::read_frame;
+    use crate::transport;
     use tokio::io::BufReader;
     use tokio::net::tcp::OwnedReadHalf;
     use tokio::net::{TcpListener, TcpStream};
@@ -272,9 +273,32 @@ mod tests {
         (Outbox::start(wr), BufReader::new(s.unwrap().0), rd)
     }
 
+    /// The same over a Unix connection, whose writability is watched only while a sender
+    /// waits for room.
+    async fn unix_pair() -> (Arc<Outbox>, BufReader<transport::Stream>, transport::ReadHalf) {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap().to_string();
+        let l = transport::Listener::new(tcp);
+        let (c, s) = tokio::join!(transport::connect(&addr), l.accept());
+        let c = c.unwrap();
+        assert!(c.is_local(), "expected a Unix connection");
+        let (rd, wr) = c.into_split().unwrap();
+        (Outbox::start(wr), BufReader::new(s.unwrap().0), rd)
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn frames_arrive_whole_and_in_order_when_the_socket_fills() {
-        let (out, mut rd, _own) = pair().await;
+        let (out, rd, _own) = pair().await;
+        fill_then_drain(out, rd).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn frames_arrive_whole_and_in_order_when_a_unix_socket_fills() {
+        let (out, rd, _own) = unix_pair().await;
+        fill_then_drain(out, rd).await;
+    }
+
+    async fn fill_then_drain(out: Arc<Outbox>, mut rd: impl tokio::io::AsyncRead + Unpin) {
         // Far more than the socket buffers hold, sent before the peer reads anything.
         let data = Bytes::from(vec![7u8; 1 << 20]);
         let n = 40u64;

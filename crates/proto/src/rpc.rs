@@ -148,17 +148,17 @@ where
     async fn establish(&self) -> Result<(), Errno> {
         let attempt = async {
             let mut s = crate::transport::connect(&self.addr).await.map_err(Errno::from)?;
-            auth::client(&mut s, &self.key, self.role, &self.name)
-                .await
-                .map_err(|e| {
-                    tracing::warn!(peer = %self.addr, "handshake failed: {e}");
-                    match e {
-                        auth::HandshakeError::Frame(frame::FrameError::Io(io)) => Errno::from(io),
-                        auth::HandshakeError::Frame(_) => Errno::ECONNRESET,
-                        _ => Errno::EACCES,
-                    }
-                })?;
-            Ok::<_, Errno>(s)
+            match self.handshake(&mut s).await {
+                Ok(()) => Ok(s),
+                // Whoever holds the local socket's name is not our peer: TCP decides.
+                Err(_) if s.is_local() => {
+                    let mut s = crate::transport::connect_tcp(&self.addr)
+                        .await
+                        .map_err(Errno::from)?;
+                    self.handshake(&mut s).await.map(|()| s)
+                }
+                Err(e) => Err(e),
+            }
         };
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
             .await
@@ -183,6 +183,20 @@ where
         tracing::debug!(peer = %self.addr, gen = link.gen, "connected");
         *lock(&self.link) = Some(link);
         Ok(())
+    }
+
+    async fn handshake(&self, s: &mut crate::transport::Stream) -> Result<(), Errno> {
+        auth::client(s, &self.key, self.role, &self.name)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::warn!(peer = %self.addr, local = s.is_local(), "handshake failed: {e}");
+                match e {
+                    auth::HandshakeError::Frame(frame::FrameError::Io(io)) => Errno::from(io),
+                    auth::HandshakeError::Frame(_) => Errno::ECONNRESET,
+                    _ => Errno::EACCES,
+                }
+            })
     }
 
     fn start_reconnect(&self) {

@@ -2,13 +2,14 @@
 //! same network namespace.
 //!
 //! Every server that listens on a TCP address also listens on the abstract Unix socket named
-//! after that address (`shoal:IP:PORT`). Abstract names belong to a network namespace, so a
-//! client finding the name in its own namespace has found the very process its TCP
-//! connection would reach on that address, provided the address is one of this namespace's
-//! own (a moved address makes the TCP path go elsewhere, so that is checked first). The
-//! handshake is the same on both paths. A loopback TCP round trip costs about half again as
-//! much as a Unix one on a small machine, and a node's mount reaches its own bricks that way
-//! on every request.
+//! after that address (`shoal:IP:PORT`, `shoal:[IP]:PORT` for IPv6). Abstract names belong to
+//! a network namespace, so a client finding the name for an address configured on one of
+//! its namespace's interfaces (or a loopback address) has found a process of this host that
+//! listens on it. Abstract names carry no permissions, so the client also requires the
+//! listener to run as root or as itself (SO_PEERCRED), and the handshake is the same as on
+//! TCP; if it fails there, the client tries TCP. A loopback TCP round trip costs about half
+//! again as much as a Unix one on a small machine, and a node's mount reaches its own bricks
+//! that way on every request.
 //!
 //! `SHOAL_LOCAL_SOCKETS=off` in a client's environment keeps it on TCP.
 
@@ -22,8 +23,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{tcp, TcpListener, TcpStream, UnixListener, UnixStream};
 
-/// Socket buffer asked for on a Unix connection: the default (about 200 KiB) would split a
-/// 1 MiB write into several wake-ups of the reader.
+/// Send buffer asked for on a Unix connection (the kernel doubles it): the default, about
+/// 200 KiB, would split a 1 MiB frame into several wake-ups of the reader. A Unix socket
+/// counts as writable again only once three quarters of it are free.
 const UNIX_SNDBUF: usize = 4 << 20;
 
 /// The abstract socket name of a server listening on `addr`.
@@ -70,7 +72,17 @@ pub async fn connect(addr: &str) -> std::io::Result<Stream> {
             }
         }
     }
-    let s = TcpStream::connect(&addrs[..]).await?;
+    tcp(&addrs).await
+}
+
+/// Connects to `addr` by TCP whatever listens locally.
+pub async fn connect_tcp(addr: &str) -> std::io::Result<Stream> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host(addr).await?.collect();
+    tcp(&addrs).await
+}
+
+async fn tcp(addrs: &[SocketAddr]) -> std::io::Result<Stream> {
+    let s = TcpStream::connect(addrs).await?;
     let _ = s.set_nodelay(true);
     Ok(Stream::Tcp(s))
 }
@@ -101,10 +113,44 @@ fn connect_local(addr: &SocketAddr) -> Option<UnixStream> {
     })
 }
 
-/// True if `ip` is an address of this network namespace (so a TCP connection to it stays
-/// here): only such an address can be bound.
+/// True if `ip` is this host's in this network namespace: a loopback address, or one
+/// configured on an interface. (Binding to it would not tell: nonlocal binding may be on.)
 fn is_own_address(ip: IpAddr) -> bool {
-    std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+    ip.is_loopback() || interface_addresses().is_ok_and(|own| own.contains(&ip))
+}
+
+/// The addresses on this network namespace's interfaces. By hand over libc's getifaddrs:
+/// one call, where the netlink crates would bring a runtime of their own.
+fn interface_addresses() -> std::io::Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `head` with a list that stays valid until freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut own = Vec::new();
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: `p` is an element of the list, which is still allocated; `ifa_addr`, when
+        // set, points to a socket address of the family it names.
+        let ifa = unsafe { &*p };
+        if !ifa.ifa_addr.is_null() {
+            match i32::from(unsafe { (*ifa.ifa_addr).sa_family }) {
+                libc::AF_INET => {
+                    let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+                    own.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+                }
+                libc::AF_INET6 => {
+                    let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+                    own.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+                }
+                _ => {}
+            }
+        }
+        p = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(own)
 }
 
 fn unix_socket() -> std::io::Result<OwnedFd> {
@@ -127,6 +173,16 @@ fn connect_abstract(name: &str) -> std::io::Result<UnixStream> {
     let addr = rustix::net::SocketAddrUnix::new_abstract_name(name.as_bytes())?;
     // A Unix connect completes at once or fails (EAGAIN when the backlog is full).
     rustix::net::connect(&fd, &addr)?;
+    // Anyone may bind an abstract name first: only root's or our own listener is ours.
+    let peer = rustix::net::sockopt::socket_peercred(&fd)?;
+    if !peer.uid.is_root() && peer.uid != rustix::process::geteuid() {
+        tracing::warn!(
+            name,
+            uid = peer.uid.as_raw(),
+            "a stranger holds the local socket name: using TCP"
+        );
+        return Err(ErrorKind::PermissionDenied.into());
+    }
     UnixStream::from_std(std::os::unix::net::UnixStream::from(fd))
 }
 
@@ -184,6 +240,11 @@ fn listen_abstract(name: &str) -> std::io::Result<UnixListener> {
 }
 
 impl Stream {
+    /// True for a Unix connection.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Stream::Unix(_))
+    }
+
     /// Splits a connection whose handshake is done.
     pub fn into_split(self) -> std::io::Result<(ReadHalf, WriteHalf)> {
         match self {
