@@ -34,6 +34,21 @@ pub fn require_root() -> bool {
 }
 
 /// Waits for `cond` until `deadline`, polling; panics with `what` on timeout.
+/// True if every thread listed under `tasks` (`/proc/PID/task`) is stopped.
+fn all_stopped(tasks: &str) -> bool {
+    let Ok(dir) = std::fs::read_dir(tasks) else {
+        return false;
+    };
+    dir.flatten().all(|t| {
+        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "T" || state == "t")
+        })
+    })
+}
+
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + timeout;
     while !cond() {
@@ -109,13 +124,19 @@ impl Bricks {
         }
     }
 
-    /// SIGSTOP of one brick server: its connections stay open but nothing answers.
+    /// SIGSTOP of one brick server: its connections stay open but nothing answers. Returns
+    /// once every thread of it has stopped: a thread the signal has not reached yet could
+    /// still answer the next request.
     pub fn stop(&mut self, i: usize) {
         if let Some(c) = &self.bricks[i].child {
             let _ = rustix::process::kill_process(
                 rustix::process::Pid::from_child(c),
                 rustix::process::Signal::STOP,
             );
+            let tasks = format!("/proc/{}/task", c.id());
+            wait_for("the brick to stop", Duration::from_secs(10), || {
+                all_stopped(&tasks)
+            });
         }
     }
 
