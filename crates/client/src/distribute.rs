@@ -98,6 +98,24 @@ impl Distribute {
         Ok((c, e))
     }
 
+    /// Runs `f` on the child holding `id`: straight on the child it was last found on (one
+    /// round trip, not a getattr first), or where a search finds it when that is unknown or
+    /// no longer right. For requests that change nothing and need no entry.
+    async fn on_home<'a, T, F, Fut>(&'a self, id: FileId, f: F) -> Result<T>
+    where
+        F: Fn(&'a Child) -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + 'a,
+    {
+        if let Some(c) = self.cached(id) {
+            match f(&self.children[c]).await {
+                Err(Errno::ENOENT | Errno::ESTALE) => self.forget(id),
+                r => return r,
+            }
+        }
+        let (c, _) = self.locate_one(id).await?;
+        f(&self.children[c]).await
+    }
+
     async fn locate_one(&self, id: FileId) -> Result<(usize, Entry)> {
         if id == FileId::ROOT {
             return Ok((0, self.children[0].getattr(id).await?));
@@ -442,8 +460,7 @@ impl Xlator for Distribute {
     }
 
     async fn readlink(&self, id: FileId) -> Result<Vec<u8>> {
-        let (c, _) = self.locate_one(id).await?;
-        self.children[c].readlink(id).await
+        self.on_home(id, |c| c.readlink(id)).await
     }
 
     async fn readdir(&self, id: FileId, cursor: &DirCursor, plus: bool) -> Result<DirPage> {
@@ -538,8 +555,7 @@ impl Xlator for Distribute {
     }
 
     async fn getxattr(&self, id: FileId, name: &[u8]) -> Result<Vec<u8>> {
-        let (c, _) = self.locate_one(id).await?;
-        self.children[c].getxattr(id, name).await
+        self.on_home(id, |c| c.getxattr(id, name)).await
     }
 
     async fn setxattr(&self, id: FileId, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
@@ -553,8 +569,7 @@ impl Xlator for Distribute {
     }
 
     async fn listxattr(&self, id: FileId) -> Result<Vec<Vec<u8>>> {
-        let (c, _) = self.locate_one(id).await?;
-        self.children[c].listxattr(id).await
+        self.on_home(id, |c| c.listxattr(id)).await
     }
 
     async fn removexattr(&self, id: FileId, name: &[u8]) -> Result<()> {

@@ -208,6 +208,19 @@ fn namespace_ops(a: &Mount, other: &Mount) {
     let n = rustix::fs::listxattr(other.path("attrs"), &mut buf[..]).unwrap();
     let names: Vec<&[u8]> = buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()).collect();
     assert_eq!(names, vec![&b"user.colour"[..]], "internal xattrs must not show");
+    // Under names that hash elsewhere (a pointer there, the data where it was), the file's
+    // xattrs are still read from where its data is, by the other mount too.
+    let mut name = "attrs".to_string();
+    for i in 0..8 {
+        let to = format!("attrs-renamed-{i}");
+        std::fs::rename(a.path(&name), a.path(&to)).unwrap();
+        name = to;
+        let n = rustix::fs::getxattr(other.path(&name), "user.colour", &mut buf[..]).unwrap();
+        assert_eq!(&buf[..n], b"blue", "after the rename to {name}");
+        let n = rustix::fs::listxattr(a.path(&name), &mut buf[..]).unwrap();
+        assert_eq!(&buf[..n], b"user.colour\0", "after the rename to {name}");
+    }
+    let xp = a.path(&name);
     rustix::fs::removexattr(&xp, "user.colour").unwrap();
     assert_eq!(
         rustix::fs::getxattr(&xp, "user.colour", &mut buf[..]),
