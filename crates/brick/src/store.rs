@@ -223,6 +223,16 @@ impl Store {
 
     /// Reads the id and internal xattrs of the object at `path`.
     fn read_meta(&self, t: &XTarget<'_>) -> Result<(Option<FileId>, Vec<MetaXattr>, bool), Errno> {
+        self.scan_meta(t, true)
+    }
+
+    /// The object's id (unless the caller knows it: one getxattr fewer), translator
+    /// metadata, and whether it carries file capabilities.
+    fn scan_meta(
+        &self,
+        t: &XTarget<'_>,
+        want_id: bool,
+    ) -> Result<(Option<FileId>, Vec<MetaXattr>, bool), Errno> {
         let mut id = None;
         let mut meta = Vec::new();
         let mut caps = false;
@@ -231,6 +241,9 @@ impl Store {
             let Some(internal) = self.ns.internal(&name) else {
                 continue;
             };
+            if internal == ns::ID && !want_id {
+                continue;
+            }
             let Some(value) = sys::get(t, &name)? else {
                 continue;
             };
@@ -252,7 +265,7 @@ impl Store {
 
     /// The entry of the object `id` with attributes `st`, whose xattrs `t` reaches.
     fn entry_from(&self, id: FileId, st: &Stat, t: &XTarget<'_>) -> Result<Entry, Errno> {
-        let (_, meta, has_caps) = self.read_meta(t)?;
+        let (_, meta, has_caps) = self.scan_meta(t, false)?;
         Ok(Entry {
             attr: sys::attr_from_stat(id, st)?,
             meta,
