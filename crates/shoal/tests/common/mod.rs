@@ -33,22 +33,27 @@ pub fn require_root() -> bool {
     false
 }
 
-/// Waits for `cond` until `deadline`, polling; panics with `what` on timeout.
-/// True if every thread listed under `tasks` (`/proc/PID/task`) is stopped.
+/// True if every thread listed under `tasks` (`/proc/PID/task`) is stopped (and there is
+/// at least one).
 fn all_stopped(tasks: &str) -> bool {
     let Ok(dir) = std::fs::read_dir(tasks) else {
         return false;
     };
-    dir.flatten().all(|t| {
-        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
-            // The state follows the command name, which is in parentheses.
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .is_some_and(|state| state == "T" || state == "t")
+    let states: Vec<bool> = dir
+        .flatten()
+        .map(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                // The state follows the command name, which is in parentheses.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .is_some_and(|state| state == "T" || state == "t")
+            })
         })
-    })
+        .collect();
+    !states.is_empty() && states.iter().all(|s| *s)
 }
 
+/// Waits for `cond` until `deadline`, polling; panics with `what` on timeout.
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let end = Instant::now() + timeout;
     while !cond() {
