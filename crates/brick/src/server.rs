@@ -391,13 +391,7 @@ impl Service for BrickServer {
         format!("brick {}", self.store.root().display())
     }
 
-    fn open(
-        &self,
-        peer: &Peer,
-        _via: proto::transport::Via,
-        closed: watch::Receiver<bool>,
-        out: Arc<Outbox>,
-    ) -> Arc<Conn> {
+    fn open(&self, peer: &Peer, closed: watch::Receiver<bool>, out: Arc<Outbox>) -> Arc<Conn> {
         let conn = Arc::new(Conn {
             id: self.next_conn.fetch_add(1, Ordering::Relaxed),
             handles: Mutex::new(HashMap::new()),

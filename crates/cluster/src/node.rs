@@ -1126,7 +1126,6 @@ impl Service for Node {
     fn open(
         &self,
         peer: &Peer,
-        _via: proto::transport::Via,
         _closed: watch::Receiver<bool>,
         _out: Arc<proto::outbox::Outbox>,
     ) -> Arc<Peer> {

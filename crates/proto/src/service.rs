@@ -50,13 +50,7 @@ pub trait Service: Send + Sync + Sized + 'static {
     fn label(&self) -> String;
     /// A peer passed the handshake. `closed` turns true when its connection ends; `out` sends
     /// frames to it unasked (with id [`crate::msg::NOTICE_ID`]).
-    fn open(
-        &self,
-        peer: &Peer,
-        via: Via,
-        closed: watch::Receiver<bool>,
-        out: Arc<Outbox>,
-    ) -> Arc<Self::Session>;
+    fn open(&self, peer: &Peer, closed: watch::Receiver<bool>, out: Arc<Outbox>) -> Arc<Self::Session>;
     fn handle(
         self: &Arc<Self>,
         session: &Arc<Self::Session>,
@@ -132,7 +126,7 @@ async fn connection<S: Service>(
         }
     };
     let out = Outbox::start(wr);
-    let session = svc.open(&peer, addr, closed_rx, out.clone());
+    let session = svc.open(&peer, closed_rx, out.clone());
     tracing::debug!(%addr, role = %peer.role, name = %peer.name, "connected");
     let mut rd = BufReader::with_capacity(256 * 1024, rd);
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));

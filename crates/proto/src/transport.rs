@@ -161,11 +161,15 @@ fn unix_socket() -> std::io::Result<OwnedFd> {
         SocketFlags::NONBLOCK | SocketFlags::CLOEXEC,
         None,
     )?;
+    raise_sndbuf(&fd);
+    Ok(fd)
+}
+
+fn raise_sndbuf(fd: impl AsFd) {
     // Raising past the system maximum needs CAP_NET_ADMIN; without it, take what is allowed.
     if rustix::net::sockopt::set_socket_send_buffer_size_force(&fd, UNIX_SNDBUF).is_err() {
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(&fd, UNIX_SNDBUF);
     }
-    Ok(fd)
 }
 
 fn connect_abstract(name: &str) -> std::io::Result<UnixStream> {
@@ -222,9 +226,7 @@ impl Listener {
             }
             a = unix => {
                 let (s, _) = a?;
-                if rustix::net::sockopt::set_socket_send_buffer_size_force(&s, UNIX_SNDBUF).is_err() {
-                    let _ = rustix::net::sockopt::set_socket_send_buffer_size(&s, UNIX_SNDBUF);
-                }
+                raise_sndbuf(&s);
                 Ok((Stream::Unix(s), Via::Local))
             }
         }
