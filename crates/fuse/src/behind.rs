@@ -58,6 +58,11 @@ pub struct Behind {
     budget: Arc<Semaphore>,
     size: usize,
     files: Mutex<HashMap<u64, Arc<Pending>>>,
+    /// Writes ended so far, across the mount.
+    ended: AtomicU64,
+    /// Per inode, the value of `ended` after its latest write ended (until the kernel
+    /// forgets the inode): whether one ended while a request was on its way.
+    last_end: Mutex<HashMap<u64, u64>>,
 }
 
 impl Default for Behind {
@@ -83,7 +88,28 @@ impl Behind {
             budget: Arc::new(Semaphore::new(budget)),
             size: budget,
             files: Mutex::new(HashMap::new()),
+            ended: AtomicU64::new(0),
+            last_end: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A mark to take before asking the bricks for an object's attributes, for
+    /// [`Behind::raced`].
+    pub fn epoch(&self) -> u64 {
+        self.ended.load(Ordering::SeqCst)
+    }
+
+    /// True if attributes of `ino` asked for at `epoch` may predate writes of this mount
+    /// that were already answered: a write to it is in flight, or ended since (the bricks
+    /// may have answered before it landed, and the kernel, told of the write already,
+    /// would believe them).
+    pub fn raced(&self, ino: u64, epoch: u64) -> bool {
+        self.in_flight(ino) || lock(&self.last_end).get(&ino).is_some_and(|&e| e > epoch)
+    }
+
+    /// The kernel forgot `ino`.
+    pub fn forget_inode(&self, ino: u64) {
+        lock(&self.last_end).remove(&ino);
     }
 
     fn get(&self, ino: u64) -> Option<Arc<Pending>> {
@@ -233,6 +259,8 @@ impl Ticket {
                 st.error = Some(e);
             }
         }
+        let n = self.behind.ended.fetch_add(1, Ordering::SeqCst) + 1;
+        lock(&self.behind.last_end).insert(self.ino, n);
         self.pending.ended.notify_waiters();
         self.behind.forget_if_idle(self.ino, &self.pending);
     }
@@ -290,6 +318,26 @@ mod tests {
             assert!(!b.pending(7));
             b.admit(7, 100, 10, 0).await.unwrap().done(Ok(()));
             assert!(!b.pending(7), "an entry without failures goes when idle");
+        });
+    }
+
+    #[test]
+    fn attributes_asked_for_while_a_write_was_in_flight_count_as_raced() {
+        rt().block_on(async {
+            let b = Arc::new(Behind::default());
+            let t = b.admit(3, 0, 10, 0).await.unwrap();
+            let asked = b.epoch();
+            assert!(b.raced(3, asked), "in flight");
+            assert!(!b.raced(4, asked), "another inode");
+            // The write ends before the reply is looked at: the reply may still predate it.
+            t.done(Ok(()));
+            assert!(!b.in_flight(3));
+            assert!(b.raced(3, asked));
+            // Asked for after it ended: nothing raced.
+            assert!(!b.raced(3, b.epoch()));
+            b.admit(3, 0, 10, 0).await.unwrap().done(Ok(()));
+            b.forget_inode(3);
+            assert!(!b.raced(3, asked), "forgotten with the inode");
         });
     }
 

@@ -315,11 +315,12 @@ impl Inner {
         }
     }
 
-    /// `e`, fetched while writes behind to it were in flight, may show it before them (a
-    /// smaller size the kernel would believe): fetched again once they have ended.
-    async fn settled(&self, e: Entry) -> Result<Entry, Errno> {
+    /// `e`, asked for at `epoch` while writes behind to it were in flight, may show it
+    /// before them (a smaller size the kernel would believe): fetched again once they have
+    /// ended.
+    async fn settled(&self, e: Entry, epoch: u64) -> Result<Entry, Errno> {
         match self.inodes.known(e.attr.id) {
-            Some(ino) if self.behind.in_flight(ino) => {
+            Some(ino) if self.behind.raced(ino, epoch) => {
                 self.behind.settle(ino).await;
                 self.vol.getattr(e.attr.id).await
             }
@@ -487,9 +488,10 @@ impl fuser::Filesystem for ShoalFs {
         self.spawn(move |s| async move {
             let p = tryr!(reply, s.id(parent));
             let start = s.start();
+            let epoch = s.behind.epoch();
             match s.vol.lookup(p, &name).await {
                 Ok(e) => {
-                    let e = tryr!(reply, s.settled(e).await);
+                    let e = tryr!(reply, s.settled(e, epoch).await);
                     s.reply_entry(reply, &e, start, p)
                 }
                 Err(Errno::ENOENT) => match s.ttls(&[p], start) {
@@ -507,6 +509,7 @@ impl fuser::Filesystem for ShoalFs {
         if self.inner.inodes.forget(ino.0, nlookup) {
             self.inner.attrs.drop(ino.0);
             self.inner.complete.forget(ino.0);
+            self.inner.behind.forget_inode(ino.0);
             self.inner
                 .seen
                 .lock()
@@ -722,8 +725,9 @@ impl fuser::Filesystem for ShoalFs {
             let id = tryr!(reply, s.id(ino));
             let np = tryr!(reply, s.id(newparent));
             let start = s.start();
+            let epoch = s.behind.epoch();
             let e = tryr!(reply, s.vol.link(id, np, &newname).await);
-            let e = tryr!(reply, s.settled(e).await);
+            let e = tryr!(reply, s.settled(e, epoch).await);
             s.attrs.touch_dir(newparent.0, e.attr.ctime);
             s.complete.added(newparent.0, &newname);
             s.reply_entry(reply, &e, start, np);

@@ -130,10 +130,10 @@ fn a_link_made_while_writes_are_in_flight_shows_them() {
         fill(&mut f, 4).is_none(),
         "writes behind were not answered at once"
     );
-    // A hard link's reply carries the file's attributes: had they been fetched while those
-    // writes were in flight, they would tell the kernel the file is 1 MiB again. (The
-    // brick reads the link after the writes on the same connection, so this rarely shows
-    // without the mount's wait; the test guards the path and the data.)
+    // A hard link's reply carries the file's attributes. The brick answers a link at once
+    // while the large writes run on its blocking pool, so its reply may predate them; the
+    // kernel, told of the writes already, would believe the smaller size. (Seen in CI: 3
+    // MiB instead of 5, when the reply was looked at after the writes had ended.)
     let (from, to) = (m.path("f"), m.path("g"));
     let link = std::thread::spawn(move || std::fs::hard_link(from, to));
     b.resume(0);
