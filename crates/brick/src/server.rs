@@ -13,7 +13,7 @@ use proto::auth::{ClusterKey, Peer};
 use proto::msg::{Fh, Notice, Reply, Request, Response, NOTICE_ID};
 use proto::outbox::Outbox;
 use proto::service::{Answer, Handled, Service};
-use proto::Errno;
+use proto::{Entry, Errno};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -242,9 +242,10 @@ impl BrickServer {
             Request::UnlinkUnless { parent, name, keep } if s.cheap_to_remove(parent, &name) => {
                 s.unlink_unless(parent, &name, Some(&keep)).map(unlinked)
             }
-            Request::Release { fh } if conn.handle(fh).is_ok_and(|h| s.cheap_to_close(h.file())) => {
-                self.release(conn, fh)
-            }
+            Request::Release { fh } => match conn.handle(fh).and_then(|h| s.closing(h.file())) {
+                Ok((entry, true)) => self.release(conn, fh, Some(entry)),
+                _ => return Quick::Slow(Request::Release { fh }),
+            },
             Request::GetXattr { id, name } => s.getxattr(id, &name).map(Reply::Xattr),
             Request::SetXattr {
                 id,
@@ -271,13 +272,13 @@ impl BrickServer {
         })
     }
 
-    /// Closes a handle. The file's attributes as it is closed let the client answer the
-    /// next stat itself.
-    fn release(&self, conn: &Conn, fh: Fh) -> Response {
+    /// Closes a handle. The file's attributes as it is closed (`entry` if just read) let the
+    /// client answer the next stat itself.
+    fn release(&self, conn: &Conn, fh: Fh, entry: Option<Entry>) -> Response {
         let h = conn.handles.lock().unwrap_or_else(|p| p.into_inner()).remove(&fh);
         let h = h.ok_or(Errno::EBADF)?;
         let entry = match conn.version >= 2 {
-            true => self.store.entry_of(h.file()).ok(),
+            true => entry.or_else(|| self.store.closing(h.file()).ok().map(|(e, _)| e)),
             false => None,
         };
         drop(h);
@@ -344,7 +345,7 @@ impl BrickServer {
             Request::Release { fh } => {
                 // Closing may unlink a big orphan: keep that off the reactor.
                 let (server, conn) = (self.clone(), conn.clone());
-                tokio::task::spawn_blocking(move || server.release(&conn, fh))
+                tokio::task::spawn_blocking(move || server.release(&conn, fh, None))
                     .await
                     .unwrap_or(Err(Errno::EIO))
             }

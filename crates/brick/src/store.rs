@@ -595,24 +595,10 @@ impl Store {
         if st.st_mode & 0o7777 != perm {
             rustix::fs::fchmod(&fd, Mode::from_raw_mode(perm)).map_err(errno)?;
         }
-        let fd_path = proc_path(&fd, None);
-        rustix::fs::linkat(
-            rustix::fs::CWD,
-            fd_path.as_c_str(),
-            self.index.ids_fd(),
-            index::key(node.id),
-            AtFlags::SYMLINK_FOLLOW,
-        )
-        .map_err(errno)?;
-        if let Err(e) = rustix::fs::linkat(
-            rustix::fs::CWD,
-            fd_path.as_c_str(),
-            dir,
-            name,
-            AtFlags::SYMLINK_FOLLOW,
-        ) {
+        link_unnamed(&fd, self.index.ids_fd(), index::key(node.id).as_str())?;
+        if let Err(e) = link_unnamed(&fd, dir.as_fd(), name) {
             let _ = self.index.remove_file(node.id);
-            return Err(errno(e));
+            return Err(e);
         }
         Ok(fd)
     }
@@ -684,23 +670,22 @@ impl Store {
         }
         rustix::fs::unlinkat(dir.as_fd(), name, AtFlags::empty()).map_err(errno)?;
         if let Some(id) = id {
-            self.forget_if_unnamed(id)?;
+            self.forget_if_unnamed(id, st.st_nlink)?;
         }
         Ok(None)
     }
 
-    /// After a name of a non-directory went away: if only the index link is left, the file
-    /// is gone for good, or an orphan while someone has it open.
-    fn forget_if_unnamed(&self, id: FileId) -> Result<(), Errno> {
-        match self.index.stat_file(id) {
-            Ok(st) if st.st_nlink <= 1 => {
-                if lock(&self.opens).get(&id).copied().unwrap_or(0) > 0 {
-                    self.index.orphan(id)
-                } else {
-                    self.index.remove_file(id)
-                }
-            }
-            _ => Ok(()),
+    /// After a name of a non-directory went away (`links` counted it, under the namespace
+    /// lock, so nothing else changed it since): if only the index link is left, the file is
+    /// gone for good, or an orphan while someone has it open.
+    fn forget_if_unnamed(&self, id: FileId, links: u64) -> Result<(), Errno> {
+        if links > 2 {
+            return Ok(());
+        }
+        if lock(&self.opens).get(&id).copied().unwrap_or(0) > 0 {
+            self.index.orphan(id)
+        } else {
+            self.index.remove_file(id)
         }
     }
 
@@ -746,7 +731,11 @@ impl Store {
                 let id = self
                     .read_meta(&XTarget::Path(proc_path(nd.as_fd(), Some(new_name))))?
                     .0;
-                Some((FileKind::from_mode(st.st_mode) == Some(FileKind::Dir), id))
+                Some((
+                    FileKind::from_mode(st.st_mode) == Some(FileKind::Dir),
+                    id,
+                    st.st_nlink,
+                ))
             }
             Err(rustix::io::Errno::NOENT) => None,
             Err(e) => return Err(errno(e)),
@@ -763,12 +752,14 @@ impl Store {
             self.index.set_dir(id, new_parent, new_name)?;
         }
         match dst {
-            Some((true, Some(id))) if flags.exchange => self.index.set_dir(id, parent, name)?,
-            Some((true, Some(id))) if Some(id) != src_id => {
+            Some((true, Some(id), _)) if flags.exchange => self.index.set_dir(id, parent, name)?,
+            Some((true, Some(id), _)) if Some(id) != src_id => {
                 self.index.remove_dir(id)?;
                 lock(&self.dirs).remove(&id);
             }
-            Some((false, Some(id))) if !flags.exchange && Some(id) != src_id => self.forget_if_unnamed(id)?,
+            Some((false, Some(id), links)) if !flags.exchange && Some(id) != src_id => {
+                self.forget_if_unnamed(id, links)?
+            }
             _ => {}
         }
         Ok(())
@@ -925,15 +916,12 @@ impl Store {
             .is_ok_and(|dir| small(rustix::fs::statat(dir.as_fd(), name, AtFlags::SYMLINK_NOFOLLOW)))
     }
 
-    /// The same for closing `file` (which may be the last name of an unlinked file).
-    pub fn cheap_to_close(&self, file: &OpenFile) -> bool {
-        small(rustix::fs::fstat(&file.fd))
-    }
-
-    /// The attributes of an open file, read through its descriptor (no path to walk).
-    pub fn entry_of(&self, file: &OpenFile) -> Result<Entry, Errno> {
+    /// The attributes of an open file, read through its descriptor (no path to walk), and
+    /// whether closing it (which may free an unlinked file) is quick enough to do at once.
+    pub fn closing(&self, file: &OpenFile) -> Result<(Entry, bool), Errno> {
         let st = rustix::fs::fstat(&file.fd).map_err(errno)?;
-        self.entry_from(file.id, &st, &XTarget::Fd(file.fd.as_fd()))
+        let entry = self.entry_from(file.id, &st, &XTarget::Fd(file.fd.as_fd()))?;
+        Ok((entry, small(Ok(st))))
     }
 
     /// Closes a handle; the last close of an unlinked file removes it.
@@ -951,8 +939,11 @@ impl Store {
             }
         };
         drop(opens);
+        // An orphan has no link but its own in the orphan directory; a file with a name has
+        // its index link too.
+        let orphan = last && rustix::fs::fstat(&file.fd).is_ok_and(|st| st.st_nlink <= 1);
         drop(file.fd);
-        if last && self.index.is_orphan(file.id) {
+        if orphan {
             let _ = self.index.remove_orphan(file.id);
         }
     }
@@ -1129,6 +1120,27 @@ fn pick_namespace(root: &OwnedFd) -> Result<Namespace, Errno> {
             Err(Errno::EOPNOTSUPP)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Gives the open file `fd` the name `name` in `dir`. Straight from the descriptor if the
+/// brick may (CAP_DAC_READ_SEARCH, as when run as root), else through its /proc path, whose
+/// walk costs as much as the link itself.
+fn link_unnamed<P: rustix::path::Arg + Copy>(
+    fd: &OwnedFd,
+    dir: BorrowedFd<'_>,
+    name: P,
+) -> Result<(), Errno> {
+    match rustix::fs::linkat(fd, "", dir, name, AtFlags::EMPTY_PATH) {
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::PERM) => rustix::fs::linkat(
+            rustix::fs::CWD,
+            proc_path(fd, None).as_c_str(),
+            dir,
+            name,
+            AtFlags::SYMLINK_FOLLOW,
+        )
+        .map_err(errno),
+        r => r.map_err(errno),
     }
 }
 

@@ -1,0 +1,110 @@
+//! A file's life on the brick's disk: its index link, hard links, the orphan it becomes when
+//! its last name goes while it is open, and that nothing of it is left once it is gone.
+
+use proto::{FileId, FileKind, NewNode, RenameFlags};
+use shoal_brick::Store;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// A new file owned as `root` is (by whoever runs the test: a brick not run as root can give
+/// no other owner).
+fn node(root: &Path) -> NewNode {
+    let me = std::fs::metadata(root).unwrap();
+    NewNode {
+        id: FileId::random(),
+        kind: FileKind::File,
+        perm: 0o644,
+        uid: me.uid(),
+        gid: me.gid(),
+        rdev: 0,
+        meta: Vec::new(),
+    }
+}
+
+/// Files under `dir`, recursively.
+fn files(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(files(&e.path()));
+        } else {
+            out.push(e.path().display().to_string());
+        }
+    }
+    out
+}
+
+fn orphans(root: &Path) -> Vec<String> {
+    files(&root.join(".shoal/orphans"))
+}
+
+fn index(root: &Path) -> Vec<String> {
+    files(&root.join(".shoal/ids"))
+}
+
+#[test]
+fn a_file_leaves_nothing_behind_however_its_last_name_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let store = Store::open_dir(root).unwrap();
+    let p = FileId::ROOT;
+    let rw = libc::O_RDWR as u32;
+
+    // Created and opened at once, linked into the index and under its name.
+    let a = node(root);
+    let (e, f) = store.create(p, b"a", &a, None, Some(rw)).unwrap();
+    assert_eq!((e.attr.id, e.attr.nlink), (a.id, 1));
+    assert_eq!(index(root).len(), 1);
+    let f = f.unwrap();
+    store.write(&f, 0, b"kept").unwrap();
+
+    // A second name keeps it when the first goes, open or not.
+    store.link(a.id, p, b"b").unwrap();
+    store.unlink(p, b"a").unwrap();
+    assert!(orphans(root).is_empty());
+    assert_eq!(index(root).len(), 1);
+
+    // Its last name gone while open: an orphan, still readable, until it is closed.
+    store.unlink(p, b"b").unwrap();
+    assert_eq!(orphans(root).len(), 1);
+    assert!(index(root).is_empty());
+    assert_eq!(store.read(&f, 0, 16).unwrap(), b"kept");
+    // Two handles: the first close keeps it for the second.
+    let f2 = store.open(a.id, rw).unwrap();
+    store.close(f);
+    assert_eq!(orphans(root).len(), 1);
+    store.close(f2);
+    assert!(orphans(root).is_empty(), "{:?}", orphans(root));
+
+    // Closed with its names intact: nothing is removed.
+    let c = node(root);
+    let (_, f) = store.create(p, b"c", &c, None, Some(rw)).unwrap();
+    store.close(f.unwrap());
+    assert_eq!(store.lookup(p, b"c").unwrap().attr.id, c.id);
+    assert_eq!(index(root).len(), 1);
+
+    // Replaced by a rename while open: an orphan until closed.
+    let f = store.open(c.id, rw).unwrap();
+    let d = node(root);
+    store.create(p, b"d", &d, None, None).unwrap();
+    store.rename(p, b"d", p, b"c", RenameFlags::default()).unwrap();
+    assert_eq!(orphans(root).len(), 1);
+    store.close(f);
+    assert!(orphans(root).is_empty());
+
+    // Replaced while closed, then unlinked: gone from the index at once.
+    let e2 = node(root);
+    store.create(p, b"e", &e2, None, None).unwrap();
+    store.rename(p, b"e", p, b"c", RenameFlags::default()).unwrap();
+    assert_eq!(index(root).len(), 1);
+    store.unlink(p, b"c").unwrap();
+    assert!(index(root).is_empty());
+    assert!(orphans(root).is_empty());
+    let names: Vec<_> = std::fs::read_dir(root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != ".shoal")
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}
