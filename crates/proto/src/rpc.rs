@@ -190,7 +190,12 @@ where
             .await
             .map(|_| ())
             .map_err(|e| {
-                tracing::warn!(peer = %self.addr, local = s.is_local(), "handshake failed: {e}");
+                // Over the local socket TCP is tried next, and tells.
+                if s.is_local() {
+                    tracing::debug!(peer = %self.addr, "handshake over the local socket failed: {e}");
+                } else {
+                    tracing::warn!(peer = %self.addr, "handshake failed: {e}");
+                }
                 match e {
                     auth::HandshakeError::Frame(frame::FrameError::Io(io)) => Errno::from(io),
                     auth::HandshakeError::Frame(_) => Errno::ECONNRESET,
