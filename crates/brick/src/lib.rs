@@ -9,6 +9,7 @@ pub mod index;
 mod interest;
 pub mod locks;
 pub mod ns;
+pub mod readahead;
 pub mod server;
 pub mod store;
 mod sys;

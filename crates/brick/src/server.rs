@@ -7,6 +7,7 @@
 
 use crate::interest::{Effect, Interest};
 use crate::locks::LockTable;
+use crate::readahead::Stride;
 use crate::store::{OpenFile, Store};
 use bytes::Bytes;
 use proto::auth::{ClusterKey, Peer};
@@ -16,7 +17,7 @@ use proto::service::{Answer, Handled, Service};
 use proto::{Entry, Errno};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -44,6 +45,8 @@ pub struct BrickServer {
 struct Handle {
     store: Arc<Store>,
     file: Option<OpenFile>,
+    /// The pattern of its reads, to read ahead of a strided reader.
+    stride: Mutex<Stride>,
 }
 
 impl Handle {
@@ -87,6 +90,7 @@ impl Conn {
         let h = Arc::new(Handle {
             store: store.clone(),
             file: Some(file),
+            stride: Mutex::new(Stride::default()),
         });
         if handles.len() >= MAX_HANDLES {
             return Err(Errno::EMFILE);
@@ -321,10 +325,21 @@ impl BrickServer {
             },
             Request::Read { fh, offset, size } => {
                 return match handle(fh) {
-                    Ok(h) => match self.blocking(move |s| s.read(h.file(), offset, size)).await {
-                        Ok(buf) => (Ok(Reply::Data), Bytes::from(buf)),
-                        Err(e) => (Err(e), none),
-                    },
+                    Ok(h) => {
+                        // Noted in the order the reads came in, before they run in parallel.
+                        let ahead = lock(&h.stride).next(offset, size as u64);
+                        let read = self.blocking(move |s| {
+                            let r = s.read(h.file(), offset, size);
+                            if let Some(a) = ahead {
+                                s.read_ahead(h.file(), a);
+                            }
+                            r
+                        });
+                        match read.await {
+                            Ok(buf) => (Ok(Reply::Data), Bytes::from(buf)),
+                            Err(e) => (Err(e), none),
+                        }
+                    }
                     Err(e) => (Err(e), none),
                 };
             }
@@ -496,4 +511,8 @@ fn send_notice(conn: &Conn, notice: &Notice) {
         }
         Err(e) => tracing::error!("cannot encode a notice: {e}"),
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -7,6 +7,7 @@
 
 use crate::index::{self, Index, META_DIR};
 use crate::ns::{self, Namespace};
+use crate::readahead::Ahead;
 use crate::sys::{self, errno, proc_path, XTarget};
 use proto::{
     check_name, Attr, DirEntry, Entry, Errno, FileId, FileKind, MetaXattr, NewNode, RenameFlags, SetAttr,
@@ -964,6 +965,16 @@ impl Store {
         }
         buf.truncate(size);
         Ok(buf)
+    }
+
+    /// Starts reading `ahead` into the page cache (without waiting for it).
+    pub fn read_ahead(&self, file: &OpenFile, ahead: Ahead) {
+        for (offset, len) in ahead.ranges() {
+            let len = std::num::NonZeroU64::new(len);
+            if rustix::fs::fadvise(&file.fd, offset, len, rustix::fs::Advice::WillNeed).is_err() {
+                return;
+            }
+        }
     }
 
     pub fn write(&self, file: &OpenFile, offset: u64, data: &[u8]) -> Result<u32, Errno> {
