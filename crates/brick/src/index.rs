@@ -116,8 +116,12 @@ impl Index {
     }
 
     /// Moves a file's index link aside: its last name is gone but someone still has it open.
+    /// (A file without an index link has nothing to move: it goes with its last close.)
     pub fn orphan(&self, id: FileId) -> Result<(), Errno> {
-        rustix::fs::renameat(self.ids.as_fd(), key(id), self.orphans.as_fd(), id.to_hex()).map_err(errno)
+        match rustix::fs::renameat(self.ids.as_fd(), key(id), self.orphans.as_fd(), id.to_hex()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(errno(e)),
+        }
     }
 
     pub fn remove_orphan(&self, id: FileId) -> Result<(), Errno> {

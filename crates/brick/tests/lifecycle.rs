@@ -101,6 +101,18 @@ fn a_file_leaves_nothing_behind_however_its_last_name_goes() {
     store.unlink(p, b"c").unwrap();
     assert!(index(root).is_empty());
     assert!(orphans(root).is_empty());
+    // An index link lost by hand (two names, no index link): unlinking one name, open or
+    // not, leaves the other alone.
+    let g = node(root);
+    let (_, f) = store.create(p, b"g", &g, None, Some(rw)).unwrap();
+    std::fs::remove_file(&index(root)[0]).unwrap();
+    std::fs::hard_link(root.join("g"), root.join("h")).unwrap();
+    store.unlink(p, b"g").unwrap();
+    store.close(f.unwrap());
+    assert_eq!(std::fs::read_to_string(root.join("h")).unwrap(), "");
+    std::fs::remove_file(root.join("h")).unwrap();
+    assert!(index(root).is_empty() && orphans(root).is_empty());
+
     let names: Vec<_> = std::fs::read_dir(root)
         .unwrap()
         .map(|e| e.unwrap().file_name())
