@@ -2,10 +2,12 @@
 //!
 //! Owners are (connection, lock owner): a lock dies with its owner's close (`Flush`), with
 //! its connection, or when its owner unlocks. Same-owner requests replace the overlapped
-//! parts of that owner's locks, as fcntl(2) does.
+//! parts of that owner's locks, as fcntl(2) does. Only open connections are granted locks:
+//! a request of a connection that went away (still waiting, or still on its way to the
+//! table when the connection's locks were dropped) would hold its lock forever.
 
 use proto::{Errno, FileId, Lock, LockKind};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
@@ -37,6 +39,8 @@ struct Inner {
     /// bumps the count so that the blocked request gives up instead of being granted after
     /// its owner is gone.
     waiting: HashMap<(Owner, FileId), (u64, u32)>,
+    /// Connections that may hold locks.
+    open: HashSet<u64>,
 }
 
 #[derive(Default)]
@@ -80,14 +84,26 @@ impl LockTable {
         })
     }
 
-    /// F_SETLK: takes or releases at once, or fails with EAGAIN.
+    /// A connection opened: it may take locks until [`LockTable::release_conn`].
+    pub fn open_conn(&self, conn: u64) {
+        self.lock().open.insert(conn);
+    }
+
+    /// F_SETLK: takes or releases at once, or fails with EAGAIN (ECONNRESET for a connection
+    /// that is not open).
     pub fn set(&self, id: FileId, conn: u64, l: &Lock) -> Result<(), Errno> {
         if l.start > l.end {
             return Err(Errno::EINVAL);
         }
         let owner = Owner { conn, owner: l.owner };
-        let mut inner = self.lock();
-        if l.kind != LockKind::Unlock && Self::conflict(&inner, id, owner, l).is_some() {
+        Self::set_in(&mut self.lock(), id, owner, l)
+    }
+
+    fn set_in(inner: &mut Inner, id: FileId, owner: Owner, l: &Lock) -> Result<(), Errno> {
+        if !inner.open.contains(&owner.conn) {
+            return Err(Errno::ECONNRESET);
+        }
+        if l.kind != LockKind::Unlock && Self::conflict(inner, id, owner, l).is_some() {
             return Err(Errno::EAGAIN);
         }
         let f = inner.files.entry(id).or_default();
@@ -154,21 +170,27 @@ impl LockTable {
     }
 
     async fn wait_loop(&self, id: FileId, owner: Owner, epoch: u64, l: &Lock) -> Result<(), Errno> {
+        if l.start > l.end {
+            return Err(Errno::EINVAL);
+        }
         loop {
-            let wake = {
+            let wake = self.lock().files.entry(id).or_default().wake.clone();
+            let notified = wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                // The owner's close is checked under the same lock as the grant, so that
+                // nothing is granted to an owner that closed the file meanwhile.
                 let mut inner = self.lock();
                 if inner.waiting.get(&(owner, id)).map(|w| w.0) != Some(epoch) {
                     return Err(Errno::EINTR);
                 }
-                inner.files.entry(id).or_default().wake.clone()
-            };
-            let notified = wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            match self.set(id, owner.conn, l) {
-                Err(Errno::EAGAIN) => notified.await,
-                other => return other,
+                match Self::set_in(&mut inner, id, owner, l) {
+                    Err(Errno::EAGAIN) => {}
+                    other => return other,
+                }
             }
+            notified.await;
         }
     }
 
@@ -189,14 +211,16 @@ impl LockTable {
         }
     }
 
-    /// Drops every lock held through a connection that went away.
+    /// Drops every lock held through a connection that went away; its waiting requests give
+    /// up.
     pub fn release_conn(&self, conn: u64) {
         let mut inner = self.lock();
-
+        inner.open.remove(&conn);
+        let waits = inner.waiting.keys().any(|(o, _)| o.conn == conn);
         inner.files.retain(|_, f| {
             let before = f.held.len();
             f.held.retain(|h| h.owner.conn != conn);
-            if f.held.len() != before {
+            if waits || f.held.len() != before {
                 f.wake.notify_waiters();
             }
             !f.held.is_empty() || Arc::strong_count(&f.wake) > 1
@@ -219,9 +243,17 @@ mod tests {
     }
     const F: FileId = FileId(0x10000);
 
+    fn table(conns: &[u64]) -> LockTable {
+        let t = LockTable::default();
+        for c in conns {
+            t.open_conn(*c);
+        }
+        t
+    }
+
     #[test]
     fn shared_and_exclusive() {
-        let t = LockTable::default();
+        let t = table(&[1, 2, 3, 9]);
         t.set(F, 1, &l(LockKind::Read, 0, 99, 1)).unwrap();
         t.set(F, 2, &l(LockKind::Read, 50, 150, 1)).unwrap();
         assert_eq!(t.set(F, 3, &l(LockKind::Write, 90, 95, 1)), Err(Errno::EAGAIN));
@@ -244,7 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn waiter_gets_lock_after_release() {
-        let t = Arc::new(LockTable::default());
+        let t = Arc::new(table(&[1, 2]));
         t.set(F, 1, &l(LockKind::Write, 0, u64::MAX, 7)).unwrap();
         let t2 = t.clone();
         let w = tokio::spawn(async move { t2.set_wait(F, 2, &l(LockKind::Write, 0, 0, 8)).await });
@@ -252,5 +284,27 @@ mod tests {
         assert!(!w.is_finished());
         t.release_owner(F, 1, 7);
         assert_eq!(w.await.unwrap(), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_went_away_is_granted_nothing() {
+        let t = Arc::new(table(&[1, 2, 3]));
+        t.set(F, 1, &l(LockKind::Write, 0, u64::MAX, 7)).unwrap();
+        // Connection 2 waits for the lock, then goes away.
+        let t2 = t.clone();
+        let w = tokio::spawn(async move { t2.set_wait(F, 2, &l(LockKind::Write, 0, 0, 8)).await });
+        while !t.lock().waiting.keys().any(|(o, _)| o.conn == 2) {
+            tokio::task::yield_now().await;
+        }
+        t.release_conn(2);
+        // The lock it waited for comes free: it is not granted to the gone connection.
+        t.release_owner(F, 1, 7);
+        assert_eq!(w.await.unwrap(), Err(Errno::ECONNRESET));
+        // Nor is a request of it that reaches the table late.
+        assert_eq!(t.set(F, 2, &l(LockKind::Read, 0, 0, 8)), Err(Errno::ECONNRESET));
+        assert_eq!(
+            t.test(F, 3, &l(LockKind::Write, 0, u64::MAX, 1)).kind,
+            LockKind::Unlock
+        );
     }
 }

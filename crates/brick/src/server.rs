@@ -417,6 +417,7 @@ impl Service for BrickServer {
             version: peer.version,
             interest: Interest::default(),
         });
+        self.locks.open_conn(conn.id);
         if conn.version >= 2 {
             self.listeners
                 .lock()
