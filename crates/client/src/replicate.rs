@@ -12,9 +12,11 @@ use crate::xlator::{Child, DirCursor, DirPage, Handle, Result, Xlator};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::join_all;
-use proto::{Entry, Errno, FileId, Lock, NewNode, RenameFlags, SetAttr, StatFs};
+use proto::{Entry, Errno, FileId, Lock, LockKind, NewNode, RenameFlags, SetAttr, StatFs};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 /// Name of the counter that marks child `j` as behind.
 pub fn pending_key(j: usize) -> String {
@@ -44,6 +46,9 @@ pub fn pending_mask(e: &Entry) -> u64 {
 
 pub struct Replicate {
     children: Vec<Child>,
+    /// The locks this client holds, per file and lock owner, as the children were told: to
+    /// put them back on children that granted a request the others refused.
+    held: Mutex<HashMap<(FileId, u64), Vec<Lock>>>,
 }
 
 /// Replicate's part of an open file.
@@ -68,7 +73,10 @@ fn bit(i: usize) -> u64 {
 impl Replicate {
     pub fn new(children: Vec<Child>) -> Replicate {
         assert!(!children.is_empty() && children.len() <= 64);
-        Replicate { children }
+        Replicate {
+            children,
+            held: Mutex::new(HashMap::new()),
+        }
     }
 
     fn all(&self) -> u64 {
@@ -251,9 +259,33 @@ impl Replicate {
         Ok(out.ok)
     }
 
-    /// The first reachable child, for operations one copy answers for the set (locks).
-    fn leader(&self) -> Result<&Child> {
-        self.children.iter().find(|c| c.is_up()).ok_or(Errno::ENOTCONN)
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(FileId, u64), Vec<Lock>>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts this owner's locks on the range of `l` back as they were (`before`) on child
+    /// `i`, which granted `l` when the others did not.
+    async fn restore(&self, i: usize, id: FileId, l: &Lock, before: &[Lock]) {
+        let c = &self.children[i];
+        let mut r = c
+            .setlk(
+                id,
+                &Lock {
+                    kind: LockKind::Unlock,
+                    ..*l
+                },
+                false,
+            )
+            .await;
+        for old in before {
+            if r.is_ok() {
+                // It held these until just now: nobody else can have taken them since.
+                r = c.setlk(id, old, false).await;
+            }
+        }
+        if let Err(e) = r {
+            tracing::warn!(%id, child = i, "cannot put back a lock after a refused request: {e}");
+        }
     }
 
     /// Children ordered good-first for reading `id`.
@@ -513,11 +545,24 @@ impl Xlator for Replicate {
 
     async fn flush(&self, h: &Handle, lock_owner: u64) -> Result<()> {
         let rh = Self::rh(h)?;
-        let futs = rh
-            .handles
-            .iter()
-            .enumerate()
-            .filter_map(|(i, ch)| ch.as_ref().map(|ch| self.children[i].flush(ch, lock_owner)));
+        let locked = self.held().remove(&(rh.id, lock_owner)).is_some();
+        // Children that have no handle of the file (they were down at its open) may hold
+        // the owner's locks all the same: they are unlocked by request.
+        let everything = Lock {
+            kind: LockKind::Unlock,
+            start: 0,
+            end: u64::MAX,
+            owner: lock_owner,
+            pid: 0,
+        };
+        let futs = rh.handles.iter().enumerate().filter_map(|(i, ch)| {
+            let c = &self.children[i];
+            match ch {
+                Some(ch) => Some(c.flush(ch, lock_owner)),
+                None if locked => Some(c.setlk(rh.id, &everything, false)),
+                None => None,
+            }
+        });
         let results = join_all(futs).await;
         if results.iter().any(Result::is_ok) || results.is_empty() {
             Ok(())
@@ -592,15 +637,164 @@ impl Xlator for Replicate {
         self.mutate(&[id], |_, c| c.set_meta(id, meta)).await.map(|_| ())
     }
 
+    /// Any child's conflicting lock counts: one taken by a client that could not reach the
+    /// others is still in the way there.
     async fn getlk(&self, id: FileId, lock: &Lock) -> Result<Lock> {
-        self.leader()?.getlk(id, lock).await
+        let results = self.fan(|_, c| c.getlk(id, lock)).await;
+        let answers: Vec<Lock> = Self::outcome(results)?.ok.into_iter().map(|(_, l)| l).collect();
+        let conflict = answers.iter().find(|l| l.kind != LockKind::Unlock);
+        conflict.or(answers.first()).copied().ok_or(Errno::ENOTCONN)
     }
 
+    /// A lock is taken on a quorum of the children, so that two clients that reach
+    /// different children cannot both have it (any two quorums share a child). Blocking
+    /// requests go child by child in their order, so that two of them cannot each wait for
+    /// what the other holds. A request some children refused is taken back from those that
+    /// granted it, which get the owner's locks on its range as they were (POSIX leaves them
+    /// unchanged when a request fails).
     async fn setlk(&self, id: FileId, lock: &Lock, wait: bool) -> Result<()> {
-        self.leader()?.setlk(id, lock, wait).await
+        let key = (id, lock.owner);
+        if lock.kind == LockKind::Unlock {
+            let results = self.fan(|_, c| c.setlk(id, lock, false)).await;
+            let mut held = self.held();
+            if let Some(v) = held.get_mut(&key) {
+                apply_lock(v, lock);
+                if v.is_empty() {
+                    held.remove(&key);
+                }
+            }
+            return Self::outcome(results).map(|_| ());
+        }
+        let before: Vec<Lock> = self
+            .held()
+            .get(&key)
+            .map(|v| overlapped(v, lock))
+            .unwrap_or_default();
+        let mut granted = 0u64;
+        let mut refused = None;
+        if wait {
+            for (i, c) in self.children.iter().enumerate() {
+                match c.setlk(id, lock, true).await {
+                    Ok(()) => granted |= bit(i),
+                    Err(e) if e.is_transport() => {}
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
+                    }
+                }
+            }
+        } else {
+            for (i, r) in self
+                .fan(|_, c| c.setlk(id, lock, false))
+                .await
+                .into_iter()
+                .enumerate()
+            {
+                match r {
+                    Ok(()) => granted |= bit(i),
+                    Err(e) if e.is_transport() => {}
+                    // A conflict anywhere is reported as such.
+                    Err(e) => refused = Some(refused.filter(|r| *r == Errno::EAGAIN).unwrap_or(e)),
+                }
+            }
+        }
+        if refused.is_none() && self.quorum(granted) {
+            let mut held = self.held();
+            apply_lock(held.entry(key).or_default(), lock);
+            return Ok(());
+        }
+        // EINTR: the owner closed the file meanwhile, and its locks are to go, not return.
+        let before = if refused == Some(Errno::EINTR) {
+            &[][..]
+        } else {
+            &before[..]
+        };
+        for i in (0..self.children.len()).filter(|i| granted & bit(*i) != 0) {
+            self.restore(i, id, lock, before).await;
+        }
+        Err(refused.unwrap_or(Errno::ENOLCK))
     }
 
     fn is_up(&self) -> bool {
         self.quorum(self.up_mask())
+    }
+}
+
+/// Applies `l` to `held`, one owner's locks on one file, as fcntl does: the range is cut
+/// out of them, then added with its new kind unless it is an unlock.
+fn apply_lock(held: &mut Vec<Lock>, l: &Lock) {
+    let mut kept = Vec::with_capacity(held.len() + 2);
+    for h in held.drain(..) {
+        if h.end < l.start || l.end < h.start {
+            kept.push(h);
+            continue;
+        }
+        if h.start < l.start {
+            kept.push(Lock {
+                end: l.start - 1,
+                ..h
+            });
+        }
+        if h.end > l.end {
+            kept.push(Lock {
+                start: l.end + 1,
+                ..h
+            });
+        }
+    }
+    if l.kind != LockKind::Unlock {
+        kept.push(*l);
+    }
+    *held = kept;
+}
+
+/// The parts of `held` within the range of `l`.
+fn overlapped(held: &[Lock], l: &Lock) -> Vec<Lock> {
+    held.iter()
+        .filter(|h| h.start <= l.end && l.start <= h.end)
+        .map(|h| Lock {
+            start: h.start.max(l.start),
+            end: h.end.min(l.end),
+            ..*h
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(kind: LockKind, start: u64, end: u64) -> Lock {
+        Lock {
+            kind,
+            start,
+            end,
+            owner: 1,
+            pid: 1,
+        }
+    }
+
+    fn ranges(v: &[Lock]) -> Vec<(LockKind, u64, u64)> {
+        let mut r: Vec<_> = v.iter().map(|h| (h.kind, h.start, h.end)).collect();
+        r.sort_by_key(|x| x.1);
+        r
+    }
+
+    #[test]
+    fn an_owners_locks_are_cut_and_replaced_as_fcntl_does() {
+        use LockKind::{Read, Unlock, Write};
+        let mut v = Vec::new();
+        apply_lock(&mut v, &l(Read, 0, 99));
+        apply_lock(&mut v, &l(Write, 10, 19));
+        assert_eq!(ranges(&v), [(Read, 0, 9), (Write, 10, 19), (Read, 20, 99)]);
+        assert_eq!(
+            ranges(&overlapped(&v, &l(Write, 5, 14))),
+            [(Read, 5, 9), (Write, 10, 14)]
+        );
+        apply_lock(&mut v, &l(Unlock, 0, u64::MAX));
+        assert!(v.is_empty());
+        apply_lock(&mut v, &l(Write, 0, u64::MAX));
+        apply_lock(&mut v, &l(Unlock, 0, 0));
+        assert_eq!(ranges(&v), [(Write, 1, u64::MAX)]);
     }
 }

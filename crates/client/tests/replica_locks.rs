@@ -1,0 +1,145 @@
+//! Locks on a replica volume stay exclusive between clients that reach different children,
+//! and a request only some children grant leaves the locks as they were.
+
+use layout::spec::{BrickSpec, VolumeSpec, DEFAULT_STRIPE_SIZE, SPEC_VERSION};
+use proto::auth::ClusterKey;
+use proto::{Errno, FileId, FileKind, Lock, LockKind, NewNode};
+use shoal_client::Volume;
+use std::time::Duration;
+
+/// A brick served in this process; its directory lives as long as the returned guard.
+async fn brick(key: &ClusterKey) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = brick::Store::open_dir(dir.path()).unwrap();
+    let srv = brick::BrickServer::new(store, brick::ServerConfig { key: key.clone() });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (_, never) = tokio::sync::watch::channel(false);
+    tokio::spawn(srv.serve(listener, never));
+    (dir, addr)
+}
+
+/// An address nothing listens on.
+fn dead() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+fn spec(addrs: &[&str]) -> VolumeSpec {
+    VolumeSpec {
+        version: SPEC_VERSION,
+        name: "locks".into(),
+        id: 7,
+        stripe: 1,
+        replica: addrs.len() as u32,
+        stripe_size: DEFAULT_STRIPE_SIZE,
+        bricks: addrs
+            .iter()
+            .enumerate()
+            .map(|(i, a)| BrickSpec {
+                node: format!("n{i}"),
+                path: format!("/b{i}"),
+                addr: a.to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn lock(kind: LockKind, start: u64, end: u64, owner: u64) -> Lock {
+    Lock {
+        kind,
+        start,
+        end,
+        owner,
+        pid: owner as u32,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_hold_between_clients_that_reach_different_children() {
+    use LockKind::{Read, Unlock, Write};
+    let key = ClusterKey::generate();
+    let (_d0, b0) = brick(&key).await;
+    let (_d1, b1) = brick(&key).await;
+    let (_d2, b2) = brick(&key).await;
+    let (x, y) = (dead(), dead());
+    let wait = Duration::from_secs(5);
+    let connect = |addrs: &[&str], name: &'static str| Volume::connect(spec(addrs), key.clone(), name, wait);
+    // `a` reaches every brick; `b` cannot reach the first (a partial partition); `c` reaches
+    // only the first, to look at what it holds.
+    let a = connect(&[&b0, &b1, &b2], "a").await.unwrap();
+    let b = connect(&[&x, &b1, &b2], "b").await.unwrap();
+    let c = connect(&[&b0, &x, &y], "c").await.unwrap();
+    let node = NewNode {
+        id: FileId::random(),
+        kind: FileKind::File,
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        meta: Vec::new(),
+    };
+    let (e, _) = a
+        .root
+        .create(FileId::ROOT, b"f", &node, None, None)
+        .await
+        .unwrap();
+    let id = e.attr.id;
+    let (oa, ob) = (1, 2);
+
+    // What `a` holds, `b` cannot take, though the child it would ask first never saw it.
+    a.root
+        .setlk(id, &lock(Write, 0, u64::MAX, oa), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        b.root.setlk(id, &lock(Write, 0, 0, ob), false).await,
+        Err(Errno::EAGAIN)
+    );
+    assert_eq!(b.root.getlk(id, &lock(Read, 0, 0, ob)).await.unwrap().kind, Write);
+    a.root
+        .setlk(id, &lock(Unlock, 0, u64::MAX, oa), false)
+        .await
+        .unwrap();
+
+    // A request only some children grant changes nothing: `a` holds a read lock on 0-9,
+    // `b` a write lock on 100-199 (on the children it reaches), and `a`'s upgrade to a write
+    // lock on 0-199 is granted by the first child alone.
+    a.root.setlk(id, &lock(Read, 0, 9, oa), false).await.unwrap();
+    b.root.setlk(id, &lock(Write, 100, 199, ob), false).await.unwrap();
+    assert_eq!(
+        a.root.setlk(id, &lock(Write, 0, 199, oa), false).await,
+        Err(Errno::EAGAIN)
+    );
+    // The first child has `a`'s read lock back, as it was, and nothing more.
+    let seen = c.root.getlk(id, &lock(Write, 0, 199, 9)).await.unwrap();
+    assert_eq!((seen.kind, seen.start, seen.end), (Read, 0, 9));
+    assert_eq!(
+        c.root.getlk(id, &lock(Write, 10, 199, 9)).await.unwrap().kind,
+        Unlock
+    );
+    // And `b` still cannot write where `a` reads.
+    assert_eq!(
+        b.root.setlk(id, &lock(Write, 5, 5, ob), false).await,
+        Err(Errno::EAGAIN)
+    );
+
+    // A blocking request waits for the holder on every child, and gets the lock after it.
+    let b_root = b.root.clone();
+    let mut waiter = tokio::spawn(async move { b_root.setlk(id, &lock(Write, 0, 9, ob), true).await });
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut waiter).await;
+    assert!(early.is_err(), "granted while `a` reads: {early:?}");
+    a.root
+        .setlk(id, &lock(Unlock, 0, u64::MAX, oa), false)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .expect("waiter granted once `a` unlocked")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        a.root.setlk(id, &lock(Read, 0, 0, oa), false).await,
+        Err(Errno::EAGAIN)
+    );
+}
