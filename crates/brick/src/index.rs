@@ -5,6 +5,7 @@
 //! .shoal/ids/ab/<id>     hard link to each non-directory (file, symlink, fifo, ...)
 //! .shoal/dirs/ab/<id>    symlink whose target is "<parent id>/<name>" for each directory
 //! .shoal/orphans/<id>    files unlinked while still open, removed on last close or restart
+//! .shoal/pending/<id>    objects that carry pending-heal counters (what healing must visit)
 //! ```
 //!
 //! Directories cannot be hard-linked, so they are found by walking parent links; a directory
@@ -24,6 +25,7 @@ pub struct Index {
     ids: OwnedFd,
     dirs: OwnedFd,
     orphans: OwnedFd,
+    pending: OwnedFd,
 }
 
 fn open_dir(at: BorrowedFd<'_>, name: &str) -> Result<OwnedFd, Errno> {
@@ -86,7 +88,13 @@ impl Index {
             drop(ensure_dir(dirs.as_fd(), &name)?);
         }
         let orphans = ensure_dir(meta.as_fd(), "orphans")?;
-        let index = Index { ids, dirs, orphans };
+        let pending = ensure_dir(meta.as_fd(), "pending")?;
+        let index = Index {
+            ids,
+            dirs,
+            orphans,
+            pending,
+        };
         index.clear_orphans()?;
         Ok(index)
     }
@@ -146,6 +154,40 @@ impl Index {
             }
         }
         Ok(())
+    }
+
+    /// Notes that `id` carries pending-heal counters (true) or no longer does (false).
+    pub fn set_pending(&self, id: FileId, pending: bool) -> Result<(), Errno> {
+        let name = id.to_hex();
+        let r = if pending {
+            // An empty file would do as well; a symlink is made in one call.
+            rustix::fs::symlinkat("p", self.pending.as_fd(), &name)
+        } else {
+            rustix::fs::unlinkat(self.pending.as_fd(), &name, AtFlags::empty())
+        };
+        match r {
+            Ok(()) | Err(rustix::io::Errno::EXIST) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(e) => Err(errno(e)),
+        }
+    }
+
+    /// Up to `max` of the objects noted as carrying pending-heal counters.
+    pub fn pending(&self, max: usize) -> Result<Vec<FileId>, Errno> {
+        let dir = rustix::fs::Dir::read_from(&self.pending).map_err(errno)?;
+        let mut out = Vec::new();
+        for entry in dir {
+            let entry = entry.map_err(errno)?;
+            let name = entry.file_name().to_bytes();
+            if let Some(id) = std::str::from_utf8(name).ok().and_then(FileId::from_hex) {
+                out.push(id);
+                if out.len() >= max {
+                    break;
+                }
+            } else if name != b"." && name != b".." {
+                tracing::warn!(name = %String::from_utf8_lossy(name), "stray entry in the pending index");
+            }
+        }
+        Ok(out)
     }
 
     /// Records (or moves) a directory: its parent and its name there.

@@ -5,6 +5,7 @@
 //! folder holds an id index (hard links for files, symlinks naming parent and name for
 //! directories), so that any object can be reached by id in O(1).
 
+pub mod heal;
 pub mod index;
 mod interest;
 pub mod locks;

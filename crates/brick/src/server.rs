@@ -5,6 +5,7 @@
 //! client changes one, sends it a [`Notice`]: clients can then cache attributes and entries
 //! for long and still see every change at once (see `crate::interest`).
 
+use crate::heal::{Heals, Touched};
 use crate::interest::{Effect, Interest};
 use crate::locks::LockTable;
 use crate::readahead::Stride;
@@ -25,6 +26,8 @@ use tokio::sync::watch;
 const QUICK_WRITE: usize = 64 * 1024;
 /// Handles one connection may hold open.
 const MAX_HANDLES: usize = 65536;
+/// Most objects one `ListPending` answers with.
+const MAX_PENDING_LIST: usize = 4096;
 
 /// What a brick server needs besides its store.
 #[derive(Clone, Debug)]
@@ -39,6 +42,7 @@ pub struct BrickServer {
     next_conn: AtomicU64,
     /// Connections that take notices.
     listeners: Mutex<HashMap<u64, Arc<Conn>>>,
+    heals: Arc<Heals>,
 }
 
 /// An open handle; closing it (drop) tells the store, which may remove an unlinked file.
@@ -73,6 +77,8 @@ pub struct Conn {
     /// The peer's protocol version: notices and attributes on release from 2 on.
     version: u16,
     interest: Interest,
+    /// Heal guards and watches this connection holds: (object, guard).
+    heals: Mutex<Vec<(proto::FileId, bool)>>,
 }
 
 impl Conn {
@@ -115,6 +121,7 @@ impl BrickServer {
             config,
             next_conn: AtomicU64::new(1),
             listeners: Mutex::new(HashMap::new()),
+            heals: Arc::new(Heals::default()),
         })
     }
 
@@ -264,6 +271,18 @@ impl BrickServer {
             Request::GetLk { id, lock } => s
                 .kind(id)
                 .map(|_| Reply::Lock(self.locks.test(id, conn.id, &lock))),
+            Request::HealEnd { id, guard } => {
+                let held = {
+                    let mut heals = lock(&conn.heals);
+                    let pos = heals.iter().position(|h| *h == (id, guard));
+                    pos.map(|p| heals.swap_remove(p))
+                };
+                // One that was never begun (or was already ended) vouches for nothing.
+                Ok(Reply::Changed(match held {
+                    Some(_) => self.heals.end(id, conn.id, guard),
+                    None => !guard,
+                }))
+            }
             Request::SetLk {
                 id,
                 lock,
@@ -386,6 +405,34 @@ impl BrickServer {
                 }
                 Err(e) => Err(e),
             },
+            Request::HealBegin { id, guard } => {
+                if lock(&conn.heals).contains(&(id, guard)) {
+                    return (Err(Errno::EBUSY), none);
+                }
+                let r = match self.blocking(move |s| s.kind(id)).await {
+                    Ok(_) if guard => {
+                        let store = self.store.clone();
+                        self.heals.guard(id, conn.id, || store.open_count(id) > 0).await
+                    }
+                    Ok(_) => {
+                        self.heals.watch(id, conn.id);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                };
+                if r.is_ok() {
+                    lock(&conn.heals).push((id, guard));
+                    // A connection that went away meanwhile leaves nothing behind.
+                    if *conn.closed.borrow() {
+                        self.end_heals(conn);
+                    }
+                }
+                r.map(|_| Reply::Ok)
+            }
+            Request::ListPending { max } => {
+                let max = (max as usize).clamp(1, MAX_PENDING_LIST);
+                self.blocking(move |s| s.pending(max)).await.map(Reply::Ids)
+            }
             other => match self.quick(conn, other, &data) {
                 Quick::Done(r) => r,
                 Quick::Slow(r) => {
@@ -416,6 +463,7 @@ impl Service for BrickServer {
             out,
             version: peer.version,
             interest: Interest::default(),
+            heals: Mutex::new(Vec::new()),
         });
         self.locks.open_conn(conn.id);
         if conn.version >= 2 {
@@ -428,6 +476,69 @@ impl Service for BrickServer {
     }
 
     fn handle(self: &Arc<Self>, conn: &Arc<Conn>, req: Request, data: Bytes) -> Handled<Reply> {
+        let touched = Touched::of(&req, |fh| conn.handle(fh).ok().map(|h| h.file().id));
+        let running = match touched.is_empty() {
+            true => None,
+            false => match self.heals.try_enter(touched, conn.id) {
+                Some(r) => Some(r),
+                None => {
+                    // Another client heals what this changes: it waits for the heal to end.
+                    let (server, conn) = (self.clone(), conn.clone());
+                    return Handled::Later(Box::pin(async move {
+                        let running = server.heals.enter(touched, conn.id).await;
+                        let answer = server.run(&conn, req, data).await;
+                        drop(running);
+                        answer
+                    }));
+                }
+            },
+        };
+        match self.dispatch(conn, req, data) {
+            Handled::Now(answer) => Handled::Now(answer),
+            Handled::Later(fut) => Handled::Later(Box::pin(async move {
+                let answer = fut.await;
+                drop(running);
+                answer
+            })),
+        }
+    }
+
+    fn close(&self, conn: &Conn) {
+        // Handles close as the last request holding them finishes; locks go now.
+        conn.handles.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.locks.release_conn(conn.id);
+        self.end_heals(conn);
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&conn.id);
+    }
+
+    fn undecodable(&self, header: &[u8]) -> Errno {
+        match proto::msg::op_index(header) {
+            Some(op) if op >= proto::msg::REQUEST_OPS => Errno::ENOSYS,
+            _ => Errno::EBADMSG,
+        }
+    }
+}
+
+impl BrickServer {
+    /// Runs a request that may go ahead now.
+    async fn run(self: &Arc<Self>, conn: &Arc<Conn>, req: Request, data: Bytes) -> Answer<Reply> {
+        match self.dispatch(conn, req, data) {
+            Handled::Now(answer) => answer,
+            Handled::Later(fut) => fut.await,
+        }
+    }
+
+    fn end_heals(&self, conn: &Conn) {
+        let held = std::mem::take(&mut *lock(&conn.heals));
+        for (id, guard) in held {
+            self.heals.end(id, conn.id, guard);
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, conn: &Arc<Conn>, req: Request, data: Bytes) -> Handled<Reply> {
         let mut effect = Effect::of(&req, |fh| conn.handle(fh).ok().map(|h| h.file().id));
         // What a removed or replaced name named loses a link: clients caching it must hear.
         if let Some((dir, name)) = crate::interest::doomed(&req).filter(|_| self.others_listen(conn)) {
@@ -451,23 +562,6 @@ impl Service for BrickServer {
                     answer
                 }))
             }
-        }
-    }
-
-    fn close(&self, conn: &Conn) {
-        // Handles close as the last request holding them finishes; locks go now.
-        conn.handles.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        self.locks.release_conn(conn.id);
-        self.listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&conn.id);
-    }
-
-    fn undecodable(&self, header: &[u8]) -> Errno {
-        match proto::msg::op_index(header) {
-            Some(op) if op >= proto::msg::REQUEST_OPS => Errno::ENOSYS,
-            _ => Errno::EBADMSG,
         }
     }
 }

@@ -23,6 +23,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 const DIR_CACHE: usize = 4096;
 /// Longest chain of parent links followed when resolving a directory id.
 const MAX_DEPTH: usize = 4096;
+/// Internal counters named so are pending-heal markers, indexed (see [`Store::pending`]).
+const PENDING: &str = "pending.";
 
 /// Why a brick directory could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -1077,7 +1079,34 @@ impl Store {
             }
             out.push((name.clone(), new));
         }
+        if deltas.iter().any(|(name, _)| name.starts_with(PENDING)) {
+            // Listed while any of its pending-heal counters is set, so that healing finds it
+            // without walking the brick.
+            let prefix = self.ns.disk_name(PENDING);
+            let names = sys::list(&t)?;
+            let any = names.iter().any(|n| n.starts_with(prefix.as_bytes()));
+            self.index.set_pending(id, any)?;
+        }
         Ok(out)
+    }
+
+    /// Up to `max` objects that carry pending-heal counters. Objects that are gone since
+    /// are dropped from the list on the way.
+    pub fn pending(&self, max: usize) -> Result<Vec<FileId>, Errno> {
+        let mut out = Vec::new();
+        for id in self.index.pending(max)? {
+            match self.locate(id) {
+                Ok(_) => out.push(id),
+                Err(Errno::ENOENT) | Err(Errno::ESTALE) => self.index.set_pending(id, false)?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Handles open on `id` (by any connection).
+    pub fn open_count(&self, id: FileId) -> u32 {
+        lock(&self.opens).get(&id).copied().unwrap_or(0)
     }
 
     /// Sets (Some) or removes (None) internal xattrs.

@@ -151,6 +151,25 @@ pub enum Request {
         name: Vec<u8>,
         keep: String,
     },
+    /// Healing (replicate). With `guard`, the sender is about to repair this brick's copy of
+    /// `id`: refused with EBUSY while another client has the file open or heals it too;
+    /// until `HealEnd`, other clients' changes to it (and, for a directory, to its entries)
+    /// and opens of it wait. Without `guard`, a good copy is watched: `HealEnd` tells
+    /// whether another client changed it meanwhile.
+    HealBegin {
+        id: FileId,
+        guard: bool,
+    },
+    /// Ends what `HealBegin` started; the reply is `Reply::Changed`.
+    HealEnd {
+        id: FileId,
+        guard: bool,
+    },
+    /// Objects that carry pending-heal counters (`pending.*`, set by `XattrAdd`), at most
+    /// `max`; the reply is `Reply::Ids`.
+    ListPending {
+        max: u32,
+    },
 }
 
 impl Request {
@@ -185,6 +204,9 @@ impl Request {
             Request::GetLk { .. } => "getlk",
             Request::SetLk { .. } => "setlk",
             Request::UnlinkUnless { .. } => "unlink",
+            Request::HealBegin { .. } => "healbegin",
+            Request::HealEnd { .. } => "healend",
+            Request::ListPending { .. } => "listpending",
         }
     }
 }
@@ -192,7 +214,7 @@ impl Request {
 /// Number of operations in [`Request`]: a header naming an operation at or past this index
 /// asks for something this build does not know (ENOSYS), anything else undecodable is
 /// malformed (EBADMSG).
-pub const REQUEST_OPS: u32 = 28;
+pub const REQUEST_OPS: u32 = 31;
 
 /// The operation index at the start of an encoded request (postcard writes an enum's
 /// variant index first, as a varint).
@@ -244,6 +266,9 @@ pub enum Reply {
     Counters(Vec<(String, i64)>),
     /// A conflicting lock, or one of kind Unlock if there is none.
     Lock(Lock),
+    /// Whether another client changed a watched object during a heal.
+    Changed(bool),
+    Ids(Vec<FileId>),
 }
 
 /// What comes back for one request.
@@ -277,11 +302,7 @@ mod tests {
 
     #[test]
     fn op_count_matches_the_enum() {
-        let last = Request::UnlinkUnless {
-            parent: FileId::ROOT,
-            name: b"x".to_vec(),
-            keep: "linkto".into(),
-        };
+        let last = Request::ListPending { max: 1 };
         let enc = postcard::to_allocvec(&last).unwrap();
         assert_eq!(op_index(&enc), Some(REQUEST_OPS - 1));
         assert_eq!(op_index(&postcard::to_allocvec(&Request::Ping).unwrap()), Some(0));
