@@ -6,7 +6,7 @@
 //! and a `linkto` xattr naming the data's child, carrying the file's id. Lookups start at
 //! the hashed child and follow a pointer when they meet one.
 
-use crate::xlator::{Child, DirCursor, DirPage, Handle, Result, Xlator};
+use crate::xlator::{Child, DirCursor, DirPage, Handle, HealReport, Result, Xlator};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -608,6 +608,10 @@ impl Xlator for Distribute {
 
     fn is_up(&self) -> bool {
         self.children.iter().all(|c| c.is_up())
+    }
+
+    async fn heal(&self) -> Result<HealReport> {
+        crate::xlator::heal_all(&self.children).await
     }
 }
 

@@ -2,7 +2,7 @@
 //! fails at once with "transport endpoint is not connected" instead of waiting on bricks
 //! that are going away; opened again when the volume restarts.
 
-use crate::xlator::{Child, DirCursor, DirPage, Handle, Result, Xlator};
+use crate::xlator::{Child, DirCursor, DirPage, Handle, HealReport, Result, Xlator};
 use async_trait::async_trait;
 use bytes::Bytes;
 use proto::{Entry, Errno, FileId, Lock, NewNode, RenameFlags, SetAttr, StatFs};
@@ -139,5 +139,9 @@ impl Xlator for Gate {
     }
     fn is_up(&self) -> bool {
         self.open.load(Ordering::SeqCst) && self.inner.is_up()
+    }
+
+    async fn heal(&self) -> Result<HealReport> {
+        self.pass()?.heal().await
     }
 }

@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod distribute;
 pub mod gate;
+mod heal;
 pub mod protocol;
 pub mod replicate;
 pub mod stripe;
@@ -14,4 +15,4 @@ pub mod volume;
 pub mod xlator;
 
 pub use volume::{Stale, StaleFn, Volume};
-pub use xlator::{DirCursor, DirPage, Handle, Xlator};
+pub use xlator::{DirCursor, DirPage, Handle, HealReport, Xlator};

@@ -429,6 +429,24 @@ impl Xlator for Protocol {
         .await
     }
 
+    async fn heal_begin(&self, id: FileId, guard: bool) -> Result<()> {
+        self.ok(Request::HealBegin { id, guard }).await
+    }
+
+    async fn heal_end(&self, id: FileId, guard: bool) -> Result<bool> {
+        match self.call(Request::HealEnd { id, guard }).await? {
+            Reply::Changed(c) => Ok(c),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn list_pending(&self, max: u32) -> Result<Vec<FileId>> {
+        match self.call(Request::ListPending { max }).await? {
+            Reply::Ids(ids) => Ok(ids),
+            r => Err(unexpected(r)),
+        }
+    }
+
     fn is_up(&self) -> bool {
         self.conn.is_up()
     }

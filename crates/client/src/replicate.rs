@@ -8,7 +8,8 @@
 //! entry changes) before the change is acknowledged, so healing knows exactly what to
 //! repair, and reads never use a copy that others mark as behind.
 
-use crate::xlator::{Child, DirCursor, DirPage, Handle, Result, Xlator};
+use crate::heal::Healer;
+use crate::xlator::{Child, DirCursor, DirPage, Handle, HealReport, Result, Xlator};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -16,7 +17,8 @@ use proto::{Entry, Errno, FileId, Lock, LockKind, NewNode, RenameFlags, SetAttr,
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
 
 /// Name of the counter that marks child `j` as behind.
 pub fn pending_key(j: usize) -> String {
@@ -45,7 +47,13 @@ pub fn pending_mask(e: &Entry) -> u64 {
 }
 
 pub struct Replicate {
-    children: Vec<Child>,
+    pub(crate) children: Vec<Child>,
+    /// The same bricks over connections of the healer's own (see `crate::heal`).
+    pub(crate) healers: Vec<Healer>,
+    /// One heal pass at a time.
+    pub(crate) heal_lock: tokio::sync::Mutex<()>,
+    /// Tells the background healer that requests met pending markers.
+    heal_wake: Arc<Notify>,
     /// The locks this client holds, per file and lock owner, as the children were told: to
     /// put them back on children that granted a request the others refused.
     held: Mutex<HashMap<(FileId, u64), Vec<Lock>>>,
@@ -71,15 +79,38 @@ fn bit(i: usize) -> u64 {
 }
 
 impl Replicate {
-    pub fn new(children: Vec<Child>) -> Replicate {
-        assert!(!children.is_empty() && children.len() <= 64);
-        Replicate {
+    /// A replica set over `children`; `healers` reach the same bricks over connections of
+    /// their own. Heals in the background (on the current tokio runtime) while it lives.
+    pub fn new(children: Vec<Child>, healers: Vec<Healer>) -> Arc<Replicate> {
+        assert!(!children.is_empty() && children.len() <= 64 && healers.len() == children.len());
+        let heal_wake = Arc::new(Notify::new());
+        let r = Arc::new(Replicate {
             children,
+            healers,
+            heal_lock: tokio::sync::Mutex::new(()),
+            heal_wake: heal_wake.clone(),
             held: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(crate::heal::keep_healing(Arc::downgrade(&r), heal_wake));
+        r
+    }
+
+    /// Requests met copies marked behind: if those can be reached, heal soon.
+    fn noticed(&self, stale: u64) {
+        if stale & self.up_mask() != 0 {
+            self.heal_wake.notify_one();
         }
     }
 
-    fn all(&self) -> u64 {
+    /// Children marked behind by any of these answers.
+    fn stale_in(results: &[Result<Entry>]) -> u64 {
+        results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .fold(0, |m, e| m | pending_mask(e))
+    }
+
+    pub(crate) fn all(&self) -> u64 {
         if self.children.len() == 64 {
             u64::MAX
         } else {
@@ -87,7 +118,7 @@ impl Replicate {
         }
     }
 
-    fn up_mask(&self) -> u64 {
+    pub(crate) fn up_mask(&self) -> u64 {
         self.children
             .iter()
             .enumerate()
@@ -175,10 +206,7 @@ impl Replicate {
 
     /// The entry of a good copy among lookup/getattr answers.
     fn pick(results: Vec<Result<Entry>>) -> Result<Entry> {
-        let stale = results
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .fold(0, |m, e| m | pending_mask(e));
+        let stale = Self::stale_in(&results);
         let out = Self::outcome(results)?;
         let mut first = None;
         for (i, e) in out.ok {
@@ -291,10 +319,8 @@ impl Replicate {
     /// Children ordered good-first for reading `id`.
     async fn good_children(&self, id: FileId) -> Result<Vec<usize>> {
         let results = self.fan(|_, c| c.getattr(id)).await;
-        let stale = results
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .fold(0, |m, e| m | pending_mask(e));
+        let stale = Self::stale_in(&results);
+        self.noticed(stale);
         let out = Self::outcome(results)?;
         let mut order: Vec<usize> = out
             .ok
@@ -326,11 +352,15 @@ impl Replicate {
 #[async_trait]
 impl Xlator for Replicate {
     async fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Entry> {
-        Self::pick(self.fan(|_, c| c.lookup(parent, name)).await)
+        let results = self.fan(|_, c| c.lookup(parent, name)).await;
+        self.noticed(Self::stale_in(&results));
+        Self::pick(results)
     }
 
     async fn getattr(&self, id: FileId) -> Result<Entry> {
-        Self::pick(self.fan(|_, c| c.getattr(id)).await)
+        let results = self.fan(|_, c| c.getattr(id)).await;
+        self.noticed(Self::stale_in(&results));
+        Self::pick(results)
     }
 
     async fn setattr(&self, id: FileId, h: Option<&Handle>, set: &SetAttr) -> Result<Entry> {
@@ -487,10 +517,8 @@ impl Xlator for Replicate {
 
     async fn open(&self, id: FileId, flags: u32) -> Result<Handle> {
         let (opens, attrs) = tokio::join!(self.fan(|_, c| c.open(id, flags)), self.fan(|_, c| c.getattr(id)));
-        let stale = attrs
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .fold(0, |m, e| m | pending_mask(e));
+        let stale = Self::stale_in(&attrs);
+        self.noticed(stale);
         let out = Self::outcome(opens)?;
         let mut handles: Vec<Option<Handle>> = (0..self.children.len()).map(|_| None).collect();
         for (i, h) in out.ok {
@@ -717,6 +745,10 @@ impl Xlator for Replicate {
 
     fn is_up(&self) -> bool {
         self.quorum(self.up_mask())
+    }
+
+    async fn heal(&self) -> Result<HealReport> {
+        Ok(self.heal_pass().await)
     }
 }
 

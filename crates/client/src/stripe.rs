@@ -5,7 +5,7 @@
 //! child they land on.
 
 use crate::distribute::sum_statfs;
-use crate::xlator::{Child, DirCursor, DirPage, Handle, Result, Xlator};
+use crate::xlator::{Child, DirCursor, DirPage, Handle, HealReport, Result, Xlator};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
@@ -407,5 +407,9 @@ impl Xlator for Stripe {
 
     fn is_up(&self) -> bool {
         self.children.iter().all(|c| c.is_up())
+    }
+
+    async fn heal(&self) -> Result<HealReport> {
+        crate::xlator::heal_all(&self.children).await
     }
 }

@@ -2,6 +2,7 @@
 
 use crate::conn::BrickConn;
 use crate::distribute::Distribute;
+use crate::heal::Healer;
 use crate::protocol::Protocol;
 use crate::replicate::Replicate;
 use crate::stripe::Stripe;
@@ -72,7 +73,11 @@ impl Volume {
         if results.iter().all(Result::is_err) {
             return Err(VolumeError::Unreachable(spec.name.clone()));
         }
-        let root = build(&spec.graph(), &conns);
+        // Healing takes guards that must not cover this client's own requests: it has
+        // connections of its own (made when first needed).
+        let heal_name = format!("{client_name}/heal");
+        let healer = |i: usize| BrickConn::new(conns[i].addr(), key.clone(), "client", &heal_name);
+        let root = build(&spec.graph(), &conns, &healer);
         Ok(Volume { spec, root, conns })
     }
 
@@ -96,14 +101,32 @@ impl Volume {
     }
 }
 
-fn build(g: &Graph, conns: &[Arc<BrickConn>]) -> Child {
+fn build(g: &Graph, conns: &[Arc<BrickConn>], healer: &dyn Fn(usize) -> Arc<BrickConn>) -> Child {
+    let all = |c: &[Graph]| c.iter().map(|g| build(g, conns, healer)).collect();
     match g {
         Graph::Brick(i) => Arc::new(Protocol::new(conns[*i].clone())),
-        Graph::Distribute(c) => Arc::new(Distribute::new(c.iter().map(|g| build(g, conns)).collect())),
-        Graph::Replicate(c) => Arc::new(Replicate::new(c.iter().map(|g| build(g, conns)).collect())),
-        Graph::Stripe { size, children } => Arc::new(Stripe::new(
-            children.iter().map(|g| build(g, conns)).collect(),
-            *size,
-        )),
+        Graph::Distribute(c) => Arc::new(Distribute::new(all(c))),
+        Graph::Replicate(c) => {
+            let healers = c
+                .iter()
+                .map(|g| match g {
+                    Graph::Brick(i) => {
+                        let conn = healer(*i);
+                        Healer {
+                            child: Arc::new(Protocol::new(conn.clone())),
+                            conn: Some(conn),
+                        }
+                    }
+                    // Copies are bricks in every layout there is; anything else is not
+                    // healed (it answers ENOSYS).
+                    _ => Healer {
+                        child: build(g, conns, healer),
+                        conn: None,
+                    },
+                })
+                .collect();
+            Replicate::new(all(c), healers)
+        }
+        Graph::Stripe { size, children } => Arc::new(Stripe::new(all(children), *size)),
     }
 }

@@ -88,7 +88,54 @@ pub trait Xlator: Send + Sync {
     async fn setlk(&self, id: FileId, lock: &Lock, wait: bool) -> Result<()>;
     /// Whether this subtree can serve requests now (for quorum and read-child choices).
     fn is_up(&self) -> bool;
+
+    /// Bricks only: begins healing `id` here (see `proto::msg::Request::HealBegin`).
+    async fn heal_begin(&self, _id: FileId, _guard: bool) -> Result<()> {
+        Err(Errno::ENOSYS)
+    }
+    /// Bricks only: ends what `heal_begin` started; for a watch, whether another client
+    /// changed the object meanwhile.
+    async fn heal_end(&self, _id: FileId, _guard: bool) -> Result<bool> {
+        Err(Errno::ENOSYS)
+    }
+    /// Bricks only: objects that carry pending-heal markers.
+    async fn list_pending(&self, _max: u32) -> Result<Vec<FileId>> {
+        Err(Errno::ENOSYS)
+    }
+    /// Repairs every copy this subtree knows to be behind and can reach now.
+    async fn heal(&self) -> Result<HealReport> {
+        Ok(HealReport::default())
+    }
+}
+
+/// What one pass of healing did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HealReport {
+    /// Objects whose stale copies were repaired.
+    pub healed: u64,
+    /// Objects left for a later pass: open elsewhere, changed during the heal, a copy
+    /// unreachable, or an error.
+    pub left: u64,
+    /// Objects whose copies each mark another as behind: an administrator must choose.
+    pub split_brain: u64,
+}
+
+impl std::ops::AddAssign for HealReport {
+    fn add_assign(&mut self, o: HealReport) {
+        self.healed += o.healed;
+        self.left += o.left;
+        self.split_brain += o.split_brain;
+    }
 }
 
 /// Shorthand for a shared translator.
 pub type Child = Arc<dyn Xlator>;
+
+/// Heals each child in turn and adds up what they did.
+pub async fn heal_all(children: &[Child]) -> Result<HealReport> {
+    let mut total = HealReport::default();
+    for c in children {
+        total += c.heal().await?;
+    }
+    Ok(total)
+}

@@ -1,0 +1,587 @@
+//! Self-heal for replicate: copies that missed changes are repaired from good ones.
+//!
+//! Each brick lists the objects that carry pending markers (`ListPending`). A pass takes
+//! each of them, finds its good copies (marked behind by no other copy) and its stale ones
+//! (marked by some), and for each stale copy that can be reached:
+//!
+//! 1. takes the stale brick's *guard* on the object: others' changes to that copy wait, and
+//!    a file open elsewhere is left for a later pass;
+//! 2. *watches* the object on the good copies;
+//! 3. copies the good copy onto the stale one: a file's data (holes stay holes), a
+//!    directory's entries (missing names made with their ids, extra ones removed, new objects
+//!    marked so that the same pass heals them too), then the attributes and xattrs;
+//! 4. clears exactly the markers it read after taking the guard, unless a watch saw another
+//!    client change a good copy meanwhile: then the markers stay and a later pass redoes it.
+//!
+//! The guard and watches belong to the healer's own brick connections, so that this mount's
+//! own requests are held and seen like anyone else's. Copies that each mark another as
+//! behind (split brain) are reported and left alone.
+
+use crate::conn::BrickConn;
+use crate::replicate::{pending_key, pending_mask, Replicate};
+use crate::xlator::{Child, DirCursor, Handle, HealReport, Result};
+use bytes::Bytes;
+use futures_util::future::{join_all, BoxFuture};
+use proto::{DirEntry, Entry, Errno, FileId, FileKind, NewNode, SetAttr, TimeSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+
+/// Bytes copied per read while healing a file.
+const CHUNK: u32 = 1 << 20;
+/// Zeros are left as holes in pieces of this size.
+const HOLE_BLOCK: usize = 4096;
+/// Objects asked of each brick per listing of its pending index.
+const LIST_MAX: u32 = 1024;
+/// Listings per pass (a pass that found a full listing lists again).
+const MAX_ROUNDS: usize = 64;
+/// How often the background healer looks at the children's states.
+const TICK: Duration = Duration::from_secs(1);
+/// A pass that left work is retried after this long.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Markers seen by requests start a pass at most this often.
+const MIN_GAP: Duration = Duration::from_secs(2);
+/// A pass runs at least this often anyway.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+
+/// A brick connection of the healer's own, beside the one the mount's requests use.
+pub struct Healer {
+    /// Connected when first needed.
+    pub conn: Option<Arc<BrickConn>>,
+    pub child: Child,
+}
+
+enum Outcome {
+    /// Nothing marked behind (any more).
+    Clean,
+    Healed,
+    /// To be tried again later.
+    Left,
+    /// The stale copies are unreachable: nothing to do until they are back.
+    Waiting,
+    SplitBrain,
+}
+
+fn bit(i: usize) -> u64 {
+    1u64 << i
+}
+
+fn counter(e: &Entry, key: &str) -> i64 {
+    e.meta(key)
+        .and_then(|v| <[u8; 8]>::try_from(v).ok())
+        .map(i64::from_be_bytes)
+        .unwrap_or(0)
+}
+
+fn is_marker(name: &str) -> bool {
+    name.starts_with("pending.")
+}
+
+fn gone(e: Errno) -> bool {
+    matches!(e, Errno::ENOENT | Errno::ESTALE)
+}
+
+/// Every entry of directory `id` on one brick, with its object.
+async fn list_dir(c: &Child, id: FileId) -> Result<Vec<DirEntry>> {
+    let mut out = Vec::new();
+    let mut cursor = DirCursor::default();
+    loop {
+        let page = c.readdir(id, &cursor, true).await?;
+        out.extend(
+            page.entries
+                .into_iter()
+                .filter(|d| d.name != b"." && d.name != b".." && d.entry.is_some()),
+        );
+        match page.next {
+            Some(n) => cursor = n,
+            None => return Ok(out),
+        }
+    }
+}
+
+fn entry_id(d: &DirEntry) -> Option<FileId> {
+    d.entry.as_ref().map(|e| e.attr.id)
+}
+
+impl Replicate {
+    fn healer(&self, i: usize) -> &Child {
+        &self.healers[i].child
+    }
+
+    /// One pass over everything the children list as pending.
+    pub(crate) async fn heal_pass(&self) -> HealReport {
+        let _one = self.heal_lock.lock().await;
+        let mut report = HealReport::default();
+        let mut visited = HashSet::new();
+        for _ in 0..MAX_ROUNDS {
+            let mut queue = VecDeque::new();
+            let mut full = false;
+            for (i, c) in self.children.iter().enumerate() {
+                if !c.is_up() {
+                    continue;
+                }
+                match c.list_pending(LIST_MAX).await {
+                    Ok(ids) => {
+                        full |= ids.len() >= LIST_MAX as usize;
+                        queue.extend(ids.into_iter().filter(|id| !visited.contains(id)));
+                    }
+                    Err(Errno::ENOSYS) => {}
+                    Err(e) => tracing::debug!(child = i, "cannot list pending heals: {e}"),
+                }
+            }
+            if queue.is_empty() {
+                break;
+            }
+            while let Some(id) = queue.pop_front() {
+                if !visited.insert(id) {
+                    continue;
+                }
+                let mut made = Vec::new();
+                match self.heal_object(id, &mut made).await {
+                    Ok(Outcome::Healed) => report.healed += 1,
+                    Ok(Outcome::Clean | Outcome::Waiting) => {}
+                    Ok(Outcome::Left) => report.left += 1,
+                    Ok(Outcome::SplitBrain) => report.split_brain += 1,
+                    Err(e) => {
+                        tracing::debug!(%id, "heal left for later: {e}");
+                        report.left += 1;
+                    }
+                }
+                // Objects an entry heal just made are healed in this pass, even if they
+                // were visited (and left) before their directory.
+                for m in made {
+                    visited.remove(&m);
+                    queue.push_back(m);
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        report
+    }
+
+    async fn heal_object(&self, id: FileId, made: &mut Vec<FileId>) -> Result<Outcome> {
+        let up = self.up_mask();
+        for (i, h) in self.healers.iter().enumerate() {
+            if let Some(conn) = h.conn.as_ref().filter(|_| up & bit(i) != 0) {
+                // Best effort: an unreachable copy simply takes no part.
+                let _ = conn.connect().await;
+            }
+        }
+        let entries = join_all(self.healers.iter().map(|h| h.child.getattr(id))).await;
+        let (mut present, mut absent, mut blamed) = (0u64, 0u64, 0u64);
+        let mut kind = None;
+        for (i, r) in entries.iter().enumerate() {
+            match r {
+                Ok(e) => {
+                    present |= bit(i);
+                    blamed |= pending_mask(e);
+                    kind.get_or_insert(e.attr.kind);
+                }
+                Err(e) if gone(*e) => absent |= bit(i),
+                Err(_) => {}
+            }
+        }
+        blamed &= self.all();
+        if blamed == 0 {
+            return Ok(Outcome::Clean);
+        }
+        let sources: Vec<usize> = (0..self.children.len())
+            .filter(|i| present & !blamed & bit(*i) != 0)
+            .collect();
+        if sources.is_empty() {
+            tracing::warn!(%id, "split brain: every copy is marked behind by another; not healed");
+            return Ok(Outcome::SplitBrain);
+        }
+        let sinks = blamed & present;
+        if sinks == 0 {
+            // Missing copies are made by the entry heal of a directory.
+            return Ok(match blamed & absent {
+                0 => Outcome::Waiting,
+                _ => Outcome::Left,
+            });
+        }
+        let mut outcome = Outcome::Healed;
+        for s in (0..self.children.len()).filter(|s| sinks & bit(*s) != 0) {
+            match self.heal_copy(id, &sources, s, made).await {
+                Ok(true) => {
+                    tracing::debug!(%id, child = s, ?kind, "healed");
+                }
+                Ok(false) => outcome = Outcome::Left,
+                Err(e) => {
+                    tracing::debug!(%id, child = s, "heal left for later: {e}");
+                    outcome = Outcome::Left;
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Repairs child `s`'s copy of `id` from `sources`: true when done and its markers
+    /// cleared, false when it is to be tried again later.
+    async fn heal_copy(
+        &self,
+        id: FileId,
+        sources: &[usize],
+        s: usize,
+        made: &mut Vec<FileId>,
+    ) -> Result<bool> {
+        let sink = self.healer(s);
+        match sink.heal_begin(id, true).await {
+            Ok(()) => {}
+            Err(Errno::EBUSY) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let mut watching = Vec::new();
+        for &i in sources {
+            if self.healer(i).heal_begin(id, false).await.is_ok() {
+                watching.push(i);
+            }
+        }
+        let r = match watching.is_empty() {
+            true => Ok(false),
+            false => self.copy_and_clear(id, &watching, s, made).await,
+        };
+        if r.is_err() {
+            for &i in &watching {
+                let _ = self.healer(i).heal_end(id, false).await;
+            }
+        }
+        if let Err(e) = sink.heal_end(id, true).await {
+            tracing::debug!(%id, child = s, "cannot end a heal guard: {e}");
+        }
+        r
+    }
+
+    async fn copy_and_clear(
+        &self,
+        id: FileId,
+        sources: &[usize],
+        s: usize,
+        made: &mut Vec<FileId>,
+    ) -> Result<bool> {
+        // Read after the guard: the markers cleared below are those of what is copied.
+        let key = pending_key(s);
+        let mut counts = Vec::new();
+        let mut good = None;
+        for &i in sources {
+            let e = self.healer(i).getattr(id).await?;
+            counts.push((i, counter(&e, &key)));
+            good.get_or_insert(e);
+        }
+        let e = good.ok_or(Errno::EIO)?;
+        let src = sources[0];
+        match e.attr.kind {
+            FileKind::File => self.copy_data(id, src, s, e.attr.size).await?,
+            FileKind::Dir => self.copy_entries(id, sources, s, made).await?,
+            _ => {}
+        }
+        self.copy_meta(id, &e, src, s).await?;
+        let mut changed = false;
+        for &i in sources {
+            changed |= self.healer(i).heal_end(id, false).await.unwrap_or(true);
+        }
+        if changed {
+            return Ok(false);
+        }
+        for (i, n) in counts {
+            if n != 0 {
+                self.healer(i).xattr_add(id, &[(key.clone(), -n)]).await?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// A file's bytes, from `src` onto `s`; runs of zeros stay holes.
+    async fn copy_data(&self, id: FileId, src: usize, s: usize, size: u64) -> Result<()> {
+        let (from, to) = (self.healer(src), self.healer(s));
+        let hs = from.open(id, libc::O_RDONLY as u32).await?;
+        let hk = match to.open(id, libc::O_RDWR as u32).await {
+            Ok(h) => h,
+            Err(e) => {
+                let _ = from.release(&hs).await;
+                return Err(e);
+            }
+        };
+        let r = self.copy_bytes(id, &hs, &hk, src, s, size).await;
+        let _ = from.release(&hs).await;
+        let _ = to.release(&hk).await;
+        r
+    }
+
+    async fn copy_bytes(
+        &self,
+        id: FileId,
+        hs: &Handle,
+        hk: &Handle,
+        src: usize,
+        s: usize,
+        size: u64,
+    ) -> Result<()> {
+        let (from, to) = (self.healer(src), self.healer(s));
+        // Emptied first, so that what the good copy has as holes is a hole here too.
+        for len in [0, size] {
+            let set = SetAttr {
+                size: Some(len),
+                ..SetAttr::default()
+            };
+            to.setattr(id, Some(hk), &set).await?;
+        }
+        let mut off = 0;
+        while off < size {
+            let data = from.read(hs, off, CHUNK).await?;
+            if data.is_empty() {
+                break;
+            }
+            for (start, end) in nonzero_runs(&data) {
+                write_all(to, hk, off + start as u64, data.slice(start..end)).await?;
+            }
+            off += data.len() as u64;
+        }
+        // On disk before the markers that send readers elsewhere are cleared.
+        to.fsync(hk, false).await
+    }
+
+    /// A directory's entries: names the good copies lack go, missing ones are made (with
+    /// the same ids) and marked, so that their contents follow.
+    async fn copy_entries(
+        &self,
+        dir: FileId,
+        sources: &[usize],
+        s: usize,
+        made: &mut Vec<FileId>,
+    ) -> Result<()> {
+        let src = sources[0];
+        let want = list_dir(self.healer(src), dir).await?;
+        let have = list_dir(self.healer(s), dir).await?;
+        let wanted: HashMap<&[u8], Option<FileId>> =
+            want.iter().map(|d| (d.name.as_slice(), entry_id(d))).collect();
+        let had: HashMap<&[u8], Option<FileId>> =
+            have.iter().map(|d| (d.name.as_slice(), entry_id(d))).collect();
+        for d in &have {
+            if wanted.get(d.name.as_slice()) != Some(&entry_id(d)) {
+                self.remove_tree(s, dir, &d.name, d.kind, entry_id(d)).await?;
+            }
+        }
+        for d in &want {
+            if had.get(d.name.as_slice()) == Some(&entry_id(d)) {
+                continue;
+            }
+            let Some(e) = &d.entry else { continue };
+            self.add_entry(dir, &d.name, e, sources, s).await?;
+            made.push(e.attr.id);
+        }
+        Ok(())
+    }
+
+    async fn add_entry(
+        &self,
+        dir: FileId,
+        name: &[u8],
+        e: &Entry,
+        sources: &[usize],
+        s: usize,
+    ) -> Result<()> {
+        let to = self.healer(s);
+        let id = e.attr.id;
+        let node = NewNode {
+            id,
+            kind: e.attr.kind,
+            perm: e.attr.perm,
+            uid: e.attr.uid,
+            gid: e.attr.gid,
+            rdev: e.attr.rdev,
+            meta: e.meta.iter().filter(|m| !is_marker(&m.name)).cloned().collect(),
+        };
+        let r = match e.attr.kind {
+            // Another name of it is there already (a hard link).
+            FileKind::File if to.getattr(id).await.is_ok() => to.link(id, dir, name).await.map(|_| ()),
+            FileKind::Symlink => {
+                let target = self.healer(sources[0]).readlink(id).await?;
+                to.create(dir, name, &node, Some(&target), None).await.map(|_| ())
+            }
+            _ => to.create(dir, name, &node, None, None).await.map(|_| ()),
+        };
+        match r {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        // What was made lacks its data, entries or times: marked, so they follow.
+        for &i in sources {
+            self.healer(i).xattr_add(id, &[(pending_key(s), 1)]).await?;
+        }
+        Ok(())
+    }
+
+    /// Removes a name (and, for a directory, everything under it) from child `s` alone.
+    fn remove_tree<'a>(
+        &'a self,
+        s: usize,
+        parent: FileId,
+        name: &'a [u8],
+        kind: FileKind,
+        id: Option<FileId>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let c = self.healer(s);
+            let r = if kind == FileKind::Dir {
+                if let Some(id) = id {
+                    for d in list_dir(c, id).await? {
+                        self.remove_tree(s, id, &d.name, d.kind, entry_id(&d)).await?;
+                    }
+                }
+                c.rmdir(parent, name).await
+            } else {
+                c.unlink(parent, name).await
+            };
+            match r {
+                Err(e) if gone(e) => Ok(()),
+                r => r,
+            }
+        })
+    }
+
+    /// Attributes, xattrs and translator metadata (not the markers), from `src` onto `s`.
+    async fn copy_meta(&self, id: FileId, e: &Entry, src: usize, s: usize) -> Result<()> {
+        let (from, to) = (self.healer(src), self.healer(s));
+        let a = &e.attr;
+        let symlink = a.kind == FileKind::Symlink;
+        let owner = SetAttr {
+            uid: Some(a.uid),
+            gid: Some(a.gid),
+            ..SetAttr::default()
+        };
+        // The mode after the owner: a chown may clear set-id bits.
+        let rest = SetAttr {
+            perm: (!symlink).then_some(a.perm),
+            atime: Some(TimeSet::At(a.atime)),
+            mtime: Some(TimeSet::At(a.mtime)),
+            ..SetAttr::default()
+        };
+        to.setattr(id, None, &owner).await?;
+        to.setattr(id, None, &rest).await?;
+        let want = from.listxattr(id).await?;
+        let have = to.listxattr(id).await?;
+        for n in &want {
+            let v = from.getxattr(id, n).await?;
+            to.setxattr(id, n, &v, 0).await?;
+        }
+        for n in have.iter().filter(|n| !want.contains(n)) {
+            match to.removexattr(id, n).await {
+                Ok(()) | Err(Errno::ENODATA) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let sink = to.getattr(id).await?;
+        let mut meta: Vec<(String, Option<Vec<u8>>)> = e
+            .meta
+            .iter()
+            .filter(|m| !is_marker(&m.name) && sink.meta(&m.name) != Some(m.value.as_slice()))
+            .map(|m| (m.name.clone(), Some(m.value.clone())))
+            .collect();
+        for m in sink.meta.iter().filter(|m| !is_marker(&m.name)) {
+            if e.meta(&m.name).is_none() {
+                meta.push((m.name.clone(), None));
+            }
+        }
+        if !meta.is_empty() {
+            to.set_meta(id, &meta).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The runs of `data` (in blocks of `HOLE_BLOCK`) that hold anything but zeros.
+fn nonzero_runs(data: &[u8]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (k, block) in data.chunks(HOLE_BLOCK).enumerate() {
+        if block.iter().all(|b| *b == 0) {
+            continue;
+        }
+        let (start, end) = (k * HOLE_BLOCK, k * HOLE_BLOCK + block.len());
+        match runs.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => runs.push((start, end)),
+        }
+    }
+    runs
+}
+
+async fn write_all(c: &Child, h: &Handle, mut off: u64, mut data: Bytes) -> Result<()> {
+    while !data.is_empty() {
+        let n = c.write(h, off, data.clone()).await? as usize;
+        if n == 0 {
+            return Err(Errno::EIO);
+        }
+        off += n as u64;
+        data = data.slice(n.min(data.len())..);
+    }
+    Ok(())
+}
+
+/// Heals in the background: when a child comes back, when requests meet markers, after a
+/// pass that left work, and every `SWEEP_EVERY` anyway. Ends with the translator.
+pub(crate) async fn keep_healing(me: Weak<Replicate>, wake: Arc<Notify>) {
+    let mut last_up = 0u64;
+    let mut last_pass: Option<Instant> = None;
+    let mut retry_at: Option<Instant> = None;
+    let mut woken = false;
+    loop {
+        tokio::select! {
+            _ = wake.notified() => woken = true,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        let Some(r) = me.upgrade() else { return };
+        let up = r.up_mask();
+        let came_back = up & !last_up != 0;
+        last_up = up;
+        let now = Instant::now();
+        let since = last_pass.map(|t| now.duration_since(t));
+        let due = came_back
+            || (woken && since.is_none_or(|d| d >= MIN_GAP))
+            || retry_at.is_some_and(|t| now >= t)
+            || since.is_none_or(|d| d >= SWEEP_EVERY);
+        if !due || up.count_ones() < 2 {
+            continue;
+        }
+        woken = false;
+        let report = r.heal_pass().await;
+        drop(r);
+        last_pass = Some(Instant::now());
+        retry_at = (report.left > 0).then(|| Instant::now() + RETRY_AFTER);
+        if report != HealReport::default() {
+            tracing::info!(
+                healed = report.healed,
+                left = report.left,
+                split_brain = report.split_brain,
+                "self-heal pass"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_blocks_with_data_are_written() {
+        let mut d = vec![0u8; 5 * HOLE_BLOCK + 100];
+        d[10] = 1;
+        d[HOLE_BLOCK + 5] = 1;
+        d[3 * HOLE_BLOCK] = 1;
+        d[5 * HOLE_BLOCK + 99] = 1;
+        assert_eq!(
+            nonzero_runs(&d),
+            [
+                (0, 2 * HOLE_BLOCK),
+                (3 * HOLE_BLOCK, 4 * HOLE_BLOCK),
+                (5 * HOLE_BLOCK, 5 * HOLE_BLOCK + 100)
+            ]
+        );
+        assert!(nonzero_runs(&[0u8; 3 * HOLE_BLOCK]).is_empty());
+        assert!(nonzero_runs(&[]).is_empty());
+    }
+}
