@@ -1,6 +1,6 @@
-//! Replication survives a brick server's death: reads and writes go on, and the surviving
-//! bricks mark every file changed meanwhile as pending for the dead one. Without a quorum,
-//! writes are refused rather than allowed to diverge.
+//! Replication survives a brick server's death: reads and writes go on, the surviving
+//! bricks mark every file changed meanwhile as pending for the dead one, and the mount heals
+//! it once it is back. Without a quorum, writes are refused rather than allowed to diverge.
 
 mod common;
 
@@ -20,7 +20,7 @@ fn pending(brick: &std::path::Path, rel: &str, child: usize) -> i64 {
 }
 
 #[test]
-fn replica_3_carries_on_without_one_brick_and_marks_what_it_missed() {
+fn replica_3_carries_on_without_one_brick_marks_what_it_missed_and_heals_it() {
     if !require_root() {
         return;
     }
@@ -77,6 +77,39 @@ fn replica_3_carries_on_without_one_brick_and_marks_what_it_missed() {
         }
         assert_eq!(pending(p, "dir/during-0", 0) + pending(p, "dir/during-0", 1), 0);
     }
+
+    // Back up, brick 2 is healed by the mount without being asked: same files, same bytes,
+    // and no marker left anywhere.
+    b.restart(2);
+    let pending_index = |i: usize| {
+        std::fs::read_dir(b.bricks[i].path.join(".shoal/pending"))
+            .map(|d| d.count())
+            .unwrap_or(usize::MAX)
+    };
+    wait_for("brick 2 to be healed", std::time::Duration::from_secs(60), || {
+        (0..3).all(|i| pending_index(i) == 0)
+    });
+    let (p0, p2) = (&b.bricks[0].path, &b.bricks[2].path);
+    let names = |p: &std::path::Path| {
+        let mut v: Vec<_> = std::fs::read_dir(p.join("dir"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(p0), names(p2));
+    assert_eq!(names(p2).len(), 20 + 30 + 1);
+    for n in names(p0) {
+        let (a, c) = (p0.join("dir").join(&n), p2.join("dir").join(&n));
+        if a.is_file() {
+            assert!(std::fs::read(&a).unwrap() == std::fs::read(&c).unwrap(), "{n:?}");
+        }
+        for child in 0..3 {
+            assert_eq!(pending(p0, &format!("dir/{}", n.to_string_lossy()), child), 0);
+        }
+    }
+    assert_eq!(pending(p0, "dir", 2) + pending(b.bricks[1].path.as_path(), "dir", 2), 0);
 }
 
 #[test]
