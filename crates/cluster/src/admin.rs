@@ -73,6 +73,10 @@ pub enum AdminRequest {
     VolumeStatus {
         name: Option<String>,
     },
+    /// What each brick of a replicated volume lists as waiting for heal.
+    VolumeHealInfo {
+        name: String,
+    },
     VolumeList,
     NodeAdd {
         endpoint: String,
@@ -164,6 +168,17 @@ pub struct BrickRow {
     pub status: Option<BrickStatus>,
 }
 
+/// A brick in `volume heal NAME info`: the objects it lists as waiting for heal (at most
+/// `HEAL_INFO_MAX`), or why it could not be asked.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HealRow {
+    pub brick: String,
+    pub entries: Result<Vec<String>, String>,
+}
+
+/// Most entries `volume heal NAME info` lists per brick.
+pub const HEAL_INFO_MAX: u32 = 4096;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VolumeStatusView {
     pub volume: VolumeRecord,
@@ -181,6 +196,7 @@ pub enum AdminResponse {
     Uptimes(Vec<Result<NodeStatus, (u64, String)>>),
     Volumes(Vec<VolumeRecord>),
     VolumeStatus(Vec<VolumeStatusView>),
+    HealInfo(Vec<HealRow>),
     Ips(Vec<IpRow>),
     Vars(Vec<(String, i64)>),
     Scripts(Vec<(u64, Result<Vec<crate::rpc::ScriptRow>, String>)>),

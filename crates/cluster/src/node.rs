@@ -3,7 +3,7 @@
 #![allow(clippy::result_large_err)]
 
 use crate::admin::{
-    AdminRequest, AdminResponse, BrickRow, ClusterStatus, NodeRow, PingRow, Target, VolumeStatusView,
+    AdminRequest, AdminResponse, BrickRow, ClusterStatus, HealRow, NodeRow, PingRow, Target, VolumeStatusView,
 };
 use crate::config::{NodeConfig, PublicAddress};
 use crate::peers::{NodeConn, Peers};
@@ -709,6 +709,7 @@ impl Node {
                 | AdminRequest::VolumeInfo { .. }
                 | AdminRequest::VolumeList
                 | AdminRequest::VolumeStatus { .. }
+                | AdminRequest::VolumeHealInfo { .. }
         ) {
             self.read_barrier().await;
         }
@@ -778,6 +779,13 @@ impl Node {
             }
             AdminRequest::VolumeStatus { name } => match self.select_volumes(name.as_deref()) {
                 Ok(v) => AdminResponse::VolumeStatus(self.volume_status(v).await),
+                Err(e) => fail(e),
+            },
+            AdminRequest::VolumeHealInfo { name } => match self.select_volumes(Some(&name)) {
+                Ok(v) if v.iter().any(|v| v.spec.replica < 2) => {
+                    fail(format!("volume {name} is not replicated: nothing to heal"))
+                }
+                Ok(v) => AdminResponse::HealInfo(self.heal_info(v).await),
                 Err(e) => fail(e),
             },
             AdminRequest::NodeAdd { endpoint } => {
@@ -982,6 +990,41 @@ impl Node {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tracing::warn!(volume = %name, "some bricks did not come online within 10s");
+    }
+
+    /// Asks each brick of `vols` what it lists as waiting for heal.
+    async fn heal_info(&self, vols: Vec<crate::state::VolumeRecord>) -> Vec<HealRow> {
+        let mut rows = Vec::new();
+        for b in vols.iter().flat_map(|v| &v.spec.bricks) {
+            let conn = proto::rpc::Conn::<proto::msg::Request, proto::msg::Reply>::new(
+                &b.addr,
+                self.key.clone(),
+                "client",
+                "heal-info",
+            );
+            let asked = async {
+                tokio::time::timeout(Duration::from_secs(3), conn.connect())
+                    .await
+                    .map_err(|_| proto::Errno::ETIMEDOUT)??;
+                let req = proto::msg::Request::ListPending {
+                    max: crate::admin::HEAL_INFO_MAX,
+                };
+                match conn.call(&req, bytes::Bytes::new()).await?.0 {
+                    proto::msg::Reply::Ids(ids) => Ok(ids),
+                    _ => Err(proto::Errno::EIO),
+                }
+            };
+            let entries = match tokio::time::timeout(Duration::from_secs(10), asked).await {
+                Ok(Ok(ids)) => Ok(ids.iter().map(|id| id.to_string()).collect()),
+                Ok(Err(e)) => Err(format!("not reachable: {e}")),
+                Err(_) => Err("no answer".to_string()),
+            };
+            rows.push(HealRow {
+                brick: b.label(),
+                entries,
+            });
+        }
+        rows
     }
 
     async fn volume_status(self: &Arc<Self>, vols: Vec<crate::state::VolumeRecord>) -> Vec<VolumeStatusView> {

@@ -40,6 +40,13 @@ pub enum VolumeCmd {
         name: Option<String>,
     },
     List,
+    /// volume heal NAME info: what each brick lists as waiting for heal (healing itself
+    /// runs by itself in every client of the volume)
+    Heal {
+        name: String,
+        #[arg(value_parser = ["info"])]
+        what: String,
+    },
     /// volume set NAME KEY VALUE
     Set {
         name: String,
@@ -177,6 +184,9 @@ pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
         VolumeCmd::Status { name } => {
             return volume_status(ctx, call(&ctx.socket, &AdminRequest::VolumeStatus { name })?)
         }
+        VolumeCmd::Heal { name, .. } => {
+            return heal_info(ctx, call(&ctx.socket, &AdminRequest::VolumeHealInfo { name })?)
+        }
     };
     expect_done(call(&ctx.socket, &req)?)
 }
@@ -277,6 +287,42 @@ fn volume_status(ctx: &Ctx, r: AdminResponse) -> Result<()> {
             );
         }
         println!(" ");
+    }
+    Ok(())
+}
+
+/// As `gluster volume heal NAME info`: per brick, whether it answered and the objects
+/// (ids) it lists as waiting for heal.
+fn heal_info(ctx: &Ctx, r: AdminResponse) -> Result<()> {
+    let rows = match r {
+        AdminResponse::HealInfo(v) => v,
+        AdminResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if ctx.json {
+        return print_json(&rows);
+    }
+    for r in rows {
+        println!("Brick {}", r.brick);
+        match r.entries {
+            Ok(ids) => {
+                for id in &ids {
+                    println!("<id:{id}>");
+                }
+                println!("Status: Connected");
+                let more = if ids.len() >= cluster::admin::HEAL_INFO_MAX as usize {
+                    " or more"
+                } else {
+                    ""
+                };
+                println!("Number of entries: {}{more}", ids.len());
+            }
+            Err(e) => {
+                println!("Status: {e}");
+                println!("Number of entries: -");
+            }
+        }
+        println!();
     }
     Ok(())
 }

@@ -109,7 +109,10 @@ fn replica_3_carries_on_without_one_brick_marks_what_it_missed_and_heals_it() {
             assert_eq!(pending(p0, &format!("dir/{}", n.to_string_lossy()), child), 0);
         }
     }
-    assert_eq!(pending(p0, "dir", 2) + pending(b.bricks[1].path.as_path(), "dir", 2), 0);
+    assert_eq!(
+        pending(p0, "dir", 2) + pending(b.bricks[1].path.as_path(), "dir", 2),
+        0
+    );
 }
 
 #[test]
