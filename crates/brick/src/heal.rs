@@ -14,12 +14,21 @@
 //!
 //! Every request that changes an object registers here while it runs; that costs one map
 //! update, and it is what lets a guard wait for changes already under way.
+//!
+//! A healer that stops making progress (its process hung with its connection open) must not
+//! hold others up for good: once its guarded object has seen nothing from it for
+//! `GUARD_IDLE` while others wait, the guard is broken. The healer then hears at the end
+//! that its copy cannot be vouched for, and leaves the markers in place.
 
 use proto::msg::{Fh, Request};
 use proto::{Errno, FileId};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+
+/// How long a guard may see nothing from its healer while others wait before it is broken.
+const GUARD_IDLE: Duration = Duration::from_secs(30);
 
 /// The objects one request changes (or opens), at most two: `(id, changes it)`. An open
 /// without truncation waits for a guard but changes nothing a watcher cares about.
@@ -93,8 +102,11 @@ impl Touched {
 struct Slot {
     /// Requests under way on the object, per connection.
     running: Vec<(u64, u32)>,
-    /// The connection healing this copy.
+    /// The connection healing this copy, and when it last did anything with it.
     guard: Option<u64>,
+    guard_active: Option<Instant>,
+    /// Connections whose guard was broken (they have not ended it yet).
+    broken: Vec<u64>,
     /// Connections watching this copy, and whether another changed it since.
     watchers: Vec<(u64, bool)>,
 }
@@ -105,7 +117,7 @@ impl Slot {
     }
 
     fn is_idle(&self) -> bool {
-        self.running.is_empty() && self.guard.is_none() && self.watchers.is_empty()
+        self.running.is_empty() && self.guard.is_none() && self.watchers.is_empty() && self.broken.is_empty()
     }
 
     fn changed_by(&mut self, conn: u64) {
@@ -155,6 +167,9 @@ impl Heals {
         }
         for (id, changes) in touched.iter() {
             let slot = slots.entry(id).or_default();
+            if slot.guard == Some(conn) {
+                slot.guard_active = Some(Instant::now());
+            }
             match slot.running.iter_mut().find(|(c, _)| *c == conn) {
                 Some((_, n)) => *n += 1,
                 None => slot.running.push((conn, 1)),
@@ -170,7 +185,8 @@ impl Heals {
         })
     }
 
-    /// Registers a request once no other connection guards what it touches.
+    /// Registers a request once no other connection guards what it touches (or the guard
+    /// was broken for want of progress).
     pub async fn enter(self: &Arc<Self>, touched: Touched, conn: u64) -> Running {
         loop {
             let moved = self.moved.notified();
@@ -179,8 +195,31 @@ impl Heals {
             if let Some(r) = self.try_enter(touched, conn) {
                 return r;
             }
-            moved.await;
+            if tokio::time::timeout(GUARD_IDLE / 4, moved).await.is_err() {
+                self.break_idle_guards(touched, conn, GUARD_IDLE);
+            }
         }
+    }
+
+    /// Breaks the guards in the way of `conn` on `touched` whose healers did nothing with
+    /// their object for `idle`.
+    fn break_idle_guards(&self, touched: Touched, conn: u64, idle: Duration) {
+        let mut slots = self.slots();
+        for (id, _) in touched.iter() {
+            let Some(slot) = slots.get_mut(&id) else { continue };
+            let Some(g) = slot.guard.filter(|g| *g != conn) else {
+                continue;
+            };
+            let quiet = slot.running.iter().all(|(c, _)| *c != g)
+                && slot.guard_active.is_none_or(|t| t.elapsed() >= idle);
+            if quiet {
+                tracing::warn!(%id, healer = g, "a heal made no progress for {idle:?}: its guard is broken");
+                slot.guard = None;
+                slot.broken.push(g);
+            }
+        }
+        drop(slots);
+        self.moved.notify_waiters();
     }
 
     fn leave(&self, touched: &Touched, conn: u64) {
@@ -216,6 +255,7 @@ impl Heals {
                 return Err(Errno::EBUSY);
             }
             slot.guard = Some(conn);
+            slot.guard_active = Some(Instant::now());
         }
         loop {
             let moved = self.moved.notified();
@@ -246,18 +286,27 @@ impl Heals {
         }
     }
 
-    /// Ends a guard or a watch of `conn`; for a watch, whether another connection changed
-    /// the object meanwhile (or is still changing it).
+    /// Ends a guard or a watch of `conn`: true if what it was for cannot be vouched for
+    /// (for a watch, another connection changed the object meanwhile or still is; for a
+    /// guard, it was broken or was not held).
     pub fn end(&self, id: FileId, conn: u64, guard: bool) -> bool {
         let mut slots = self.slots();
         let Some(slot) = slots.get_mut(&id) else {
-            return !guard;
+            return true;
         };
         let changed = if guard {
+            let broken = match slot.broken.iter().position(|c| *c == conn) {
+                Some(pos) => {
+                    slot.broken.swap_remove(pos);
+                    true
+                }
+                None => slot.guard != Some(conn),
+            };
             if slot.guard == Some(conn) {
                 slot.guard = None;
+                slot.guard_active = None;
             }
-            false
+            broken
         } else {
             let running = slot.running_except(conn);
             match slot.watchers.iter().position(|(c, _)| *c == conn) {
@@ -332,6 +381,30 @@ mod tests {
         assert_eq!(heals.guard(id, 1, || true).await, Err(Errno::EBUSY));
         // A refused guard is gone: the next one may have it.
         heals.guard(id, 4, || false).await.unwrap();
+        assert!(
+            !heals.end(id, 4, true),
+            "a guard held to the end vouches for its copy"
+        );
+        assert!(heals.end(id, 4, true), "one that is not held does not");
+    }
+
+    #[tokio::test]
+    async fn a_guard_whose_healer_does_nothing_is_broken_for_those_waiting() {
+        let heals = Arc::new(Heals::default());
+        let id = FileId::random();
+        heals.guard(id, 1, || false).await.unwrap();
+        // The healer is busy with it: not broken.
+        let busy = heals.try_enter(write_to(id), 1).unwrap();
+        heals.break_idle_guards(write_to(id), 2, Duration::ZERO);
+        assert!(heals.try_enter(write_to(id), 2).is_none());
+        drop(busy);
+        heals.break_idle_guards(write_to(id), 2, Duration::from_secs(3600));
+        assert!(heals.try_enter(write_to(id), 2).is_none());
+        // Quiet for long enough: broken, the others go on, and the healer is told.
+        heals.break_idle_guards(write_to(id), 2, Duration::ZERO);
+        drop(heals.try_enter(write_to(id), 2).expect("no longer held up"));
+        assert!(heals.end(id, 1, true));
+        assert!(heals.slots().is_empty());
     }
 
     #[tokio::test]

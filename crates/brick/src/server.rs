@@ -280,7 +280,7 @@ impl BrickServer {
                 // One that was never begun (or was already ended) vouches for nothing.
                 Ok(Reply::Changed(match held {
                     Some(_) => self.heals.end(id, conn.id, guard),
-                    None => !guard,
+                    None => true,
                 }))
             }
             Request::SetLk {

@@ -244,13 +244,14 @@ impl Replicate {
             true => Ok(false),
             false => self.copy_and_clear(id, &watching, s, made).await,
         };
-        if r.is_err() {
+        if !matches!(r, Ok(true)) {
+            // (Ending what already ended changes nothing.)
             for &i in &watching {
                 let _ = self.healer(i).heal_end(id, false).await;
             }
-        }
-        if let Err(e) = sink.heal_end(id, true).await {
-            tracing::debug!(%id, child = s, "cannot end a heal guard: {e}");
+            if let Err(e) = sink.heal_end(id, true).await {
+                tracing::debug!(%id, child = s, "cannot end a heal guard: {e}");
+            }
         }
         r
     }
@@ -283,6 +284,9 @@ impl Replicate {
         for &i in sources {
             changed |= self.healer(i).heal_end(id, false).await.unwrap_or(true);
         }
+        // The copy is exact now; from here on changes reach it again (and any it misses
+        // are marked anew, on top of the counts read above).
+        changed |= self.healer(s).heal_end(id, true).await.unwrap_or(true);
         if changed {
             return Ok(false);
         }

@@ -160,7 +160,9 @@ pub enum Request {
         id: FileId,
         guard: bool,
     },
-    /// Ends what `HealBegin` started; the reply is `Reply::Changed`.
+    /// Ends what `HealBegin` started; the reply is `Reply::Changed`. A guard that shows no
+    /// activity of its healer for 30 s while others wait is broken (its `HealEnd` then
+    /// answers true).
     HealEnd {
         id: FileId,
         guard: bool,
@@ -266,7 +268,8 @@ pub enum Reply {
     Counters(Vec<(String, i64)>),
     /// A conflicting lock, or one of kind Unlock if there is none.
     Lock(Lock),
-    /// Whether another client changed a watched object during a heal.
+    /// To `HealEnd`: true when the heal cannot be vouched for (another client changed a
+    /// watched object meanwhile; a guard was broken for want of progress, or not held).
     Changed(bool),
     Ids(Vec<FileId>),
 }
