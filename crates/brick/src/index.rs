@@ -5,7 +5,7 @@
 //! .shoal/ids/ab/<id>     hard link to each non-directory (file, symlink, fifo, ...)
 //! .shoal/dirs/ab/<id>    symlink whose target is "<parent id>/<name>" for each directory
 //! .shoal/orphans/<id>    files unlinked while still open, removed on last close or restart
-//! .shoal/pending/<id>    objects that carry pending-heal counters (what healing must visit)
+//! .shoal/pending/ab/<id> objects that carry pending-heal counters (what healing must visit)
 //! ```
 //!
 //! Directories cannot be hard-linked, so they are found by walking parent links; a directory
@@ -82,13 +82,14 @@ impl Index {
         }
         let ids = ensure_dir(meta.as_fd(), "ids")?;
         let dirs = ensure_dir(meta.as_fd(), "dirs")?;
+        let pending = ensure_dir(meta.as_fd(), "pending")?;
         for fan in 0..=255u8 {
             let name = format!("{fan:02x}");
             drop(ensure_dir(ids.as_fd(), &name)?);
             drop(ensure_dir(dirs.as_fd(), &name)?);
+            drop(ensure_dir(pending.as_fd(), &name)?);
         }
         let orphans = ensure_dir(meta.as_fd(), "orphans")?;
-        let pending = ensure_dir(meta.as_fd(), "pending")?;
         let index = Index {
             ids,
             dirs,
@@ -158,7 +159,7 @@ impl Index {
 
     /// Notes that `id` carries pending-heal counters (true) or no longer does (false).
     pub fn set_pending(&self, id: FileId, pending: bool) -> Result<(), Errno> {
-        let name = id.to_hex();
+        let name = key(id);
         let r = if pending {
             // An empty file would do as well; a symlink is made in one call.
             rustix::fs::symlinkat("p", self.pending.as_fd(), &name)
@@ -171,20 +172,33 @@ impl Index {
         }
     }
 
-    /// Up to `max` of the objects noted as carrying pending-heal counters.
-    pub fn pending(&self, max: usize) -> Result<Vec<FileId>, Errno> {
-        let dir = rustix::fs::Dir::read_from(&self.pending).map_err(errno)?;
+    /// Up to `max` of the objects noted as carrying pending-heal counters, in id order,
+    /// after `after`. (Only the fan-out folders from `after`'s on are read.)
+    pub fn pending(&self, after: Option<FileId>, max: usize) -> Result<Vec<FileId>, Errno> {
+        // The fan-out folder is the id's top byte (its first two hex digits).
+        let first = after.map_or(0, |a| (a.0 >> 120) as u8);
         let mut out = Vec::new();
-        for entry in dir {
-            let entry = entry.map_err(errno)?;
-            let name = entry.file_name().to_bytes();
-            if let Some(id) = std::str::from_utf8(name).ok().and_then(FileId::from_hex) {
-                out.push(id);
-                if out.len() >= max {
-                    break;
+        for fan in first..=255u8 {
+            let sub = open_dir(self.pending.as_fd(), &format!("{fan:02x}"))?;
+            let mut ids = Vec::new();
+            for entry in rustix::fs::Dir::read_from(&sub).map_err(errno)? {
+                let entry = entry.map_err(errno)?;
+                let name = entry.file_name().to_bytes();
+                match std::str::from_utf8(name).ok().and_then(FileId::from_hex) {
+                    Some(id) if after.is_none_or(|a| id > a) => ids.push(id),
+                    Some(_) => {}
+                    None if name == b"." || name == b".." => {}
+                    None => {
+                        tracing::warn!(name = %String::from_utf8_lossy(name), "stray entry in the pending index")
+                    }
                 }
-            } else if name != b"." && name != b".." {
-                tracing::warn!(name = %String::from_utf8_lossy(name), "stray entry in the pending index");
+            }
+            ids.sort();
+            for id in ids {
+                if out.len() >= max {
+                    return Ok(out);
+                }
+                out.push(id);
             }
         }
         Ok(out)

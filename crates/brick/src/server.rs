@@ -429,9 +429,11 @@ impl BrickServer {
                 }
                 r.map(|_| Reply::Ok)
             }
-            Request::ListPending { max } => {
+            Request::ListPending { after, max } => {
                 let max = (max as usize).clamp(1, MAX_PENDING_LIST);
-                self.blocking(move |s| s.pending(max)).await.map(Reply::Ids)
+                self.blocking(move |s| s.pending(after, max))
+                    .await
+                    .map(Reply::Ids)
             }
             other => match self.quick(conn, other, &data) {
                 Quick::Done(r) => r,

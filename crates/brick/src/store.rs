@@ -1090,11 +1090,11 @@ impl Store {
         Ok(out)
     }
 
-    /// Up to `max` objects that carry pending-heal counters. Objects that are gone since
-    /// are dropped from the list on the way.
-    pub fn pending(&self, max: usize) -> Result<Vec<FileId>, Errno> {
+    /// Up to `max` objects that carry pending-heal counters, in id order after `after`.
+    /// Objects that are gone since are dropped from the list on the way.
+    pub fn pending(&self, after: Option<FileId>, max: usize) -> Result<Vec<FileId>, Errno> {
         let mut out = Vec::new();
-        for id in self.index.pending(max)? {
+        for id in self.index.pending(after, max)? {
             match self.locate(id) {
                 Ok(_) => out.push(id),
                 Err(Errno::ENOENT) | Err(Errno::ESTALE) => self.index.set_pending(id, false)?,

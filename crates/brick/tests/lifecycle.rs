@@ -120,3 +120,47 @@ fn a_file_leaves_nothing_behind_however_its_last_name_goes() {
         .collect();
     assert!(names.is_empty(), "{names:?}");
 }
+
+#[test]
+fn objects_with_pending_markers_are_listed_in_pages_until_their_markers_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let store = Store::open_dir(root).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let n = node(root);
+        store
+            .create(FileId::ROOT, format!("f{i}").as_bytes(), &n, None, None)
+            .unwrap();
+        store.xattr_add(n.id, &[("pending.1".into(), 1)]).unwrap();
+        ids.push(n.id);
+    }
+    // Other counters do not list an object.
+    let other = node(root);
+    store.create(FileId::ROOT, b"other", &other, None, None).unwrap();
+    store.xattr_add(other.id, &[("count".into(), 3)]).unwrap();
+    ids.sort();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.pending(after, 3).unwrap();
+        assert!(page.len() <= 3);
+        let Some(&last) = page.last() else { break };
+        seen.extend(page);
+        after = Some(last);
+    }
+    assert_eq!(seen, ids, "every marked object, once, in id order");
+    // Still listed while any marker is set; gone once none is.
+    store
+        .xattr_add(ids[0], &[("pending.1".into(), -1), ("pending.2".into(), 2)])
+        .unwrap();
+    store.xattr_add(ids[1], &[("pending.1".into(), -1)]).unwrap();
+    let now = store.pending(None, 100).unwrap();
+    assert!(now.contains(&ids[0]) && !now.contains(&ids[1]));
+    // Objects removed with their markers drop out of the list.
+    for i in 0..7 {
+        store.unlink(FileId::ROOT, format!("f{i}").as_bytes()).unwrap();
+    }
+    assert_eq!(store.pending(None, 100).unwrap(), Vec::<FileId>::new());
+    assert!(files(&root.join(".shoal/pending")).is_empty());
+}

@@ -34,8 +34,6 @@ const CHUNK: u32 = 1 << 20;
 const HOLE_BLOCK: usize = 4096;
 /// Objects asked of each brick per listing of its pending index.
 const LIST_MAX: u32 = 1024;
-/// Listings per pass (a pass that found a full listing lists again).
-const MAX_ROUNDS: usize = 64;
 /// How often the background healer looks at the children's states.
 const TICK: Duration = Duration::from_secs(1);
 /// A pass that left work is retried after this long.
@@ -114,52 +112,46 @@ impl Replicate {
         let _one = self.heal_lock.lock().await;
         let mut report = HealReport::default();
         let mut visited = HashSet::new();
-        for _ in 0..MAX_ROUNDS {
-            let mut queue = VecDeque::new();
-            let mut full = false;
-            for (i, c) in self.children.iter().enumerate() {
-                if !c.is_up() {
-                    continue;
-                }
-                match c.list_pending(LIST_MAX).await {
-                    Ok(ids) => {
-                        full |= ids.len() >= LIST_MAX as usize;
-                        queue.extend(ids.into_iter().filter(|id| !visited.contains(id)));
-                    }
-                    Err(Errno::ENOSYS) => {}
-                    Err(e) => tracing::debug!(child = i, "cannot list pending heals: {e}"),
-                }
-            }
-            if queue.is_empty() {
-                break;
-            }
-            while let Some(id) = queue.pop_front() {
-                if !visited.insert(id) {
-                    continue;
-                }
-                let mut made = Vec::new();
-                match self.heal_object(id, &mut made).await {
-                    Ok(Outcome::Healed) => report.healed += 1,
-                    Ok(Outcome::Clean | Outcome::Waiting) => {}
-                    Ok(Outcome::Left) => report.left += 1,
-                    Ok(Outcome::SplitBrain) => report.split_brain += 1,
+        for (i, c) in self.children.iter().enumerate() {
+            let mut after = None;
+            while c.is_up() {
+                let ids = match c.list_pending(after, LIST_MAX).await {
+                    Ok(ids) => ids,
+                    Err(Errno::ENOSYS) => break,
                     Err(e) => {
-                        tracing::debug!(%id, "heal left for later: {e}");
-                        report.left += 1;
+                        tracing::debug!(child = i, "cannot list pending heals: {e}");
+                        break;
+                    }
+                };
+                let Some(&last) = ids.last() else { break };
+                after = Some(last);
+                for id in ids {
+                    if visited.insert(id) {
+                        self.heal_tree(id, &mut report).await;
                     }
                 }
-                // Objects an entry heal just made are healed in this pass, even if they
-                // were visited (and left) before their directory.
-                for m in made {
-                    visited.remove(&m);
-                    queue.push_back(m);
-                }
-            }
-            if !full {
-                break;
             }
         }
         report
+    }
+
+    /// Heals `id`, then what its entry heal made, and so on down.
+    async fn heal_tree(&self, id: FileId, report: &mut HealReport) {
+        let mut queue = VecDeque::from([id]);
+        while let Some(id) = queue.pop_front() {
+            let mut made = Vec::new();
+            match self.heal_object(id, &mut made).await {
+                Ok(Outcome::Healed) => report.healed += 1,
+                Ok(Outcome::Clean | Outcome::Waiting) => {}
+                Ok(Outcome::Left) => report.left += 1,
+                Ok(Outcome::SplitBrain) => report.split_brain += 1,
+                Err(e) => {
+                    tracing::debug!(%id, "heal left for later: {e}");
+                    report.left += 1;
+                }
+            }
+            queue.extend(made);
+        }
     }
 
     async fn heal_object(&self, id: FileId, made: &mut Vec<FileId>) -> Result<Outcome> {

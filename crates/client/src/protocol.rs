@@ -440,8 +440,8 @@ impl Xlator for Protocol {
         }
     }
 
-    async fn list_pending(&self, max: u32) -> Result<Vec<FileId>> {
-        match self.call(Request::ListPending { max }).await? {
+    async fn list_pending(&self, after: Option<FileId>, max: u32) -> Result<Vec<FileId>> {
+        match self.call(Request::ListPending { after, max }).await? {
             Reply::Ids(ids) => Ok(ids),
             r => Err(unexpected(r)),
         }

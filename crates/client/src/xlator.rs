@@ -98,8 +98,8 @@ pub trait Xlator: Send + Sync {
     async fn heal_end(&self, _id: FileId, _guard: bool) -> Result<bool> {
         Err(Errno::ENOSYS)
     }
-    /// Bricks only: objects that carry pending-heal markers.
-    async fn list_pending(&self, _max: u32) -> Result<Vec<FileId>> {
+    /// Bricks only: objects that carry pending-heal markers, in id order after `after`.
+    async fn list_pending(&self, _after: Option<FileId>, _max: u32) -> Result<Vec<FileId>> {
         Err(Errno::ENOSYS)
     }
     /// Repairs every copy this subtree knows to be behind and can reach now.

@@ -60,9 +60,9 @@ impl TestBrick {
 
     /// Objects this brick lists as carrying pending markers.
     fn pending(&self) -> usize {
-        std::fs::read_dir(self.dir.path().join(".shoal/pending"))
-            .unwrap()
-            .count()
+        let fans = std::fs::read_dir(self.dir.path().join(".shoal/pending")).unwrap();
+        fans.map(|f| std::fs::read_dir(f.unwrap().path()).unwrap().count())
+            .sum()
     }
 }
 

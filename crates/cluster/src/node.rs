@@ -1007,6 +1007,7 @@ impl Node {
                     .await
                     .map_err(|_| proto::Errno::ETIMEDOUT)??;
                 let req = proto::msg::Request::ListPending {
+                    after: None,
                     max: crate::admin::HEAL_INFO_MAX,
                 };
                 match conn.call(&req, bytes::Bytes::new()).await?.0 {

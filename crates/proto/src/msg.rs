@@ -167,9 +167,10 @@ pub enum Request {
         id: FileId,
         guard: bool,
     },
-    /// Objects that carry pending-heal counters (`pending.*`, set by `XattrAdd`), at most
-    /// `max`; the reply is `Reply::Ids`.
+    /// Objects that carry pending-heal counters (`pending.*`, set by `XattrAdd`), in id
+    /// order after `after`, at most `max`; the reply is `Reply::Ids`.
     ListPending {
+        after: Option<FileId>,
         max: u32,
     },
 }
@@ -305,7 +306,7 @@ mod tests {
 
     #[test]
     fn op_count_matches_the_enum() {
-        let last = Request::ListPending { max: 1 };
+        let last = Request::ListPending { after: None, max: 1 };
         let enc = postcard::to_allocvec(&last).unwrap();
         assert_eq!(op_index(&enc), Some(REQUEST_OPS - 1));
         assert_eq!(op_index(&postcard::to_allocvec(&Request::Ping).unwrap()), Some(0));

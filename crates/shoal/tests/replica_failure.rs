@@ -82,9 +82,9 @@ fn replica_3_carries_on_without_one_brick_marks_what_it_missed_and_heals_it() {
     // and no marker left anywhere.
     b.restart(2);
     let pending_index = |i: usize| {
-        std::fs::read_dir(b.bricks[i].path.join(".shoal/pending"))
-            .map(|d| d.count())
-            .unwrap_or(usize::MAX)
+        let fans = std::fs::read_dir(b.bricks[i].path.join(".shoal/pending")).unwrap();
+        fans.map(|f| std::fs::read_dir(f.unwrap().path()).unwrap().count())
+            .sum::<usize>()
     };
     wait_for("brick 2 to be healed", std::time::Duration::from_secs(60), || {
         (0..3).all(|i| pending_index(i) == 0)
