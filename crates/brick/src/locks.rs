@@ -211,6 +211,47 @@ impl LockTable {
         }
     }
 
+    /// A connection went away but its locks are kept for now (its session may come back
+    /// on another connection, see [`LockTable::adopt`]): it is granted nothing more, and its
+    /// waiting requests give up.
+    pub fn close_conn(&self, conn: u64) {
+        let mut inner = self.lock();
+        inner.open.remove(&conn);
+        let waiting: HashSet<FileId> = inner
+            .waiting
+            .keys()
+            .filter(|(o, _)| o.conn == conn)
+            .map(|(_, id)| *id)
+            .collect();
+        for id in waiting {
+            if let Some(f) = inner.files.get(&id) {
+                f.wake.notify_waiters();
+            }
+        }
+    }
+
+    /// Whether `conn` holds any lock.
+    pub fn holds(&self, conn: u64) -> bool {
+        self.lock()
+            .files
+            .values()
+            .any(|f| f.held.iter().any(|h| h.owner.conn == conn))
+    }
+
+    /// Moves the locks of connection `from` to `to` (the same client session, on a new
+    /// connection). Returns how many moved.
+    pub fn adopt(&self, from: u64, to: u64) -> usize {
+        let mut inner = self.lock();
+        let mut moved = 0;
+        for f in inner.files.values_mut() {
+            for h in f.held.iter_mut().filter(|h| h.owner.conn == from) {
+                h.owner.conn = to;
+                moved += 1;
+            }
+        }
+        moved
+    }
+
     /// Drops every lock held through a connection that went away; its waiting requests give
     /// up.
     pub fn release_conn(&self, conn: u64) {

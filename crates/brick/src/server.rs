@@ -19,6 +19,7 @@ use proto::{Entry, Errno};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -33,11 +34,27 @@ const MAX_PENDING_LIST: usize = 4096;
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
     pub key: ClusterKey,
+    /// How long the locks of a client session outlive its connection, waiting for the
+    /// client to come back on a new one.
+    pub linger: Duration,
 }
+
+impl ServerConfig {
+    pub fn new(key: ClusterKey) -> ServerConfig {
+        ServerConfig { key, linger: LINGER }
+    }
+}
+
+/// See [`ServerConfig::linger`]: longer than a client takes to notice a dead link (5 s) and
+/// reconnect.
+pub const LINGER: Duration = Duration::from_secs(10);
 
 pub struct BrickServer {
     store: Arc<Store>,
-    locks: LockTable,
+    locks: Arc<LockTable>,
+    /// Client sessions: token -> the connection that has it now (open, or closed and
+    /// keeping its locks for `linger`).
+    sessions: Arc<Mutex<HashMap<u128, u64>>>,
     config: ServerConfig,
     next_conn: AtomicU64,
     /// Connections that take notices.
@@ -79,6 +96,8 @@ pub struct Conn {
     interest: Interest,
     /// Heal guards and watches this connection holds: (object, guard).
     heals: Mutex<Vec<(proto::FileId, bool)>>,
+    /// The client session it belongs to.
+    session: Mutex<Option<u128>>,
 }
 
 impl Conn {
@@ -117,7 +136,8 @@ impl BrickServer {
     pub fn new(store: Store, config: ServerConfig) -> Arc<BrickServer> {
         Arc::new(BrickServer {
             store: Arc::new(store),
-            locks: LockTable::default(),
+            locks: Arc::new(LockTable::default()),
+            sessions: Arc::new(Mutex::new(HashMap::new())),
             config,
             next_conn: AtomicU64::new(1),
             listeners: Mutex::new(HashMap::new()),
@@ -271,6 +291,10 @@ impl BrickServer {
             Request::GetLk { id, lock } => s
                 .kind(id)
                 .map(|_| Reply::Lock(self.locks.test(id, conn.id, &lock))),
+            Request::Session { token } => {
+                self.join_session(conn, token);
+                Ok(Reply::Ok)
+            }
             Request::HealEnd { id, guard } => {
                 let held = {
                     let mut heals = lock(&conn.heals);
@@ -466,6 +490,7 @@ impl Service for BrickServer {
             version: peer.version,
             interest: Interest::default(),
             heals: Mutex::new(Vec::new()),
+            session: Mutex::new(None),
         });
         self.locks.open_conn(conn.id);
         if conn.version >= 2 {
@@ -506,9 +531,10 @@ impl Service for BrickServer {
     }
 
     fn close(&self, conn: &Conn) {
-        // Handles close as the last request holding them finishes; locks go now.
+        // Handles close as the last request holding them finishes; locks go now, or after
+        // a while if the client may come back for them.
         conn.handles.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        self.locks.release_conn(conn.id);
+        self.leave_session(conn);
         self.end_heals(conn);
         self.listeners
             .lock()
@@ -531,6 +557,60 @@ impl BrickServer {
             Handled::Now(answer) => answer,
             Handled::Later(fut) => fut.await,
         }
+    }
+
+    /// Ties `conn` to session `token`: the locks of the session's previous connection are
+    /// now this one's, and that connection, if the brick still has it open (its link was cut
+    /// silently), is ended.
+    fn join_session(&self, conn: &Conn, token: u128) {
+        *lock(&conn.session) = Some(token);
+        // Under the sessions lock, as a leaving connection decides there what its locks do.
+        let mut sessions = lock(&self.sessions);
+        let Some(old) = sessions.insert(token, conn.id).filter(|old| *old != conn.id) else {
+            return;
+        };
+        let moved = self.locks.adopt(old, conn.id);
+        drop(sessions);
+        if moved > 0 {
+            tracing::info!(conn = conn.id, "a client came back for its {moved} lock(s)");
+        }
+        let stale = lock(&self.listeners).get(&old).cloned();
+        if let Some(stale) = stale {
+            stale.out.close();
+        }
+    }
+
+    /// A connection ends: its locks go, unless they belong to a session whose client may
+    /// come back on a new connection within `linger`.
+    fn leave_session(&self, conn: &Conn) {
+        let token = *lock(&conn.session);
+        let mut sessions = lock(&self.sessions);
+        let Some(token) = token.filter(|t| sessions.get(t) == Some(&conn.id)) else {
+            self.locks.release_conn(conn.id);
+            return;
+        };
+        if !self.locks.holds(conn.id) {
+            sessions.remove(&token);
+            self.locks.release_conn(conn.id);
+            return;
+        }
+        self.locks.close_conn(conn.id);
+        drop(sessions);
+        let (locks, sessions, id, linger) = (
+            self.locks.clone(),
+            self.sessions.clone(),
+            conn.id,
+            self.config.linger,
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep(linger).await;
+            let mut s = lock(&sessions);
+            if s.get(&token) == Some(&id) {
+                s.remove(&token);
+                locks.release_conn(id);
+                tracing::info!(conn = id, "a client did not come back: its locks go");
+            }
+        });
     }
 
     fn end_heals(&self, conn: &Conn) {

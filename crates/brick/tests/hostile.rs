@@ -24,7 +24,7 @@ async fn server() -> Server {
     std::fs::create_dir(&brick).unwrap();
     let key = ClusterKey::generate();
     let store = brick::Store::open_dir(&brick).unwrap();
-    let srv = brick::BrickServer::new(store, brick::ServerConfig { key: key.clone() });
+    let srv = brick::BrickServer::new(store, brick::ServerConfig::new(key.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (_, never) = tokio::sync::watch::channel(false);

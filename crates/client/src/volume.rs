@@ -56,6 +56,12 @@ impl Volume {
             .iter()
             .map(|b| BrickConn::new(&b.addr, key.clone(), "client", client_name))
             .collect();
+        // One session per brick for as long as this volume lives: a brick keeps its locks
+        // across a reconnect (see `proto::msg::Request::Session`).
+        for c in &conns {
+            let token = proto::FileId::random().0;
+            c.set_hello(&proto::msg::Request::Session { token }).await.ok();
+        }
         let results = futures_util::future::join_all(conns.iter().map(|c| {
             let c = c.clone();
             async move {

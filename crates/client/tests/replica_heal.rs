@@ -22,7 +22,7 @@ struct TestBrick {
 
 fn serve(dir: &Path, listener: tokio::net::TcpListener, key: &ClusterKey) -> watch::Sender<bool> {
     let store = brick::Store::open_dir(dir).unwrap();
-    let srv = brick::BrickServer::new(store, brick::ServerConfig { key: key.clone() });
+    let srv = brick::BrickServer::new(store, brick::ServerConfig::new(key.clone()));
     let (tx, rx) = watch::channel(false);
     tokio::spawn(srv.serve(listener, rx));
     tx

@@ -11,7 +11,7 @@ use std::time::Duration;
 async fn brick(key: &ClusterKey) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let store = brick::Store::open_dir(dir.path()).unwrap();
-    let srv = brick::BrickServer::new(store, brick::ServerConfig { key: key.clone() });
+    let srv = brick::BrickServer::new(store, brick::ServerConfig::new(key.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let (_, never) = tokio::sync::watch::channel(false);

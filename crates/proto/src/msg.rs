@@ -173,6 +173,12 @@ pub enum Request {
         after: Option<FileId>,
         max: u32,
     },
+    /// Ties this connection to a client session (sent first on each connection). The
+    /// locks of a session outlive its connection for a while, and a new connection of the
+    /// same session takes them over (and ends the old one, if the brick still has it).
+    Session {
+        token: u128,
+    },
 }
 
 impl Request {
@@ -210,6 +216,7 @@ impl Request {
             Request::HealBegin { .. } => "healbegin",
             Request::HealEnd { .. } => "healend",
             Request::ListPending { .. } => "listpending",
+            Request::Session { .. } => "session",
         }
     }
 }
@@ -217,7 +224,7 @@ impl Request {
 /// Number of operations in [`Request`]: a header naming an operation at or past this index
 /// asks for something this build does not know (ENOSYS), anything else undecodable is
 /// malformed (EBADMSG).
-pub const REQUEST_OPS: u32 = 31;
+pub const REQUEST_OPS: u32 = 32;
 
 /// The operation index at the start of an encoded request (postcard writes an enum's
 /// variant index first, as a varint).
@@ -306,7 +313,7 @@ mod tests {
 
     #[test]
     fn op_count_matches_the_enum() {
-        let last = Request::ListPending { after: None, max: 1 };
+        let last = Request::Session { token: 1 };
         let enc = postcard::to_allocvec(&last).unwrap();
         assert_eq!(op_index(&enc), Some(REQUEST_OPS - 1));
         assert_eq!(op_index(&postcard::to_allocvec(&Request::Ping).unwrap()), Some(0));

@@ -78,6 +78,8 @@ pub struct Conn<Q, R> {
     reconnecting: AtomicBool,
     gen: AtomicU64,
     notices: Mutex<Option<NoticeFn>>,
+    /// Encoded request sent first on every new connection, before anyone else's.
+    hello: Mutex<Option<Vec<u8>>>,
     me: Weak<Conn<Q, R>>,
     _sends: std::marker::PhantomData<fn(Q)>,
 }
@@ -98,6 +100,7 @@ where
             reconnecting: AtomicBool::new(false),
             gen: AtomicU64::new(0),
             notices: Mutex::new(None),
+            hello: Mutex::new(None),
             me: me.clone(),
             _sends: std::marker::PhantomData,
         })
@@ -105,6 +108,22 @@ where
 
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// Sends `req` first on every connection from now on (the current one too, if any),
+    /// before any other request: a session the peer is to tie the connection to. A peer
+    /// that answers with an error is used all the same.
+    pub async fn set_hello(&self, req: &Q) -> Result<(), Errno> {
+        let header = frame::encode_header(req).map_err(|_| Errno::EINVAL)?;
+        *lock(&self.hello) = Some(header.clone());
+        // (Not `current()`: without a connection, this is no reason to make one.)
+        let link = lock(&self.link)
+            .clone()
+            .filter(|l| !l.dead.load(Ordering::SeqCst));
+        match link {
+            Some(link) => Self::send_on(&link, header, Bytes::new()).await.map(|_| ()),
+            None => Ok(()),
+        }
     }
 
     /// Where frames the peer sends unasked go (replacing any earlier receiver).
@@ -179,6 +198,18 @@ where
             BufReader::with_capacity(256 * 1024, rd),
         ));
         lock(&link.tasks).push(r.abort_handle());
+        let hello = lock(&self.hello).clone();
+        if let Some(h) = hello {
+            let answer = tokio::time::timeout(CONNECT_TIMEOUT, Self::send_on(&link, h, Bytes::new()));
+            match answer.await.unwrap_or(Err(Errno::ETIMEDOUT)) {
+                Ok(_) | Err(Errno::ENOSYS) => {}
+                Err(e) if e.is_transport() => {
+                    link.kill();
+                    return Err(e);
+                }
+                Err(e) => tracing::warn!(peer = %self.addr, "refused our session: {e}"),
+            }
+        }
         tokio::spawn(ping_loop(self.me.clone(), Arc::downgrade(&link)));
         tracing::debug!(peer = %self.addr, gen = link.gen, "connected");
         *lock(&self.link) = Some(link);
@@ -252,6 +283,10 @@ where
     pub async fn call(&self, req: &Q, data: Bytes) -> Result<(R, Bytes, u64), Errno> {
         let link = self.current()?;
         let header = frame::encode_header(req).map_err(|_| Errno::EINVAL)?;
+        Self::send_on(&link, header, data).await
+    }
+
+    async fn send_on(link: &Arc<Link<R>>, header: Vec<u8>, data: Bytes) -> Result<(R, Bytes, u64), Errno> {
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&link.pending).insert(id, tx);

@@ -27,6 +27,9 @@ const MAX_IN_FLIGHT: usize = 256;
 /// Reply bytes that may wait for a slow client before its requests stop being read.
 const MAX_BACKLOG: usize = 16 << 20;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer that sends nothing for this long is gone (clients ping every second): its
+/// connection is closed, so that what it held is let go even if no reset ever arrives.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A reply and its data section.
 pub type Answer<R> = (Result<R, Errno>, Bytes);
@@ -133,7 +136,13 @@ async fn connection<S: Service>(
     loop {
         out.wait_below(MAX_BACKLOG).await;
         let read = tokio::select! {
-            r = frame::read_frame(&mut rd) => r,
+            r = tokio::time::timeout(IDLE_TIMEOUT, frame::read_frame(&mut rd)) => match r {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(%addr, server = %svc.label(), "peer silent for {IDLE_TIMEOUT:?}: closing");
+                    break;
+                }
+            },
             _ = stopped(&mut shutdown) => break,
         };
         let frame = match read {

@@ -29,7 +29,7 @@ pub fn run(args: BrickArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         // The first line of output says where the brick listens (scripts and tests read it).
         println!("listening on {}", listener.local_addr()?);
-        let server = brick::BrickServer::new(store, brick::ServerConfig { key });
+        let server = brick::BrickServer::new(store, brick::ServerConfig::new(key));
         let (_, never) = tokio::sync::watch::channel(false);
         tokio::select! {
             r = server.serve(listener, never) => r.context("brick server stopped"),

@@ -77,12 +77,7 @@ impl DaemonBricks {
         let listener = tokio::net::TcpListener::bind(&addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
-        let server = brick::BrickServer::new(
-            store,
-            brick::ServerConfig {
-                key: self.key.clone(),
-            },
-        );
+        let server = brick::BrickServer::new(store, brick::ServerConfig::new(self.key.clone()));
         let (stop, shutdown) = watch::channel(false);
         tokio::spawn(async move {
             if let Err(e) = server.serve(listener, shutdown).await {

@@ -1,0 +1,181 @@
+//! A lock outlives a cut in its client's link to the brick: the brick keeps it for a while,
+//! and the client's new connection takes it over. A client that does not come back loses
+//! its locks once that while is over.
+
+use layout::spec::{BrickSpec, VolumeSpec, DEFAULT_STRIPE_SIZE, SPEC_VERSION};
+use proto::auth::ClusterKey;
+use proto::{Errno, FileId, FileKind, Lock, LockKind, NewNode};
+use shoal_client::Volume;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+const LINGER: Duration = Duration::from_secs(2);
+
+/// A TCP relay to the brick whose connections can be cut, and which can stop accepting.
+struct Relay {
+    addr: String,
+    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    acceptor: JoinHandle<()>,
+}
+
+impl Relay {
+    async fn new(to: String) -> Relay {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let kept = links.clone();
+        let acceptor = tokio::spawn(async move {
+            while let Ok((mut a, _)) = l.accept().await {
+                let to = to.clone();
+                kept.lock().unwrap().push(tokio::spawn(async move {
+                    if let Ok(mut b) = TcpStream::connect(&to).await {
+                        let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                    }
+                }));
+            }
+        });
+        Relay {
+            addr,
+            links,
+            acceptor,
+        }
+    }
+
+    /// Drops every relayed connection (both ends see them close).
+    fn cut(&self) {
+        for l in self.links.lock().unwrap().drain(..) {
+            l.abort();
+        }
+    }
+}
+
+fn spec(addr: &str) -> VolumeSpec {
+    VolumeSpec {
+        version: SPEC_VERSION,
+        name: "sess".into(),
+        id: 3,
+        stripe: 1,
+        replica: 1,
+        stripe_size: DEFAULT_STRIPE_SIZE,
+        bricks: vec![BrickSpec {
+            node: "n0".into(),
+            path: "/b0".into(),
+            addr: addr.into(),
+        }],
+    }
+}
+
+fn lock(kind: LockKind, owner: u64) -> Lock {
+    Lock {
+        kind,
+        start: 0,
+        end: u64::MAX,
+        owner,
+        pid: owner as u32,
+    }
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_survives_a_cut_link_and_goes_with_a_client_that_does_not_return() {
+    let key = ClusterKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let store = brick::Store::open_dir(dir.path()).unwrap();
+    let config = brick::ServerConfig {
+        linger: LINGER,
+        ..brick::ServerConfig::new(key.clone())
+    };
+    let srv = brick::BrickServer::new(store, config);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let brick_addr = listener.local_addr().unwrap().to_string();
+    let (_stop, never) = tokio::sync::watch::channel(false);
+    tokio::spawn(srv.serve(listener, never));
+
+    let relay = Relay::new(brick_addr.clone()).await;
+    let wait = Duration::from_secs(5);
+    let a = Volume::connect(spec(&relay.addr), key.clone(), "a", wait)
+        .await
+        .unwrap();
+    let b = Volume::connect(spec(&brick_addr), key.clone(), "b", wait)
+        .await
+        .unwrap();
+    let node = NewNode {
+        id: FileId::random(),
+        kind: FileKind::File,
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        meta: Vec::new(),
+    };
+    b.root
+        .create(FileId::ROOT, b"f", &node, None, None)
+        .await
+        .unwrap();
+    let id = node.id;
+    let (oa, ob) = (1, 2);
+    a.root.setlk(id, &lock(LockKind::Write, oa), false).await.unwrap();
+
+    // The link is cut; `a` reconnects by itself and its session takes the lock over.
+    let gen = a.conns[0].generation();
+    relay.cut();
+    assert_eq!(
+        b.root.setlk(id, &lock(LockKind::Write, ob), false).await,
+        Err(Errno::EAGAIN)
+    );
+    until("`a` to reconnect", || {
+        a.conns[0].is_up() && a.conns[0].generation() != gen
+    })
+    .await;
+    // Well past the time the brick keeps a gone connection's locks, it is still `a`'s.
+    let past = Instant::now() + LINGER + LINGER / 2;
+    while Instant::now() < past {
+        assert_eq!(
+            b.root.setlk(id, &lock(LockKind::Write, ob), false).await,
+            Err(Errno::EAGAIN),
+            "the lock went while its holder was back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        b.root.getlk(id, &lock(LockKind::Write, ob)).await.unwrap().kind,
+        LockKind::Write
+    );
+    a.root
+        .setlk(id, &lock(LockKind::Unlock, oa), false)
+        .await
+        .unwrap();
+    b.root.setlk(id, &lock(LockKind::Write, ob), false).await.unwrap();
+    b.root
+        .setlk(id, &lock(LockKind::Unlock, ob), false)
+        .await
+        .unwrap();
+
+    // `a` locks again, then is cut off for good: a waiter gets the lock once the brick
+    // gives up on `a`, and not before.
+    a.root.setlk(id, &lock(LockKind::Write, oa), false).await.unwrap();
+    relay.acceptor.abort();
+    let cut = Instant::now();
+    relay.cut();
+    assert_eq!(
+        b.root.setlk(id, &lock(LockKind::Write, ob), false).await,
+        Err(Errno::EAGAIN)
+    );
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        b.root.setlk(id, &lock(LockKind::Write, ob), true),
+    )
+    .await
+    .expect("granted once the brick gave up on `a`")
+    .unwrap();
+    assert!(cut.elapsed() >= LINGER, "granted after {:?}", cut.elapsed());
+}
