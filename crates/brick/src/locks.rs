@@ -9,6 +9,7 @@
 use proto::{Errno, FileId, Lock, LockKind};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -41,6 +42,9 @@ struct Inner {
     waiting: HashMap<(Owner, FileId), (u64, u32)>,
     /// Connections that may hold locks.
     open: HashSet<u64>,
+    /// Until then, only reclaims are granted (the brick restarted while clients may have
+    /// held locks: they get them back first).
+    grace_until: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -84,6 +88,26 @@ impl LockTable {
         })
     }
 
+    /// For `d` from now, only reclaims are granted: the brick restarted while clients may
+    /// have held locks, and they are to get them back before anyone else takes them.
+    pub fn start_grace(&self, d: Duration) {
+        self.lock().grace_until = Some(Instant::now() + d);
+    }
+
+    /// Takes back a lock the connection's client held before (see `Request::Reclaim`).
+    pub fn reclaim(&self, id: FileId, conn: u64, l: &Lock) -> Result<(), Errno> {
+        if l.start > l.end {
+            return Err(Errno::EINVAL);
+        }
+        let owner = Owner { conn, owner: l.owner };
+        Self::grant(&mut self.lock(), id, owner, l, true)
+    }
+
+    /// Whether any lock is held.
+    pub fn any(&self) -> bool {
+        self.lock().files.values().any(|f| !f.held.is_empty())
+    }
+
     /// A connection opened: it may take locks until [`LockTable::release_conn`].
     pub fn open_conn(&self, conn: u64) {
         self.lock().open.insert(conn);
@@ -100,8 +124,29 @@ impl LockTable {
     }
 
     fn set_in(inner: &mut Inner, id: FileId, owner: Owner, l: &Lock) -> Result<(), Errno> {
+        Self::grant(inner, id, owner, l, false)
+    }
+
+    /// What is left of the grace period.
+    fn grace_left(inner: &mut Inner) -> Option<Duration> {
+        let left = inner
+            .grace_until
+            .map(|t| t.saturating_duration_since(Instant::now()));
+        match left {
+            Some(d) if !d.is_zero() => Some(d),
+            _ => {
+                inner.grace_until = None;
+                None
+            }
+        }
+    }
+
+    fn grant(inner: &mut Inner, id: FileId, owner: Owner, l: &Lock, reclaim: bool) -> Result<(), Errno> {
         if !inner.open.contains(&owner.conn) {
             return Err(Errno::ECONNRESET);
+        }
+        if !reclaim && l.kind != LockKind::Unlock && Self::grace_left(inner).is_some() {
+            return Err(Errno::EAGAIN);
         }
         if l.kind != LockKind::Unlock && Self::conflict(inner, id, owner, l).is_some() {
             return Err(Errno::EAGAIN);
@@ -178,7 +223,7 @@ impl LockTable {
             let notified = wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
+            let grace = {
                 // The owner's close is checked under the same lock as the grant, so that
                 // nothing is granted to an owner that closed the file meanwhile.
                 let mut inner = self.lock();
@@ -189,8 +234,15 @@ impl LockTable {
                     Err(Errno::EAGAIN) => {}
                     other => return other,
                 }
+                Self::grace_left(&mut inner)
+            };
+            match grace {
+                // Nothing need happen for the grace period to end.
+                Some(d) => {
+                    let _ = tokio::time::timeout(d, notified).await;
+                }
+                None => notified.await,
             }
-            notified.await;
         }
     }
 

@@ -37,13 +37,23 @@ pub struct ServerConfig {
     /// How long the locks of a client session outlive its connection, waiting for the
     /// client to come back on a new one.
     pub linger: Duration,
+    /// After a restart that may have lost clients' locks, how long only their reclaims
+    /// are granted.
+    pub grace: Duration,
 }
 
 impl ServerConfig {
     pub fn new(key: ClusterKey) -> ServerConfig {
-        ServerConfig { key, linger: LINGER }
+        ServerConfig {
+            key,
+            linger: LINGER,
+            grace: LINGER + Duration::from_secs(5),
+        }
     }
 }
+
+/// Present while locks may be held: a brick that starts and finds it may have lost some.
+const LOCKS_MARKER: &str = "locks";
 
 /// See [`ServerConfig::linger`]: longer than a client takes to notice a dead link (5 s) and
 /// reconnect.
@@ -60,6 +70,8 @@ pub struct BrickServer {
     /// Connections that take notices.
     listeners: Mutex<HashMap<u64, Arc<Conn>>>,
     heals: Arc<Heals>,
+    /// The locks marker is in place.
+    marked: std::sync::atomic::AtomicBool,
 }
 
 /// An open handle; closing it (drop) tells the store, which may remove an unlinked file.
@@ -134,9 +146,20 @@ enum Quick {
 
 impl BrickServer {
     pub fn new(store: Store, config: ServerConfig) -> Arc<BrickServer> {
+        let locks = Arc::new(LockTable::default());
+        let marker = store.root().join(crate::index::META_DIR).join(LOCKS_MARKER);
+        let marked = marker.exists();
+        if marked {
+            tracing::info!(
+                "this brick stopped while locks may have been held: for {:?} only their holders get locks",
+                config.grace
+            );
+            locks.start_grace(config.grace);
+        }
         Arc::new(BrickServer {
+            marked: std::sync::atomic::AtomicBool::new(marked),
             store: Arc::new(store),
-            locks: Arc::new(LockTable::default()),
+            locks,
             sessions: Arc::new(Mutex::new(HashMap::new())),
             config,
             next_conn: AtomicU64::new(1),
@@ -197,7 +220,25 @@ impl BrickServer {
         shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<()> {
         let key = self.config.key.clone();
-        proto::service::serve(self, listener, key, shutdown).await
+        let served = proto::service::serve(self.clone(), listener, key, shutdown).await;
+        // A brick that stops holding no lock has none to give back when it starts again.
+        if !self.locks.any() {
+            let _ = std::fs::remove_file(self.marker());
+        }
+        served
+    }
+
+    fn marker(&self) -> std::path::PathBuf {
+        self.store.root().join(crate::index::META_DIR).join(LOCKS_MARKER)
+    }
+
+    /// A lock was granted: from now on, a brick that starts again may have lost locks.
+    fn locked(&self) {
+        if !self.marked.swap(true, Ordering::SeqCst) {
+            if let Err(e) = std::fs::write(self.marker(), b"") {
+                tracing::warn!("cannot note that locks are held: {e}");
+            }
+        }
     }
 
     async fn blocking<T: Send + 'static>(
@@ -314,7 +355,17 @@ impl BrickServer {
             } => s
                 .kind(id)
                 .and_then(|_| self.locks.set(id, conn.id, &lock))
-                .map(|_| Reply::Ok),
+                .map(|_| {
+                    self.locked();
+                    Reply::Ok
+                }),
+            Request::Reclaim { id, lock } => s
+                .kind(id)
+                .and_then(|_| self.locks.reclaim(id, conn.id, &lock))
+                .map(|_| {
+                    self.locked();
+                    Reply::Ok
+                }),
             slow => return Quick::Slow(slow),
         })
     }
@@ -423,7 +474,10 @@ impl BrickServer {
                 Ok(_) => {
                     let mut closed = conn.closed.clone();
                     tokio::select! {
-                        r = self.locks.set_wait(id, conn.id, &lock) => r.map(|_| Reply::Ok),
+                        r = self.locks.set_wait(id, conn.id, &lock) => r.map(|_| {
+                            self.locked();
+                            Reply::Ok
+                        }),
                         _ = closed.wait_for(|c| *c) => Err(Errno::ECONNRESET),
                     }
                 }

@@ -8,6 +8,7 @@ pub mod conn;
 pub mod distribute;
 pub mod gate;
 mod heal;
+pub mod lockset;
 pub mod protocol;
 pub mod replicate;
 pub mod stripe;

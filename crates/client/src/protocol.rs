@@ -1,6 +1,7 @@
 //! The leaf translator: one brick, reached over its connection.
 
 use crate::conn::BrickConn;
+use crate::lockset::LockSet;
 use crate::xlator::{DirCursor, DirPage, Handle, Result, Xlator};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -21,6 +22,16 @@ pub struct BrickFile {
 
 pub struct Protocol {
     conn: Arc<BrickConn>,
+    locks: Arc<Mutex<Held>>,
+}
+
+/// The locks this client holds on the brick, to take back when a connection is renewed.
+#[derive(Default)]
+struct Held {
+    set: LockSet,
+    /// Unlocks that may not have reached the brick (the connection failed under them): sent
+    /// again first, since the brick may have kept the locks for the session.
+    unsent: Vec<(FileId, Lock)>,
 }
 
 fn unexpected(r: Reply) -> Errno {
@@ -29,8 +40,39 @@ fn unexpected(r: Reply) -> Errno {
 }
 
 impl Protocol {
+    /// The brick behind `conn`. Every connection made from now on says first which client
+    /// session it belongs to (the brick keeps a session's locks across a reconnect), then
+    /// takes back the locks held (a brick that restarted has lost them).
     pub fn new(conn: Arc<BrickConn>) -> Protocol {
-        Protocol { conn }
+        let locks: Arc<Mutex<Held>> = Arc::default();
+        let token = FileId::random().0;
+        let held = Arc::downgrade(&locks);
+        conn.set_hello(Arc::new(move || {
+            let mut first = vec![(Request::Session { token }, "the client session".to_string())];
+            let Some(held) = held.upgrade() else { return first };
+            let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, lock) in held.unsent.drain(..) {
+                let what = format!("unlock of {id}");
+                first.push((
+                    Request::SetLk {
+                        id,
+                        lock,
+                        wait: false,
+                    },
+                    what,
+                ));
+            }
+            for (id, lock) in held.set.all() {
+                let what = format!("lock on {id} (owner {:x}): LOST;", lock.owner);
+                first.push((Request::Reclaim { id, lock }, what));
+            }
+            first
+        }));
+        Protocol { conn, locks }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.locks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn conn(&self) -> &Arc<BrickConn> {
@@ -304,11 +346,21 @@ impl Xlator for Protocol {
     }
 
     async fn flush(&self, h: &Handle, lock_owner: u64) -> Result<()> {
-        match self
+        let id = Self::file(h)?.id;
+        let r = self
             .with_fh(h, |fh| Request::Flush { fh, lock_owner }, Bytes::new())
-            .await?
-            .0
-        {
+            .await;
+        if self.held().set.drop_owner(id, lock_owner) && r.as_ref().is_err_and(|e| e.is_transport()) {
+            let all = Lock {
+                kind: proto::LockKind::Unlock,
+                start: 0,
+                end: u64::MAX,
+                owner: lock_owner,
+                pid: 0,
+            };
+            self.held().unsent.push((id, all));
+        }
+        match r?.0 {
             Reply::Ok => Ok(()),
             r => Err(unexpected(r)),
         }
@@ -421,12 +473,22 @@ impl Xlator for Protocol {
     }
 
     async fn setlk(&self, id: FileId, lock: &Lock, wait: bool) -> Result<()> {
-        self.ok(Request::SetLk {
-            id,
-            lock: *lock,
-            wait,
-        })
-        .await
+        let r = self
+            .ok(Request::SetLk {
+                id,
+                lock: *lock,
+                wait,
+            })
+            .await;
+        let unlock = lock.kind == proto::LockKind::Unlock;
+        if r.is_ok() || unlock {
+            let mut held = self.held();
+            held.set.apply(id, lock);
+            if unlock && r.as_ref().is_err_and(|e| e.is_transport()) {
+                held.unsent.push((id, *lock));
+            }
+        }
+        r
     }
 
     async fn heal_begin(&self, id: FileId, guard: bool) -> Result<()> {

@@ -9,12 +9,12 @@
 //! repair, and reads never use a copy that others mark as behind.
 
 use crate::heal::Healer;
+use crate::lockset::LockSet;
 use crate::xlator::{Child, DirCursor, DirPage, Handle, HealReport, Result, Xlator};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use proto::{Entry, Errno, FileId, Lock, LockKind, NewNode, RenameFlags, SetAttr, StatFs};
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -56,7 +56,7 @@ pub struct Replicate {
     heal_wake: Arc<Notify>,
     /// The locks this client holds, per file and lock owner, as the children were told: to
     /// put them back on children that granted a request the others refused.
-    held: Mutex<HashMap<(FileId, u64), Vec<Lock>>>,
+    held: Mutex<LockSet>,
 }
 
 /// Replicate's part of an open file.
@@ -89,7 +89,7 @@ impl Replicate {
             healers,
             heal_lock: tokio::sync::Mutex::new(()),
             heal_wake: heal_wake.clone(),
-            held: Mutex::new(HashMap::new()),
+            held: Mutex::new(LockSet::default()),
         });
         tokio::spawn(crate::heal::keep_healing(Arc::downgrade(&r), heal_wake));
         r
@@ -287,7 +287,7 @@ impl Replicate {
         Ok(out.ok)
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(FileId, u64), Vec<Lock>>> {
+    fn held(&self) -> std::sync::MutexGuard<'_, LockSet> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -573,7 +573,7 @@ impl Xlator for Replicate {
 
     async fn flush(&self, h: &Handle, lock_owner: u64) -> Result<()> {
         let rh = Self::rh(h)?;
-        let locked = self.held().remove(&(rh.id, lock_owner)).is_some();
+        let locked = self.held().drop_owner(rh.id, lock_owner);
         // Children that have no handle of the file (they were down at its open) may hold
         // the owner's locks all the same: they are unlocked by request.
         let everything = Lock {
@@ -681,23 +681,12 @@ impl Xlator for Replicate {
     /// granted it, which get the owner's locks on its range as they were (POSIX leaves them
     /// unchanged when a request fails).
     async fn setlk(&self, id: FileId, lock: &Lock, wait: bool) -> Result<()> {
-        let key = (id, lock.owner);
         if lock.kind == LockKind::Unlock {
             let results = self.fan(|_, c| c.setlk(id, lock, false)).await;
-            let mut held = self.held();
-            if let Some(v) = held.get_mut(&key) {
-                apply_lock(v, lock);
-                if v.is_empty() {
-                    held.remove(&key);
-                }
-            }
+            self.held().apply(id, lock);
             return Self::outcome(results).map(|_| ());
         }
-        let before: Vec<Lock> = self
-            .held()
-            .get(&key)
-            .map(|v| overlapped(v, lock))
-            .unwrap_or_default();
+        let before: Vec<Lock> = self.held().overlapped(id, lock);
         let mut granted = 0u64;
         let mut refused = None;
         if wait {
@@ -727,8 +716,7 @@ impl Xlator for Replicate {
             }
         }
         if refused.is_none() && self.quorum(granted) {
-            let mut held = self.held();
-            apply_lock(held.entry(key).or_default(), lock);
+            self.held().apply(id, lock);
             return Ok(());
         }
         // EINTR: the owner closed the file meanwhile, and its locks are to go, not return.
@@ -749,84 +737,5 @@ impl Xlator for Replicate {
 
     async fn heal(&self) -> Result<HealReport> {
         Ok(self.heal_pass().await)
-    }
-}
-
-/// Applies `l` to `held`, one owner's locks on one file, as fcntl does: the range is cut
-/// out of them, then added with its new kind unless it is an unlock.
-fn apply_lock(held: &mut Vec<Lock>, l: &Lock) {
-    let mut kept = Vec::with_capacity(held.len() + 2);
-    for h in held.drain(..) {
-        if h.end < l.start || l.end < h.start {
-            kept.push(h);
-            continue;
-        }
-        if h.start < l.start {
-            kept.push(Lock {
-                end: l.start - 1,
-                ..h
-            });
-        }
-        if h.end > l.end {
-            kept.push(Lock {
-                start: l.end + 1,
-                ..h
-            });
-        }
-    }
-    if l.kind != LockKind::Unlock {
-        kept.push(*l);
-    }
-    *held = kept;
-}
-
-/// The parts of `held` within the range of `l`.
-fn overlapped(held: &[Lock], l: &Lock) -> Vec<Lock> {
-    held.iter()
-        .filter(|h| h.start <= l.end && l.start <= h.end)
-        .map(|h| Lock {
-            start: h.start.max(l.start),
-            end: h.end.min(l.end),
-            ..*h
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn l(kind: LockKind, start: u64, end: u64) -> Lock {
-        Lock {
-            kind,
-            start,
-            end,
-            owner: 1,
-            pid: 1,
-        }
-    }
-
-    fn ranges(v: &[Lock]) -> Vec<(LockKind, u64, u64)> {
-        let mut r: Vec<_> = v.iter().map(|h| (h.kind, h.start, h.end)).collect();
-        r.sort_by_key(|x| x.1);
-        r
-    }
-
-    #[test]
-    fn an_owners_locks_are_cut_and_replaced_as_fcntl_does() {
-        use LockKind::{Read, Unlock, Write};
-        let mut v = Vec::new();
-        apply_lock(&mut v, &l(Read, 0, 99));
-        apply_lock(&mut v, &l(Write, 10, 19));
-        assert_eq!(ranges(&v), [(Read, 0, 9), (Write, 10, 19), (Read, 20, 99)]);
-        assert_eq!(
-            ranges(&overlapped(&v, &l(Write, 5, 14))),
-            [(Read, 5, 9), (Write, 10, 14)]
-        );
-        apply_lock(&mut v, &l(Unlock, 0, u64::MAX));
-        assert!(v.is_empty());
-        apply_lock(&mut v, &l(Write, 0, u64::MAX));
-        apply_lock(&mut v, &l(Unlock, 0, 0));
-        assert_eq!(ranges(&v), [(Write, 1, u64::MAX)]);
     }
 }

@@ -56,12 +56,13 @@ impl Volume {
             .iter()
             .map(|b| BrickConn::new(&b.addr, key.clone(), "client", client_name))
             .collect();
-        // One session per brick for as long as this volume lives: a brick keeps its locks
-        // across a reconnect (see `proto::msg::Request::Session`).
-        for c in &conns {
-            let token = proto::FileId::random().0;
-            c.set_hello(&proto::msg::Request::Session { token }).await.ok();
-        }
+        // Built before connecting: the bricks' translators say what each new connection
+        // sends first (a session, the locks to take back). Healing takes guards that must
+        // not cover this client's own requests: it has connections of its own (made when
+        // first needed).
+        let heal_name = format!("{client_name}/heal");
+        let healer = |i: usize| BrickConn::new(conns[i].addr(), key.clone(), "client", &heal_name);
+        let root = build(&spec.graph(), &conns, &healer);
         let results = futures_util::future::join_all(conns.iter().map(|c| {
             let c = c.clone();
             async move {
@@ -79,11 +80,6 @@ impl Volume {
         if results.iter().all(Result::is_err) {
             return Err(VolumeError::Unreachable(spec.name.clone()));
         }
-        // Healing takes guards that must not cover this client's own requests: it has
-        // connections of its own (made when first needed).
-        let heal_name = format!("{client_name}/heal");
-        let healer = |i: usize| BrickConn::new(conns[i].addr(), key.clone(), "client", &heal_name);
-        let root = build(&spec.graph(), &conns, &healer);
         Ok(Volume { spec, root, conns })
     }
 

@@ -179,3 +179,99 @@ async fn a_lock_survives_a_cut_link_and_goes_with_a_client_that_does_not_return(
     .unwrap();
     assert!(cut.elapsed() >= LINGER, "granted after {:?}", cut.elapsed());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_brick_that_restarts_gives_locks_back_to_their_holders_first() {
+    let key = ClusterKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let grace = Duration::from_secs(5);
+    let serve = |listener: TcpListener| {
+        let store = brick::Store::open_dir(dir.path()).unwrap();
+        let config = brick::ServerConfig {
+            grace,
+            ..brick::ServerConfig::new(key.clone())
+        };
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(brick::BrickServer::new(store, config).serve(listener, rx));
+        stop
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let stop = serve(listener);
+    let wait = Duration::from_secs(5);
+    let a = Volume::connect(spec(&addr), key.clone(), "a", wait)
+        .await
+        .unwrap();
+    let b = Volume::connect(spec(&addr), key.clone(), "b", wait)
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for name in [&b"f"[..], b"g"] {
+        let node = NewNode {
+            id: FileId::random(),
+            kind: FileKind::File,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            meta: Vec::new(),
+        };
+        b.root
+            .create(FileId::ROOT, name, &node, None, None)
+            .await
+            .unwrap();
+        ids.push(node.id);
+    }
+    let (f, g) = (ids[0], ids[1]);
+    let (oa, ob) = (1, 2);
+    a.root.setlk(f, &lock(LockKind::Write, oa), false).await.unwrap();
+
+    // The brick stops (its locks are gone with it) and starts again.
+    let gen = a.conns[0].generation();
+    let _ = stop.send(true);
+    until("`a` to see the brick go", || !a.conns[0].is_up()).await;
+    let listener = loop {
+        match TcpListener::bind(&addr).await {
+            Ok(l) => break l,
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    };
+    let restarted = Instant::now();
+    let _stop = serve(listener);
+    // New locks wait while the holders come back.
+    let refused = loop {
+        match b.root.setlk(g, &lock(LockKind::Write, ob), false).await {
+            Err(Errno::ENOTCONN) => tokio::time::sleep(Duration::from_millis(20)).await,
+            r => break r,
+        }
+    };
+    assert!(
+        restarted.elapsed() < grace,
+        "test too slow to see the grace period"
+    );
+    assert_eq!(refused, Err(Errno::EAGAIN), "a new lock during the grace period");
+    until("`a` to reconnect", || {
+        a.conns[0].is_up() && a.conns[0].generation() != gen
+    })
+    .await;
+    // `a` took its lock back: `b` cannot have it, during the grace period or after.
+    assert_eq!(
+        b.root.setlk(f, &lock(LockKind::Write, ob), false).await,
+        Err(Errno::EAGAIN)
+    );
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        b.root.setlk(g, &lock(LockKind::Write, ob), true),
+    )
+    .await
+    .expect("new locks are granted after the grace period")
+    .unwrap();
+    assert!(restarted.elapsed() >= grace);
+    assert_eq!(
+        b.root.setlk(f, &lock(LockKind::Write, ob), false).await,
+        Err(Errno::EAGAIN),
+        "the lock is still `a`'s"
+    );
+    a.root.setlk(f, &lock(LockKind::Unlock, oa), false).await.unwrap();
+    b.root.setlk(f, &lock(LockKind::Write, ob), false).await.unwrap();
+}

@@ -179,6 +179,13 @@ pub enum Request {
     Session {
         token: u128,
     },
+    /// Takes back a lock this client held before its connection was renewed: like a
+    /// non-blocking `SetLk`, but granted also while a brick that restarted waits for its
+    /// clients' locks to come back (new locks wait then).
+    Reclaim {
+        id: FileId,
+        lock: Lock,
+    },
 }
 
 impl Request {
@@ -217,6 +224,7 @@ impl Request {
             Request::HealEnd { .. } => "healend",
             Request::ListPending { .. } => "listpending",
             Request::Session { .. } => "session",
+            Request::Reclaim { .. } => "reclaim",
         }
     }
 }
@@ -224,7 +232,7 @@ impl Request {
 /// Number of operations in [`Request`]: a header naming an operation at or past this index
 /// asks for something this build does not know (ENOSYS), anything else undecodable is
 /// malformed (EBADMSG).
-pub const REQUEST_OPS: u32 = 32;
+pub const REQUEST_OPS: u32 = 33;
 
 /// The operation index at the start of an encoded request (postcard writes an enum's
 /// variant index first, as a varint).
@@ -313,7 +321,16 @@ mod tests {
 
     #[test]
     fn op_count_matches_the_enum() {
-        let last = Request::Session { token: 1 };
+        let last = Request::Reclaim {
+            id: FileId::ROOT,
+            lock: Lock {
+                kind: LockKind::Read,
+                start: 0,
+                end: 0,
+                owner: 0,
+                pid: 0,
+            },
+        };
         let enc = postcard::to_allocvec(&last).unwrap();
         assert_eq!(op_index(&enc), Some(REQUEST_OPS - 1));
         assert_eq!(op_index(&postcard::to_allocvec(&Request::Ping).unwrap()), Some(0));

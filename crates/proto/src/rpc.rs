@@ -32,6 +32,10 @@ type Pending<R> = oneshot::Sender<Result<(R, Bytes), Errno>>;
 /// lost (whatever the peer would have announced meanwhile is unknown).
 pub type NoticeFn = Arc<dyn Fn(Option<&frame::Frame>) + Send + Sync>;
 
+/// Makes the requests a new connection sends before any other (each with what it is, for
+/// the log if the peer refuses it).
+pub type HelloFn<Q> = Arc<dyn Fn() -> Vec<(Q, String)> + Send + Sync>;
+
 struct Link<R> {
     gen: u64,
     /// Requests are written by their callers, on whatever thread they run.
@@ -78,8 +82,8 @@ pub struct Conn<Q, R> {
     reconnecting: AtomicBool,
     gen: AtomicU64,
     notices: Mutex<Option<NoticeFn>>,
-    /// Encoded request sent first on every new connection, before anyone else's.
-    hello: Mutex<Option<Vec<u8>>>,
+    /// Requests sent first on every new connection, before anyone else's.
+    hello: Mutex<Option<HelloFn<Q>>>,
     me: Weak<Conn<Q, R>>,
     _sends: std::marker::PhantomData<fn(Q)>,
 }
@@ -110,20 +114,11 @@ where
         &self.addr
     }
 
-    /// Sends `req` first on every connection from now on (the current one too, if any),
-    /// before any other request: a session the peer is to tie the connection to. A peer
-    /// that answers with an error is used all the same.
-    pub async fn set_hello(&self, req: &Q) -> Result<(), Errno> {
-        let header = frame::encode_header(req).map_err(|_| Errno::EINVAL)?;
-        *lock(&self.hello) = Some(header.clone());
-        // (Not `current()`: without a connection, this is no reason to make one.)
-        let link = lock(&self.link)
-            .clone()
-            .filter(|l| !l.dead.load(Ordering::SeqCst));
-        match link {
-            Some(link) => Self::send_on(&link, header, Bytes::new()).await.map(|_| ()),
-            None => Ok(()),
-        }
+    /// Has every connection made from now on send what `f` makes, in order, before any
+    /// other request: say a session the peer ties the connection to, and what to take back
+    /// under it. A refusal is logged and the connection used all the same.
+    pub fn set_hello(&self, f: HelloFn<Q>) {
+        *lock(&self.hello) = Some(f);
     }
 
     /// Where frames the peer sends unasked go (replacing any earlier receiver).
@@ -199,15 +194,17 @@ where
         ));
         lock(&link.tasks).push(r.abort_handle());
         let hello = lock(&self.hello).clone();
-        if let Some(h) = hello {
-            let answer = tokio::time::timeout(CONNECT_TIMEOUT, Self::send_on(&link, h, Bytes::new()));
+        for (req, what) in hello.map(|f| f()).unwrap_or_default() {
+            let header = frame::encode_header(&req).map_err(|_| Errno::EINVAL)?;
+            let answer = tokio::time::timeout(CONNECT_TIMEOUT, Self::send_on(&link, header, Bytes::new()));
             match answer.await.unwrap_or(Err(Errno::ETIMEDOUT)) {
+                // (ENOSYS: a peer that predates it.)
                 Ok(_) | Err(Errno::ENOSYS) => {}
                 Err(e) if e.is_transport() => {
                     link.kill();
                     return Err(e);
                 }
-                Err(e) => tracing::warn!(peer = %self.addr, "refused our session: {e}"),
+                Err(e) => tracing::error!(peer = %self.addr, "{what}: refused on connecting: {e}"),
             }
         }
         tokio::spawn(ping_loop(self.me.clone(), Arc::downgrade(&link)));
