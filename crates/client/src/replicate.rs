@@ -521,8 +521,20 @@ impl Xlator for Replicate {
         self.noticed(stale);
         let out = Self::outcome(opens)?;
         let mut handles: Vec<Option<Handle>> = (0..self.children.len()).map(|_| None).collect();
+        let mut opened = 0;
         for (i, h) in out.ok {
             handles[i] = Some(h);
+            opened |= bit(i);
+        }
+        // A copy marked behind is not kept open when the good ones are a quorum: reads
+        // never use it, writes through this handle mark it behind anyway, and an open
+        // handle there would keep healing from repairing it until the file is closed.
+        if stale & opened != 0 && self.quorum(opened & !stale) {
+            for i in (0..self.children.len()).filter(|i| stale & bit(*i) != 0) {
+                if let Some(h) = handles[i].take() {
+                    let _ = self.children[i].release(&h).await;
+                }
+            }
         }
         Ok(Self::handle(id, handles, self.all() & !stale))
     }

@@ -1,6 +1,6 @@
 //! Self-heal: a replica copy that was down while the volume changed becomes identical to the
 //! others again, by itself, and every pending marker is cleared; a file open on the stale
-//! copy is healed once it is closed.
+//! copy is healed once it is closed there.
 
 use bytes::Bytes;
 use layout::spec::{BrickSpec, VolumeSpec, DEFAULT_STRIPE_SIZE, SPEC_VERSION};
@@ -323,7 +323,7 @@ async fn a_copy_that_was_down_is_healed_in_the_background() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_open_on_the_stale_copy_is_healed_once_closed() {
+async fn a_file_open_on_the_stale_copy_is_healed_once_closed_there() {
     let key = ClusterKey::generate();
     let mut b = Vec::new();
     for _ in 0..3 {
@@ -346,22 +346,27 @@ async fn a_file_open_on_the_stale_copy_is_healed_once_closed() {
     b[2].start(&key).await;
     until("the volume to see the third brick back", || vol.conns[2].is_up()).await;
 
-    // Another client has the file open, on the stale copy too: no heal can be exact while
-    // it may write there, so the file is left for later.
-    let other = Volume::connect(spec(&addrs), key.clone(), "other", wait)
+    // A client has the file open on the stale copy (as one that opened it before that copy
+    // fell behind would): no heal can be exact while it may write there, so the file is
+    // left for later.
+    let other = Volume::connect(spec(&addrs[2..]), key.clone(), "other", wait)
         .await
         .unwrap();
     let held = other.root.open(f, libc::O_RDONLY as u32).await.unwrap();
     let report = v.heal().await.unwrap();
     assert!(report.left >= 1, "{report:?}");
     assert!(b[0].pending() > 0);
+    // Opening it through the volume now keeps no handle on the stale copy: that does not
+    // hold the heal up.
+    let through = v.open(f, libc::O_RDWR as u32).await.unwrap();
 
     other.root.release(&held).await.unwrap();
     v.heal().await.unwrap();
-    until("the file to be healed once closed", || {
+    until("the file to be healed once closed there", || {
         b.iter().all(|x| x.pending() == 0)
     })
     .await;
+    v.release(&through).await.unwrap();
     let one = |i: usize| Volume::connect(spec(&addrs[i..=i]), key.clone(), "look", wait);
     let (b0, b2) = (one(0).await.unwrap(), one(2).await.unwrap());
     same_copies(&tree(&b0.root).await, &tree(&b2.root).await);
