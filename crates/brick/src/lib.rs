@@ -6,6 +6,7 @@
 //! directories), so that any object can be reached by id in O(1).
 
 pub mod heal;
+pub mod health;
 pub mod index;
 mod interest;
 pub mod locks;

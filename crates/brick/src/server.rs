@@ -6,6 +6,7 @@
 //! for long and still see every change at once (see `crate::interest`).
 
 use crate::heal::{Heals, Touched};
+use crate::health::HealthCheck;
 use crate::interest::{Effect, Interest};
 use crate::locks::LockTable;
 use crate::readahead::Stride;
@@ -40,6 +41,8 @@ pub struct ServerConfig {
     /// After a restart that may have lost clients' locks, how long only their reclaims
     /// are granted.
     pub grace: Duration,
+    /// How the disk is watched (see `crate::health`).
+    pub health: HealthCheck,
 }
 
 impl ServerConfig {
@@ -48,6 +51,7 @@ impl ServerConfig {
             key,
             linger: LINGER,
             grace: LINGER + Duration::from_secs(5),
+            health: HealthCheck::default(),
         }
     }
 }
@@ -72,6 +76,8 @@ pub struct BrickServer {
     heals: Arc<Heals>,
     /// The locks marker is in place.
     marked: std::sync::atomic::AtomicBool,
+    /// The disk answers (see `crate::health`); connections are turned away while not.
+    healthy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// An open handle; closing it (drop) tells the store, which may remove an unlinked file.
@@ -158,6 +164,7 @@ impl BrickServer {
         }
         Arc::new(BrickServer {
             marked: std::sync::atomic::AtomicBool::new(marked),
+            healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             store: Arc::new(store),
             locks,
             sessions: Arc::new(Mutex::new(HashMap::new())),
@@ -220,12 +227,34 @@ impl BrickServer {
         shutdown: watch::Receiver<bool>,
     ) -> std::io::Result<()> {
         let key = self.config.key.clone();
+        let me = Arc::downgrade(&self);
+        let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        crate::health::watch(
+            self.store.root().to_path_buf(),
+            self.config.health,
+            self.healthy.clone(),
+            move || {
+                if let Some(server) = me.upgrade() {
+                    server.end_connections();
+                }
+            },
+            stop_watch.clone(),
+        )?;
         let served = proto::service::serve(self.clone(), listener, key, shutdown).await;
+        stop_watch.store(true, Ordering::SeqCst);
         // A brick that stops holding no lock has none to give back when it starts again.
         if !self.locks.any() {
             let _ = std::fs::remove_file(self.marker());
         }
         served
+    }
+
+    /// Ends every client connection (the disk stopped answering).
+    fn end_connections(&self) {
+        let conns: Vec<Arc<Conn>> = lock(&self.listeners).values().cloned().collect();
+        for c in conns {
+            c.out.close();
+        }
     }
 
     fn marker(&self) -> std::path::PathBuf {
@@ -532,6 +561,10 @@ impl Service for BrickServer {
 
     fn label(&self) -> String {
         format!("brick {}", self.store.root().display())
+    }
+
+    fn admits(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
     }
 
     fn open(&self, peer: &Peer, closed: watch::Receiver<bool>, out: Arc<Outbox>) -> Arc<Conn> {

@@ -47,6 +47,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(600);
 pub struct Healer {
     /// Connected when first needed.
     pub conn: Option<Arc<BrickConn>>,
+    /// The connection the client's own requests to this brick use: a new one of it means
+    /// the brick may have missed changes.
+    pub main: Option<Arc<BrickConn>>,
     pub child: Child,
 }
 
@@ -517,10 +520,12 @@ async fn write_all(c: &Child, h: &Handle, mut off: u64, mut data: Bytes) -> Resu
     Ok(())
 }
 
-/// Heals in the background: when a child comes back, when requests meet markers, after a
-/// pass that left work, and every `SWEEP_EVERY` anyway. Ends with the translator.
+/// Heals in the background: when a child comes back (or was reconnected, however briefly
+/// it was gone), when requests meet markers, after a pass that left work, and every
+/// `SWEEP_EVERY` anyway. Ends with the translator.
 pub(crate) async fn keep_healing(me: Weak<Replicate>, wake: Arc<Notify>) {
     let mut last_up = 0u64;
+    let mut last_gens: Vec<u64> = Vec::new();
     let mut last_pass: Option<Instant> = None;
     let mut retry_at: Option<Instant> = None;
     let mut woken = false;
@@ -531,8 +536,14 @@ pub(crate) async fn keep_healing(me: Weak<Replicate>, wake: Arc<Notify>) {
         }
         let Some(r) = me.upgrade() else { return };
         let up = r.up_mask();
-        let came_back = up & !last_up != 0;
+        let gens: Vec<u64> = r
+            .healers
+            .iter()
+            .map(|h| h.main.as_ref().map_or(0, |c| c.generation()))
+            .collect();
+        let came_back = up & !last_up != 0 || (!last_gens.is_empty() && gens != last_gens);
         last_up = up;
+        last_gens = gens;
         let now = Instant::now();
         let since = last_pass.map(|t| now.duration_since(t));
         let due = came_back

@@ -117,6 +117,7 @@ fn build(g: &Graph, conns: &[Arc<BrickConn>], healer: &dyn Fn(usize) -> Arc<Bric
                         Healer {
                             child: Arc::new(Protocol::new(conn.clone())),
                             conn: Some(conn),
+                            main: Some(conns[*i].clone()),
                         }
                     }
                     // Copies are bricks in every layout there is; anything else is not
@@ -124,6 +125,7 @@ fn build(g: &Graph, conns: &[Arc<BrickConn>], healer: &dyn Fn(usize) -> Arc<Bric
                     _ => Healer {
                         child: build(g, conns, healer),
                         conn: None,
+                        main: None,
                     },
                 })
                 .collect();

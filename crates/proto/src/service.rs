@@ -51,6 +51,10 @@ pub trait Service: Send + Sync + Sized + 'static {
 
     /// For logs: what this server serves.
     fn label(&self) -> String;
+    /// Whether new connections are taken now (those that come meanwhile are closed at once).
+    fn admits(&self) -> bool {
+        true
+    }
     /// A peer passed the handshake. `closed` turns true when its connection ends; `out` sends
     /// frames to it unasked (with id [`crate::msg::NOTICE_ID`]).
     fn open(&self, peer: &Peer, closed: watch::Receiver<bool>, out: Arc<Outbox>) -> Arc<Self::Session>;
@@ -84,6 +88,7 @@ pub async fn serve<S: Service>(
             _ = stopped(&mut shutdown) => return Ok(()),
         };
         let (stream, addr) = match accepted {
+            Ok(_) if !svc.admits() => continue,
             Ok(x) => x,
             Err(e) if is_transient_accept_error(&e) => {
                 tracing::warn!("accept: {e}");

@@ -15,11 +15,28 @@ pub struct BrickArgs {
     /// The cluster key file.
     #[arg(long, env = "SHOAL_KEY", default_value = "/etc/shoal/cluster.key")]
     pub key: PathBuf,
+    /// Seconds between two probes of the disk (a small synced write).
+    #[arg(long, default_value_t = 5.0)]
+    pub health_every: f64,
+    /// Seconds a probe may take before the brick goes offline until the disk answers.
+    #[arg(long, default_value_t = 20.0)]
+    pub health_timeout: f64,
+}
+
+fn secs(what: &str, v: f64) -> Result<std::time::Duration> {
+    if !(0.01..=3600.0).contains(&v) {
+        anyhow::bail!("--{what} {v}: must be between 0.01 and 3600 seconds");
+    }
+    Ok(std::time::Duration::from_secs_f64(v))
 }
 
 pub fn run(args: BrickArgs) -> Result<()> {
     crate::logging::init("info");
     let key = proto::auth::ClusterKey::load(&args.key)?;
+    let health = brick::health::HealthCheck {
+        every: secs("health-every", args.health_every)?,
+        timeout: secs("health-timeout", args.health_timeout)?,
+    };
     std::fs::create_dir_all(&args.dir).with_context(|| format!("cannot make {}", args.dir.display()))?;
     let store = brick::Store::open_dir(&args.dir)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -29,7 +46,11 @@ pub fn run(args: BrickArgs) -> Result<()> {
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         // The first line of output says where the brick listens (scripts and tests read it).
         println!("listening on {}", listener.local_addr()?);
-        let server = brick::BrickServer::new(store, brick::ServerConfig::new(key));
+        let config = brick::ServerConfig {
+            health,
+            ..brick::ServerConfig::new(key)
+        };
+        let server = brick::BrickServer::new(store, config);
         let (_, never) = tokio::sync::watch::channel(false);
         tokio::select! {
             r = server.serve(listener, never) => r.context("brick server stopped"),

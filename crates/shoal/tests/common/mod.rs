@@ -78,11 +78,16 @@ pub struct Bricks {
 }
 
 fn start_brick(key: &Path, path: &Path, listen: &str) -> (Child, String) {
+    start_brick_with(key, path, listen, &[])
+}
+
+fn start_brick_with(key: &Path, path: &Path, listen: &str, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(shoal_bin())
         .args(["brick", "--dir"])
         .arg(path)
         .args(["--listen", listen, "--key"])
         .arg(key)
+        .args(extra)
         .env("SHOAL_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -156,6 +161,17 @@ impl Bricks {
     }
 
     /// Starts a killed brick again on its old address.
+    /// One more brick, serving `path`, started with `extra` arguments.
+    pub fn add(&mut self, path: &Path, extra: &[&str]) -> usize {
+        let (child, addr) = start_brick_with(&self.key, path, "127.0.0.1:0", extra);
+        self.bricks.push(Brick {
+            path: path.to_path_buf(),
+            addr,
+            child: Some(child),
+        });
+        self.bricks.len() - 1
+    }
+
     pub fn restart(&mut self, i: usize) {
         let b = &mut self.bricks[i];
         let (child, addr) = start_brick(&self.key, &b.path, &b.addr);

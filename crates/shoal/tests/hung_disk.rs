@@ -1,0 +1,89 @@
+//! A brick whose disk stops answering goes offline by itself, so that a replica volume
+//! carries on without it, and comes back (and is healed) when the disk answers again.
+
+mod common;
+
+use common::*;
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+/// Lets a stopped process go on, on every exit path.
+struct Cont(u32);
+
+impl Drop for Cont {
+    fn drop(&mut self) {
+        signal(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+fn signal(pid: u32, s: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
+        let _ = rustix::process::kill_process(pid, s);
+    }
+}
+
+fn pending(b: &Bricks, i: usize) -> usize {
+    let fans = std::fs::read_dir(b.bricks[i].path.join(".shoal/pending")).unwrap();
+    fans.map(|f| std::fs::read_dir(f.unwrap().path()).unwrap().count())
+        .sum()
+}
+
+#[test]
+fn a_brick_whose_disk_hangs_goes_offline_and_the_volume_carries_on() {
+    if !require_root() {
+        return;
+    }
+    // The third brick's "disk" is itself a FUSE mount (of a one-brick volume): while that
+    // mount's process is stopped, everything under it waits, as on a disk that hangs.
+    let outer = Bricks::start(1);
+    let disk = outer.mount(&outer.spec("disk", 1, 1), "disk");
+    std::fs::create_dir(disk.path("b")).unwrap();
+    let mut b = Bricks::start(2);
+    let health = ["--health-every", "0.5", "--health-timeout", "2"];
+    b.add(&disk.path("b"), &health);
+    let m = b.mount(&b.spec("hung", 1, 3), "v");
+    std::fs::write(m.path("before"), pattern(1, 300_000)).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(m.path("f"))
+        .unwrap();
+
+    signal(disk.pid(), rustix::process::Signal::STOP);
+    let _cont = Cont(disk.pid());
+    // A large write and its fsync run on the bricks' blocking threads: the third brick still
+    // answers pings, and only its disk probe can tell that it will never answer them.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let data = pattern(2, 1 << 20);
+        let r = f.write_all_at(&data, 0).and_then(|_| f.sync_all());
+        let _ = tx.send(r.map(|_| f));
+    });
+    let f = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a write waited for a brick whose disk hangs")
+        .unwrap();
+    let mut back = vec![0u8; 1 << 20];
+    f.read_exact_at(&mut back, 0).unwrap();
+    assert!(back == pattern(2, 1 << 20));
+    assert!(std::fs::read(m.path("before")).unwrap() == pattern(1, 300_000));
+    std::fs::write(m.path("during"), b"while the disk hung").unwrap();
+    assert!(
+        pending(&b, 0) > 0 && pending(&b, 1) > 0,
+        "what the third brick missed is marked"
+    );
+    drop(f);
+
+    // The disk answers again: the brick comes back online and is healed.
+    drop(_cont);
+    wait_for("the third brick to be healed", Duration::from_secs(60), || {
+        (0..2).all(|i| pending(&b, i) == 0)
+    });
+    assert!(std::fs::read(b.bricks[2].path.join("f")).unwrap() == pattern(2, 1 << 20));
+    assert_eq!(
+        std::fs::read(b.bricks[2].path.join("during")).unwrap(),
+        b"while the disk hung"
+    );
+}
