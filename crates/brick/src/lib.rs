@@ -13,6 +13,7 @@ pub mod locks;
 pub mod ns;
 pub mod readahead;
 pub mod server;
+pub mod sessions;
 pub mod store;
 mod sys;
 

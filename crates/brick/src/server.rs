@@ -10,6 +10,7 @@ use crate::health::HealthCheck;
 use crate::interest::{Effect, Interest};
 use crate::locks::LockTable;
 use crate::readahead::Stride;
+use crate::sessions::Sessions;
 use crate::store::{OpenFile, Store};
 use bytes::Bytes;
 use proto::auth::{ClusterKey, Peer};
@@ -66,9 +67,7 @@ pub const LINGER: Duration = Duration::from_secs(10);
 pub struct BrickServer {
     store: Arc<Store>,
     locks: Arc<LockTable>,
-    /// Client sessions: token -> the connection that has it now (open, or closed and
-    /// keeping its locks for `linger`).
-    sessions: Arc<Mutex<HashMap<u128, u64>>>,
+    sessions: Sessions,
     config: ServerConfig,
     next_conn: AtomicU64,
     /// Connections that take notices.
@@ -162,12 +161,13 @@ impl BrickServer {
             );
             locks.start_grace(config.grace);
         }
+        let sessions = Sessions::new(locks.clone(), config.linger);
         Arc::new(BrickServer {
             marked: std::sync::atomic::AtomicBool::new(marked),
             healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             store: Arc::new(store),
             locks,
-            sessions: Arc::new(Mutex::new(HashMap::new())),
+            sessions,
             config,
             next_conn: AtomicU64::new(1),
             listeners: Mutex::new(HashMap::new()),
@@ -362,7 +362,13 @@ impl BrickServer {
                 .kind(id)
                 .map(|_| Reply::Lock(self.locks.test(id, conn.id, &lock))),
             Request::Session { token } => {
-                self.join_session(conn, token);
+                *lock(&conn.session) = Some(token);
+                if let Some(old) = self.sessions.join(conn.id, token) {
+                    let stale = lock(&self.listeners).get(&old).cloned();
+                    if let Some(stale) = stale {
+                        stale.out.close();
+                    }
+                }
                 Ok(Reply::Ok)
             }
             Request::HealEnd { id, guard } => {
@@ -621,7 +627,7 @@ impl Service for BrickServer {
         // Handles close as the last request holding them finishes; locks go now, or after
         // a while if the client may come back for them.
         conn.handles.lock().unwrap_or_else(|p| p.into_inner()).clear();
-        self.leave_session(conn);
+        self.sessions.leave(conn.id, *lock(&conn.session));
         self.end_heals(conn);
         self.listeners
             .lock()
@@ -644,60 +650,6 @@ impl BrickServer {
             Handled::Now(answer) => answer,
             Handled::Later(fut) => fut.await,
         }
-    }
-
-    /// Ties `conn` to session `token`: the locks of the session's previous connection are
-    /// now this one's, and that connection, if the brick still has it open (its link was cut
-    /// silently), is ended.
-    fn join_session(&self, conn: &Conn, token: u128) {
-        *lock(&conn.session) = Some(token);
-        // Under the sessions lock, as a leaving connection decides there what its locks do.
-        let mut sessions = lock(&self.sessions);
-        let Some(old) = sessions.insert(token, conn.id).filter(|old| *old != conn.id) else {
-            return;
-        };
-        let moved = self.locks.adopt(old, conn.id);
-        drop(sessions);
-        if moved > 0 {
-            tracing::info!(conn = conn.id, "a client came back for its {moved} lock(s)");
-        }
-        let stale = lock(&self.listeners).get(&old).cloned();
-        if let Some(stale) = stale {
-            stale.out.close();
-        }
-    }
-
-    /// A connection ends: its locks go, unless they belong to a session whose client may
-    /// come back on a new connection within `linger`.
-    fn leave_session(&self, conn: &Conn) {
-        let token = *lock(&conn.session);
-        let mut sessions = lock(&self.sessions);
-        let Some(token) = token.filter(|t| sessions.get(t) == Some(&conn.id)) else {
-            self.locks.release_conn(conn.id);
-            return;
-        };
-        if !self.locks.holds(conn.id) {
-            sessions.remove(&token);
-            self.locks.release_conn(conn.id);
-            return;
-        }
-        self.locks.close_conn(conn.id);
-        drop(sessions);
-        let (locks, sessions, id, linger) = (
-            self.locks.clone(),
-            self.sessions.clone(),
-            conn.id,
-            self.config.linger,
-        );
-        tokio::spawn(async move {
-            tokio::time::sleep(linger).await;
-            let mut s = lock(&sessions);
-            if s.get(&token) == Some(&id) {
-                s.remove(&token);
-                locks.release_conn(id);
-                tracing::info!(conn = id, "a client did not come back: its locks go");
-            }
-        });
     }
 
     fn end_heals(&self, conn: &Conn) {

@@ -404,7 +404,12 @@ impl Replicate {
             _ => to.create(dir, name, &node, None, None).await.map(|_| ()),
         };
         match r {
-            Ok(()) | Err(Errno::EEXIST) => {}
+            Ok(()) => {}
+            // Made meanwhile (another healer): fine if it is this object. The id may also
+            // still be under another name on this copy (a directory moved while the copy
+            // was away): then the name stays missing, and so do the markers, until the old
+            // name is removed there.
+            Err(Errno::EEXIST) if to.lookup(dir, name).await.is_ok_and(|e| e.attr.id == id) => {}
             Err(e) => return Err(e),
         }
         // What was made lacks its data, entries or times: marked, so they follow.
