@@ -67,6 +67,28 @@ fn spec(addr: &str) -> VolumeSpec {
     }
 }
 
+fn new_file() -> NewNode {
+    NewNode {
+        id: FileId::random(),
+        kind: FileKind::File,
+        perm: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        meta: Vec::new(),
+    }
+}
+
+/// A blocking request of `v`'s, granted within 20 s.
+async fn granted_waiting(v: &Volume, id: FileId, owner: u64, what: &str) {
+    let l = lock(LockKind::Write, owner);
+    let asked = v.root.setlk(id, &l, true);
+    tokio::time::timeout(Duration::from_secs(20), asked)
+        .await
+        .unwrap_or_else(|_| panic!("not granted: {what}"))
+        .unwrap();
+}
+
 fn lock(kind: LockKind, owner: u64) -> Lock {
     Lock {
         kind,
@@ -108,15 +130,7 @@ async fn a_lock_survives_a_cut_link_and_goes_with_a_client_that_does_not_return(
     let b = Volume::connect(spec(&brick_addr), key.clone(), "b", wait)
         .await
         .unwrap();
-    let node = NewNode {
-        id: FileId::random(),
-        kind: FileKind::File,
-        perm: 0o644,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        meta: Vec::new(),
-    };
+    let node = new_file();
     b.root
         .create(FileId::ROOT, b"f", &node, None, None)
         .await
@@ -170,13 +184,7 @@ async fn a_lock_survives_a_cut_link_and_goes_with_a_client_that_does_not_return(
         b.root.setlk(id, &lock(LockKind::Write, ob), false).await,
         Err(Errno::EAGAIN)
     );
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        b.root.setlk(id, &lock(LockKind::Write, ob), true),
-    )
-    .await
-    .expect("granted once the brick gave up on `a`")
-    .unwrap();
+    granted_waiting(&b, id, ob, "once the brick gave up on `a`").await;
     assert!(cut.elapsed() >= LINGER, "granted after {:?}", cut.elapsed());
 }
 
@@ -207,15 +215,7 @@ async fn a_brick_that_restarts_gives_locks_back_to_their_holders_first() {
         .unwrap();
     let mut ids = Vec::new();
     for name in [&b"f"[..], b"g"] {
-        let node = NewNode {
-            id: FileId::random(),
-            kind: FileKind::File,
-            perm: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            meta: Vec::new(),
-        };
+        let node = new_file();
         b.root
             .create(FileId::ROOT, name, &node, None, None)
             .await
@@ -259,13 +259,7 @@ async fn a_brick_that_restarts_gives_locks_back_to_their_holders_first() {
         b.root.setlk(f, &lock(LockKind::Write, ob), false).await,
         Err(Errno::EAGAIN)
     );
-    tokio::time::timeout(
-        Duration::from_secs(20),
-        b.root.setlk(g, &lock(LockKind::Write, ob), true),
-    )
-    .await
-    .expect("new locks are granted after the grace period")
-    .unwrap();
+    granted_waiting(&b, g, ob, "a new lock after the grace period").await;
     assert!(restarted.elapsed() >= grace);
     assert_eq!(
         b.root.setlk(f, &lock(LockKind::Write, ob), false).await,

@@ -216,19 +216,26 @@ fn same_copies(a: &Tree, b: &Tree) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_copy_that_was_down_is_healed_in_the_background() {
+/// Three bricks in this process and a replica 3 volume over them.
+async fn replica_3() -> (ClusterKey, Vec<TestBrick>, Vec<String>, Volume) {
     let key = ClusterKey::generate();
     let mut b = Vec::new();
     for _ in 0..3 {
         b.push(TestBrick::new(&key).await);
     }
-    let owned: Vec<String> = b.iter().map(|x| x.addr.clone()).collect();
-    let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
-    let wait = Duration::from_secs(5);
-    let vol = Volume::connect(spec(&addrs), key.clone(), "heal", wait)
+    let addrs: Vec<String> = b.iter().map(|x| x.addr.clone()).collect();
+    let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let vol = Volume::connect(spec(&refs), key.clone(), "heal", Duration::from_secs(5))
         .await
         .unwrap();
+    (key, b, addrs, vol)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_that_was_down_is_healed_in_the_background() {
+    let (key, mut b, owned, vol) = replica_3().await;
+    let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let wait = Duration::from_secs(5);
     let v = vol.root.clone();
 
     let d = mkdir(&v, FileId::ROOT, "d").await;
@@ -324,17 +331,9 @@ async fn a_copy_that_was_down_is_healed_in_the_background() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_open_on_the_stale_copy_is_healed_once_closed_there() {
-    let key = ClusterKey::generate();
-    let mut b = Vec::new();
-    for _ in 0..3 {
-        b.push(TestBrick::new(&key).await);
-    }
-    let owned: Vec<String> = b.iter().map(|x| x.addr.clone()).collect();
+    let (key, mut b, owned, vol) = replica_3().await;
     let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
     let wait = Duration::from_secs(5);
-    let vol = Volume::connect(spec(&addrs), key.clone(), "heal", wait)
-        .await
-        .unwrap();
     let v = vol.root.clone();
     let f = file(&v, FileId::ROOT, "f", &[(0, pattern(8192, 1))]).await;
 
