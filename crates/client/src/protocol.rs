@@ -63,7 +63,10 @@ impl Protocol {
                 ));
             }
             for (id, lock) in held.set.all() {
-                let what = format!("lock on {id} (owner {:x}): LOST;", lock.owner);
+                let what = format!(
+                    "taking back the lock on {id} of owner {:x} (it is lost)",
+                    lock.owner
+                );
                 first.push((Request::Reclaim { id, lock }, what));
             }
             first
