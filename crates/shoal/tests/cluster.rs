@@ -323,19 +323,22 @@ fn a_mount_follows_its_volume_and_outlives_the_node_it_came_from() {
     let dir = c.dir.path().join("mnt");
     std::fs::create_dir_all(&dir).unwrap();
     let source = format!("{}:nas", c.endpoint(0));
-    let out = std::process::Command::new(shoal_bin())
-        .args(["mount", "--key"])
-        .arg(&c.key)
-        .arg(&source)
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mount: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _unmount = Unmount(dir.clone());
+    let mount = || {
+        let out = std::process::Command::new(shoal_bin())
+            .args(["mount", "--key"])
+            .arg(&c.key)
+            .arg(&source)
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Unmount(dir.clone())
+    };
+    let unmount = mount();
     std::fs::write(dir.join("f"), b"kept").unwrap();
 
     // A brick that stops answering misses a write: `volume heal info` shows what waits for
@@ -362,11 +365,25 @@ fn a_mount_follows_its_volume_and_outlives_the_node_it_came_from() {
         );
     }
     assert!(!blocks[2].contains("Connected"), "{info}");
+    // With no mount left, the nodes heal it.
+    drop(unmount);
+    let mount_running = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|p| {
+            std::fs::read(p.path().join("cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c);
+                c.contains("mount") && c.contains(&*dir.to_string_lossy())
+            })
+        })
+    };
+    wait_for("the mount process to end", Duration::from_secs(10), || {
+        !mount_running()
+    });
     drop(cont);
     wait_for("the brick to be healed", Duration::from_secs(60), || {
         let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
         info.matches("Number of entries: 0\n").count() == 3
     });
+    let _unmount = mount();
     let r = c.cli(0, &["volume", "heal", "nas", "repair"]);
     assert!(!r.ok && r.stderr.contains("info"), "{}", r.stderr);
 

@@ -4,6 +4,7 @@
 
 mod addresses;
 mod bricks;
+mod healers;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -33,6 +34,7 @@ pub struct DaemonArgs {
 /// What this machine does for the cluster.
 pub struct Local {
     bricks: bricks::DaemonBricks,
+    healers: healers::DaemonHealers,
     events: Arc<EventScripts>,
     keeper: OnceLock<Arc<netif::Keeper>>,
 }
@@ -98,7 +100,12 @@ pub fn run(args: DaemonArgs) -> Result<()> {
             bail!("the init event failed (see shoal scriptstatus / the daemon log)");
         }
         let local =
-            Arc::new(Local { bricks: bricks::DaemonBricks::new(cfg.address, key.clone()), events: events.clone(), keeper: OnceLock::new() });
+            Arc::new(Local {
+                bricks: bricks::DaemonBricks::new(cfg.address, key.clone()),
+                healers: healers::DaemonHealers::new(key.clone(), &cfg.node_name()),
+                events: events.clone(),
+                keeper: OnceLock::new(),
+            });
         let hosted_file = cfg.state_dir.join("hosted");
         if !cfg.witness {
             // Addresses are given back by a watchdog the moment this process dies.
@@ -141,6 +148,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
             }
         }
         events.run(Event::Shutdown, &[], script_timeout).await;
+        local.healers.stop_all().await;
         local.bricks.stop_all();
         node.shutdown().await;
         let _ = std::fs::remove_file(&socket);
@@ -212,8 +220,8 @@ async fn serve_admin(listener: tokio::net::UnixListener, node: Arc<Node>) {
     }
 }
 
-/// Serves exactly the bricks of started volumes that live on this node, as the cluster
-/// state changes (and retries any that failed to start).
+/// Serves exactly the bricks of started volumes that live on this node, and heals their
+/// replicas, as the cluster state changes (and retries any that failed to start).
 async fn keep_bricks(node: Arc<Node>, local: Arc<Local>) {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     // One receiver for the whole loop: a fresh clone would report every past change again
@@ -224,7 +232,9 @@ async fn keep_bricks(node: Arc<Node>, local: Arc<Local>) {
             rx = node.watch_state();
         }
         if let (Some(pnn), Some(_)) = (node.pnn(), rx.as_ref()) {
-            local.bricks.reconcile(&node.state(), pnn).await;
+            let state = node.state();
+            local.bricks.reconcile(&state, pnn).await;
+            local.healers.reconcile(&state, pnn).await;
         }
         match rx.as_mut() {
             Some(rx) => {
