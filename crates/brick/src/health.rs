@@ -66,6 +66,8 @@ pub fn watch(
     std::thread::Builder::new()
         .name("health".into())
         .spawn(move || {
+            // A probe that fails (rather than hangs) is told once, not every time.
+            let mut failing = false;
             while !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(check.every);
                 let (tx, rx) = std::sync::mpsc::channel();
@@ -80,8 +82,16 @@ pub fn watch(
                     continue;
                 }
                 match rx.recv_timeout(check.timeout) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!("disk health probe failed: {e}"),
+                    Ok(Ok(())) => {
+                        if std::mem::take(&mut failing) {
+                            tracing::info!("disk health probe succeeds again");
+                        }
+                    }
+                    Ok(Err(e)) => {
+                        if !std::mem::replace(&mut failing, true) {
+                            tracing::warn!("disk health probe failed: {e}");
+                        }
+                    }
                     Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                         tracing::warn!("disk health probe panicked")
                     }
