@@ -94,13 +94,31 @@ impl LockTable {
         self.lock().grace_until = Some(Instant::now() + d);
     }
 
-    /// Takes back a lock the connection's client held before (see `Request::Reclaim`).
-    pub fn reclaim(&self, id: FileId, conn: u64, l: &Lock) -> Result<(), Errno> {
-        if l.start > l.end {
-            return Err(Errno::EINVAL);
+    /// Makes `conn`'s locks those its client holds (see `Request::Reclaim`): with `reset`,
+    /// its locks go first; then each of `locks` is taken, grace period or not. Returns those
+    /// that could not be.
+    pub fn reclaim(&self, conn: u64, locks: &[(FileId, Lock)], reset: bool) -> Vec<(FileId, Lock)> {
+        let mut inner = self.lock();
+        if reset {
+            for f in inner.files.values_mut() {
+                let before = f.held.len();
+                f.held.retain(|h| h.owner.conn != conn);
+                if f.held.len() != before {
+                    f.wake.notify_waiters();
+                }
+            }
+            inner
+                .files
+                .retain(|_, f| !f.held.is_empty() || Arc::strong_count(&f.wake) > 1);
         }
-        let owner = Owner { conn, owner: l.owner };
-        Self::grant(&mut self.lock(), id, owner, l, true)
+        let mut refused = Vec::new();
+        for (id, l) in locks {
+            let owner = Owner { conn, owner: l.owner };
+            if l.start > l.end || Self::grant(&mut inner, *id, owner, l, true).is_err() {
+                refused.push((*id, *l));
+            }
+        }
+        refused
     }
 
     /// Whether any lock is held.
@@ -399,5 +417,36 @@ mod tests {
             t.test(F, 3, &l(LockKind::Write, 0, u64::MAX, 1)).kind,
             LockKind::Unlock
         );
+    }
+
+    #[test]
+    fn a_session_that_comes_back_gets_exactly_its_locks() {
+        use LockKind::{Read, Write};
+        let t = table(&[1, 2, 3]);
+        t.set(F, 1, &l(Write, 0, 9, 7)).unwrap();
+        t.set(F, 1, &l(Write, 20, 29, 8)).unwrap();
+        // Connection 1 goes; its session's locks move to connection 3.
+        t.close_conn(1);
+        assert_eq!(t.adopt(1, 3), 2);
+        assert!(t.holds(3) && !t.holds(1));
+        // The client holds only owner 7's lock now (owner 8's unlock was lost with the
+        // link), and asks for one that another took meanwhile.
+        t.set(F, 2, &l(Read, 40, 49, 9)).unwrap();
+        let refused = t.reclaim(3, &[(F, l(Write, 0, 9, 7)), (F, l(Write, 45, 45, 7))], true);
+        assert_eq!(refused, [(F, l(Write, 45, 45, 7))]);
+        assert_eq!(
+            t.test(F, 2, &l(Write, 0, 9, 9)).kind,
+            Write,
+            "owner 7's lock is back"
+        );
+        assert_eq!(
+            t.test(F, 2, &l(Write, 20, 29, 9)).kind,
+            LockKind::Unlock,
+            "owner 8's is gone"
+        );
+        // During a grace period only reclaims are granted.
+        t.start_grace(std::time::Duration::from_secs(60));
+        assert_eq!(t.set(F, 2, &l(Write, 100, 109, 9)), Err(Errno::EAGAIN));
+        assert!(t.reclaim(3, &[(F, l(Write, 100, 109, 7))], false).is_empty());
     }
 }

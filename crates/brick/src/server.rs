@@ -394,13 +394,19 @@ impl BrickServer {
                     self.locked();
                     Reply::Ok
                 }),
-            Request::Reclaim { id, lock } => s
-                .kind(id)
-                .and_then(|_| self.locks.reclaim(id, conn.id, &lock))
-                .map(|_| {
+            Request::Reclaim { locks, reset } => {
+                let refused = self.locks.reclaim(conn.id, &locks, reset);
+                if locks.len() > refused.len() {
                     self.locked();
-                    Reply::Ok
-                }),
+                }
+                for (id, l) in &refused {
+                    tracing::warn!(%id, owner = l.owner, "a client's lock could not be taken back: it is lost");
+                }
+                match refused.is_empty() {
+                    true => Ok(Reply::Ok),
+                    false => Err(Errno::EAGAIN),
+                }
+            }
             slow => return Quick::Slow(slow),
         })
     }

@@ -22,17 +22,13 @@ pub struct BrickFile {
 
 pub struct Protocol {
     conn: Arc<BrickConn>,
-    locks: Arc<Mutex<Held>>,
+    /// The locks this client holds on the brick, as it was told: what every new
+    /// connection makes the brick's locks for it.
+    locks: Arc<Mutex<LockSet>>,
 }
 
-/// The locks this client holds on the brick, to take back when a connection is renewed.
-#[derive(Default)]
-struct Held {
-    set: LockSet,
-    /// Unlocks that may not have reached the brick (the connection failed under them): sent
-    /// again first, since the brick may have kept the locks for the session.
-    unsent: Vec<(FileId, Lock)>,
-}
+/// Locks per `Reclaim` (well inside a frame header's bound).
+const RECLAIM_BATCH: usize = 8192;
 
 fn unexpected(r: Reply) -> Errno {
     tracing::error!("unexpected reply from brick: {r:?}");
@@ -44,37 +40,33 @@ impl Protocol {
     /// session it belongs to (the brick keeps a session's locks across a reconnect), then
     /// takes back the locks held (a brick that restarted has lost them).
     pub fn new(conn: Arc<BrickConn>) -> Protocol {
-        let locks: Arc<Mutex<Held>> = Arc::default();
+        let locks: Arc<Mutex<LockSet>> = Arc::default();
         let token = FileId::random().0;
         let held = Arc::downgrade(&locks);
         conn.set_hello(Arc::new(move || {
             let mut first = vec![(Request::Session { token }, "the client session".to_string())];
-            let Some(held) = held.upgrade() else { return first };
-            let mut held = held.lock().unwrap_or_else(|p| p.into_inner());
-            for (id, lock) in held.unsent.drain(..) {
-                let what = format!("unlock of {id}");
-                first.push((
-                    Request::SetLk {
-                        id,
-                        lock,
-                        wait: false,
-                    },
-                    what,
-                ));
+            let all = match held.upgrade() {
+                Some(h) => h.lock().unwrap_or_else(|p| p.into_inner()).all(),
+                None => Vec::new(),
+            };
+            // The brick's locks for this connection become exactly these: the session's
+            // may include some this client let go of meanwhile (an unlock lost with its
+            // connection) or never heard were granted.
+            let mut batches: Vec<Vec<(FileId, Lock)>> =
+                all.chunks(RECLAIM_BATCH).map(<[_]>::to_vec).collect();
+            if batches.is_empty() {
+                batches.push(Vec::new());
             }
-            for (id, lock) in held.set.all() {
-                let what = format!(
-                    "taking back the lock on {id} of owner {:x} (it is lost)",
-                    lock.owner
-                );
-                first.push((Request::Reclaim { id, lock }, what));
+            for (i, locks) in batches.into_iter().enumerate() {
+                let what = format!("taking back {} lock(s) (some are lost)", locks.len());
+                first.push((Request::Reclaim { locks, reset: i == 0 }, what));
             }
             first
         }));
         Protocol { conn, locks }
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+    fn held(&self) -> std::sync::MutexGuard<'_, LockSet> {
         self.locks.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -353,16 +345,8 @@ impl Xlator for Protocol {
         let r = self
             .with_fh(h, |fh| Request::Flush { fh, lock_owner }, Bytes::new())
             .await;
-        if self.held().set.drop_owner(id, lock_owner) && r.as_ref().is_err_and(|e| e.is_transport()) {
-            let all = Lock {
-                kind: proto::LockKind::Unlock,
-                start: 0,
-                end: u64::MAX,
-                owner: lock_owner,
-                pid: 0,
-            };
-            self.held().unsent.push((id, all));
-        }
+        // Gone whether or not the brick heard: a new connection resets its locks to ours.
+        self.held().drop_owner(id, lock_owner);
         match r?.0 {
             Reply::Ok => Ok(()),
             r => Err(unexpected(r)),
@@ -483,13 +467,9 @@ impl Xlator for Protocol {
                 wait,
             })
             .await;
-        let unlock = lock.kind == proto::LockKind::Unlock;
-        if r.is_ok() || unlock {
-            let mut held = self.held();
-            held.set.apply(id, lock);
-            if unlock && r.as_ref().is_err_and(|e| e.is_transport()) {
-                held.unsent.push((id, *lock));
-            }
+        // An unlock counts whether or not the brick heard (as for a flush).
+        if r.is_ok() || lock.kind == proto::LockKind::Unlock {
+            self.held().apply(id, lock);
         }
         r
     }

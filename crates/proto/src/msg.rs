@@ -179,12 +179,16 @@ pub enum Request {
     Session {
         token: u128,
     },
-    /// Takes back a lock this client held before its connection was renewed: like a
-    /// non-blocking `SetLk`, but granted also while a brick that restarted waits for its
-    /// clients' locks to come back (new locks wait then).
+    /// Sets this connection's locks to what its client holds, after its connection was
+    /// renewed: with `reset`, first drops every lock the connection has (those adopted from
+    /// the session that the client no longer holds, or never heard were granted); then takes
+    /// each of `locks` like a non-blocking `SetLk`, also while a brick that restarted
+    /// waits for its clients' locks to come back (new locks wait then). All under one lock
+    /// of the table, so nobody else gets in between. EAGAIN if some could not be taken (the
+    /// brick logs which); the others are taken all the same.
     Reclaim {
-        id: FileId,
-        lock: Lock,
+        locks: Vec<(FileId, Lock)>,
+        reset: bool,
     },
 }
 
@@ -322,14 +326,8 @@ mod tests {
     #[test]
     fn op_count_matches_the_enum() {
         let last = Request::Reclaim {
-            id: FileId::ROOT,
-            lock: Lock {
-                kind: LockKind::Read,
-                start: 0,
-                end: 0,
-                owner: 0,
-                pid: 0,
-            },
+            locks: Vec::new(),
+            reset: true,
         };
         let enc = postcard::to_allocvec(&last).unwrap();
         assert_eq!(op_index(&enc), Some(REQUEST_OPS - 1));
