@@ -2,9 +2,11 @@
 //! and the client's new connection takes it over. A client that does not come back loses
 //! its locks once that while is over.
 
-use layout::spec::{BrickSpec, VolumeSpec, DEFAULT_STRIPE_SIZE, SPEC_VERSION};
+mod common;
+
+use common::{node, serve_brick};
 use proto::auth::ClusterKey;
-use proto::{Errno, FileId, FileKind, Lock, LockKind, NewNode};
+use proto::{Errno, FileId, FileKind, Lock, LockKind};
 use shoal_client::Volume;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -51,32 +53,9 @@ impl Relay {
     }
 }
 
-fn spec(addr: &str) -> VolumeSpec {
-    VolumeSpec {
-        version: SPEC_VERSION,
-        name: "sess".into(),
-        id: 3,
-        stripe: 1,
-        replica: 1,
-        stripe_size: DEFAULT_STRIPE_SIZE,
-        bricks: vec![BrickSpec {
-            node: "n0".into(),
-            path: "/b0".into(),
-            addr: addr.into(),
-        }],
-    }
-}
-
-fn new_file() -> NewNode {
-    NewNode {
-        id: FileId::random(),
-        kind: FileKind::File,
-        perm: 0o644,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        meta: Vec::new(),
-    }
+/// A volume of the one brick at `addr`.
+fn spec(addr: &str) -> layout::VolumeSpec {
+    common::spec(&[addr])
 }
 
 /// A blocking request of `v`'s, granted within 20 s.
@@ -111,16 +90,13 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 async fn a_lock_survives_a_cut_link_and_goes_with_a_client_that_does_not_return() {
     let key = ClusterKey::generate();
     let dir = tempfile::tempdir().unwrap();
-    let store = brick::Store::open_dir(dir.path()).unwrap();
     let config = brick::ServerConfig {
         linger: LINGER,
         ..brick::ServerConfig::new(key.clone())
     };
-    let srv = brick::BrickServer::new(store, config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let brick_addr = listener.local_addr().unwrap().to_string();
-    let (_stop, never) = tokio::sync::watch::channel(false);
-    tokio::spawn(srv.serve(listener, never));
+    let _stop = serve_brick(dir.path(), listener, config);
 
     let relay = Relay::new(brick_addr.clone()).await;
     let wait = Duration::from_secs(5);
@@ -130,7 +106,7 @@ async fn a_lock_survives_a_cut_link_and_goes_with_a_client_that_does_not_return(
     let b = Volume::connect(spec(&brick_addr), key.clone(), "b", wait)
         .await
         .unwrap();
-    let node = new_file();
+    let node = node(FileKind::File, 0o644);
     b.root
         .create(FileId::ROOT, b"f", &node, None, None)
         .await
@@ -194,14 +170,11 @@ async fn a_brick_that_restarts_gives_locks_back_to_their_holders_first() {
     let dir = tempfile::tempdir().unwrap();
     let grace = Duration::from_secs(5);
     let serve = |listener: TcpListener| {
-        let store = brick::Store::open_dir(dir.path()).unwrap();
         let config = brick::ServerConfig {
             grace,
             ..brick::ServerConfig::new(key.clone())
         };
-        let (stop, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(brick::BrickServer::new(store, config).serve(listener, rx));
-        stop
+        serve_brick(dir.path(), listener, config)
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
@@ -215,7 +188,7 @@ async fn a_brick_that_restarts_gives_locks_back_to_their_holders_first() {
         .unwrap();
     let mut ids = Vec::new();
     for name in [&b"f"[..], b"g"] {
-        let node = new_file();
+        let node = node(FileKind::File, 0o644);
         b.root
             .create(FileId::ROOT, name, &node, None, None)
             .await

@@ -2,13 +2,14 @@
 //! others again, by itself, and every pending marker is cleared; a file open on the stale
 //! copy is healed once it is closed there.
 
+mod common;
+
 use bytes::Bytes;
-use layout::spec::{BrickSpec, VolumeSpec, DEFAULT_STRIPE_SIZE, SPEC_VERSION};
+use common::{node, serve_brick, spec};
 use proto::auth::ClusterKey;
-use proto::{Entry, FileId, FileKind, NewNode, SetAttr};
+use proto::{Entry, FileId, FileKind, SetAttr};
 use shoal_client::{DirCursor, Volume, Xlator};
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -20,20 +21,16 @@ struct TestBrick {
     stop: Option<watch::Sender<bool>>,
 }
 
-fn serve(dir: &Path, listener: tokio::net::TcpListener, key: &ClusterKey) -> watch::Sender<bool> {
-    let store = brick::Store::open_dir(dir).unwrap();
-    let srv = brick::BrickServer::new(store, brick::ServerConfig::new(key.clone()));
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(srv.serve(listener, rx));
-    tx
-}
-
 impl TestBrick {
     async fn new(key: &ClusterKey) -> TestBrick {
         let dir = tempfile::tempdir().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let stop = Some(serve(dir.path(), listener, key));
+        let stop = Some(serve_brick(
+            dir.path(),
+            listener,
+            brick::ServerConfig::new(key.clone()),
+        ));
         TestBrick { dir, addr, stop }
     }
 
@@ -55,7 +52,11 @@ impl TestBrick {
                 Err(e) => panic!("cannot listen on {} again: {e}", self.addr),
             }
         };
-        self.stop = Some(serve(self.dir.path(), listener, key));
+        self.stop = Some(serve_brick(
+            self.dir.path(),
+            listener,
+            brick::ServerConfig::new(key.clone()),
+        ));
     }
 
     /// Objects this brick lists as carrying pending markers.
@@ -66,43 +67,11 @@ impl TestBrick {
     }
 }
 
-fn spec(addrs: &[&str]) -> VolumeSpec {
-    VolumeSpec {
-        version: SPEC_VERSION,
-        name: "heal".into(),
-        id: 9,
-        stripe: 1,
-        replica: addrs.len() as u32,
-        stripe_size: DEFAULT_STRIPE_SIZE,
-        bricks: addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| BrickSpec {
-                node: format!("n{i}"),
-                path: format!("/b{i}"),
-                addr: a.to_string(),
-            })
-            .collect(),
-    }
-}
-
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn node(kind: FileKind, perm: u32) -> NewNode {
-    NewNode {
-        id: FileId::random(),
-        kind,
-        perm,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        meta: Vec::new(),
     }
 }
 

@@ -1,21 +1,25 @@
 //! Locks on a replica volume stay exclusive between clients that reach different children,
 //! and a request only some children grant leaves the locks as they were.
 
-use layout::spec::{BrickSpec, VolumeSpec, DEFAULT_STRIPE_SIZE, SPEC_VERSION};
+mod common;
+
+use common::{node, serve_brick, spec};
 use proto::auth::ClusterKey;
-use proto::{Errno, FileId, FileKind, Lock, LockKind, NewNode};
+use proto::{Errno, FileId, FileKind, Lock, LockKind};
 use shoal_client::Volume;
 use std::time::Duration;
 
 /// A brick served in this process; its directory lives as long as the returned guard.
 async fn brick(key: &ClusterKey) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
-    let store = brick::Store::open_dir(dir.path()).unwrap();
-    let srv = brick::BrickServer::new(store, brick::ServerConfig::new(key.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let (_, never) = tokio::sync::watch::channel(false);
-    tokio::spawn(srv.serve(listener, never));
+    // Never told to stop: it serves until the test ends.
+    drop(serve_brick(
+        dir.path(),
+        listener,
+        brick::ServerConfig::new(key.clone()),
+    ));
     (dir, addr)
 }
 
@@ -23,26 +27,6 @@ async fn brick(key: &ClusterKey) -> (tempfile::TempDir, String) {
 fn dead() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
-}
-
-fn spec(addrs: &[&str]) -> VolumeSpec {
-    VolumeSpec {
-        version: SPEC_VERSION,
-        name: "locks".into(),
-        id: 7,
-        stripe: 1,
-        replica: addrs.len() as u32,
-        stripe_size: DEFAULT_STRIPE_SIZE,
-        bricks: addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| BrickSpec {
-                node: format!("n{i}"),
-                path: format!("/b{i}"),
-                addr: a.to_string(),
-            })
-            .collect(),
-    }
 }
 
 fn lock(kind: LockKind, start: u64, end: u64, owner: u64) -> Lock {
@@ -70,15 +54,7 @@ async fn locks_hold_between_clients_that_reach_different_children() {
     let a = connect(&[&b0, &b1, &b2], "a").await.unwrap();
     let b = connect(&[&x, &b1, &b2], "b").await.unwrap();
     let c = connect(&[&b0, &x, &y], "c").await.unwrap();
-    let node = NewNode {
-        id: FileId::random(),
-        kind: FileKind::File,
-        perm: 0o644,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        meta: Vec::new(),
-    };
+    let node = node(FileKind::File, 0o644);
     let (e, _) = a
         .root
         .create(FileId::ROOT, b"f", &node, None, None)

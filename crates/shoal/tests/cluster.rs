@@ -345,14 +345,9 @@ fn a_mount_follows_its_volume_and_outlives_the_node_it_came_from() {
     // it, and once it answers again the mount heals it.
     let status = c.ok(0, &["volume", "status", "nas", "--json"]).json();
     let pid = status[0]["bricks"][2]["status"]["pid"]
-        .as_i64()
-        .expect("brick pid") as i32;
-    let signal = |s: rustix::process::Signal| {
-        let pid = rustix::process::Pid::from_raw(pid).expect("pid");
-        rustix::process::kill_process(pid, s).expect("signal the brick");
-    };
-    signal(rustix::process::Signal::STOP);
-    let cont = Cont(pid);
+        .as_u64()
+        .expect("brick pid") as u32;
+    let stopped = stop_process(pid);
     std::fs::write(dir.join("while-stopped"), b"x").unwrap();
     let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
     let blocks: Vec<&str> = info.split("Brick ").filter(|b| !b.is_empty()).collect();
@@ -378,7 +373,7 @@ fn a_mount_follows_its_volume_and_outlives_the_node_it_came_from() {
     wait_for("the mount process to end", Duration::from_secs(10), || {
         !mount_running()
     });
-    drop(cont);
+    drop(stopped);
     wait_for("the brick to be healed", Duration::from_secs(60), || {
         let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
         info.matches("Number of entries: 0\n").count() == 3
@@ -412,17 +407,6 @@ fn a_mount_follows_its_volume_and_outlives_the_node_it_came_from() {
 
 /// Unmounts on every exit path.
 struct Unmount(std::path::PathBuf);
-
-/// Lets a stopped process go on, on every exit path.
-struct Cont(i32);
-
-impl Drop for Cont {
-    fn drop(&mut self) {
-        if let Some(pid) = rustix::process::Pid::from_raw(self.0) {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
-        }
-    }
-}
 
 impl Drop for Unmount {
     fn drop(&mut self) {

@@ -7,27 +7,6 @@ use common::*;
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-/// Lets a stopped process go on, on every exit path.
-struct Cont(u32);
-
-impl Drop for Cont {
-    fn drop(&mut self) {
-        signal(self.0, rustix::process::Signal::CONT);
-    }
-}
-
-fn signal(pid: u32, s: rustix::process::Signal) {
-    if let Some(pid) = rustix::process::Pid::from_raw(pid as i32) {
-        let _ = rustix::process::kill_process(pid, s);
-    }
-}
-
-fn pending(b: &Bricks, i: usize) -> usize {
-    let fans = std::fs::read_dir(b.bricks[i].path.join(".shoal/pending")).unwrap();
-    fans.map(|f| std::fs::read_dir(f.unwrap().path()).unwrap().count())
-        .sum()
-}
-
 #[test]
 fn a_brick_whose_disk_hangs_goes_offline_and_the_volume_carries_on() {
     if !require_root() {
@@ -51,8 +30,7 @@ fn a_brick_whose_disk_hangs_goes_offline_and_the_volume_carries_on() {
         .open(m.path("f"))
         .unwrap();
 
-    signal(disk.pid(), rustix::process::Signal::STOP);
-    let _cont = Cont(disk.pid());
+    let stopped = stop_process(disk.pid());
     // A large write and its fsync run on the bricks' blocking threads: the third brick still
     // answers pings, and only its disk probe can tell that it will never answer them.
     let (tx, rx) = std::sync::mpsc::channel();
@@ -71,15 +49,15 @@ fn a_brick_whose_disk_hangs_goes_offline_and_the_volume_carries_on() {
     assert!(std::fs::read(m.path("before")).unwrap() == pattern(1, 300_000));
     std::fs::write(m.path("during"), b"while the disk hung").unwrap();
     assert!(
-        pending(&b, 0) > 0 && pending(&b, 1) > 0,
+        pending_heals(&b.bricks[0].path) > 0 && pending_heals(&b.bricks[1].path) > 0,
         "what the third brick missed is marked"
     );
     drop(f);
 
     // The disk answers again: the brick comes back online and is healed.
-    drop(_cont);
+    drop(stopped);
     wait_for("the third brick to be healed", Duration::from_secs(60), || {
-        (0..2).all(|i| pending(&b, i) == 0)
+        (0..2).all(|i| pending_heals(&b.bricks[i].path) == 0)
     });
     assert!(std::fs::read(b.bricks[2].path.join("f")).unwrap() == pattern(2, 1 << 20));
     assert_eq!(

@@ -81,13 +81,8 @@ fn replica_3_carries_on_without_one_brick_marks_what_it_missed_and_heals_it() {
     // Back up, brick 2 is healed by the mount without being asked: same files, same bytes,
     // and no marker left anywhere.
     b.restart(2);
-    let pending_index = |i: usize| {
-        let fans = std::fs::read_dir(b.bricks[i].path.join(".shoal/pending")).unwrap();
-        fans.map(|f| std::fs::read_dir(f.unwrap().path()).unwrap().count())
-            .sum::<usize>()
-    };
     wait_for("brick 2 to be healed", std::time::Duration::from_secs(60), || {
-        (0..3).all(|i| pending_index(i) == 0)
+        (0..3).all(|i| pending_heals(&b.bricks[i].path) == 0)
     });
     let (p0, p2) = (&b.bricks[0].path, &b.bricks[2].path);
     let names = |p: &std::path::Path| {

@@ -313,3 +313,33 @@ pub fn sh(cmd: &str) -> String {
     }
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Stops process `pid` (SIGSTOP) until the returned guard is dropped, on every exit path.
+pub fn stop_process(pid: u32) -> Stopped {
+    signal(pid, rustix::process::Signal::STOP).expect("stop the process");
+    Stopped(pid)
+}
+
+pub struct Stopped(u32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = signal(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+fn signal(pid: u32, s: rustix::process::Signal) -> rustix::io::Result<()> {
+    let pid = rustix::process::Pid::from_raw(pid as i32).ok_or(rustix::io::Errno::SRCH)?;
+    rustix::process::kill_process(pid, s)
+}
+
+/// Objects the brick at `path` lists as waiting for heal (`.shoal/pending/ab/<id>`).
+pub fn pending_heals(path: &Path) -> usize {
+    let fans = std::fs::read_dir(path.join(".shoal/pending")).expect("pending index");
+    fans.map(|f| {
+        std::fs::read_dir(f.expect("fan-out folder").path())
+            .expect("fan-out folder")
+            .count()
+    })
+    .sum()
+}
