@@ -394,6 +394,11 @@ impl Replicate {
             rdev: e.attr.rdev,
             meta: e.meta.iter().filter(|m| !is_marker(&m.name)).cloned().collect(),
         };
+        // What is made lacks its data, entries or times: marked first, so that no client
+        // reads the new copy before it is whole, and so that this pass heals it next.
+        for &i in sources {
+            self.healer(i).xattr_add(id, &[(pending_key(s), 1)]).await?;
+        }
         let r = match e.attr.kind {
             // Another name of it is there already (a hard link).
             FileKind::File if to.getattr(id).await.is_ok() => to.link(id, dir, name).await.map(|_| ()),
@@ -411,10 +416,6 @@ impl Replicate {
             // name is removed there.
             Err(Errno::EEXIST) if to.lookup(dir, name).await.is_ok_and(|e| e.attr.id == id) => {}
             Err(e) => return Err(e),
-        }
-        // What was made lacks its data, entries or times: marked, so they follow.
-        for &i in sources {
-            self.healer(i).xattr_add(id, &[(pending_key(s), 1)]).await?;
         }
         Ok(())
     }
