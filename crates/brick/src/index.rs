@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! .shoal/format          "shoal-brick-format 1"
+//! .shoal/volume-id       the volume the brick belongs to (`crate::stamp`)
 //! .shoal/ids/ab/<id>     hard link to each non-directory (file, symlink, fifo, ...)
 //! .shoal/dirs/ab/<id>    symlink whose target is "<parent id>/<name>" for each directory
 //! .shoal/orphans/<id>    files unlinked while still open, removed on last close or restart
@@ -18,7 +19,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 /// Name of the hidden folder at the brick root.
 pub const META_DIR: &str = ".shoal";
-const FORMAT_FILE: &str = "format";
+pub(crate) const FORMAT_FILE: &str = "format";
 const FORMAT: &str = "shoal-brick-format 1\n";
 
 pub struct Index {

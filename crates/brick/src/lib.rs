@@ -14,6 +14,7 @@ pub mod ns;
 pub mod readahead;
 pub mod server;
 pub mod sessions;
+pub mod stamp;
 pub mod store;
 mod sys;
 

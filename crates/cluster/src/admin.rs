@@ -77,6 +77,13 @@ pub enum AdminRequest {
     VolumeHealInfo {
         name: String,
     },
+    /// Take brick `brick` (NODE:/path) of a replicated volume in again after its disk was
+    /// replaced, and refill it from its replicas.
+    VolumeResetBrick {
+        name: String,
+        brick: String,
+        force: bool,
+    },
     VolumeList,
     NodeAdd {
         endpoint: String,

@@ -35,8 +35,18 @@ const IDENTITY_VERSION: u32 = 1;
 /// What only the machine itself can do, provided by the daemon (which knows about file data,
 /// interfaces and scripts).
 pub trait LocalHost: Send + Sync + 'static {
-    /// May `path` become a brick here? With `force`, a missing directory is made.
-    fn check(&self, path: &str, force: bool) -> Result<(), String>;
+    /// May `path` become a brick here? With `force`, a missing directory is made and a used
+    /// one taken. With `stamp` (a volume id), it is also stamped as a brick of that volume.
+    fn check(&self, path: &str, force: bool, stamp: Option<u128>) -> Result<(), String>;
+    /// Takes brick `brick` of `spec` (served here) in again after its disk was replaced:
+    /// marks it behind on the other copies of its replica set, stamps its directory and
+    /// serves it, so that the volume's healers refill it. Says what it did.
+    fn reset(
+        &self,
+        spec: layout::VolumeSpec,
+        brick: usize,
+        force: bool,
+    ) -> HostFuture<'_, Result<String, String>>;
     /// The bricks served here now.
     fn status(&self) -> Vec<BrickStatus>;
     /// Announces a public address hosted here again (gratuitous ARP).
@@ -44,6 +54,9 @@ pub trait LocalHost: Send + Sync + 'static {
     /// The last results of the event scripts.
     fn script_status(&self) -> Vec<crate::rpc::ScriptRow>;
 }
+
+/// What [`LocalHost`] does in the background.
+pub type HostFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -788,6 +801,9 @@ impl Node {
                 Ok(v) => AdminResponse::HealInfo(self.heal_info(v).await),
                 Err(e) => fail(e),
             },
+            AdminRequest::VolumeResetBrick { name, brick, force } => {
+                self.volume_reset_brick(name, brick, force).await
+            }
             AdminRequest::NodeAdd { endpoint } => {
                 let endpoint = if endpoint.contains(':')
                     && !endpoint.starts_with('[')
@@ -920,9 +936,10 @@ impl Node {
                 Err(e) => return fail(e),
             }
         }
+        let id = rand_id();
         let cmd = Command::CreateVolume {
             name: name.clone(),
-            id: rand_id(),
+            id,
             stripe,
             replica,
             stripe_size: stripe_size.unwrap_or(layout::spec::DEFAULT_STRIPE_SIZE),
@@ -933,18 +950,42 @@ impl Node {
         if let Err(why) = state.check(&cmd) {
             return fail(format!("volume create: {name}: failed: {why}"));
         }
-        // Each brick's node checks the directory itself.
-        for b in &parsed {
+        // Each brick's node checks the directory itself; once all agree, each stamps it with
+        // the volume's id (a stamp left by a create that then fails to commit is harmless: a
+        // stamp alone does not make a directory a brick).
+        for stamp in [None, Some(id)] {
+            if let Err(why) = self.check_bricks(&state, &parsed, force, stamp).await {
+                return fail(format!("volume create: {name}: failed: {why}"));
+            }
+        }
+        match self.propose(cmd).await {
+            Ok(Outcome::Done) => AdminResponse::Done(format!(
+                "volume create: {name}: success: please start the volume to access data"
+            )),
+            Ok(Outcome::Refused(why)) => fail(format!("volume create: {name}: failed: {why}")),
+            Err(e) => fail(e),
+        }
+    }
+
+    async fn check_bricks(
+        self: &Arc<Self>,
+        state: &ClusterState,
+        bricks: &[BrickRequest],
+        force: bool,
+        stamp: Option<u128>,
+    ) -> Result<(), String> {
+        for b in bricks {
             let Some(node) = state.node_by_name(&b.node) else {
                 continue;
             };
             let verdict = if Some(node.pnn) == self.pnn() {
-                self.host.check(&b.path, force)
+                self.host.check(&b.path, force, stamp)
             } else {
                 let conn = self.peers.get(&node.endpoint());
                 let req = NodeRequest::CheckBrick {
                     path: b.path.clone(),
                     force,
+                    stamp,
                 };
                 match conn
                     .call_patiently(&req, Duration::from_secs(2), Duration::from_secs(5))
@@ -955,19 +996,67 @@ impl Node {
                     Err(e) => Err(format!("node {} is unreachable ({e})", node.name)),
                 }
             };
-            if let Err(why) = verdict {
-                return fail(format!(
-                    "volume create: {name}: failed: brick {}:{}: {why}",
-                    node.name, b.path
-                ));
-            }
+            verdict.map_err(|why| format!("brick {}:{}: {why}", node.name, b.path))?;
         }
-        match self.propose(cmd).await {
-            Ok(Outcome::Done) => AdminResponse::Done(format!(
-                "volume create: {name}: success: please start the volume to access data"
-            )),
-            Ok(Outcome::Refused(why)) => fail(format!("volume create: {name}: failed: {why}")),
-            Err(e) => fail(e),
+        Ok(())
+    }
+
+    /// `volume reset-brick`: the brick's own node does the work (`LocalHost::reset`).
+    async fn volume_reset_brick(self: &Arc<Self>, name: String, brick: String, force: bool) -> AdminResponse {
+        let failed = |why: String| fail(format!("volume reset-brick: {name}: failed: {why}"));
+        let b = match BrickRequest::parse(&brick) {
+            Ok(b) => b,
+            Err(e) => return failed(e),
+        };
+        self.read_barrier().await;
+        let state = self.state();
+        let Some(v) = state.volumes.get(&name) else {
+            return failed(format!("volume {name} does not exist"));
+        };
+        if v.spec.replica < 2 {
+            return failed(
+                "the volume is not replicated: a lost brick cannot be refilled from copies".into(),
+            );
+        }
+        if v.state != crate::state::VolumeState::Started {
+            return failed(
+                "the volume is not started (the brick is refilled from the copies it serves)".into(),
+            );
+        }
+        let Some(node) = state.node_by_name(&b.node) else {
+            return failed(format!("there is no node {}", b.node));
+        };
+        let Some(i) = v
+            .spec
+            .bricks
+            .iter()
+            .zip(&v.brick_nodes)
+            .position(|(s, owner)| *owner == node.pnn && s.path == b.path)
+        else {
+            return failed(format!("{brick} is not a brick of the volume"));
+        };
+        let spec = v.spec.clone();
+        let outcome = if Some(node.pnn) == self.pnn() {
+            self.host.reset(spec, i, force).await
+        } else {
+            let conn = self.peers.get(&node.endpoint());
+            let req = NodeRequest::ResetBrick {
+                spec,
+                brick: i,
+                force,
+            };
+            match conn
+                .call_patiently(&req, Duration::from_secs(2), Duration::from_secs(30))
+                .await
+            {
+                Ok(NodeReply::Reset(r)) => r,
+                Ok(_) => Err("unexpected answer".into()),
+                Err(e) => Err(format!("node {} is unreachable ({e})", node.name)),
+            }
+        };
+        match outcome {
+            Ok(what) => AdminResponse::Done(format!("volume reset-brick: {name}: success: {what}")),
+            Err(why) => failed(why),
         }
     }
 
@@ -1221,11 +1310,11 @@ impl Service for Node {
             NodeRequest::GetVolume { name } => {
                 Handled::Now((Ok(NodeReply::Volume(self.volume_view(&name))), Bytes::new()))
             }
-            NodeRequest::CheckBrick { path, force } => {
+            NodeRequest::CheckBrick { path, force, stamp } => {
                 let verdict = if self.cfg.witness {
                     Err(format!("{} is a witness and holds no bricks", self.name))
                 } else {
-                    self.host.check(&path, force)
+                    self.host.check(&path, force, stamp)
                 };
                 Handled::Now((Ok(NodeReply::Checked(verdict)), Bytes::new()))
             }
@@ -1259,6 +1348,11 @@ impl Node {
                 NodeReply::Outcome(self.join(pnn, members).await.map(|_| (Outcome::Done, 0)))
             }
             NodeRequest::ReadIndex => NodeReply::ReadIndex(self.read_index().await),
+            NodeRequest::ResetBrick { spec, brick, force } => NodeReply::Reset(if self.cfg.witness {
+                Err(format!("{} is a witness and holds no bricks", self.name))
+            } else {
+                self.host.reset(spec, brick, force).await
+            }),
             NodeRequest::WatchVolume { name, revision } => {
                 if let Some(mut rx) = self.watch_state() {
                     let _ = tokio::time::timeout(WATCH_WAIT, rx.wait_for(|s| s.revision > revision)).await;

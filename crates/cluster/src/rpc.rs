@@ -35,9 +35,18 @@ pub enum NodeRequest {
     },
     /// This node's own view: role, leader, uptime.
     Status,
-    /// May `path` on this node become a brick?
+    /// May `path` on this node become a brick? With `stamp` (a volume id), stamp it as a
+    /// brick of that volume.
     CheckBrick {
         path: String,
+        force: bool,
+        stamp: Option<u128>,
+    },
+    /// Take brick `brick` of `spec`, served here, in again after its disk was replaced: it is
+    /// refilled from the other copies of its replica set.
+    ResetBrick {
+        spec: layout::VolumeSpec,
+        brick: usize,
         force: bool,
     },
     /// The bricks this node serves.
@@ -113,6 +122,8 @@ pub struct BrickStatus {
     pub port: u16,
     pub online: bool,
     pub pid: u32,
+    /// Why the node does not serve it, when it does not.
+    pub problem: Option<String>,
 }
 
 /// A volume as a mount needs it.
@@ -136,6 +147,8 @@ pub enum NodeReply {
     Hello(Hello),
     Status(NodeStatus),
     Checked(Result<(), String>),
+    /// What a reset did, or why it did not.
+    Reset(Result<String, String>),
     Bricks(Vec<BrickStatus>),
     Volume(Option<VolumeView>),
     ReadIndex(Result<Option<u64>, String>),

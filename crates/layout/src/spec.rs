@@ -194,6 +194,17 @@ impl VolumeSpec {
     }
 
     /// The translator tree. Call [`VolumeSpec::validate`] first.
+    /// The bricks of the replica set that brick `i` belongs to (in child order: brick `i` is
+    /// child `i - start` of its set), if the volume has it.
+    pub fn replica_set(&self, i: usize) -> Option<std::ops::Range<usize>> {
+        if i >= self.bricks.len() {
+            return None;
+        }
+        let r = self.replica.max(1) as usize;
+        let start = i - i % r;
+        Some(start..(start + r).min(self.bricks.len()))
+    }
+
     pub fn graph(&self) -> Graph {
         let mut level: Vec<Graph> = (0..self.bricks.len()).map(Graph::Brick).collect();
         if self.replica > 1 {
@@ -243,6 +254,14 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn replica_sets_are_the_graphs_replicate_nodes() {
+        assert_eq!(spec(1, 2, 4).replica_set(3), Some(2..4));
+        assert_eq!(spec(2, 3, 6).replica_set(4), Some(3..6));
+        assert_eq!(spec(1, 1, 3).replica_set(1), Some(1..2));
+        assert_eq!(spec(1, 2, 4).replica_set(4), None);
     }
 
     #[test]

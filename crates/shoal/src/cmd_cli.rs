@@ -47,6 +47,15 @@ pub enum VolumeCmd {
         #[arg(value_parser = ["info"])]
         what: String,
     },
+    /// volume reset-brick NAME NODE:/path [force]: take a brick of a replicated volume in
+    /// again after its disk was replaced; it is refilled from its copies
+    #[command(name = "reset-brick")]
+    ResetBrick {
+        name: String,
+        brick: String,
+        #[arg(value_parser = ["force"])]
+        force: Option<String>,
+    },
     /// volume set NAME KEY VALUE
     Set {
         name: String,
@@ -177,6 +186,11 @@ pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
         VolumeCmd::Stop { name } => AdminRequest::VolumeStop { name },
         VolumeCmd::Delete { name } => AdminRequest::VolumeDelete { name },
         VolumeCmd::Set { name, key, value } => AdminRequest::VolumeSet { name, key, value },
+        VolumeCmd::ResetBrick { name, brick, force } => AdminRequest::VolumeResetBrick {
+            name,
+            brick,
+            force: force.is_some(),
+        },
         VolumeCmd::Info { name } => {
             return volume_info(ctx, call(&ctx.socket, &AdminRequest::VolumeInfo { name })?)
         }
@@ -285,6 +299,9 @@ fn volume_status(ctx: &Ctx, r: AdminResponse) -> Result<()> {
                 online,
                 pid
             );
+            if let Some(why) = b.status.as_ref().and_then(|s| s.problem.as_ref()) {
+                println!("  not served: {why}");
+            }
         }
         println!(" ");
     }

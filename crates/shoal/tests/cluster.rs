@@ -405,6 +405,128 @@ fn a_mount_follows_its_volume_and_outlives_the_node_it_came_from() {
     assert_eq!(std::fs::read(dir.join("f")).unwrap(), b"kept");
 }
 
+#[test]
+fn a_replaced_disk_is_refused_until_reset_and_then_refilled_from_its_copies() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Daemons::new(3);
+    c.start_all();
+    c.wait_ready(0, 3);
+    let bricks: Vec<String> = (0..3).map(|i| c.brick(i, "r")).collect();
+    let mut args = vec!["volume", "create", "nas", "replica", "3"];
+    args.extend(bricks.iter().map(String::as_str));
+    c.ok(0, &args);
+    c.ok(0, &["volume", "start", "nas"]);
+    let online = |c: &Daemons| {
+        c.ok(0, &["volume", "status", "nas"])
+            .stdout
+            .matches(" Y ")
+            .count()
+    };
+    wait_for("bricks online", Duration::from_secs(10), || online(&c) == 3);
+    let dir = c.dir.path().join("mnt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = std::process::Command::new(shoal_bin())
+        .args(["mount", "--key"])
+        .arg(&c.key)
+        .arg(format!("{}:nas", c.endpoint(0)))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _unmount = Unmount(dir.clone());
+    std::fs::create_dir_all(dir.join("a/b/c")).unwrap();
+    for i in 0..20 {
+        std::fs::write(dir.join(format!("a/b/f{i}")), pattern(i, 1000 * i as usize)).unwrap();
+    }
+    std::fs::write(dir.join("a/b/c/big"), pattern(99, 3 << 20)).unwrap();
+    std::os::unix::fs::symlink("b/f3", dir.join("a/link")).unwrap();
+    std::fs::hard_link(dir.join("a/b/f4"), dir.join("a/hard")).unwrap();
+    let before = tree::snapshot(&dir);
+
+    // Node 2's disk is replaced while the node is down: its brick directory is empty.
+    c.kill(2);
+    let brick2 = std::path::PathBuf::from(c.brick_dir(2, "r"));
+    std::fs::rename(&brick2, brick2.with_extension("old")).unwrap();
+    std::fs::create_dir(&brick2).unwrap();
+    c.start(2);
+    wait_for(
+        "the empty directory to be refused",
+        Duration::from_secs(20),
+        || {
+            let status = c.ok(0, &["volume", "status", "nas"]).stdout;
+            status.contains("not served") && status.contains("reset-brick")
+        },
+    );
+    assert!(
+        std::fs::read_dir(&brick2).unwrap().next().is_none(),
+        "nothing was written into the refused directory"
+    );
+    // The two copies serve everything meanwhile.
+    assert_eq!(tree::snapshot(&dir), before);
+    std::fs::write(dir.join("a/b/c/while-refused"), b"new").unwrap();
+
+    let r = c.cli(0, &["volume", "reset-brick", "nas", "node2:/nowhere"]);
+    assert!(
+        !r.ok && r.stderr.contains("not a brick of the volume"),
+        "{}",
+        r.stderr
+    );
+    let r = c.cli(0, &["volume", "reset-brick", "none", &bricks[2]]);
+    assert!(!r.ok && r.stderr.contains("does not exist"), "{}", r.stderr);
+    let r = c.ok(0, &["volume", "reset-brick", "nas", &bricks[2]]).stdout;
+    assert!(r.contains("success"), "{r}");
+    assert_eq!(online(&c), 3);
+    wait_for("the new brick to be refilled", Duration::from_secs(60), || {
+        let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
+        info.matches("Number of entries: 0\n").count() == 3
+    });
+    let user_files = |p: &std::path::Path| {
+        let mut t = tree::snapshot(p);
+        t.retain(|k, _| !k.starts_with(".shoal"));
+        t
+    };
+    let brick0 = std::path::PathBuf::from(c.brick_dir(0, "r"));
+    let refilled = user_files(&brick2);
+    assert!(refilled.contains_key("a/b/c/while-refused"));
+    assert_eq!(
+        refilled,
+        user_files(&brick0),
+        "the refilled brick matches its copy"
+    );
+    let ino = |p: std::path::PathBuf| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
+    assert_eq!(
+        ino(brick2.join("a/hard")),
+        ino(brick2.join("a/b/f4")),
+        "hard links stay links"
+    );
+
+    // A disk swapped under a running brick: the reset stops the old server (on the same
+    // port) and refills the new directory.
+    let brick1 = std::path::PathBuf::from(c.brick_dir(1, "r"));
+    std::fs::rename(&brick1, brick1.with_extension("old")).unwrap();
+    std::fs::create_dir(&brick1).unwrap();
+    c.ok(2, &["volume", "reset-brick", "nas", &bricks[1]]);
+    wait_for("the swapped disk to be refilled", Duration::from_secs(60), || {
+        let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
+        info.matches("Number of entries: 0\n").count() == 3 && online(&c) == 3
+    });
+    assert_eq!(user_files(&brick1), user_files(&brick0));
+    assert_eq!(tree::snapshot(&dir).len(), before.len() + 1);
+
+    // A volume that is not replicated has nothing to refill a brick from.
+    let plain = c.brick(1, "plain");
+    c.ok(0, &["volume", "create", "solo", &plain]);
+    c.ok(0, &["volume", "start", "solo"]);
+    let r = c.cli(0, &["volume", "reset-brick", "solo", &plain]);
+    assert!(!r.ok && r.stderr.contains("not replicated"), "{}", r.stderr);
+}
+
 /// Unmounts on every exit path.
 struct Unmount(std::path::PathBuf);
 

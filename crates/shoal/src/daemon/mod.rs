@@ -11,7 +11,7 @@ use clap::Args;
 use cluster::admin::{AdminRequest, AdminResponse};
 use cluster::config::NodeConfig;
 use cluster::rpc::{BrickStatus, ScriptRow};
-use cluster::{LocalHost, Node};
+use cluster::{HostFuture, LocalHost, Node};
 use services::events::{Event, EventScripts, Verdict};
 use std::net::IpAddr;
 use std::path::Path;
@@ -40,8 +40,17 @@ pub struct Local {
 }
 
 impl LocalHost for Local {
-    fn check(&self, path: &str, force: bool) -> Result<(), String> {
-        self.bricks.check(path, force)
+    fn check(&self, path: &str, force: bool, stamp: Option<u128>) -> Result<(), String> {
+        self.bricks.check(path, force, stamp)
+    }
+
+    fn reset(
+        &self,
+        spec: layout::VolumeSpec,
+        brick: usize,
+        force: bool,
+    ) -> HostFuture<'_, Result<String, String>> {
+        Box::pin(self.bricks.reset(spec, brick, force))
     }
 
     fn status(&self) -> Vec<BrickStatus> {
@@ -101,7 +110,7 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         }
         let local =
             Arc::new(Local {
-                bricks: bricks::DaemonBricks::new(cfg.address, key.clone()),
+                bricks: bricks::DaemonBricks::new(cfg.address, key.clone(), &cfg.node_name()),
                 healers: healers::DaemonHealers::new(key.clone(), &cfg.node_name()),
                 events: events.clone(),
                 keeper: OnceLock::new(),
