@@ -218,6 +218,16 @@ fn cli_errors_say_why_and_change_nothing() {
                 "volume".into(),
                 "create".into(),
                 "x".into(),
+                fresh.clone(),
+                "node0:/proc".into(),
+            ],
+            "is a mount point",
+        ),
+        (
+            vec![
+                "volume".into(),
+                "create".into(),
+                "x".into(),
                 "node0:relative".into(),
             ],
             "NODE:/absolute/path",
@@ -252,6 +262,11 @@ fn cli_errors_say_why_and_change_nothing() {
         c.ok(1, &["volume", "info", "--json"]).stdout,
         before,
         "the configuration is unchanged"
+    );
+    let fresh_dir = std::path::Path::new(fresh.split_once(':').unwrap().1);
+    assert!(
+        !fresh_dir.join(".shoal").exists(),
+        "a brick that passed its checks is not stamped when another failed"
     );
 
     // Without a quorum, a command says so within a bounded time.
@@ -479,6 +494,11 @@ fn a_replaced_disk_is_refused_until_reset_and_then_refilled_from_its_copies() {
     );
     let r = c.cli(0, &["volume", "reset-brick", "none", &bricks[2]]);
     assert!(!r.ok && r.stderr.contains("does not exist"), "{}", r.stderr);
+    // A directory with data in it is not taken for a new disk.
+    std::fs::write(brick2.join("stray"), b"x").unwrap();
+    let r = c.cli(0, &["volume", "reset-brick", "nas", &bricks[2]]);
+    assert!(!r.ok && r.stderr.contains("not empty"), "{}", r.stderr);
+    std::fs::remove_file(brick2.join("stray")).unwrap();
     let r = c.ok(0, &["volume", "reset-brick", "nas", &bricks[2]]).stdout;
     assert!(r.contains("success"), "{r}");
     assert_eq!(online(&c), 3);

@@ -70,6 +70,27 @@ fn admit(volume: &str, id: u128, path: &Path) -> Result<()> {
     }
 }
 
+fn is_mount_point(p: &Path, m: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match p.parent().map(std::fs::metadata) {
+        Some(Ok(parent)) => parent.dev() != m.dev(),
+        _ => true,
+    }
+}
+
+/// Whether a directory holds anything but what a new file system has (`lost+found`) or a
+/// stamp.
+fn holds_data(path: &Path) -> std::io::Result<bool> {
+    for e in std::fs::read_dir(path)? {
+        let name = e?.file_name();
+        let brick_meta = name == brick::index::META_DIR && !stamp::holds_brick(path);
+        if name != "lost+found" && !brick_meta {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 impl DaemonBricks {
     pub fn new(address: IpAddr, key: proto::auth::ClusterKey, node: &str) -> DaemonBricks {
         DaemonBricks {
@@ -200,6 +221,14 @@ impl DaemonBricks {
                     b.path
                 ))
             }
+            Ok(_) if !force && holds_data(path).map_err(|e| format!("{}: {e}", b.path))? => {
+                return Err(format!(
+                    "{} is not empty: a reset takes in an empty disk (add 'force' to keep what \
+                     it holds: names its copies lack are removed and missing ones made, but \
+                     files it has already are not compared with theirs)",
+                    b.path
+                ))
+            }
             Ok(_) => {}
             Err(stamp::StampError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound && force =>
@@ -273,6 +302,14 @@ impl DaemonBricks {
         let p = Path::new(path);
         match std::fs::metadata(p) {
             Ok(m) if !m.is_dir() => return Err("is not a directory".into()),
+            Ok(m) if !force && is_mount_point(p, &m) => {
+                return Err(
+                    "is a mount point: use a directory under it as the brick, so that \
+                     the disk not being mounted leaves no brick directory behind (add 'force' \
+                     to use it anyway)"
+                        .into(),
+                )
+            }
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if !force {
