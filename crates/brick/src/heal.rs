@@ -73,7 +73,7 @@ impl Touched {
             | Request::RemoveXattr { id, .. }
             | Request::SetMeta { id, .. } => t.push(*id, true),
             Request::Open { id, flags } => t.push(*id, *flags as i32 & libc::O_TRUNC != 0),
-            Request::Write { fh, .. } | Request::Fallocate { fh, .. } => {
+            Request::Write { fh, .. } | Request::WriteMarked { fh, .. } | Request::Fallocate { fh, .. } => {
                 if let Some(id) = file_of(*fh) {
                     t.push(id, true);
                 }
@@ -135,6 +135,10 @@ pub struct Heals {
     slots: Mutex<HashMap<FileId, Slot>>,
     /// Told whenever a change ends or a guard goes.
     moved: Notify,
+    /// Moves whenever a heal may start reading markers here (a guard or watch begins) or
+    /// markers are taken off: a marker added before it last moved may have been counted
+    /// by a heal, and cleared.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 /// A change under way; dropping it marks its end.
@@ -248,6 +252,7 @@ impl Heals {
     /// way on it have landed. `busy` is asked then (with nothing of others running): true
     /// means the object may not be healed now (another client has it open), and EBUSY.
     pub async fn guard(&self, id: FileId, conn: u64, busy: impl Fn() -> bool) -> Result<(), Errno> {
+        self.markers_taken_off();
         {
             let mut slots = self.slots();
             let slot = slots.entry(id).or_default();
@@ -275,7 +280,17 @@ impl Heals {
     }
 
     /// Starts watching `id` for changes by other connections.
+    /// See the `epoch` field.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn markers_taken_off(&self) {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
     pub fn watch(&self, id: FileId, conn: u64) {
+        self.markers_taken_off();
         let mut slots = self.slots();
         let slot = slots.entry(id).or_default();
         // A change already under way may land after the copy was read.

@@ -62,7 +62,7 @@ impl Effect {
             Request::SetAttr { id, .. } | Request::SetXattr { id, .. } | Request::RemoveXattr { id, .. } => {
                 (vec![], vec![object(*id)])
             }
-            Request::Write { fh, .. } | Request::Fallocate { fh, .. } => {
+            Request::Write { fh, .. } | Request::WriteMarked { fh, .. } | Request::Fallocate { fh, .. } => {
                 (vec![], file_of(*fh).map(object).into_iter().collect())
             }
             _ => (vec![], vec![]),

@@ -85,6 +85,9 @@ struct Handle {
     file: Option<OpenFile>,
     /// The pattern of its reads, to read ahead of a strided reader.
     stride: Mutex<Stride>,
+    /// The markers writes through this handle added, and the heal epoch then
+    /// (`Heals::epoch`): until it moves, they are still counted, and need not be added again.
+    marks: Mutex<(u64, Vec<String>)>,
 }
 
 impl Handle {
@@ -133,6 +136,7 @@ impl Conn {
             store: store.clone(),
             file: Some(file),
             stride: Mutex::new(Stride::default()),
+            marks: Mutex::new((0, Vec::new())),
         });
         if handles.len() >= MAX_HANDLES {
             return Err(Errno::EMFILE);
@@ -292,6 +296,10 @@ impl BrickServer {
                 .handle(fh)
                 .and_then(|h| s.write(h.file(), offset, data))
                 .map(|size| Reply::Written { size }),
+            Request::WriteMarked { fh, offset, mark } if data.len() <= QUICK_WRITE => conn
+                .handle(fh)
+                .and_then(|h| write_marked(s, &self.heals, &h, offset, data, &mark))
+                .map(|size| Reply::Written { size }),
             Request::Ping => Ok(Reply::Ok),
             Request::Lookup { parent, name } => s.lookup(parent, &name).map(Reply::Entry),
             Request::GetAttr { id } => s.getattr(id).map(Reply::Entry),
@@ -356,7 +364,12 @@ impl BrickServer {
             } => s.setxattr(id, &name, &value, flags).map(|_| Reply::Ok),
             Request::ListXattr { id } => s.listxattr(id).map(Reply::XattrNames),
             Request::RemoveXattr { id, name } => s.removexattr(id, &name).map(|_| Reply::Ok),
-            Request::XattrAdd { id, deltas } => s.xattr_add(id, &deltas).map(Reply::Counters),
+            Request::XattrAdd { id, deltas } => {
+                if deltas.iter().any(|(_, n)| *n < 0) {
+                    self.heals.markers_taken_off();
+                }
+                s.xattr_add(id, &deltas).map(Reply::Counters)
+            }
             Request::SetMeta { id, meta } => s.set_meta(id, &meta).map(|_| Reply::Ok),
             Request::GetLk { id, lock } => s
                 .kind(id)
@@ -483,6 +496,15 @@ impl BrickServer {
                     .blocking(move |s| s.write(h.file(), offset, &data))
                     .await
                     .map(|size| Reply::Written { size }),
+                Err(e) => Err(e),
+            },
+            Request::WriteMarked { fh, offset, mark } => match handle(fh) {
+                Ok(h) => {
+                    let heals = self.heals.clone();
+                    self.blocking(move |s| write_marked(s, &heals, &h, offset, &data, &mark))
+                        .await
+                        .map(|size| Reply::Written { size })
+                }
                 Err(e) => Err(e),
             },
             Request::Fsync { fh, datasync } => match handle(fh) {
@@ -694,6 +716,38 @@ impl BrickServer {
 }
 
 /// The reply to an `UnlinkUnless`: done, or the entry that was kept.
+/// Writes, then adds the replication markers the write carries, unless writes through
+/// the same handle added them since the last time a heal may have counted markers here:
+/// while a copy is down, a marker per write would cost an xattr update per write. (A heal
+/// reads the counts it clears after its watch here began, and a write that lands while it
+/// watches keeps it from clearing them, so a marker added before can only be cleared
+/// together with the data it stands for.)
+fn write_marked(
+    s: &Store,
+    heals: &Heals,
+    h: &Handle,
+    offset: u64,
+    data: &[u8],
+    mark: &[(String, i64)],
+) -> Result<u32, Errno> {
+    let size = s.write(h.file(), offset, data)?;
+    let epoch = heals.epoch();
+    let mut done = lock(&h.marks);
+    if done.0 != epoch {
+        *done = (epoch, Vec::new());
+    }
+    let new: Vec<(String, i64)> = mark
+        .iter()
+        .filter(|(k, n)| *n <= 0 || !done.1.contains(k))
+        .cloned()
+        .collect();
+    if !new.is_empty() {
+        s.xattr_add(h.file().id, &new)?;
+        done.1.extend(new.into_iter().map(|(k, _)| k));
+    }
+    Ok(size)
+}
+
 fn unlinked(kept: Option<proto::Entry>) -> Reply {
     kept.map_or(Reply::Ok, Reply::Entry)
 }

@@ -329,6 +329,34 @@ impl Xlator for Protocol {
         }
     }
 
+    async fn write_marked(
+        &self,
+        h: &Handle,
+        offset: u64,
+        data: Bytes,
+        mark: &[(String, i64)],
+    ) -> Result<u32> {
+        if mark.is_empty() {
+            return self.write(h, offset, data).await;
+        }
+        let req = |fh| Request::WriteMarked {
+            fh,
+            offset,
+            mark: mark.to_vec(),
+        };
+        match self.with_fh(h, req, data.clone()).await {
+            Ok((Reply::Written { size }, _)) => Ok(size),
+            Ok((r, _)) => Err(unexpected(r)),
+            // A brick from before WriteMarked: two requests.
+            Err(Errno::ENOSYS) => {
+                let size = self.write(h, offset, data).await?;
+                self.xattr_add(Self::file(h)?.id, mark).await?;
+                Ok(size)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn fsync(&self, h: &Handle, datasync: bool) -> Result<()> {
         match self
             .with_fh(h, |fh| Request::Fsync { fh, datasync }, Bytes::new())

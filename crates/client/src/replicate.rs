@@ -63,8 +63,11 @@ pub struct Replicate {
 pub struct ReplicaHandle {
     id: FileId,
     handles: Vec<Option<Handle>>,
-    /// Children already marked pending for this file through this handle.
+    /// Children that missed changes made through this handle (reads avoid them).
     marked: AtomicU64,
+    /// Children that missed the last change made through this handle: the next write
+    /// marks them behind itself, on the children that take it.
+    failing: AtomicU64,
     /// The child reads go to.
     read_child: AtomicU64,
 }
@@ -244,12 +247,20 @@ impl Replicate {
             id,
             handles,
             marked: AtomicU64::new(0),
+            failing: AtomicU64::new(0),
             read_child: AtomicU64::new(read_child as u64),
         }))
     }
 
     /// Runs a data change through the open handles, with the same quorum and marking rules.
-    async fn mutate_open<'a, T, F, Fut>(&'a self, rh: &'a ReplicaHandle, f: F) -> Result<Vec<(usize, T)>>
+    /// Children in `covered` need no marking if they miss it: the change itself marked them
+    /// on the children that took it.
+    async fn mutate_open<'a, T, F, Fut>(
+        &'a self,
+        rh: &'a ReplicaHandle,
+        covered: u64,
+        f: F,
+    ) -> Result<Vec<(usize, T)>>
     where
         F: Fn(usize, &'a Child, &'a Handle) -> Fut,
         Fut: Future<Output = Result<T>> + Send + 'a,
@@ -274,12 +285,16 @@ impl Replicate {
             })
             .collect();
         let out = Self::outcome(join_all(futs).await)?;
-        let new_failed = out.failed & !rh.marked.load(Ordering::SeqCst);
-        if new_failed != 0 {
+        // Marked for every change missed, not once per handle: a heal may have cleared
+        // the markers since the last one (it clears exactly the counts it read), and a
+        // change missed after that would otherwise go unrecorded.
+        let unmarked = out.failed & !covered;
+        if unmarked != 0 {
             let ok: Vec<usize> = out.ok.iter().map(|(i, _)| *i).collect();
-            self.mark(rh.id, &ok, new_failed).await;
-            rh.marked.fetch_or(new_failed, Ordering::SeqCst);
+            self.mark(rh.id, &ok, unmarked).await;
         }
+        rh.marked.fetch_or(out.failed, Ordering::SeqCst);
+        rh.failing.store(out.failed, Ordering::SeqCst);
         let ok_mask = out.ok.iter().fold(0, |m, (i, _)| m | bit(*i));
         if !self.quorum(ok_mask) {
             return Err(Errno::EROFS);
@@ -570,15 +585,26 @@ impl Xlator for Replicate {
 
     async fn write(&self, h: &Handle, offset: u64, data: Bytes) -> Result<u32> {
         let rh = Self::rh(h)?;
+        // Copies that missed the last change through this handle will likely miss this one
+        // too: the write marks them behind itself on every copy that takes it, which saves
+        // a round trip per write while a copy is down.
+        let known = rh.failing.load(Ordering::SeqCst);
         let ok = self
-            .mutate_open(rh, |_, c, ch| c.write(ch, offset, data.clone()))
+            .mutate_open(rh, known, |i, c, ch| {
+                let mark: Vec<(String, i64)> = (0..self.children.len())
+                    .filter(|j| *j != i && known & bit(*j) != 0)
+                    .map(|j| (pending_key(j), 1))
+                    .collect();
+                let data = data.clone();
+                async move { c.write_marked(ch, offset, data, &mark).await }
+            })
             .await?;
         Ok(ok.iter().map(|(_, n)| *n).min().unwrap_or(0))
     }
 
     async fn fsync(&self, h: &Handle, datasync: bool) -> Result<()> {
         let rh = Self::rh(h)?;
-        self.mutate_open(rh, |_, c, ch| c.fsync(ch, datasync))
+        self.mutate_open(rh, 0, |_, c, ch| c.fsync(ch, datasync))
             .await
             .map(|_| ())
     }
@@ -634,7 +660,7 @@ impl Xlator for Replicate {
 
     async fn fallocate(&self, h: &Handle, mode: u32, offset: u64, len: u64) -> Result<()> {
         let rh = Self::rh(h)?;
-        self.mutate_open(rh, |_, c, ch| c.fallocate(ch, mode, offset, len))
+        self.mutate_open(rh, 0, |_, c, ch| c.fallocate(ch, mode, offset, len))
             .await
             .map(|_| ())
     }

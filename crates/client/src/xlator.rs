@@ -68,6 +68,21 @@ pub trait Xlator: Send + Sync {
     async fn open(&self, id: FileId, flags: u32) -> Result<Handle>;
     async fn read(&self, h: &Handle, offset: u64, size: u32) -> Result<Bytes>;
     async fn write(&self, h: &Handle, offset: u64, data: Bytes) -> Result<u32>;
+    /// A write that also adds `mark` to the file's internal counters on this copy once the
+    /// data is written (replication marks the copies a write misses with the write itself).
+    /// Only bricks can: others refuse a non-empty `mark` with ENOSYS.
+    async fn write_marked(
+        &self,
+        h: &Handle,
+        offset: u64,
+        data: Bytes,
+        mark: &[(String, i64)],
+    ) -> Result<u32> {
+        match mark.is_empty() {
+            true => self.write(h, offset, data).await,
+            false => Err(Errno::ENOSYS),
+        }
+    }
     async fn fsync(&self, h: &Handle, datasync: bool) -> Result<()>;
     /// One close(2) of the file by the process owning `lock_owner`: drops its locks.
     async fn flush(&self, h: &Handle, lock_owner: u64) -> Result<()>;

@@ -342,3 +342,46 @@ async fn a_file_open_on_the_stale_copy_is_healed_once_closed_there() {
         x.stop();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_marks_every_change_a_copy_misses_even_after_a_heal() {
+    let (key, mut b, owned, vol) = replica_3().await;
+    let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let v = vol.root.clone();
+    let f = file(&v, FileId::ROOT, "f", &[(0, pattern(8192, 1))]).await;
+    let h = v.open(f, libc::O_RDWR as u32).await.unwrap();
+
+    // A first outage: a write through the handle misses the third copy, which is healed
+    // once back (the handle, idle, holds nothing open on the restarted brick).
+    b[2].stop();
+    until("the volume to see the third brick down", || !vol.conns[2].is_up()).await;
+    v.write(&h, 0, Bytes::from(vec![1u8; 100])).await.unwrap();
+    // (The second write marks the copy with the write itself, and the bricks remember
+    // having done so for this handle.)
+    v.write(&h, 4096, Bytes::from(vec![3u8; 100])).await.unwrap();
+    b[2].start(&key).await;
+    until("the first outage to be healed", || {
+        vol.conns[2].is_up() && b.iter().all(|x| x.pending() == 0)
+    })
+    .await;
+
+    // A second outage: what the same handle writes now is marked again, although the
+    // bricks' record says the handle marked it already (a heal cleared that since).
+    b[2].stop();
+    until("the volume to see the third brick down", || !vol.conns[2].is_up()).await;
+    v.write(&h, 200, Bytes::from(vec![2u8; 100])).await.unwrap();
+    assert!(b[0].pending() > 0, "the change the third copy missed is marked");
+    v.release(&h).await.unwrap();
+    b[2].start(&key).await;
+    until("the second outage to be healed", || {
+        vol.conns[2].is_up() && b.iter().all(|x| x.pending() == 0)
+    })
+    .await;
+    let wait = Duration::from_secs(5);
+    let one = |i: usize| Volume::connect(spec(&addrs[i..=i]), key.clone(), "look", wait);
+    let (b0, b2) = (one(0).await.unwrap(), one(2).await.unwrap());
+    same_copies(&tree(&b0.root).await, &tree(&b2.root).await);
+    for x in &mut b {
+        x.stop();
+    }
+}

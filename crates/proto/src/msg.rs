@@ -190,6 +190,14 @@ pub enum Request {
         locks: Vec<(FileId, Lock)>,
         reset: bool,
     },
+    /// A `Write` that also adds `mark` to the file's counters (as `XattrAdd`) once the data
+    /// is written: replication marks the copies a write misses with the write itself. The
+    /// write fails if the counters cannot be added.
+    WriteMarked {
+        fh: Fh,
+        offset: u64,
+        mark: Vec<(String, i64)>,
+    },
 }
 
 impl Request {
@@ -229,6 +237,7 @@ impl Request {
             Request::ListPending { .. } => "listpending",
             Request::Session { .. } => "session",
             Request::Reclaim { .. } => "reclaim",
+            Request::WriteMarked { .. } => "write",
         }
     }
 }
