@@ -17,6 +17,8 @@ pub struct Volume {
     pub spec: VolumeSpec,
     pub root: Child,
     pub conns: Vec<Arc<BrickConn>>,
+    /// The healers' own connections to the same bricks (none where nothing heals).
+    heal_conns: Vec<Option<Arc<BrickConn>>>,
 }
 
 /// Something cached from the bricks that may no longer hold.
@@ -61,7 +63,14 @@ impl Volume {
         // not cover this client's own requests: it has connections of its own (made when
         // first needed).
         let heal_name = format!("{client_name}/heal");
-        let healer = |i: usize| BrickConn::new(conns[i].addr(), key.clone(), "client", &heal_name);
+        let heal_conns: Vec<Option<Arc<BrickConn>>> = match spec.replica > 1 {
+            true => conns
+                .iter()
+                .map(|c| Some(BrickConn::new(&c.addr(), key.clone(), "client", &heal_name)))
+                .collect(),
+            false => conns.iter().map(|_| None).collect(),
+        };
+        let healer = |i: usize| heal_conns[i].clone().unwrap_or_else(|| conns[i].clone());
         let root = build(&spec.graph(), &conns, &healer);
         let results = futures_util::future::join_all(conns.iter().map(|c| {
             let c = c.clone();
@@ -80,7 +89,25 @@ impl Volume {
         if results.iter().all(Result::is_err) {
             return Err(VolumeError::Unreachable(spec.name.clone()));
         }
-        Ok(Volume { spec, root, conns })
+        Ok(Volume {
+            spec,
+            root,
+            conns,
+            heal_conns,
+        })
+    }
+
+    /// Brick `i` is now served at `addr` (replaced on another server): its connections
+    /// follow. Requests under way fail as if the old brick had died.
+    pub fn move_brick(&self, i: usize, addr: &str) {
+        for c in self
+            .conns
+            .get(i)
+            .into_iter()
+            .chain(self.heal_conns.get(i).into_iter().flatten())
+        {
+            c.move_to(addr);
+        }
     }
 
     /// Has every brick's notices (and connection losses) reported to `f`.

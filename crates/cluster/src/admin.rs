@@ -84,6 +84,14 @@ pub enum AdminRequest {
         brick: String,
         force: bool,
     },
+    /// Move brick `old` of a replicated volume to `new` (NODE:/path), refilled from its
+    /// replicas.
+    VolumeReplaceBrick {
+        name: String,
+        old: String,
+        new: String,
+        force: bool,
+    },
     VolumeList,
     NodeAdd {
         endpoint: String,

@@ -35,9 +35,14 @@ const IDENTITY_VERSION: u32 = 1;
 /// What only the machine itself can do, provided by the daemon (which knows about file data,
 /// interfaces and scripts).
 pub trait LocalHost: Send + Sync + 'static {
-    /// May `path` become a brick here? With `force`, a missing directory is made and a used
-    /// one taken. With `stamp` (a volume id), it is also stamped as a brick of that volume.
-    fn check(&self, path: &str, force: bool, stamp: Option<u128>) -> Result<(), String>;
+    /// May `path` become a brick here (an `empty` one, to be filled from other copies)?
+    /// With `force`, a missing directory is made and a used one taken. With `stamp` (a
+    /// volume id), it is also stamped as a brick of that volume.
+    fn check(&self, path: &str, force: bool, stamp: Option<u128>, empty: bool) -> Result<(), String>;
+    /// Marks brick `brick` of `spec` behind on the root directory of the other copies of
+    /// its replica set, so that healing refills it; says how many copies took the marker
+    /// (at least one, or an error).
+    fn mark_behind(&self, spec: layout::VolumeSpec, brick: usize) -> HostFuture<'_, Result<usize, String>>;
     /// Takes brick `brick` of `spec` (served here) in again after its disk was replaced:
     /// marks it behind on the other copies of its replica set, stamps its directory and
     /// serves it, so that the volume's healers refill it. Says what it did.
@@ -804,6 +809,12 @@ impl Node {
             AdminRequest::VolumeResetBrick { name, brick, force } => {
                 self.volume_reset_brick(name, brick, force).await
             }
+            AdminRequest::VolumeReplaceBrick {
+                name,
+                old,
+                new,
+                force,
+            } => self.volume_replace_brick(name, old, new, force).await,
             AdminRequest::NodeAdd { endpoint } => {
                 let endpoint = if endpoint.contains(':')
                     && !endpoint.starts_with('[')
@@ -954,7 +965,7 @@ impl Node {
         // the volume's id (a stamp left by a create that then fails to commit is harmless: a
         // stamp alone does not make a directory a brick).
         for stamp in [None, Some(id)] {
-            if let Err(why) = self.check_bricks(&state, &parsed, force, stamp).await {
+            if let Err(why) = self.check_bricks(&state, &parsed, force, stamp, false).await {
                 return fail(format!("volume create: {name}: failed: {why}"));
             }
         }
@@ -973,19 +984,21 @@ impl Node {
         bricks: &[BrickRequest],
         force: bool,
         stamp: Option<u128>,
+        empty: bool,
     ) -> Result<(), String> {
         for b in bricks {
             let Some(node) = state.node_by_name(&b.node) else {
                 continue;
             };
             let verdict = if Some(node.pnn) == self.pnn() {
-                self.host.check(&b.path, force, stamp)
+                self.host.check(&b.path, force, stamp, empty)
             } else {
                 let conn = self.peers.get(&node.endpoint());
                 let req = NodeRequest::CheckBrick {
                     path: b.path.clone(),
                     force,
                     stamp,
+                    empty,
                 };
                 match conn
                     .call_patiently(&req, Duration::from_secs(2), Duration::from_secs(5))
@@ -1023,17 +1036,9 @@ impl Node {
                 "the volume is not started (the brick is refilled from the copies it serves)".into(),
             );
         }
-        let Some(node) = state.node_by_name(&b.node) else {
-            return failed(format!("there is no node {}", b.node));
-        };
-        let Some(i) = v
-            .spec
-            .bricks
-            .iter()
-            .zip(&v.brick_nodes)
-            .position(|(s, owner)| *owner == node.pnn && s.path == b.path)
-        else {
-            return failed(format!("{brick} is not a brick of the volume"));
+        let (node, i) = match state.brick_index(&name, &b) {
+            Ok(i) => (&state.nodes[&v.brick_nodes[i]], i),
+            Err(e) => return failed(e),
         };
         let spec = v.spec.clone();
         let outcome = if Some(node.pnn) == self.pnn() {
@@ -1058,6 +1063,69 @@ impl Node {
             Ok(what) => AdminResponse::Done(format!("volume reset-brick: {name}: success: {what}")),
             Err(why) => failed(why),
         }
+    }
+
+    /// `volume replace-brick`: the new directory is checked (empty), the brick is marked
+    /// behind on its replicas, the directory stamped, and the new place committed: its node
+    /// serves it, mounts follow it there, and healing refills it.
+    async fn volume_replace_brick(
+        self: &Arc<Self>,
+        name: String,
+        old: String,
+        new: String,
+        force: bool,
+    ) -> AdminResponse {
+        let failed = |why: String| fail(format!("volume replace-brick: {name}: failed: {why}"));
+        let (old_b, new_b) = match (BrickRequest::parse(&old), BrickRequest::parse(&new)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return failed(e),
+        };
+        let cmd = Command::ReplaceBrick {
+            name: name.clone(),
+            old: old_b.clone(),
+            new: new_b.clone(),
+        };
+        self.read_barrier().await;
+        let state = self.state();
+        if let Err(why) = state.check(&cmd) {
+            return failed(why);
+        }
+        let (Some(v), Ok(i)) = (state.volumes.get(&name), state.brick_index(&name, &old_b)) else {
+            return failed(format!("{old} is not a brick of the volume"));
+        };
+        if v.state != crate::state::VolumeState::Started {
+            return failed(
+                "the volume is not started (the brick is refilled from the copies it serves)".into(),
+            );
+        }
+        let new_dir = std::slice::from_ref(&new_b);
+        if let Err(why) = self.check_bricks(&state, new_dir, force, None, true).await {
+            return failed(why);
+        }
+        let marked = match self.host.mark_behind(v.spec.clone(), i).await {
+            Ok(n) => n,
+            Err(why) => return failed(why),
+        };
+        if let Err(why) = self
+            .check_bricks(&state, new_dir, force, Some(v.spec.id), true)
+            .await
+        {
+            return failed(why);
+        }
+        let r = self
+            .commit(
+                cmd,
+                format!(
+                    "volume replace-brick: {name}: success: {new} replaces {old} and is refilled \
+                     from {marked} of its copies in the background (progress: `shoal volume heal \
+                     {name} info`)"
+                ),
+            )
+            .await;
+        if matches!(r, AdminResponse::Done(_)) {
+            self.wait_bricks_online(&name).await;
+        }
+        r
     }
 
     /// Waits (a bounded while) until every brick of a volume that was just started serves,
@@ -1310,11 +1378,16 @@ impl Service for Node {
             NodeRequest::GetVolume { name } => {
                 Handled::Now((Ok(NodeReply::Volume(self.volume_view(&name))), Bytes::new()))
             }
-            NodeRequest::CheckBrick { path, force, stamp } => {
+            NodeRequest::CheckBrick {
+                path,
+                force,
+                stamp,
+                empty,
+            } => {
                 let verdict = if self.cfg.witness {
                     Err(format!("{} is a witness and holds no bricks", self.name))
                 } else {
-                    self.host.check(&path, force, stamp)
+                    self.host.check(&path, force, stamp, empty)
                 };
                 Handled::Now((Ok(NodeReply::Checked(verdict)), Bytes::new()))
             }

@@ -41,6 +41,8 @@ pub enum NodeRequest {
         path: String,
         force: bool,
         stamp: Option<u128>,
+        /// It must also be empty (it is to be filled from other copies).
+        empty: bool,
     },
     /// Take brick `brick` of `spec`, served here, in again after its disk was replaced: it is
     /// refilled from the other copies of its replica set.

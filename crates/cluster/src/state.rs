@@ -246,6 +246,13 @@ pub enum Command {
     Fence {
         pnn: u64,
     },
+    /// A brick of a replicated volume moves to another directory or server (its old one is
+    /// lost); it keeps its place in the volume, so it is refilled from its replicas.
+    ReplaceBrick {
+        name: String,
+        old: BrickRequest,
+        new: BrickRequest,
+    },
 }
 
 /// One address's move: from where the leader saw it to where it goes (None: unplaced).
@@ -294,6 +301,54 @@ impl ClusterState {
                 .any(|(b, n)| *n == pnn && nested(&b.path, path))
                 .then_some(name.as_str())
         })
+    }
+
+    /// Which brick of volume `name` `b` names (node by name or address, and path).
+    pub fn brick_index(&self, name: &str, b: &BrickRequest) -> Result<usize, String> {
+        let v = self
+            .volumes
+            .get(name)
+            .ok_or_else(|| format!("volume {name} does not exist"))?;
+        let node = self
+            .node_by_name(&b.node)
+            .ok_or_else(|| format!("{} is not a node of this cluster", b.node))?;
+        v.spec
+            .bricks
+            .iter()
+            .zip(&v.brick_nodes)
+            .position(|(s, owner)| *owner == node.pnn && s.path == b.path)
+            .ok_or_else(|| format!("{}:{} is not a brick of volume {name}", b.node, b.path))
+    }
+
+    fn replace_brick(&mut self, name: &str, old: &BrickRequest, new: &BrickRequest) -> Result<(), String> {
+        let i = self.brick_index(name, old)?;
+        let node = self
+            .node_by_name(&new.node)
+            .ok_or_else(|| format!("{} is not a node of this cluster", new.node))?
+            .clone();
+        if node.witness {
+            return Err(format!("{} is a witness and holds no bricks", node.name));
+        }
+        if let Some(other) = self.brick_user(node.pnn, &new.path) {
+            return Err(format!(
+                "brick {}:{} is already part of volume {other}",
+                node.name, new.path
+            ));
+        }
+        let port = self.next_brick_port(&node, &[]);
+        let v = self.volume_mut(name)?;
+        if v.spec.replica < 2 {
+            return Err(format!(
+                "volume {name} is not replicated: a brick's data cannot be rebuilt elsewhere"
+            ));
+        }
+        v.spec.bricks[i] = BrickSpec {
+            node: node.name.clone(),
+            path: new.path.clone(),
+            addr: join_host_port(&node.address, port),
+        };
+        v.brick_nodes[i] = node.pnn;
+        Ok(())
     }
 
     fn next_brick_port(&self, node: &NodeInfo, taken: &[u16]) -> u16 {
@@ -443,6 +498,7 @@ impl ClusterState {
                     },
                 );
             }
+            Command::ReplaceBrick { name, old, new } => self.replace_brick(name, old, new)?,
             Command::StartVolume { name } => {
                 let v = self.volume_mut(name)?;
                 if v.state == VolumeState::Started {

@@ -74,7 +74,8 @@ pub trait Ping {
 /// A multiplexed connection to one peer that reconnects by itself. `Q` is what it sends,
 /// `R` what comes back (as `Result<R, Errno>` on the wire).
 pub struct Conn<Q, R> {
-    addr: String,
+    /// Where the peer is; a brick that moved to another server is followed (`move_to`).
+    addr: Mutex<String>,
     key: ClusterKey,
     role: &'static str,
     name: String,
@@ -96,7 +97,7 @@ where
     /// A connection to `addr` (host:port) as `role` ("client", "node"), not yet established.
     pub fn new(addr: &str, key: ClusterKey, role: &'static str, name: &str) -> Arc<Conn<Q, R>> {
         Arc::new_cyclic(|me| Conn {
-            addr: addr.to_string(),
+            addr: Mutex::new(addr.to_string()),
             key,
             role,
             name: name.to_string(),
@@ -110,8 +111,26 @@ where
         })
     }
 
-    pub fn addr(&self) -> &str {
-        &self.addr
+    pub fn addr(&self) -> String {
+        lock(&self.addr).clone()
+    }
+
+    /// The peer moved to `addr`: the current connection is dropped (its requests fail with
+    /// ENOTCONN, as when a peer dies) and the next ones go to the new address.
+    pub fn move_to(&self, addr: &str) {
+        {
+            let mut cur = lock(&self.addr);
+            if *cur == addr {
+                return;
+            }
+            tracing::info!(from = %cur, to = %addr, "peer moved");
+            *cur = addr.to_string();
+        }
+        let link = lock(&self.link).clone();
+        match link {
+            Some(l) => self.lost(&l),
+            None => self.start_reconnect(),
+        }
     }
 
     /// Has every connection made from now on send what `f` makes, in order, before any
@@ -160,15 +179,14 @@ where
     }
 
     async fn establish(&self) -> Result<(), Errno> {
+        let addr = self.addr();
         let attempt = async {
-            let mut s = crate::transport::connect(&self.addr).await.map_err(Errno::from)?;
+            let mut s = crate::transport::connect(&addr).await.map_err(Errno::from)?;
             match self.handshake(&mut s).await {
                 Ok(()) => Ok(s),
                 // Whoever holds the local socket's name is not our peer: TCP decides.
                 Err(_) if s.is_local() => {
-                    let mut s = crate::transport::connect_tcp(&self.addr)
-                        .await
-                        .map_err(Errno::from)?;
+                    let mut s = crate::transport::connect_tcp(&addr).await.map_err(Errno::from)?;
                     self.handshake(&mut s).await.map(|()| s)
                 }
                 Err(e) => Err(e),
@@ -204,12 +222,18 @@ where
                     link.kill();
                     return Err(e);
                 }
-                Err(e) => tracing::error!(peer = %self.addr, "{what}: refused on connecting: {e}"),
+                Err(e) => tracing::error!(peer = %addr, "{what}: refused on connecting: {e}"),
             }
         }
+        let mut cur = lock(&self.link);
+        if *lock(&self.addr) != addr {
+            // The peer moved while this connection was being made.
+            link.kill();
+            return Err(Errno::ECONNRESET);
+        }
         tokio::spawn(ping_loop(self.me.clone(), Arc::downgrade(&link)));
-        tracing::debug!(peer = %self.addr, gen = link.gen, "connected");
-        *lock(&self.link) = Some(link);
+        tracing::debug!(peer = %addr, gen = link.gen, "connected");
+        *cur = Some(link);
         Ok(())
     }
 
@@ -220,9 +244,9 @@ where
             .map_err(|e| {
                 // Over the local socket TCP is tried next, and tells.
                 if s.is_local() {
-                    tracing::debug!(peer = %self.addr, "handshake over the local socket failed: {e}");
+                    tracing::debug!(peer = %self.addr(), "handshake over the local socket failed: {e}");
                 } else {
-                    tracing::warn!(peer = %self.addr, "handshake failed: {e}");
+                    tracing::warn!(peer = %self.addr(), "handshake failed: {e}");
                 }
                 match e {
                     auth::HandshakeError::Frame(frame::FrameError::Io(io)) => Errno::from(io),
@@ -240,7 +264,7 @@ where
         tokio::spawn(async move {
             loop {
                 if me.establish().await.is_ok() {
-                    tracing::info!(peer = %me.addr, "connected");
+                    tracing::info!(peer = %me.addr(), "connected");
                     break;
                 }
                 // Stop when nobody holds this connection any more.
@@ -259,7 +283,7 @@ where
         if cur.as_ref().is_some_and(|l| Arc::ptr_eq(l, link)) {
             *cur = None;
             drop(cur);
-            tracing::warn!(peer = %self.addr, "connection lost");
+            tracing::warn!(peer = %self.addr(), "connection lost");
             self.notice(None);
             self.start_reconnect();
         }
@@ -384,7 +408,7 @@ where
             return;
         }
         if lock(&l.last_rx).elapsed() > DEAD_AFTER {
-            tracing::warn!(peer = %c.addr, "no answer for {DEAD_AFTER:?}");
+            tracing::warn!(peer = %c.addr(), "no answer for {DEAD_AFTER:?}");
             c.lost(&l);
             return;
         }

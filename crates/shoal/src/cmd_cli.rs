@@ -56,6 +56,16 @@ pub enum VolumeCmd {
         #[arg(value_parser = ["force"])]
         force: Option<String>,
     },
+    /// volume replace-brick NAME NODE:/old NODE:/new [force]: move a brick of a replicated
+    /// volume (its server or disk is lost) to an empty directory, refilled from its copies
+    #[command(name = "replace-brick")]
+    ReplaceBrick {
+        name: String,
+        old: String,
+        new: String,
+        #[arg(value_parser = ["force"])]
+        force: Option<String>,
+    },
     /// volume set NAME KEY VALUE
     Set {
         name: String,
@@ -186,6 +196,17 @@ pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
         VolumeCmd::Stop { name } => AdminRequest::VolumeStop { name },
         VolumeCmd::Delete { name } => AdminRequest::VolumeDelete { name },
         VolumeCmd::Set { name, key, value } => AdminRequest::VolumeSet { name, key, value },
+        VolumeCmd::ReplaceBrick {
+            name,
+            old,
+            new,
+            force,
+        } => AdminRequest::VolumeReplaceBrick {
+            name,
+            old,
+            new,
+            force: force.is_some(),
+        },
         VolumeCmd::ResetBrick { name, brick, force } => AdminRequest::VolumeResetBrick {
             name,
             brick,

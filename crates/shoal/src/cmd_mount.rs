@@ -220,12 +220,14 @@ async fn fetch(
 }
 
 /// Follows the volume's state from any node that answers: a stopped (or deleted) volume
-/// closes the gate, a started one opens it.
+/// closes the gate, a started one opens it, and a brick replaced on another server is
+/// reached there.
 async fn follow(
     peers: cluster::peers::Peers,
     first: String,
     mut view: cluster::rpc::VolumeView,
     gate: Arc<client::gate::Gate>,
+    vol: Arc<client::Volume>,
 ) {
     let name = view.record.spec.name.clone();
     let mut endpoints = vec![first];
@@ -249,6 +251,12 @@ async fn follow(
                         tracing::warn!(volume = %name, state = %v.record.state, "volume state changed");
                     }
                     gate.set_open(open);
+                    let bricks = &v.record.spec.bricks;
+                    if bricks.len() == vol.conns.len() {
+                        for (i, b) in bricks.iter().enumerate() {
+                            vol.move_brick(i, &b.addr);
+                        }
+                    }
                     view = v;
                     progressed = true;
                     break;
@@ -295,10 +303,10 @@ fn foreground(dir: &Path, mut r: Resolved, notify: bool) -> Result<()> {
             (view.record.spec.clone(), Some((peers, ep, view)))
         }
     };
-    let vol = rt.block_on(client::Volume::connect(spec, key, &name, Duration::from_secs(5)))?;
+    let vol = Arc::new(rt.block_on(client::Volume::connect(spec, key, &name, Duration::from_secs(5)))?);
     let gate = Arc::new(client::gate::Gate::new(vol.root.clone(), true));
     if let Some((peers, ep, view)) = follow_from {
-        rt.spawn(follow(peers, ep, view, gate.clone()));
+        rt.spawn(follow(peers, ep, view, gate.clone(), vol.clone()));
     }
     let mut session = shoal_fuse::mount(gate, dir, &r.opts, rt.handle().clone(), &|f| vol.on_stale(f))
         .with_context(|| format!("cannot mount on {}", dir.display()))?;

@@ -547,6 +547,86 @@ fn a_replaced_disk_is_refused_until_reset_and_then_refilled_from_its_copies() {
     assert!(!r.ok && r.stderr.contains("not replicated"), "{}", r.stderr);
 }
 
+#[test]
+fn a_brick_whose_server_is_lost_moves_to_another_and_is_refilled() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Daemons::new(3);
+    c.start_all();
+    c.wait_ready(0, 3);
+    let bricks: Vec<String> = (0..3).map(|i| c.brick(i, "r")).collect();
+    let mut args = vec!["volume", "create", "nas", "replica", "3"];
+    args.extend(bricks.iter().map(String::as_str));
+    c.ok(0, &args);
+    c.ok(0, &["volume", "start", "nas"]);
+    let dir = c.dir.path().join("mnt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = std::process::Command::new(shoal_bin())
+        .args(["mount", "--key"])
+        .arg(&c.key)
+        .arg(format!("{}:nas", c.endpoint(0)))
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _unmount = Unmount(dir.clone());
+    std::fs::create_dir_all(dir.join("x/y")).unwrap();
+    for i in 0..10 {
+        std::fs::write(dir.join(format!("x/y/f{i}")), pattern(i, 5000 * i as usize)).unwrap();
+    }
+
+    // Node 2's server is lost for good: its brick moves to node 1.
+    c.kill(2);
+    let new_dir = std::path::PathBuf::from(c.brick_dir(1, "moved"));
+    let new = c.brick(1, "moved");
+    std::fs::write(new_dir.join("junk"), b"x").unwrap();
+    let r = c.cli(0, &["volume", "replace-brick", "nas", &bricks[2], &new]);
+    assert!(!r.ok && r.stderr.contains("not empty"), "{}", r.stderr);
+    std::fs::remove_file(new_dir.join("junk")).unwrap();
+    let r = c.cli(0, &["volume", "replace-brick", "nas", &bricks[2], &bricks[0]]);
+    assert!(
+        !r.ok && r.stderr.contains("already part of volume nas"),
+        "{}",
+        r.stderr
+    );
+    let r = c.cli(0, &["volume", "replace-brick", "nas", "node1:/not/a/brick", &new]);
+    assert!(
+        !r.ok && r.stderr.contains("not a brick of volume nas"),
+        "{}",
+        r.stderr
+    );
+    let r = c
+        .ok(0, &["volume", "replace-brick", "nas", &bricks[2], &new])
+        .stdout;
+    assert!(r.contains("success"), "{r}");
+    let info = c.ok(1, &["volume", "info", "nas"]).stdout;
+    assert!(info.contains(&new) && !info.contains(&bricks[2]), "{info}");
+
+    // The mount follows the brick to its new server; healing refills it.
+    std::fs::write(dir.join("x/after-move"), b"moved").unwrap();
+    wait_for("the moved brick to be refilled", Duration::from_secs(60), || {
+        let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
+        info.matches("Status: Connected").count() == 3 && info.matches("Number of entries: 0\n").count() == 3
+    });
+    let user_files = |p: &std::path::Path| {
+        let mut t = tree::snapshot(p);
+        t.retain(|k, _| !k.starts_with(".shoal"));
+        t
+    };
+    let brick0 = std::path::PathBuf::from(c.brick_dir(0, "r"));
+    let moved = user_files(&new_dir);
+    assert!(moved.contains_key("x/after-move") && moved.contains_key("x/y/f9"));
+    assert_eq!(moved, user_files(&brick0), "the moved brick matches its copy");
+    // The mount writes to the brick's new place itself (healing would take seconds).
+    std::fs::write(dir.join("x/direct"), b"z").unwrap();
+    assert!(new_dir.join("x/direct").exists());
+}
+
 /// Unmounts on every exit path.
 struct Unmount(std::path::PathBuf);
 

@@ -190,7 +190,7 @@ impl DaemonBricks {
     /// empty brick meanwhile; then it is stamped and served, and the volume's healers refill
     /// it. A brick that was not empty is made to match its copies the same way.
     pub async fn reset(&self, spec: VolumeSpec, i: usize, force: bool) -> Result<String, String> {
-        let (Some(b), Some(set)) = (spec.bricks.get(i), spec.replica_set(i)) else {
+        let Some(b) = spec.bricks.get(i) else {
             return Err(format!("volume {} has no brick {i}", spec.name));
         };
         let port = port_of(&b.addr).ok_or_else(|| format!("brick address {} has no port", b.addr))?;
@@ -198,7 +198,7 @@ impl DaemonBricks {
         if !lock(&self.resetting).insert(key.clone()) {
             return Err("a reset of this brick is under way".into());
         }
-        let r = self.take_in(&spec, i, set, port, &key, force).await;
+        let r = self.take_in(&spec, i, port, &key, force).await;
         lock(&self.resetting).remove(&key);
         r
     }
@@ -207,7 +207,6 @@ impl DaemonBricks {
         &self,
         spec: &VolumeSpec,
         i: usize,
-        set: std::ops::Range<usize>,
         port: u16,
         key: &Key,
         force: bool,
@@ -249,25 +248,7 @@ impl DaemonBricks {
             }
         }
         lock(&self.refused).remove(key);
-        let child = i - set.start;
-        let mut marked = 0;
-        let mut errors = Vec::new();
-        for j in set.filter(|j| *j != i) {
-            let addr = &spec.bricks[j].addr;
-            match self.mark_behind(addr, child).await {
-                Ok(()) => marked += 1,
-                Err(e) => errors.push(format!("{}: {e}", spec.bricks[j].label())),
-            }
-        }
-        if marked == 0 {
-            return Err(format!(
-                "no other copy of the brick answered, so nothing can refill it now ({})",
-                errors.join("; ")
-            ));
-        }
-        for e in &errors {
-            tracing::warn!(volume = %spec.name, "reset-brick: a copy could not be marked: {e}");
-        }
+        let marked = self.mark_set_behind(spec, i).await?;
         stamp::write(path, spec.id).map_err(|e| e.to_string())?;
         let running = self
             .start(&spec.name, spec.id, &b.path, port)
@@ -281,6 +262,33 @@ impl DaemonBricks {
             b.label(),
             spec.name
         ))
+    }
+
+    /// Marks brick `i` of `spec` behind on the root directory of the other copies of its
+    /// replica set (healing follows the marker down the tree). At least one must take it.
+    pub async fn mark_set_behind(&self, spec: &VolumeSpec, i: usize) -> Result<usize, String> {
+        let set = spec
+            .replica_set(i)
+            .ok_or_else(|| format!("volume {} has no brick {i}", spec.name))?;
+        let child = i - set.start;
+        let mut marked = 0;
+        let mut errors = Vec::new();
+        for j in set.filter(|j| *j != i) {
+            match self.mark_behind(&spec.bricks[j].addr, child).await {
+                Ok(()) => marked += 1,
+                Err(e) => errors.push(format!("{}: {e}", spec.bricks[j].label())),
+            }
+        }
+        if marked == 0 {
+            return Err(format!(
+                "no other copy of the brick answered, so nothing can refill it now ({})",
+                errors.join("; ")
+            ));
+        }
+        for e in &errors {
+            tracing::warn!(volume = %spec.name, "a copy could not be marked to refill brick {i}: {e}");
+        }
+        Ok(marked)
     }
 
     /// Marks copy `child` of a replica set as behind on the root directory of the brick at
@@ -297,8 +305,9 @@ impl DaemonBricks {
 }
 
 impl DaemonBricks {
-    /// May `path` become a brick? With `stamp`, it is stamped as a brick of that volume.
-    pub fn check(&self, path: &str, force: bool, stamp: Option<u128>) -> Result<(), String> {
+    /// May `path` become a brick (an `empty` one)? With `stamp`, it is stamped as a brick of
+    /// that volume.
+    pub fn check(&self, path: &str, force: bool, stamp: Option<u128>, empty: bool) -> Result<(), String> {
         let p = Path::new(path);
         match std::fs::metadata(p) {
             Ok(m) if !m.is_dir() => return Err("is not a directory".into()),
@@ -322,6 +331,13 @@ impl DaemonBricks {
         // A stamp alone is left by a volume create that did not go through.
         if stamp::holds_brick(p) && !force {
             return Err("already holds a shoal brick (add 'force' to reuse it)".into());
+        }
+        if empty && !force && holds_data(p).map_err(|e| e.to_string())? {
+            return Err(
+                "is not empty: a brick refilled from its copies goes into an empty \
+                 directory (add 'force' to use it anyway: names its copies lack are removed)"
+                    .into(),
+            );
         }
         match stamp {
             Some(id) => stamp::write(p, id).map_err(|e| format!("cannot stamp it: {e}")),

@@ -40,8 +40,12 @@ pub struct Local {
 }
 
 impl LocalHost for Local {
-    fn check(&self, path: &str, force: bool, stamp: Option<u128>) -> Result<(), String> {
-        self.bricks.check(path, force, stamp)
+    fn check(&self, path: &str, force: bool, stamp: Option<u128>, empty: bool) -> Result<(), String> {
+        self.bricks.check(path, force, stamp, empty)
+    }
+
+    fn mark_behind(&self, spec: layout::VolumeSpec, brick: usize) -> HostFuture<'_, Result<usize, String>> {
+        Box::pin(async move { self.bricks.mark_set_behind(&spec, brick).await })
     }
 
     fn reset(
