@@ -714,6 +714,42 @@ mod tests {
     }
 
     #[test]
+    fn a_replaced_brick_keeps_its_place_on_its_new_node() {
+        let mut s = state();
+        s.apply(&create("r", 2, &["n0:/b/r", "n1:/b/r"])).unwrap();
+        s.apply(&create("plain", 1, &["n2:/b/p"])).unwrap();
+        let replace = |vol: &str, old: &str, new: &str| Command::ReplaceBrick {
+            name: vol.into(),
+            old: BrickRequest::parse(old).unwrap(),
+            new: BrickRequest::parse(new).unwrap(),
+        };
+        let before = s.clone();
+        for (cmd, why) in [
+            (replace("r", "n2:/b/r", "n2:/b/q"), "not a brick of volume r"),
+            (replace("r", "n1:/b/r", "n9:/b/q"), "not a node"),
+            (
+                replace("r", "n1:/b/r", "n2:/b/p/in"),
+                "already part of volume plain",
+            ),
+            (replace("plain", "n2:/b/p", "n0:/b/q"), "not replicated"),
+            (replace("none", "n0:/b/r", "n0:/b/q"), "does not exist"),
+        ] {
+            let e = s.apply(&cmd).unwrap_err();
+            assert!(e.contains(why), "{cmd:?}: {e}");
+            assert_eq!(s, before, "a refused command changes nothing");
+        }
+        s.apply(&replace("r", "10.0.0.2:/b/r", "n2:/b/q")).unwrap();
+        let v = &s.volumes["r"];
+        assert_eq!(v.brick_nodes, [0, 2]);
+        assert_eq!(v.spec.bricks[1].node, "n2");
+        assert_eq!(v.spec.bricks[1].path, "/b/q");
+        assert_eq!(
+            v.spec.bricks[1].addr, "10.0.0.3:49153",
+            "a port free on the new node"
+        );
+    }
+
+    #[test]
     fn volume_lifecycle() {
         let mut s = state();
         s.apply(&create("v", 1, &["n0:/b/v", "10.0.0.2:/b/v"])).unwrap();
