@@ -488,7 +488,7 @@ fn a_replaced_disk_is_refused_until_reset_and_then_refilled_from_its_copies() {
 
     let r = c.cli(0, &["volume", "reset-brick", "nas", "node2:/nowhere"]);
     assert!(
-        !r.ok && r.stderr.contains("not a brick of the volume"),
+        !r.ok && r.stderr.contains("not a brick of volume nas"),
         "{}",
         r.stderr
     );
