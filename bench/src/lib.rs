@@ -238,6 +238,20 @@ impl ShoalVolume {
     }
 }
 
+impl ShoalVolume {
+    /// Kills brick `i`'s process (as a crashed server would leave it).
+    pub fn kill_brick(&mut self, i: usize) -> Result<()> {
+        if i >= self.bricks.len() {
+            bail!("no brick {i}");
+        }
+        // Its pid is no longer one of this volume's processes.
+        let mut c = self.bricks.remove(i);
+        let killed = c.kill();
+        c.wait()?;
+        Ok(killed?)
+    }
+}
+
 impl Backend for ShoalVolume {
     fn dir(&self) -> &Path {
         &self.mount

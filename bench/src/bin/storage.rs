@@ -35,7 +35,7 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these rows (comma separated): local, dist3, stripe2, rep2, rep3, distrep2x2,
-    /// diststripe2x2.
+    /// diststripe2x2, rep3down1 (replica 3 with its third brick killed; not run unless asked).
     #[arg(long)]
     rows: Option<String>,
     /// Working directory (on the disk under test).
@@ -111,6 +111,8 @@ struct Layout {
     bricks: usize,
     stripe: u32,
     replica: u32,
+    /// Bricks killed (the last ones) once the volume is mounted: degraded service.
+    down: usize,
 }
 
 const LAYOUTS: &[Layout] = &[
@@ -119,36 +121,49 @@ const LAYOUTS: &[Layout] = &[
         bricks: 3,
         stripe: 1,
         replica: 1,
+        down: 0,
     },
     Layout {
         name: "stripe2",
         bricks: 2,
         stripe: 2,
         replica: 1,
+        down: 0,
     },
     Layout {
         name: "rep2",
         bricks: 2,
         stripe: 1,
         replica: 2,
+        down: 0,
     },
     Layout {
         name: "rep3",
         bricks: 3,
         stripe: 1,
         replica: 3,
+        down: 0,
     },
     Layout {
         name: "distrep2x2",
         bricks: 4,
         stripe: 1,
         replica: 2,
+        down: 0,
     },
     Layout {
         name: "diststripe2x2",
         bricks: 4,
         stripe: 2,
         replica: 1,
+        down: 0,
+    },
+    Layout {
+        name: "rep3down1",
+        bricks: 3,
+        stripe: 1,
+        replica: 3,
+        down: 1,
     },
 ];
 
@@ -330,17 +345,28 @@ fn main() -> Result<()> {
     eprintln!("local directory {}", local_dir.display());
     let local = LocalDir(local_dir);
     rows.push(("local directory".into(), run_row("local", &local, &p, runs)?));
-    for l in LAYOUTS.iter().filter(|l| want(l.name)) {
-        let label = format!("shoal {}", describe(l.bricks, l.stripe, l.replica));
+    // Degraded rows only when named.
+    let named = |n: &str| wanted.as_ref().is_some_and(|w| w.iter().any(|x| x == n));
+    for l in LAYOUTS
+        .iter()
+        .filter(|l| if l.down > 0 { named(l.name) } else { want(l.name) })
+    {
+        let label = format!("shoal {}", describe(l));
         eprintln!("{label}");
-        let vol = ShoalVolume::start(&shoal, &work.join(l.name), l.bricks, l.stripe, l.replica)?;
+        let mut vol = ShoalVolume::start(&shoal, &work.join(l.name), l.bricks, l.stripe, l.replica)?;
+        for i in (l.bricks - l.down..l.bricks).rev() {
+            vol.kill_brick(i)?;
+        }
         rows.push((label, run_row(l.name, &vol, &p, runs)?));
         drop(vol);
         if args.with_gluster && l.stripe == 1 {
-            let label = format!("GlusterFS {}", describe(l.bricks, l.stripe, l.replica));
+            let label = format!("GlusterFS {}", describe(l));
             eprintln!("{label}");
             let vol =
                 GlusterVolume::start(&work.join(format!("gl-{}", l.name)), l.name, l.bricks, l.replica)?;
+            for i in (l.bricks - l.down..l.bricks).rev() {
+                vol.kill_brick(i)?;
+            }
             rows.push((label, run_row(&format!("gluster-{}", l.name), &vol, &p, runs)?));
         }
     }
@@ -352,13 +378,19 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn describe(bricks: usize, stripe: u32, replica: u32) -> String {
-    match (stripe, replica) {
+fn describe(l: &Layout) -> String {
+    let (bricks, stripe, replica) = (l.bricks, l.stripe, l.replica);
+    let shape = match (stripe, replica) {
         (1, 1) => format!("distribute ×{bricks}"),
         (s, 1) if s as usize == bricks => format!("stripe {s}"),
         (1, r) if r as usize == bricks => format!("replica {r}"),
         (1, r) => format!("distributed-replicate {}×{r}", bricks / r as usize),
         (s, _) => format!("distributed-stripe {}×{s}", bricks / s as usize),
+    };
+    match l.down {
+        0 => shape,
+        1 => format!("{shape}, one brick down"),
+        n => format!("{shape}, {n} bricks down"),
     }
 }
 
@@ -474,6 +506,21 @@ impl GlusterVolume {
             mount,
             root: root.to_path_buf(),
         })
+    }
+}
+
+impl GlusterVolume {
+    /// Kills brick `i`'s process (as a crashed server would leave it).
+    fn kill_brick(&self, i: usize) -> Result<()> {
+        let brick = self.root.join(format!("b{i}"));
+        let pids = pgrep(&format!("glusterfsd.*{}", brick.display()));
+        if pids.is_empty() {
+            bail!("no glusterfsd serves {}", brick.display());
+        }
+        for pid in pids {
+            run("kill", &["-9", &pid.to_string()])?;
+        }
+        Ok(())
     }
 }
 
