@@ -715,7 +715,6 @@ impl BrickServer {
     }
 }
 
-/// The reply to an `UnlinkUnless`: done, or the entry that was kept.
 /// Writes, then adds the replication markers the write carries, unless writes through
 /// the same handle added them since the last time a heal may have counted markers here:
 /// while a copy is down, a marker per write would cost an xattr update per write. (A heal
@@ -748,6 +747,7 @@ fn write_marked(
     Ok(size)
 }
 
+/// The reply to an `UnlinkUnless`: done, or the entry that was kept.
 fn unlinked(kept: Option<proto::Entry>) -> Reply {
     kept.map_or(Reply::Ok, Reply::Entry)
 }

@@ -59,7 +59,9 @@ pub fn read(root: &Path) -> Result<Stamp, StampError> {
 /// Stamps `root` as a brick of volume `id`, durably (replacing any stamp it had).
 pub fn write(root: &Path, id: u128) -> Result<(), StampError> {
     let meta = root.join(META_DIR);
-    match std::fs::create_dir(&meta) {
+    // As private as the index makes it.
+    let made = std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700).create(&meta);
+    match made {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(io(&meta)(e)),

@@ -647,15 +647,17 @@ impl Xlator for Replicate {
         });
         let results = join_all(futs).await;
         // The attributes are only worth anything as getattr would have picked them: from
-        // every copy.
-        if results.iter().all(|r| matches!(r, Ok(Some(_)))) {
-            let entries = results
-                .into_iter()
-                .map(|r| r.and_then(|e| e.ok_or(Errno::EIO)))
-                .collect();
-            return Ok(Self::pick(entries).ok());
+        // every copy the file was open on. A copy it was not open on (down, or behind,
+        // since it opened) counts as one that is down.
+        let mut entries = Vec::with_capacity(results.len());
+        for (r, ch) in results.into_iter().zip(&rh.handles) {
+            match (r, ch) {
+                (Ok(Some(e)), Some(_)) => entries.push(Ok(e)),
+                (Ok(None), None) => entries.push(Err(Errno::ENOTCONN)),
+                _ => return Ok(None),
+            }
         }
-        Ok(None)
+        Ok(Self::pick(entries).ok())
     }
 
     async fn fallocate(&self, h: &Handle, mode: u32, offset: u64, len: u64) -> Result<()> {

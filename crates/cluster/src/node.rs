@@ -1026,15 +1026,8 @@ impl Node {
         let Some(v) = state.volumes.get(&name) else {
             return failed(format!("volume {name} does not exist"));
         };
-        if v.spec.replica < 2 {
-            return failed(
-                "the volume is not replicated: a lost brick cannot be refilled from copies".into(),
-            );
-        }
-        if v.state != crate::state::VolumeState::Started {
-            return failed(
-                "the volume is not started (the brick is refilled from the copies it serves)".into(),
-            );
+        if let Err(why) = refillable(v) {
+            return failed(why);
         }
         let (node, i) = match state.brick_index(&name, &b) {
             Ok(i) => (&state.nodes[&v.brick_nodes[i]], i),
@@ -1093,10 +1086,8 @@ impl Node {
         let (Some(v), Ok(i)) = (state.volumes.get(&name), state.brick_index(&name, &old_b)) else {
             return failed(format!("{old} is not a brick of the volume"));
         };
-        if v.state != crate::state::VolumeState::Started {
-            return failed(
-                "the volume is not started (the brick is refilled from the copies it serves)".into(),
-            );
+        if let Err(why) = refillable(v) {
+            return failed(why);
         }
         let new_dir = std::slice::from_ref(&new_b);
         if let Err(why) = self.check_bricks(&state, new_dir, force, None, true).await {
@@ -1308,6 +1299,17 @@ impl Node {
             this: me,
         }
     }
+}
+
+/// Whether a brick of `v` can be refilled from its copies.
+fn refillable(v: &crate::state::VolumeRecord) -> Result<(), String> {
+    if v.spec.replica < 2 {
+        return Err("the volume is not replicated: a lost brick cannot be refilled from copies".into());
+    }
+    if v.state != crate::state::VolumeState::Started {
+        return Err("the volume is not started (the brick is refilled from the copies it serves)".into());
+    }
+    Ok(())
 }
 
 fn rand_id() -> u128 {

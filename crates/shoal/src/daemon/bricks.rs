@@ -188,7 +188,7 @@ impl DaemonBricks {
     /// Its copies are told first that it is behind on everything (a marker on their root
     /// directory, which healing follows down the whole tree), so that no client reads the
     /// empty brick meanwhile; then it is stamped and served, and the volume's healers refill
-    /// it. A brick that was not empty is made to match its copies the same way.
+    /// it. The directory must be empty unless `force`.
     pub async fn reset(&self, spec: VolumeSpec, i: usize, force: bool) -> Result<String, String> {
         let Some(b) = spec.bricks.get(i) else {
             return Err(format!("volume {} has no brick {i}", spec.name));
