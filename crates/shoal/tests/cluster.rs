@@ -323,36 +323,9 @@ fn a_mount_follows_its_volume_and_outlives_the_node_it_came_from() {
     let mut c = Daemons::new(3);
     c.start_all();
     c.wait_ready(0, 3);
-    let bricks: Vec<String> = (0..3).map(|i| c.brick(i, "m")).collect();
-    let mut args = vec!["volume", "create", "nas", "replica", "3"];
-    args.extend(bricks.iter().map(String::as_str));
-    c.ok(0, &args);
-    c.ok(0, &["volume", "start", "nas"]);
-    wait_for("bricks online", Duration::from_secs(10), || {
-        c.ok(0, &["volume", "status", "nas"])
-            .stdout
-            .matches(" Y ")
-            .count()
-            == 3
-    });
+    nas_replica_3(&c, "m");
     let dir = c.dir.path().join("mnt");
-    std::fs::create_dir_all(&dir).unwrap();
-    let source = format!("{}:nas", c.endpoint(0));
-    let mount = || {
-        let out = std::process::Command::new(shoal_bin())
-            .args(["mount", "--key"])
-            .arg(&c.key)
-            .arg(&source)
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Unmount(dir.clone())
-    };
+    let mount = || mount_nas(&c, &dir);
     let unmount = mount();
     std::fs::write(dir.join("f"), b"kept").unwrap();
 
@@ -428,33 +401,9 @@ fn a_replaced_disk_is_refused_until_reset_and_then_refilled_from_its_copies() {
     let mut c = Daemons::new(3);
     c.start_all();
     c.wait_ready(0, 3);
-    let bricks: Vec<String> = (0..3).map(|i| c.brick(i, "r")).collect();
-    let mut args = vec!["volume", "create", "nas", "replica", "3"];
-    args.extend(bricks.iter().map(String::as_str));
-    c.ok(0, &args);
-    c.ok(0, &["volume", "start", "nas"]);
-    let online = |c: &Daemons| {
-        c.ok(0, &["volume", "status", "nas"])
-            .stdout
-            .matches(" Y ")
-            .count()
-    };
-    wait_for("bricks online", Duration::from_secs(10), || online(&c) == 3);
+    let bricks = nas_replica_3(&c, "r");
     let dir = c.dir.path().join("mnt");
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = std::process::Command::new(shoal_bin())
-        .args(["mount", "--key"])
-        .arg(&c.key)
-        .arg(format!("{}:nas", c.endpoint(0)))
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mount: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _unmount = Unmount(dir.clone());
+    let _unmount = mount_nas(&c, &dir);
     std::fs::create_dir_all(dir.join("a/b/c")).unwrap();
     for i in 0..20 {
         std::fs::write(dir.join(format!("a/b/f{i}")), pattern(i, 1000 * i as usize)).unwrap();
@@ -501,22 +450,17 @@ fn a_replaced_disk_is_refused_until_reset_and_then_refilled_from_its_copies() {
     std::fs::remove_file(brick2.join("stray")).unwrap();
     let r = c.ok(0, &["volume", "reset-brick", "nas", &bricks[2]]).stdout;
     assert!(r.contains("success"), "{r}");
-    assert_eq!(online(&c), 3);
+    assert!(online(&c, 3));
     wait_for("the new brick to be refilled", Duration::from_secs(60), || {
         let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
         info.matches("Number of entries: 0\n").count() == 3
     });
-    let user_files = |p: &std::path::Path| {
-        let mut t = tree::snapshot(p);
-        t.retain(|k, _| !k.starts_with(".shoal"));
-        t
-    };
     let brick0 = std::path::PathBuf::from(c.brick_dir(0, "r"));
-    let refilled = user_files(&brick2);
+    let refilled = brick_files(&brick2);
     assert!(refilled.contains_key("a/b/c/while-refused"));
     assert_eq!(
         refilled,
-        user_files(&brick0),
+        brick_files(&brick0),
         "the refilled brick matches its copy"
     );
     let ino = |p: std::path::PathBuf| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
@@ -534,9 +478,9 @@ fn a_replaced_disk_is_refused_until_reset_and_then_refilled_from_its_copies() {
     c.ok(2, &["volume", "reset-brick", "nas", &bricks[1]]);
     wait_for("the swapped disk to be refilled", Duration::from_secs(60), || {
         let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
-        info.matches("Number of entries: 0\n").count() == 3 && online(&c) == 3
+        info.matches("Number of entries: 0\n").count() == 3 && online(&c, 3)
     });
-    assert_eq!(user_files(&brick1), user_files(&brick0));
+    assert_eq!(brick_files(&brick1), brick_files(&brick0));
     assert_eq!(tree::snapshot(&dir).len(), before.len() + 1);
 
     // A volume that is not replicated has nothing to refill a brick from.
@@ -555,26 +499,9 @@ fn a_brick_whose_server_is_lost_moves_to_another_and_is_refilled() {
     let mut c = Daemons::new(3);
     c.start_all();
     c.wait_ready(0, 3);
-    let bricks: Vec<String> = (0..3).map(|i| c.brick(i, "r")).collect();
-    let mut args = vec!["volume", "create", "nas", "replica", "3"];
-    args.extend(bricks.iter().map(String::as_str));
-    c.ok(0, &args);
-    c.ok(0, &["volume", "start", "nas"]);
+    let bricks = nas_replica_3(&c, "r");
     let dir = c.dir.path().join("mnt");
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = std::process::Command::new(shoal_bin())
-        .args(["mount", "--key"])
-        .arg(&c.key)
-        .arg(format!("{}:nas", c.endpoint(0)))
-        .arg(&dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "mount: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let _unmount = Unmount(dir.clone());
+    let _unmount = mount_nas(&c, &dir);
     std::fs::create_dir_all(dir.join("x/y")).unwrap();
     for i in 0..10 {
         std::fs::write(dir.join(format!("x/y/f{i}")), pattern(i, 5000 * i as usize)).unwrap();
@@ -613,18 +540,58 @@ fn a_brick_whose_server_is_lost_moves_to_another_and_is_refilled() {
         let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
         info.matches("Status: Connected").count() == 3 && info.matches("Number of entries: 0\n").count() == 3
     });
-    let user_files = |p: &std::path::Path| {
-        let mut t = tree::snapshot(p);
-        t.retain(|k, _| !k.starts_with(".shoal"));
-        t
-    };
     let brick0 = std::path::PathBuf::from(c.brick_dir(0, "r"));
-    let moved = user_files(&new_dir);
+    let moved = brick_files(&new_dir);
     assert!(moved.contains_key("x/after-move") && moved.contains_key("x/y/f9"));
-    assert_eq!(moved, user_files(&brick0), "the moved brick matches its copy");
+    assert_eq!(moved, brick_files(&brick0), "the moved brick matches its copy");
     // The mount writes to the brick's new place itself (healing would take seconds).
     std::fs::write(dir.join("x/direct"), b"z").unwrap();
     assert!(new_dir.join("x/direct").exists());
+}
+
+/// Volume `nas`, replica 3 over bricks `name` of nodes 0, 1 and 2, started and served.
+fn nas_replica_3(c: &Daemons, name: &str) -> Vec<String> {
+    let bricks: Vec<String> = (0..3).map(|i| c.brick(i, name)).collect();
+    let mut args = vec!["volume", "create", "nas", "replica", "3"];
+    args.extend(bricks.iter().map(String::as_str));
+    c.ok(0, &args);
+    c.ok(0, &["volume", "start", "nas"]);
+    wait_for("bricks online", Duration::from_secs(10), || online(c, 3));
+    bricks
+}
+
+/// Whether `volume status nas` shows `n` bricks online.
+fn online(c: &Daemons, n: usize) -> bool {
+    c.ok(0, &["volume", "status", "nas"])
+        .stdout
+        .matches(" Y ")
+        .count()
+        == n
+}
+
+/// Mounts `nas` (from node 0) on `dir`.
+fn mount_nas(c: &Daemons, dir: &std::path::Path) -> Unmount {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = std::process::Command::new(shoal_bin())
+        .args(["mount", "--key"])
+        .arg(&c.key)
+        .arg(format!("{}:nas", c.endpoint(0)))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Unmount(dir.to_path_buf())
+}
+
+/// What a brick holds for clients (its `.shoal` left out).
+fn brick_files(p: &std::path::Path) -> std::collections::BTreeMap<String, tree::Node> {
+    let mut t = tree::snapshot(p);
+    t.retain(|k, _| !k.starts_with(".shoal"));
+    t
 }
 
 /// Unmounts on every exit path.
