@@ -279,16 +279,17 @@ impl Heals {
         Ok(())
     }
 
-    /// Starts watching `id` for changes by other connections.
     /// See the `epoch` field.
     pub fn epoch(&self) -> u64 {
         self.epoch.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Moves the epoch: markers may be counted, or were taken off.
     pub fn markers_taken_off(&self) {
         self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Starts watching `id` for changes by other connections.
     pub fn watch(&self, id: FileId, conn: u64) {
         self.markers_taken_off();
         let mut slots = self.slots();

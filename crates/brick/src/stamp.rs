@@ -39,6 +39,7 @@ pub fn holds_brick(root: &Path) -> bool {
     root.join(META_DIR).join(FORMAT_FILE).exists()
 }
 
+/// What `root` says about its volume.
 pub fn read(root: &Path) -> Result<Stamp, StampError> {
     // A missing brick directory is an error, not a missing stamp.
     std::fs::metadata(root).map_err(io(root))?;

@@ -193,7 +193,6 @@ impl VolumeSpec {
         format!("{} x {} = {}", n / group, inner, n)
     }
 
-    /// The translator tree. Call [`VolumeSpec::validate`] first.
     /// The bricks of the replica set that brick `i` belongs to (in child order: brick `i` is
     /// child `i - start` of its set), if the volume has it.
     pub fn replica_set(&self, i: usize) -> Option<std::ops::Range<usize>> {
@@ -205,6 +204,7 @@ impl VolumeSpec {
         Some(start..(start + r).min(self.bricks.len()))
     }
 
+    /// The translator tree. Call [`VolumeSpec::validate`] first.
     pub fn graph(&self) -> Graph {
         let mut level: Vec<Graph> = (0..self.bricks.len()).map(Graph::Brick).collect();
         if self.replica > 1 {
