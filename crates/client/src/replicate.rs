@@ -243,11 +243,18 @@ impl Replicate {
             // Spread reads of different files over the good copies.
             candidates[(id.0 % candidates.len() as u128) as usize]
         };
+        // Copies the file is not open on will miss its first write too: it carries their
+        // markers already.
+        let closed = handles
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.is_none())
+            .fold(0, |m, (i, _)| m | bit(i));
         Handle::Replica(Box::new(ReplicaHandle {
             id,
             handles,
             marked: AtomicU64::new(0),
-            failing: AtomicU64::new(0),
+            failing: AtomicU64::new(closed),
             read_child: AtomicU64::new(read_child as u64),
         }))
     }
