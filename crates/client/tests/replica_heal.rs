@@ -161,6 +161,14 @@ async fn tree(c: &Root) -> Tree {
     out
 }
 
+/// What the brick at `addr` holds, seen on its own.
+async fn brick_tree(key: &ClusterKey, addr: &str) -> Tree {
+    let one = Volume::connect(spec(&[addr]), key.clone(), "look", Duration::from_secs(5))
+        .await
+        .unwrap();
+    tree(&one.root).await
+}
+
 /// The parts of two bricks' trees that must agree (ctime and the directories' sizes and
 /// block counts are the brick file system's own).
 fn same_copies(a: &Tree, b: &Tree) {
@@ -204,7 +212,6 @@ async fn replica_3() -> (ClusterKey, Vec<TestBrick>, Vec<String>, Volume) {
 async fn a_copy_that_was_down_is_healed_in_the_background() {
     let (key, mut b, owned, vol) = replica_3().await;
     let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
-    let wait = Duration::from_secs(5);
     let v = vol.root.clone();
 
     let d = mkdir(&v, FileId::ROOT, "d").await;
@@ -267,9 +274,7 @@ async fn a_copy_that_was_down_is_healed_in_the_background() {
     .await;
 
     // Each brick, seen on its own, now holds the same thing.
-    let one = |i: usize| Volume::connect(spec(&addrs[i..=i]), key.clone(), "look", wait);
-    let (b0, b2) = (one(0).await.unwrap(), one(2).await.unwrap());
-    let (t0, t2) = (tree(&b0.root).await, tree(&b2.root).await);
+    let (t0, t2) = (brick_tree(&key, addrs[0]).await, brick_tree(&key, addrs[2]).await);
     same_copies(&t0, &t2);
     let names: Vec<&str> = t2.keys().map(String::as_str).collect();
     assert_eq!(
@@ -335,9 +340,10 @@ async fn a_file_open_on_the_stale_copy_is_healed_once_closed_there() {
     })
     .await;
     v.release(&through).await.unwrap();
-    let one = |i: usize| Volume::connect(spec(&addrs[i..=i]), key.clone(), "look", wait);
-    let (b0, b2) = (one(0).await.unwrap(), one(2).await.unwrap());
-    same_copies(&tree(&b0.root).await, &tree(&b2.root).await);
+    same_copies(
+        &brick_tree(&key, addrs[0]).await,
+        &brick_tree(&key, addrs[2]).await,
+    );
     for x in &mut b {
         x.stop();
     }
@@ -377,10 +383,10 @@ async fn a_handle_marks_every_change_a_copy_misses_even_after_a_heal() {
         vol.conns[2].is_up() && b.iter().all(|x| x.pending() == 0)
     })
     .await;
-    let wait = Duration::from_secs(5);
-    let one = |i: usize| Volume::connect(spec(&addrs[i..=i]), key.clone(), "look", wait);
-    let (b0, b2) = (one(0).await.unwrap(), one(2).await.unwrap());
-    same_copies(&tree(&b0.root).await, &tree(&b2.root).await);
+    same_copies(
+        &brick_tree(&key, addrs[0]).await,
+        &brick_tree(&key, addrs[2]).await,
+    );
     for x in &mut b {
         x.stop();
     }
