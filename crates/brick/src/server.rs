@@ -130,6 +130,12 @@ impl Conn {
             .ok_or(Errno::EBADF)
     }
 
+    /// How many of its handles are open on `id`.
+    fn opens(&self, id: proto::FileId) -> u32 {
+        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        handles.values().filter(|h| h.file().id == id).count() as u32
+    }
+
     fn add(&self, store: &Arc<Store>, file: OpenFile) -> Result<Fh, Errno> {
         let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
         let h = Arc::new(Handle {
@@ -552,8 +558,12 @@ impl BrickServer {
                 }
                 let r = match self.blocking(move |s| s.kind(id)).await {
                     Ok(_) if guard => {
-                        let store = self.store.clone();
-                        self.heals.guard(id, conn.id, || store.open_count(id) > 0).await
+                        // Its own handles do not count: a client heals in place the file
+                        // it has open (and orders its own writes against that).
+                        let (store, me) = (self.store.clone(), conn.clone());
+                        self.heals
+                            .guard(id, conn.id, || store.open_count(id) > me.opens(id))
+                            .await
                     }
                     Ok(_) => {
                         self.heals.watch(id, conn.id);

@@ -16,6 +16,15 @@
 //! The guard and watches belong to the healer's own brick connections, so that this mount's
 //! own requests are held and seen like anyone else's. Copies that each mark another as
 //! behind (split brain) are reported and left alone.
+//!
+//! A file this client has open (a VM image, a database) would never be healed that way:
+//! its own handle on the stale copy keeps the guard away. It is healed in place instead,
+//! over the client's own connections (a brick lets a guard holder keep its own handles
+//! open, and a watch does not count its holder's changes), while the client's changes to
+//! the file take its gate shared and the heal takes it for each range it copies (see
+//! `crate::openfiles`). Only if every handle of the file here writes to the stale copy:
+//! one that does not (opened while the copy was behind) marks it with each write, which
+//! the healer's connections watch for.
 
 use crate::conn::BrickConn;
 use crate::replicate::{pending_key, pending_mask, Replicate};
@@ -26,7 +35,7 @@ use proto::{DirEntry, Entry, Errno, FileId, FileKind, NewNode, SetAttr, TimeSet}
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, RwLock};
 
 /// Bytes copied per read while healing a file.
 const CHUNK: u32 = 1 << 20;
@@ -108,6 +117,15 @@ fn entry_id(d: &DirEntry) -> Option<FileId> {
 impl Replicate {
     fn healer(&self, i: usize) -> &Child {
         &self.healers[i].child
+    }
+
+    /// Child `i` as a heal reaches it: over the healer's connections, or, for a file open
+    /// here (`gate` is its gate), over this client's own.
+    fn via(&self, i: usize, gate: Option<&RwLock<()>>) -> &Child {
+        match gate {
+            Some(_) => &self.children[i],
+            None => self.healer(i),
+        }
     }
 
     /// One pass over everything the children list as pending.
@@ -200,7 +218,17 @@ impl Replicate {
         }
         let mut outcome = Outcome::Healed;
         for s in (0..self.children.len()).filter(|s| sinks & bit(*s) != 0) {
-            match self.heal_copy(id, &sources, s, made).await {
+            let held = match kind {
+                Some(FileKind::File) => self.open.ticket_if_held(id, s),
+                _ => None,
+            };
+            let r = match &held {
+                Some((t, true)) => self.heal_copy(id, &sources, s, made, Some(t.gate())).await,
+                // (A handle here that is not open on the stale copy writes to the others
+                // alone: the healer's connections heal it unless another is open there.)
+                _ => self.heal_copy(id, &sources, s, made, None).await,
+            };
+            match r {
                 Ok(true) => {
                     tracing::debug!(%id, child = s, ?kind, "healed");
                 }
@@ -215,15 +243,20 @@ impl Replicate {
     }
 
     /// Repairs child `s`'s copy of `id` from `sources`: true when done and its markers
-    /// cleared, false when it is to be tried again later.
+    /// cleared, false when it is to be tried again later. With `gate`, `id` is a file this
+    /// client has open (or is changing), healed in place: through this client's own
+    /// connections, so that the bricks let its handles stay open and do not count its
+    /// writes as others' changes, and range by range under the file's gate, so that none of
+    /// its changes lands between the reading of a range and the writing of its copy.
     async fn heal_copy(
         &self,
         id: FileId,
         sources: &[usize],
         s: usize,
         made: &mut Vec<FileId>,
+        gate: Option<&RwLock<()>>,
     ) -> Result<bool> {
-        let sink = self.healer(s);
+        let sink = self.via(s, gate);
         match sink.heal_begin(id, true).await {
             Ok(()) => {}
             Err(Errno::EBUSY) => return Ok(false),
@@ -231,18 +264,18 @@ impl Replicate {
         }
         let mut watching = Vec::new();
         for &i in sources {
-            if self.healer(i).heal_begin(id, false).await.is_ok() {
+            if self.via(i, gate).heal_begin(id, false).await.is_ok() {
                 watching.push(i);
             }
         }
         let r = match watching.is_empty() {
             true => Ok(false),
-            false => self.copy_and_clear(id, &watching, s, made).await,
+            false => self.copy_and_clear(id, &watching, s, made, gate).await,
         };
         if !matches!(r, Ok(true)) {
             // (Ending what already ended changes nothing.)
             for &i in &watching {
-                let _ = self.healer(i).heal_end(id, false).await;
+                let _ = self.via(i, gate).heal_end(id, false).await;
             }
             if let Err(e) = sink.heal_end(id, true).await {
                 tracing::debug!(%id, child = s, "cannot end a heal guard: {e}");
@@ -257,90 +290,50 @@ impl Replicate {
         sources: &[usize],
         s: usize,
         made: &mut Vec<FileId>,
+        gate: Option<&RwLock<()>>,
     ) -> Result<bool> {
         // Read after the guard: the markers cleared below are those of what is copied.
         let key = pending_key(s);
         let mut counts = Vec::new();
         let mut good = None;
         for &i in sources {
-            let e = self.healer(i).getattr(id).await?;
+            let e = self.via(i, gate).getattr(id).await?;
             counts.push((i, counter(&e, &key)));
             good.get_or_insert(e);
         }
         let e = good.ok_or(Errno::EIO)?;
-        let src = sources[0];
+        let (from, to) = (self.via(sources[0], gate), self.via(s, gate));
         match e.attr.kind {
-            FileKind::File => self.copy_data(id, src, s, e.attr.size).await?,
+            FileKind::File => copy_data(id, from, to, e.attr.size, gate).await?,
             FileKind::Dir => self.copy_entries(id, sources, s, made).await?,
             _ => {}
         }
-        self.copy_meta(id, &e, src, s).await?;
+        match gate {
+            Some(gate) => {
+                // What this client changed meanwhile reached both copies; the attributes
+                // are read again under the gate, so that none of its changes is undone.
+                let _copying = gate.write().await;
+                let e = from.getattr(id).await?;
+                copy_meta(id, &e, from, to).await?;
+            }
+            None => copy_meta(id, &e, from, to).await?,
+        }
         let mut changed = false;
         for &i in sources {
-            changed |= self.healer(i).heal_end(id, false).await.unwrap_or(true);
+            changed |= self.via(i, gate).heal_end(id, false).await.unwrap_or(true);
         }
         // The copy is exact now; from here on changes reach it again (and any it misses
         // are marked anew, on top of the counts read above).
-        changed |= self.healer(s).heal_end(id, true).await.unwrap_or(true);
+        changed |= to.heal_end(id, true).await.unwrap_or(true);
         if changed {
             return Ok(false);
         }
         for (i, n) in counts {
             if n != 0 {
-                self.healer(i).xattr_add(id, &[(key.clone(), -n)]).await?;
+                self.via(i, gate).xattr_add(id, &[(key.clone(), -n)]).await?;
             }
         }
         Ok(true)
-    }
-
-    /// A file's bytes, from `src` onto `s`; runs of zeros stay holes.
-    async fn copy_data(&self, id: FileId, src: usize, s: usize, size: u64) -> Result<()> {
-        let (from, to) = (self.healer(src), self.healer(s));
-        let hs = from.open(id, libc::O_RDONLY as u32).await?;
-        let hk = match to.open(id, libc::O_RDWR as u32).await {
-            Ok(h) => h,
-            Err(e) => {
-                let _ = from.release(&hs).await;
-                return Err(e);
-            }
-        };
-        let r = self.copy_bytes(id, &hs, &hk, src, s, size).await;
-        let _ = from.release(&hs).await;
-        let _ = to.release(&hk).await;
-        r
-    }
-
-    async fn copy_bytes(
-        &self,
-        id: FileId,
-        hs: &Handle,
-        hk: &Handle,
-        src: usize,
-        s: usize,
-        size: u64,
-    ) -> Result<()> {
-        let (from, to) = (self.healer(src), self.healer(s));
-        // Emptied first, so that what the good copy has as holes is a hole here too.
-        for len in [0, size] {
-            let set = SetAttr {
-                size: Some(len),
-                ..SetAttr::default()
-            };
-            to.setattr(id, Some(hk), &set).await?;
-        }
-        let mut off = 0;
-        while off < size {
-            let data = from.read(hs, off, CHUNK).await?;
-            if data.is_empty() {
-                break;
-            }
-            for (start, end) in nonzero_runs(&data) {
-                write_all(to, hk, off + start as u64, data.slice(start..end)).await?;
-            }
-            off += data.len() as u64;
-        }
-        // On disk before the markers that send readers elsewhere are cleared.
-        to.fsync(hk, false).await
     }
 
     /// A directory's entries: names the good copies lack go, missing ones are made (with
@@ -447,55 +440,117 @@ impl Replicate {
             }
         })
     }
+}
 
-    /// Attributes, xattrs and translator metadata (not the markers), from `src` onto `s`.
-    async fn copy_meta(&self, id: FileId, e: &Entry, src: usize, s: usize) -> Result<()> {
-        let (from, to) = (self.healer(src), self.healer(s));
-        let a = &e.attr;
-        let symlink = a.kind == FileKind::Symlink;
-        let owner = SetAttr {
-            uid: Some(a.uid),
-            gid: Some(a.gid),
+/// A file's bytes, `from` one copy `to` another; runs of zeros stay holes. With `gate` (a
+/// file open here, see `Replicate::heal_copy`), each range is read and written under it.
+async fn copy_data(id: FileId, from: &Child, to: &Child, size: u64, gate: Option<&RwLock<()>>) -> Result<()> {
+    let hs = from.open(id, libc::O_RDONLY as u32).await?;
+    let hk = match to.open(id, libc::O_RDWR as u32).await {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = from.release(&hs).await;
+            return Err(e);
+        }
+    };
+    let r = copy_bytes(id, (from, &hs), (to, &hk), size, gate).await;
+    let _ = from.release(&hs).await;
+    let _ = to.release(&hk).await;
+    r
+}
+
+async fn copy_bytes(
+    id: FileId,
+    (from, hs): (&Child, &Handle),
+    (to, hk): (&Child, &Handle),
+    size: u64,
+    gate: Option<&RwLock<()>>,
+) -> Result<()> {
+    let copying = match gate {
+        Some(g) => Some(g.write().await),
+        None => None,
+    };
+    // The size the good copy has now (this client may have changed it since it was read).
+    let size = match copying {
+        Some(_) => from.getattr(id).await?.attr.size,
+        None => size,
+    };
+    // Emptied first, so that what the good copy has as holes is a hole here too.
+    for len in [0, size] {
+        let set = SetAttr {
+            size: Some(len),
             ..SetAttr::default()
         };
-        // The mode after the owner: a chown may clear set-id bits.
-        let rest = SetAttr {
-            perm: (!symlink).then_some(a.perm),
-            atime: Some(TimeSet::At(a.atime)),
-            mtime: Some(TimeSet::At(a.mtime)),
-            ..SetAttr::default()
-        };
-        to.setattr(id, None, &owner).await?;
-        to.setattr(id, None, &rest).await?;
-        let want = from.listxattr(id).await?;
-        let have = to.listxattr(id).await?;
-        for n in &want {
-            let v = from.getxattr(id, n).await?;
-            to.setxattr(id, n, &v, 0).await?;
-        }
-        for n in have.iter().filter(|n| !want.contains(n)) {
-            match to.removexattr(id, n).await {
-                Ok(()) | Err(Errno::ENODATA) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let sink = to.getattr(id).await?;
-        let mut meta: Vec<(String, Option<Vec<u8>>)> = e
-            .meta
-            .iter()
-            .filter(|m| !is_marker(&m.name) && sink.meta(&m.name) != Some(m.value.as_slice()))
-            .map(|m| (m.name.clone(), Some(m.value.clone())))
-            .collect();
-        for m in sink.meta.iter().filter(|m| !is_marker(&m.name)) {
-            if e.meta(&m.name).is_none() {
-                meta.push((m.name.clone(), None));
-            }
-        }
-        if !meta.is_empty() {
-            to.set_meta(id, &meta).await?;
-        }
-        Ok(())
+        to.setattr(id, Some(hk), &set).await?;
     }
+    drop(copying);
+    // Past `size`, whatever this client writes from now on reaches both copies.
+    let mut off = 0;
+    while off < size {
+        let _copying = match gate {
+            Some(g) => Some(g.write().await),
+            None => None,
+        };
+        let data = from.read(hs, off, CHUNK).await?;
+        if data.is_empty() {
+            break;
+        }
+        for (start, end) in nonzero_runs(&data) {
+            write_all(to, hk, off + start as u64, data.slice(start..end)).await?;
+        }
+        off += data.len() as u64;
+    }
+    // On disk before the markers that send readers elsewhere are cleared.
+    to.fsync(hk, false).await
+}
+
+/// Attributes, xattrs and translator metadata (not the markers), `from` one copy `to`
+/// another.
+async fn copy_meta(id: FileId, e: &Entry, from: &Child, to: &Child) -> Result<()> {
+    let a = &e.attr;
+    let symlink = a.kind == FileKind::Symlink;
+    let owner = SetAttr {
+        uid: Some(a.uid),
+        gid: Some(a.gid),
+        ..SetAttr::default()
+    };
+    // The mode after the owner: a chown may clear set-id bits.
+    let rest = SetAttr {
+        perm: (!symlink).then_some(a.perm),
+        atime: Some(TimeSet::At(a.atime)),
+        mtime: Some(TimeSet::At(a.mtime)),
+        ..SetAttr::default()
+    };
+    to.setattr(id, None, &owner).await?;
+    to.setattr(id, None, &rest).await?;
+    let want = from.listxattr(id).await?;
+    let have = to.listxattr(id).await?;
+    for n in &want {
+        let v = from.getxattr(id, n).await?;
+        to.setxattr(id, n, &v, 0).await?;
+    }
+    for n in have.iter().filter(|n| !want.contains(n)) {
+        match to.removexattr(id, n).await {
+            Ok(()) | Err(Errno::ENODATA) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let sink = to.getattr(id).await?;
+    let mut meta: Vec<(String, Option<Vec<u8>>)> = e
+        .meta
+        .iter()
+        .filter(|m| !is_marker(&m.name) && sink.meta(&m.name) != Some(m.value.as_slice()))
+        .map(|m| (m.name.clone(), Some(m.value.clone())))
+        .collect();
+    for m in sink.meta.iter().filter(|m| !is_marker(&m.name)) {
+        if e.meta(&m.name).is_none() {
+            meta.push((m.name.clone(), None));
+        }
+    }
+    if !meta.is_empty() {
+        to.set_meta(id, &meta).await?;
+    }
+    Ok(())
 }
 
 /// The runs of `data` (in blocks of `HOLE_BLOCK`) that hold anything but zeros.

@@ -9,6 +9,7 @@ pub mod distribute;
 pub mod gate;
 mod heal;
 pub mod lockset;
+pub mod openfiles;
 pub mod protocol;
 pub mod replicate;
 pub mod stripe;

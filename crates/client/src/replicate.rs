@@ -10,6 +10,7 @@
 
 use crate::heal::Healer;
 use crate::lockset::LockSet;
+use crate::openfiles::{OpenFiles, Ticket};
 use crate::xlator::{Child, DirCursor, DirPage, Handle, HealReport, Result, Xlator};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -57,6 +58,8 @@ pub struct Replicate {
     /// The locks this client holds, per file and lock owner, as the children were told: to
     /// put them back on children that granted a request the others refused.
     held: Mutex<LockSet>,
+    /// The files this client is changing (see `crate::openfiles`).
+    pub(crate) open: Arc<OpenFiles>,
 }
 
 /// Replicate's part of an open file.
@@ -70,6 +73,9 @@ pub struct ReplicaHandle {
     failing: AtomicU64,
     /// The child reads go to.
     read_child: AtomicU64,
+    /// Holds the file among those this client changes; its gate orders this handle's
+    /// changes against a heal in place.
+    ticket: Ticket,
 }
 
 struct Outcome<T> {
@@ -93,6 +99,7 @@ impl Replicate {
             heal_lock: tokio::sync::Mutex::new(()),
             heal_wake: heal_wake.clone(),
             held: Mutex::new(LockSet::default()),
+            open: Arc::new(OpenFiles::default()),
         });
         tokio::spawn(crate::heal::keep_healing(Arc::downgrade(&r), heal_wake));
         r
@@ -230,7 +237,7 @@ impl Replicate {
         }
     }
 
-    fn handle(id: FileId, handles: Vec<Option<Handle>>, good: u64) -> Handle {
+    fn handle(&self, id: FileId, handles: Vec<Option<Handle>>, good: u64) -> Handle {
         let candidates: Vec<usize> = handles
             .iter()
             .enumerate()
@@ -245,17 +252,15 @@ impl Replicate {
         };
         // Copies the file is not open on will miss its first write too: it carries their
         // markers already.
-        let closed = handles
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.is_none())
-            .fold(0, |m, (i, _)| m | bit(i));
+        let closed: Vec<usize> = (0..handles.len()).filter(|i| handles[*i].is_none()).collect();
+        let ticket = self.open.ticket(id, &closed);
         Handle::Replica(Box::new(ReplicaHandle {
             id,
             handles,
             marked: AtomicU64::new(0),
-            failing: AtomicU64::new(closed),
+            failing: AtomicU64::new(closed.iter().fold(0, |m, i| m | bit(*i))),
             read_child: AtomicU64::new(read_child as u64),
+            ticket,
         }))
     }
 
@@ -387,6 +392,15 @@ impl Xlator for Replicate {
 
     async fn setattr(&self, id: FileId, h: Option<&Handle>, set: &SetAttr) -> Result<Entry> {
         let rh = h.map(Self::rh).transpose()?;
+        let by_id;
+        let ticket = match rh {
+            Some(rh) => &rh.ticket,
+            None => {
+                by_id = self.open.ticket(id, &[]);
+                &by_id
+            }
+        };
+        let _gate = ticket.gate().read().await;
         let ok = self
             .mutate(&[id], |i, c| {
                 let ch = rh.and_then(|rh| rh.handles.get(i).and_then(Option::as_ref));
@@ -467,7 +481,7 @@ impl Xlator for Replicate {
             entry.get_or_insert(e);
         }
         let entry = entry.ok_or(Errno::EIO)?;
-        let handle = open.map(|_| Self::handle(node.id, handles, good));
+        let handle = open.map(|_| self.handle(node.id, handles, good));
         Ok((entry, handle))
     }
 
@@ -538,6 +552,12 @@ impl Xlator for Replicate {
     }
 
     async fn open(&self, id: FileId, flags: u32) -> Result<Handle> {
+        // A truncation is a change like any other.
+        let ticket = (flags as i32 & libc::O_TRUNC != 0).then(|| self.open.ticket(id, &[]));
+        let _gate = match &ticket {
+            Some(t) => Some(t.gate().read().await),
+            None => None,
+        };
         let (opens, attrs) = tokio::join!(self.fan(|_, c| c.open(id, flags)), self.fan(|_, c| c.getattr(id)));
         let stale = Self::stale_in(&attrs);
         self.noticed(stale);
@@ -558,7 +578,7 @@ impl Xlator for Replicate {
                 }
             }
         }
-        Ok(Self::handle(id, handles, self.all() & !stale))
+        Ok(self.handle(id, handles, self.all() & !stale))
     }
 
     async fn read(&self, h: &Handle, offset: u64, size: u32) -> Result<Bytes> {
@@ -595,6 +615,7 @@ impl Xlator for Replicate {
         // Copies that missed the last change through this handle will likely miss this one
         // too: the write marks them behind itself on every copy that takes it, which saves
         // a round trip per write while a copy is down.
+        let _gate = rh.ticket.gate().read().await;
         let known = rh.failing.load(Ordering::SeqCst);
         let ok = self
             .mutate_open(rh, known, |i, c, ch| {
@@ -669,6 +690,7 @@ impl Xlator for Replicate {
 
     async fn fallocate(&self, h: &Handle, mode: u32, offset: u64, len: u64) -> Result<()> {
         let rh = Self::rh(h)?;
+        let _gate = rh.ticket.gate().read().await;
         self.mutate_open(rh, 0, |_, c, ch| c.fallocate(ch, mode, offset, len))
             .await
             .map(|_| ())
@@ -689,6 +711,8 @@ impl Xlator for Replicate {
     }
 
     async fn setxattr(&self, id: FileId, name: &[u8], value: &[u8], flags: u32) -> Result<()> {
+        let ticket = self.open.ticket(id, &[]);
+        let _gate = ticket.gate().read().await;
         self.mutate(&[id], |_, c| c.setxattr(id, name, value, flags))
             .await
             .map(|_| ())
@@ -699,6 +723,8 @@ impl Xlator for Replicate {
     }
 
     async fn removexattr(&self, id: FileId, name: &[u8]) -> Result<()> {
+        let ticket = self.open.ticket(id, &[]);
+        let _gate = ticket.gate().read().await;
         self.mutate(&[id], |_, c| c.removexattr(id, name))
             .await
             .map(|_| ())
@@ -709,6 +735,8 @@ impl Xlator for Replicate {
     }
 
     async fn set_meta(&self, id: FileId, meta: &[(String, Option<Vec<u8>>)]) -> Result<()> {
+        let ticket = self.open.ticket(id, &[]);
+        let _gate = ticket.gate().read().await;
         self.mutate(&[id], |_, c| c.set_meta(id, meta)).await.map(|_| ())
     }
 

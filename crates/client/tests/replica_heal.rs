@@ -1,15 +1,17 @@
 //! Self-heal: a replica copy that was down while the volume changed becomes identical to the
 //! others again, by itself, and every pending marker is cleared; a file open on the stale
-//! copy is healed once it is closed there.
+//! copy elsewhere is healed once it is closed there, one this client holds open is healed
+//! in place while it goes on writing to it.
 
 mod common;
 
 use bytes::Bytes;
 use common::{node, serve_brick, spec};
 use proto::auth::ClusterKey;
-use proto::{Entry, FileId, FileKind, SetAttr};
+use proto::{Entry, FileId, FileKind, SetAttr, TimeSet};
 use shoal_client::{DirCursor, Volume, Xlator};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -387,6 +389,91 @@ async fn a_handle_marks_every_change_a_copy_misses_even_after_a_heal() {
         &brick_tree(&key, addrs[0]).await,
         &brick_tree(&key, addrs[2]).await,
     );
+    for x in &mut b {
+        x.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_held_open_and_written_all_along_is_healed_in_place() {
+    let (key, mut b, owned, vol) = replica_3().await;
+    let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let v = vol.root.clone();
+    // A disk image: several heal ranges long, open for good, written to all the time.
+    const SIZE: usize = 3 << 20;
+    let mut model = pattern(SIZE, 1);
+    let f = file(&v, FileId::ROOT, "image", &[(0, model.clone())]).await;
+    let h = Arc::new(v.open(f, libc::O_RDWR as u32).await.unwrap());
+
+    b[2].stop();
+    until("the volume to see the third brick down", || !vol.conns[2].is_up()).await;
+    for (off, len, byte) in [(5000usize, 70_000usize, 0xa1u8), (2 << 20, 4096, 0xa2)] {
+        v.write(&h, off as u64, Bytes::from(vec![byte; len]))
+            .await
+            .unwrap();
+        model[off..off + len].fill(byte);
+    }
+    b[2].start(&key).await;
+
+    // The writer goes on, through the same handle, at offsets all over the file (past its
+    // end too), while the copy that came back is healed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (v, h, stop) = (v.clone(), h.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut model = model;
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut writes = 0u32;
+            while !stop.load(Ordering::SeqCst) || writes < 50 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let off = (x % (SIZE as u64 + (256 << 10))) as usize;
+                let len = 1 + (x >> 40) as usize % (48 << 10);
+                let byte = (x >> 32) as u8 | 1;
+                v.write(&h, off as u64, Bytes::from(vec![byte; len]))
+                    .await
+                    .unwrap();
+                if model.len() < off + len {
+                    model.resize(off + len, 0);
+                }
+                model[off..off + len].fill(byte);
+                writes += 1;
+            }
+            (model, writes)
+        })
+    };
+    until("the copy to be healed while the file is open and written", || {
+        vol.conns[2].is_up() && b.iter().all(|x| x.pending() == 0)
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let (model, writes) = writer.await.unwrap();
+    eprintln!("{writes} writes while healing");
+
+    // The three copies hold exactly what was written, the file still open. (The bricks
+    // stamp writes with their own clocks: one mtime for all, to compare the rest.)
+    let when = SetAttr {
+        mtime: Some(TimeSet::At(proto::Timespec {
+            sec: 1_700_000_000,
+            nsec: 0,
+        })),
+        ..SetAttr::default()
+    };
+    v.setattr(f, Some(&h), &when).await.unwrap();
+    let trees = [
+        brick_tree(&key, addrs[0]).await,
+        brick_tree(&key, addrs[1]).await,
+        brick_tree(&key, addrs[2]).await,
+    ];
+    assert!(
+        trees[2]["/image"].2 == model,
+        "the healed copy holds what was written"
+    );
+    same_copies(&trees[0], &trees[2]);
+    same_copies(&trees[1], &trees[2]);
+    assert!(b.iter().all(|x| x.pending() == 0));
+    v.release(&h).await.unwrap();
     for x in &mut b {
         x.stop();
     }

@@ -1,0 +1,119 @@
+//! The files a replica set's client is changing: open files, and files a by-id change
+//! (attributes, xattrs) is under way on.
+//!
+//! A file open here cannot be healed by the healer's own connections: the bricks refuse a
+//! heal guard while another connection has the file open, and this client's own writes
+//! would count as foreign changes on the good copies. Such a file is healed in place
+//! instead, through the client's own connections (see `crate::heal`), and this client's
+//! changes to it are ordered against the heal's copying by the file's *gate*: every change
+//! holds it shared while it runs, the heal holds it exclusively while it copies a range.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::RwLock;
+
+use proto::FileId;
+
+#[derive(Default)]
+struct Entry {
+    gate: Arc<RwLock<()>>,
+    /// Tickets held on the file.
+    tickets: usize,
+    /// Per child, tickets of handles that do not have the file open there.
+    closed_on: HashMap<usize, usize>,
+}
+
+#[derive(Default)]
+pub struct OpenFiles {
+    files: Mutex<HashMap<FileId, Entry>>,
+}
+
+impl OpenFiles {
+    fn files(&self) -> MutexGuard<'_, HashMap<FileId, Entry>> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A ticket on `id` for a handle that does not have it open on `closed` (children by
+    /// index), or for a by-id change (nothing closed).
+    pub fn ticket(self: &Arc<Self>, id: FileId, closed: &[usize]) -> Ticket {
+        self.take(&mut self.files(), id, closed)
+    }
+
+    fn take(self: &Arc<Self>, files: &mut HashMap<FileId, Entry>, id: FileId, closed: &[usize]) -> Ticket {
+        let e = files.entry(id).or_default();
+        e.tickets += 1;
+        for c in closed {
+            *e.closed_on.entry(*c).or_default() += 1;
+        }
+        Ticket {
+            files: self.clone(),
+            id,
+            closed: closed.to_vec(),
+            gate: e.gate.clone(),
+        }
+    }
+
+    /// A ticket on `id` if this client is changing it, None otherwise; with it, whether
+    /// every handle of it has it open on child `s`.
+    pub fn ticket_if_held(self: &Arc<Self>, id: FileId, s: usize) -> Option<(Ticket, bool)> {
+        let mut files = self.files();
+        let open_on_s = files.get(&id)?.closed_on.get(&s).copied().unwrap_or(0) == 0;
+        Some((self.take(&mut files, id, &[]), open_on_s))
+    }
+}
+
+/// Held while a handle is open, or while a by-id change runs.
+pub struct Ticket {
+    files: Arc<OpenFiles>,
+    id: FileId,
+    closed: Vec<usize>,
+    gate: Arc<RwLock<()>>,
+}
+
+impl Ticket {
+    pub fn gate(&self) -> &RwLock<()> {
+        &self.gate
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut files = self.files.files();
+        let Some(e) = files.get_mut(&self.id) else { return };
+        e.tickets -= 1;
+        for c in &self.closed {
+            if let Some(n) = e.closed_on.get_mut(c) {
+                *n -= 1;
+                if *n == 0 {
+                    e.closed_on.remove(c);
+                }
+            }
+        }
+        if e.tickets == 0 {
+            files.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_held_while_tickets_are() {
+        let f = Arc::new(OpenFiles::default());
+        let id = FileId(7);
+        assert!(f.ticket_if_held(id, 0).is_none());
+        let open = f.ticket(id, &[]);
+        let not_on_1 = f.ticket(id, &[1]);
+        let (t, on_0) = f.ticket_if_held(id, 0).unwrap();
+        assert!(on_0);
+        assert!(!f.ticket_if_held(id, 1).unwrap().1);
+        assert!(Arc::ptr_eq(&t.gate, &open.gate));
+        drop(not_on_1);
+        assert!(f.ticket_if_held(id, 1).unwrap().1);
+        drop((open, t));
+        assert!(f.ticket_if_held(id, 0).is_none());
+        assert!(f.files().is_empty());
+    }
+}
