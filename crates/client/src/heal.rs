@@ -31,6 +31,7 @@ use crate::replicate::{pending_key, pending_mask, Replicate};
 use crate::xlator::{Child, DirCursor, Handle, HealReport, Result};
 use bytes::Bytes;
 use futures_util::future::{join_all, BoxFuture};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use proto::{DirEntry, Entry, Errno, FileId, FileKind, NewNode, SetAttr, TimeSet};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
@@ -43,6 +44,9 @@ const CHUNK: u32 = 1 << 20;
 const HOLE_BLOCK: usize = 4096;
 /// Objects asked of each brick per listing of its pending index.
 const LIST_MAX: u32 = 1024;
+/// Objects healed at once, and names made at once in a directory: each heal is a chain of
+/// round trips and an fsync, so one at a time leaves the bricks and disks mostly idle.
+const PARALLEL: usize = 16;
 /// How often the background healer looks at the children's states.
 const TICK: Duration = Duration::from_secs(1);
 /// A pass that left work is retried after this long.
@@ -131,6 +135,14 @@ impl Replicate {
     /// One pass over everything the children list as pending.
     pub(crate) async fn heal_pass(&self) -> HealReport {
         let _one = self.heal_lock.lock().await;
+        // Once, before the heals that use them run side by side.
+        let up = self.up_mask();
+        for (i, h) in self.healers.iter().enumerate() {
+            if let Some(conn) = h.conn.as_ref().filter(|_| up & bit(i) != 0) {
+                // Best effort: an unreachable copy simply takes no part.
+                let _ = conn.connect().await;
+            }
+        }
         let mut report = HealReport::default();
         let mut visited = HashSet::new();
         for (i, c) in self.children.iter().enumerate() {
@@ -146,22 +158,35 @@ impl Replicate {
                 };
                 let Some(&last) = ids.last() else { break };
                 after = Some(last);
-                for id in ids {
-                    if visited.insert(id) {
-                        self.heal_tree(id, &mut report).await;
-                    }
-                }
+                let fresh: VecDeque<FileId> = ids.into_iter().filter(|id| visited.insert(*id)).collect();
+                self.heal_trees(fresh, &mut visited, &mut report).await;
             }
         }
         report
     }
 
-    /// Heals `id`, then what its entry heal made, and so on down.
-    async fn heal_tree(&self, id: FileId, report: &mut HealReport) {
-        let mut queue = VecDeque::from([id]);
-        while let Some(id) = queue.pop_front() {
-            let mut made = Vec::new();
-            match self.heal_object(id, &mut made).await {
+    /// Heals `queue`, then what their entry heals made, and so on down, `PARALLEL` at once.
+    async fn heal_trees(
+        &self,
+        mut queue: VecDeque<FileId>,
+        visited: &mut HashSet<FileId>,
+        report: &mut HealReport,
+    ) {
+        let dirs = tokio::sync::Mutex::new(());
+        let (dirs, mut running) = (&dirs, FuturesUnordered::new());
+        loop {
+            while running.len() < PARALLEL {
+                let Some(id) = queue.pop_front() else { break };
+                running.push(async move {
+                    let mut made = Vec::new();
+                    let r = self.heal_object(id, &mut made, dirs).await;
+                    (id, r, made)
+                });
+            }
+            let Some((id, r, made)) = running.next().await else {
+                break;
+            };
+            match r {
                 Ok(Outcome::Healed) => report.healed += 1,
                 Ok(Outcome::Clean | Outcome::Waiting) => {}
                 Ok(Outcome::Left) => report.left += 1,
@@ -171,18 +196,20 @@ impl Replicate {
                     report.left += 1;
                 }
             }
+            // (Also when listed already: that heal may have come before the entry was made.)
+            visited.extend(made.iter().copied());
             queue.extend(made);
         }
     }
 
-    async fn heal_object(&self, id: FileId, made: &mut Vec<FileId>) -> Result<Outcome> {
-        let up = self.up_mask();
-        for (i, h) in self.healers.iter().enumerate() {
-            if let Some(conn) = h.conn.as_ref().filter(|_| up & bit(i) != 0) {
-                // Best effort: an unreachable copy simply takes no part.
-                let _ = conn.connect().await;
-            }
-        }
+    /// Heals one object; `dirs` is held while a directory's copies are repaired: their
+    /// entry changes (names removed, made, linked) would race with one another's.
+    async fn heal_object(
+        &self,
+        id: FileId,
+        made: &mut Vec<FileId>,
+        dirs: &tokio::sync::Mutex<()>,
+    ) -> Result<Outcome> {
         let entries = join_all(self.healers.iter().map(|h| h.child.getattr(id))).await;
         let (mut present, mut absent, mut blamed) = (0u64, 0u64, 0u64);
         let mut kind = None;
@@ -216,6 +243,10 @@ impl Replicate {
                 _ => Outcome::Left,
             });
         }
+        let _one_dir = match kind {
+            Some(FileKind::Dir) => Some(dirs.lock().await),
+            _ => None,
+        };
         let mut outcome = Outcome::Healed;
         for s in (0..self.children.len()).filter(|s| sinks & bit(*s) != 0) {
             let held = match kind {
@@ -357,15 +388,47 @@ impl Replicate {
                 self.remove_tree(s, dir, &d.name, d.kind, entry_id(d)).await?;
             }
         }
+        // Missing names, made `PARALLEL` at once; the names of one object (hard links) one
+        // after the other, so that the first makes it and the others link to it.
+        let mut missing: HashMap<FileId, Vec<(&[u8], &Entry)>> = HashMap::new();
         for d in &want {
             if had.get(d.name.as_slice()) == Some(&entry_id(d)) {
                 continue;
             }
             let Some(e) = &d.entry else { continue };
-            self.add_entry(dir, &d.name, e, sources, s).await?;
-            made.push(e.attr.id);
+            missing.entry(e.attr.id).or_default().push((d.name.as_slice(), e));
         }
-        Ok(())
+        let (mut groups, mut adding) = (missing.into_iter(), FuturesUnordered::new());
+        let mut first_error = None;
+        loop {
+            while adding.len() < PARALLEL {
+                let Some((id, names)) = groups.next() else { break };
+                adding.push(self.add_names(dir, id, names, sources, s));
+            }
+            match adding.next().await {
+                None => break,
+                Some(Ok(id)) => made.push(id),
+                Some(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Makes the names of one object on child `s`; the object's id once done.
+    async fn add_names(
+        &self,
+        dir: FileId,
+        id: FileId,
+        names: Vec<(&[u8], &Entry)>,
+        sources: &[usize],
+        s: usize,
+    ) -> Result<FileId> {
+        for (name, e) in names {
+            self.add_entry(dir, name, e, sources, s).await?;
+        }
+        Ok(id)
     }
 
     async fn add_entry(
@@ -389,8 +452,9 @@ impl Replicate {
         };
         // What is made lacks its data, entries or times: marked first, so that no client
         // reads the new copy before it is whole, and so that this pass heals it next.
-        for &i in sources {
-            self.healer(i).xattr_add(id, &[(pending_key(s), 1)]).await?;
+        let mark = [(pending_key(s), 1)];
+        for r in join_all(sources.iter().map(|&i| self.healer(i).xattr_add(id, &mark))).await {
+            r?;
         }
         let r = match e.attr.kind {
             // Another name of it is there already (a hard link).
