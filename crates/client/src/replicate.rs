@@ -230,6 +230,14 @@ impl Replicate {
         first.ok_or(Errno::EIO)
     }
 
+    /// The entry a change answered with from a good copy: not from one the answers mark
+    /// as behind (its size may be what it missed, or, while it heals, what it has so far).
+    fn good_entry(ok: Vec<(usize, Entry)>) -> Result<Entry> {
+        let stale = ok.iter().fold(0, |m, (_, e)| m | pending_mask(e));
+        let i = ok.iter().position(|(i, _)| stale & bit(*i) == 0).unwrap_or(0);
+        ok.into_iter().nth(i).map(|(_, e)| e).ok_or(Errno::EIO)
+    }
+
     fn rh(h: &Handle) -> Result<&ReplicaHandle> {
         match h {
             Handle::Replica(r) => Ok(r),
@@ -407,7 +415,7 @@ impl Xlator for Replicate {
                 c.setattr(id, ch, set)
             })
             .await?;
-        ok.into_iter().next().map(|(_, e)| e).ok_or(Errno::EIO)
+        Self::good_entry(ok)
     }
 
     async fn create(
@@ -527,7 +535,7 @@ impl Xlator for Replicate {
         let ok = self
             .mutate(&[new_parent], |_, c| c.link(id, new_parent, new_name))
             .await?;
-        ok.into_iter().next().map(|(_, e)| e).ok_or(Errno::EIO)
+        Self::good_entry(ok)
     }
 
     async fn readlink(&self, id: FileId) -> Result<Vec<u8>> {

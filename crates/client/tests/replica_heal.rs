@@ -478,3 +478,42 @@ async fn a_file_held_open_and_written_all_along_is_healed_in_place() {
         x.stop();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_answers_with_a_good_copys_attributes_while_the_first_is_behind() {
+    let (key, mut b, owned, vol) = replica_3().await;
+    let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let v = vol.root.clone();
+    let f = file(&v, FileId::ROOT, "f", &[(0, pattern(1000, 1))]).await;
+
+    // The first copy misses the file's growth.
+    b[0].stop();
+    until("the volume to see the first brick down", || !vol.conns[0].is_up()).await;
+    let h = v.open(f, libc::O_RDWR as u32).await.unwrap();
+    v.write(&h, 1000, Bytes::from(vec![2u8; 5000])).await.unwrap();
+    v.release(&h).await.unwrap();
+    b[0].start(&key).await;
+    until("the volume to see the first brick back", || vol.conns[0].is_up()).await;
+    // Held open there by another client, it stays behind (no heal while it is open).
+    let other = Volume::connect(spec(&addrs[..1]), key.clone(), "other", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let held = other.root.open(f, libc::O_RDONLY as u32).await.unwrap();
+
+    // Changes reach every copy, but what they answer (which the kernel caches) is a good
+    // copy's: the first one's size is still the old one.
+    let chmod = SetAttr {
+        perm: Some(0o600),
+        ..SetAttr::default()
+    };
+    let e = v.setattr(f, None, &chmod).await.unwrap();
+    assert_eq!((e.attr.size, e.attr.perm), (6000, 0o600));
+    let e = v.link(f, FileId::ROOT, b"f2").await.unwrap();
+    assert_eq!((e.attr.size, e.attr.nlink), (6000, 2));
+    assert!(b[1].pending() > 0, "the first copy is still behind");
+
+    other.root.release(&held).await.unwrap();
+    for x in &mut b {
+        x.stop();
+    }
+}
