@@ -1,6 +1,8 @@
 //! Shared pieces of the benchmarks: running tools, starting shoal volumes, reading CPU time.
 
 pub mod ctdb;
+pub mod freshfs;
+pub mod gluster;
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader};
@@ -163,7 +165,11 @@ pub fn shoal_bin() -> Result<PathBuf> {
 pub struct ShoalVolume {
     root: PathBuf,
     mount: PathBuf,
-    bricks: Vec<Child>,
+    shoal: PathBuf,
+    key: PathBuf,
+    /// Brick processes by position (None: killed), and their addresses.
+    bricks: Vec<Option<Child>>,
+    addrs: Vec<String>,
     mounter: Option<Child>,
 }
 
@@ -183,7 +189,10 @@ impl ShoalVolume {
         let mut vol = ShoalVolume {
             root: root.into(),
             mount: root.join("mnt"),
+            shoal: shoal.into(),
+            key: key.clone(),
             bricks: Vec::new(),
+            addrs: Vec::new(),
             mounter: None,
         };
         let mut specs = Vec::new();
@@ -197,10 +206,11 @@ impl ShoalVolume {
                 .stdout(Stdio::piped())
                 .spawn()?;
             let line = first_line(&mut c)?;
-            vol.bricks.push(c);
+            vol.bricks.push(Some(c));
             let addr = line
                 .strip_prefix("listening on ")
                 .ok_or_else(|| anyhow!("brick said {line:?}"))?;
+            vol.addrs.push(addr.into());
             specs.push(layout::BrickSpec {
                 node: format!("n{i}"),
                 path: dir.display().to_string(),
@@ -241,15 +251,59 @@ impl ShoalVolume {
 impl ShoalVolume {
     /// Kills brick `i`'s process (as a crashed server would leave it).
     pub fn kill_brick(&mut self, i: usize) -> Result<()> {
-        if i >= self.bricks.len() {
-            bail!("no brick {i}");
-        }
         // Its pid is no longer one of this volume's processes.
-        let mut c = self.bricks.remove(i);
+        let Some(mut c) = self.bricks.get_mut(i).and_then(Option::take) else {
+            bail!("no brick {i} running");
+        };
         let killed = c.kill();
         c.wait()?;
         Ok(killed?)
     }
+
+    /// Starts brick `i` again on its address, after [`ShoalVolume::kill_brick`].
+    pub fn restart_brick(&mut self, i: usize) -> Result<()> {
+        let (Some(None), Some(addr)) = (self.bricks.get(i), self.addrs.get(i)) else {
+            bail!("no brick {i} to restart");
+        };
+        let mut c = Command::new(&self.shoal)
+            .args(["brick", "--listen", addr, "--dir"])
+            .arg(self.brick_dir(i))
+            .arg("--key")
+            .arg(&self.key)
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let line = first_line(&mut c)?;
+        self.bricks[i] = Some(c);
+        if !line.starts_with("listening on ") {
+            bail!("brick {i} said {line:?}");
+        }
+        Ok(())
+    }
+
+    pub fn brick_dir(&self, i: usize) -> PathBuf {
+        self.root.join(format!("b{i}"))
+    }
+
+    /// Objects the bricks list as carrying pending-heal markers.
+    pub fn pending(&self) -> usize {
+        (0..self.bricks.len())
+            .map(|i| count_entries(&self.brick_dir(i).join(".shoal/pending"), 2, |_| true))
+            .sum()
+    }
+}
+
+/// Entries `depth` levels under `dir` (1: its own entries) whose names pass `keep`.
+pub fn count_entries(dir: &Path, depth: usize, keep: impl Fn(&str) -> bool + Copy) -> usize {
+    let Ok(list) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    list.filter_map(|e| e.ok())
+        .filter(|e| keep(&e.file_name().to_string_lossy()))
+        .map(|e| match depth {
+            0 | 1 => 1,
+            _ => count_entries(&e.path(), depth - 1, keep),
+        })
+        .sum()
 }
 
 impl Backend for ShoalVolume {
@@ -257,14 +311,19 @@ impl Backend for ShoalVolume {
         &self.mount
     }
     fn pids(&self) -> Vec<u32> {
-        self.bricks.iter().chain(&self.mounter).map(Child::id).collect()
+        self.bricks
+            .iter()
+            .flatten()
+            .chain(&self.mounter)
+            .map(Child::id)
+            .collect()
     }
 }
 
 impl Drop for ShoalVolume {
     fn drop(&mut self) {
         let _ = run("umount", &["-l", &self.mount.display().to_string()]);
-        for c in self.mounter.iter_mut().chain(self.bricks.iter_mut()) {
+        for c in self.mounter.iter_mut().chain(self.bricks.iter_mut().flatten()) {
             let _ = c.kill();
             let _ = c.wait();
         }

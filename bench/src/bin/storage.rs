@@ -18,9 +18,11 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use shoal_bench::freshfs::FreshFs;
+use shoal_bench::gluster::{GlusterVolume, Glusterd};
 use shoal_bench::*;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(Parser)]
 #[command(about = "shoal storage benchmark")]
@@ -44,65 +46,6 @@ struct Args {
     /// Run in `--dir` as it is, instead of on a fresh file system made there.
     #[arg(long)]
     same_fs: bool,
-}
-
-/// A fresh ext4 file system in an image file, on a loop device doing direct I/O (no second
-/// page cache of the image file); gone when dropped.
-struct FreshFs {
-    image: PathBuf,
-    device: String,
-    mount: PathBuf,
-}
-
-impl FreshFs {
-    /// Big enough for one row at a time (1 GiB sequential file, 256 MiB random file, small
-    /// files, GlusterFS's metadata); sparse, so it takes only what the rows write.
-    const SIZE: &'static str = "16G";
-
-    fn image(dir: &Path) -> PathBuf {
-        dir.join("fs.img")
-    }
-
-    fn mount_point(dir: &Path) -> PathBuf {
-        dir.join("fs")
-    }
-
-    /// Unmounts and detaches what an interrupted run left in `dir`.
-    fn sweep(dir: &Path) {
-        let _ = run("umount", &[&Self::mount_point(dir).display().to_string()]);
-        if let Ok(list) = run("losetup", &["-j", &Self::image(dir).display().to_string()]) {
-            for dev in list.lines().filter_map(|l| l.split(':').next()) {
-                let _ = run("losetup", &["-d", dev]);
-            }
-        }
-    }
-
-    fn make(dir: &Path) -> Result<FreshFs> {
-        which("mkfs.ext4")?;
-        let (image, mount) = (Self::image(dir), Self::mount_point(dir));
-        std::fs::create_dir_all(&mount)?;
-        run("truncate", &["-s", Self::SIZE, &image.display().to_string()])?;
-        run("mkfs.ext4", &["-q", "-F", &image.display().to_string()])?;
-        let device = run(
-            "losetup",
-            &["--direct-io=on", "--show", "-f", &image.display().to_string()],
-        )
-        .context("cannot set up a loop device for the benchmark's file system")?
-        .trim()
-        .to_string();
-        let fs = FreshFs { image, device, mount };
-        run("mount", &[&fs.device, &fs.mount.display().to_string()])
-            .context("cannot mount the benchmark's file system")?;
-        Ok(fs)
-    }
-}
-
-impl Drop for FreshFs {
-    fn drop(&mut self) {
-        let _ = run("umount", &[&self.mount.display().to_string()]);
-        let _ = run("losetup", &["-d", &self.device]);
-        let _ = std::fs::remove_file(&self.image);
-    }
 }
 
 #[derive(Clone, Copy)]
@@ -439,110 +382,5 @@ impl Backend for LocalDir {
     }
     fn pids(&self) -> Vec<u32> {
         Vec::new()
-    }
-}
-
-/// Stops glusterd when dropped, if `.0` (this run started it).
-struct Glusterd(bool);
-
-impl Drop for Glusterd {
-    fn drop(&mut self) {
-        if self.0 {
-            let _ = run("pkill", &["-x", "glusterd"]);
-        }
-    }
-}
-
-struct GlusterVolume {
-    name: String,
-    mount: PathBuf,
-    root: PathBuf,
-}
-
-impl GlusterVolume {
-    fn start(root: &Path, layout: &str, bricks: usize, replica: u32) -> Result<GlusterVolume> {
-        which("gluster")?;
-        if !run_ok("pgrep", &["-x", "glusterd"]) {
-            run("glusterd", &[])?;
-            wait_until(Duration::from_secs(20), || {
-                run_ok("gluster", &["--mode=script", "volume", "list"])
-            })
-            .context("glusterd did not come up")?;
-        }
-        let host = hostname();
-        let name = format!("bench-{layout}");
-        let _ = std::fs::remove_dir_all(root);
-        let mut args: Vec<String> = vec![
-            "--mode=script".into(),
-            "volume".into(),
-            "create".into(),
-            name.clone(),
-        ];
-        if replica > 1 {
-            args.extend(["replica".into(), replica.to_string()]);
-        }
-        for i in 0..bricks {
-            let b = root.join(format!("b{i}"));
-            std::fs::create_dir_all(&b)?;
-            args.push(format!("{host}:{}", b.display()));
-        }
-        args.push("force".into());
-        let a: Vec<&str> = args.iter().map(String::as_str).collect();
-        run("gluster", &a)?;
-        run("gluster", &["--mode=script", "volume", "start", &name])?;
-        let mount = root.join("mnt");
-        std::fs::create_dir_all(&mount)?;
-        run(
-            "mount",
-            &[
-                "-t",
-                "glusterfs",
-                &format!("{host}:/{name}"),
-                &mount.display().to_string(),
-            ],
-        )?;
-        Ok(GlusterVolume {
-            name,
-            mount,
-            root: root.to_path_buf(),
-        })
-    }
-}
-
-impl GlusterVolume {
-    /// Kills brick `i`'s process (as a crashed server would leave it).
-    fn kill_brick(&self, i: usize) -> Result<()> {
-        let brick = self.root.join(format!("b{i}"));
-        let pids = pgrep(&format!("glusterfsd.*{}", brick.display()));
-        if pids.is_empty() {
-            bail!("no glusterfsd serves {}", brick.display());
-        }
-        for pid in pids {
-            run("kill", &["-9", &pid.to_string()])?;
-        }
-        Ok(())
-    }
-}
-
-impl Backend for GlusterVolume {
-    fn dir(&self) -> &Path {
-        &self.mount
-    }
-    fn pids(&self) -> Vec<u32> {
-        let mut pids = pgrep(&format!("glusterfsd.*{}", self.name));
-        pids.extend(pgrep(&format!("glusterfs .*{}", self.mount.display())));
-        pids
-    }
-}
-
-impl Drop for GlusterVolume {
-    fn drop(&mut self) {
-        let _ = run("umount", &["-l", &self.mount.display().to_string()]);
-        let _ = run(
-            "gluster",
-            &["--mode=script", "volume", "stop", &self.name, "force"],
-        );
-        let _ = run("gluster", &["--mode=script", "volume", "delete", &self.name]);
-        let _ = std::fs::remove_dir_all(&self.root);
     }
 }
