@@ -237,8 +237,10 @@ impl Replicate {
         }
         let sinks = blamed & present;
         if sinks == 0 {
-            // Missing copies are made by the entry heal of a directory.
-            return Ok(match blamed & absent {
+            // Missing copies are made by the entry heal of a directory. A copy that did not
+            // answer although its brick is up (this healer's connection to it failed) is
+            // tried again soon, not when the brick is next seen coming back.
+            return Ok(match blamed & (absent | self.up_mask()) {
                 0 => Outcome::Waiting,
                 _ => Outcome::Left,
             });

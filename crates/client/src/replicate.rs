@@ -620,10 +620,10 @@ impl Xlator for Replicate {
 
     async fn write(&self, h: &Handle, offset: u64, data: Bytes) -> Result<u32> {
         let rh = Self::rh(h)?;
+        let _gate = rh.ticket.gate().read().await;
         // Copies that missed the last change through this handle will likely miss this one
         // too: the write marks them behind itself on every copy that takes it, which saves
         // a round trip per write while a copy is down.
-        let _gate = rh.ticket.gate().read().await;
         let known = rh.failing.load(Ordering::SeqCst);
         let ok = self
             .mutate_open(rh, known, |i, c, ch| {
