@@ -1,6 +1,7 @@
 //! Replication survives a brick server's death: reads and writes go on, the surviving
 //! bricks mark every file changed meanwhile as pending for the dead one, and the mount heals
-//! it once it is back. Without a quorum, writes are refused rather than allowed to diverge.
+//! it once it is back, also a file held open and written all along. Without a quorum, writes
+//! are refused rather than allowed to diverge.
 
 mod common;
 
@@ -161,4 +162,74 @@ fn replica_2_takes_back_a_create_that_only_its_second_brick_took() {
     // Brick 0 may still make it when it runs again: its copy of the directory is marked.
     assert!(pending(&b.bricks[1].path, "d", 0) > 0, "d not marked for brick 0");
     b.kill(0);
+}
+
+#[test]
+fn a_file_held_open_through_the_mount_is_healed_while_it_is_written() {
+    use std::os::unix::fs::FileExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if !require_root() {
+        return;
+    }
+    let mut b = Bricks::start(3);
+    let m = b.mount(&b.spec("r3", 1, 3), "a");
+    // A disk image, open for good through the mount.
+    const SIZE: usize = 4 << 20;
+    let mut model = pattern(1, SIZE);
+    std::fs::write(m.path("image"), &model).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(m.path("image"))
+        .unwrap();
+    b.kill(2);
+    f.write_all_at(&[0xa1; 70_000], 5000).unwrap();
+    model[5000..75_000].fill(0xa1);
+    f.sync_all().unwrap();
+    assert!(pending(&b.bricks[0].path, "image", 2) > 0);
+    b.restart(2);
+
+    // The writer goes on through the same descriptor (its writes go behind, several in
+    // flight) while the copy that came back is healed.
+    let stop = AtomicBool::new(false);
+    let model = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let (mut model, mut x, mut writes) = (model, 0x9e37_79b9_7f4a_7c15u64, 0);
+            while !stop.load(Ordering::SeqCst) || writes < 200 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let off = (x % (SIZE as u64 + (256 << 10))) as usize;
+                let len = 1 + (x >> 40) as usize % (64 << 10);
+                let byte = (x >> 32) as u8 | 1;
+                f.write_all_at(&vec![byte; len], off as u64).unwrap();
+                if model.len() < off + len {
+                    model.resize(off + len, 0);
+                }
+                model[off..off + len].fill(byte);
+                writes += 1;
+            }
+            model
+        });
+        // (The writer stops on every path, or a failure here would wait for it forever.)
+        let healed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_for(
+                "the copy to be healed while the file is open and written",
+                std::time::Duration::from_secs(60),
+                || (0..3).all(|i| pending_heals(&b.bricks[i].path) == 0),
+            )
+        }));
+        stop.store(true, Ordering::SeqCst);
+        let model = writer.join().unwrap();
+        if let Err(e) = healed {
+            std::panic::resume_unwind(e);
+        }
+        model
+    });
+    f.sync_all().unwrap();
+    for i in 0..3 {
+        let copy = std::fs::read(b.bricks[i].path.join("image")).unwrap();
+        assert!(copy == model, "brick {i} holds what was written");
+    }
+    assert!((0..3).all(|i| pending_heals(&b.bricks[i].path) == 0));
 }
