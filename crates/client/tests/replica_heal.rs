@@ -69,6 +69,13 @@ impl TestBrick {
     }
 }
 
+/// A test's bricks stop with it, also when it fails.
+impl Drop for TestBrick {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while !done() {
@@ -300,9 +307,6 @@ async fn a_copy_that_was_down_is_healed_in_the_background() {
     assert_eq!(t2["/grow"].0.attr.size, 200 << 10);
     assert_eq!(&t2["/grow"].2[64 << 10..65 << 10], &[0xee; 1024][..]);
     assert_eq!(t2["/d/ln"].2, b"new");
-    for x in &mut b {
-        x.stop();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,9 +350,6 @@ async fn a_file_open_on_the_stale_copy_is_healed_once_closed_there() {
         &brick_tree(&key, addrs[0]).await,
         &brick_tree(&key, addrs[2]).await,
     );
-    for x in &mut b {
-        x.stop();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -389,9 +390,6 @@ async fn a_handle_marks_every_change_a_copy_misses_even_after_a_heal() {
         &brick_tree(&key, addrs[0]).await,
         &brick_tree(&key, addrs[2]).await,
     );
-    for x in &mut b {
-        x.stop();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,9 +472,6 @@ async fn a_file_held_open_and_written_all_along_is_healed_in_place() {
     same_copies(&trees[1], &trees[2]);
     assert!(b.iter().all(|x| x.pending() == 0));
     v.release(&h).await.unwrap();
-    for x in &mut b {
-        x.stop();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,7 +508,4 @@ async fn a_change_answers_with_a_good_copys_attributes_while_the_first_is_behind
     assert!(b[1].pending() > 0, "the first copy is still behind");
 
     other.root.release(&held).await.unwrap();
-    for x in &mut b {
-        x.stop();
-    }
 }
