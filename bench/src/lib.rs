@@ -143,21 +143,70 @@ pub fn fio_field(out: &serde_json::Value, dir: &str, field: &str) -> Result<f64>
 
 /// The `shoal` binary built beside this one.
 pub fn shoal_bin() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("SHOAL_BIN") {
-        return Ok(p.into());
+    match std::env::var_os("SHOAL_BIN") {
+        Some(p) => Ok(p.into()),
+        None => sibling("shoal", "shoal"),
     }
+}
+
+/// The program `name` built next to this one (by `cargo build --release -p {package}`).
+fn sibling(name: &str, package: &str) -> Result<PathBuf> {
     let me = std::env::current_exe()?;
     let p = me
         .parent()
-        .map(|d| d.join("shoal"))
+        .map(|d| d.join(name))
         .ok_or_else(|| anyhow!("no directory"))?;
     if p.is_file() {
         Ok(p)
     } else {
         bail!(
-            "{} not found: build it (cargo build --release -p shoal) or set SHOAL_BIN",
-            p.display()
+            "{} not found: build it (cargo build --release -p {package}){}",
+            p.display(),
+            if name == "shoal" { " or set SHOAL_BIN" } else { "" }
         )
+    }
+}
+
+/// The in-memory FUSE file system of `bench/src/bin/memfs.rs` mounted on a directory: what
+/// the kernel's FUSE round trips alone allow.
+pub struct MemFs {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl MemFs {
+    pub fn start(dir: &Path) -> Result<MemFs> {
+        std::fs::create_dir_all(dir)?;
+        let child = Command::new(sibling("memfs", "shoal-bench")?)
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut m = MemFs {
+            dir: dir.to_path_buf(),
+            child,
+        };
+        let line = first_line(&mut m.child)?;
+        if line != "ready" {
+            bail!("memfs failed to mount: {line}");
+        }
+        Ok(m)
+    }
+}
+
+impl Backend for MemFs {
+    fn dir(&self) -> &Path {
+        &self.dir
+    }
+    fn pids(&self) -> Vec<u32> {
+        vec![self.child.id()]
+    }
+}
+
+impl Drop for MemFs {
+    fn drop(&mut self) {
+        let _ = run("umount", &["-l", &self.dir.display().to_string()]);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -1,5 +1,6 @@
-//! Storage benchmark: one table comparing a local directory (the physical limit), each shoal
-//! volume layout through its FUSE mount, and (with `--with-gluster`) GlusterFS from Debian's
+//! Storage benchmark: one table comparing a local directory (the physical limit), an
+//! in-memory FUSE file system (`memfs`: the most any FUSE file system gets here, with no
+//! network or disk behind it), each shoal volume layout through its FUSE mount, and (with `--with-gluster`) GlusterFS from Debian's
 //! packages on the same machine and the same layouts.
 //!
 //! Columns: sequential write and read of a 1 GiB file (MiB/s), 5,000 × 4 KiB small files
@@ -36,7 +37,8 @@ struct Args {
     /// Small: 1 run, 1,000 small files, 5 s of fio per random test, a 256 MiB sequential file.
     #[arg(long)]
     quick: bool,
-    /// Only these rows (comma separated): local, dist3, stripe2, rep2, rep3, distrep2x2,
+    /// Only these rows (comma separated): local (always), memfs (an in-memory FUSE file
+    /// system: the ceiling of any FUSE file system here), dist3, stripe2, rep2, rep3, distrep2x2,
     /// diststripe2x2, rep3down1 (replica 3 with its third brick killed; not run unless asked).
     #[arg(long)]
     rows: Option<String>,
@@ -288,6 +290,12 @@ fn main() -> Result<()> {
     eprintln!("local directory {}", local_dir.display());
     let local = LocalDir(local_dir);
     rows.push(("local directory".into(), run_row("local", &local, &p, runs)?));
+    if want("memfs") {
+        let label = "in-memory FUSE file system (ceiling)";
+        eprintln!("{label}");
+        let m = MemFs::start(&work.join("memfs"))?;
+        rows.push((label.into(), run_row("memfs", &m, &p, runs)?));
+    }
     // Degraded rows only when named.
     let named = |n: &str| wanted.as_ref().is_some_and(|w| w.iter().any(|x| x == n));
     for l in LAYOUTS

@@ -16,4 +16,4 @@ mod inline;
 mod inodes;
 pub mod mount;
 
-pub use mount::{mount, MountOptions};
+pub use mount::{mount, raise_readahead, MountOptions};

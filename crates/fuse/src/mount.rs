@@ -97,7 +97,7 @@ pub fn mount(
 /// network volume streams far better with 1 MiB. Needs root (sysfs); harmless without.
 /// The device number comes from mountinfo: a stat of the mount point would wait on the
 /// session that is not serving yet.
-fn raise_readahead(dir: &Path) {
+pub fn raise_readahead(dir: &Path) {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return;
     };
