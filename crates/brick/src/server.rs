@@ -307,6 +307,9 @@ impl BrickServer {
                 .and_then(|h| write_marked(s, &self.heals, &h, offset, data, &mark))
                 .map(|size| Reply::Written { size }),
             Request::Ping => Ok(Reply::Ok),
+            Request::DirParent { id } => s
+                .dir_parent(id)
+                .map(|(parent, name)| Reply::Parent { parent, name }),
             Request::Lookup { parent, name } => s.lookup(parent, &name).map(Reply::Entry),
             Request::GetAttr { id } => s.getattr(id).map(Reply::Entry),
             Request::SetAttr { id, fh: None, set } if set.size.is_none() => {

@@ -1090,6 +1090,17 @@ impl Store {
         Ok(out)
     }
 
+    /// A directory's parent and its name there.
+    pub fn dir_parent(&self, id: FileId) -> Result<(FileId, Vec<u8>), Errno> {
+        if id == FileId::ROOT {
+            return Err(Errno::EINVAL);
+        }
+        match self.index.dir_entry(id) {
+            Err(Errno::ENOENT) if self.index.stat_file(id).is_ok() => Err(Errno::ENOTDIR),
+            r => r,
+        }
+    }
+
     /// Up to `max` objects that carry pending-heal counters, in id order after `after`.
     /// Objects that are gone since are dropped from the list on the way.
     pub fn pending(&self, after: Option<FileId>, max: usize) -> Result<Vec<FileId>, Errno> {

@@ -47,6 +47,8 @@ const LIST_MAX: u32 = 1024;
 /// Objects healed at once, and names made at once in a directory: each heal is a chain of
 /// round trips and an fsync, so one at a time leaves the bricks and disks mostly idle.
 const PARALLEL: usize = 16;
+/// Directories walked up at most to find those a copy lacks (a path has fewer).
+const MAX_DEPTH: usize = 4096;
 /// How often the background healer looks at the children's states.
 const TICK: Duration = Duration::from_secs(1);
 /// A pass that left work is retried after this long.
@@ -92,7 +94,7 @@ fn is_marker(name: &str) -> bool {
     name.starts_with("pending.")
 }
 
-fn gone(e: Errno) -> bool {
+pub(crate) fn gone(e: Errno) -> bool {
     matches!(e, Errno::ENOENT | Errno::ESTALE)
 }
 
@@ -428,11 +430,13 @@ impl Replicate {
         s: usize,
     ) -> Result<FileId> {
         for (name, e) in names {
-            self.add_entry(dir, name, e, sources, s).await?;
+            self.add_entry(dir, name, e, sources, s, false).await?;
         }
         Ok(id)
     }
 
+    /// Makes `name` in `dir` on child `s`, as `e` on the good copies `sources`: over the
+    /// healer's connections, or (`own`) over this client's.
     async fn add_entry(
         &self,
         dir: FileId,
@@ -440,8 +444,13 @@ impl Replicate {
         e: &Entry,
         sources: &[usize],
         s: usize,
+        own: bool,
     ) -> Result<()> {
-        let to = self.healer(s);
+        let via = |i: usize| match own {
+            true => &self.children[i],
+            false => self.healer(i),
+        };
+        let to = via(s);
         let id = e.attr.id;
         let node = NewNode {
             id,
@@ -455,14 +464,14 @@ impl Replicate {
         // What is made lacks its data, entries or times: marked first, so that no client
         // reads the new copy before it is whole, and so that this pass heals it next.
         let mark = [(pending_key(s), 1)];
-        for r in join_all(sources.iter().map(|&i| self.healer(i).xattr_add(id, &mark))).await {
+        for r in join_all(sources.iter().map(|&i| via(i).xattr_add(id, &mark))).await {
             r?;
         }
         let r = match e.attr.kind {
             // Another name of it is there already (a hard link).
             FileKind::File if to.getattr(id).await.is_ok() => to.link(id, dir, name).await.map(|_| ()),
             FileKind::Symlink => {
-                let target = self.healer(sources[0]).readlink(id).await?;
+                let target = via(sources[0]).readlink(id).await?;
                 to.create(dir, name, &node, Some(&target), None).await.map(|_| ())
             }
             _ => to.create(dir, name, &node, None, None).await.map(|_| ()),
@@ -475,6 +484,42 @@ impl Replicate {
             // name is removed there.
             Err(Errno::EEXIST) if to.lookup(dir, name).await.is_ok_and(|e| e.attr.id == id) => {}
             Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// Makes on child `s` the directories from `dir` up that it lacks, as the good copies
+    /// `sources` have them: what a change inside `dir` needs there when a copy is being
+    /// refilled (a replaced disk) and the heal has not reached `dir` yet. Names are made only
+    /// in a directory whose good copies mark `s` as behind: a copy that lacks a directory
+    /// because it removed it while they were away must not get it back. Each directory made
+    /// is marked, so that the heal fills it in.
+    pub(crate) async fn make_dirs_above(&self, dir: FileId, sources: &[usize], s: usize) -> Result<()> {
+        let (good, to) = (&self.children[sources[0]], &self.children[s]);
+        let mut missing = Vec::new();
+        let mut at = dir;
+        while at != FileId::ROOT {
+            match to.getattr(at).await {
+                Ok(_) => break,
+                Err(e) if gone(e) => {}
+                Err(e) => return Err(e),
+            }
+            if missing.len() >= MAX_DEPTH {
+                return Err(Errno::ELOOP);
+            }
+            let (parent, name) = good.dir_parent(at).await?;
+            missing.push((parent, name, at));
+            at = parent;
+        }
+        for (parent, name, id) in missing.into_iter().rev() {
+            if pending_mask(&good.getattr(parent).await?) & bit(s) == 0 {
+                return Err(Errno::EROFS);
+            }
+            let e = good.lookup(parent, &name).await?;
+            if e.attr.id != id {
+                return Err(Errno::ESTALE); // renamed meanwhile
+            }
+            self.add_entry(parent, &name, &e, sources, s, true).await?;
         }
         Ok(())
     }

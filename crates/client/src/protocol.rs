@@ -513,6 +513,13 @@ impl Xlator for Protocol {
         }
     }
 
+    async fn dir_parent(&self, id: FileId) -> Result<(FileId, Vec<u8>)> {
+        match self.call(Request::DirParent { id }).await? {
+            Reply::Parent { parent, name } => Ok((parent, name)),
+            r => Err(unexpected(r)),
+        }
+    }
+
     async fn list_pending(&self, after: Option<FileId>, max: u32) -> Result<Vec<FileId>> {
         match self.call(Request::ListPending { after, max }).await? {
             Reply::Ids(ids) => Ok(ids),

@@ -214,6 +214,36 @@ impl Replicate {
         Ok(out.ok)
     }
 
+    /// A change inside `parent` that too few copies took because some of them lack
+    /// `parent` (a copy being refilled, such as a replaced disk the heal has not reached
+    /// yet; with replica 2 the first copy must take every change): the directories are made
+    /// there first (`Replicate::make_dirs_above`) and the change is tried again there.
+    async fn retry_where_parent_missing<'a, T, F, Fut>(
+        &'a self,
+        parent: FileId,
+        results: &mut [Result<T>],
+        f: F,
+    ) where
+        F: Fn(&'a Child) -> Fut,
+        Fut: Future<Output = Result<T>> + 'a,
+    {
+        let ok: Vec<usize> = (0..results.len()).filter(|i| results[*i].is_ok()).collect();
+        if ok.is_empty() || self.quorum(ok.iter().fold(0, |m, i| m | bit(*i))) {
+            return;
+        }
+        for (s, r) in results.iter_mut().enumerate() {
+            if !r.as_ref().is_err_and(|e| crate::heal::gone(*e)) {
+                continue;
+            }
+            match self.make_dirs_above(parent, &ok, s).await {
+                Ok(()) => *r = f(&self.children[s]).await,
+                Err(e) => {
+                    tracing::debug!(%parent, child = s, "cannot make the directories a copy lacks: {e}")
+                }
+            }
+        }
+    }
+
     /// The entry of a good copy among lookup/getattr answers.
     fn pick(results: Vec<Result<Entry>>) -> Result<Entry> {
         let stale = Self::stale_in(&results);
@@ -429,9 +459,13 @@ impl Xlator for Replicate {
         if !self.quorum(self.up_mask()) {
             return Err(Errno::EROFS);
         }
-        let results = self
+        let mut results = self
             .fan(|_, c| c.create(parent, name, node, symlink_target, open))
             .await;
+        self.retry_where_parent_missing(parent, &mut results, |c| {
+            c.create(parent, name, node, symlink_target, open)
+        })
+        .await;
         // Children that never answered: they may have made the name, or may yet.
         let unknown = results
             .iter()

@@ -113,6 +113,10 @@ pub trait Xlator: Send + Sync {
     async fn heal_end(&self, _id: FileId, _guard: bool) -> Result<bool> {
         Err(Errno::ENOSYS)
     }
+    /// Bricks only: a directory's parent and its name there.
+    async fn dir_parent(&self, _id: FileId) -> Result<(FileId, Vec<u8>)> {
+        Err(Errno::ENOSYS)
+    }
     /// Bricks only: objects that carry pending-heal markers, in id order after `after`.
     async fn list_pending(&self, _after: Option<FileId>, _max: u32) -> Result<Vec<FileId>> {
         Err(Errno::ENOSYS)

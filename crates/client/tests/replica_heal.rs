@@ -509,3 +509,108 @@ async fn a_change_answers_with_a_good_copys_attributes_while_the_first_is_behind
 
     other.root.release(&held).await.unwrap();
 }
+
+/// Two bricks in this process and a replica 2 volume over them.
+async fn replica_2() -> (ClusterKey, Vec<TestBrick>, Vec<String>, Volume) {
+    let key = ClusterKey::generate();
+    let b = vec![TestBrick::new(&key).await, TestBrick::new(&key).await];
+    let addrs: Vec<String> = b.iter().map(|x| x.addr.clone()).collect();
+    let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
+    let vol = Volume::connect(spec(&refs), key.clone(), "refill", Duration::from_secs(5))
+        .await
+        .unwrap();
+    (key, b, addrs, vol)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_first_copy_takes_new_names_in_directories_the_heal_has_not_reached() {
+    let (key, mut b, owned, vol) = replica_2().await;
+    let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let v = vol.root.clone();
+    let a = mkdir(&v, FileId::ROOT, "a").await;
+    let ab = mkdir(&v, a, "b").await;
+    let abc = mkdir(&v, ab, "c").await;
+    file(&v, abc, "old", &[(0, pattern(3000, 1))]).await;
+    // Enough names in the root that the heal is busy there for a while.
+    for i in 0..1000 {
+        file(&v, FileId::ROOT, &format!("f{i:04}"), &[(0, pattern(10, 2))]).await;
+    }
+
+    // The first brick's disk is replaced by an empty one, which is marked behind on the
+    // other copy's root (as `volume reset-brick` does).
+    b[0].stop();
+    until("the volume to see the first brick down", || !vol.conns[0].is_up()).await;
+    for e in std::fs::read_dir(b[0].dir.path()).unwrap() {
+        let p = e.unwrap().path();
+        match p.is_dir() {
+            true => std::fs::remove_dir_all(&p).unwrap(),
+            false => std::fs::remove_file(&p).unwrap(),
+        }
+    }
+    let second = Volume::connect(spec(&addrs[1..]), key.clone(), "mark", Duration::from_secs(5))
+        .await
+        .unwrap();
+    second
+        .root
+        .xattr_add(FileId::ROOT, &[(shoal_client::replicate::pending_key(0), 1)])
+        .await
+        .unwrap();
+    b[0].start(&key).await;
+    until("the volume to see the first brick back", || vol.conns[0].is_up()).await;
+
+    // With replica 2 the first copy must take every change, also deep in directories it
+    // does not have yet: they are made there first.
+    assert!(
+        !b[0].dir.path().join("a/b").exists(),
+        "the heal has not reached a/b yet"
+    );
+    let data = pattern(5000, 3);
+    file(&v, abc, "new", &[(0, data.clone())]).await;
+    assert_eq!(std::fs::read(b[0].dir.path().join("a/b/c/new")).unwrap(), data);
+
+    // The heal then makes the copies identical.
+    until("the first copy to be refilled", || {
+        b.iter().all(|x| x.pending() == 0)
+    })
+    .await;
+    let (mut t0, mut t1) = (brick_tree(&key, addrs[0]).await, brick_tree(&key, addrs[1]).await);
+    // (Written to both copies, each brick giving it its own mtime; the rest was healed.)
+    let (n0, n1) = (t0.remove("/a/b/c/new").unwrap(), t1.remove("/a/b/c/new").unwrap());
+    assert_eq!((n0.0.attr.id, &n0.2), (n1.0.attr.id, &data));
+    same_copies(&t0, &t1);
+    assert!(t0.contains_key("/a/b/c/old") && t0.contains_key("/f0999"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_the_first_copy_removed_does_not_come_back_through_the_stale_one() {
+    let (key, mut b, _owned, vol) = replica_2().await;
+    let v = vol.root.clone();
+    let a = mkdir(&v, FileId::ROOT, "a").await;
+    let ab = mkdir(&v, a, "b").await;
+
+    // The second copy misses the removal of a/b and a (the first copy alone may change).
+    b[1].stop();
+    until("the volume to see the second brick down", || {
+        !vol.conns[1].is_up()
+    })
+    .await;
+    v.rmdir(a, b"b").await.unwrap();
+    v.rmdir(FileId::ROOT, b"a").await.unwrap();
+    b[1].start(&key).await;
+    until("the volume to see the second brick back", || vol.conns[1].is_up()).await;
+
+    // A client that still knows a/b makes a name there: only the stale copy has it. The
+    // first copy lacks a/b because it removed it, so it is not made again there, and the
+    // change is refused.
+    let r = v.create(ab, b"x", &node(FileKind::File, 0o644), None, None).await;
+    assert!(r.is_err(), "the change was taken: {:?}", r.map(|(e, _)| e));
+    assert!(
+        !b[0].dir.path().join("a").exists(),
+        "a came back on the first copy"
+    );
+    until("the second copy to be healed", || {
+        b.iter().all(|x| x.pending() == 0)
+    })
+    .await;
+    assert!(!b[1].dir.path().join("a").exists());
+}

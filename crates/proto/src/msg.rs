@@ -198,6 +198,11 @@ pub enum Request {
         offset: u64,
         mark: Vec<(String, i64)>,
     },
+    /// A directory's parent and its name there; the reply is `Reply::Parent`. How a client
+    /// finds the directories a copy lacks above one it must change (the root has none: EINVAL).
+    DirParent {
+        id: FileId,
+    },
 }
 
 impl Request {
@@ -238,6 +243,7 @@ impl Request {
             Request::Session { .. } => "session",
             Request::Reclaim { .. } => "reclaim",
             Request::WriteMarked { .. } => "write",
+            Request::DirParent { .. } => "dirparent",
         }
     }
 }
@@ -301,6 +307,10 @@ pub enum Reply {
     /// watched object meanwhile; a guard was broken for want of progress, or not held).
     Changed(bool),
     Ids(Vec<FileId>),
+    Parent {
+        parent: FileId,
+        name: Vec<u8>,
+    },
 }
 
 /// What comes back for one request.
