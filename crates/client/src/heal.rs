@@ -495,6 +495,28 @@ impl Replicate {
     /// because it removed it while they were away must not get it back. Each directory made
     /// is marked, so that the heal fills it in.
     pub(crate) async fn make_dirs_above(&self, dir: FileId, sources: &[usize], s: usize) -> Result<()> {
+        let good = &self.children[sources[0]];
+        for (parent, name, id) in self.missing_dirs(dir, sources, s).await?.into_iter().rev() {
+            if pending_mask(&good.getattr(parent).await?) & bit(s) == 0 {
+                return Err(Errno::EROFS);
+            }
+            let e = good.lookup(parent, &name).await?;
+            if e.attr.id != id {
+                return Err(Errno::ESTALE); // renamed meanwhile
+            }
+            self.add_entry(parent, &name, &e, sources, s, true).await?;
+        }
+        Ok(())
+    }
+
+    /// The directories from `dir` up that child `s` lacks, nearest first, each with its
+    /// parent and name as the good copy `sources[0]` has them.
+    async fn missing_dirs(
+        &self,
+        dir: FileId,
+        sources: &[usize],
+        s: usize,
+    ) -> Result<Vec<(FileId, Vec<u8>, FileId)>> {
         let (good, to) = (&self.children[sources[0]], &self.children[s]);
         let mut missing = Vec::new();
         let mut at = dir;
@@ -511,17 +533,17 @@ impl Replicate {
             missing.push((parent, name, at));
             at = parent;
         }
-        for (parent, name, id) in missing.into_iter().rev() {
-            if pending_mask(&good.getattr(parent).await?) & bit(s) == 0 {
-                return Err(Errno::EROFS);
-            }
-            let e = good.lookup(parent, &name).await?;
-            if e.attr.id != id {
-                return Err(Errno::ESTALE); // renamed meanwhile
-            }
-            self.add_entry(parent, &name, &e, sources, s, true).await?;
-        }
-        Ok(())
+        Ok(missing)
+    }
+
+    /// Whether child `s` lacks what it lacks in directory `dir` because it is behind: the
+    /// good copies `sources` mark it so on `dir`, or, where it lacks `dir` itself, on the
+    /// nearest directory above that it has.
+    pub(crate) async fn behind_in(&self, dir: FileId, sources: &[usize], s: usize) -> Result<bool> {
+        let missing = self.missing_dirs(dir, sources, s).await?;
+        let anchor = missing.last().map_or(dir, |(parent, _, _)| *parent);
+        let e = self.children[sources[0]].getattr(anchor).await?;
+        Ok(pending_mask(&e) & bit(s) != 0)
     }
 
     /// Removes a name (and, for a directory, everything under it) from child `s` alone.

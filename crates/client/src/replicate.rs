@@ -244,6 +244,47 @@ impl Replicate {
         }
     }
 
+    /// Removes a name in `parent` as `mutate` changes things, except that a child that lacks
+    /// the name (or `parent`) counts as having taken the removal when the good copies mark
+    /// it as behind there: absent is what was asked, and a copy being refilled lacks every
+    /// name the heal has not made yet (with replica 2 the first copy must take every change).
+    async fn remove<'a, T, F, Fut>(&'a self, parent: FileId, f: F) -> Result<Vec<(usize, T)>>
+    where
+        F: Fn(usize, &'a Child) -> Fut,
+        Fut: Future<Output = Result<T>> + 'a,
+    {
+        if !self.quorum(self.up_mask()) {
+            return Err(Errno::EROFS);
+        }
+        let results = self.fan(f).await;
+        let lacking: Vec<usize> = (0..results.len())
+            .filter(|i| results[*i].as_ref().is_err_and(|e| crate::heal::gone(*e)))
+            .collect();
+        let out = Self::outcome(results)?;
+        let ok: Vec<usize> = out.ok.iter().map(|(i, _)| *i).collect();
+        let mut ok_mask = ok.iter().fold(0, |m, i| m | bit(*i));
+        let mut failed = out.failed;
+        if !self.quorum(ok_mask) {
+            for s in lacking {
+                match self.behind_in(parent, &ok, s).await {
+                    Ok(true) => {
+                        ok_mask |= bit(s);
+                        failed &= !bit(s);
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::debug!(%parent, child = s, "cannot tell why a copy lacks a name: {e}"),
+                }
+            }
+        }
+        if failed != 0 {
+            self.mark(parent, &ok, failed).await;
+        }
+        if !self.quorum(ok_mask) {
+            return Err(Errno::EROFS);
+        }
+        Ok(out.ok)
+    }
+
     /// The entry of a good copy among lookup/getattr answers.
     fn pick(results: Vec<Result<Entry>>) -> Result<Entry> {
         let stale = Self::stale_in(&results);
@@ -528,7 +569,7 @@ impl Xlator for Replicate {
     }
 
     async fn unlink(&self, parent: FileId, name: &[u8]) -> Result<()> {
-        self.mutate(&[parent], |_, c| c.unlink(parent, name))
+        self.remove(parent, |_, c| c.unlink(parent, name))
             .await
             .map(|_| ())
     }
@@ -536,13 +577,13 @@ impl Xlator for Replicate {
     async fn unlink_unless(&self, parent: FileId, name: &[u8], keep: &str) -> Result<Option<Entry>> {
         // Every copy holds the same entry: kept on one, kept on all.
         let ok = self
-            .mutate(&[parent], |_, c| c.unlink_unless(parent, name, keep))
+            .remove(parent, |_, c| c.unlink_unless(parent, name, keep))
             .await?;
         Ok(ok.into_iter().find_map(|(_, kept)| kept))
     }
 
     async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
-        self.mutate(&[parent], |_, c| c.rmdir(parent, name))
+        self.remove(parent, |_, c| c.rmdir(parent, name))
             .await
             .map(|_| ())
     }

@@ -523,7 +523,7 @@ async fn replica_2() -> (ClusterKey, Vec<TestBrick>, Vec<String>, Volume) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replaced_first_copy_takes_new_names_in_directories_the_heal_has_not_reached() {
+async fn a_replaced_first_copy_takes_changes_in_directories_the_heal_has_not_reached() {
     let (key, mut b, owned, vol) = replica_2().await;
     let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
     let v = vol.root.clone();
@@ -531,6 +531,8 @@ async fn a_replaced_first_copy_takes_new_names_in_directories_the_heal_has_not_r
     let ab = mkdir(&v, a, "b").await;
     let abc = mkdir(&v, ab, "c").await;
     file(&v, abc, "old", &[(0, pattern(3000, 1))]).await;
+    file(&v, abc, "gone", &[(0, pattern(30, 1))]).await;
+    mkdir(&v, ab, "d").await;
     // Enough names in the root that the heal is busy there for a while.
     for i in 0..1000 {
         file(&v, FileId::ROOT, &format!("f{i:04}"), &[(0, pattern(10, 2))]).await;
@@ -559,11 +561,14 @@ async fn a_replaced_first_copy_takes_new_names_in_directories_the_heal_has_not_r
     until("the volume to see the first brick back", || vol.conns[0].is_up()).await;
 
     // With replica 2 the first copy must take every change, also deep in directories it
-    // does not have yet: they are made there first.
+    // does not have yet: a name removed is absent there already, and for a new name the
+    // directories are made there first.
     assert!(
         !b[0].dir.path().join("a/b").exists(),
         "the heal has not reached a/b yet"
     );
+    v.unlink(abc, b"gone").await.unwrap();
+    v.rmdir(ab, b"d").await.unwrap();
     let data = pattern(5000, 3);
     file(&v, abc, "new", &[(0, data.clone())]).await;
     assert_eq!(std::fs::read(b[0].dir.path().join("a/b/c/new")).unwrap(), data);
@@ -579,6 +584,7 @@ async fn a_replaced_first_copy_takes_new_names_in_directories_the_heal_has_not_r
     assert_eq!((n0.0.attr.id, &n0.2), (n1.0.attr.id, &data));
     same_copies(&t0, &t1);
     assert!(t0.contains_key("/a/b/c/old") && t0.contains_key("/f0999"));
+    assert!(!t0.contains_key("/a/b/c/gone") && !t0.contains_key("/a/b/d"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
