@@ -583,6 +583,11 @@ impl BrickServer {
                 }
                 r.map(|_| Reply::Ok)
             }
+            Request::PathsOf { ids } if ids.len() <= MAX_PENDING_LIST => self
+                .blocking(move |s| Ok(s.paths_of(&ids, crate::paths::Budget::default())))
+                .await
+                .map(Reply::Paths),
+            Request::PathsOf { .. } => Err(Errno::EINVAL),
             Request::ListPending { after, max } => {
                 let max = (max as usize).clamp(1, MAX_PENDING_LIST);
                 self.blocking(move |s| s.pending(after, max))

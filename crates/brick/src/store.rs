@@ -7,6 +7,7 @@
 
 use crate::index::{self, Index, META_DIR};
 use crate::ns::{self, Namespace};
+use crate::paths;
 use crate::readahead::Ahead;
 use crate::sys::{self, errno, proc_path, XTarget};
 use proto::{
@@ -1088,6 +1089,52 @@ impl Store {
             self.index.set_pending(id, any)?;
         }
         Ok(out)
+    }
+
+    /// Each object's path from the brick root (`/a/b`), where it has one and, for a file,
+    /// where the search finds it within `budget` (see `crate::paths`).
+    pub fn paths_of(&self, ids: &[FileId], budget: paths::Budget) -> Vec<Option<Vec<u8>>> {
+        let mut out = vec![None; ids.len()];
+        let (mut inodes, mut files) = (HashMap::new(), Vec::new());
+        for (i, id) in ids.iter().enumerate() {
+            match self.dir_path(*id) {
+                Ok(p) => out[i] = Some(p),
+                Err(_) => {
+                    if let Ok(st) = self.index.stat_file(*id) {
+                        inodes.insert(st.st_ino, ());
+                        files.push((i, st.st_ino));
+                    }
+                }
+            }
+        }
+        let found = paths::find_inodes(&self.root_fd, &inodes, budget);
+        for (i, ino) in files {
+            out[i] = found.get(&ino).cloned();
+        }
+        out
+    }
+
+    /// A directory's path, up its parent links.
+    fn dir_path(&self, id: FileId) -> Result<Vec<u8>, Errno> {
+        if id == FileId::ROOT {
+            return Ok(b"/".to_vec());
+        }
+        let mut names = Vec::new();
+        let mut cur = id;
+        while cur != FileId::ROOT {
+            if names.len() > MAX_DEPTH {
+                return Err(Errno::ELOOP);
+            }
+            let (parent, name) = self.index.dir_entry(cur)?;
+            names.push(name);
+            cur = parent;
+        }
+        let mut path = Vec::new();
+        for n in names.iter().rev() {
+            path.push(b'/');
+            path.extend_from_slice(n);
+        }
+        Ok(path)
     }
 
     /// A directory's parent and its name there.

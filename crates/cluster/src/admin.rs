@@ -188,7 +188,15 @@ pub struct BrickRow {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HealRow {
     pub brick: String,
-    pub entries: Result<Vec<String>, String>,
+    pub entries: Result<Vec<HealEntry>, String>,
+}
+
+/// An object waiting for heal: its id, and its path in the volume when the brick found it
+/// (directories always; files within the brick's search budget).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HealEntry {
+    pub id: String,
+    pub path: Option<String>,
 }
 
 /// Most entries `volume heal NAME info` lists per brick.

@@ -3,7 +3,8 @@
 #![allow(clippy::result_large_err)]
 
 use crate::admin::{
-    AdminRequest, AdminResponse, BrickRow, ClusterStatus, HealRow, NodeRow, PingRow, Target, VolumeStatusView,
+    AdminRequest, AdminResponse, BrickRow, ClusterStatus, HealEntry, HealRow, NodeRow, PingRow, Target,
+    VolumeStatusView,
 };
 use crate::config::{NodeConfig, PublicAddress};
 use crate::peers::{NodeConn, Peers};
@@ -1158,13 +1159,30 @@ impl Node {
                     after: None,
                     max: crate::admin::HEAL_INFO_MAX,
                 };
-                match conn.call(&req, bytes::Bytes::new()).await?.0 {
-                    proto::msg::Reply::Ids(ids) => Ok(ids),
-                    _ => Err(proto::Errno::EIO),
-                }
+                let ids = match conn.call(&req, bytes::Bytes::new()).await?.0 {
+                    proto::msg::Reply::Ids(ids) => ids,
+                    _ => return Err(proto::Errno::EIO),
+                };
+                // Where they are, for people; ids alone from a brick that cannot say.
+                let req = proto::msg::Request::PathsOf { ids: ids.clone() };
+                let paths = match ids.is_empty() {
+                    true => Vec::new(),
+                    false => match conn.call(&req, bytes::Bytes::new()).await.map(|r| r.0) {
+                        Ok(proto::msg::Reply::Paths(p)) if p.len() == ids.len() => p,
+                        _ => vec![None; ids.len()],
+                    },
+                };
+                Ok(ids
+                    .iter()
+                    .zip(paths)
+                    .map(|(id, path)| HealEntry {
+                        id: id.to_string(),
+                        path: path.map(|p| String::from_utf8_lossy(&p).into_owned()),
+                    })
+                    .collect())
             };
-            let entries = match tokio::time::timeout(Duration::from_secs(10), asked).await {
-                Ok(Ok(ids)) => Ok(ids.iter().map(|id| id.to_string()).collect()),
+            let entries = match tokio::time::timeout(Duration::from_secs(20), asked).await {
+                Ok(Ok(entries)) => Ok(entries),
                 Ok(Err(e)) => Err(format!("not reachable: {e}")),
                 Err(_) => Err("no answer".to_string()),
             };

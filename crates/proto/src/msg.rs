@@ -203,6 +203,12 @@ pub enum Request {
     DirParent {
         id: FileId,
     },
+    /// Where objects are, for people (`volume heal NAME info`): each one's path from the
+    /// brick root, or none (not found within the brick's search budget, or unlinked but
+    /// open). The reply is `Reply::Paths`, in the same order.
+    PathsOf {
+        ids: Vec<FileId>,
+    },
 }
 
 impl Request {
@@ -244,6 +250,7 @@ impl Request {
             Request::Reclaim { .. } => "reclaim",
             Request::WriteMarked { .. } => "write",
             Request::DirParent { .. } => "dirparent",
+            Request::PathsOf { .. } => "pathsof",
         }
     }
 }
@@ -311,6 +318,7 @@ pub enum Reply {
         parent: FileId,
         name: Vec<u8>,
     },
+    Paths(Vec<Option<Vec<u8>>>),
 }
 
 /// What comes back for one request.

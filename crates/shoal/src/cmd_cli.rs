@@ -329,8 +329,8 @@ fn volume_status(ctx: &Ctx, r: AdminResponse) -> Result<()> {
     Ok(())
 }
 
-/// As `gluster volume heal NAME info`: per brick, whether it answered and the objects
-/// (ids) it lists as waiting for heal.
+/// As `gluster volume heal NAME info`: per brick, whether it answered and the objects it
+/// lists as waiting for heal (their paths, or `<id:...>` where the brick could not say).
 fn heal_info(ctx: &Ctx, r: AdminResponse) -> Result<()> {
     let rows = match r {
         AdminResponse::HealInfo(v) => v,
@@ -344,8 +344,11 @@ fn heal_info(ctx: &Ctx, r: AdminResponse) -> Result<()> {
         println!("Brick {}", r.brick);
         match r.entries {
             Ok(ids) => {
-                for id in &ids {
-                    println!("<id:{id}>");
+                for e in &ids {
+                    match &e.path {
+                        Some(p) => println!("{p}"),
+                        None => println!("<id:{}>", e.id),
+                    }
                 }
                 println!("Status: Connected");
                 let more = if ids.len() >= cluster::admin::HEAL_INFO_MAX as usize {
