@@ -244,10 +244,11 @@ impl Replicate {
         }
     }
 
-    /// Removes a name in `parent` as `mutate` changes things, except that a child that lacks
-    /// the name (or `parent`) counts as having taken the removal when the good copies mark
-    /// it as behind there: absent is what was asked, and a copy being refilled lacks every
-    /// name the heal has not made yet (with replica 2 the first copy must take every change).
+    /// Removes a name in `parent` as `mutate` changes things, except for a child that lacks
+    /// the name (or `parent`): when the good copies mark it as behind there, it counts as
+    /// having taken the removal (absent is what was asked, and a copy being refilled lacks
+    /// every name the heal has not made yet; with replica 2 the first copy must take every
+    /// change); when they do not, it is not marked either (see below).
     async fn remove<'a, T, F, Fut>(&'a self, parent: FileId, f: F) -> Result<Vec<(usize, T)>>
     where
         F: Fn(usize, &'a Child) -> Fut,
@@ -264,6 +265,7 @@ impl Replicate {
         let ok: Vec<usize> = out.ok.iter().map(|(i, _)| *i).collect();
         let mut ok_mask = ok.iter().fold(0, |m, i| m | bit(*i));
         let mut failed = out.failed;
+        let mut gone_there = false;
         if !self.quorum(ok_mask) {
             for s in lacking {
                 match self.behind_in(parent, &ok, s).await {
@@ -271,7 +273,14 @@ impl Replicate {
                         ok_mask |= bit(s);
                         failed &= !bit(s);
                     }
-                    Ok(false) => {}
+                    // Not behind: it removed the name itself while the copies that had it
+                    // were away (they are the stale ones). Marking it would have each copy
+                    // blame the other (split brain); the removal leaves them all without the
+                    // name, and its answer stands: there was no such name.
+                    Ok(false) => {
+                        failed &= !bit(s);
+                        gone_there = true;
+                    }
                     Err(e) => tracing::debug!(%parent, child = s, "cannot tell why a copy lacks a name: {e}"),
                 }
             }
@@ -280,7 +289,7 @@ impl Replicate {
             self.mark(parent, &ok, failed).await;
         }
         if !self.quorum(ok_mask) {
-            return Err(Errno::EROFS);
+            return Err(if gone_there { Errno::ENOENT } else { Errno::EROFS });
         }
         Ok(out.ok)
     }
