@@ -610,9 +610,43 @@ impl Xlator for Replicate {
         } else {
             &[parent, new_parent]
         };
-        self.mutate(ids, |_, c| c.rename(parent, name, new_parent, new_name, flags))
-            .await
-            .map(|_| ())
+        if !self.quorum(self.up_mask()) {
+            return Err(Errno::EROFS);
+        }
+        let results = self
+            .fan(|_, c| c.rename(parent, name, new_parent, new_name, flags))
+            .await;
+        let lacking: Vec<usize> = (0..results.len())
+            .filter(|i| results[*i].as_ref().is_err_and(|e| crate::heal::gone(*e)))
+            .collect();
+        let out = Self::outcome(results)?;
+        let ok: Vec<usize> = out.ok.iter().map(|(i, _)| *i).collect();
+        let ok_mask = ok.iter().fold(0, |m, i| m | bit(*i));
+        if !self.quorum(ok_mask) {
+            // As for a removal: a copy that lacks the name without being known behind
+            // removed it itself while the copies that renamed it were away. They are the
+            // stale ones: it marks them behind on the new name's directory (whose heal then
+            // takes the new name back there), and its answer stands.
+            let mut gone_there = Vec::new();
+            for s in lacking {
+                if let Ok(false) = self.behind_in(parent, &ok, s).await {
+                    gone_there.push(s);
+                }
+            }
+            if !gone_there.is_empty() {
+                self.mark(new_parent, &gone_there, ok_mask).await;
+                return Err(Errno::ENOENT);
+            }
+        }
+        if out.failed != 0 {
+            for id in ids {
+                self.mark(*id, &ok, out.failed).await;
+            }
+        }
+        if !self.quorum(ok_mask) {
+            return Err(Errno::EROFS);
+        }
+        Ok(())
     }
 
     async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {

@@ -622,19 +622,22 @@ async fn a_directory_the_first_copy_removed_does_not_come_back_through_the_stale
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_name_the_first_copy_removed_alone_is_not_split_brain_when_removed_again() {
+async fn a_name_the_first_copy_removed_alone_is_not_split_brain_when_changed_again() {
     let (key, mut b, _owned, vol) = replica_2().await;
     let v = vol.root.clone();
     let d = mkdir(&v, FileId::ROOT, "d").await;
     file(&v, d, "n", &[(0, pattern(10, 1))]).await;
+    file(&v, d, "r", &[(0, pattern(10, 2))]).await;
+    let e = mkdir(&v, FileId::ROOT, "e").await;
 
-    // The second copy misses the removal (the first copy alone may change).
+    // The second copy misses the removals (the first copy alone may change).
     b[1].stop();
     until("the volume to see the second brick down", || {
         !vol.conns[1].is_up()
     })
     .await;
     v.unlink(d, b"n").await.unwrap();
+    v.unlink(d, b"r").await.unwrap();
     b[1].start(&key).await;
     until("the volume to see the second brick back", || vol.conns[1].is_up()).await;
 
@@ -642,6 +645,14 @@ async fn a_name_the_first_copy_removed_alone_is_not_split_brain_when_removed_aga
     // answer is the first copy's (no such name), and the copies do not end up blaming each
     // other: the heal settles them.
     assert_eq!(v.unlink(d, b"n").await, Err(proto::Errno::ENOENT));
+    // Likewise a rename, here into another directory: the stale copy's new name goes.
+    let moved = v.rename(d, b"r", e, b"moved", Default::default()).await;
+    assert_eq!(moved, Err(proto::Errno::ENOENT));
     until("the copies to be healed", || b.iter().all(|x| x.pending() == 0)).await;
-    assert!(!b[0].dir.path().join("d/n").exists() && !b[1].dir.path().join("d/n").exists());
+    for p in ["d/n", "d/r", "e/moved"] {
+        assert!(
+            !b[0].dir.path().join(p).exists() && !b[1].dir.path().join(p).exists(),
+            "{p}"
+        );
+    }
 }
