@@ -14,12 +14,13 @@ use fuser::{
 };
 use rustix::fs::{fstat, ftruncate, memfd_create, MemfdFlags};
 use rustix::io::{pread, pwrite};
+use shoal_fuse::negative;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 const TTL: Duration = Duration::from_secs(10);
 const MAX_IO: u32 = 1 << 20;
@@ -66,26 +67,6 @@ fn new_attr(ino: u64, kind: FileType, mode: u32, req: &Request) -> FileAttr {
         gid: req.gid(),
         rdev: 0,
         blksize: 4096,
-        flags: 0,
-    }
-}
-
-fn negative() -> FileAttr {
-    FileAttr {
-        ino: INodeNo(0),
-        size: 0,
-        blocks: 0,
-        atime: UNIX_EPOCH,
-        mtime: UNIX_EPOCH,
-        ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
-        kind: FileType::RegularFile,
-        perm: 0,
-        nlink: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        blksize: 0,
         flags: 0,
     }
 }

@@ -16,4 +16,5 @@ mod inline;
 mod inodes;
 pub mod mount;
 
+pub use attr::negative;
 pub use mount::{mount, raise_readahead, MountOptions};
