@@ -650,10 +650,42 @@ impl Xlator for Replicate {
     }
 
     async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
-        let ok = self
-            .mutate(&[new_parent], |_, c| c.link(id, new_parent, new_name))
-            .await?;
-        Self::good_entry(ok)
+        if !self.quorum(self.up_mask()) {
+            return Err(Errno::EROFS);
+        }
+        let results = self.fan(|_, c| c.link(id, new_parent, new_name)).await;
+        let lacking = (0..results.len())
+            .filter(|i| results[*i].as_ref().is_err_and(|e| crate::heal::gone(*e)))
+            .fold(0, |m, i| m | bit(i));
+        let out = Self::outcome(results)?;
+        let ok: Vec<usize> = out.ok.iter().map(|(i, _)| *i).collect();
+        let ok_mask = ok.iter().fold(0, |m, i| m | bit(*i));
+        if !self.quorum(ok_mask) && lacking != 0 {
+            // Too few copies have the file. Those that lack it may have removed it while the
+            // others were away (a file records no parent to tell by): marked behind, they
+            // would get the file back from the heal under the new name. It is taken back.
+            let mut kept = Vec::new();
+            for &i in &ok {
+                if let Err(e) = self.children[i].unlink(new_parent, new_name).await {
+                    tracing::warn!(
+                        child = i,
+                        "cannot take back a link refused for want of quorum: {e}"
+                    );
+                    kept.push(i);
+                }
+            }
+            if !kept.is_empty() {
+                self.mark(new_parent, &kept, out.failed).await;
+            }
+            return Err(Errno::EROFS);
+        }
+        if out.failed != 0 {
+            self.mark(new_parent, &ok, out.failed).await;
+        }
+        if !self.quorum(ok_mask) {
+            return Err(Errno::EROFS);
+        }
+        Self::good_entry(out.ok)
     }
 
     async fn readlink(&self, id: FileId) -> Result<Vec<u8>> {

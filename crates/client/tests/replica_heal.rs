@@ -628,6 +628,7 @@ async fn a_name_the_first_copy_removed_alone_is_not_split_brain_when_changed_aga
     let d = mkdir(&v, FileId::ROOT, "d").await;
     file(&v, d, "n", &[(0, pattern(10, 1))]).await;
     file(&v, d, "r", &[(0, pattern(10, 2))]).await;
+    let l = file(&v, d, "l", &[(0, pattern(10, 3))]).await;
     let e = mkdir(&v, FileId::ROOT, "e").await;
 
     // The second copy misses the removals (the first copy alone may change).
@@ -638,6 +639,7 @@ async fn a_name_the_first_copy_removed_alone_is_not_split_brain_when_changed_aga
     .await;
     v.unlink(d, b"n").await.unwrap();
     v.unlink(d, b"r").await.unwrap();
+    v.unlink(d, b"l").await.unwrap();
     b[1].start(&key).await;
     until("the volume to see the second brick back", || vol.conns[1].is_up()).await;
 
@@ -648,8 +650,12 @@ async fn a_name_the_first_copy_removed_alone_is_not_split_brain_when_changed_aga
     // Likewise a rename, here into another directory: the stale copy's new name goes.
     let moved = v.rename(d, b"r", e, b"moved", Default::default()).await;
     assert_eq!(moved, Err(proto::Errno::ENOENT));
+    // A hard link to a file only the stale copy still has is refused, and does not bring
+    // the file back on the first copy.
+    let linked = v.link(l, e, b"hard").await.map(|e| e.attr.id);
+    assert_eq!(linked, Err(proto::Errno::EROFS));
     until("the copies to be healed", || b.iter().all(|x| x.pending() == 0)).await;
-    for p in ["d/n", "d/r", "e/moved"] {
+    for p in ["d/n", "d/r", "e/moved", "d/l", "e/hard"] {
         assert!(
             !b[0].dir.path().join(p).exists() && !b[1].dir.path().join(p).exists(),
             "{p}"
