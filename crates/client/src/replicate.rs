@@ -621,16 +621,21 @@ impl Xlator for Replicate {
             .collect();
         let out = Self::outcome(results)?;
         let ok: Vec<usize> = out.ok.iter().map(|(i, _)| *i).collect();
-        let ok_mask = ok.iter().fold(0, |m, i| m | bit(*i));
+        let mut ok_mask = ok.iter().fold(0, |m, i| m | bit(*i));
         if !self.quorum(ok_mask) {
-            // As for a removal: a copy that lacks the name without being known behind
-            // removed it itself while the copies that renamed it were away. They are the
-            // stale ones: it marks them behind on the new name's directory (whose heal then
-            // takes the new name back there), and its answer stands.
+            // As for a removal: a copy that lacks the name because it is behind (being
+            // refilled) counts as having taken the rename, and is marked behind on both
+            // directories below, for the heal to make the new name there. One that lacks it
+            // without being known behind removed it itself while the copies that renamed it
+            // were away. They are the stale ones: it marks them behind on the new name's
+            // directory (whose heal then takes the new name back there), and its answer
+            // stands.
             let mut gone_there = Vec::new();
             for s in lacking {
-                if let Ok(false) = self.behind_in(parent, &ok, s).await {
-                    gone_there.push(s);
+                match self.behind_in(parent, &ok, s).await {
+                    Ok(true) => ok_mask |= bit(s),
+                    Ok(false) => gone_there.push(s),
+                    Err(e) => tracing::debug!(%parent, child = s, "cannot tell why a copy lacks a name: {e}"),
                 }
             }
             if !gone_there.is_empty() {

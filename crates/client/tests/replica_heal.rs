@@ -532,6 +532,7 @@ async fn a_replaced_first_copy_takes_changes_in_directories_the_heal_has_not_rea
     let abc = mkdir(&v, ab, "c").await;
     file(&v, abc, "old", &[(0, pattern(3000, 1))]).await;
     file(&v, abc, "gone", &[(0, pattern(30, 1))]).await;
+    file(&v, abc, "was", &[(0, pattern(40, 1))]).await;
     mkdir(&v, ab, "d").await;
     // Enough names in the root that the heal is busy there for a while.
     for i in 0..1000 {
@@ -569,6 +570,9 @@ async fn a_replaced_first_copy_takes_changes_in_directories_the_heal_has_not_rea
     );
     v.unlink(abc, b"gone").await.unwrap();
     v.rmdir(ab, b"d").await.unwrap();
+    v.rename(abc, b"was", ab, b"is", Default::default())
+        .await
+        .unwrap();
     let data = pattern(5000, 3);
     file(&v, abc, "new", &[(0, data.clone())]).await;
     assert_eq!(std::fs::read(b[0].dir.path().join("a/b/c/new")).unwrap(), data);
@@ -585,6 +589,7 @@ async fn a_replaced_first_copy_takes_changes_in_directories_the_heal_has_not_rea
     same_copies(&t0, &t1);
     assert!(t0.contains_key("/a/b/c/old") && t0.contains_key("/f0999"));
     assert!(!t0.contains_key("/a/b/c/gone") && !t0.contains_key("/a/b/d"));
+    assert!(!t0.contains_key("/a/b/c/was") && t0.contains_key("/a/b/is"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
