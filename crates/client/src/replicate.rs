@@ -83,6 +83,17 @@ struct Outcome<T> {
     failed: u64,
 }
 
+impl<T> Outcome<T> {
+    /// The children that took the change.
+    fn took(&self) -> Vec<usize> {
+        self.ok.iter().map(|(i, _)| *i).collect()
+    }
+
+    fn ok_mask(&self) -> u64 {
+        self.ok.iter().fold(0, |m, (i, _)| m | bit(*i))
+    }
+}
+
 fn bit(i: usize) -> u64 {
     1u64 << i
 }
@@ -197,18 +208,13 @@ impl Replicate {
         F: Fn(usize, &'a Child) -> Fut,
         Fut: Future<Output = Result<T>> + 'a,
     {
-        if !self.quorum(self.up_mask()) {
-            return Err(Errno::EROFS);
-        }
-        let out = Self::outcome(self.fan(f).await)?;
+        let (out, _) = self.attempt(f).await?;
         if out.failed != 0 {
-            let ok: Vec<usize> = out.ok.iter().map(|(i, _)| *i).collect();
             for id in mark_ids {
-                self.mark(*id, &ok, out.failed).await;
+                self.mark(*id, &out.took(), out.failed).await;
             }
         }
-        let ok_mask = out.ok.iter().fold(0, |m, (i, _)| m | bit(*i));
-        if !self.quorum(ok_mask) {
+        if !self.quorum(out.ok_mask()) {
             return Err(Errno::EROFS);
         }
         Ok(out.ok)
@@ -244,6 +250,23 @@ impl Replicate {
         }
     }
 
+    /// Runs a change on every child, refused without quorum: the answers sorted as by
+    /// `outcome`, and the children that answered that what it names is gone.
+    async fn attempt<'a, T, F, Fut>(&'a self, f: F) -> Result<(Outcome<T>, Vec<usize>)>
+    where
+        F: Fn(usize, &'a Child) -> Fut,
+        Fut: Future<Output = Result<T>> + 'a,
+    {
+        if !self.quorum(self.up_mask()) {
+            return Err(Errno::EROFS);
+        }
+        let results = self.fan(f).await;
+        let lacking = (0..results.len())
+            .filter(|i| results[*i].as_ref().is_err_and(|e| crate::heal::gone(*e)))
+            .collect();
+        Ok((Self::outcome(results)?, lacking))
+    }
+
     /// Removes a name in `parent` as `mutate` changes things, except for a child that lacks
     /// the name (or `parent`): when the good copies mark it as behind there, it counts as
     /// having taken the removal (absent is what was asked, and a copy being refilled lacks
@@ -254,17 +277,8 @@ impl Replicate {
         F: Fn(usize, &'a Child) -> Fut,
         Fut: Future<Output = Result<T>> + 'a,
     {
-        if !self.quorum(self.up_mask()) {
-            return Err(Errno::EROFS);
-        }
-        let results = self.fan(f).await;
-        let lacking: Vec<usize> = (0..results.len())
-            .filter(|i| results[*i].as_ref().is_err_and(|e| crate::heal::gone(*e)))
-            .collect();
-        let out = Self::outcome(results)?;
-        let ok: Vec<usize> = out.ok.iter().map(|(i, _)| *i).collect();
-        let mut ok_mask = ok.iter().fold(0, |m, i| m | bit(*i));
-        let mut failed = out.failed;
+        let (out, lacking) = self.attempt(f).await?;
+        let (ok, mut ok_mask, mut failed) = (out.took(), out.ok_mask(), out.failed);
         let mut gone_there = false;
         if !self.quorum(ok_mask) {
             for s in lacking {
@@ -390,13 +404,11 @@ impl Replicate {
         // change missed after that would otherwise go unrecorded.
         let unmarked = out.failed & !covered;
         if unmarked != 0 {
-            let ok: Vec<usize> = out.ok.iter().map(|(i, _)| *i).collect();
-            self.mark(rh.id, &ok, unmarked).await;
+            self.mark(rh.id, &out.took(), unmarked).await;
         }
         rh.marked.fetch_or(out.failed, Ordering::SeqCst);
         rh.failing.store(out.failed, Ordering::SeqCst);
-        let ok_mask = out.ok.iter().fold(0, |m, (i, _)| m | bit(*i));
-        if !self.quorum(ok_mask) {
+        if !self.quorum(out.ok_mask()) {
             return Err(Errno::EROFS);
         }
         Ok(out.ok)
@@ -523,8 +535,7 @@ impl Xlator for Replicate {
             .filter(|(_, r)| r.as_ref().is_err_and(|e| e.is_transport()))
             .fold(0, |m, (i, _)| m | bit(i));
         let out = Self::outcome(results)?;
-        let ok_mask = out.ok.iter().fold(0, |m, (i, _)| m | bit(*i));
-        if !self.quorum(ok_mask) {
+        if !self.quorum(out.ok_mask()) {
             // A child went away unnoticed until now, and too few copies took the new name:
             // it is taken back, so that nothing is left of a create that was refused.
             let (mut kept, mut taken_back) = (Vec::new(), Vec::new());
@@ -560,8 +571,7 @@ impl Xlator for Replicate {
             return Err(Errno::EROFS);
         }
         if out.failed != 0 {
-            let took: Vec<usize> = out.ok.iter().map(|(i, _)| *i).collect();
-            self.mark(parent, &took, out.failed).await;
+            self.mark(parent, &out.took(), out.failed).await;
         }
         let ok = out.ok;
         let mut handles: Vec<Option<Handle>> = (0..self.children.len()).map(|_| None).collect();
@@ -610,18 +620,10 @@ impl Xlator for Replicate {
         } else {
             &[parent, new_parent]
         };
-        if !self.quorum(self.up_mask()) {
-            return Err(Errno::EROFS);
-        }
-        let results = self
-            .fan(|_, c| c.rename(parent, name, new_parent, new_name, flags))
-            .await;
-        let lacking: Vec<usize> = (0..results.len())
-            .filter(|i| results[*i].as_ref().is_err_and(|e| crate::heal::gone(*e)))
-            .collect();
-        let out = Self::outcome(results)?;
-        let ok: Vec<usize> = out.ok.iter().map(|(i, _)| *i).collect();
-        let mut ok_mask = ok.iter().fold(0, |m, i| m | bit(*i));
+        let (out, lacking) = self
+            .attempt(|_, c| c.rename(parent, name, new_parent, new_name, flags))
+            .await?;
+        let (ok, mut ok_mask) = (out.took(), out.ok_mask());
         if !self.quorum(ok_mask) {
             // As for a removal: a copy that lacks the name because it is behind (being
             // refilled) counts as having taken the rename, and is marked behind on both
@@ -655,17 +657,9 @@ impl Xlator for Replicate {
     }
 
     async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
-        if !self.quorum(self.up_mask()) {
-            return Err(Errno::EROFS);
-        }
-        let results = self.fan(|_, c| c.link(id, new_parent, new_name)).await;
-        let lacking = (0..results.len())
-            .filter(|i| results[*i].as_ref().is_err_and(|e| crate::heal::gone(*e)))
-            .fold(0, |m, i| m | bit(i));
-        let out = Self::outcome(results)?;
-        let ok: Vec<usize> = out.ok.iter().map(|(i, _)| *i).collect();
-        let ok_mask = ok.iter().fold(0, |m, i| m | bit(*i));
-        if !self.quorum(ok_mask) && lacking != 0 {
+        let (out, lacking) = self.attempt(|_, c| c.link(id, new_parent, new_name)).await?;
+        let (ok, ok_mask) = (out.took(), out.ok_mask());
+        if !self.quorum(ok_mask) && !lacking.is_empty() {
             // Too few copies have the file. Those that lack it may have removed it while the
             // others were away (a file records no parent to tell by): marked behind, they
             // would get the file back from the heal under the new name. It is taken back.
