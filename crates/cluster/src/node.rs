@@ -1141,10 +1141,10 @@ impl Node {
         tracing::warn!(volume = %name, "some bricks did not come online within 10s");
     }
 
-    /// Asks each brick of `vols` what it lists as waiting for heal.
+    /// Asks each brick of `vols` what it lists as waiting for heal (all at once: a brick
+    /// may search its tree for paths for a few seconds).
     async fn heal_info(&self, vols: Vec<crate::state::VolumeRecord>) -> Vec<HealRow> {
-        let mut rows = Vec::new();
-        for b in vols.iter().flat_map(|v| &v.spec.bricks) {
+        let asks = vols.iter().flat_map(|v| &v.spec.bricks).map(|b| async move {
             let conn = proto::rpc::Conn::<proto::msg::Request, proto::msg::Reply>::new(
                 &b.addr,
                 self.key.clone(),
@@ -1186,12 +1186,12 @@ impl Node {
                 Ok(Err(e)) => Err(format!("not reachable: {e}")),
                 Err(_) => Err("no answer".to_string()),
             };
-            rows.push(HealRow {
+            HealRow {
                 brick: b.label(),
                 entries,
-            });
-        }
-        rows
+            }
+        });
+        futures_util::future::join_all(asks).await
     }
 
     async fn volume_status(self: &Arc<Self>, vols: Vec<crate::state::VolumeRecord>) -> Vec<VolumeStatusView> {
