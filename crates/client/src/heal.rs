@@ -68,6 +68,13 @@ pub struct Healer {
     pub child: Child,
 }
 
+/// What a heal made on a copy, to be healed in turn.
+#[derive(Default)]
+struct Made {
+    dirs: Vec<FileId>,
+    other: Vec<FileId>,
+}
+
 enum Outcome {
     /// Nothing marked behind (any more).
     Clean,
@@ -168,6 +175,9 @@ impl Replicate {
     }
 
     /// Heals `queue`, then what their entry heals made, and so on down, `PARALLEL` at once.
+    /// Directories made go first, one always under way when there is one (they heal one at
+    /// a time anyway): each makes all its names, so that a copy being refilled has the whole
+    /// tree of names early, and takes changes everywhere, while files' data follow.
     async fn heal_trees(
         &self,
         mut queue: VecDeque<FileId>,
@@ -176,18 +186,28 @@ impl Replicate {
     ) {
         let dirs = tokio::sync::Mutex::new(());
         let (dirs, mut running) = (&dirs, FuturesUnordered::new());
+        let (mut dir_queue, mut dirs_running) = (VecDeque::new(), 0);
         loop {
             while running.len() < PARALLEL {
-                let Some(id) = queue.pop_front() else { break };
+                let next = match dirs_running {
+                    0 => dir_queue.pop_front().map(|d| (d, true)),
+                    _ => None,
+                };
+                let next = next
+                    .or_else(|| queue.pop_front().map(|id| (id, false)))
+                    .or_else(|| dir_queue.pop_front().map(|d| (d, true)));
+                let Some((id, is_dir)) = next else { break };
+                dirs_running += usize::from(is_dir);
                 running.push(async move {
-                    let mut made = Vec::new();
+                    let mut made = Made::default();
                     let r = self.heal_object(id, &mut made, dirs).await;
-                    (id, r, made)
+                    (id, is_dir, r, made)
                 });
             }
-            let Some((id, r, made)) = running.next().await else {
+            let Some((id, is_dir, r, made)) = running.next().await else {
                 break;
             };
+            dirs_running -= usize::from(is_dir);
             match r {
                 Ok(Outcome::Healed) => report.healed += 1,
                 Ok(Outcome::Clean | Outcome::Waiting) => {}
@@ -199,8 +219,9 @@ impl Replicate {
                 }
             }
             // (Also when listed already: that heal may have come before the entry was made.)
-            visited.extend(made.iter().copied());
-            queue.extend(made);
+            visited.extend(made.dirs.iter().chain(&made.other).copied());
+            dir_queue.extend(made.dirs);
+            queue.extend(made.other);
         }
     }
 
@@ -209,7 +230,7 @@ impl Replicate {
     async fn heal_object(
         &self,
         id: FileId,
-        made: &mut Vec<FileId>,
+        made: &mut Made,
         dirs: &tokio::sync::Mutex<()>,
     ) -> Result<Outcome> {
         let entries = join_all(self.healers.iter().map(|h| h.child.getattr(id))).await;
@@ -288,7 +309,7 @@ impl Replicate {
         id: FileId,
         sources: &[usize],
         s: usize,
-        made: &mut Vec<FileId>,
+        made: &mut Made,
         gate: Option<&RwLock<()>>,
     ) -> Result<bool> {
         let sink = self.via(s, gate);
@@ -324,7 +345,7 @@ impl Replicate {
         id: FileId,
         sources: &[usize],
         s: usize,
-        made: &mut Vec<FileId>,
+        made: &mut Made,
         gate: Option<&RwLock<()>>,
     ) -> Result<bool> {
         // Read after the guard: the markers cleared below are those of what is copied.
@@ -373,13 +394,7 @@ impl Replicate {
 
     /// A directory's entries: names the good copies lack go, missing ones are made (with
     /// the same ids) and marked, so that their contents follow.
-    async fn copy_entries(
-        &self,
-        dir: FileId,
-        sources: &[usize],
-        s: usize,
-        made: &mut Vec<FileId>,
-    ) -> Result<()> {
+    async fn copy_entries(&self, dir: FileId, sources: &[usize], s: usize, made: &mut Made) -> Result<()> {
         let src = sources[0];
         let want = list_dir(self.healer(src), dir).await?;
         let have = list_dir(self.healer(s), dir).await?;
@@ -411,7 +426,8 @@ impl Replicate {
             }
             match adding.next().await {
                 None => break,
-                Some(Ok(id)) => made.push(id),
+                Some(Ok((id, true))) => made.dirs.push(id),
+                Some(Ok((id, false))) => made.other.push(id),
                 Some(Err(e)) => {
                     first_error.get_or_insert(e);
                 }
@@ -420,7 +436,8 @@ impl Replicate {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Makes the names of one object on child `s`; the object's id once done.
+    /// Makes the names of one object on child `s`; the object's id, and whether it is a
+    /// directory, once done.
     async fn add_names(
         &self,
         dir: FileId,
@@ -428,11 +445,12 @@ impl Replicate {
         names: Vec<(&[u8], &Entry)>,
         sources: &[usize],
         s: usize,
-    ) -> Result<FileId> {
+    ) -> Result<(FileId, bool)> {
+        let is_dir = names.first().is_some_and(|(_, e)| e.attr.kind == FileKind::Dir);
         for (name, e) in names {
             self.add_entry(dir, name, e, sources, s, false).await?;
         }
-        Ok(id)
+        Ok((id, is_dir))
     }
 
     /// Makes `name` in `dir` on child `s`, as `e` on the good copies `sources`: over the

@@ -667,3 +667,41 @@ async fn a_name_the_first_copy_removed_alone_is_not_split_brain_when_changed_aga
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_gets_its_directories_ahead_of_the_files_data() {
+    let (key, mut b, _owned, vol) = replica_3().await;
+    let v = vol.root.clone();
+
+    // The third copy misses many files' data and a few directories under them.
+    b[2].stop();
+    until("the volume to see the third brick down", || !vol.conns[2].is_up()).await;
+    const FILES: usize = 150;
+    let data = pattern(1 << 20, 4);
+    for i in 0..FILES {
+        file(&v, FileId::ROOT, &format!("big{i:03}"), &[(0, data.clone())]).await;
+    }
+    let a = mkdir(&v, FileId::ROOT, "a").await;
+    let ab = mkdir(&v, a, "b").await;
+    mkdir(&v, ab, "c").await;
+    b[2].start(&key).await;
+
+    // Each directory the heal makes goes ahead of the files it made before it: the whole
+    // tree of names is there while most files still wait for their data.
+    let deep = b[2].dir.path().join("a/b/c");
+    until("a/b/c to be made on the third copy", || deep.exists()).await;
+    let whole = (0..FILES)
+        .filter(|i| {
+            let p = b[2].dir.path().join(format!("big{i:03}"));
+            std::fs::metadata(p).is_ok_and(|m| m.len() == data.len() as u64)
+        })
+        .count();
+    assert!(
+        whole < FILES / 2,
+        "{whole} of {FILES} files were whole before a/b/c was made"
+    );
+    until("the third copy to be healed", || {
+        b.iter().all(|x| x.pending() == 0)
+    })
+    .await;
+}
