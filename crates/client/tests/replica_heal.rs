@@ -204,9 +204,14 @@ fn same_copies(a: &Tree, b: &Tree) {
 
 /// Three bricks in this process and a replica 3 volume over them.
 async fn replica_3() -> (ClusterKey, Vec<TestBrick>, Vec<String>, Volume) {
+    replica(3).await
+}
+
+/// `n` bricks in this process and a replica `n` volume over them.
+async fn replica(n: usize) -> (ClusterKey, Vec<TestBrick>, Vec<String>, Volume) {
     let key = ClusterKey::generate();
     let mut b = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..n {
         b.push(TestBrick::new(&key).await);
     }
     let addrs: Vec<String> = b.iter().map(|x| x.addr.clone()).collect();
@@ -510,21 +515,9 @@ async fn a_change_answers_with_a_good_copys_attributes_while_the_first_is_behind
     other.root.release(&held).await.unwrap();
 }
 
-/// Two bricks in this process and a replica 2 volume over them.
-async fn replica_2() -> (ClusterKey, Vec<TestBrick>, Vec<String>, Volume) {
-    let key = ClusterKey::generate();
-    let b = vec![TestBrick::new(&key).await, TestBrick::new(&key).await];
-    let addrs: Vec<String> = b.iter().map(|x| x.addr.clone()).collect();
-    let refs: Vec<&str> = addrs.iter().map(String::as_str).collect();
-    let vol = Volume::connect(spec(&refs), key.clone(), "refill", Duration::from_secs(5))
-        .await
-        .unwrap();
-    (key, b, addrs, vol)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_first_copy_takes_changes_in_directories_the_heal_has_not_reached() {
-    let (key, mut b, owned, vol) = replica_2().await;
+    let (key, mut b, owned, vol) = replica(2).await;
     let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
     let v = vol.root.clone();
     let a = mkdir(&v, FileId::ROOT, "a").await;
@@ -594,7 +587,7 @@ async fn a_replaced_first_copy_takes_changes_in_directories_the_heal_has_not_rea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_the_first_copy_removed_does_not_come_back_through_the_stale_one() {
-    let (key, mut b, _owned, vol) = replica_2().await;
+    let (key, mut b, _owned, vol) = replica(2).await;
     let v = vol.root.clone();
     let a = mkdir(&v, FileId::ROOT, "a").await;
     let ab = mkdir(&v, a, "b").await;
@@ -628,7 +621,7 @@ async fn a_directory_the_first_copy_removed_does_not_come_back_through_the_stale
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_the_first_copy_removed_alone_is_not_split_brain_when_changed_again() {
-    let (key, mut b, _owned, vol) = replica_2().await;
+    let (key, mut b, _owned, vol) = replica(2).await;
     let v = vol.root.clone();
     let d = mkdir(&v, FileId::ROOT, "d").await;
     file(&v, d, "n", &[(0, pattern(10, 1))]).await;
