@@ -164,3 +164,46 @@ fn objects_with_pending_markers_are_listed_in_pages_until_their_markers_go() {
     assert_eq!(store.pending(None, 100).unwrap(), Vec::<FileId>::new());
     assert!(files(&root.join(".shoal/pending")).is_empty());
 }
+
+#[test]
+fn objects_are_named_by_path_and_directories_by_parent_after_renames() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let store = Store::open_dir(root).unwrap();
+    let dir = |n: &Path| NewNode {
+        kind: FileKind::Dir,
+        perm: 0o755,
+        ..node(n)
+    };
+    let (a, b) = (dir(root), dir(root));
+    store.create(FileId::ROOT, b"a", &a, None, None).unwrap();
+    store.create(a.id, b"b", &b, None, None).unwrap();
+    let f = node(root);
+    store.create(b.id, b"f", &f, None, None).unwrap();
+    let gone = FileId::random();
+
+    assert_eq!(store.dir_parent(b.id).unwrap(), (a.id, b"b".to_vec()));
+    assert_eq!(store.dir_parent(FileId::ROOT), Err(proto::Errno::EINVAL));
+    assert_eq!(store.dir_parent(f.id), Err(proto::Errno::ENOTDIR));
+    let budget = shoal_brick::paths::Budget::default();
+    let paths = |ids: &[FileId]| -> Vec<Option<String>> {
+        store
+            .paths_of(ids, budget)
+            .into_iter()
+            .map(|p| p.map(|p| String::from_utf8(p).unwrap()))
+            .collect()
+    };
+    let want =
+        |v: &[Option<&str>]| -> Vec<Option<String>> { v.iter().map(|p| p.map(String::from)).collect() };
+    assert_eq!(
+        paths(&[FileId::ROOT, b.id, f.id, gone]),
+        want(&[Some("/"), Some("/a/b"), Some("/a/b/f"), None])
+    );
+
+    // Moved: the directory's parent link and everything's path follow.
+    store
+        .rename(a.id, b"b", FileId::ROOT, b"moved", RenameFlags::default())
+        .unwrap();
+    assert_eq!(store.dir_parent(b.id).unwrap(), (FileId::ROOT, b"moved".to_vec()));
+    assert_eq!(paths(&[b.id, f.id]), want(&[Some("/moved"), Some("/moved/f")]));
+}
