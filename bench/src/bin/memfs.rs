@@ -12,7 +12,7 @@ use fuser::{
     LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use rustix::fs::{fstat, ftruncate, memfd_create, MemfdFlags};
+use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
 use rustix::io::{pread, pwrite};
 use shoal_fuse::negative;
 use std::cell::RefCell;
@@ -87,16 +87,16 @@ impl Node {
         self.data.as_ref().ok_or(Errno::EIO)
     }
 
-    fn note_blocks(&mut self) {
-        if let Some(Ok(st)) = self.data.as_ref().map(fstat) {
-            self.attr.blocks = st.st_blocks as u64;
-        }
+    /// A new size, and the blocks it is counted as (holes included: asking the memory file
+    /// would cost every write a system call, and no workload here looks).
+    fn set_size(&mut self, size: u64) {
+        self.attr.size = size;
+        self.attr.blocks = size.div_ceil(512);
     }
 
     fn resize(&mut self, size: u64) -> Result<(), Errno> {
         ftruncate(self.data()?, size).map_err(io_errno)?;
-        self.attr.size = size;
-        self.note_blocks();
+        self.set_size(size);
         Ok(())
     }
 
@@ -106,8 +106,7 @@ impl Node {
         while done < data.len() {
             done += pwrite(fd, &data[done..], offset + done as u64).map_err(io_errno)?;
         }
-        self.attr.size = self.attr.size.max(offset + data.len() as u64);
-        self.note_blocks();
+        self.set_size(self.attr.size.max(offset + data.len() as u64));
         let now = SystemTime::now();
         self.attr.mtime = now;
         self.attr.ctime = now;
