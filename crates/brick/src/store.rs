@@ -1054,7 +1054,8 @@ impl Store {
         sys::remove(&self.loc_target(&loc), name)
     }
 
-    /// Adds deltas to internal 64-bit counters; a counter at zero is removed.
+    /// Adds deltas to internal 64-bit counters, none taken below zero; a counter at zero is
+    /// removed.
     pub fn xattr_add(&self, id: FileId, deltas: &[(String, i64)]) -> Result<Vec<(String, i64)>, Errno> {
         for (name, _) in deltas {
             ns::check_meta_name(name)?;
@@ -1069,7 +1070,13 @@ impl Store {
                 Some(v) => i64::from_be_bytes(v.as_slice().try_into().map_err(|_| Errno::EIO)?),
                 None => 0,
             };
-            let new = cur.saturating_add(*delta);
+            // Never below zero: a heal takes off only what it counted, so taking off more
+            // than is there means a count taken off twice, and a negative count would
+            // cancel the marker of a change missed later.
+            let new = match cur.saturating_add(*delta) {
+                n if *delta < 0 => n.max(0),
+                n => n,
+            };
             if new == 0 {
                 match sys::remove(&t, disk.as_bytes()) {
                     Ok(()) | Err(Errno::ENODATA) => {}

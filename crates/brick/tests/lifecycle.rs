@@ -155,6 +155,12 @@ fn objects_with_pending_markers_are_listed_in_pages_until_their_markers_go() {
         .xattr_add(ids[0], &[("pending.1".into(), -1), ("pending.2".into(), 2)])
         .unwrap();
     store.xattr_add(ids[1], &[("pending.1".into(), -1)]).unwrap();
+    // Taken off twice, a counter stays at zero: the next marker still counts.
+    store.xattr_add(ids[1], &[("pending.1".into(), -1)]).unwrap();
+    let marked = store.xattr_add(ids[1], &[("pending.1".into(), 1)]).unwrap();
+    assert_eq!(marked, [("pending.1".to_string(), 1)]);
+    assert!(store.pending(None, 100).unwrap().contains(&ids[1]));
+    store.xattr_add(ids[1], &[("pending.1".into(), -1)]).unwrap();
     let now = store.pending(None, 100).unwrap();
     assert!(now.contains(&ids[0]) && !now.contains(&ids[1]));
     // Objects removed with their markers drop out of the list.

@@ -378,18 +378,39 @@ impl Replicate {
         for &i in sources {
             changed |= self.via(i, gate).heal_end(id, false).await.unwrap_or(true);
         }
-        // The copy is exact now; from here on changes reach it again (and any it misses
-        // are marked anew, on top of the counts read above).
-        changed |= to.heal_end(id, true).await.unwrap_or(true);
         if changed {
             return Ok(false);
         }
-        for (i, n) in counts {
-            if n != 0 {
-                self.via(i, gate).xattr_add(id, &[(key.clone(), -n)]).await?;
-            }
+        // Taken off while the guard is still held: another healer of this copy reads the
+        // markers only once it holds the guard, so it cannot count these too and take them
+        // off a second time (which would cancel the marker of a change missed later).
+        self.add_counts(id, &key, &counts, -1, gate).await?;
+        // The copy is exact now; from here on changes reach it again (and any it misses
+        // are marked anew, on top of the counts read above).
+        if to.heal_end(id, true).await.unwrap_or(true) {
+            // The guard was broken (this heal stalled) or lost with its connection: the
+            // copy cannot be vouched for after all, and the markers go back.
+            self.add_counts(id, &key, &counts, 1, gate).await?;
+            return Ok(false);
         }
         Ok(true)
+    }
+
+    /// Adds `sign` times each count read, `(child, n)`, to that child's marker `key` on `id`.
+    async fn add_counts(
+        &self,
+        id: FileId,
+        key: &str,
+        counts: &[(usize, i64)],
+        sign: i64,
+        gate: Option<&RwLock<()>>,
+    ) -> Result<()> {
+        for &(i, n) in counts.iter().filter(|(_, n)| *n != 0) {
+            self.via(i, gate)
+                .xattr_add(id, &[(key.to_string(), sign * n)])
+                .await?;
+        }
+        Ok(())
     }
 
     /// A directory's entries: names the good copies lack go, missing ones are made (with
