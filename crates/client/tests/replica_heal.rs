@@ -698,3 +698,55 @@ async fn a_copy_gets_its_directories_ahead_of_the_files_data() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_healing_at_once_take_each_marker_off_once() {
+    let (key, mut b, owned, vol) = replica(2).await;
+    let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let mut others = Vec::new();
+    for i in 0..3 {
+        let name = format!("heal-{i}");
+        let v = Volume::connect(spec(&refs), key.clone(), &name, Duration::from_secs(5));
+        others.push(v.await.unwrap());
+    }
+    let v = vol.root.clone();
+
+    b[1].stop();
+    until("the volume to see the second brick down", || {
+        !vol.conns[1].is_up()
+    })
+    .await;
+    const FILES: usize = 500;
+    for i in 0..FILES {
+        file(
+            &v,
+            FileId::ROOT,
+            &format!("f{i:03}"),
+            &[(0, pattern(4096, i as u8))],
+        )
+        .await;
+    }
+    // Four clients heal the copy at once, each object by one at a time. A marker taken
+    // off by two of them would leave its counter below zero: the object would stay listed,
+    // and the next change the copy missed would go unrecorded.
+    b[1].start(&key).await;
+    until("the second copy to be healed", || {
+        b.iter().all(|x| x.pending() == 0)
+    })
+    .await;
+    b[1].stop();
+    until("every client to see the second brick down", || {
+        !vol.conns[1].is_up() && others.iter().all(|o| !o.conns[1].is_up())
+    })
+    .await;
+    for i in 0..FILES {
+        v.unlink(FileId::ROOT, format!("f{i:03}").as_bytes())
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        b[0].pending(),
+        1,
+        "the root, marked for the names the second copy missed"
+    );
+}

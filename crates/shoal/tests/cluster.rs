@@ -328,6 +328,12 @@ fn a_mount_follows_its_volume_and_outlives_the_node_it_came_from() {
     let mount = || mount_nas(&c, &dir);
     let unmount = mount();
     std::fs::write(dir.join("f"), b"kept").unwrap();
+    // (A brick the mount reached late missed "f": that is healed first.)
+    let clean = || {
+        let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
+        info.matches("Number of entries: 0\n").count() == 3
+    };
+    wait_for("the volume to be clean", Duration::from_secs(30), clean);
 
     // A brick that stops answering misses a write: `volume heal info` shows what waits for
     // it, and once it answers again the mount heals it.
@@ -363,10 +369,7 @@ fn a_mount_follows_its_volume_and_outlives_the_node_it_came_from() {
         !mount_running()
     });
     drop(stopped);
-    wait_for("the brick to be healed", Duration::from_secs(60), || {
-        let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
-        info.matches("Number of entries: 0\n").count() == 3
-    });
+    wait_for("the brick to be healed", Duration::from_secs(60), clean);
     let _unmount = mount();
     let r = c.cli(0, &["volume", "heal", "nas", "repair"]);
     assert!(!r.ok && r.stderr.contains("info"), "{}", r.stderr);
