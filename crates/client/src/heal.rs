@@ -476,7 +476,7 @@ impl Replicate {
 
     /// Makes `name` in `dir` on child `s`, as `e` on the good copies `sources`: over the
     /// healer's connections, or (`own`) over this client's.
-    async fn add_entry(
+    pub(crate) async fn add_entry(
         &self,
         dir: FileId,
         name: &[u8],

@@ -201,6 +201,45 @@ impl Replicate {
         }
     }
 
+    /// A name found on too few copies for a change to it to have quorum, because the others
+    /// lack it: with replica 2 and the first copy being refilled (a replaced disk), every
+    /// write, attribute change or hard link of a file the heal has not made there yet would
+    /// fail with EROFS. Where the good copies mark a lacking copy as behind in `parent` (so
+    /// it did not remove the name itself), the name is made there now, as the heal makes
+    /// it (same id, marked for its contents to follow), with any directories above that it
+    /// lacks. Best effort: what cannot be made is left to the heal.
+    async fn make_where_lacking(&self, parent: FileId, name: &[u8], results: &[Result<Entry>]) {
+        let stale = Self::stale_in(results);
+        let good = |i: usize| results[i].as_ref().ok().filter(|_| stale & bit(i) == 0);
+        let Some(e) = (0..results.len()).find_map(good) else {
+            return;
+        };
+        let has: Vec<usize> = (0..results.len())
+            .filter(|i| good(*i).is_some_and(|x| x.attr.id == e.attr.id))
+            .collect();
+        let lacking: Vec<usize> = (0..results.len())
+            .filter(|i| results[*i].as_ref().is_err_and(|x| crate::heal::gone(*x)))
+            .collect();
+        let has_mask = has.iter().fold(0, |m, i| m | bit(*i));
+        if lacking.is_empty() || self.quorum(has_mask) {
+            return;
+        }
+        for s in lacking {
+            let made = async {
+                if !self.behind_in(parent, &has, s).await? {
+                    return Ok(false);
+                }
+                self.make_dirs_above(parent, &has, s).await?;
+                self.add_entry(parent, name, e, &has, s, true).await?;
+                Ok::<bool, Errno>(true)
+            };
+            match made.await {
+                Ok(made) => tracing::debug!(%parent, child = s, made, "a name a copy lacks"),
+                Err(err) => tracing::debug!(%parent, child = s, "cannot make a name a copy lacks: {err}"),
+            }
+        }
+    }
+
     /// Runs a change on every child: refused without quorum, marks what was missed, fails
     /// with EROFS if fewer than a quorum took it.
     async fn mutate<'a, T, F, Fut>(&'a self, mark_ids: &[FileId], f: F) -> Result<Vec<(usize, T)>>
@@ -481,6 +520,7 @@ impl Xlator for Replicate {
     async fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Entry> {
         let results = self.fan(|_, c| c.lookup(parent, name)).await;
         self.noticed(Self::stale_in(&results));
+        self.make_where_lacking(parent, name, &results).await;
         Self::pick(results)
     }
 

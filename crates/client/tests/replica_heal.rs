@@ -569,6 +569,20 @@ async fn a_replaced_first_copy_takes_changes_in_directories_the_heal_has_not_rea
     let data = pattern(5000, 3);
     file(&v, abc, "new", &[(0, data.clone())]).await;
     assert_eq!(std::fs::read(b[0].dir.path().join("a/b/c/new")).unwrap(), data);
+    // A file it does not have yet is made there once looked up, so that it takes writes,
+    // attribute changes and hard links too.
+    let old = v.lookup(abc, b"old").await.unwrap().attr.id;
+    let h = v.open(old, libc::O_RDWR as u32).await.unwrap();
+    v.write(&h, 100, Bytes::from_static(b"changed")).await.unwrap();
+    v.release(&h).await.unwrap();
+    let chmod = SetAttr {
+        perm: Some(0o600),
+        ..SetAttr::default()
+    };
+    v.setattr(old, None, &chmod).await.unwrap();
+    v.link(old, ab, b"old-link").await.unwrap();
+    let mut changed = pattern(3000, 1);
+    changed[100..107].copy_from_slice(b"changed");
 
     // The heal then makes the copies identical.
     until("the first copy to be refilled", || {
@@ -577,10 +591,21 @@ async fn a_replaced_first_copy_takes_changes_in_directories_the_heal_has_not_rea
     .await;
     let (mut t0, mut t1) = (brick_tree(&key, addrs[0]).await, brick_tree(&key, addrs[1]).await);
     // (Written to both copies, each brick giving it its own mtime; the rest was healed.)
-    let (n0, n1) = (t0.remove("/a/b/c/new").unwrap(), t1.remove("/a/b/c/new").unwrap());
-    assert_eq!((n0.0.attr.id, &n0.2), (n1.0.attr.id, &data));
+    for (path, want) in [
+        ("/a/b/c/new", &data),
+        ("/a/b/c/old", &changed),
+        ("/a/b/old-link", &changed),
+    ] {
+        let (n0, n1) = (t0.remove(path).unwrap(), t1.remove(path).unwrap());
+        assert_eq!((n0.0.attr.id, &n0.2), (n1.0.attr.id, want), "{path}");
+        let (a0, a1) = (&n0.0.attr, &n1.0.attr);
+        assert_eq!((a0.perm, a0.nlink), (a1.perm, a1.nlink), "{path}");
+        if path != "/a/b/c/new" {
+            assert_eq!((a0.perm, a0.nlink), (0o600, 2), "{path}");
+        }
+    }
     same_copies(&t0, &t1);
-    assert!(t0.contains_key("/a/b/c/old") && t0.contains_key("/f0999"));
+    assert!(t0.contains_key("/f0999"));
     assert!(!t0.contains_key("/a/b/c/gone") && !t0.contains_key("/a/b/d"));
     assert!(!t0.contains_key("/a/b/c/was") && t0.contains_key("/a/b/is"));
 }
