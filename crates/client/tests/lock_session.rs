@@ -242,3 +242,19 @@ async fn a_brick_that_restarts_gives_locks_back_to_their_holders_first() {
     a.root.setlk(f, &lock(LockKind::Unlock, oa), false).await.unwrap();
     b.root.setlk(f, &lock(LockKind::Write, ob), false).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_at_once_make_one_connection() {
+    // (A second connection of the same session would have the brick close the first.)
+    let key = ClusterKey::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let brick = listener.local_addr().unwrap().to_string();
+    let _serving = serve_brick(dir.path(), listener, brick::ServerConfig::new(key.clone()));
+    let relay = Relay::new(brick).await;
+    let c = shoal_client::conn::BrickConn::new(&relay.addr, key, "client", "twice");
+    let (a, b, d) = tokio::join!(c.connect(), c.connect(), c.connect());
+    assert_eq!((a, b, d), (Ok(()), Ok(()), Ok(())));
+    assert_eq!(relay.links.lock().unwrap().len(), 1);
+    assert_eq!(c.generation(), 1);
+}

@@ -81,6 +81,8 @@ pub struct Conn<Q, R> {
     name: String,
     link: Mutex<Option<Arc<Link<R>>>>,
     reconnecting: AtomicBool,
+    /// Held while a connection is being made (see `establish`).
+    connecting: tokio::sync::Mutex<()>,
     gen: AtomicU64,
     notices: Mutex<Option<NoticeFn>>,
     /// Requests sent first on every new connection, before anyone else's.
@@ -103,6 +105,7 @@ where
             name: name.to_string(),
             link: Mutex::new(None),
             reconnecting: AtomicBool::new(false),
+            connecting: tokio::sync::Mutex::new(()),
             gen: AtomicU64::new(0),
             notices: Mutex::new(None),
             hello: Mutex::new(None),
@@ -179,6 +182,13 @@ where
     }
 
     async fn establish(&self) -> Result<(), Errno> {
+        // One at a time (a caller's `connect` and the reconnect loop may meet): a brick
+        // takes a second connection that names the same session (in its `hello`) for the
+        // client coming back and closes the first, possibly after it was installed here.
+        let _one = self.connecting.lock().await;
+        if self.is_up() {
+            return Ok(());
+        }
         let addr = self.addr();
         let attempt = async {
             let mut s = crate::transport::connect(&addr).await.map_err(Errno::from)?;
