@@ -613,6 +613,14 @@ impl Xlator for Distribute {
     async fn heal(&self) -> Result<HealReport> {
         crate::xlator::heal_all(&self.children).await
     }
+
+    async fn split_brains(&self) -> Result<Vec<FileId>> {
+        crate::xlator::split_brains_all(&self.children).await
+    }
+
+    async fn settle(&self, id: FileId, how: &crate::split_brain::Settle) -> Result<Vec<String>> {
+        crate::xlator::settle_all(&self.children, id, how).await
+    }
 }
 
 /// The capacity of children that each hold a part of the volume.

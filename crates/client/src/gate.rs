@@ -144,4 +144,12 @@ impl Xlator for Gate {
     async fn heal(&self) -> Result<HealReport> {
         self.pass()?.heal().await
     }
+
+    async fn split_brains(&self) -> Result<Vec<FileId>> {
+        self.pass()?.split_brains().await
+    }
+
+    async fn settle(&self, id: FileId, how: &crate::split_brain::Settle) -> Result<Vec<String>> {
+        self.pass()?.settle(id, how).await
+    }
 }

@@ -90,7 +90,7 @@ fn bit(i: usize) -> u64 {
     1u64 << i
 }
 
-fn counter(e: &Entry, key: &str) -> i64 {
+pub(crate) fn counter(e: &Entry, key: &str) -> i64 {
     e.meta(key)
         .and_then(|v| <[u8; 8]>::try_from(v).ok())
         .map(i64::from_be_bytes)
@@ -106,7 +106,7 @@ pub(crate) fn gone(e: Errno) -> bool {
 }
 
 /// Every entry of directory `id` on one brick, with its object.
-async fn list_dir(c: &Child, id: FileId) -> Result<Vec<DirEntry>> {
+pub(crate) async fn list_dir(c: &Child, id: FileId) -> Result<Vec<DirEntry>> {
     let mut out = Vec::new();
     let mut cursor = DirCursor::default();
     loop {
@@ -123,7 +123,7 @@ async fn list_dir(c: &Child, id: FileId) -> Result<Vec<DirEntry>> {
     }
 }
 
-fn entry_id(d: &DirEntry) -> Option<FileId> {
+pub(crate) fn entry_id(d: &DirEntry) -> Option<FileId> {
     d.entry.as_ref().map(|e| e.attr.id)
 }
 
@@ -141,17 +141,22 @@ impl Replicate {
         }
     }
 
+    /// Connects the healer's own connections to the bricks that are up (best effort: an
+    /// unreachable copy simply takes no part).
+    pub(crate) async fn connect_healers(&self) {
+        let up = self.up_mask();
+        for (i, h) in self.healers.iter().enumerate() {
+            if let Some(conn) = h.conn.as_ref().filter(|_| up & bit(i) != 0) {
+                let _ = conn.connect().await;
+            }
+        }
+    }
+
     /// One pass over everything the children list as pending.
     pub(crate) async fn heal_pass(&self) -> HealReport {
         let _one = self.heal_lock.lock().await;
         // Once, before the heals that use them run side by side.
-        let up = self.up_mask();
-        for (i, h) in self.healers.iter().enumerate() {
-            if let Some(conn) = h.conn.as_ref().filter(|_| up & bit(i) != 0) {
-                // Best effort: an unreachable copy simply takes no part.
-                let _ = conn.connect().await;
-            }
-        }
+        self.connect_healers().await;
         let mut report = HealReport::default();
         let mut visited = HashSet::new();
         for (i, c) in self.children.iter().enumerate() {
@@ -678,7 +683,7 @@ async fn copy_bytes(
 
 /// Attributes, xattrs and translator metadata (not the markers), `from` one copy `to`
 /// another.
-async fn copy_meta(id: FileId, e: &Entry, from: &Child, to: &Child) -> Result<()> {
+pub(crate) async fn copy_meta(id: FileId, e: &Entry, from: &Child, to: &Child) -> Result<()> {
     let a = &e.attr;
     let symlink = a.kind == FileKind::Symlink;
     let owner = SetAttr {

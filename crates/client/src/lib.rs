@@ -12,6 +12,7 @@ pub mod lockset;
 pub mod openfiles;
 pub mod protocol;
 pub mod replicate;
+pub mod split_brain;
 pub mod stripe;
 pub mod volume;
 pub mod xlator;

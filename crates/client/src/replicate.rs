@@ -116,6 +116,11 @@ impl Replicate {
         r
     }
 
+    /// Starts a heal pass soon.
+    pub(crate) fn wake_healer(&self) {
+        self.heal_wake.notify_one();
+    }
+
     /// Requests met copies marked behind: if those can be reached, heal soon.
     fn noticed(&self, stale: u64) {
         if stale & self.up_mask() != 0 {
@@ -1009,5 +1014,13 @@ impl Xlator for Replicate {
 
     async fn heal(&self) -> Result<HealReport> {
         Ok(self.heal_pass().await)
+    }
+
+    async fn split_brains(&self) -> Result<Vec<FileId>> {
+        self.find_split_brains().await
+    }
+
+    async fn settle(&self, id: FileId, how: &crate::split_brain::Settle) -> Result<Vec<String>> {
+        Ok(self.settle_here(id, how).await?.into_iter().collect())
     }
 }

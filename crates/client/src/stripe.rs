@@ -412,4 +412,12 @@ impl Xlator for Stripe {
     async fn heal(&self) -> Result<HealReport> {
         crate::xlator::heal_all(&self.children).await
     }
+
+    async fn split_brains(&self) -> Result<Vec<FileId>> {
+        crate::xlator::split_brains_all(&self.children).await
+    }
+
+    async fn settle(&self, id: FileId, how: &crate::split_brain::Settle) -> Result<Vec<String>> {
+        crate::xlator::settle_all(&self.children, id, how).await
+    }
 }

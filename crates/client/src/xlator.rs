@@ -2,6 +2,7 @@
 //! implement, so that layouts compose (distribute over replicate, stripe over replicate,
 //! disperse later) while each knows only its children.
 
+use crate::split_brain::Settle;
 use async_trait::async_trait;
 use bytes::Bytes;
 use proto::{DirEntry, Entry, Errno, FileId, Lock, NewNode, RenameFlags, SetAttr, StatFs};
@@ -125,6 +126,16 @@ pub trait Xlator: Send + Sync {
     async fn heal(&self) -> Result<HealReport> {
         Ok(HealReport::default())
     }
+    /// Objects whose copies each mark another as behind (split brain), which wait for an
+    /// administrator (`crate::split_brain`).
+    async fn split_brains(&self) -> Result<Vec<FileId>> {
+        Ok(Vec::new())
+    }
+    /// Settles a split brain of `id` in each replica set that holds one: what was done in
+    /// each.
+    async fn settle(&self, _id: FileId, _how: &Settle) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
 
 /// What one pass of healing did.
@@ -157,4 +168,22 @@ pub async fn heal_all(children: &[Child]) -> Result<HealReport> {
         total += c.heal().await?;
     }
     Ok(total)
+}
+
+/// The split brains of every child, each object once.
+pub async fn split_brains_all(children: &[Child]) -> Result<Vec<FileId>> {
+    let mut all = std::collections::BTreeSet::new();
+    for c in children {
+        all.extend(c.split_brains().await?);
+    }
+    Ok(all.into_iter().collect())
+}
+
+/// Settles `id` in every child that holds a split brain of it.
+pub async fn settle_all(children: &[Child], id: FileId, how: &Settle) -> Result<Vec<String>> {
+    let mut done = Vec::new();
+    for c in children {
+        done.extend(c.settle(id, how).await?);
+    }
+    Ok(done)
 }

@@ -775,3 +775,94 @@ async fn clients_healing_at_once_take_each_marker_off_once() {
         "the root, marked for the names the second copy missed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_brains_are_listed_and_settled_as_asked() {
+    use shoal_client::replicate::pending_key;
+    use shoal_client::split_brain::Settle;
+    let (key, b, owned, vol) = replica(2).await;
+    let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let v = vol.root.clone();
+    let mut ids = BTreeMap::new();
+    for name in ["by-brick", "by-size", "by-time", "tie"] {
+        ids.insert(name, file(&v, FileId::ROOT, name, &[(0, pattern(100, 1))]).await);
+    }
+    let d = mkdir(&v, FileId::ROOT, "d").await;
+    ids.insert("d", d);
+    // Each copy changed on its own brick (a copy of its own of each file, a name of its own
+    // in d), and each marking the other as behind: split brains.
+    let one = |i: usize| Volume::connect(spec(&addrs[i..=i]), key.clone(), "alone", Duration::from_secs(5));
+    let alone = [one(0).await.unwrap(), one(1).await.unwrap()];
+    let content = |name: &str, i: usize| match name {
+        "by-size" => pattern(1000 * (i + 1), i as u8),
+        "tie" => pattern(500, i as u8),
+        _ => pattern(300, 10 + i as u8),
+    };
+    let base = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for i in 0..2 {
+        for name in ["by-brick", "by-size", "by-time", "tie"] {
+            let path = b[i].dir.path().join(name);
+            std::fs::write(&path, content(name, i)).unwrap();
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(base + Duration::from_secs(100 * i as u64))
+                .unwrap();
+        }
+        let only = format!("only{i}");
+        alone[i]
+            .root
+            .create(d, only.as_bytes(), &node(FileKind::File, 0o644), None, None)
+            .await
+            .unwrap();
+        for id in ids.values() {
+            let blame = [(pending_key(1 - i), 1)];
+            alone[i].root.xattr_add(*id, &blame).await.unwrap();
+        }
+    }
+
+    let mut listed = v.split_brains().await.unwrap();
+    listed.sort();
+    let mut want: Vec<FileId> = ids.values().copied().collect();
+    want.sort();
+    assert_eq!(listed, want);
+    // Equal sizes say nothing: refused, and nothing changes.
+    assert_eq!(
+        v.settle(ids["tie"], &Settle::BiggerFile).await,
+        Err(proto::Errno::EAGAIN)
+    );
+    // A brick of no replica set here settles nothing.
+    let elsewhere = Settle::Source("127.0.0.1:1".into());
+    assert_eq!(v.settle(ids["tie"], &elsewhere).await, Ok(Vec::new()));
+    let done = v
+        .settle(ids["by-brick"], &Settle::Source(owned[1].clone()))
+        .await
+        .unwrap();
+    assert_eq!(done, [format!("kept the copy on {}", owned[1])]);
+    v.settle(ids["by-size"], &Settle::BiggerFile).await.unwrap();
+    v.settle(ids["by-time"], &Settle::LatestMtime).await.unwrap();
+    let merged = v.settle(d, &Settle::LatestMtime).await.unwrap();
+    assert_eq!(merged, ["merged the copies (2 missing names made)"]);
+    assert_eq!(
+        v.settle(d, &Settle::LatestMtime).await.unwrap(),
+        Vec::<String>::new()
+    );
+    let mut left = v.split_brains().await.unwrap();
+    assert_eq!(left, [ids["tie"]]);
+    v.settle(ids["tie"], &Settle::Source(owned[0].clone()))
+        .await
+        .unwrap();
+    left = v.split_brains().await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
+
+    // The heal carries each choice over to the other copy.
+    until("the settled copies to be healed", || {
+        b.iter().all(|x| x.pending() == 0)
+    })
+    .await;
+    let (t0, t1) = (brick_tree(&key, addrs[0]).await, brick_tree(&key, addrs[1]).await);
+    same_copies(&t0, &t1);
+    assert_eq!(t0["/by-brick"].2, content("by-brick", 1));
+    assert_eq!(t0["/by-size"].2, content("by-size", 1));
+    assert_eq!(t0["/by-time"].2, content("by-time", 1));
+    assert_eq!(t0["/tie"].2, content("tie", 0));
+    assert!(t0.contains_key("/d/only0") && t0.contains_key("/d/only1"));
+}

@@ -77,6 +77,11 @@ pub enum AdminRequest {
     VolumeHealInfo {
         name: String,
     },
+    /// Objects in split brain, or settle one (or all of a brick's replica set).
+    VolumeSplitBrain {
+        name: String,
+        op: SplitBrainOp,
+    },
     /// Take brick `brick` (NODE:/path) of a replicated volume in again after its disk was
     /// replaced, and refill it from its replicas.
     VolumeResetBrick {
@@ -199,6 +204,21 @@ pub struct HealEntry {
     pub path: Option<String>,
 }
 
+/// `volume heal NAME split-brain ...` (and `info split-brain`): a split brain is an object
+/// whose copies each mark another as behind, which the heal leaves to an administrator.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SplitBrainOp {
+    /// List the objects in split brain.
+    Info,
+    /// Keep the copies on `brick` (NODE:/path): of the object at `path` in the volume, or of
+    /// every object in split brain in that brick's replica set.
+    SourceBrick { brick: String, path: Option<String> },
+    /// Keep the largest copy of the file at `path`.
+    BiggerFile { path: String },
+    /// Keep the copy of `path` modified last.
+    LatestMtime { path: String },
+}
+
 /// Most entries `volume heal NAME info` lists per brick.
 pub const HEAL_INFO_MAX: u32 = 4096;
 
@@ -220,6 +240,8 @@ pub enum AdminResponse {
     Volumes(Vec<VolumeRecord>),
     VolumeStatus(Vec<VolumeStatusView>),
     HealInfo(Vec<HealRow>),
+    /// Objects in split brain.
+    SplitBrains(Vec<HealEntry>),
     Ips(Vec<IpRow>),
     Vars(Vec<(String, i64)>),
     Scripts(Vec<(u64, Result<Vec<crate::rpc::ScriptRow>, String>)>),

@@ -14,4 +14,4 @@ pub mod rpc;
 pub mod state;
 pub mod tunables;
 
-pub use node::{HostFuture, LocalHost, Node};
+pub use node::{HostFuture, LocalHost, Node, SettleBy, SplitBrainWork};

@@ -3,8 +3,8 @@
 #![allow(clippy::result_large_err)]
 
 use crate::admin::{
-    AdminRequest, AdminResponse, BrickRow, ClusterStatus, HealEntry, HealRow, NodeRow, PingRow, Target,
-    VolumeStatusView,
+    AdminRequest, AdminResponse, BrickRow, ClusterStatus, HealEntry, HealRow, NodeRow, PingRow, SplitBrainOp,
+    Target, VolumeStatusView,
 };
 use crate::config::{NodeConfig, PublicAddress};
 use crate::peers::{NodeConn, Peers};
@@ -53,12 +53,40 @@ pub trait LocalHost: Send + Sync + 'static {
         brick: usize,
         force: bool,
     ) -> HostFuture<'_, Result<String, String>>;
+    /// Lists the split brains of `spec` (their ids, in hex), or settles one or more as
+    /// `work` says (what was done, one line each).
+    fn split_brain(
+        &self,
+        spec: layout::VolumeSpec,
+        work: SplitBrainWork,
+    ) -> HostFuture<'_, Result<Vec<String>, String>>;
     /// The bricks served here now.
     fn status(&self) -> Vec<BrickStatus>;
     /// Announces a public address hosted here again (gratuitous ARP).
     fn announce(&self, ip: std::net::IpAddr) -> Result<(), String>;
     /// The last results of the event scripts.
     fn script_status(&self) -> Vec<crate::rpc::ScriptRow>;
+}
+
+/// What a node is asked to do about a volume's split brains.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SplitBrainWork {
+    List,
+    /// Settle the object at `path` in the volume, or with `SettleBy::Brick` and no path
+    /// every one in that brick's replica set.
+    Settle {
+        path: Option<String>,
+        by: SettleBy,
+    },
+}
+
+/// Which copy a settled file keeps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SettleBy {
+    /// The copy on the volume's brick with this index.
+    Brick(usize),
+    BiggerFile,
+    LatestMtime,
 }
 
 /// What [`LocalHost`] does in the background.
@@ -729,6 +757,7 @@ impl Node {
                 | AdminRequest::VolumeList
                 | AdminRequest::VolumeStatus { .. }
                 | AdminRequest::VolumeHealInfo { .. }
+                | AdminRequest::VolumeSplitBrain { .. }
         ) {
             self.read_barrier().await;
         }
@@ -807,6 +836,7 @@ impl Node {
                 Ok(v) => AdminResponse::HealInfo(self.heal_info(v).await),
                 Err(e) => fail(e),
             },
+            AdminRequest::VolumeSplitBrain { name, op } => self.volume_split_brain(name, op).await,
             AdminRequest::VolumeResetBrick { name, brick, force } => {
                 self.volume_reset_brick(name, brick, force).await
             }
@@ -1016,6 +1046,106 @@ impl Node {
     }
 
     /// `volume reset-brick`: the brick's own node does the work (`LocalHost::reset`).
+    /// `volume heal NAME info split-brain` and `volume heal NAME split-brain ...`: done by this
+    /// node's host, with a client of the volume of its own.
+    async fn volume_split_brain(self: &Arc<Self>, name: String, op: SplitBrainOp) -> AdminResponse {
+        let failed = |why: String| fail(format!("volume heal {name} split-brain: failed: {why}"));
+        let state = self.state();
+        let Some(v) = state.volumes.get(&name) else {
+            return failed(format!("volume {name} does not exist"));
+        };
+        if v.spec.replica < 2 {
+            return failed("the volume is not replicated: it has no split brains".into());
+        }
+        if v.state != crate::state::VolumeState::Started {
+            return failed("the volume is not started".into());
+        }
+        let work = match op {
+            SplitBrainOp::Info => SplitBrainWork::List,
+            SplitBrainOp::SourceBrick { brick, path } => {
+                let i = match BrickRequest::parse(&brick).and_then(|b| state.brick_index(&name, &b)) {
+                    Ok(i) => i,
+                    Err(e) => return failed(e),
+                };
+                SplitBrainWork::Settle {
+                    path,
+                    by: SettleBy::Brick(i),
+                }
+            }
+            SplitBrainOp::BiggerFile { path } => SplitBrainWork::Settle {
+                path: Some(path),
+                by: SettleBy::BiggerFile,
+            },
+            SplitBrainOp::LatestMtime { path } => SplitBrainWork::Settle {
+                path: Some(path),
+                by: SettleBy::LatestMtime,
+            },
+        };
+        let listing = work == SplitBrainWork::List;
+        let spec = v.spec.clone();
+        match self.host.split_brain(spec.clone(), work).await {
+            Ok(ids) if listing => {
+                let ids: Vec<proto::FileId> = ids.iter().filter_map(|i| proto::FileId::from_hex(i)).collect();
+                let mut paths = vec![None; ids.len()];
+                // Directories are named by any brick, a file by one of those holding it.
+                for b in &spec.bricks {
+                    let wanted: Vec<usize> = (0..ids.len()).filter(|i| paths[*i].is_none()).collect();
+                    if wanted.is_empty() {
+                        break;
+                    }
+                    let asked: Vec<proto::FileId> = wanted.iter().map(|i| ids[*i]).collect();
+                    for (i, p) in wanted.into_iter().zip(self.paths_on(&b.addr, asked).await) {
+                        paths[i] = p;
+                    }
+                }
+                AdminResponse::SplitBrains(
+                    ids.iter()
+                        .zip(paths)
+                        .map(|(id, path)| HealEntry {
+                            id: id.to_string(),
+                            path,
+                        })
+                        .collect(),
+                )
+            }
+            Ok(lines) => {
+                // Bricks by their names rather than their addresses.
+                let named = lines.iter().map(|l| {
+                    spec.bricks
+                        .iter()
+                        .fold(l.clone(), |l, b| l.replace(&b.addr, &b.label()))
+                });
+                AdminResponse::Done(named.collect::<Vec<_>>().join("\n"))
+            }
+            Err(why) => failed(why),
+        }
+    }
+
+    /// Paths of `ids` as the brick at `addr` finds them (None for each it cannot name).
+    async fn paths_on(&self, addr: &str, ids: Vec<proto::FileId>) -> Vec<Option<String>> {
+        let n = ids.len();
+        let conn = proto::rpc::Conn::<proto::msg::Request, proto::msg::Reply>::new(
+            addr,
+            self.key.clone(),
+            "client",
+            "split-brain-info",
+        );
+        let asked = async {
+            tokio::time::timeout(Duration::from_secs(3), conn.connect())
+                .await
+                .map_err(|_| proto::Errno::ETIMEDOUT)??;
+            let req = proto::msg::Request::PathsOf { ids };
+            conn.call(&req, bytes::Bytes::new()).await.map(|r| r.0)
+        };
+        match tokio::time::timeout(Duration::from_secs(20), asked).await {
+            Ok(Ok(proto::msg::Reply::Paths(p))) if p.len() == n => p
+                .into_iter()
+                .map(|p| p.map(|p| String::from_utf8_lossy(&p).into_owned()))
+                .collect(),
+            _ => vec![None; n],
+        }
+    }
+
     async fn volume_reset_brick(self: &Arc<Self>, name: String, brick: String, force: bool) -> AdminResponse {
         let failed = |why: String| fail(format!("volume reset-brick: {name}: failed: {why}"));
         let b = match BrickRequest::parse(&brick) {

@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Subcommand;
-use cluster::admin::{AdminRequest, AdminResponse, ClusterStatus, Target, VolumeStatusView};
+use cluster::admin::{AdminRequest, AdminResponse, ClusterStatus, SplitBrainOp, Target, VolumeStatusView};
 use cluster::state::VolumeRecord;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -40,12 +40,16 @@ pub enum VolumeCmd {
         name: Option<String>,
     },
     List,
-    /// volume heal NAME info: what each brick lists as waiting for heal (healing itself
-    /// runs by itself in every client of the volume)
+    /// volume heal NAME info [split-brain]: what each brick lists as waiting for heal
+    /// (healing itself runs by itself in every client of the volume), or the objects in
+    /// split brain. volume heal NAME split-brain (bigger-file PATH | latest-mtime PATH |
+    /// source-brick NODE:/path [PATH]): settle split brains, keeping the copy chosen
     Heal {
         name: String,
-        #[arg(value_parser = ["info"])]
+        #[arg(value_parser = ["info", "split-brain"])]
         what: String,
+        /// `split-brain` after `info`; the policy and its arguments after `split-brain`
+        args: Vec<String>,
     },
     /// volume reset-brick NAME NODE:/path [force]: take a brick of a replicated volume in
     /// again after its disk was replaced; it is refilled from its copies
@@ -219,8 +223,38 @@ pub fn volume(ctx: &Ctx, cmd: VolumeCmd) -> Result<()> {
         VolumeCmd::Status { name } => {
             return volume_status(ctx, call(&ctx.socket, &AdminRequest::VolumeStatus { name })?)
         }
-        VolumeCmd::Heal { name, .. } => {
-            return heal_info(ctx, call(&ctx.socket, &AdminRequest::VolumeHealInfo { name })?)
+        VolumeCmd::Heal { name, what, args } => {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let op = match (what.as_str(), args.as_slice()) {
+                ("info", []) => {
+                    return heal_info(ctx, call(&ctx.socket, &AdminRequest::VolumeHealInfo { name })?)
+                }
+                ("info", ["split-brain"]) => {
+                    let req = AdminRequest::VolumeSplitBrain {
+                        name,
+                        op: SplitBrainOp::Info,
+                    };
+                    return split_brain_info(ctx, call(&ctx.socket, &req)?);
+                }
+                ("split-brain", ["bigger-file", path]) => SplitBrainOp::BiggerFile {
+                    path: path.to_string(),
+                },
+                ("split-brain", ["latest-mtime", path]) => SplitBrainOp::LatestMtime {
+                    path: path.to_string(),
+                },
+                ("split-brain", ["source-brick", brick, path @ ..]) if path.len() <= 1 => {
+                    SplitBrainOp::SourceBrick {
+                        brick: brick.to_string(),
+                        path: path.first().map(|p| p.to_string()),
+                    }
+                }
+                ("info", _) => bail!("usage: volume heal NAME info [split-brain]"),
+                _ => bail!(
+                    "usage: volume heal NAME split-brain (bigger-file PATH | latest-mtime PATH | \
+                     source-brick NODE:/path [PATH])"
+                ),
+            };
+            AdminRequest::VolumeSplitBrain { name, op }
         }
     };
     expect_done(call(&ctx.socket, &req)?)
@@ -365,6 +399,27 @@ fn heal_info(ctx: &Ctx, r: AdminResponse) -> Result<()> {
         }
         println!();
     }
+    Ok(())
+}
+
+/// As `gluster volume heal NAME info split-brain`: the objects in split brain, by path (or
+/// `<id:...>` where no brick could say).
+fn split_brain_info(ctx: &Ctx, r: AdminResponse) -> Result<()> {
+    let entries = match r {
+        AdminResponse::SplitBrains(v) => v,
+        AdminResponse::Error(e) => bail!("{e}"),
+        other => bail!("unexpected answer: {other:?}"),
+    };
+    if ctx.json {
+        return print_json(&entries);
+    }
+    for e in &entries {
+        match &e.path {
+            Some(p) => println!("{p}"),
+            None => println!("<id:{}>", e.id),
+        }
+    }
+    println!("Number of entries in split-brain: {}", entries.len());
     Ok(())
 }
 

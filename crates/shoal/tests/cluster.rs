@@ -682,3 +682,118 @@ fn mount_helper_and_fstab_lines_work() {
     assert!(st.success(), "mount from an fstab line");
     assert_eq!(std::fs::read(dir.join("via-helper")).unwrap(), b"1");
 }
+
+#[test]
+fn split_brains_are_listed_and_settled_from_the_cli() {
+    if !require_root() {
+        return;
+    }
+    let mut c = Daemons::new(3);
+    c.start_all();
+    c.wait_ready(0, 3);
+    let bricks = nas_replica_3(&c, "s");
+    let dir = c.dir.path().join("mnt");
+    let _unmount = mount_nas(&c, &dir);
+    std::fs::write(dir.join("f"), b"same").unwrap();
+    wait_for("the volume to be clean", Duration::from_secs(30), || {
+        let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
+        info.matches("Number of entries: 0\n").count() == 3
+    });
+
+    // Each copy gets bytes of its own and marks the next copy as behind: none is good.
+    let status = c.ok(0, &["volume", "status", "nas", "--json"]).stdout;
+    let views: Vec<cluster::admin::VolumeStatusView> = serde_json::from_str(&status).expect("status");
+    let spec = views[0].volume.spec.clone();
+    let key = proto::auth::ClusterKey::load(std::path::Path::new(&c.key)).expect("key");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    rt.block_on(async {
+        for (i, b) in spec.bricks.iter().enumerate() {
+            let alone = layout::VolumeSpec {
+                replica: 1,
+                bricks: vec![b.clone()],
+                ..spec.clone()
+            };
+            let v = client::Volume::connect(alone, key.clone(), "test", Duration::from_secs(5))
+                .await
+                .expect("brick");
+            let id = v.root.lookup(proto::FileId::ROOT, b"f").await.expect("f").attr.id;
+            let blame = [(client::replicate::pending_key((i + 1) % 3), 1)];
+            v.root.xattr_add(id, &blame).await.expect("marker");
+        }
+    });
+    let on_brick = |i: usize| std::path::Path::new(&c.brick_dir(i, "s")).join("f");
+    for i in 0..3 {
+        std::fs::write(on_brick(i), format!("copy {i}")).unwrap();
+    }
+    let info = c.ok(0, &["volume", "heal", "nas", "info", "split-brain"]).stdout;
+    assert!(info.contains("\n/f\n") || info.starts_with("/f\n"), "{info}");
+    assert!(info.contains("Number of entries in split-brain: 1"), "{info}");
+
+    // Refused, changing nothing: copies of one size, a brick of no copy, bad usage.
+    let r = c.cli(0, &["volume", "heal", "nas", "split-brain", "bigger-file", "/f"]);
+    assert!(!r.ok && r.stderr.contains("name a source brick"), "{}", r.stderr);
+    let stranger = c.brick(0, "elsewhere");
+    let r = c.cli(
+        0,
+        &[
+            "volume",
+            "heal",
+            "nas",
+            "split-brain",
+            "source-brick",
+            &stranger,
+            "/f",
+        ],
+    );
+    assert!(!r.ok, "{}", r.stdout);
+    let r = c.cli(0, &["volume", "heal", "nas", "split-brain", "newest", "/f"]);
+    assert!(!r.ok && r.stderr.contains("usage"), "{}", r.stderr);
+    let r = c.cli(
+        0,
+        &["volume", "heal", "nas", "split-brain", "latest-mtime", "/nothing"],
+    );
+    assert!(!r.ok && r.stderr.contains("/nothing"), "{}", r.stderr);
+    for i in 0..3 {
+        assert_eq!(
+            std::fs::read(on_brick(i)).unwrap(),
+            format!("copy {i}").as_bytes()
+        );
+    }
+    assert!(c
+        .ok(0, &["volume", "heal", "nas", "info", "split-brain"])
+        .stdout
+        .contains("/f"));
+
+    // The second brick's copy is kept, and healed over the others.
+    let r = c.ok(
+        2,
+        &[
+            "volume",
+            "heal",
+            "nas",
+            "split-brain",
+            "source-brick",
+            &bricks[1],
+            "/f",
+        ],
+    );
+    assert!(
+        r.stdout.contains(&format!("/f: kept the copy on {}", bricks[1])),
+        "{}",
+        r.stdout
+    );
+    wait_for(
+        "the kept copy to be healed over the others",
+        Duration::from_secs(30),
+        || {
+            let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
+            info.matches("Number of entries: 0\n").count() == 3
+                && (0..3).all(|i| std::fs::read(on_brick(i)).is_ok_and(|d| d == b"copy 1"))
+        },
+    );
+    let info = c.ok(0, &["volume", "heal", "nas", "info", "split-brain"]).stdout;
+    assert!(info.contains("Number of entries in split-brain: 0"), "{info}");
+}

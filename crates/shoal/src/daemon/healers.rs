@@ -4,6 +4,7 @@
 
 use client::Volume;
 use cluster::state::{ClusterState, VolumeState};
+use cluster::SplitBrainWork;
 use layout::VolumeSpec;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,6 +12,8 @@ use tokio::sync::Mutex;
 
 /// How long a new healer waits for each brick (the rest are reached in the background).
 const CONNECT_WAIT: Duration = Duration::from_secs(2);
+/// How long `split_brain` heals what it settled before leaving it to the volume's healers.
+const SETTLE_HEAL_WAIT: Duration = Duration::from_secs(30);
 
 pub struct DaemonHealers {
     key: proto::auth::ClusterKey,
@@ -54,6 +57,39 @@ impl DaemonHealers {
                 Err(e) => tracing::debug!(volume = %name, "no healer yet: {e}"),
             }
         }
+    }
+
+    /// Split brains of `spec`: listed, or settled as `work` says (see `super::split_brain`),
+    /// with a client of the volume of its own. What was settled is carried over by this
+    /// node's healer of the volume if it has one, else by a heal pass here (bounded).
+    pub async fn split_brain(&self, spec: VolumeSpec, work: SplitBrainWork) -> Result<Vec<String>, String> {
+        let settling = work != SplitBrainWork::List;
+        let name = format!("{}/split-brain", self.name);
+        let vol = Volume::connect(spec.clone(), self.key.clone(), &name, CONNECT_WAIT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut lines = super::split_brain::run(&vol.root, &spec, work).await?;
+        if !settling {
+            return Ok(lines);
+        }
+        let running = self.running.lock().await;
+        let healer = running
+            .get(&spec.name)
+            .filter(|(s, _)| *s == spec)
+            .map(|(_, v)| v.root.clone());
+        drop(running);
+        let background = "the heal carries the copies kept over in the background (volume heal NAME info shows what waits)";
+        match healer {
+            Some(root) => {
+                tokio::spawn(async move { root.heal().await });
+                lines.push(background.into());
+            }
+            None => match tokio::time::timeout(SETTLE_HEAL_WAIT, vol.root.heal()).await {
+                Ok(Ok(r)) => lines.push(format!("healed {} objects", r.healed)),
+                _ => lines.push(background.into()),
+            },
+        }
+        Ok(lines)
     }
 
     pub async fn stop_all(&self) {

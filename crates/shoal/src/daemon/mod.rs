@@ -5,6 +5,7 @@
 mod addresses;
 mod bricks;
 mod healers;
+mod split_brain;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -55,6 +56,14 @@ impl LocalHost for Local {
         force: bool,
     ) -> HostFuture<'_, Result<String, String>> {
         Box::pin(self.bricks.reset(spec, brick, force))
+    }
+
+    fn split_brain(
+        &self,
+        spec: layout::VolumeSpec,
+        work: cluster::SplitBrainWork,
+    ) -> HostFuture<'_, Result<Vec<String>, String>> {
+        Box::pin(self.healers.split_brain(spec, work))
     }
 
     fn status(&self) -> Vec<BrickStatus> {
