@@ -11,6 +11,12 @@ use proto::Errno;
 /// The xattr holding an object's id.
 pub const ID: &str = "id";
 
+/// The xattr recording the directory a regular file was made in or last moved to (its id,
+/// 16 bytes: small enough to stay in the inode on ext4 beside the id). Its name there is
+/// the entry with the file's inode number. Only the brick writes it; a hard link's
+/// removal can leave it naming a directory the file is no longer in.
+pub const PARENT: &str = "parent";
+
 /// Which namespace this brick's internal xattrs use.
 #[derive(Clone, Debug)]
 pub struct Namespace {
@@ -47,12 +53,13 @@ impl Namespace {
     }
 }
 
-/// Checks a client-supplied internal name: short, plain ASCII, and not the id (which only
-/// the brick writes).
+/// Checks a client-supplied internal name: short, plain ASCII, and not the id or the parent
+/// record (which only the brick writes).
 pub fn check_meta_name(name: &str) -> Result<(), Errno> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name != ID
+        && name != PARENT
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');

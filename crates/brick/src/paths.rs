@@ -1,8 +1,10 @@
 //! Paths of objects, for people (`volume heal NAME info`). The brick finds objects by id
-//! and never needs their paths: a directory's path follows its parent links, but a file is
-//! only a hard link in the id index, with no parent recorded (that would cost every create
-//! and rename a write). Files are found by a search of the tree for their inode numbers,
-//! bounded in entries and time so that a huge brick answers in seconds with what it found.
+//! and never needs their paths: a directory's path follows its parent links, and a file's
+//! from the directory it was made in or last moved to (`ns::PARENT`), where its entry has
+//! its inode number. A file whose record no longer holds (it left that directory through
+//! a hard link) or that has none (made before records were kept) is found by a search of
+//! the tree for its inode number, bounded in entries and time so that a huge brick answers
+//! in seconds with what it found.
 
 use crate::index::META_DIR;
 use crate::sys::errno;
@@ -11,6 +13,9 @@ use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
+
+/// Most entries of one directory read to find a file's name there.
+const NAME_SCAN_MAX: usize = 4_000_000;
 
 /// How much of the tree one search may read.
 #[derive(Clone, Copy, Debug)]
@@ -26,6 +31,20 @@ impl Default for Budget {
             time: Duration::from_secs(5),
         }
     }
+}
+
+/// The name in directory `dir` of the entry with inode number `ino`, reading at most
+/// `NAME_SCAN_MAX` entries.
+pub fn name_of(dir: &OwnedFd, ino: u64) -> Option<Vec<u8>> {
+    let fd = reopen(dir).ok()?;
+    for entry in Dir::read_from(&fd).ok()?.take(NAME_SCAN_MAX) {
+        let entry = entry.ok()?;
+        let name = entry.file_name().to_bytes();
+        if entry.ino() == ino && name != b"." && name != b".." {
+            return Some(name.to_vec());
+        }
+    }
+    None
 }
 
 /// Walks the tree under `root` (leaving out the brick's own `.shoal`) for the non-directory

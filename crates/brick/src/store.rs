@@ -245,7 +245,7 @@ impl Store {
             let Some(internal) = self.ns.internal(&name) else {
                 continue;
             };
-            if internal == ns::ID && !want_id {
+            if (internal == ns::ID && !want_id) || internal == ns::PARENT {
                 continue;
             }
             let Some(value) = sys::get(t, &name)? else {
@@ -461,7 +461,7 @@ impl Store {
         let mut opened = None;
         match node.kind {
             FileKind::File => {
-                let fd = self.make_file(&dir, name, node, gid, perm)?;
+                let fd = self.make_file(&dir, parent, name, node, gid, perm)?;
                 // Made just now with what the request gave it: no need to read it back.
                 let entry = Entry {
                     attr: sys::attr_from_stat(node.id, &rustix::fs::fstat(&fd).map_err(errno)?)?,
@@ -560,11 +560,32 @@ impl Store {
         Ok(())
     }
 
+    /// Records `parent` as the directory of the regular file `t` (see `ns::PARENT`).
+    fn record_parent(&self, t: &XTarget<'_>, parent: FileId) -> Result<(), Errno> {
+        sys::set(t, self.ns.disk_name(ns::PARENT).as_bytes(), &parent.to_bytes(), 0)
+    }
+
+    /// Where the regular file `id` is: in the directory recorded, under the name there
+    /// that is this very file (same inode), if it still has one.
+    fn file_parent(&self, id: FileId) -> Option<(FileId, Vec<u8>)> {
+        let Ok(Loc::File(k)) = self.locate(id) else {
+            return None;
+        };
+        let t = XTarget::Path(proc_path(self.index.ids_fd(), Some(k.as_bytes())));
+        let v = sys::get(&t, self.ns.disk_name(ns::PARENT).as_bytes()).ok()??;
+        let parent = FileId::from_bytes(&v)?;
+        let st = self.index.stat_file(id).ok()?;
+        let dir = self.dir_fd(parent).ok()?;
+        let name = paths::name_of(&dir, st.st_ino)?;
+        Some((parent, name))
+    }
+
     /// A regular file made whole (id, owner, mode) before its name appears: an anonymous
     /// O_TMPFILE linked in at the end, so no reader ever sees it half made.
     fn make_file(
         &self,
         dir: &OwnedFd,
+        parent: FileId,
         name: &[u8],
         node: &NewNode,
         gid: u32,
@@ -581,11 +602,12 @@ impl Store {
         ) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::ISDIR | rustix::io::Errno::INVAL) => {
-                return self.make_file_named(dir, name, node, gid, perm)
+                return self.make_file_named(dir, parent, name, node, gid, perm)
             }
             Err(e) => return Err(errno(e)),
         };
         self.label(&XTarget::Fd(fd.as_fd()), node)?;
+        self.record_parent(&XTarget::Fd(fd.as_fd()), parent)?;
         let st = rustix::fs::fstat(&fd).map_err(errno)?;
         if st.st_uid != node.uid || st.st_gid != gid {
             rustix::fs::fchown(
@@ -612,6 +634,7 @@ impl Store {
     fn make_file_named(
         &self,
         dir: &OwnedFd,
+        parent: FileId,
         name: &[u8],
         node: &NewNode,
         gid: u32,
@@ -626,6 +649,7 @@ impl Store {
         .map_err(errno)?;
         let made = (|| {
             self.label(&XTarget::Fd(fd.as_fd()), node)?;
+            self.record_parent(&XTarget::Fd(fd.as_fd()), parent)?;
             rustix::fs::fchown(
                 &fd,
                 Some(rustix::fs::Uid::from_raw(node.uid)),
@@ -754,6 +778,13 @@ impl Store {
         rustix::fs::renameat_with(od.as_fd(), name, nd.as_fd(), new_name, rflags).map_err(errno)?;
         if let (true, Some(id)) = (src_dir, src_id) {
             self.index.set_dir(id, new_parent, new_name)?;
+        }
+        if FileKind::from_mode(src.st_mode) == Some(FileKind::File) && new_parent != parent {
+            // (Best effort: a stale record is only a path not found quickly.)
+            let t = XTarget::Path(proc_path(nd.as_fd(), Some(new_name)));
+            if let Err(e) = self.record_parent(&t, new_parent) {
+                tracing::debug!("cannot record a moved file's directory: {e}");
+            }
         }
         match dst {
             Some((true, Some(id), _)) if flags.exchange => self.index.set_dir(id, parent, name)?,
@@ -1099,7 +1130,8 @@ impl Store {
     }
 
     /// Each object's path from the brick root (`/a/b`), where it has one and, for a file,
-    /// where the search finds it within `budget` (see `crate::paths`).
+    /// from where it is recorded (`ns::PARENT`), else where the search finds it within
+    /// `budget` (see `crate::paths`).
     pub fn paths_of(&self, ids: &[FileId], budget: paths::Budget) -> Vec<Option<Vec<u8>>> {
         let mut out = vec![None; ids.len()];
         let (mut inodes, mut files) = (HashMap::new(), Vec::new());
@@ -1107,7 +1139,17 @@ impl Store {
             match self.dir_path(*id) {
                 Ok(p) => out[i] = Some(p),
                 Err(_) => {
-                    if let Ok(st) = self.index.stat_file(*id) {
+                    let recorded = self.file_parent(*id).and_then(|(parent, name)| {
+                        let mut p = self.dir_path(parent).ok()?;
+                        if p != b"/" {
+                            p.push(b'/');
+                        }
+                        p.extend_from_slice(&name);
+                        Some(p)
+                    });
+                    if recorded.is_some() {
+                        out[i] = recorded;
+                    } else if let Ok(st) = self.index.stat_file(*id) {
                         inodes.insert(st.st_ino, ());
                         files.push((i, st.st_ino));
                     }
@@ -1144,13 +1186,17 @@ impl Store {
         Ok(path)
     }
 
-    /// A directory's parent and its name there.
+    /// A directory's parent and its name there; for a regular file, the directory it was
+    /// made in or last moved to, and its name there, if it still has one (ENOTDIR
+    /// otherwise).
     pub fn dir_parent(&self, id: FileId) -> Result<(FileId, Vec<u8>), Errno> {
         if id == FileId::ROOT {
             return Err(Errno::EINVAL);
         }
         match self.index.dir_entry(id) {
-            Err(Errno::ENOENT) if self.index.stat_file(id).is_ok() => Err(Errno::ENOTDIR),
+            Err(Errno::ENOENT) if self.index.stat_file(id).is_ok() => {
+                self.file_parent(id).ok_or(Errno::ENOTDIR)
+            }
             r => r,
         }
     }

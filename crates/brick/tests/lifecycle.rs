@@ -190,7 +190,8 @@ fn objects_are_named_by_path_and_directories_by_parent_after_renames() {
 
     assert_eq!(store.dir_parent(b.id).unwrap(), (a.id, b"b".to_vec()));
     assert_eq!(store.dir_parent(FileId::ROOT), Err(proto::Errno::EINVAL));
-    assert_eq!(store.dir_parent(f.id), Err(proto::Errno::ENOTDIR));
+    // A regular file's parent is the one recorded where it was made.
+    assert_eq!(store.dir_parent(f.id).unwrap(), (b.id, b"f".to_vec()));
     let budget = shoal_brick::paths::Budget::default();
     let paths = |ids: &[FileId]| -> Vec<Option<String>> {
         store
@@ -212,4 +213,20 @@ fn objects_are_named_by_path_and_directories_by_parent_after_renames() {
         .unwrap();
     assert_eq!(store.dir_parent(b.id).unwrap(), (FileId::ROOT, b"moved".to_vec()));
     assert_eq!(paths(&[b.id, f.id]), want(&[Some("/moved"), Some("/moved/f")]));
+
+    // A renamed file's record follows it.
+    store
+        .rename(b.id, b"f", a.id, b"g", RenameFlags::default())
+        .unwrap();
+    assert_eq!(store.dir_parent(f.id).unwrap(), (a.id, b"g".to_vec()));
+    assert_eq!(paths(&[f.id]), want(&[Some("/a/g")]));
+    // Its recorded name removed, another link left: the record no longer holds, and the
+    // path comes from a search of the brick.
+    store.link(f.id, FileId::ROOT, b"h").unwrap();
+    store.unlink(a.id, b"g").unwrap();
+    assert_eq!(store.dir_parent(f.id), Err(proto::Errno::ENOTDIR));
+    assert_eq!(paths(&[f.id]), want(&[Some("/h")]));
+    // Nor may a client write the record.
+    let forged = [("parent".to_string(), Some(b.id.to_bytes().to_vec()))];
+    assert_eq!(store.set_meta(f.id, &forged), Err(proto::Errno::EINVAL));
 }

@@ -553,6 +553,38 @@ impl Replicate {
         Ok(())
     }
 
+    /// Makes `name` in `parent` (the object `e` of the good copies `sources`) on child `s`,
+    /// with the directories above that it lacks, where the good copies mark `s` as behind
+    /// in `parent` (a copy that lacks the name because it removed it must not get it back):
+    /// true when made.
+    pub(crate) async fn make_name(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        e: &Entry,
+        sources: &[usize],
+        s: usize,
+    ) -> Result<bool> {
+        if !self.behind_in(parent, sources, s).await? {
+            return Ok(false);
+        }
+        self.make_dirs_above(parent, sources, s).await?;
+        self.add_entry(parent, name, e, sources, s, true).await?;
+        Ok(true)
+    }
+
+    /// Makes the regular file `id` on child `s`, as `make_name`, where the good copies
+    /// `sources` record it (`DirParent`): true when made.
+    pub(crate) async fn make_file(&self, id: FileId, sources: &[usize], s: usize) -> Result<bool> {
+        let good = &self.children[sources[0]];
+        let (parent, name) = good.dir_parent(id).await?;
+        let e = good.lookup(parent, &name).await?;
+        if e.attr.id != id {
+            return Err(Errno::ESTALE); // renamed meanwhile
+        }
+        self.make_name(parent, &name, &e, sources, s).await
+    }
+
     /// The directories from `dir` up that child `s` lacks, nearest first, each with its
     /// parent and name as the good copy `sources[0]` has them.
     async fn missing_dirs(

@@ -230,19 +230,43 @@ impl Replicate {
             return;
         }
         for s in lacking {
-            let made = async {
-                if !self.behind_in(parent, &has, s).await? {
-                    return Ok(false);
-                }
-                self.make_dirs_above(parent, &has, s).await?;
-                self.add_entry(parent, name, e, &has, s, true).await?;
-                Ok::<bool, Errno>(true)
-            };
-            match made.await {
+            match self.make_name(parent, name, e, &has, s).await {
                 Ok(made) => tracing::debug!(%parent, child = s, made, "a name a copy lacks"),
                 Err(err) => tracing::debug!(%parent, child = s, "cannot make a name a copy lacks: {err}"),
             }
         }
+    }
+
+    /// A change to the regular file `id` that too few copies took because the others lack
+    /// the file (as for `make_where_lacking`, but reached by id: an open file, an attribute
+    /// change): the file is made on the children in `lacking` where the copies in `took`
+    /// record it and mark them as behind, and the change `f` is tried again there. The
+    /// answers of those that then took it.
+    async fn retry_where_file_missing<T, Fut>(
+        &self,
+        id: FileId,
+        took: &[usize],
+        lacking: &[usize],
+        f: impl Fn(usize) -> Fut,
+    ) -> Vec<(usize, T)>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut ok = Vec::new();
+        if took.is_empty() {
+            return ok;
+        }
+        for &s in lacking {
+            match self.make_file(id, took, s).await {
+                Ok(true) => match f(s).await {
+                    Ok(v) => ok.push((s, v)),
+                    Err(e) => tracing::debug!(%id, child = s, "a change failed on the file made: {e}"),
+                },
+                Ok(false) => {}
+                Err(e) => tracing::debug!(%id, child = s, "cannot make a file a copy lacks: {e}"),
+            }
+        }
+        ok
     }
 
     /// Runs a change on every child: refused without quorum, marks what was missed, fails
@@ -252,7 +276,17 @@ impl Replicate {
         F: Fn(usize, &'a Child) -> Fut,
         Fut: Future<Output = Result<T>> + 'a,
     {
-        let (out, _) = self.attempt(f).await?;
+        let (mut out, lacking) = self.attempt(&f).await?;
+        if let ([id], false, false) = (mark_ids, lacking.is_empty(), self.quorum(out.ok_mask())) {
+            let took = out.took();
+            for (s, v) in self
+                .retry_where_file_missing(*id, &took, &lacking, |s| f(s, &self.children[s]))
+                .await
+            {
+                out.ok.push((s, v));
+                out.failed &= !bit(s);
+            }
+        }
         if out.failed != 0 {
             for id in mark_ids {
                 self.mark(*id, &out.took(), out.failed).await;
@@ -442,7 +476,25 @@ impl Replicate {
                 None => Box::pin(async { Err(Errno::ENOTCONN) }) as _,
             })
             .collect();
-        let out = Self::outcome(join_all(futs).await)?;
+        let results = join_all(futs).await;
+        let lacking: Vec<usize> = (0..results.len())
+            .filter(|i| results[*i].as_ref().is_err_and(|e| crate::heal::gone(*e)))
+            .collect();
+        let mut out = Self::outcome(results)?;
+        if !lacking.is_empty() && !self.quorum(out.ok_mask()) {
+            // (A handle whose file is made again there reopens it by id.)
+            let (took, f) = (out.took(), &f);
+            let retry = |s: usize| async move {
+                match &rh.handles[s] {
+                    Some(h) => f(s, &self.children[s], h).await,
+                    None => Err(Errno::ENOTCONN),
+                }
+            };
+            for (s, v) in self.retry_where_file_missing(rh.id, &took, &lacking, retry).await {
+                out.ok.push((s, v));
+                out.failed &= !bit(s);
+            }
+        }
         // Marked for every change missed, not once per handle: a heal may have cleared
         // the markers since the last one (it clears exactly the counts it read), and a
         // change missed after that would otherwise go unrecorded.
@@ -702,12 +754,22 @@ impl Xlator for Replicate {
     }
 
     async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
-        let (out, lacking) = self.attempt(|_, c| c.link(id, new_parent, new_name)).await?;
+        let link = |s: usize| self.children[s].link(id, new_parent, new_name);
+        let (mut out, mut lacking) = self.attempt(|s, _| link(s)).await?;
+        if !self.quorum(out.ok_mask()) && !lacking.is_empty() {
+            let took = out.took();
+            for (s, v) in self.retry_where_file_missing(id, &took, &lacking, link).await {
+                out.ok.push((s, v));
+                out.failed &= !bit(s);
+                lacking.retain(|l| *l != s);
+            }
+        }
         let (ok, ok_mask) = (out.took(), out.ok_mask());
         if !self.quorum(ok_mask) && !lacking.is_empty() {
-            // Too few copies have the file. Those that lack it may have removed it while the
-            // others were away (a file records no parent to tell by): marked behind, they
-            // would get the file back from the heal under the new name. It is taken back.
+            // Too few copies have the file. Those that lack it, where its record does not
+            // tell they are behind, may have removed it while the others were away: marked
+            // behind, they would get the file back from the heal under the new name. It is
+            // taken back.
             let mut kept = Vec::new();
             for &i in &ok {
                 if let Err(e) = self.children[i].unlink(new_parent, new_name).await {

@@ -198,8 +198,10 @@ pub enum Request {
         offset: u64,
         mark: Vec<(String, i64)>,
     },
-    /// A directory's parent and its name there; the reply is `Reply::Parent`. How a client
-    /// finds the directories a copy lacks above one it must change (the root has none: EINVAL).
+    /// A directory's parent and its name there, or for a regular file, where it was made or
+    /// last renamed to if it still has that name (ENOTDIR otherwise); the reply is
+    /// `Reply::Parent`. How a client finds what a copy lacks above an object it must change
+    /// (the root has none: EINVAL). (Bricks before file records answer ENOTDIR for files.)
     DirParent {
         id: FileId,
     },
