@@ -14,9 +14,6 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-/// Most entries of one directory read to find a file's name there.
-const NAME_SCAN_MAX: usize = 4_000_000;
-
 /// How much of the tree one search may read.
 #[derive(Clone, Copy, Debug)]
 pub struct Budget {
@@ -33,18 +30,27 @@ impl Default for Budget {
     }
 }
 
-/// The name in directory `dir` of the entry with inode number `ino`, reading at most
-/// `NAME_SCAN_MAX` entries.
-pub fn name_of(dir: &OwnedFd, ino: u64) -> Option<Vec<u8>> {
-    let fd = reopen(dir).ok()?;
-    for entry in Dir::read_from(&fd).ok()?.take(NAME_SCAN_MAX) {
-        let entry = entry.ok()?;
+/// The names in directory `dir` of the entries whose inode numbers are keys of `wanted`
+/// (the first met of each), reading it once within `budget`.
+pub fn names_in(dir: &OwnedFd, wanted: &HashMap<u64, ()>, budget: Budget) -> HashMap<u64, Vec<u8>> {
+    let mut found = HashMap::new();
+    let Ok(fd) = reopen(dir) else { return found };
+    let Ok(entries) = Dir::read_from(&fd) else {
+        return found;
+    };
+    let deadline = Instant::now() + budget.time;
+    for (n, entry) in entries.enumerate() {
+        if found.len() == wanted.len() || n >= budget.entries || (n % 1024 == 0 && Instant::now() > deadline)
+        {
+            break;
+        }
+        let Ok(entry) = entry else { break };
         let name = entry.file_name().to_bytes();
-        if entry.ino() == ino && name != b"." && name != b".." {
-            return Some(name.to_vec());
+        if wanted.contains_key(&entry.ino()) && name != b"." && name != b".." {
+            found.entry(entry.ino()).or_insert_with(|| name.to_vec());
         }
     }
-    None
+    found
 }
 
 /// Walks the tree under `root` (leaving out the brick's own `.shoal`) for the non-directory

@@ -307,7 +307,8 @@ impl BrickServer {
                 .and_then(|h| write_marked(s, &self.heals, &h, offset, data, &mark))
                 .map(|size| Reply::Written { size }),
             Request::Ping => Ok(Reply::Ok),
-            Request::DirParent { id } => s
+            // A directory's from the index; a file's reads a directory (see below).
+            Request::DirParent { id } if !s.is_file(id) => s
                 .dir_parent(id)
                 .map(|(parent, name)| Reply::Parent { parent, name }),
             Request::Lookup { parent, name } => s.lookup(parent, &name).map(Reply::Entry),
@@ -583,6 +584,10 @@ impl BrickServer {
                 }
                 r.map(|_| Reply::Ok)
             }
+            Request::DirParent { id } => self
+                .blocking(move |s| s.dir_parent(id))
+                .await
+                .map(|(parent, name)| Reply::Parent { parent, name }),
             Request::PathsOf { ids } if ids.len() <= MAX_PENDING_LIST => self
                 .blocking(move |s| Ok(s.paths_of(&ids, crate::paths::Budget::default())))
                 .await

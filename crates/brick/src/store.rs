@@ -565,19 +565,28 @@ impl Store {
         sys::set(t, self.ns.disk_name(ns::PARENT).as_bytes(), &parent.to_bytes(), 0)
     }
 
-    /// Where the regular file `id` is: in the directory recorded, under the name there
-    /// that is this very file (same inode), if it still has one.
-    fn file_parent(&self, id: FileId) -> Option<(FileId, Vec<u8>)> {
-        let Ok(Loc::File(k)) = self.locate(id) else {
-            return None;
-        };
+    /// The directory recorded for the regular file `id`, and its inode number.
+    fn recorded_parent(&self, id: FileId) -> Option<(FileId, u64)> {
+        let k = index::key(id);
         let t = XTarget::Path(proc_path(self.index.ids_fd(), Some(k.as_bytes())));
         let v = sys::get(&t, self.ns.disk_name(ns::PARENT).as_bytes()).ok()??;
-        let parent = FileId::from_bytes(&v)?;
         let st = self.index.stat_file(id).ok()?;
+        Some((FileId::from_bytes(&v)?, st.st_ino))
+    }
+
+    /// Where the regular file `id` is: in the directory recorded, under the name there
+    /// that is this very file (same inode), if it is still there. Reads that directory.
+    fn file_parent(&self, id: FileId) -> Option<(FileId, Vec<u8>)> {
+        let (parent, ino) = self.recorded_parent(id)?;
         let dir = self.dir_fd(parent).ok()?;
-        let name = paths::name_of(&dir, st.st_ino)?;
-        Some((parent, name))
+        let wanted = HashMap::from([(ino, ())]);
+        let mut found = paths::names_in(&dir, &wanted, paths::Budget::default());
+        Some((parent, found.remove(&ino)?))
+    }
+
+    /// Whether `id` is a regular file (or other non-directory) here.
+    pub fn is_file(&self, id: FileId) -> bool {
+        self.index.stat_file(id).is_ok()
     }
 
     /// A regular file made whole (id, owner, mode) before its name appears: an anonymous
@@ -779,11 +788,20 @@ impl Store {
         if let (true, Some(id)) = (src_dir, src_id) {
             self.index.set_dir(id, new_parent, new_name)?;
         }
-        if FileKind::from_mode(src.st_mode) == Some(FileKind::File) && new_parent != parent {
+        if new_parent != parent {
             // (Best effort: a stale record is only a path not found quickly.)
-            let t = XTarget::Path(proc_path(nd.as_fd(), Some(new_name)));
-            if let Err(e) = self.record_parent(&t, new_parent) {
-                tracing::debug!("cannot record a moved file's directory: {e}");
+            let mut moved = Vec::new();
+            if FileKind::from_mode(src.st_mode) == Some(FileKind::File) {
+                moved.push((nd.as_fd(), new_name, new_parent));
+            }
+            if flags.exchange && matches!(dst, Some((false, _, _))) {
+                moved.push((od.as_fd(), name, parent));
+            }
+            for (dir, at, to) in moved {
+                let t = XTarget::Path(proc_path(dir, Some(at)));
+                if let Err(e) = self.record_parent(&t, to) {
+                    tracing::debug!("cannot record a moved file's directory: {e}");
+                }
             }
         }
         match dst {
@@ -1135,28 +1153,53 @@ impl Store {
     pub fn paths_of(&self, ids: &[FileId], budget: paths::Budget) -> Vec<Option<Vec<u8>>> {
         let mut out = vec![None; ids.len()];
         let (mut inodes, mut files) = (HashMap::new(), Vec::new());
+        // Files by recorded directory, each directory read once.
+        let mut by_dir: HashMap<FileId, Vec<(usize, u64)>> = HashMap::new();
         for (i, id) in ids.iter().enumerate() {
             match self.dir_path(*id) {
                 Ok(p) => out[i] = Some(p),
-                Err(_) => {
-                    let recorded = self.file_parent(*id).and_then(|(parent, name)| {
-                        let mut p = self.dir_path(parent).ok()?;
+                Err(_) => match self.recorded_parent(*id) {
+                    Some((parent, ino)) => by_dir.entry(parent).or_default().push((i, ino)),
+                    None => {
+                        if let Ok(st) = self.index.stat_file(*id) {
+                            inodes.insert(st.st_ino, ());
+                            files.push((i, st.st_ino));
+                        }
+                    }
+                },
+            }
+        }
+        let deadline = std::time::Instant::now() + budget.time;
+        for (parent, wanted) in by_dir {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let dir = self.dir_fd(parent).ok().zip(self.dir_path(parent).ok());
+            let found = match &dir {
+                Some((fd, _)) if !left.is_zero() => {
+                    let inos = wanted.iter().map(|(_, ino)| (*ino, ())).collect();
+                    paths::names_in(fd, &inos, paths::Budget { time: left, ..budget })
+                }
+                _ => HashMap::new(),
+            };
+            for (i, ino) in wanted {
+                match (found.get(&ino), &dir) {
+                    (Some(name), Some((_, p))) => {
+                        let mut p = p.clone();
                         if p != b"/" {
                             p.push(b'/');
                         }
-                        p.extend_from_slice(&name);
-                        Some(p)
-                    });
-                    if recorded.is_some() {
-                        out[i] = recorded;
-                    } else if let Ok(st) = self.index.stat_file(*id) {
-                        inodes.insert(st.st_ino, ());
-                        files.push((i, st.st_ino));
+                        p.extend_from_slice(name);
+                        out[i] = Some(p);
+                    }
+                    // Left that directory (through a hard link): searched for below.
+                    _ => {
+                        inodes.insert(ino, ());
+                        files.push((i, ino));
                     }
                 }
             }
         }
-        let found = paths::find_inodes(&self.root_fd, &inodes, budget);
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let found = paths::find_inodes(&self.root_fd, &inodes, paths::Budget { time: left, ..budget });
         for (i, ino) in files {
             out[i] = found.get(&ino).cloned();
         }

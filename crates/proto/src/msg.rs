@@ -198,8 +198,9 @@ pub enum Request {
         offset: u64,
         mark: Vec<(String, i64)>,
     },
-    /// A directory's parent and its name there, or for a regular file, where it was made or
-    /// last renamed to if it still has that name (ENOTDIR otherwise); the reply is
+    /// A directory's parent and its name there, or for a regular file, the directory it was
+    /// made in or last moved to and its name there, if it is still there (ENOTDIR
+    /// otherwise); the reply is
     /// `Reply::Parent`. How a client finds what a copy lacks above an object it must change
     /// (the root has none: EINVAL). (Bricks before file records answer ENOTDIR for files.)
     DirParent {
