@@ -27,7 +27,7 @@
 //! the healer's connections watch for.
 
 use crate::conn::BrickConn;
-use crate::replicate::{pending_key, pending_mask, Replicate};
+use crate::replicate::{bit, pending_key, pending_mask, Replicate};
 use crate::xlator::{Child, DirCursor, Handle, HealReport, Result};
 use bytes::Bytes;
 use futures_util::future::{join_all, BoxFuture};
@@ -43,7 +43,7 @@ const CHUNK: u32 = 1 << 20;
 /// Zeros are left as holes in pieces of this size.
 const HOLE_BLOCK: usize = 4096;
 /// Objects asked of each brick per listing of its pending index.
-const LIST_MAX: u32 = 1024;
+pub(crate) const LIST_MAX: u32 = 1024;
 /// Objects healed at once, and names made at once in a directory: each heal is a chain of
 /// round trips and an fsync, so one at a time leaves the bricks and disks mostly idle.
 const PARALLEL: usize = 16;
@@ -84,10 +84,6 @@ enum Outcome {
     /// The stale copies are unreachable: nothing to do until they are back.
     Waiting,
     SplitBrain,
-}
-
-fn bit(i: usize) -> u64 {
-    1u64 << i
 }
 
 pub(crate) fn counter(e: &Entry, key: &str) -> i64 {
@@ -141,22 +137,21 @@ impl Replicate {
         }
     }
 
-    /// Connects the healer's own connections to the bricks that are up (best effort: an
-    /// unreachable copy simply takes no part).
-    pub(crate) async fn connect_healers(&self) {
+    /// Connects the healer's own connections, to the bricks that are up or (`all`) to every
+    /// brick, all at once (best effort: an unreachable copy simply takes no part).
+    pub(crate) async fn connect_healers(&self, all: bool) {
         let up = self.up_mask();
-        for (i, h) in self.healers.iter().enumerate() {
-            if let Some(conn) = h.conn.as_ref().filter(|_| up & bit(i) != 0) {
-                let _ = conn.connect().await;
-            }
-        }
+        let conns = (self.healers.iter().enumerate())
+            .filter(|(i, _)| all || up & bit(*i) != 0)
+            .filter_map(|(_, h)| h.conn.as_ref());
+        join_all(conns.map(|c| c.connect())).await;
     }
 
     /// One pass over everything the children list as pending.
     pub(crate) async fn heal_pass(&self) -> HealReport {
         let _one = self.heal_lock.lock().await;
         // Once, before the heals that use them run side by side.
-        self.connect_healers().await;
+        self.connect_healers(false).await;
         let mut report = HealReport::default();
         let mut visited = HashSet::new();
         for (i, c) in self.children.iter().enumerate() {
@@ -395,14 +390,17 @@ impl Replicate {
         if to.heal_end(id, true).await.unwrap_or(true) {
             // The guard was broken (this heal stalled) or lost with its connection: the
             // copy cannot be vouched for after all, and the markers go back.
-            self.add_counts(id, &key, &counts, 1, gate).await?;
+            if let Err(e) = self.add_counts(id, &key, &counts, 1, gate).await {
+                tracing::error!(%id, child = s, "cannot put back the markers of a heal that cannot be vouched for: {e}");
+                return Err(e);
+            }
             return Ok(false);
         }
         Ok(true)
     }
 
     /// Adds `sign` times each count read, `(child, n)`, to that child's marker `key` on `id`.
-    async fn add_counts(
+    pub(crate) async fn add_counts(
         &self,
         id: FileId,
         key: &str,
@@ -549,6 +547,7 @@ impl Replicate {
                 return Err(Errno::ESTALE); // renamed meanwhile
             }
             self.add_entry(parent, &name, &e, sources, s, true).await?;
+            self.wake_healer();
         }
         Ok(())
     }
@@ -570,6 +569,9 @@ impl Replicate {
         }
         self.make_dirs_above(parent, sources, s).await?;
         self.add_entry(parent, name, e, sources, s, true).await?;
+        // What was made is marked for its contents: a pass that went by it already would
+        // otherwise leave it for the next sweep.
+        self.wake_healer();
         Ok(true)
     }
 
@@ -618,8 +620,13 @@ impl Replicate {
     pub(crate) async fn behind_in(&self, dir: FileId, sources: &[usize], s: usize) -> Result<bool> {
         let missing = self.missing_dirs(dir, sources, s).await?;
         let anchor = missing.last().map_or(dir, |(parent, _, _)| *parent);
-        let e = self.children[sources[0]].getattr(anchor).await?;
-        Ok(pending_mask(&e) & bit(s) != 0)
+        let (good, mine) = tokio::join!(
+            self.children[sources[0]].getattr(anchor),
+            self.children[s].getattr(anchor)
+        );
+        // Not where `s` blames them in turn (split brain: for an administrator to settle).
+        let blamed_by_s = pending_mask(&mine?) & sources.iter().fold(0, |m, i| m | bit(*i));
+        Ok(pending_mask(&good?) & bit(s) != 0 && blamed_by_s == 0)
     }
 
     /// Removes a name (and, for a directory, everything under it) from child `s` alone.

@@ -92,11 +92,22 @@ impl<T> Outcome<T> {
     fn ok_mask(&self) -> u64 {
         self.ok.iter().fold(0, |m, (i, _)| m | bit(*i))
     }
+
+    /// Children that took the change when tried again.
+    fn took_later(&mut self, more: Vec<(usize, T)>) {
+        for (s, v) in more {
+            self.failed &= !bit(s);
+            self.ok.push((s, v));
+        }
+    }
 }
 
-fn bit(i: usize) -> u64 {
+pub(crate) fn bit(i: usize) -> u64 {
     1u64 << i
 }
+
+/// How long a lookup waits to make a name on a copy that lacks it (see `make_where_lacking`).
+const MAKE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
 impl Replicate {
     /// A replica set over `children`; `healers` reach the same bricks over connections of
@@ -279,13 +290,10 @@ impl Replicate {
         let (mut out, lacking) = self.attempt(&f).await?;
         if let ([id], false, false) = (mark_ids, lacking.is_empty(), self.quorum(out.ok_mask())) {
             let took = out.took();
-            for (s, v) in self
+            let more = self
                 .retry_where_file_missing(*id, &took, &lacking, |s| f(s, &self.children[s]))
-                .await
-            {
-                out.ok.push((s, v));
-                out.failed &= !bit(s);
-            }
+                .await;
+            out.took_later(more);
         }
         if out.failed != 0 {
             for id in mark_ids {
@@ -490,10 +498,11 @@ impl Replicate {
                     None => Err(Errno::ENOTCONN),
                 }
             };
-            for (s, v) in self.retry_where_file_missing(rh.id, &took, &lacking, retry).await {
-                out.ok.push((s, v));
-                out.failed &= !bit(s);
-            }
+            let more = self.retry_where_file_missing(rh.id, &took, &lacking, retry).await;
+            // A copy made just now holds only what was written to it since: never read.
+            let made = more.iter().fold(0, |m, (s, _)| m | bit(*s));
+            rh.marked.fetch_or(made, Ordering::SeqCst);
+            out.took_later(more);
         }
         // Marked for every change missed, not once per handle: a heal may have cleared
         // the markers since the last one (it clears exactly the counts it read), and a
@@ -577,7 +586,12 @@ impl Xlator for Replicate {
     async fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Entry> {
         let results = self.fan(|_, c| c.lookup(parent, name)).await;
         self.noticed(Self::stale_in(&results));
-        self.make_where_lacking(parent, name, &results).await;
+        // Bounded: a directory being healed there holds its entries until its heal ends (which
+        // makes the name anyway), and a lookup must not wait that long.
+        let making = self.make_where_lacking(parent, name, &results);
+        if tokio::time::timeout(MAKE_WAIT, making).await.is_err() {
+            tracing::debug!(%parent, "a name a copy lacks is left to the heal");
+        }
         Self::pick(results)
     }
 
@@ -758,11 +772,9 @@ impl Xlator for Replicate {
         let (mut out, mut lacking) = self.attempt(|s, _| link(s)).await?;
         if !self.quorum(out.ok_mask()) && !lacking.is_empty() {
             let took = out.took();
-            for (s, v) in self.retry_where_file_missing(id, &took, &lacking, link).await {
-                out.ok.push((s, v));
-                out.failed &= !bit(s);
-                lacking.retain(|l| *l != s);
-            }
+            let more = self.retry_where_file_missing(id, &took, &lacking, link).await;
+            lacking.retain(|l| more.iter().all(|(s, _)| s != l));
+            out.took_later(more);
         }
         let (ok, ok_mask) = (out.took(), out.ok_mask());
         if !self.quorum(ok_mask) && !lacking.is_empty() {
@@ -849,12 +861,14 @@ impl Xlator for Replicate {
         let rh = Self::rh(h)?;
         let first = rh.read_child.load(Ordering::Relaxed) as usize;
         let n = rh.handles.len();
+        let marked = rh.marked.load(Ordering::Relaxed);
+        let fresh = (0..n).any(|i| rh.handles[i].is_some() && marked & bit(i) == 0);
         let mut last = Errno::ENOTCONN;
         for k in 0..n {
             let i = (first + k) % n;
             let Some(ch) = &rh.handles[i] else { continue };
-            if k > 0 && rh.marked.load(Ordering::Relaxed) & bit(i) != 0 {
-                continue; // missed writes through this very handle
+            if fresh && marked & bit(i) != 0 {
+                continue; // missed writes through this very handle (the read child too)
             }
             match self.children[i].read(ch, offset, size).await {
                 Err(e) if e.is_transport() => {

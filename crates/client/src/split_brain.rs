@@ -11,15 +11,13 @@
 //! and the directory stays in split brain until one of them is renamed or removed on its
 //! brick.
 
-use crate::heal::{copy_meta, counter, entry_id, gone, list_dir};
-use crate::replicate::{pending_key, pending_mask, Replicate};
+use crate::heal::{copy_meta, counter, entry_id, gone, list_dir, LIST_MAX};
+use crate::replicate::{bit, pending_key, pending_mask, Replicate};
 use crate::xlator::Result;
 use futures_util::future::join_all;
 use proto::{Entry, Errno, FileId, FileKind};
 use std::collections::{BTreeSet, HashMap};
 
-/// Objects asked of each brick per listing of its pending index.
-const LIST_MAX: u32 = 1024;
 /// Most objects listed per brick when looking for split brains.
 const LIST_LIMIT: usize = 100_000;
 
@@ -34,36 +32,28 @@ pub enum Settle {
     LatestMtime,
 }
 
-fn bit(i: usize) -> u64 {
-    1u64 << i
-}
-
 impl Replicate {
     /// Each child's copy of `id` (`None` where it has none), and which copies the others
-    /// mark as behind; an error if a child did not answer (nothing can be said then).
+    /// mark as behind; an error if a child did not answer while another has a copy (then
+    /// nothing can be said; with no copy among those that answered, there is none here).
     async fn copies(&self, id: FileId) -> Result<(Vec<Option<Entry>>, u64)> {
-        let mut entries = Vec::new();
+        let (mut entries, mut unanswered) = (Vec::new(), None);
         for r in join_all(self.healers.iter().map(|h| h.child.getattr(id))).await {
             entries.push(match r {
                 Ok(e) => Some(e),
                 Err(e) if gone(e) => None,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    unanswered.get_or_insert(e);
+                    None
+                }
             });
+        }
+        match unanswered {
+            Some(e) if entries.iter().any(Option::is_some) => return Err(e),
+            _ => {}
         }
         let blamed = entries.iter().flatten().fold(0, |m, e| m | pending_mask(e)) & self.all();
         Ok((entries, blamed))
-    }
-
-    /// Connects the healer's connections, all at once (a client made for this command has
-    /// not needed them yet).
-    async fn connect_all(&self) {
-        join_all(
-            self.healers
-                .iter()
-                .filter_map(|h| h.conn.as_ref())
-                .map(|c| c.connect()),
-        )
-        .await;
     }
 
     /// Whether no copy of `id` is free of blame (and some copy is blamed).
@@ -76,7 +66,7 @@ impl Replicate {
 
     /// The objects in split brain among those the reachable children list as pending.
     pub(crate) async fn find_split_brains(&self) -> Result<Vec<FileId>> {
-        self.connect_all().await;
+        self.connect_healers(true).await;
         let mut ids = BTreeSet::new();
         for h in &self.healers {
             let (mut after, mut seen) = (None, 0);
@@ -114,7 +104,7 @@ impl Replicate {
                 return Ok(None); // another replica set's business
             }
         }
-        self.connect_all().await;
+        self.connect_healers(true).await;
         let (entries, blamed) = self.copies(id).await?;
         if !Self::split(&entries, blamed) {
             return Ok(None);
@@ -175,12 +165,10 @@ impl Replicate {
     /// every other copy as behind.
     async fn keep_copy(&self, id: FileId, entries: &[Option<Entry>], keep: usize) -> Result<()> {
         let key = pending_key(keep);
-        for (i, e) in entries.iter().enumerate() {
-            let n = e.as_ref().map_or(0, |e| counter(e, &key));
-            if n != 0 {
-                self.healers[i].child.xattr_add(id, &[(key.clone(), -n)]).await?;
-            }
-        }
+        let counts: Vec<(usize, i64)> = (entries.iter().enumerate())
+            .map(|(i, e)| (i, e.as_ref().map_or(0, |e| counter(e, &key))))
+            .collect();
+        self.add_counts(id, &key, &counts, -1, None).await?;
         let kept = entries[keep].as_ref().ok_or(Errno::ENOENT)?;
         let marks: Vec<(String, i64)> = (0..entries.len())
             .filter(|k| *k != keep && entries[*k].is_some() && counter(kept, &pending_key(*k)) == 0)

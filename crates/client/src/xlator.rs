@@ -179,11 +179,20 @@ pub async fn split_brains_all(children: &[Child]) -> Result<Vec<FileId>> {
     Ok(all.into_iter().collect())
 }
 
-/// Settles `id` in every child that holds a split brain of it.
+/// Settles `id` in every child that holds a split brain of it. A child that cannot tell
+/// does not keep the others from settling theirs; its error is the answer only if none did.
 pub async fn settle_all(children: &[Child], id: FileId, how: &Settle) -> Result<Vec<String>> {
-    let mut done = Vec::new();
+    let (mut done, mut failed) = (Vec::new(), None);
     for c in children {
-        done.extend(c.settle(id, how).await?);
+        match c.settle(id, how).await {
+            Ok(d) => done.extend(d),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
     }
-    Ok(done)
+    match failed {
+        Some(e) if done.is_empty() => Err(e),
+        _ => Ok(done),
+    }
 }

@@ -575,6 +575,8 @@ async fn a_replaced_first_copy_takes_changes_in_directories_the_heal_has_not_rea
     assert_eq!(std::fs::read(b[0].dir.path().join("a/b/c/new")).unwrap(), data);
     // A file it does not have yet is made there once looked up, so that it takes writes,
     // attribute changes and hard links too.
+    let lacks = |path: &str| !b[0].dir.path().join(path).exists();
+    assert!(lacks("a/b/c/old"), "the heal has not made a/b/c/old yet");
     let old = v.lookup(abc, b"old").await.unwrap().attr.id;
     let h = v.open(old, libc::O_RDWR as u32).await.unwrap();
     v.write(&h, 100, Bytes::from_static(b"changed")).await.unwrap();
@@ -589,13 +591,16 @@ async fn a_replaced_first_copy_takes_changes_in_directories_the_heal_has_not_rea
     changed[100..107].copy_from_slice(b"changed");
     // Files reached by id (an open file, an attribute change) are made there too, where
     // the other copy records them.
+    assert!(lacks("a/b/c/kept-open") && lacks("a/b/by-id"), "nor these");
     v.write(&held, 0, Bytes::from_static(b"still open"))
         .await
         .unwrap();
-    v.release(&held).await.unwrap();
-    v.setattr(by_id, None, &chmod).await.unwrap();
     let mut kept_data = pattern(2000, 5);
     kept_data[..10].copy_from_slice(b"still open");
+    // Read through that handle: never from the copy just made (it holds only that write).
+    assert_eq!(v.read(&held, 0, 4000).await.unwrap(), kept_data);
+    v.release(&held).await.unwrap();
+    v.setattr(by_id, None, &chmod).await.unwrap();
 
     // The heal then makes the copies identical.
     until("the first copy to be refilled", || {
@@ -770,8 +775,8 @@ async fn clients_healing_at_once_take_each_marker_off_once() {
         .await;
     }
     // Four clients heal the copy at once, each object by one at a time. A marker taken
-    // off by two of them would leave its counter below zero: the object would stay listed,
-    // and the next change the copy missed would go unrecorded.
+    // off by two of them (each having read it before the other took it off) would cancel
+    // the marker of the next change the copy missed: that must be recorded.
     b[1].start(&key).await;
     until("the second copy to be healed", || {
         b.iter().all(|x| x.pending() == 0)

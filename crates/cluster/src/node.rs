@@ -1045,9 +1045,8 @@ impl Node {
         Ok(())
     }
 
-    /// `volume reset-brick`: the brick's own node does the work (`LocalHost::reset`).
     /// `volume heal NAME info split-brain` and `volume heal NAME split-brain ...`: done by this
-    /// node's host, with a client of the volume of its own.
+    /// node's host, with a client of the volume.
     async fn volume_split_brain(self: &Arc<Self>, name: String, op: SplitBrainOp) -> AdminResponse {
         let failed = |why: String| fail(format!("volume heal {name} split-brain: failed: {why}"));
         let state = self.state();
@@ -1109,9 +1108,12 @@ impl Node {
                 )
             }
             Ok(lines) => {
-                // Bricks by their names rather than their addresses.
+                // Bricks by their names rather than their addresses (the longest first: one
+                // address may begin another).
+                let mut bricks: Vec<_> = spec.bricks.iter().collect();
+                bricks.sort_by_key(|b| std::cmp::Reverse(b.addr.len()));
                 let named = lines.iter().map(|l| {
-                    spec.bricks
+                    bricks
                         .iter()
                         .fold(l.clone(), |l, b| l.replace(&b.addr, &b.label()))
                 });
@@ -1131,14 +1133,25 @@ impl Node {
             "split-brain-info",
         );
         let asked = async {
-            tokio::time::timeout(Duration::from_secs(3), conn.connect())
-                .await
-                .map_err(|_| proto::Errno::ETIMEDOUT)??;
-            let req = proto::msg::Request::PathsOf { ids };
-            conn.call(&req, bytes::Bytes::new()).await.map(|r| r.0)
+            match tokio::time::timeout(Duration::from_secs(3), conn.connect()).await {
+                Ok(Ok(())) => Self::paths_over(&conn, ids).await,
+                _ => vec![None; n],
+            }
         };
-        match tokio::time::timeout(Duration::from_secs(20), asked).await {
-            Ok(Ok(proto::msg::Reply::Paths(p))) if p.len() == n => p
+        tokio::time::timeout(Duration::from_secs(20), asked)
+            .await
+            .unwrap_or_else(|_| vec![None; n])
+    }
+
+    /// Paths of `ids` asked over `conn` (None for each the brick cannot name).
+    async fn paths_over(
+        conn: &proto::rpc::Conn<proto::msg::Request, proto::msg::Reply>,
+        ids: Vec<proto::FileId>,
+    ) -> Vec<Option<String>> {
+        let n = ids.len();
+        let req = proto::msg::Request::PathsOf { ids };
+        match conn.call(&req, bytes::Bytes::new()).await.map(|r| r.0) {
+            Ok(proto::msg::Reply::Paths(p)) if p.len() == n => p
                 .into_iter()
                 .map(|p| p.map(|p| String::from_utf8_lossy(&p).into_owned()))
                 .collect(),
@@ -1146,6 +1159,7 @@ impl Node {
         }
     }
 
+    /// `volume reset-brick`: the brick's own node does the work (`LocalHost::reset`).
     async fn volume_reset_brick(self: &Arc<Self>, name: String, brick: String, force: bool) -> AdminResponse {
         let failed = |why: String| fail(format!("volume reset-brick: {name}: failed: {why}"));
         let b = match BrickRequest::parse(&brick) {
@@ -1294,20 +1308,16 @@ impl Node {
                     _ => return Err(proto::Errno::EIO),
                 };
                 // Where they are, for people; ids alone from a brick that cannot say.
-                let req = proto::msg::Request::PathsOf { ids: ids.clone() };
                 let paths = match ids.is_empty() {
                     true => Vec::new(),
-                    false => match conn.call(&req, bytes::Bytes::new()).await.map(|r| r.0) {
-                        Ok(proto::msg::Reply::Paths(p)) if p.len() == ids.len() => p,
-                        _ => vec![None; ids.len()],
-                    },
+                    false => Self::paths_over(&conn, ids.clone()).await,
                 };
                 Ok(ids
                     .iter()
                     .zip(paths)
                     .map(|(id, path)| HealEntry {
                         id: id.to_string(),
-                        path: path.map(|p| String::from_utf8_lossy(&p).into_owned()),
+                        path,
                     })
                     .collect())
             };

@@ -60,31 +60,43 @@ impl DaemonHealers {
     }
 
     /// Split brains of `spec`: listed, or settled as `work` says (see `super::split_brain`),
-    /// with a client of the volume of its own. What was settled is carried over by this
-    /// node's healer of the volume if it has one, else by a heal pass here (bounded).
+    /// through this node's healer of the volume if it has one (which then carries what was
+    /// settled over), else through a client made for this, which heals it (bounded).
     pub async fn split_brain(&self, spec: VolumeSpec, work: SplitBrainWork) -> Result<Vec<String>, String> {
         let settling = work != SplitBrainWork::List;
-        let name = format!("{}/split-brain", self.name);
-        let vol = Volume::connect(spec.clone(), self.key.clone(), &name, CONNECT_WAIT)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut lines = super::split_brain::run(&vol.root, &spec, work).await?;
-        if !settling {
-            return Ok(lines);
-        }
+        // This node's healer of the volume if it has one, else a client made for this.
         let running = self.running.lock().await;
         let healer = running
             .get(&spec.name)
             .filter(|(s, _)| *s == spec)
             .map(|(_, v)| v.root.clone());
         drop(running);
+        let made = match healer {
+            Some(_) => None,
+            None => {
+                let name = format!("{}/split-brain", self.name);
+                let vol = Volume::connect(spec.clone(), self.key.clone(), &name, CONNECT_WAIT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Some(vol)
+            }
+        };
+        let root = match (healer, &made) {
+            (Some(root), _) => root,
+            (None, Some(vol)) => vol.root.clone(),
+            (None, None) => return Err("no client of the volume".into()),
+        };
+        let mut lines = super::split_brain::run(&root, &spec, work).await?;
+        if !settling {
+            return Ok(lines);
+        }
         let background = "the heal carries the copies kept over in the background (volume heal NAME info shows what waits)";
-        match healer {
-            Some(root) => {
+        match made {
+            None => {
                 tokio::spawn(async move { root.heal().await });
                 lines.push(background.into());
             }
-            None => match tokio::time::timeout(SETTLE_HEAL_WAIT, vol.root.heal()).await {
+            Some(_) => match tokio::time::timeout(SETTLE_HEAL_WAIT, root.heal()).await {
                 Ok(Ok(r)) => lines.push(format!("healed {} objects", r.healed)),
                 _ => lines.push(background.into()),
             },
