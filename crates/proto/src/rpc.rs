@@ -66,6 +66,23 @@ impl<R> Link<R> {
     }
 }
 
+/// A link being made: killed when dropped before it was installed.
+struct Unused<R>(Option<Arc<Link<R>>>);
+
+impl<R> Unused<R> {
+    fn installed(mut self) {
+        self.0 = None;
+    }
+}
+
+impl<R> Drop for Unused<R> {
+    fn drop(&mut self) {
+        if let Some(link) = self.0.take() {
+            link.kill();
+        }
+    }
+}
+
 /// The request every peer answers at once, used to notice silent peers.
 pub trait Ping {
     fn ping() -> Self;
@@ -221,6 +238,9 @@ where
             BufReader::with_capacity(256 * 1024, rd),
         ));
         lock(&link.tasks).push(r.abort_handle());
+        // Killed unless installed, also when the caller gives up waiting midway: a link left
+        // open after its hello named the session could make the brick close the next one.
+        let unused = Unused(Some(link.clone()));
         let hello = lock(&self.hello).clone();
         for (req, what) in hello.map(|f| f()).unwrap_or_default() {
             let header = frame::encode_header(&req).map_err(|_| Errno::EINVAL)?;
@@ -243,6 +263,7 @@ where
         }
         tokio::spawn(ping_loop(self.me.clone(), Arc::downgrade(&link)));
         tracing::debug!(peer = %addr, gen = link.gen, "connected");
+        unused.installed();
         *cur = Some(link);
         Ok(())
     }
