@@ -329,10 +329,7 @@ fn a_mount_follows_its_volume_and_outlives_the_node_it_came_from() {
     let unmount = mount();
     std::fs::write(dir.join("f"), b"kept").unwrap();
     // (A brick the mount reached late missed "f": that is healed first.)
-    let clean = || {
-        let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
-        info.matches("Number of entries: 0\n").count() == 3
-    };
+    let clean = || nothing_to_heal(&c);
     wait_for("the volume to be clean", Duration::from_secs(30), clean);
 
     // A brick that stops answering misses a write: `volume heal info` shows what waits for
@@ -463,8 +460,7 @@ fn a_replaced_disk_is_refused_until_reset_and_then_refilled_from_its_copies() {
     assert!(r.contains("success"), "{r}");
     assert!(online(&c, 3));
     wait_for("the new brick to be refilled", Duration::from_secs(60), || {
-        let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
-        info.matches("Number of entries: 0\n").count() == 3
+        nothing_to_heal(&c)
     });
     let brick0 = std::path::PathBuf::from(c.brick_dir(0, "r"));
     let refilled = brick_files(&brick2);
@@ -488,8 +484,7 @@ fn a_replaced_disk_is_refused_until_reset_and_then_refilled_from_its_copies() {
     std::fs::create_dir(&brick1).unwrap();
     c.ok(2, &["volume", "reset-brick", "nas", &bricks[1]]);
     wait_for("the swapped disk to be refilled", Duration::from_secs(60), || {
-        let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
-        info.matches("Number of entries: 0\n").count() == 3 && online(&c, 3)
+        nothing_to_heal(&c) && online(&c, 3)
     });
     assert_eq!(brick_files(&brick1), brick_files(&brick0));
     assert_eq!(tree::snapshot(&dir).len(), before.len() + 1);
@@ -569,6 +564,12 @@ fn nas_replica_3(c: &Daemons, name: &str) -> Vec<String> {
     c.ok(0, &["volume", "start", "nas"]);
     wait_for("bricks online", Duration::from_secs(10), || online(c, 3));
     bricks
+}
+
+/// Whether `volume heal nas info` shows three bricks with nothing waiting for heal.
+fn nothing_to_heal(c: &Daemons) -> bool {
+    let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
+    info.matches("Number of entries: 0\n").count() == 3
 }
 
 /// Whether `volume status nas` shows `n` bricks online.
@@ -696,8 +697,7 @@ fn split_brains_are_listed_and_settled_from_the_cli() {
     let _unmount = mount_nas(&c, &dir);
     std::fs::write(dir.join("f"), b"same").unwrap();
     wait_for("the volume to be clean", Duration::from_secs(30), || {
-        let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
-        info.matches("Number of entries: 0\n").count() == 3
+        nothing_to_heal(&c)
     });
 
     // Each copy gets bytes of its own and marks the next copy as behind: none is good.
@@ -788,11 +788,7 @@ fn split_brains_are_listed_and_settled_from_the_cli() {
     wait_for(
         "the kept copy to be healed over the others",
         Duration::from_secs(30),
-        || {
-            let info = c.ok(0, &["volume", "heal", "nas", "info"]).stdout;
-            info.matches("Number of entries: 0\n").count() == 3
-                && (0..3).all(|i| std::fs::read(on_brick(i)).is_ok_and(|d| d == b"copy 1"))
-        },
+        || nothing_to_heal(&c) && (0..3).all(|i| std::fs::read(on_brick(i)).is_ok_and(|d| d == b"copy 1")),
     );
     let info = c.ok(0, &["volume", "heal", "nas", "info", "split-brain"]).stdout;
     assert!(info.contains("Number of entries in split-brain: 0"), "{info}");
