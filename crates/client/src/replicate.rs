@@ -837,7 +837,23 @@ impl Xlator for Replicate {
         let (opens, attrs) = tokio::join!(self.fan(|_, c| c.open(id, flags)), self.fan(|_, c| c.getattr(id)));
         let stale = Self::stale_in(&attrs);
         self.noticed(stale);
-        let out = Self::outcome(opens)?;
+        let lacking: Vec<usize> = (0..opens.len())
+            .filter(|i| opens[*i].as_ref().is_err_and(|e| crate::heal::gone(*e)))
+            .collect();
+        let mut out = Self::outcome(opens)?;
+        // Opened for writing where too few copies have the file (a copy being refilled, as
+        // for `mutate`; with replica 2 the first copy must take every change): it is made on
+        // those that lack it, where the good copies mark them behind, and opened there too.
+        let writes = flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
+        let mut made = 0;
+        if writes && !lacking.is_empty() && !self.quorum(out.ok_mask() & !stale) {
+            let took: Vec<usize> = out.took().into_iter().filter(|i| stale & bit(*i) == 0).collect();
+            let more = self
+                .retry_where_file_missing(id, &took, &lacking, |s| self.children[s].open(id, flags))
+                .await;
+            made = more.iter().fold(0, |m, (s, _)| m | bit(*s));
+            out.took_later(more);
+        }
         let mut handles: Vec<Option<Handle>> = (0..self.children.len()).map(|_| None).collect();
         let mut opened = 0;
         for (i, h) in out.ok {
@@ -854,7 +870,12 @@ impl Xlator for Replicate {
                 }
             }
         }
-        Ok(self.handle(id, handles, self.all() & !stale))
+        let h = self.handle(id, handles, self.all() & !stale & !made);
+        if let Handle::Replica(rh) = &h {
+            // A copy made just now holds nothing written before: never read.
+            rh.marked.fetch_or(made, Ordering::SeqCst);
+        }
+        Ok(h)
     }
 
     async fn read(&self, h: &Handle, offset: u64, size: u32) -> Result<Bytes> {

@@ -531,6 +531,8 @@ async fn a_replaced_first_copy_takes_changes_in_directories_the_heal_has_not_rea
     let kept = file(&v, abc, "kept-open", &[(0, pattern(2000, 5))]).await;
     let held = v.open(kept, libc::O_RDWR as u32).await.unwrap();
     let by_id = file(&v, ab, "by-id", &[(0, pattern(10, 6))]).await;
+    // And one opened by id alone after it (the kernel knows its name still).
+    let opened = file(&v, ab, "opened", &[(0, pattern(3000, 7))]).await;
     // Enough names in the root that the heal is busy there for a while.
     for i in 0..1000 {
         file(&v, FileId::ROOT, &format!("f{i:04}"), &[(0, pattern(10, 2))]).await;
@@ -591,7 +593,10 @@ async fn a_replaced_first_copy_takes_changes_in_directories_the_heal_has_not_rea
     changed[100..107].copy_from_slice(b"changed");
     // Files reached by id (an open file, an attribute change) are made there too, where
     // the other copy records them.
-    assert!(lacks("a/b/c/kept-open") && lacks("a/b/by-id"), "nor these");
+    assert!(
+        lacks("a/b/c/kept-open") && lacks("a/b/by-id") && lacks("a/b/opened"),
+        "nor these"
+    );
     v.write(&held, 0, Bytes::from_static(b"still open"))
         .await
         .unwrap();
@@ -601,6 +606,17 @@ async fn a_replaced_first_copy_takes_changes_in_directories_the_heal_has_not_rea
     assert_eq!(v.read(&held, 0, 4000).await.unwrap(), kept_data);
     v.release(&held).await.unwrap();
     v.setattr(by_id, None, &chmod).await.unwrap();
+    let h = v.open(opened, libc::O_WRONLY as u32).await.unwrap();
+    v.write(&h, 2990, Bytes::from_static(b"opened late"))
+        .await
+        .unwrap();
+    v.release(&h).await.unwrap();
+    let mut opened_data = pattern(3000, 7);
+    opened_data.truncate(2990);
+    opened_data.extend_from_slice(b"opened late");
+    let h = v.open(opened, libc::O_RDWR as u32).await.unwrap();
+    assert_eq!(v.read(&h, 0, 4000).await.unwrap(), opened_data);
+    v.release(&h).await.unwrap();
 
     // The heal then makes the copies identical.
     until("the first copy to be refilled", || {
@@ -616,6 +632,7 @@ async fn a_replaced_first_copy_takes_changes_in_directories_the_heal_has_not_rea
         ("/a/b/old-link", &changed),
         ("/a/b/c/kept-open", &kept_data),
         ("/a/b/by-id", &by_id_data),
+        ("/a/b/opened", &opened_data),
     ] {
         let (n0, n1) = (t0.remove(path).unwrap(), t1.remove(path).unwrap());
         assert_eq!((n0.0.attr.id, &n0.2), (n1.0.attr.id, want), "{path}");
