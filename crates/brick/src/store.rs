@@ -768,11 +768,7 @@ impl Store {
                 let id = self
                     .read_meta(&XTarget::Path(proc_path(nd.as_fd(), Some(new_name))))?
                     .0;
-                Some((
-                    FileKind::from_mode(st.st_mode) == Some(FileKind::Dir),
-                    id,
-                    st.st_nlink,
-                ))
+                Some((FileKind::from_mode(st.st_mode), id, st.st_nlink))
             }
             Err(rustix::io::Errno::NOENT) => None,
             Err(e) => return Err(errno(e)),
@@ -794,7 +790,7 @@ impl Store {
             if FileKind::from_mode(src.st_mode) == Some(FileKind::File) {
                 moved.push((nd.as_fd(), new_name, new_parent));
             }
-            if flags.exchange && matches!(dst, Some((false, _, _))) {
+            if flags.exchange && matches!(dst, Some((Some(FileKind::File), _, _))) {
                 moved.push((od.as_fd(), name, parent));
             }
             for (dir, at, to) in moved {
@@ -805,12 +801,16 @@ impl Store {
             }
         }
         match dst {
-            Some((true, Some(id), _)) if flags.exchange => self.index.set_dir(id, parent, name)?,
-            Some((true, Some(id), _)) if Some(id) != src_id => {
+            Some((Some(FileKind::Dir), Some(id), _)) if flags.exchange => {
+                self.index.set_dir(id, parent, name)?
+            }
+            Some((Some(FileKind::Dir), Some(id), _)) if Some(id) != src_id => {
                 self.index.remove_dir(id)?;
                 lock(&self.dirs).remove(&id);
             }
-            Some((false, Some(id), links)) if !flags.exchange && Some(id) != src_id => {
+            Some((kind, Some(id), links))
+                if kind != Some(FileKind::Dir) && !flags.exchange && Some(id) != src_id =>
+            {
                 self.forget_if_unnamed(id, links)?
             }
             _ => {}

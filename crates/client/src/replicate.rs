@@ -106,6 +106,13 @@ pub(crate) fn bit(i: usize) -> u64 {
     1u64 << i
 }
 
+/// The children whose answer says that what was asked for is gone there.
+fn lacking<T>(results: &[Result<T>]) -> Vec<usize> {
+    (0..results.len())
+        .filter(|i| results[*i].as_ref().is_err_and(|e| crate::heal::gone(*e)))
+        .collect()
+}
+
 /// How long a lookup waits to make a name on a copy that lacks it (see `make_where_lacking`).
 const MAKE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -233,9 +240,7 @@ impl Replicate {
         let has: Vec<usize> = (0..results.len())
             .filter(|i| good(*i).is_some_and(|x| x.attr.id == e.attr.id))
             .collect();
-        let lacking: Vec<usize> = (0..results.len())
-            .filter(|i| results[*i].as_ref().is_err_and(|x| crate::heal::gone(*x)))
-            .collect();
+        let lacking = lacking(results);
         let has_mask = has.iter().fold(0, |m, i| m | bit(*i));
         if lacking.is_empty() || self.quorum(has_mask) {
             return;
@@ -347,9 +352,7 @@ impl Replicate {
             return Err(Errno::EROFS);
         }
         let results = self.fan(f).await;
-        let lacking = (0..results.len())
-            .filter(|i| results[*i].as_ref().is_err_and(|e| crate::heal::gone(*e)))
-            .collect();
+        let lacking = lacking(&results);
         Ok((Self::outcome(results)?, lacking))
     }
 
@@ -485,9 +488,7 @@ impl Replicate {
             })
             .collect();
         let results = join_all(futs).await;
-        let lacking: Vec<usize> = (0..results.len())
-            .filter(|i| results[*i].as_ref().is_err_and(|e| crate::heal::gone(*e)))
-            .collect();
+        let lacking = lacking(&results);
         let mut out = Self::outcome(results)?;
         if !lacking.is_empty() && !self.quorum(out.ok_mask()) {
             // (A handle whose file is made again there reopens it by id.)
@@ -837,17 +838,15 @@ impl Xlator for Replicate {
         let (opens, attrs) = tokio::join!(self.fan(|_, c| c.open(id, flags)), self.fan(|_, c| c.getattr(id)));
         let stale = Self::stale_in(&attrs);
         self.noticed(stale);
-        let lacking: Vec<usize> = (0..opens.len())
-            .filter(|i| opens[*i].as_ref().is_err_and(|e| crate::heal::gone(*e)))
-            .collect();
+        let lacking = lacking(&opens);
         let mut out = Self::outcome(opens)?;
         // Opened for writing where too few copies have the file (a copy being refilled, as
         // for `mutate`; with replica 2 the first copy must take every change): it is made on
         // those that lack it, where the good copies mark them behind, and opened there too.
         let writes = flags as i32 & libc::O_ACCMODE != libc::O_RDONLY;
         let mut made = 0;
-        if writes && !lacking.is_empty() && !self.quorum(out.ok_mask() & !stale) {
-            let took: Vec<usize> = out.took().into_iter().filter(|i| stale & bit(*i) == 0).collect();
+        if writes && !lacking.is_empty() && !self.quorum(out.ok_mask()) {
+            let took = out.took();
             let more = self
                 .retry_where_file_missing(id, &took, &lacking, |s| self.children[s].open(id, flags))
                 .await;

@@ -248,17 +248,13 @@ where
             match answer.await.unwrap_or(Err(Errno::ETIMEDOUT)) {
                 // (ENOSYS: a peer that predates it.)
                 Ok(_) | Err(Errno::ENOSYS) => {}
-                Err(e) if e.is_transport() => {
-                    link.kill();
-                    return Err(e);
-                }
+                Err(e) if e.is_transport() => return Err(e),
                 Err(e) => tracing::error!(peer = %addr, "{what}: refused on connecting: {e}"),
             }
         }
         let mut cur = lock(&self.link);
         if *lock(&self.addr) != addr {
-            // The peer moved while this connection was being made.
-            link.kill();
+            // The peer moved while this connection was being made (the guard kills it).
             return Err(Errno::ECONNRESET);
         }
         tokio::spawn(ping_loop(self.me.clone(), Arc::downgrade(&link)));

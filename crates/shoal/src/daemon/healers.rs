@@ -71,20 +71,15 @@ impl DaemonHealers {
             .filter(|(s, _)| *s == spec)
             .map(|(_, v)| v.root.clone());
         drop(running);
-        let made = match healer {
-            Some(_) => None,
+        let (root, made) = match healer {
+            Some(root) => (root, None),
             None => {
                 let name = format!("{}/split-brain", self.name);
                 let vol = Volume::connect(spec.clone(), self.key.clone(), &name, CONNECT_WAIT)
                     .await
                     .map_err(|e| e.to_string())?;
-                Some(vol)
+                (vol.root.clone(), Some(vol))
             }
-        };
-        let root = match (healer, &made) {
-            (Some(root), _) => root,
-            (None, Some(vol)) => vol.root.clone(),
-            (None, None) => return Err("no client of the volume".into()),
         };
         let mut lines = super::split_brain::run(&root, &spec, work).await?;
         if !settling {
