@@ -15,7 +15,7 @@ use crate::store::{OpenFile, Store};
 use bytes::Bytes;
 use proto::auth::{ClusterKey, Peer};
 use proto::msg::{Fh, Notice, Reply, Request, Response, NOTICE_ID};
-use proto::outbox::Outbox;
+use proto::outbox::{Body, Outbox};
 use proto::service::{Answer, Handled, Service};
 use proto::{Entry, Errno};
 use std::collections::HashMap;
@@ -450,7 +450,7 @@ impl BrickServer {
     /// Requests that may wait: run on the blocking pool (or wait for a lock) in a task of
     /// their own, so that the connection's other requests go on meanwhile.
     async fn slow(self: &Arc<Self>, conn: &Arc<Conn>, req: Request, data: Bytes) -> Answer<Reply> {
-        let none = Bytes::new();
+        let none = Body::default;
         let handle = |fh| conn.handle(fh);
         let r = match req {
             Request::SetAttr { id, fh, set } => match fh.map(handle).transpose() {
@@ -487,18 +487,18 @@ impl BrickServer {
                         // Noted in the order the reads came in, before they run in parallel.
                         let ahead = lock(&h.stride).next(offset, size as u64);
                         let read = self.blocking(move |s| {
-                            let r = s.read(h.file(), offset, size);
+                            let r = s.read_body(h.file(), offset, size);
                             if let Some(a) = ahead {
                                 s.read_ahead(h.file(), a);
                             }
                             r
                         });
                         match read.await {
-                            Ok(buf) => (Ok(Reply::Data), Bytes::from(buf)),
-                            Err(e) => (Err(e), none),
+                            Ok(body) => (Ok(Reply::Data), body),
+                            Err(e) => (Err(e), none()),
                         }
                     }
-                    Err(e) => (Err(e), none),
+                    Err(e) => (Err(e), none()),
                 };
             }
             Request::Write { fh, offset } => match handle(fh) {
@@ -558,7 +558,7 @@ impl BrickServer {
             },
             Request::HealBegin { id, guard } => {
                 if lock(&conn.heals).contains(&(id, guard)) {
-                    return (Err(Errno::EBUSY), none);
+                    return (Err(Errno::EBUSY), none());
                 }
                 let r = match self.blocking(move |s| s.kind(id)).await {
                     Ok(_) if guard => {
@@ -607,7 +607,7 @@ impl BrickServer {
                 }
             },
         };
-        (r, none)
+        (r, none())
     }
 }
 
@@ -724,7 +724,7 @@ impl BrickServer {
         match self.quick(conn, req, &data) {
             Quick::Done(resp) => {
                 self.settle(conn, effect, &resp);
-                Handled::Now((resp, Bytes::new()))
+                Handled::Now((resp, Body::default()))
             }
             Quick::Slow(req) => {
                 let (server, conn) = (self.clone(), conn.clone());

@@ -10,6 +10,8 @@ use crate::ns::{self, Namespace};
 use crate::paths;
 use crate::readahead::Ahead;
 use crate::sys::{self, errno, proc_path, XTarget};
+use proto::outbox::Body;
+use proto::piped::Piped;
 use proto::{
     check_name, Attr, DirEntry, Entry, Errno, FileId, FileKind, MetaXattr, NewNode, RenameFlags, SetAttr,
     StatFs, TimeSet,
@@ -22,6 +24,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// How many directory descriptors the store keeps open for id lookups.
 const DIR_CACHE: usize = 4096;
+/// Reads from this size on are spliced: below it, the pipe's own system calls cost more
+/// than the copies they save.
+const SPLICE_FROM: usize = 64 << 10;
 /// Longest chain of parent links followed when resolving a directory id.
 const MAX_DEPTH: usize = 4096;
 /// Internal counters named so are pending-heal markers, indexed (see [`Store::pending`]).
@@ -1017,6 +1022,21 @@ impl Store {
         }
         buf.truncate(size);
         Ok(buf)
+    }
+
+    /// Like [`Store::read`], for a reply: a large read goes to the socket through a pipe
+    /// ([`proto::piped`]), without a copy here.
+    pub fn read_body(&self, file: &OpenFile, offset: u64, size: u32) -> Result<Body, Errno> {
+        let size = (size as usize).min(proto::frame::MAX_DATA);
+        if size >= SPLICE_FROM {
+            match Piped::from_file(file.fd.as_fd(), offset, size) {
+                Ok(Some(p)) => return Ok(Body::Piped(p)),
+                Ok(None) => {}
+                Err(e) => return Err(Errno::from(e)),
+            }
+        }
+        self.read(file, offset, size as u32)
+            .map(|buf| Body::Bytes(buf.into()))
     }
 
     /// Starts reading `ahead` into the page cache (without waiting for it).

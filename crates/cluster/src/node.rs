@@ -17,6 +17,7 @@ use bytes::Bytes;
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::ChangeMembers;
 use proto::auth::{ClusterKey, Peer};
+use proto::outbox::Body;
 use proto::service::{Handled, Service};
 use proto::Errno;
 use serde::{Deserialize, Serialize};
@@ -1500,10 +1501,10 @@ impl Service for Node {
             NodeRequest::Ping | NodeRequest::GetVolume { .. } | NodeRequest::WatchVolume { .. }
         );
         if nodes_only && peer.role != "node" {
-            return Handled::Now((Err(Errno::EACCES), Bytes::new()));
+            return Handled::Now((Err(Errno::EACCES), Body::default()));
         }
         match req {
-            NodeRequest::Ping => Handled::Now((Ok(NodeReply::Pong), Bytes::new())),
+            NodeRequest::Ping => Handled::Now((Ok(NodeReply::Pong), Body::default())),
             NodeRequest::Heartbeat(report) => {
                 let from = report.pnn;
                 let state = self.state();
@@ -1514,13 +1515,13 @@ impl Service for Node {
                 self.health.on_heartbeat(from, report, grant);
                 let mut mine = self.report(&state, self.pnn().unwrap_or(u64::MAX));
                 mine.grant = grant;
-                Handled::Now((Ok(NodeReply::Heartbeat(mine)), Bytes::new()))
+                Handled::Now((Ok(NodeReply::Heartbeat(mine)), Body::default()))
             }
             NodeRequest::ScriptStatus => {
-                Handled::Now((Ok(NodeReply::Scripts(self.host.script_status())), Bytes::new()))
+                Handled::Now((Ok(NodeReply::Scripts(self.host.script_status())), Body::default()))
             }
             NodeRequest::Announce { ip } => {
-                Handled::Now((Ok(NodeReply::Checked(self.host.announce(ip))), Bytes::new()))
+                Handled::Now((Ok(NodeReply::Checked(self.host.announce(ip))), Body::default()))
             }
             NodeRequest::Hello => Handled::Now((
                 Ok(NodeReply::Hello(Hello {
@@ -1531,12 +1532,12 @@ impl Service for Node {
                     witness: self.cfg.witness,
                     pnn: self.pnn(),
                 })),
-                Bytes::new(),
+                Body::default(),
             )),
-            NodeRequest::Status => Handled::Now((Ok(NodeReply::Status(self.status())), Bytes::new())),
-            NodeRequest::Bricks => Handled::Now((Ok(NodeReply::Bricks(self.host.status())), Bytes::new())),
+            NodeRequest::Status => Handled::Now((Ok(NodeReply::Status(self.status())), Body::default())),
+            NodeRequest::Bricks => Handled::Now((Ok(NodeReply::Bricks(self.host.status())), Body::default())),
             NodeRequest::GetVolume { name } => {
-                Handled::Now((Ok(NodeReply::Volume(self.volume_view(&name))), Bytes::new()))
+                Handled::Now((Ok(NodeReply::Volume(self.volume_view(&name))), Body::default()))
             }
             NodeRequest::CheckBrick {
                 path,
@@ -1549,11 +1550,11 @@ impl Service for Node {
                 } else {
                     self.host.check(&path, force, stamp, empty)
                 };
-                Handled::Now((Ok(NodeReply::Checked(verdict)), Bytes::new()))
+                Handled::Now((Ok(NodeReply::Checked(verdict)), Body::default()))
             }
-            other => Handled::Later(Box::pin(
-                async move { (node.serve_later(other).await, Bytes::new()) },
-            )),
+            other => Handled::Later(Box::pin(async move {
+                (node.serve_later(other).await, Body::default())
+            })),
         }
     }
 

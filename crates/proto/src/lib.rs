@@ -10,6 +10,7 @@ pub mod errno;
 pub mod frame;
 pub mod msg;
 pub mod outbox;
+pub mod piped;
 pub mod rpc;
 pub mod service;
 pub mod transport;

@@ -7,6 +7,7 @@
 //! machine is as much as the rest of a request's round trip; this path has none.
 
 use crate::frame::{self, FrameError};
+use crate::piped::Piped;
 use crate::transport::WriteHalf;
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -24,6 +25,26 @@ struct State {
     /// The drain task has been told about the queue.
     draining: bool,
     closed: bool,
+}
+
+/// A frame's data section.
+#[derive(Debug)]
+pub enum Body {
+    Bytes(Bytes),
+    /// In a pipe, spliced into the socket without a copy where it takes them at once.
+    Piped(Piped),
+}
+
+impl Default for Body {
+    fn default() -> Body {
+        Body::Bytes(Bytes::new())
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Body {
+        Body::Bytes(b)
+    }
 }
 
 /// The sending half of a connection. Dropping it stops the drain task (queued frames are
@@ -69,6 +90,14 @@ impl Outbox {
     /// Sends one frame. Never waits: what the socket does not take now is queued.
     pub fn send(&self, id: u64, header: &[u8], data: &Bytes) -> Result<(), FrameError> {
         self.0.send(id, header, data)
+    }
+
+    /// Sends one frame whose data may wait in a pipe. Never waits either.
+    pub fn send_body(&self, id: u64, header: &[u8], body: Body) -> Result<(), FrameError> {
+        match body {
+            Body::Bytes(data) => self.0.send(id, header, &data),
+            Body::Piped(p) => self.0.send_piped(id, header, p),
+        }
     }
 
     /// Bytes waiting for the socket.
@@ -145,6 +174,80 @@ impl Shared {
             st.draining = true;
             drop(st);
             self.queued.notify_one();
+        }
+        Ok(())
+    }
+
+    fn send_piped(&self, id: u64, header: &[u8], mut data: Piped) -> Result<(), FrameError> {
+        let prefix = frame::prefix(id, header.len(), data.len())?;
+        let mut st = lock(&self.state);
+        if st.closed {
+            return Err(closed());
+        }
+        let parts: [&[u8]; 2] = [&prefix, header];
+        let mut written = 0;
+        if st.queue.is_empty() {
+            let sent = self.write_now(&parts).and_then(|n| {
+                if n == prefix.len() + header.len() {
+                    self.splice_now(&mut data)?;
+                }
+                Ok(n)
+            });
+            written = match sent {
+                Ok(n) => n,
+                Err(e) => {
+                    st.closed = true;
+                    drop(st);
+                    self.drained.notify_waiters();
+                    return Err(e.into());
+                }
+            };
+        }
+        let mut skip = written;
+        for part in parts {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            let rest = Bytes::copy_from_slice(&part[skip..]);
+            skip = 0;
+            st.queued_bytes += rest.len();
+            st.queue.push_back(rest);
+        }
+        if !data.is_empty() {
+            // The socket is full: what it did not take waits in the queue like any data.
+            match data.into_bytes() {
+                Ok(rest) => {
+                    st.queued_bytes += rest.len();
+                    st.queue.push_back(rest);
+                }
+                Err(e) => {
+                    // Part of the frame may be out: the connection cannot go on.
+                    st.closed = true;
+                    drop(st);
+                    self.drained.notify_waiters();
+                    return Err(e.into());
+                }
+            }
+        }
+        if !st.queue.is_empty() && !st.draining {
+            st.draining = true;
+            drop(st);
+            self.queued.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Moves as much of `data` into the socket as it takes without waiting.
+    fn splice_now(&self, data: &mut Piped) -> std::io::Result<()> {
+        while !data.is_empty() {
+            match self.sock.try_splice(data) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -289,21 +392,43 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn frames_arrive_whole_and_in_order_when_the_socket_fills() {
         let (out, rd, _own) = pair().await;
-        fill_then_drain(out, rd).await;
+        fill_then_drain(out, rd, false).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn frames_arrive_whole_and_in_order_when_a_unix_socket_fills() {
         let (out, rd, _own) = unix_pair().await;
-        fill_then_drain(out, rd).await;
+        fill_then_drain(out, rd, false).await;
     }
 
-    async fn fill_then_drain(out: Arc<Outbox>, mut rd: impl tokio::io::AsyncRead + Unpin) {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn piped_frames_arrive_whole_and_in_order_when_the_socket_fills() {
+        let (out, rd, _own) = pair().await;
+        fill_then_drain(out, rd, true).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn piped_frames_arrive_whole_and_in_order_when_a_unix_socket_fills() {
+        let (out, rd, _own) = unix_pair().await;
+        fill_then_drain(out, rd, true).await;
+    }
+
+    /// Sends frames of 1 MiB, from memory or (`piped`) spliced from a file.
+    async fn fill_then_drain(out: Arc<Outbox>, mut rd: impl tokio::io::AsyncRead + Unpin, piped: bool) {
+        use std::io::Write;
+        use std::os::fd::AsFd;
+        let data = Bytes::from((0..1u32 << 20).map(|i| (i % 253) as u8).collect::<Vec<u8>>());
+        let mut file = tempfile::tempfile().unwrap();
+        file.write_all(&data).unwrap();
         // Far more than the socket buffers hold, sent before the peer reads anything.
-        let data = Bytes::from(vec![7u8; 1 << 20]);
         let n = 40u64;
         for id in 0..n {
-            out.send(id, &id.to_le_bytes(), &data).unwrap();
+            if piped {
+                let p = Piped::from_file(file.as_fd(), 0, data.len()).unwrap().unwrap();
+                out.send_body(id, &id.to_le_bytes(), Body::Piped(p)).unwrap();
+            } else {
+                out.send(id, &id.to_le_bytes(), &data).unwrap();
+            }
         }
         assert!(
             out.backlog() > 0,
@@ -313,7 +438,7 @@ mod tests {
             let f = read_frame(&mut rd).await.unwrap().unwrap();
             assert_eq!(f.id, id);
             assert_eq!(&f.header[..], &id.to_le_bytes());
-            assert_eq!(f.data.len(), data.len());
+            assert!(f.data == data, "frame {id} carries other bytes");
         }
         tokio::time::timeout(std::time::Duration::from_secs(5), out.wait_below(0))
             .await

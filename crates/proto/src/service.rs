@@ -9,7 +9,7 @@
 
 use crate::auth::{self, ClusterKey, Peer};
 use crate::frame::{self, FrameError};
-use crate::outbox::Outbox;
+use crate::outbox::{Body, Outbox};
 use crate::transport::{Listener, Stream, Via};
 use crate::Errno;
 use bytes::Bytes;
@@ -32,7 +32,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A reply and its data section.
-pub type Answer<R> = (Result<R, Errno>, Bytes);
+pub type Answer<R> = (Result<R, Errno>, Body);
 
 /// How a service handles one request.
 pub enum Handled<R> {
@@ -172,7 +172,7 @@ async fn connection<S: Service>(
                 // request id with an error.
                 tracing::warn!(%addr, server = %svc.label(), "undecodable request: {e}");
                 let errno = svc.undecodable(&frame.header);
-                reply::<S::Resp>(&out, frame.id, (Err(errno), Bytes::new()));
+                reply::<S::Resp>(&out, frame.id, (Err(errno), Body::default()));
                 continue;
             }
         };
@@ -208,7 +208,7 @@ fn reply<R: Serialize>(out: &Outbox, id: u64, (resp, data): Answer<R>) {
         tracing::error!("cannot encode a reply: {e}");
         frame::encode_header(&Result::<R, Errno>::Err(Errno::EIO)).unwrap_or_default()
     });
-    if let Err(e) = out.send(id, &header, &data) {
+    if let Err(e) = out.send_body(id, &header, data) {
         tracing::debug!("reply not sent: {e}");
     }
 }

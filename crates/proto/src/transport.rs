@@ -309,6 +309,17 @@ impl WriteHalf {
         }
     }
 
+    /// Moves what the socket takes now of `data` into it.
+    pub fn try_splice(&self, data: &mut crate::piped::Piped) -> std::io::Result<usize> {
+        match self {
+            // Through the runtime, so that a full socket clears its readiness.
+            WriteHalf::Tcp(w) => w
+                .as_ref()
+                .try_io(Interest::WRITABLE, || data.splice_into(w.as_ref().as_fd())),
+            WriteHalf::Unix(w) => data.splice_into(w.0.get_ref().as_fd()),
+        }
+    }
+
     /// Waits until the socket takes more bytes.
     pub async fn writable(&self) -> std::io::Result<()> {
         match self {

@@ -1,0 +1,168 @@
+//! Reads over the wire return the file's bytes exactly, whichever way the brick sends them
+//! (large reads are spliced from the file through a pipe, small ones copied), on TCP and
+//! on the local Unix socket, one at a time and many at once (a full socket queues what it
+//! cannot take).
+
+use bytes::Bytes;
+use proto::auth::{self, ClusterKey};
+use proto::frame;
+use proto::msg::{Reply, Request, Response};
+use proto::{FileId, FileKind, NewNode};
+use shoal_brick as brick;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+type Conn = proto::rpc::Conn<Request, Reply>;
+
+/// 3 MiB and a bit: reads reach past its end.
+const LEN: usize = (3 << 20) + 1234;
+
+fn content() -> Vec<u8> {
+    (0..LEN as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
+}
+
+/// (offset, size) pairs: small and large, aligned and not, across and past the end.
+fn reads() -> Vec<(u64, u32)> {
+    let mut out = Vec::new();
+    for size in [1u32, 4096, 65_535, 65_536, 65_537, 131_072, 1 << 20] {
+        for offset in [
+            0u64,
+            1,
+            4095,
+            4096,
+            1_000_003,
+            LEN as u64 - 70_000,
+            LEN as u64 - 1,
+            LEN as u64 + 5,
+        ] {
+            out.push((offset, size));
+        }
+    }
+    out
+}
+
+fn expected(data: &[u8], offset: u64, size: u32) -> &[u8] {
+    let start = (offset as usize).min(data.len());
+    let end = (start + size as usize).min(data.len());
+    &data[start..end]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_return_the_files_bytes_on_tcp_and_unix_sockets_one_by_one_and_all_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("brick");
+    std::fs::create_dir(&root).unwrap();
+    let key = ClusterKey::generate();
+    let store = brick::Store::open_dir(&root).unwrap();
+    let srv = brick::BrickServer::new(store, brick::ServerConfig::new(key.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (_stop, never) = tokio::sync::watch::channel(false);
+    tokio::spawn(srv.serve(listener, never));
+
+    // Written through the local socket (the connection prefers it).
+    let conn: Arc<Conn> = Conn::new(&addr.to_string(), key.clone(), "client", "reads");
+    conn.connect().await.unwrap();
+    let me = std::fs::metadata(&root).unwrap();
+    let node = NewNode {
+        id: FileId::random(),
+        kind: FileKind::File,
+        perm: 0o644,
+        uid: me.uid(),
+        gid: me.gid(),
+        rdev: 0,
+        meta: Vec::new(),
+    };
+    let create = Request::Create {
+        parent: FileId::ROOT,
+        name: b"f".to_vec(),
+        node: node.clone(),
+        symlink_target: None,
+        open: Some(libc::O_RDWR as u32),
+    };
+    let Reply::Created { fh: Some(fh), .. } = conn.call(&create, Bytes::new()).await.unwrap().0 else {
+        panic!("no handle from create");
+    };
+    let data = Bytes::from(content());
+    for at in (0..LEN).step_by(1 << 20) {
+        let piece = data.slice(at..(at + (1 << 20)).min(LEN));
+        let write = Request::Write {
+            fh,
+            offset: at as u64,
+        };
+        let (reply, _, _) = conn.call(&write, piece.clone()).await.unwrap();
+        assert_eq!(
+            reply,
+            Reply::Written {
+                size: piece.len() as u32
+            }
+        );
+    }
+
+    // One by one on the local socket.
+    for (offset, size) in reads() {
+        let (reply, got, _) = conn
+            .call(&Request::Read { fh, offset, size }, Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(reply, Reply::Data);
+        assert!(
+            got == expected(&data, offset, size),
+            "unix read of {size} at {offset}"
+        );
+    }
+
+    // All at once, several times over: far more than the socket buffers hold.
+    let mut all = tokio::task::JoinSet::new();
+    for round in 0..4 {
+        for (offset, size) in reads() {
+            let (conn, data) = (conn.clone(), data.clone());
+            all.spawn(async move {
+                let (_, got, _) = conn
+                    .call(&Request::Read { fh, offset, size }, Bytes::new())
+                    .await
+                    .unwrap();
+                assert!(
+                    got == expected(&data, offset, size),
+                    "round {round}: read of {size} at {offset}"
+                );
+            });
+        }
+    }
+    while let Some(r) = all.join_next().await {
+        r.unwrap();
+    }
+
+    // One by one on TCP, through a handle of this connection.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    auth::client(&mut tcp, &key, "client", "reads-tcp").await.unwrap();
+    frame::send(
+        &mut tcp,
+        1,
+        &Request::Open {
+            id: node.id,
+            flags: libc::O_RDONLY as u32,
+        },
+        &[],
+    )
+    .await
+    .unwrap();
+    let (_, opened, _): (u64, Response, Bytes) = frame::recv(&mut tcp).await.unwrap();
+    let Ok(Reply::Opened { fh }) = opened else {
+        panic!("open over TCP: {opened:?}");
+    };
+    for (i, (offset, size)) in reads().into_iter().enumerate() {
+        let id = 2 + i as u64;
+        frame::send(&mut tcp, id, &Request::Read { fh, offset, size }, &[])
+            .await
+            .unwrap();
+        let (rid, resp, got): (u64, Response, Bytes) = frame::recv(&mut tcp).await.unwrap();
+        assert_eq!((rid, resp), (id, Ok(Reply::Data)));
+        assert!(
+            got == expected(&data, offset, size),
+            "tcp read of {size} at {offset}"
+        );
+    }
+}
