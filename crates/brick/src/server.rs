@@ -447,6 +447,16 @@ impl BrickServer {
         Ok(entry.map_or(Reply::Ok, Reply::Entry))
     }
 
+    /// After a large write: starts writing out the block of the file it completed, off the
+    /// request's path (see [`Store::start_write_back`]).
+    fn write_back(&self, h: &Arc<Handle>, offset: u64, written: &Result<u32, Errno>) {
+        let Ok(n) = written else { return };
+        if let Some(block) = crate::store::completed_block(offset, *n as u64) {
+            let h = h.clone();
+            tokio::task::spawn_blocking(move || h.store.start_write_back(h.file(), block));
+        }
+    }
+
     /// Requests that may wait: run on the blocking pool (or wait for a lock) in a task of
     /// their own, so that the connection's other requests go on meanwhile.
     async fn slow(self: &Arc<Self>, conn: &Arc<Conn>, req: Request, data: Bytes) -> Answer<Reply> {
@@ -502,18 +512,27 @@ impl BrickServer {
                 };
             }
             Request::Write { fh, offset } => match handle(fh) {
-                Ok(h) => self
-                    .blocking(move |s| s.write(h.file(), offset, &data))
-                    .await
-                    .map(|size| Reply::Written { size }),
+                Ok(h) => {
+                    let written = self.blocking({
+                        let h = h.clone();
+                        move |s| s.write(h.file(), offset, &data)
+                    });
+                    let r = written.await;
+                    self.write_back(&h, offset, &r);
+                    r.map(|size| Reply::Written { size })
+                }
                 Err(e) => Err(e),
             },
             Request::WriteMarked { fh, offset, mark } => match handle(fh) {
                 Ok(h) => {
                     let heals = self.heals.clone();
-                    self.blocking(move |s| write_marked(s, &heals, &h, offset, &data, &mark))
-                        .await
-                        .map(|size| Reply::Written { size })
+                    let written = self.blocking({
+                        let h = h.clone();
+                        move |s| write_marked(s, &heals, &h, offset, &data, &mark)
+                    });
+                    let r = written.await;
+                    self.write_back(&h, offset, &r);
+                    r.map(|size| Reply::Written { size })
                 }
                 Err(e) => Err(e),
             },
