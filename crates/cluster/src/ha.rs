@@ -303,10 +303,6 @@ impl Node {
             None => Placement::Host(pnn),
             Some(other) => return Err(format!("{ip} is moving already ({other:?}); try again")),
         };
-        self.pins
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(ip, pnn);
         let change = PlaceChange {
             ip,
             from: now,
@@ -318,7 +314,16 @@ impl Node {
             })
             .await?
         {
-            Outcome::Done => Ok(format!("moving {ip} to node {pnn}")),
+            Outcome::Done => {
+                // Pinned once placed: a pin made before would be dropped by a placement round
+                // that still sees the old host (`sticky`), and the next rebalance could move
+                // the address straight back.
+                self.pins
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(ip, pnn);
+                Ok(format!("moving {ip} to node {pnn}"))
+            }
             Outcome::Refused(why) => Err(why),
         }
     }
