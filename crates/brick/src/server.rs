@@ -88,12 +88,32 @@ struct Handle {
     /// The markers writes through this handle added, and the heal epoch then
     /// (`Heals::epoch`): until it moves, they are still counted, and need not be added again.
     marks: Mutex<(u64, Vec<String>)>,
+    /// A write-out it started is still running (see [`Handle::wrote`]).
+    writing_back: std::sync::atomic::AtomicBool,
 }
 
 impl Handle {
     fn file(&self) -> &OpenFile {
         // Only taken in drop.
         self.file.as_ref().expect("handle used after close")
+    }
+
+    /// After `n` bytes were written at `offset`: starts writing out the block of the file
+    /// the write left behind (see [`Store::start_write_back`]), on the blocking pool and
+    /// one at a time per handle (a disk that falls behind skips blocks rather than
+    /// gathering threads). Called from a runtime context.
+    fn wrote(self: &Arc<Self>, offset: u64, n: u32) {
+        let Some(block) = crate::store::completed_block(offset, n as u64) else {
+            return;
+        };
+        if self.writing_back.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let h = self.clone();
+        tokio::task::spawn_blocking(move || {
+            h.store.start_write_back(h.file(), block);
+            h.writing_back.store(false, Ordering::Release);
+        });
     }
 }
 
@@ -143,6 +163,7 @@ impl Conn {
             file: Some(file),
             stride: Mutex::new(Stride::default()),
             marks: Mutex::new((0, Vec::new())),
+            writing_back: std::sync::atomic::AtomicBool::new(false),
         });
         if handles.len() >= MAX_HANDLES {
             return Err(Errno::EMFILE);
@@ -300,11 +321,19 @@ impl BrickServer {
             // Small writes land in the page cache at once.
             Request::Write { fh, offset } if data.len() <= QUICK_WRITE => conn
                 .handle(fh)
-                .and_then(|h| s.write(h.file(), offset, data))
+                .and_then(|h| {
+                    let n = s.write(h.file(), offset, data)?;
+                    h.wrote(offset, n);
+                    Ok(n)
+                })
                 .map(|size| Reply::Written { size }),
             Request::WriteMarked { fh, offset, mark } if data.len() <= QUICK_WRITE => conn
                 .handle(fh)
-                .and_then(|h| write_marked(s, &self.heals, &h, offset, data, &mark))
+                .and_then(|h| {
+                    let n = write_marked(s, &self.heals, &h, offset, data, &mark)?;
+                    h.wrote(offset, n);
+                    Ok(n)
+                })
                 .map(|size| Reply::Written { size }),
             Request::Ping => Ok(Reply::Ok),
             // A directory's from the index; a file's reads a directory (see below).
@@ -447,20 +476,9 @@ impl BrickServer {
         Ok(entry.map_or(Reply::Ok, Reply::Entry))
     }
 
-    /// After a large write: starts writing out the block of the file it completed, off the
-    /// request's path (see [`Store::start_write_back`]).
-    fn write_back(&self, h: &Arc<Handle>, offset: u64, written: &Result<u32, Errno>) {
-        let Ok(n) = written else { return };
-        if let Some(block) = crate::store::completed_block(offset, *n as u64) {
-            let h = h.clone();
-            tokio::task::spawn_blocking(move || h.store.start_write_back(h.file(), block));
-        }
-    }
-
     /// Requests that may wait: run on the blocking pool (or wait for a lock) in a task of
     /// their own, so that the connection's other requests go on meanwhile.
     async fn slow(self: &Arc<Self>, conn: &Arc<Conn>, req: Request, data: Bytes) -> Answer<Reply> {
-        let none = Body::default;
         let handle = |fh| conn.handle(fh);
         let r = match req {
             Request::SetAttr { id, fh, set } => match fh.map(handle).transpose() {
@@ -505,34 +523,34 @@ impl BrickServer {
                         });
                         match read.await {
                             Ok(body) => (Ok(Reply::Data), body),
-                            Err(e) => (Err(e), none()),
+                            Err(e) => (Err(e), Body::default()),
                         }
                     }
-                    Err(e) => (Err(e), none()),
+                    Err(e) => (Err(e), Body::default()),
                 };
             }
+            // (The handle is dropped on the blocking pool: a last drop may free a big orphan.)
             Request::Write { fh, offset } => match handle(fh) {
-                Ok(h) => {
-                    let written = self.blocking({
-                        let h = h.clone();
-                        move |s| s.write(h.file(), offset, &data)
-                    });
-                    let r = written.await;
-                    self.write_back(&h, offset, &r);
-                    r.map(|size| Reply::Written { size })
-                }
+                Ok(h) => self
+                    .blocking(move |s| {
+                        let n = s.write(h.file(), offset, &data)?;
+                        h.wrote(offset, n);
+                        Ok(n)
+                    })
+                    .await
+                    .map(|size| Reply::Written { size }),
                 Err(e) => Err(e),
             },
             Request::WriteMarked { fh, offset, mark } => match handle(fh) {
                 Ok(h) => {
                     let heals = self.heals.clone();
-                    let written = self.blocking({
-                        let h = h.clone();
-                        move |s| write_marked(s, &heals, &h, offset, &data, &mark)
-                    });
-                    let r = written.await;
-                    self.write_back(&h, offset, &r);
-                    r.map(|size| Reply::Written { size })
+                    self.blocking(move |s| {
+                        let n = write_marked(s, &heals, &h, offset, &data, &mark)?;
+                        h.wrote(offset, n);
+                        Ok(n)
+                    })
+                    .await
+                    .map(|size| Reply::Written { size })
                 }
                 Err(e) => Err(e),
             },
@@ -577,7 +595,7 @@ impl BrickServer {
             },
             Request::HealBegin { id, guard } => {
                 if lock(&conn.heals).contains(&(id, guard)) {
-                    return (Err(Errno::EBUSY), none());
+                    return (Err(Errno::EBUSY), Body::default());
                 }
                 let r = match self.blocking(move |s| s.kind(id)).await {
                     Ok(_) if guard => {
@@ -626,7 +644,7 @@ impl BrickServer {
                 }
             },
         };
-        (r, none())
+        (r, Body::default())
     }
 }
 

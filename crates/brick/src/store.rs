@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// How many directory descriptors the store keeps open for id lookups.
 const DIR_CACHE: usize = 4096;
-/// A file written in large pieces is written out to disk in blocks of this size as each
-/// fills (see [`Store::start_write_back`]).
+/// A file being written is written out to disk in blocks of this size as its writer moves
+/// past each (see [`Store::start_write_back`]).
 pub const WRITE_BACK_BLOCK: u64 = 8 << 20;
 /// Reads from this size on are spliced: below it, the pipe's own system calls cost more
 /// than the copies they save.
@@ -1079,10 +1079,11 @@ impl Store {
 
     /// Starts writing the block at `from` (`WRITE_BACK_BLOCK` long) of `file` to disk, without
     /// waiting for it. A file written in one go otherwise stays dirty in the page cache until
-    /// the kernel's flusher comes (30 s later) or its writer's fsync or close, which then waits
-    /// for all of it at the disk's pace: the brick receiving data (CPU) and the disk storing it
-    /// would take turns instead of working side by side. (As PostgreSQL's `*_flush_after` and
-    /// RocksDB's `bytes_per_sync` do; small files never fill a block.)
+    /// the kernel's background writeback gets to it (after 30 s, or past its dirty threshold)
+    /// or its writer's fsync or close, which then waits for all of it at the disk's pace: the
+    /// brick receiving data (CPU) and the disk storing it would take turns instead of working
+    /// side by side. (As PostgreSQL's `*_flush_after` and RocksDB's `bytes_per_sync` do; small
+    /// files never leave a block behind.)
     pub fn start_write_back(&self, file: &OpenFile, from: u64) {
         // SAFETY: a plain system call on a descriptor this handle keeps open; no memory is
         // passed. (rustix has no sync_file_range.)

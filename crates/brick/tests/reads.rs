@@ -101,6 +101,15 @@ async fn reads_return_the_files_bytes_on_tcp_and_unix_sockets_one_by_one_and_all
         );
     }
 
+    // The brick's file system splices: the large reads below take the pipe's way.
+    let on_disk = std::fs::File::open(root.join("f")).unwrap();
+    let piped = proto::piped::Piped::from_file(std::os::fd::AsFd::as_fd(&on_disk), 1, 65_536).unwrap();
+    assert_eq!(
+        piped.map(|p| p.len()),
+        Some(65_536),
+        "no splice from the brick's files"
+    );
+
     // One by one on the local socket.
     for (offset, size) in reads() {
         let (reply, got, _) = conn

@@ -317,7 +317,8 @@ impl Node {
             Outcome::Done => {
                 // Pinned once placed: a pin made before would be dropped by a placement round
                 // that still sees the old host (`sticky`), and the next rebalance could move
-                // the address straight back.
+                // the address straight back. (A proposal that errs at its deadline and commits
+                // later leaves the address unpinned, as if rebalanced there.)
                 self.pins
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())

@@ -1,9 +1,9 @@
 //! Sending frames on a shared socket from any thread.
 //!
 //! A frame is written straight onto the socket by whoever sends it (a FUSE thread, a
-//! connection's reader answering a quick request), with one `writev`. Only when the socket
-//! is full does the rest wait in a queue that a small task drains as the socket becomes
-//! writable. A hand-off to a writer task costs a thread wake-up per frame, which on a small
+//! connection's reader answering a quick request), with one `writev` (and a splice for data
+//! waiting in a pipe, [`crate::piped`]). Only when the socket is full does the rest wait in a
+//! queue that a small task drains as the socket becomes writable. A hand-off to a writer task costs a thread wake-up per frame, which on a small
 //! machine is as much as the rest of a request's round trip; this path has none.
 
 use crate::frame::{self, FrameError};
@@ -137,74 +137,55 @@ impl Drop for Outbox {
 impl Shared {
     fn send(&self, id: u64, header: &[u8], data: &Bytes) -> Result<(), FrameError> {
         let prefix = frame::prefix(id, header.len(), data.len())?;
-        let mut st = lock(&self.state);
+        let st = lock(&self.state);
         if st.closed {
             return Err(closed());
         }
-        let parts: [&[u8]; 3] = [&prefix, header, data];
         let mut written = 0;
         if st.queue.is_empty() {
-            written = match self.write_now(&parts) {
+            written = match self.write_now(&[&prefix, header, data]) {
                 Ok(n) => n,
-                Err(e) => {
-                    st.closed = true;
-                    drop(st);
-                    self.drained.notify_waiters();
-                    return Err(e.into());
-                }
+                Err(e) => return Err(self.fail(st, e)),
             };
         }
-        // Queue what is left of each part (the data without copying it).
-        let mut skip = written;
-        for (i, part) in parts.iter().enumerate() {
-            if skip >= part.len() {
-                skip -= part.len();
-                continue;
-            }
-            let rest = if i == 2 {
-                data.slice(skip..)
-            } else {
-                Bytes::copy_from_slice(&part[skip..])
-            };
-            skip = 0;
-            st.queued_bytes += rest.len();
-            st.queue.push_back(rest);
-        }
-        if !st.queue.is_empty() && !st.draining {
-            st.draining = true;
-            drop(st);
-            self.queued.notify_one();
-        }
+        self.queue_rest(st, [&prefix, header], data.clone(), written);
         Ok(())
     }
 
     fn send_piped(&self, id: u64, header: &[u8], mut data: Piped) -> Result<(), FrameError> {
         let prefix = frame::prefix(id, header.len(), data.len())?;
-        let mut st = lock(&self.state);
+        let st = lock(&self.state);
         if st.closed {
             return Err(closed());
         }
-        let parts: [&[u8]; 2] = [&prefix, header];
         let mut written = 0;
         if st.queue.is_empty() {
-            let sent = self.write_now(&parts).and_then(|n| {
-                if n == prefix.len() + header.len() {
+            let head = prefix.len() + header.len();
+            let sent = self.write_now(&[&prefix, header]).and_then(|n| {
+                if n == head {
                     self.splice_now(&mut data)?;
                 }
                 Ok(n)
             });
             written = match sent {
                 Ok(n) => n,
-                Err(e) => {
-                    st.closed = true;
-                    drop(st);
-                    self.drained.notify_waiters();
-                    return Err(e.into());
-                }
+                Err(e) => return Err(self.fail(st, e)),
             };
         }
+        // What the socket did not take waits in the queue like any data.
+        let rest = match data.into_bytes() {
+            Ok(rest) => rest,
+            Err(e) => return Err(self.fail(st, e)),
+        };
+        self.queue_rest(st, [&prefix, header], rest, written);
+        Ok(())
+    }
+
+    /// Queues what is left of a frame whose first `written` bytes are out (the data without
+    /// copying it), and tells the drain task.
+    fn queue_rest(&self, mut st: MutexGuard<'_, State>, head: [&[u8]; 2], data: Bytes, written: usize) {
         let mut skip = written;
-        for part in parts {
+        for part in head {
             if skip >= part.len() {
                 skip -= part.len();
                 continue;
@@ -214,28 +195,26 @@ impl Shared {
             st.queued_bytes += rest.len();
             st.queue.push_back(rest);
         }
-        if !data.is_empty() {
-            // The socket is full: what it did not take waits in the queue like any data.
-            match data.into_bytes() {
-                Ok(rest) => {
-                    st.queued_bytes += rest.len();
-                    st.queue.push_back(rest);
-                }
-                Err(e) => {
-                    // Part of the frame may be out: the connection cannot go on.
-                    st.closed = true;
-                    drop(st);
-                    self.drained.notify_waiters();
-                    return Err(e.into());
-                }
-            }
+        if skip < data.len() {
+            let rest = data.slice(skip..);
+            st.queued_bytes += rest.len();
+            st.queue.push_back(rest);
         }
         if !st.queue.is_empty() && !st.draining {
             st.draining = true;
             drop(st);
             self.queued.notify_one();
         }
-        Ok(())
+    }
+
+    /// A frame could not be sent whole: the connection cannot go on (part of the frame may be
+    /// out), so it is shut down, and its reader and the peer see the end.
+    fn fail(&self, mut st: MutexGuard<'_, State>, e: std::io::Error) -> FrameError {
+        st.closed = true;
+        drop(st);
+        self.drained.notify_waiters();
+        let _ = rustix::net::shutdown(&self.sock, rustix::net::Shutdown::Both);
+        e.into()
     }
 
     /// Moves as much of `data` into the socket as it takes without waiting.

@@ -1,11 +1,11 @@
 //! File data on its way to a socket through a pipe, never copied in user space.
 //!
 //! A large read is spliced from the file into a pipe, which takes references to the page
-//! cache's pages instead of copying them, and from the pipe into the connection's socket,
-//! which (TCP, and Unix sockets since Linux 6.5) takes the same pages again. The bytes are
-//! copied once, by whoever receives them, where reading them into a buffer and writing that
-//! to the socket copies them twice more on this side: on a small machine serving large reads
-//! those copies are much of the CPU the brick spends.
+//! cache's pages instead of copying them, and from the pipe into the connection's socket
+//! (TCP or Unix stream), which takes the same pages again. The bytes are copied once, by
+//! whoever receives them, where reading them into a buffer and writing that to the socket
+//! copies them twice more on this side: on a small machine serving large reads those copies
+//! are much of the CPU the brick spends.
 //!
 //! The pages stay the file's: if the file changes before the receiver copies them, the
 //! receiver sees the newer bytes, as a read racing with a write may anyway.
@@ -14,6 +14,11 @@ use bytes::Bytes;
 use rustix::io::Errno;
 use rustix::pipe::{self, PipeFlags, SpliceFlags};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The smallest pipe size refused so far (a process without the privilege to pass
+/// `/proc/sys/fs/pipe-max-size`): larger ones are not tried again.
+static REFUSED: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 /// Bytes waiting in a pipe, for [`crate::outbox::Outbox::send_body`].
 #[derive(Debug)]
@@ -29,12 +34,24 @@ impl Piped {
     pub fn from_file(file: BorrowedFd<'_>, offset: u64, len: usize) -> std::io::Result<Option<Piped>> {
         let page = rustix::param::page_size();
         // Each page the range touches takes a slot of the pipe.
-        let slots = (offset as usize % page + len).div_ceil(page);
-        let (rd, wr) = pipe::pipe_with(PipeFlags::CLOEXEC)?;
-        match pipe::fcntl_setpipe_size(&wr, slots * page) {
-            Ok(size) if size >= slots * page => {}
-            // (Above the pipe size limits.)
-            Ok(_) | Err(Errno::PERM | Errno::NOMEM | Errno::INVAL) => return Ok(None),
+        // Each page the range touches takes a slot of the pipe.
+        let size = (offset as usize % page + len).div_ceil(page) * page;
+        if size >= REFUSED.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let (rd, wr) = match pipe::pipe_with(PipeFlags::CLOEXEC) {
+            Ok(ends) => ends,
+            // Out of descriptors or memory for one: the ordinary read may still do.
+            Err(Errno::MFILE | Errno::NFILE | Errno::NOMEM) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match pipe::fcntl_setpipe_size(&wr, size) {
+            Ok(got) if got >= size => {}
+            Err(Errno::PERM) => {
+                REFUSED.fetch_min(size, Ordering::Relaxed);
+                return Ok(None);
+            }
+            Ok(_) | Err(Errno::NOMEM | Errno::INVAL) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
         let mut at = offset;

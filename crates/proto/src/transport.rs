@@ -309,7 +309,8 @@ impl WriteHalf {
         }
     }
 
-    /// Moves what the socket takes now of `data` into it.
+    /// Moves what the socket takes now of `data` into it. (Splice cannot ask for
+    /// MSG_NOSIGNAL: a peer gone raises SIGPIPE, which Rust programs ignore from the start.)
     pub fn try_splice(&self, data: &mut crate::piped::Piped) -> std::io::Result<usize> {
         match self {
             // Through the runtime, so that a full socket clears its readiness.
