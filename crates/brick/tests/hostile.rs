@@ -2,12 +2,13 @@
 //! frames, names that try to escape, peers without the key. Each gets an error (or a closed
 //! connection) and the server stays up and unchanged.
 
+mod common;
+
 use bytes::Bytes;
 use proto::auth::{self, ClusterKey};
 use proto::frame;
 use proto::msg::{Reply, Request, Response};
 use proto::{Errno, FileId, FileKind, NewNode};
-use shoal_brick as brick;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -22,13 +23,7 @@ async fn server() -> Server {
     let dir = tempfile::tempdir().unwrap();
     let brick = dir.path().join("brick");
     std::fs::create_dir(&brick).unwrap();
-    let key = ClusterKey::generate();
-    let store = brick::Store::open_dir(&brick).unwrap();
-    let srv = brick::BrickServer::new(store, brick::ServerConfig::new(key.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_, never) = tokio::sync::watch::channel(false);
-    tokio::spawn(srv.serve(listener, never));
+    let (addr, key) = common::serve(&brick).await;
     Server { addr, key, dir }
 }
 

@@ -1,25 +1,12 @@
 //! A file's life on the brick's disk: its index link, hard links, the orphan it becomes when
 //! its last name goes while it is open, and that nothing of it is left once it is gone.
 
+mod common;
+
+use common::new_file as node;
 use proto::{FileId, FileKind, NewNode, RenameFlags};
 use shoal_brick::Store;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-
-/// A new file owned as `root` is (by whoever runs the test: a brick not run as root can give
-/// no other owner).
-fn node(root: &Path) -> NewNode {
-    let me = std::fs::metadata(root).unwrap();
-    NewNode {
-        id: FileId::random(),
-        kind: FileKind::File,
-        perm: 0o644,
-        uid: me.uid(),
-        gid: me.gid(),
-        rdev: 0,
-        meta: Vec::new(),
-    }
-}
 
 /// Files under `dir`, recursively.
 fn files(dir: &Path) -> Vec<String> {

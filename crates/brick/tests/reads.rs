@@ -3,13 +3,13 @@
 //! on the local Unix socket, one at a time and many at once (a full socket queues what it
 //! cannot take).
 
+mod common;
+
 use bytes::Bytes;
-use proto::auth::{self, ClusterKey};
+use proto::auth;
 use proto::frame;
 use proto::msg::{Reply, Request, Response};
-use proto::{FileId, FileKind, NewNode};
-use shoal_brick as brick;
-use std::os::unix::fs::MetadataExt;
+use proto::FileId;
 use std::sync::Arc;
 
 type Conn = proto::rpc::Conn<Request, Reply>;
@@ -54,27 +54,12 @@ async fn reads_return_the_files_bytes_on_tcp_and_unix_sockets_one_by_one_and_all
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("brick");
     std::fs::create_dir(&root).unwrap();
-    let key = ClusterKey::generate();
-    let store = brick::Store::open_dir(&root).unwrap();
-    let srv = brick::BrickServer::new(store, brick::ServerConfig::new(key.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (_stop, never) = tokio::sync::watch::channel(false);
-    tokio::spawn(srv.serve(listener, never));
+    let (addr, key) = common::serve(&root).await;
 
     // Written through the local socket (the connection prefers it).
     let conn: Arc<Conn> = Conn::new(&addr.to_string(), key.clone(), "client", "reads");
     conn.connect().await.unwrap();
-    let me = std::fs::metadata(&root).unwrap();
-    let node = NewNode {
-        id: FileId::random(),
-        kind: FileKind::File,
-        perm: 0o644,
-        uid: me.uid(),
-        gid: me.gid(),
-        rdev: 0,
-        meta: Vec::new(),
-    };
+    let node = common::new_file(&root);
     let create = Request::Create {
         parent: FileId::ROOT,
         name: b"f".to_vec(),

@@ -368,28 +368,21 @@ mod tests {
         (Outbox::start(wr), BufReader::new(s.unwrap().0), rd)
     }
 
+    /// Frames with their data in memory or in a pipe alike.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn frames_arrive_whole_and_in_order_when_the_socket_fills() {
-        let (out, rd, _own) = pair().await;
-        fill_then_drain(out, rd, false).await;
+        for piped in [false, true] {
+            let (out, rd, _own) = pair().await;
+            fill_then_drain(out, rd, piped).await;
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn frames_arrive_whole_and_in_order_when_a_unix_socket_fills() {
-        let (out, rd, _own) = unix_pair().await;
-        fill_then_drain(out, rd, false).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn piped_frames_arrive_whole_and_in_order_when_the_socket_fills() {
-        let (out, rd, _own) = pair().await;
-        fill_then_drain(out, rd, true).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn piped_frames_arrive_whole_and_in_order_when_a_unix_socket_fills() {
-        let (out, rd, _own) = unix_pair().await;
-        fill_then_drain(out, rd, true).await;
+        for piped in [false, true] {
+            let (out, rd, _own) = unix_pair().await;
+            fill_then_drain(out, rd, piped).await;
+        }
     }
 
     /// Sends frames of 1 MiB, from memory or (`piped`) spliced from a file.
