@@ -135,12 +135,23 @@ impl Drop for Outbox {
 }
 
 impl Shared {
-    fn send(&self, id: u64, header: &[u8], data: &Bytes) -> Result<(), FrameError> {
-        let prefix = frame::prefix(id, header.len(), data.len())?;
+    /// A frame's prefix, and the state locked for sending it while the outbox is open.
+    fn begin(
+        &self,
+        id: u64,
+        header: &[u8],
+        len: usize,
+    ) -> Result<([u8; 16], MutexGuard<'_, State>), FrameError> {
+        let prefix = frame::prefix(id, header.len(), len)?;
         let st = lock(&self.state);
         if st.closed {
             return Err(closed());
         }
+        Ok((prefix, st))
+    }
+
+    fn send(&self, id: u64, header: &[u8], data: &Bytes) -> Result<(), FrameError> {
+        let (prefix, st) = self.begin(id, header, data.len())?;
         let mut written = 0;
         if st.queue.is_empty() {
             written = match self.write_now(&[&prefix, header, data]) {
@@ -153,11 +164,7 @@ impl Shared {
     }
 
     fn send_piped(&self, id: u64, header: &[u8], mut data: Piped) -> Result<(), FrameError> {
-        let prefix = frame::prefix(id, header.len(), data.len())?;
-        let st = lock(&self.state);
-        if st.closed {
-            return Err(closed());
-        }
+        let (prefix, st) = self.begin(id, header, data.len())?;
         let mut written = 0;
         if st.queue.is_empty() {
             let head = prefix.len() + header.len();
