@@ -19,6 +19,7 @@ use proto::outbox::{Body, Outbox};
 use proto::service::{Answer, Handled, Service};
 use proto::{Entry, Errno};
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -89,7 +90,7 @@ struct Handle {
     /// (`Heals::epoch`): until it moves, they are still counted, and need not be added again.
     marks: Mutex<(u64, Vec<String>)>,
     /// A write-out it started is still running (see [`Handle::wrote`]).
-    writing_back: std::sync::atomic::AtomicBool,
+    writing_back: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Handle {
@@ -109,10 +110,16 @@ impl Handle {
         if self.writing_back.swap(true, Ordering::AcqRel) {
             return;
         }
-        let h = self.clone();
+        // On a descriptor of its own: holding the handle would keep it open after its
+        // release was answered (a heal would find the file busy).
+        let busy = self.writing_back.clone();
+        let Ok(fd) = self.file().fd.try_clone() else {
+            busy.store(false, Ordering::Release);
+            return;
+        };
         tokio::task::spawn_blocking(move || {
-            h.store.start_write_back(h.file(), block);
-            h.writing_back.store(false, Ordering::Release);
+            crate::store::start_write_back(fd.as_fd(), block);
+            busy.store(false, Ordering::Release);
         });
     }
 }
@@ -163,7 +170,7 @@ impl Conn {
             file: Some(file),
             stride: Mutex::new(Stride::default()),
             marks: Mutex::new((0, Vec::new())),
-            writing_back: std::sync::atomic::AtomicBool::new(false),
+            writing_back: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         });
         if handles.len() >= MAX_HANDLES {
             return Err(Errno::EMFILE);
@@ -712,9 +719,11 @@ impl Service for BrickServer {
     }
 
     fn close(&self, conn: &Conn) {
-        // Handles close as the last request holding them finishes; locks go now, or after
-        // a while if the client may come back for them.
-        conn.handles.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        // Handles close as the last request holding them finishes (off the runtime: a last
+        // close may free a big orphan); locks go now, or after a while if the client may
+        // come back for them.
+        let handles = std::mem::take(&mut *conn.handles.lock().unwrap_or_else(|p| p.into_inner()));
+        tokio::task::spawn_blocking(move || drop(handles));
         self.sessions.leave(conn.id, *lock(&conn.session));
         self.end_heals(conn);
         self.listeners

@@ -43,6 +43,30 @@ pub fn completed_block(offset: u64, len: u64) -> Option<u64> {
     (offset / WRITE_BACK_BLOCK != end / WRITE_BACK_BLOCK).then_some(block)
 }
 
+/// Starts writing the block at `from` (`WRITE_BACK_BLOCK` long) of `file` to disk, without
+/// waiting for it. A file written in one go otherwise stays dirty in the page cache until
+/// the kernel's background writeback gets to it (after 30 s, or past its dirty threshold)
+/// or its writer's fsync or close, which then waits for all of it at the disk's pace: the
+/// brick receiving data (CPU) and the disk storing it would take turns instead of working
+/// side by side. (As PostgreSQL's `*_flush_after` and RocksDB's `bytes_per_sync` do; small
+/// files never leave a block behind.)
+pub fn start_write_back(file: BorrowedFd<'_>, from: u64) {
+    // SAFETY: a plain system call on a descriptor borrowed for its duration; no memory is
+    // passed. (rustix has no sync_file_range.)
+    let r = unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            from as libc::off64_t,
+            WRITE_BACK_BLOCK as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        )
+    };
+    if r != 0 {
+        // Only an early start is lost: fsync and the kernel's flusher still write it.
+        tracing::debug!("sync_file_range: {}", std::io::Error::last_os_error());
+    }
+}
+
 /// Why a brick directory could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -1075,30 +1099,6 @@ impl Store {
             }
         }
         Ok(done as u32)
-    }
-
-    /// Starts writing the block at `from` (`WRITE_BACK_BLOCK` long) of `file` to disk, without
-    /// waiting for it. A file written in one go otherwise stays dirty in the page cache until
-    /// the kernel's background writeback gets to it (after 30 s, or past its dirty threshold)
-    /// or its writer's fsync or close, which then waits for all of it at the disk's pace: the
-    /// brick receiving data (CPU) and the disk storing it would take turns instead of working
-    /// side by side. (As PostgreSQL's `*_flush_after` and RocksDB's `bytes_per_sync` do; small
-    /// files never leave a block behind.)
-    pub fn start_write_back(&self, file: &OpenFile, from: u64) {
-        // SAFETY: a plain system call on a descriptor this handle keeps open; no memory is
-        // passed. (rustix has no sync_file_range.)
-        let r = unsafe {
-            libc::sync_file_range(
-                file.fd.as_raw_fd(),
-                from as libc::off64_t,
-                WRITE_BACK_BLOCK as libc::off64_t,
-                libc::SYNC_FILE_RANGE_WRITE,
-            )
-        };
-        if r != 0 {
-            // Only an early start is lost: fsync and the kernel's flusher still write it.
-            tracing::debug!("sync_file_range: {}", std::io::Error::last_os_error());
-        }
     }
 
     pub fn fsync(&self, file: &OpenFile, datasync: bool) -> Result<(), Errno> {

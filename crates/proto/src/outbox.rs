@@ -3,8 +3,9 @@
 //! A frame is written straight onto the socket by whoever sends it (a FUSE thread, a
 //! connection's reader answering a quick request), with one `writev` (and a splice for data
 //! waiting in a pipe, [`crate::piped`]). Only when the socket is full does the rest wait in a
-//! queue that a small task drains as the socket becomes writable. A hand-off to a writer task costs a thread wake-up per frame, which on a small
-//! machine is as much as the rest of a request's round trip; this path has none.
+//! queue that a small task drains as the socket becomes writable. A hand-off to a writer
+//! task costs a thread wake-up per frame, which on a small machine is as much as the rest of
+//! a request's round trip; this path has none.
 
 use crate::frame::{self, FrameError};
 use crate::piped::Piped;

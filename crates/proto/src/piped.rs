@@ -15,10 +15,22 @@ use rustix::io::Errno;
 use rustix::pipe::{self, PipeFlags, SpliceFlags};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
-/// The smallest pipe size refused so far (a process without the privilege to pass
-/// `/proc/sys/fs/pipe-max-size`): larger ones are not tried again.
+/// The smallest pipe size refused for being above `/proc/sys/fs/pipe-max-size` (to a process
+/// without the privilege to pass it): larger ones are not tried again.
 static REFUSED: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// The largest pipe an unprivileged process may ask for.
+fn max_size() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20)
+    })
+}
 
 /// Bytes waiting in a pipe, for [`crate::outbox::Outbox::send_body`].
 #[derive(Debug)]
@@ -34,7 +46,6 @@ impl Piped {
     pub fn from_file(file: BorrowedFd<'_>, offset: u64, len: usize) -> std::io::Result<Option<Piped>> {
         let page = rustix::param::page_size();
         // Each page the range touches takes a slot of the pipe.
-        // Each page the range touches takes a slot of the pipe.
         let size = (offset as usize % page + len).div_ceil(page) * page;
         if size >= REFUSED.load(Ordering::Relaxed) {
             return Ok(None);
@@ -48,7 +59,11 @@ impl Piped {
         match pipe::fcntl_setpipe_size(&wr, size) {
             Ok(got) if got >= size => {}
             Err(Errno::PERM) => {
-                REFUSED.fetch_min(size, Ordering::Relaxed);
+                // Above the size limit for good; over the user's pipe page quota (many
+                // reads at once) only for now.
+                if size > max_size() {
+                    REFUSED.fetch_min(size, Ordering::Relaxed);
+                }
                 return Ok(None);
             }
             Ok(_) | Err(Errno::NOMEM | Errno::INVAL) => return Ok(None),
