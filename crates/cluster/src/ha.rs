@@ -298,7 +298,14 @@ impl Node {
         };
         let now = state.placement.get(&ip).copied();
         let to = match now {
-            Some(Placement::Host(h)) if h == pnn => return Ok(format!("{ip} is already on node {pnn}")),
+            Some(Placement::Host(h)) if h == pnn => {
+                // Asked for where it is: it stays there from now on, as if moved.
+                self.pins
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(ip, pnn);
+                return Ok(format!("{ip} is already on node {pnn}"));
+            }
             Some(Placement::Host(h)) => Placement::Handover { from: h, to: pnn },
             None => Placement::Host(pnn),
             Some(other) => return Err(format!("{ip} is moving already ({other:?}); try again")),
