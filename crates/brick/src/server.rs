@@ -100,7 +100,7 @@ impl Handle {
     }
 
     /// After `n` bytes were written at `offset`: starts writing out the block of the file
-    /// the write left behind (see [`Store::start_write_back`]), on the blocking pool and
+    /// the write left behind (see [`crate::store::start_write_back`]), on the blocking pool and
     /// one at a time per handle (a disk that falls behind skips blocks rather than
     /// gathering threads). Called from a runtime context.
     fn wrote(self: &Arc<Self>, offset: u64, n: u32) {

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// How many directory descriptors the store keeps open for id lookups.
 const DIR_CACHE: usize = 4096;
 /// A file being written is written out to disk in blocks of this size as its writer moves
-/// past each (see [`Store::start_write_back`]).
+/// past each (see [`start_write_back`]).
 pub const WRITE_BACK_BLOCK: u64 = 8 << 20;
 /// Reads from this size on are spliced: below it, the pipe's own system calls cost more
 /// than the copies they save.
