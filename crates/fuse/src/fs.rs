@@ -5,6 +5,7 @@ use crate::behind::Behind;
 use crate::cache::{AttrCache, Coherence, Complete, Inval};
 use crate::dirs::DirState;
 use crate::inodes::{Inodes, ROOT_INO};
+use crate::killpriv::{self, Caller};
 use bytes::Bytes;
 use client::{Handle, Stale, StaleFn, Xlator};
 use fuser::{
@@ -97,7 +98,12 @@ impl Version {
 struct Seen {
     version: Version,
     has_caps: bool,
+    /// Permission bits and group, for the set-id bits a change drops (`crate::killpriv`).
+    perm: u32,
+    gid: u32,
     at: std::time::Instant,
+    /// A brick announced a change since.
+    stale: bool,
 }
 
 /// Where a request began, to tell what happened while it was in flight.
@@ -182,7 +188,10 @@ impl Inner {
             let seen = Seen {
                 version: Version::of(&e.attr),
                 has_caps: e.has_caps,
+                perm: e.attr.perm,
+                gid: e.attr.gid,
                 at: std::time::Instant::now(),
+                stale: false,
             };
             self.seen
                 .lock()
@@ -196,7 +205,60 @@ impl Inner {
     fn surely_no_caps(&self, ino: u64) -> bool {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.get(&ino)
-            .is_some_and(|s| !s.has_caps && s.at.elapsed() < self.attr_ttl)
+            .is_some_and(|s| !s.has_caps && !s.stale && s.at.elapsed() < self.attr_ttl)
+    }
+
+    /// The file's permission bits and group, if known as of less than an attribute
+    /// timeout ago and not announced as changed since.
+    fn fresh_perm(&self, ino: u64) -> Option<(u32, u32)> {
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(&ino)
+            .filter(|s| !s.stale && s.at.elapsed() < self.attr_ttl)
+            .map(|s| (s.perm, s.gid))
+    }
+
+    /// Takes off the set-id bits that `drop` (given the permission bits and group) says a
+    /// change takes off, the kernel having left that to the mount (`crate::killpriv`).
+    /// Nothing to ask of the bricks when the file is known to have none.
+    async fn drop_set_id(&self, ino: u64, id: FileId, drop: impl Fn(u32, u32) -> u32) -> Result<(), Errno> {
+        let (perm, gid) = match self.fresh_perm(ino) {
+            Some(known) => known,
+            None => {
+                let e = self.vol.getattr(id).await?;
+                self.note(ino, &e);
+                (e.attr.perm, e.attr.gid)
+            }
+        };
+        let bits = match perm & (libc::S_ISUID | libc::S_ISGID) {
+            0 => 0,
+            _ => drop(perm, gid),
+        };
+        if bits != 0 {
+            self.set_perm(ino, id, perm & !bits).await?;
+        }
+        Ok(())
+    }
+
+    /// Sets the permission bits, the kernel to fetch them anew.
+    async fn set_perm(&self, ino: u64, id: FileId, perm: u32) -> Result<Entry, Errno> {
+        let set = SetAttr {
+            perm: Some(perm & 0o7777),
+            ..SetAttr::default()
+        };
+        let e = self.vol.setattr(id, None, &set).await?;
+        self.note(ino, &e);
+        self.attrs.drop(ino);
+        self.invalidate(Inval::Inode(ino));
+        Ok(e)
+    }
+
+    /// Marks what was seen of `ino` as possibly out of date.
+    fn seen_stale(&self, ino: Option<u64>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        match ino {
+            Some(ino) => seen.get_mut(&ino).into_iter().for_each(|s| s.stale = true),
+            None => seen.values_mut().for_each(|s| s.stale = true),
+        }
     }
 
     /// How long the kernel (and this mount) may keep what a request begun at `start` got
@@ -260,6 +322,7 @@ impl Inner {
                 self.coherence.mark_all();
                 self.attrs.clear();
                 self.complete.clear();
+                self.seen_stale(None);
                 for ino in self.inodes.all() {
                     self.invalidate(Inval::Inode(ino));
                 }
@@ -272,6 +335,7 @@ impl Inner {
                     };
                     self.attrs.drop(ino);
                     self.complete.forget(ino);
+                    self.seen_stale(Some(ino));
                     self.invalidate(Inval::Inode(ino));
                     if let Some(name) = c.name {
                         self.invalidate(Inval::Entry(ino, name));
@@ -466,7 +530,10 @@ impl fuser::Filesystem for ShoalFs {
         let wanted = InitFlags::FUSE_POSIX_LOCKS
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_ASYNC_DIO
-            | InitFlags::FUSE_CACHE_SYMLINKS;
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            // Set-id bits are dropped here, so the kernel no longer asks for a file's
+            // capabilities before each write (see `crate::killpriv`).
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         // Not FUSE_AUTO_INVAL_DATA: it drops a file's cached pages whenever its mtime moves,
         // which this mount's own writes do every time. Pages go instead when a brick
         // announces another client's change, and at open when the file is not the version
@@ -541,7 +608,7 @@ impl fuser::Filesystem for ShoalFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -565,6 +632,7 @@ impl fuser::Filesystem for ShoalFs {
             atime: atime.map(time_set),
             mtime: mtime.map(time_set),
         };
+        let (pid, caller_gid) = (req.pid(), req.gid());
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
             s.behind.settle(ino.0).await;
@@ -582,7 +650,12 @@ impl fuser::Filesystem for ShoalFs {
                 s.wrote(ino.0);
                 start.writes = s.writes.load(Ordering::SeqCst);
             }
-            let e = tryr!(reply, r);
+            let mut e = tryr!(reply, r);
+            let drop = killpriv::dropped_by_setattr(&set, &e.attr, || Caller::of(pid, caller_gid));
+            if drop != 0 {
+                e = tryr!(reply, s.set_perm(ino.0, id, e.attr.perm & !drop).await);
+                start = s.start();
+            }
             s.attr_reply(reply, ino, &e, start);
         });
     }
@@ -821,17 +894,21 @@ impl fuser::Filesystem for ShoalFs {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
         let data = Bytes::copy_from_slice(data);
+        // The writer lacks CAP_FSETID: the set-id bits go (see `crate::killpriv`).
+        let kill = write_flags
+            .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
+            .then(|| (req.pid(), req.gid()));
         // A handle's first write goes straight through: a small file written at once gains
         // nothing from going behind (its close waits for the write anyway) and would pay
         // for the extra hand-off.
@@ -848,6 +925,17 @@ impl fuser::Filesystem for ShoalFs {
             });
         self.spawn(move |s| async move {
             let h = tryr!(reply, s.file(fh).await);
+            if let Some((pid, gid)) = kill {
+                let drop = |perm, file_gid| {
+                    let caller = Caller {
+                        fsetid: false,
+                        ..Caller::of(pid, gid)
+                    };
+                    killpriv::dropped_by_write(perm, file_gid, &caller)
+                };
+                let id = tryr!(reply, s.id(ino));
+                tryr!(reply, s.drop_set_id(ino.0, id, drop).await);
+            }
             if !behind {
                 // After any of the file's writes that went behind, as it must land after them;
                 // and, as those would, failing after one of them failed.

@@ -14,6 +14,7 @@ mod fs;
 pub mod fusermount;
 mod inline;
 mod inodes;
+mod killpriv;
 pub mod mount;
 
 pub use attr::negative;

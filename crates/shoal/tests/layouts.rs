@@ -23,6 +23,7 @@ fn suite(bricks: usize, stripe: u32, replica: u32, seed: u64) {
     sizes_round_trip(&a, &other);
     random_ops_match_model(&a, &other, seed);
     namespace_ops(&a, &other);
+    set_id_bits(&a, &other);
     tar_round_trip(&a, b.dir.path());
     rsync_round_trip(&a, b.dir.path());
     sqlite_on_mount(&a);
@@ -226,6 +227,77 @@ fn namespace_ops(a: &Mount, other: &Mount) {
         rustix::fs::getxattr(&xp, "user.colour", &mut buf[..]),
         Err(rustix::io::Errno::NODATA)
     );
+}
+
+/// Permission bits of `p`, with the set-id bits.
+fn perm(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().mode() & 0o7777
+}
+
+/// Runs `cmd` in a shell as user nobody, in group `gid` and no other.
+fn as_nobody(gid: u32, cmd: &str) {
+    sh(&format!(
+        "setpriv --reuid 65534 --regid {gid} --clear-groups sh -c '{cmd}'"
+    ));
+}
+
+/// Writes, truncations and allocations by a process without CAP_FSETID, and changes of
+/// owner, drop set-id bits as on a local file system (the mount does it: the kernel leaves
+/// it to it); root's writes keep them.
+fn set_id_bits(a: &Mount, other: &Mount) {
+    std::fs::create_dir(a.path("setid")).unwrap();
+    let f = a.path("setid/f");
+    let path = f.display().to_string();
+    std::fs::write(&f, b"#!/bin/sh\n").unwrap();
+    let set = |mode: u32| std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+    set(0o6777);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .unwrap()
+        .write_all(b"# root\n")
+        .unwrap();
+    assert_eq!(perm(&f), 0o6777, "root's write keeps the bits");
+    as_nobody(65534, &format!("printf x >> {path}"));
+    assert_eq!(perm(&f), 0o777, "a write by another user drops them");
+    wait_for(
+        "the other mount to see the bits gone",
+        std::time::Duration::from_secs(10),
+        || perm(&other.path("setid/f")) == 0o777,
+    );
+    // Bits set through the other mount on a file this kernel has already seen written
+    // without them (it no longer looks before a write): the write's own flag drops them.
+    as_nobody(65534, &format!("printf y >> {path}"));
+    let from_other = other.path("setid/f");
+    std::fs::set_permissions(&from_other, std::fs::Permissions::from_mode(0o6777)).unwrap();
+    wait_for(
+        "the bits set through the other mount",
+        std::time::Duration::from_secs(10),
+        || perm(&f) == 0o6777,
+    );
+    as_nobody(65534, &format!("printf z >> {path}"));
+    assert_eq!(perm(&f), 0o777, "a write drops bits set through another mount");
+    for cmd in ["truncate -s 1 {}", "fallocate -l 65536 {}", ": > {}"] {
+        set(0o6777);
+        as_nobody(65534, &cmd.replace("{}", &path));
+        assert_eq!(perm(&f), 0o777, "{cmd} as another user drops them");
+    }
+    // Set-group-ID without group execution (a locking mark): only a writer outside the
+    // file's group (root's) drops it.
+    set(0o2666);
+    as_nobody(0, &format!("printf x >> {path}"));
+    assert_eq!(perm(&f), 0o2666);
+    as_nobody(65534, &format!("printf x >> {path}"));
+    assert_eq!(perm(&f), 0o666);
+    // A change of owner drops them from a file, not from a directory.
+    set(0o6755);
+    std::os::unix::fs::chown(&f, Some(65534), None).unwrap();
+    assert_eq!(perm(&f), 0o755);
+    let d = a.path("setid/d");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o2755)).unwrap();
+    std::os::unix::fs::chown(&d, Some(65534), None).unwrap();
+    assert_eq!(perm(&d), 0o2755);
 }
 
 fn source_tree() -> std::path::PathBuf {
