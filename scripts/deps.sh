@@ -21,7 +21,7 @@ else
 fi
 
 pkgs="fuse3 iproute2 procps psmisc ca-certificates"
-[ $want_test = 1 ] && pkgs="$pkgs rsync sqlite3 python3 tar attr"
+[ $want_test = 1 ] && pkgs="$pkgs rsync sqlite3 python3 tar attr libcap2-bin"
 [ $want_bench = 1 ] && pkgs="$pkgs fio glusterfs-server"
 
 missing=""

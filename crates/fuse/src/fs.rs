@@ -183,7 +183,9 @@ impl Inner {
         fh
     }
 
-    fn note(&self, ino: u64, e: &Entry) {
+    /// Remembers what a reply about `ino` told the kernel; `fresh` unless a change to it
+    /// was announced while the request was on its way.
+    fn note(&self, ino: u64, e: &Entry, fresh: bool) {
         if e.attr.kind == FileKind::File {
             let seen = Seen {
                 version: Version::of(&e.attr),
@@ -191,12 +193,23 @@ impl Inner {
                 perm: e.attr.perm,
                 gid: e.attr.gid,
                 at: std::time::Instant::now(),
-                stale: false,
+                stale: !fresh,
             };
             self.seen
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert(ino, seen);
+        }
+    }
+
+    /// Updates what is known of a file's permissions and capabilities from attributes the
+    /// kernel was not given (its version stays that of the kernel's pages).
+    fn note_perm(&self, ino: u64, e: &Entry, start: Start) {
+        let fresh = !self.coherence.changed_since(&[e.attr.id], start.notices);
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = seen.get_mut(&ino) {
+            (s.perm, s.gid, s.has_caps) = (e.attr.perm, e.attr.gid, e.has_caps);
+            (s.at, s.stale) = (std::time::Instant::now(), !fresh);
         }
     }
 
@@ -208,30 +221,47 @@ impl Inner {
             .is_some_and(|s| !s.has_caps && !s.stale && s.at.elapsed() < self.attr_ttl)
     }
 
-    /// The file's permission bits and group, if known as of less than an attribute
-    /// timeout ago and not announced as changed since.
-    fn fresh_perm(&self, ino: u64) -> Option<(u32, u32)> {
+    /// True if the file is known, as of less than an attribute timeout ago, to have no
+    /// set-id bits.
+    fn surely_no_set_id(&self, ino: u64) -> bool {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.get(&ino)
-            .filter(|s| !s.stale && s.at.elapsed() < self.attr_ttl)
-            .map(|s| (s.perm, s.gid))
+            .is_some_and(|s| s.perm & killpriv::SET_ID == 0 && !s.stale && s.at.elapsed() < self.attr_ttl)
     }
 
-    /// Takes off the set-id bits that `drop` (given the permission bits and group) says a
-    /// change takes off, the kernel having left that to the mount (`crate::killpriv`).
-    /// Nothing to ask of the bricks when the file is known to have none.
-    async fn drop_set_id(&self, ino: u64, id: FileId, drop: impl Fn(u32, u32) -> u32) -> Result<(), Errno> {
-        let (perm, gid) = match self.fresh_perm(ino) {
-            Some(known) => known,
-            None => {
-                let e = self.vol.getattr(id).await?;
-                self.note(ino, &e);
-                (e.attr.perm, e.attr.gid)
+    /// What the kernel leaves to the mount before a write or an allocation
+    /// (`crate::killpriv`): the file's capabilities go (a brick's kernel drops them from
+    /// the copies a write reaches, but a stripe's write reaches some bricks only), and, for
+    /// a caller without CAP_FSETID, the set-id bits that `set_id` (given the permission bits
+    /// and group) says it drops. Nothing to ask of the bricks when the file is known to
+    /// have neither; otherwise its attributes are read anew, so that the mode set is the
+    /// current one but for those bits.
+    async fn drop_privs(
+        &self,
+        ino: u64,
+        id: FileId,
+        set_id: Option<impl Fn(u32, u32) -> u32>,
+    ) -> Result<(), Errno> {
+        if self.surely_no_caps(ino) && (set_id.is_none() || self.surely_no_set_id(ino)) {
+            return Ok(());
+        }
+        let start = self.start();
+        let e = self.vol.getattr(id).await?;
+        self.note_perm(ino, &e, start);
+        if e.has_caps {
+            match self.vol.removexattr(id, b"security.capability").await {
+                Ok(()) | Err(Errno::ENODATA) => {
+                    let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+                    seen.get_mut(&ino).into_iter().for_each(|s| s.has_caps = false);
+                }
+                // The data matters more: a write does not fail for this.
+                Err(err) => tracing::warn!(%id, "cannot drop the capabilities of a file written: {err}"),
             }
-        };
-        let bits = match perm & (libc::S_ISUID | libc::S_ISGID) {
-            0 => 0,
-            _ => drop(perm, gid),
+        }
+        let perm = e.attr.perm;
+        let bits = match (set_id, perm & killpriv::SET_ID) {
+            (Some(bits), 1..) => bits(perm, e.attr.gid),
+            _ => 0,
         };
         if bits != 0 {
             self.set_perm(ino, id, perm & !bits).await?;
@@ -245,8 +275,9 @@ impl Inner {
             perm: Some(perm & 0o7777),
             ..SetAttr::default()
         };
+        let start = self.start();
         let e = self.vol.setattr(id, None, &set).await?;
-        self.note(ino, &e);
+        self.note_perm(ino, &e, start);
         self.attrs.drop(ino);
         self.invalidate(Inval::Inode(ino));
         Ok(e)
@@ -296,14 +327,14 @@ impl Inner {
     /// As [`Inner::reply_entry`], for an entry whose lookup was already counted as `ino`.
     fn reply_entry_at(&self, reply: ReplyEntry, ino: u64, e: &Entry, start: Start, parent: FileId) {
         let (attr_ttl, entry_ttl) = self.ttls(&[e.attr.id, parent], start);
-        self.note(ino, e);
+        self.note(ino, e, !attr_ttl.is_zero());
         self.keep(ino, e, attr_ttl, start);
         reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(ino, &e.attr), Generation(0));
     }
 
     fn attr_reply(&self, reply: ReplyAttr, ino: INodeNo, e: &Entry, start: Start) {
         let (ttl, _) = self.ttls(&[e.attr.id], start);
-        self.note(ino.0, e);
+        self.note(ino.0, e, !ttl.is_zero());
         self.keep(ino.0, e, ttl, start);
         reply.attr(&ttl, &file_attr(ino.0, &e.attr));
     }
@@ -398,12 +429,37 @@ impl Inner {
         self.attrs.drop(ino);
     }
 
-    async fn open_existing(&self, parent: FileId, name: &[u8], flags: i32) -> Result<(Entry, Handle), Errno> {
+    async fn open_existing(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        flags: i32,
+        caller: impl FnOnce() -> Caller,
+    ) -> Result<(Entry, Handle), Errno> {
         let e = self.vol.lookup(parent, name).await?;
         if e.attr.kind == FileKind::Dir {
             return Err(Errno::EISDIR);
         }
         let h = self.vol.open(e.attr.id, (flags & !libc::O_CREAT) as u32).await?;
+        if flags & libc::O_TRUNC == 0 {
+            return Ok((e, h));
+        }
+        // Truncated by the bricks: the file as it is now, less the set-id bits the caller's
+        // truncation drops (see `crate::killpriv`).
+        let id = e.attr.id;
+        let mut e = self.vol.getattr(id).await?;
+        let truncation = SetAttr {
+            size: Some(0),
+            ..SetAttr::default()
+        };
+        let bits = killpriv::dropped_by_setattr(&truncation, &e.attr, caller);
+        if bits != 0 {
+            let set = SetAttr {
+                perm: Some(e.attr.perm & !bits & 0o7777),
+                ..SetAttr::default()
+            };
+            e = self.vol.setattr(id, None, &set).await?;
+        }
         Ok((e, h))
     }
 
@@ -651,10 +707,10 @@ impl fuser::Filesystem for ShoalFs {
                 start.writes = s.writes.load(Ordering::SeqCst);
             }
             let mut e = tryr!(reply, r);
-            let drop = killpriv::dropped_by_setattr(&set, &e.attr, || Caller::of(pid, caller_gid));
-            if drop != 0 {
-                e = tryr!(reply, s.set_perm(ino.0, id, e.attr.perm & !drop).await);
-                start = s.start();
+            // Set-id bits the change drops, from the mode it left (see `crate::killpriv`).
+            let bits = killpriv::dropped_by_setattr(&set, &e.attr, || Caller::of(pid, caller_gid));
+            if bits != 0 {
+                e = tryr!(reply, s.set_perm(ino.0, id, e.attr.perm & !bits).await);
             }
             s.attr_reply(reply, ino, &e, start);
         });
@@ -851,7 +907,7 @@ impl fuser::Filesystem for ShoalFs {
                         .get(&ino.0)
                         .map(|x| x.version)
                         == Some(Version::of(&e.attr));
-                    s.note(ino.0, e);
+                    s.note(ino.0, e, !s.coherence.changed_since(&[id], start.notices));
                     same
                 }
                 Err(_) => false,
@@ -925,17 +981,18 @@ impl fuser::Filesystem for ShoalFs {
             });
         self.spawn(move |s| async move {
             let h = tryr!(reply, s.file(fh).await);
-            if let Some((pid, gid)) = kill {
-                let drop = |perm, file_gid| {
+            let id = tryr!(reply, s.id(ino));
+            let set_id = kill.map(|(pid, gid)| {
+                move |perm, file_gid| {
+                    // (The kernel's flag says the writer lacks CAP_FSETID.)
                     let caller = Caller {
                         fsetid: false,
                         ..Caller::of(pid, gid)
                     };
                     killpriv::dropped_by_write(perm, file_gid, &caller)
-                };
-                let id = tryr!(reply, s.id(ino));
-                tryr!(reply, s.drop_set_id(ino.0, id, drop).await);
-            }
+                }
+            });
+            tryr!(reply, s.drop_privs(ino.0, id, set_id).await);
             if !behind {
                 // After any of the file's writes that went behind, as it must land after them;
                 // and, as those would, failing after one of them failed.
@@ -1035,7 +1092,7 @@ impl fuser::Filesystem for ShoalFs {
                     Ok(Some(e)) => {
                         let (ttl, _) = s.ttls(&[e.attr.id], start);
                         if !ttl.is_zero() && s.writes.load(Ordering::SeqCst) == start.writes {
-                            s.note(ino.0, &e);
+                            s.note(ino.0, &e, true);
                             s.keep(ino.0, &e, ttl, start);
                         }
                     }
@@ -1235,19 +1292,22 @@ impl fuser::Filesystem for ShoalFs {
     ) {
         let name = name.as_bytes().to_vec();
         let node = Inner::new_node(req, FileKind::File, mode, 0);
+        let (pid, gid) = (req.pid(), req.gid());
         self.spawn(move |s| async move {
             let p = tryr!(reply, s.id(parent));
             let start = s.start();
             let created = match s.vol.create(p, &name, &node, None, Some(flags as u32)).await {
                 // Another client made the name since the kernel saw it absent: without
                 // O_EXCL, the open goes to that file, as it would have.
-                Err(Errno::EEXIST) if flags & libc::O_EXCL == 0 => s.open_existing(p, &name, flags).await,
+                Err(Errno::EEXIST) if flags & libc::O_EXCL == 0 => {
+                    s.open_existing(p, &name, flags, || Caller::of(pid, gid)).await
+                }
                 other => other.and_then(|(e, h)| Ok((e, h.ok_or(Errno::EIO)?))),
             };
             let (e, h) = tryr!(reply, created);
             let ino = s.inodes.lookup(e.attr.id);
             let (ttl, _) = s.ttls(&[e.attr.id, p], start);
-            s.note(ino, &e);
+            s.note(ino, &e, !ttl.is_zero());
             s.keep(ino, &e, ttl, start);
             s.attrs.touch_dir(parent.0, e.attr.ctime);
             s.complete.added(parent.0, &name);
@@ -1339,7 +1399,7 @@ impl fuser::Filesystem for ShoalFs {
 
     fn fallocate(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1347,9 +1407,17 @@ impl fuser::Filesystem for ShoalFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        let (pid, gid) = (req.pid(), req.gid());
         self.spawn(move |s| async move {
             s.behind.settle(ino.0).await;
             let h = tryr!(reply, s.file(fh).await);
+            // As before a write (the caller's capabilities read, as no flag tells them).
+            let id = tryr!(reply, s.id(ino));
+            let set_id = |perm, file_gid| match Caller::of(pid, gid) {
+                c if c.fsetid => 0,
+                c => killpriv::dropped_by_write(perm, file_gid, &c),
+            };
+            tryr!(reply, s.drop_privs(ino.0, id, Some(set_id)).await);
             s.wrote(ino.0);
             let r = s.vol.fallocate(&h, mode as u32, offset, length).await;
             s.wrote(ino.0);

@@ -2,11 +2,13 @@
 //!
 //! Left to the kernel, every write asks the mount for the file's `security.capability`
 //! first (one more round trip per write). With `FUSE_HANDLE_KILLPRIV_V2` the kernel skips
-//! that for files without set-id bits and leaves the clearing to the file system: a write or
-//! truncation by a process without `CAP_FSETID`, and a change of owner, must drop the
-//! bits as the kernel would (the bricks write as root, which keeps them). Capabilities need
-//! nothing here: the bricks keep `security.capability` as the file's own attribute, and
-//! their kernel drops it on any write, truncation or change of owner.
+//! that for files it has seen without set-id bits or capabilities, and leaves the clearing
+//! to the file system: a write, truncation or allocation by a process without
+//! `CAP_FSETID` must drop the bits as the kernel would, since the bricks write as root,
+//! which keeps them. A change of owner needs nothing here: the bricks change it as root too,
+//! and their kernel drops the bits then as for anyone. Capabilities are dropped by the
+//! bricks' kernel on the copies a write reaches; the mount removes them from the file on
+//! every write unless it knows the file has none (a stripe's write reaches some bricks only).
 //!
 //! The kernel tells a write's caller lacks `CAP_FSETID` by a flag; a truncation's flag does
 //! not reach the mount (fuser does not pass it on), so the caller's capabilities are read
@@ -18,21 +20,13 @@ use proto::{Attr, FileKind, SetAttr};
 const CAP_FSETID: u32 = 4;
 
 /// Set-id bits a setattr `set` that left the file with `after` takes off, the kernel having
-/// left that to the mount: a change of owner or group of a non-directory; a truncation by a
-/// caller without `CAP_FSETID`; and the kernel's own request to drop them, a setattr that
-/// changes nothing, sent before a write or an allocation by such a caller. None when the
-/// setattr sets the mode itself.
+/// left that to the mount: a truncation by a caller without `CAP_FSETID`, and the kernel's
+/// own request to drop them, a setattr that changes nothing, sent before a write or an
+/// allocation by such a caller. None when the setattr sets the mode itself.
 pub fn dropped_by_setattr(set: &SetAttr, after: &Attr, caller: impl FnOnce() -> Caller) -> u32 {
-    if set.perm.is_some() || after.perm & (libc::S_ISUID | libc::S_ISGID) == 0 {
-        return 0;
-    }
-    if set.uid.is_some() || set.gid.is_some() {
-        return match after.kind {
-            FileKind::Dir => 0,
-            _ => dropped_by_chown(after.perm),
-        };
-    }
-    if after.kind != FileKind::File || (set.size.is_none() && *set != SetAttr::default()) {
+    let nothing = *set == SetAttr::default();
+    let truncation = set.size.is_some() && set.perm.is_none();
+    if after.kind != FileKind::File || after.perm & SET_ID == 0 || !(nothing || truncation) {
         return 0;
     }
     match caller() {
@@ -41,24 +35,18 @@ pub fn dropped_by_setattr(set: &SetAttr, after: &Attr, caller: impl FnOnce() -> 
     }
 }
 
+/// Set-user-ID and set-group-ID.
+pub const SET_ID: u32 = libc::S_ISUID | libc::S_ISGID;
+
 /// Bits a write or truncation by `caller` takes off `mode`: set-user-ID, and set-group-ID
 /// where group execution is allowed or the caller is not in the file's group `file_gid`
 /// (as `setattr_should_drop_sgid` in the kernel).
 pub fn dropped_by_write(mode: u32, file_gid: u32, caller: &Caller) -> u32 {
-    let mut drop = mode & libc::S_ISUID;
+    let mut bits = mode & libc::S_ISUID;
     if mode & libc::S_ISGID != 0 && (mode & libc::S_IXGRP != 0 || !caller.in_group(file_gid)) {
-        drop |= libc::S_ISGID;
+        bits |= libc::S_ISGID;
     }
-    drop
-}
-
-/// Bits a change of owner or group takes off a non-directory's `mode`, whoever makes it.
-pub fn dropped_by_chown(mode: u32) -> u32 {
-    let mut drop = mode & libc::S_ISUID;
-    if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
-        drop |= libc::S_ISGID;
-    }
-    drop
+    bits
 }
 
 /// What matters about the process behind a request.
@@ -77,18 +65,27 @@ impl Caller {
 
     /// The process (thread) `pid` of a request, whose primary group the request gave as
     /// `gid`. One that cannot be read (gone already) counts as unprivileged and in no
-    /// other group: the bits go rather than stay.
+    /// other group: the bits go rather than stay. Capabilities count only in the mount's
+    /// own user namespace (the first one, where the kernel's `capable()` looks, unless the
+    /// mount itself runs in another): a process that is root in a namespace of its own has
+    /// none there. (PID 1's namespace is no reference: its links may be unreadable.)
     pub fn of(pid: u32, gid: u32) -> Caller {
-        match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        let mut caller = match std::fs::read_to_string(format!("/proc/{pid}/status")) {
             Ok(status) => Caller::parse(&status, gid),
             Err(e) => {
                 tracing::debug!(pid, "cannot read a caller's status: {e}");
-                Caller {
+                return Caller {
                     gid,
                     ..Caller::default()
-                }
+                };
             }
+        };
+        if caller.fsetid {
+            let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/user")).ok();
+            let theirs = ns(&pid.to_string());
+            caller.fsetid = theirs.is_some() && theirs == ns("self");
         }
+        caller
     }
 
     /// From the text of `/proc/PID/status`.
@@ -143,13 +140,6 @@ mod tests {
         assert_eq!(dropped_by_write(SGID | 0o644, 100, &capable), 0);
     }
 
-    #[test]
-    fn a_change_of_owner_drops_set_id_bits() {
-        assert_eq!(dropped_by_chown(0o755), 0);
-        assert_eq!(dropped_by_chown(SUID | SGID | 0o755), SUID | SGID);
-        assert_eq!(dropped_by_chown(SGID | 0o644), 0);
-    }
-
     fn attr(kind: FileKind, perm: u32) -> Attr {
         Attr {
             id: proto::FileId::ROOT,
@@ -185,15 +175,14 @@ mod tests {
         // The kernel's request before a write: nothing to set.
         assert_eq!(dropped_by_setattr(&SetAttr::default(), &file, other), SUID | SGID);
         assert_eq!(dropped_by_setattr(&SetAttr::default(), &file, root), 0);
+        // A change of owner: the bricks' kernel drops them (it changes it as root).
         let chown = SetAttr {
             uid: Some(5),
             ..SetAttr::default()
         };
-        assert_eq!(dropped_by_setattr(&chown, &file, root), SUID | SGID);
-        assert_eq!(
-            dropped_by_setattr(&chown, &attr(FileKind::Dir, SGID | 0o755), root),
-            0
-        );
+        assert_eq!(dropped_by_setattr(&chown, &file, other), 0);
+        let dir = attr(FileKind::Dir, SGID | 0o755);
+        assert_eq!(dropped_by_setattr(&SetAttr::default(), &dir, other), 0);
         // Setting the mode, or times only, keeps what it sets.
         let chmod = SetAttr {
             perm: Some(SUID | 0o755),

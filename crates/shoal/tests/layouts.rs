@@ -10,7 +10,8 @@ use rand::{Rng, SeedableRng};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 fn suite(bricks: usize, stripe: u32, replica: u32, seed: u64) {
     if !require_root() {
@@ -23,7 +24,10 @@ fn suite(bricks: usize, stripe: u32, replica: u32, seed: u64) {
     sizes_round_trip(&a, &other);
     random_ops_match_model(&a, &other, seed);
     namespace_ops(&a, &other);
-    set_id_bits(&a, &other);
+    // User nobody must reach the mounts.
+    sh(&format!("chmod 755 {}", b.dir.path().display()));
+    let bricks: Vec<PathBuf> = b.bricks.iter().map(|x| x.path.clone()).collect();
+    set_id_bits(&a, &other, &bricks);
     tar_round_trip(&a, b.dir.path());
     rsync_round_trip(&a, b.dir.path());
     sqlite_on_mount(&a);
@@ -243,8 +247,8 @@ fn as_nobody(gid: u32, cmd: &str) {
 
 /// Writes, truncations and allocations by a process without CAP_FSETID, and changes of
 /// owner, drop set-id bits as on a local file system (the mount does it: the kernel leaves
-/// it to it); root's writes keep them.
-fn set_id_bits(a: &Mount, other: &Mount) {
+/// it to it); root's keep them. Any write drops a file's capabilities on every brick.
+fn set_id_bits(a: &Mount, other: &Mount, bricks: &[PathBuf]) {
     std::fs::create_dir(a.path("setid")).unwrap();
     let f = a.path("setid/f");
     let path = f.display().to_string();
@@ -258,30 +262,34 @@ fn set_id_bits(a: &Mount, other: &Mount) {
         .write_all(b"# root\n")
         .unwrap();
     assert_eq!(perm(&f), 0o6777, "root's write keeps the bits");
+    for cmd in ["truncate -s 1 {}", "fallocate -l 65536 {}"] {
+        sh(&cmd.replace("{}", &path));
+        assert_eq!(perm(&f), 0o6777, "{cmd} as root keeps them");
+    }
     as_nobody(65534, &format!("printf x >> {path}"));
     assert_eq!(perm(&f), 0o777, "a write by another user drops them");
-    wait_for(
-        "the other mount to see the bits gone",
-        std::time::Duration::from_secs(10),
-        || perm(&other.path("setid/f")) == 0o777,
-    );
-    // Bits set through the other mount on a file this kernel has already seen written
-    // without them (it no longer looks before a write): the write's own flag drops them.
-    as_nobody(65534, &format!("printf y >> {path}"));
-    let from_other = other.path("setid/f");
-    std::fs::set_permissions(&from_other, std::fs::Permissions::from_mode(0o6777)).unwrap();
-    wait_for(
-        "the bits set through the other mount",
-        std::time::Duration::from_secs(10),
-        || perm(&f) == 0o6777,
-    );
-    as_nobody(65534, &format!("printf z >> {path}"));
-    assert_eq!(perm(&f), 0o777, "a write drops bits set through another mount");
     for cmd in ["truncate -s 1 {}", "fallocate -l 65536 {}", ": > {}"] {
         set(0o6777);
         as_nobody(65534, &cmd.replace("{}", &path));
         assert_eq!(perm(&f), 0o777, "{cmd} as another user drops them");
     }
+    // Bits set through the other mount while a writer holds the file open here: this
+    // kernel is not told (it would fetch the attributes at the next open), only the
+    // writes' own flag tells the mount, which must take them off (once it has heard of the
+    // change: until then, its knowledge is as old as the kernel's).
+    let seen_by_other = other.path("setid/f");
+    let mut writer = Writer::open(&path, true);
+    writer.append();
+    std::fs::set_permissions(&seen_by_other, std::fs::Permissions::from_mode(0o6777)).unwrap();
+    wait_for(
+        "a write to drop bits set through another mount",
+        Duration::from_secs(10),
+        || {
+            writer.append();
+            perm(&seen_by_other) == 0o777
+        },
+    );
+    drop(writer);
     // Set-group-ID without group execution (a locking mark): only a writer outside the
     // file's group (root's) drops it.
     set(0o2666);
@@ -289,7 +297,8 @@ fn set_id_bits(a: &Mount, other: &Mount) {
     assert_eq!(perm(&f), 0o2666);
     as_nobody(65534, &format!("printf x >> {path}"));
     assert_eq!(perm(&f), 0o666);
-    // A change of owner drops them from a file, not from a directory.
+    // A change of owner drops them from a file (the bricks' kernel does), not from a
+    // directory.
     set(0o6755);
     std::os::unix::fs::chown(&f, Some(65534), None).unwrap();
     assert_eq!(perm(&f), 0o755);
@@ -298,6 +307,106 @@ fn set_id_bits(a: &Mount, other: &Mount) {
     std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o2755)).unwrap();
     std::os::unix::fs::chown(&d, Some(65534), None).unwrap();
     assert_eq!(perm(&d), 0o2755);
+    // Capabilities set through the other mount while a writer (root) holds the file open
+    // here go with its next write, also one that reaches some bricks only (a stripe's
+    // first chunk, the file being small).
+    let mut writer = Writer::open(&path, false);
+    writer.append();
+    sh(&format!("setcap cap_net_raw+ep {}", seen_by_other.display()));
+    let on_bricks = || {
+        bricks
+            .iter()
+            .map(|b| b.join("setid/f"))
+            .filter(|p| p.exists())
+            .filter(|p| xattr_of(p, "security.capability").is_some())
+            .count()
+    };
+    assert!(on_bricks() > 0, "the capability is on the bricks");
+    wait_for(
+        "a write to drop the file's capabilities",
+        Duration::from_secs(10),
+        || {
+            writer.append();
+            on_bricks() == 0
+        },
+    );
+}
+
+/// A shell holding a file open for appending, as user nobody or as root, that appends a
+/// byte when asked; killed when dropped.
+struct Writer {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Writer {
+    fn open(path: &str, nobody: bool) -> Writer {
+        use std::process::{Command, Stdio};
+        let script =
+            format!("exec 3>>{path} && echo ready && while read x; do printf z >&3 && echo done; done");
+        let mut cmd = match nobody {
+            true => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    "--reuid",
+                    "65534",
+                    "--regid",
+                    "65534",
+                    "--clear-groups",
+                    "sh",
+                    "-c",
+                ]);
+                c
+            }
+            false => {
+                let mut c = Command::new("sh");
+                c.arg("-c");
+                c
+            }
+        };
+        let mut child = cmd
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut w = Writer { child, stdin, stdout };
+        assert_eq!(w.line(), "ready", "the writer opened {path}");
+        w
+    }
+
+    fn line(&mut self) -> String {
+        use std::io::BufRead;
+        let mut l = String::new();
+        self.stdout.read_line(&mut l).unwrap();
+        l.trim().to_string()
+    }
+
+    /// Appends a byte through the open file, once the shell says it did.
+    fn append(&mut self) {
+        writeln!(self.stdin, "x").unwrap();
+        assert_eq!(self.line(), "done", "the writer appended");
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of xattr `name` of `p` (not following a symlink), if it has one.
+fn xattr_of(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let out = std::process::Command::new("getfattr")
+        .args(["--only-values", "-h", "-n", name])
+        .arg(p)
+        .output()
+        .unwrap();
+    out.status.success().then_some(out.stdout)
 }
 
 fn source_tree() -> std::path::PathBuf {

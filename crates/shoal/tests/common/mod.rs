@@ -321,24 +321,11 @@ pub fn sh(cmd: &str) -> String {
 pub fn stop_process(pid: u32) -> Stopped {
     signal(pid, rustix::process::Signal::STOP).expect("stop the process");
     let stopped = Stopped(pid);
+    let tasks = format!("/proc/{pid}/task");
     wait_for("the process to stop", Duration::from_secs(10), || {
-        all_threads_stopped(pid)
+        all_stopped(&tasks)
     });
     stopped
-}
-
-/// Whether every thread of `pid` is in the stopped state (`T` in `/proc/PID/task/*/stat`).
-fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().all(|t| {
-        // The state follows the command name, which may itself hold spaces and parentheses.
-        std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| {
-            s.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
-        })
-    })
 }
 
 pub struct Stopped(u32);
