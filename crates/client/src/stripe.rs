@@ -66,6 +66,8 @@ impl Stripe {
             e.attr.mtime = e.attr.mtime.max(o.attr.mtime);
             e.attr.ctime = e.attr.ctime.max(o.attr.ctime);
             e.attr.atime = e.attr.atime.max(o.attr.atime);
+            // A write reaching some children only leaves capabilities on the others.
+            e.has_caps |= o.has_caps;
         }
         Ok(e)
     }

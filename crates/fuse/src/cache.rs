@@ -210,6 +210,8 @@ impl Complete {
 pub enum Inval {
     /// Attributes and cached data of an inode.
     Inode(u64),
+    /// Attributes of an inode only (its mode changed, not its data).
+    Attrs(u64),
     /// A name in a directory.
     Entry(u64, Vec<u8>),
 }
@@ -227,6 +229,7 @@ pub fn invalidator(notifier: Arc<OnceLock<Notifier>>) -> std::io::Result<Sender<
                 // ENOENT: the kernel did not have it cached; nothing to do.
                 let _ = match inval {
                     Inval::Inode(ino) => n.inval_inode(INodeNo(ino), 0, 0),
+                    Inval::Attrs(ino) => n.inval_inode(INodeNo(ino), -1, 0),
                     Inval::Entry(dir, name) => n.inval_entry(INodeNo(dir), OsStr::from_bytes(&name)),
                 };
             }

@@ -46,8 +46,9 @@ struct Inner {
     attr_ttl: Duration,
     entry_ttl: Duration,
     notifier: Arc<OnceLock<fuser::Notifier>>,
-    /// What the kernel was last told of each inode's data version, to decide at open
-    /// whether its cached pages are still good.
+    /// What the kernel was last told of each file's data version, to decide at open
+    /// whether its cached pages are still good, and what is known of its mode and
+    /// capabilities.
     seen: Mutex<HashMap<u64, Seen>>,
     /// Inodes that ever had a lock request through this mount: only their closes need to
     /// reach the bricks (to drop the closing process's locks).
@@ -94,15 +95,17 @@ impl Version {
     }
 }
 
-/// What the kernel was last told about a file.
+/// What the kernel was last told about a file (`version`), and what is known of its
+/// capabilities, permission bits and group (for what a change drops, `crate::killpriv`;
+/// these may come from attributes fetched for that, which the kernel was not given).
 struct Seen {
     version: Version,
     has_caps: bool,
-    /// Permission bits and group, for the set-id bits a change drops (`crate::killpriv`).
     perm: u32,
     gid: u32,
+    /// When those were learnt.
     at: std::time::Instant,
-    /// A brick announced a change since.
+    /// A brick announced a change since, or while the reply was on its way.
     stale: bool,
 }
 
@@ -246,7 +249,16 @@ impl Inner {
             return Ok(());
         }
         let start = self.start();
-        let e = self.vol.getattr(id).await?;
+        let e = match self.vol.getattr(id).await {
+            Ok(e) => e,
+            // Capabilities alone do not fail a write (a stripe's getattr needs every brick,
+            // its write only some); set-id bits cannot be left unchecked.
+            Err(err) if set_id.is_none() => {
+                tracing::debug!(%id, "cannot check a written file's capabilities: {err}");
+                return Ok(());
+            }
+            Err(err) => return Err(err),
+        };
         self.note_perm(ino, &e, start);
         if e.has_caps {
             match self.vol.removexattr(id, b"security.capability").await {
@@ -255,12 +267,12 @@ impl Inner {
                     seen.get_mut(&ino).into_iter().for_each(|s| s.has_caps = false);
                 }
                 // The data matters more: a write does not fail for this.
-                Err(err) => tracing::warn!(%id, "cannot drop the capabilities of a file written: {err}"),
+                Err(err) => tracing::debug!(%id, "cannot drop the capabilities of a file written: {err}"),
             }
         }
         let perm = e.attr.perm;
         let bits = match (set_id, perm & killpriv::SET_ID) {
-            (Some(bits), 1..) => bits(perm, e.attr.gid),
+            (Some(set_id), 1..) => set_id(perm, e.attr.gid),
             _ => 0,
         };
         if bits != 0 {
@@ -279,7 +291,7 @@ impl Inner {
         let e = self.vol.setattr(id, None, &set).await?;
         self.note_perm(ino, &e, start);
         self.attrs.drop(ino);
-        self.invalidate(Inval::Inode(ino));
+        self.invalidate(Inval::Attrs(ino));
         Ok(e)
     }
 
@@ -327,7 +339,8 @@ impl Inner {
     /// As [`Inner::reply_entry`], for an entry whose lookup was already counted as `ino`.
     fn reply_entry_at(&self, reply: ReplyEntry, ino: u64, e: &Entry, start: Start, parent: FileId) {
         let (attr_ttl, entry_ttl) = self.ttls(&[e.attr.id, parent], start);
-        self.note(ino, e, !attr_ttl.is_zero());
+        // (A change in the directory says nothing of the object's own attributes.)
+        self.note(ino, e, !self.coherence.changed_since(&[e.attr.id], start.notices));
         self.keep(ino, e, attr_ttl, start);
         reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(ino, &e.attr), Generation(0));
     }
@@ -1211,7 +1224,7 @@ impl fuser::Filesystem for ShoalFs {
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
             if name == b"security.capability" {
-                s.seen.lock().unwrap_or_else(|p| p.into_inner()).remove(&ino.0);
+                s.seen_stale(Some(ino.0));
             }
             let r = s.vol.setxattr(id, &name, &value, flags as u32).await;
             s.attrs.drop(ino.0);
@@ -1221,8 +1234,8 @@ impl fuser::Filesystem for ShoalFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        // The kernel asks this before every write to a file, to know whether the write must
-        // drop capabilities.
+        // The kernel asks this before a write to a file it has not seen without capabilities
+        // since it last fetched its attributes, to know whether the write drops them.
         if name.as_bytes() == b"security.capability" && self.inner.surely_no_caps(ino.0) {
             reply.error(FErrno::ENODATA);
             return;
@@ -1307,7 +1320,7 @@ impl fuser::Filesystem for ShoalFs {
             let (e, h) = tryr!(reply, created);
             let ino = s.inodes.lookup(e.attr.id);
             let (ttl, _) = s.ttls(&[e.attr.id, p], start);
-            s.note(ino, &e, !ttl.is_zero());
+            s.note(ino, &e, !s.coherence.changed_since(&[e.attr.id], start.notices));
             s.keep(ino, &e, ttl, start);
             s.attrs.touch_dir(parent.0, e.attr.ctime);
             s.complete.added(parent.0, &name);
@@ -1413,10 +1426,7 @@ impl fuser::Filesystem for ShoalFs {
             let h = tryr!(reply, s.file(fh).await);
             // As before a write (the caller's capabilities read, as no flag tells them).
             let id = tryr!(reply, s.id(ino));
-            let set_id = |perm, file_gid| match Caller::of(pid, gid) {
-                c if c.fsetid => 0,
-                c => killpriv::dropped_by_write(perm, file_gid, &c),
-            };
+            let set_id = |perm, file_gid| killpriv::dropped_by(perm, file_gid, &Caller::of(pid, gid));
             tryr!(reply, s.drop_privs(ino.0, id, Some(set_id)).await);
             s.wrote(ino.0);
             let r = s.vol.fallocate(&h, mode as u32, offset, length).await;

@@ -11,8 +11,9 @@
 //! every write unless it knows the file has none (a stripe's write reaches some bricks only).
 //!
 //! The kernel tells a write's caller lacks `CAP_FSETID` by a flag; a truncation's flag does
-//! not reach the mount (fuser does not pass it on), so the caller's capabilities are read
-//! from `/proc` then, only when the file has set-id bits at all.
+//! not reach the mount (fuser does not pass it on), and an allocation or the kernel's own
+//! request to drop the bits (an empty setattr) carries none, so the caller's capabilities
+//! are read from `/proc` then, only when the file has set-id bits at all.
 
 use proto::{Attr, FileKind, SetAttr};
 
@@ -29,9 +30,14 @@ pub fn dropped_by_setattr(set: &SetAttr, after: &Attr, caller: impl FnOnce() -> 
     if after.kind != FileKind::File || after.perm & SET_ID == 0 || !(nothing || truncation) {
         return 0;
     }
-    match caller() {
-        c if c.fsetid => 0,
-        c => dropped_by_write(after.perm, after.gid, &c),
+    dropped_by(after.perm, after.gid, &caller())
+}
+
+/// Bits a change by `caller` takes off `mode`, unless it has `CAP_FSETID`.
+pub fn dropped_by(mode: u32, file_gid: u32, caller: &Caller) -> u32 {
+    match caller.fsetid {
+        true => 0,
+        false => dropped_by_write(mode, file_gid, caller),
     }
 }
 
