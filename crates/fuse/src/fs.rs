@@ -186,10 +186,10 @@ impl Inner {
         fh
     }
 
-    /// Remembers what a reply about `ino` told the kernel; `fresh` unless a change to it
-    /// was announced while the request was on its way.
-    fn note(&self, ino: u64, e: &Entry, fresh: bool) {
+    /// Remembers what a reply about `ino`, to a request begun at `start`, told the kernel.
+    fn note(&self, ino: u64, e: &Entry, start: Start) {
         if e.attr.kind == FileKind::File {
+            let fresh = self.fresh_since(e.attr.id, start);
             let seen = Seen {
                 version: Version::of(&e.attr),
                 has_caps: e.has_caps,
@@ -208,7 +208,7 @@ impl Inner {
     /// Updates what is known of a file's permissions and capabilities from attributes the
     /// kernel was not given (its version stays that of the kernel's pages).
     fn note_perm(&self, ino: u64, e: &Entry, start: Start) {
-        let fresh = !self.coherence.changed_since(&[e.attr.id], start.notices);
+        let fresh = self.fresh_since(e.attr.id, start);
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(s) = seen.get_mut(&ino) {
             (s.perm, s.gid, s.has_caps) = (e.attr.perm, e.attr.gid, e.has_caps);
@@ -216,20 +216,28 @@ impl Inner {
         }
     }
 
-    /// True if the file is known, as of less than an attribute timeout ago, to carry no
-    /// file capabilities.
-    fn surely_no_caps(&self, ino: u64) -> bool {
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.get(&ino)
-            .is_some_and(|s| !s.has_caps && !s.stale && s.at.elapsed() < self.attr_ttl)
+    /// Whether no change to `id` was announced since `start`: what a reply says of it is
+    /// current (a change in its directory says nothing of its own attributes).
+    fn fresh_since(&self, id: FileId, start: Start) -> bool {
+        !self.coherence.changed_since(&[id], start.notices)
     }
 
-    /// True if the file is known, as of less than an attribute timeout ago, to have no
-    /// set-id bits.
-    fn surely_no_set_id(&self, ino: u64) -> bool {
+    /// True if what is known of the file, as of less than an attribute timeout ago and
+    /// with no change announced since, satisfies `f`.
+    fn surely(&self, ino: u64, f: impl Fn(&Seen) -> bool) -> bool {
         let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         seen.get(&ino)
-            .is_some_and(|s| s.perm & killpriv::SET_ID == 0 && !s.stale && s.at.elapsed() < self.attr_ttl)
+            .is_some_and(|s| !s.stale && s.at.elapsed() < self.attr_ttl && f(s))
+    }
+
+    /// True if the file is surely without file capabilities.
+    fn surely_no_caps(&self, ino: u64) -> bool {
+        self.surely(ino, |s| !s.has_caps)
+    }
+
+    /// True if the file surely has no set-id bits.
+    fn surely_no_set_id(&self, ino: u64) -> bool {
+        self.surely(ino, |s| s.perm & killpriv::SET_ID == 0)
     }
 
     /// What the kernel leaves to the mount before a write or an allocation
@@ -283,12 +291,8 @@ impl Inner {
 
     /// Sets the permission bits, the kernel to fetch them anew.
     async fn set_perm(&self, ino: u64, id: FileId, perm: u32) -> Result<Entry, Errno> {
-        let set = SetAttr {
-            perm: Some(perm & 0o7777),
-            ..SetAttr::default()
-        };
         let start = self.start();
-        let e = self.vol.setattr(id, None, &set).await?;
+        let e = self.vol.setattr(id, None, &perm_only(perm)).await?;
         self.note_perm(ino, &e, start);
         self.attrs.drop(ino);
         self.invalidate(Inval::Attrs(ino));
@@ -339,15 +343,14 @@ impl Inner {
     /// As [`Inner::reply_entry`], for an entry whose lookup was already counted as `ino`.
     fn reply_entry_at(&self, reply: ReplyEntry, ino: u64, e: &Entry, start: Start, parent: FileId) {
         let (attr_ttl, entry_ttl) = self.ttls(&[e.attr.id, parent], start);
-        // (A change in the directory says nothing of the object's own attributes.)
-        self.note(ino, e, !self.coherence.changed_since(&[e.attr.id], start.notices));
+        self.note(ino, e, start);
         self.keep(ino, e, attr_ttl, start);
         reply.entry_with_ttls(&attr_ttl, &entry_ttl, &file_attr(ino, &e.attr), Generation(0));
     }
 
     fn attr_reply(&self, reply: ReplyAttr, ino: INodeNo, e: &Entry, start: Start) {
         let (ttl, _) = self.ttls(&[e.attr.id], start);
-        self.note(ino.0, e, !ttl.is_zero());
+        self.note(ino.0, e, start);
         self.keep(ino.0, e, ttl, start);
         reply.attr(&ttl, &file_attr(ino.0, &e.attr));
     }
@@ -467,11 +470,10 @@ impl Inner {
         };
         let bits = killpriv::dropped_by_setattr(&truncation, &e.attr, caller);
         if bits != 0 {
-            let set = SetAttr {
-                perm: Some(e.attr.perm & !bits & 0o7777),
-                ..SetAttr::default()
-            };
-            e = self.vol.setattr(id, None, &set).await?;
+            e = self
+                .vol
+                .setattr(id, None, &perm_only(e.attr.perm & !bits))
+                .await?;
         }
         Ok((e, h))
     }
@@ -486,6 +488,14 @@ impl Inner {
             rdev,
             meta: Vec::new(),
         }
+    }
+}
+
+/// A setattr of the permission bits alone.
+fn perm_only(perm: u32) -> SetAttr {
+    SetAttr {
+        perm: Some(perm & 0o7777),
+        ..SetAttr::default()
     }
 }
 
@@ -920,7 +930,7 @@ impl fuser::Filesystem for ShoalFs {
                         .get(&ino.0)
                         .map(|x| x.version)
                         == Some(Version::of(&e.attr));
-                    s.note(ino.0, e, !s.coherence.changed_since(&[id], start.notices));
+                    s.note(ino.0, e, start);
                     same
                 }
                 Err(_) => false,
@@ -982,19 +992,20 @@ impl fuser::Filesystem for ShoalFs {
         // nothing from going behind (its close waits for the write anyway) and would pay
         // for the extra hand-off.
         let sync = libc::O_SYNC | libc::O_DSYNC | libc::O_DIRECT;
-        let (behind, seen) = self
+        let (behind, seen, id) = self
             .inner
             .files
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&fh.0)
-            .map_or((false, 0), |f| {
+            .map_or((false, 0, None), |f| {
                 let behind = f.flags as i32 & sync == 0 && f.wrote.swap(true, Ordering::Relaxed);
-                (behind, f.seen.load(Ordering::SeqCst))
+                (behind, f.seen.load(Ordering::SeqCst), Some(f.id))
             });
         self.spawn(move |s| async move {
             let h = tryr!(reply, s.file(fh).await);
-            let id = tryr!(reply, s.id(ino));
+            // (Known, the handle being open.)
+            let id = tryr!(reply, id.ok_or(Errno::EBADF));
             let set_id = kill.map(|(pid, gid)| {
                 move |perm, file_gid| {
                     // (The kernel's flag says the writer lacks CAP_FSETID.)
@@ -1105,7 +1116,7 @@ impl fuser::Filesystem for ShoalFs {
                     Ok(Some(e)) => {
                         let (ttl, _) = s.ttls(&[e.attr.id], start);
                         if !ttl.is_zero() && s.writes.load(Ordering::SeqCst) == start.writes {
-                            s.note(ino.0, &e, true);
+                            s.note(ino.0, &e, start);
                             s.keep(ino.0, &e, ttl, start);
                         }
                     }
@@ -1320,7 +1331,7 @@ impl fuser::Filesystem for ShoalFs {
             let (e, h) = tryr!(reply, created);
             let ino = s.inodes.lookup(e.attr.id);
             let (ttl, _) = s.ttls(&[e.attr.id, p], start);
-            s.note(ino, &e, !s.coherence.changed_since(&[e.attr.id], start.notices));
+            s.note(ino, &e, start);
             s.keep(ino, &e, ttl, start);
             s.attrs.touch_dir(parent.0, e.attr.ctime);
             s.complete.added(parent.0, &name);

@@ -241,10 +241,11 @@ fn perm(p: &Path) -> u32 {
 
 /// Runs `cmd` in a shell as user nobody, in group `gid` and no other.
 fn as_nobody(gid: u32, cmd: &str) {
-    sh(&format!(
-        "setpriv --reuid 65534 --regid {gid} --clear-groups sh -c '{cmd}'"
-    ));
+    sh(&format!("{NOBODY} {gid} --clear-groups sh -c '{cmd}'"));
 }
+
+/// `setpriv` as user nobody, its group to follow.
+const NOBODY: &str = "setpriv --reuid 65534 --regid";
 
 /// Writes, truncations and allocations by a process without CAP_FSETID, and changes of
 /// owner, drop set-id bits as on a local file system (the mount does it: the kernel leaves
@@ -348,26 +349,13 @@ impl Writer {
         let script = format!(
             "exec 3>>{path} && echo ready && while read x; do printf z >&3 && echo done || echo failed; done"
         );
-        let mut cmd = match nobody {
-            true => {
-                let mut c = Command::new("setpriv");
-                c.args([
-                    "--reuid",
-                    "65534",
-                    "--regid",
-                    "65534",
-                    "--clear-groups",
-                    "sh",
-                    "-c",
-                ]);
-                c
-            }
-            false => {
-                let mut c = Command::new("sh");
-                c.arg("-c");
-                c
-            }
+        // As nobody (in group nogroup), or as root.
+        let shell = match nobody {
+            true => format!("{NOBODY} 65534 --clear-groups sh"),
+            false => "sh".to_string(),
         };
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(format!("exec {shell} -c \"$0\""));
         let mut child = cmd
             .arg(script)
             .stdin(Stdio::piped())
