@@ -141,6 +141,10 @@ impl Xlator for Gate {
         self.open.load(Ordering::SeqCst) && self.inner.is_up()
     }
 
+    async fn caught_up(&self) {
+        self.inner.caught_up().await
+    }
+
     async fn heal(&self) -> Result<HealReport> {
         self.pass()?.heal().await
     }

@@ -530,4 +530,8 @@ impl Xlator for Protocol {
     fn is_up(&self) -> bool {
         self.conn.is_up()
     }
+
+    async fn caught_up(&self) {
+        self.conn.caught_up().await
+    }
 }

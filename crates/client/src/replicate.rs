@@ -1108,6 +1108,10 @@ impl Xlator for Replicate {
         self.quorum(self.up_mask())
     }
 
+    async fn caught_up(&self) {
+        crate::xlator::caught_up_all(&self.children).await
+    }
+
     async fn heal(&self) -> Result<HealReport> {
         Ok(self.heal_pass().await)
     }

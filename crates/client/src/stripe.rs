@@ -411,6 +411,10 @@ impl Xlator for Stripe {
         self.children.iter().all(|c| c.is_up())
     }
 
+    async fn caught_up(&self) {
+        crate::xlator::caught_up_all(&self.children).await
+    }
+
     async fn heal(&self) -> Result<HealReport> {
         crate::xlator::heal_all(&self.children).await
     }

@@ -104,6 +104,10 @@ pub trait Xlator: Send + Sync {
     async fn setlk(&self, id: FileId, lock: &Lock, wait: bool) -> Result<()>;
     /// Whether this subtree can serve requests now (for quorum and read-child choices).
     fn is_up(&self) -> bool;
+    /// Returns once every announcement of another client's change that reached this
+    /// subtree before the call has been handed on (`proto::rpc::Conn::caught_up`): a change
+    /// another client was told is done is then known here.
+    async fn caught_up(&self);
 
     /// Bricks only: begins healing `id` here (see `proto::msg::Request::HealBegin`).
     async fn heal_begin(&self, _id: FileId, _guard: bool) -> Result<()> {
@@ -168,6 +172,11 @@ pub async fn heal_all(children: &[Child]) -> Result<HealReport> {
         total += c.heal().await?;
     }
     Ok(total)
+}
+
+/// Waits for every child to catch up (see [`Xlator::caught_up`]).
+pub async fn caught_up_all(children: &[Child]) {
+    futures_util::future::join_all(children.iter().map(|c| c.caught_up())).await;
 }
 
 /// The split brains of every child, each object once.

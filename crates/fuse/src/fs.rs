@@ -904,7 +904,13 @@ impl fuser::Filesystem for ShoalFs {
                     false => s.vol.open(id, flags).await.map(Some),
                 }
             };
-            // Attributes known here are current: a brick would have announced a change.
+            // Attributes known here are current: a brick would have announced a change, and
+            // announces it to the others before it answers the client that made it. Waiting
+            // for what the bricks sent so far closes the window where the announcement is in
+            // flight while the writer has already closed the file.
+            if s.attrs.get(ino.0).is_some() {
+                s.vol.caught_up().await;
+            }
             let (opened, fresh) = match s.attrs.get(ino.0) {
                 Some((e, _)) => (open.await, Ok(e)),
                 None => {

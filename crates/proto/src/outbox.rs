@@ -101,6 +101,11 @@ impl Outbox {
         }
     }
 
+    /// Bytes the peer sent that are still in the socket, unread.
+    pub fn unread(&self) -> std::io::Result<u64> {
+        Ok(rustix::io::ioctl_fionread(&self.0.sock)?)
+    }
+
     /// Bytes waiting for the socket.
     pub fn backlog(&self) -> usize {
         lock(&self.0.state).queued_bytes

@@ -6,6 +6,10 @@
 //! a second), so callers never wait on a dead peer: replicated layers learn within one
 //! round trip that a child is gone. A ping every second notices a silent peer (a cut link)
 //! within `DEAD_AFTER`.
+//!
+//! A caller can wait until everything the peer sent so far has been handled
+//! ([`Conn::caught_up`]): what it sent unasked (a brick's notice that another client changed
+//! a file) is then known here, as it is to the peer.
 
 use crate::auth::{self, ClusterKey};
 use crate::frame;
@@ -14,11 +18,13 @@ use crate::Errno;
 use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::BufReader;
-use tokio::sync::oneshot;
+use tokio::io::{AsyncRead, BufReader, ReadBuf};
+use tokio::sync::{oneshot, Notify};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RETRY_EVERY: Duration = Duration::from_millis(250);
@@ -47,6 +53,11 @@ struct Link<R> {
     /// The reader task, stopped when the link dies so that a silent peer does not keep a
     /// socket open.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Bytes the reader took from the socket, and how many of them were whole frames it has
+    /// handled; `handled_more` wakes whoever waits for the latter to grow.
+    received: Arc<AtomicU64>,
+    handled: AtomicU64,
+    handled_more: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,6 +74,28 @@ impl<R> Link<R> {
         for t in lock(&self.tasks).drain(..) {
             t.abort();
         }
+        self.handled_more.notify_waiters();
+    }
+}
+
+/// Counts the bytes read through it.
+struct Counted<T> {
+    inner: T,
+    count: Arc<AtomicU64>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let me = self.get_mut();
+        let before = buf.filled().len();
+        let r = Pin::new(&mut me.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        me.count.fetch_add(n as u64, Ordering::SeqCst);
+        r
     }
 }
 
@@ -231,7 +264,14 @@ where
             dead: AtomicBool::new(false),
             last_rx: Mutex::new(Instant::now()),
             tasks: Mutex::new(Vec::new()),
+            received: Arc::new(AtomicU64::new(0)),
+            handled: AtomicU64::new(0),
+            handled_more: Notify::new(),
         });
+        let rd = Counted {
+            inner: rd,
+            count: link.received.clone(),
+        };
         let r = tokio::spawn(read_loop(
             self.me.clone(),
             link.clone(),
@@ -326,6 +366,34 @@ where
         }
     }
 
+    /// Returns once every frame the peer had sent when this was called is handled: replies
+    /// delivered, notices passed on. A peer that answered one client after sending another
+    /// a notice has it known by the other once this returns there (the notice is written
+    /// before the answer). Returns at once without a connection.
+    pub async fn caught_up(&self) {
+        let Some(link) = lock(&self.link).clone() else {
+            return;
+        };
+        // The bytes read so far plus those still in the socket, counted at one instant: a
+        // read in between changes the count, and the two are taken again.
+        let target = loop {
+            let before = link.received.load(Ordering::SeqCst);
+            let Ok(unread) = link.out.unread() else { return };
+            if link.received.load(Ordering::SeqCst) == before {
+                break before + unread;
+            }
+        };
+        loop {
+            let more = link.handled_more.notified();
+            tokio::pin!(more);
+            more.as_mut().enable();
+            if link.handled.load(Ordering::SeqCst) >= target || link.dead.load(Ordering::SeqCst) {
+                return;
+            }
+            more.await;
+        }
+    }
+
     /// Sends a request and waits for its reply. Returns the reply, its data and the
     /// generation of the connection that carried it.
     pub async fn call(&self, req: &Q, data: Bytes) -> Result<(R, Bytes, u64), Errno> {
@@ -382,12 +450,17 @@ where
 async fn read_loop<Q, R>(
     conn: Weak<Conn<Q, R>>,
     link: Arc<Link<R>>,
-    mut r: BufReader<crate::transport::ReadHalf>,
+    mut r: BufReader<Counted<crate::transport::ReadHalf>>,
 ) where
     Q: Serialize + Ping + Send + Sync + 'static,
     R: DeserializeOwned + Send + 'static,
 {
     loop {
+        // Everything before what the buffer holds was handled (the previous frame last).
+        let handled = link.received.load(Ordering::SeqCst) - r.buffer().len() as u64;
+        if link.handled.swap(handled, Ordering::SeqCst) != handled {
+            link.handled_more.notify_waiters();
+        }
         let frame = match frame::read_frame(&mut r).await {
             Ok(Some(f)) => f,
             Ok(None) => break,

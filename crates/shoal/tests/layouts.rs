@@ -22,6 +22,7 @@ fn suite(bricks: usize, stripe: u32, replica: u32, seed: u64) {
     let a = b.mount(&spec, "a");
     let other = b.mount(&spec, "b");
     sizes_round_trip(&a, &other);
+    close_to_open(&a, &other);
     random_ops_match_model(&a, &other, seed);
     namespace_ops(&a, &other);
     // User nobody must reach the mounts.
@@ -44,6 +45,29 @@ fn sizes_round_trip(a: &Mount, other: &Mount) {
         assert_eq!(back.len(), n, "{name}: length through the other mount");
         assert!(back == data, "{name}: content differs through the other mount");
         assert_eq!(std::fs::metadata(other.path(&name)).unwrap().len(), n as u64);
+    }
+}
+
+/// A file written and closed through one mount reads back through the other at its next
+/// open, every time: with both mounts caching it, each rewrite races the bricks'
+/// announcement to the other mount.
+fn close_to_open(a: &Mount, other: &Mount) {
+    let name = "close-to-open";
+    for round in 0..300u64 {
+        // Same size each round: only the announcement tells the reader its pages are old.
+        let data = pattern(round, 4096);
+        let (w, r) = if round % 2 == 0 { (a, other) } else { (other, a) };
+        std::fs::write(w.path(name), &data).unwrap();
+        let back = std::fs::read(r.path(name)).unwrap();
+        assert!(
+            back == data,
+            "round {round}: the other mount read an older version"
+        );
+        // The writer reads it too, so that both cache it for the next round.
+        assert!(
+            std::fs::read(w.path(name)).unwrap() == data,
+            "round {round}: the writer's own read"
+        );
     }
 }
 
