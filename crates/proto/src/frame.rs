@@ -13,7 +13,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// Largest header: directory listings with their attributes are the big ones.
 pub const MAX_HEADER: usize = 1 << 20;
@@ -21,6 +21,9 @@ pub const MAX_HEADER: usize = 1 << 20;
 pub const MAX_DATA: usize = 4 << 20;
 /// Bytes after the length field that every frame has.
 const FIXED: usize = 8 + 4;
+/// Past this much, the rest of a frame's body is read straight from the socket into it,
+/// not through the reader's buffer (a copy of every byte).
+const DIRECT_AT: usize = 16 * 1024;
 /// Largest value of the length field.
 pub const MAX_FRAME: usize = FIXED + MAX_HEADER + MAX_DATA;
 
@@ -56,6 +59,63 @@ impl Frame {
 
 /// Reads one frame. Returns None on a clean end of stream between frames.
 pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>, FrameError> {
+    let Some((id, header_len, body_len)) = read_prefix(r).await? else {
+        return Ok(None);
+    };
+    // Filled from the socket without zeroing it first, and never past this frame.
+    let mut body = BytesMut::with_capacity(body_len);
+    fill(r, &mut body, body_len).await?;
+    Ok(Some(Frame::split(id, header_len, body)))
+}
+
+/// [`read_frame`] from a buffered reader: a large body takes what the buffer holds, and
+/// the rest comes from the socket straight into it.
+pub async fn read_frame_buffered<R: AsyncRead + Unpin>(
+    r: &mut BufReader<R>,
+) -> Result<Option<Frame>, FrameError> {
+    let Some((id, header_len, body_len)) = read_prefix(r).await? else {
+        return Ok(None);
+    };
+    let mut body = BytesMut::with_capacity(body_len);
+    let buffered = r.buffer();
+    let n = buffered.len().min(body_len);
+    body.extend_from_slice(&buffered[..n]);
+    r.consume(n);
+    if body_len - n >= DIRECT_AT {
+        // The buffer is empty now: reading past it skips nothing.
+        fill(r.get_mut(), &mut body, body_len).await?;
+    } else {
+        fill(r, &mut body, body_len).await?;
+    }
+    Ok(Some(Frame::split(id, header_len, body)))
+}
+
+impl Frame {
+    fn split(id: u64, header_len: usize, body: BytesMut) -> Frame {
+        let mut body = body.freeze();
+        let header = body.split_to(header_len);
+        Frame {
+            id,
+            header,
+            data: body,
+        }
+    }
+}
+
+/// Reads `body` up to `len` bytes.
+async fn fill<R: AsyncRead + Unpin>(r: &mut R, body: &mut BytesMut, len: usize) -> Result<(), FrameError> {
+    while body.len() < len {
+        let want = (len - body.len()) as u64;
+        if (&mut *r).take(want).read_buf(body).await? == 0 {
+            return Err(FrameError::Truncated);
+        }
+    }
+    Ok(())
+}
+
+/// Reads a frame's length and fixed fields, checked: its id, header length and body
+/// length. None on a clean end of stream.
+async fn read_prefix<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<(u64, usize, usize)>, FrameError> {
     let mut len_buf = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -85,21 +145,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
             frame: len,
         });
     }
-    // Filled from the socket without zeroing it first, and never past this frame.
-    let mut body = BytesMut::with_capacity(body_len);
-    while body.len() < body_len {
-        let want = (body_len - body.len()) as u64;
-        if (&mut *r).take(want).read_buf(&mut body).await? == 0 {
-            return Err(FrameError::Truncated);
-        }
-    }
-    let mut body = body.freeze();
-    let header = body.split_to(header_len);
-    Ok(Some(Frame {
-        id,
-        header,
-        data: body,
-    }))
+    Ok(Some((id, header_len, body_len)))
 }
 
 async fn read_exact<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), FrameError> {
@@ -224,6 +270,70 @@ mod tests {
             assert!(matches!(r, Err(FrameError::Truncated)), "cut at {cut}: {r:?}");
         }
         assert!(read_frame(&mut &buf[..0]).await.unwrap().is_none());
+    }
+
+    /// Hands out at most `step` bytes per read, as a socket may.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.step.min(self.data.len()).min(buf.remaining());
+            buf.put_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn buffered_frames_of_every_size_arrive_whole() {
+        let sizes = [
+            0usize,
+            10,
+            20_000,
+            300_000,
+            5,
+            70_000,
+            DIRECT_AT - 1,
+            DIRECT_AT,
+            1 << 20,
+        ];
+        let mut buf = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            let data: Vec<u8> = (0..n).map(|j| (i * 7 + j) as u8).collect();
+            send(&mut buf, i as u64, &Request::Ping, &data).await.unwrap();
+        }
+        for (step, cap) in [(usize::MAX, 256 * 1024), (1000, 4096), (70_001, 64 * 1024)] {
+            let mut r = BufReader::with_capacity(cap, Trickle { data: &buf, step });
+            for (i, &n) in sizes.iter().enumerate() {
+                let f = read_frame_buffered(&mut r).await.unwrap().unwrap();
+                let want: Vec<u8> = (0..n).map(|j| (i * 7 + j) as u8).collect();
+                assert_eq!(f.id, i as u64);
+                assert_eq!(f.decode::<Request>().unwrap(), Request::Ping);
+                assert!(f.data[..] == want[..], "frame {i} (step {step}, buffer {cap})");
+            }
+            assert!(read_frame_buffered(&mut r).await.unwrap().is_none());
+            let mut cut = BufReader::with_capacity(
+                cap,
+                Trickle {
+                    data: &buf[..buf.len() - 1],
+                    step,
+                },
+            );
+            for _ in 1..sizes.len() {
+                read_frame_buffered(&mut cut).await.unwrap().unwrap();
+            }
+            assert!(matches!(
+                read_frame_buffered(&mut cut).await,
+                Err(FrameError::Truncated)
+            ));
+        }
     }
 
     proptest::proptest! {

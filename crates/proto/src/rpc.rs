@@ -461,7 +461,7 @@ async fn read_loop<Q, R>(
         if link.handled.swap(handled, Ordering::SeqCst) != handled {
             link.handled_more.notify_waiters();
         }
-        let frame = match frame::read_frame(&mut r).await {
+        let frame = match frame::read_frame_buffered(&mut r).await {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {

@@ -141,7 +141,7 @@ async fn connection<S: Service>(
     loop {
         out.wait_below(MAX_BACKLOG).await;
         let read = tokio::select! {
-            r = tokio::time::timeout(IDLE_TIMEOUT, frame::read_frame(&mut rd)) => match r {
+            r = tokio::time::timeout(IDLE_TIMEOUT, frame::read_frame_buffered(&mut rd)) => match r {
                 Ok(r) => r,
                 Err(_) => {
                     tracing::warn!(%addr, server = %svc.label(), "peer silent for {IDLE_TIMEOUT:?}: closing");
