@@ -24,6 +24,9 @@ const FIXED: usize = 8 + 4;
 /// Past this much, the rest of a frame's body is read straight from the socket into it,
 /// not through the reader's buffer (a copy of every byte).
 const DIRECT_AT: usize = 16 * 1024;
+/// The buffer a connection reads through ([`read_frame_buffered`]): small frames come many
+/// to a read, and no more than this of a large one is copied out of it.
+pub const READ_BUFFER: usize = DIRECT_AT;
 /// Largest value of the length field.
 pub const MAX_FRAME: usize = FIXED + MAX_HEADER + MAX_DATA;
 

@@ -275,7 +275,7 @@ where
         let r = tokio::spawn(read_loop(
             self.me.clone(),
             link.clone(),
-            BufReader::with_capacity(256 * 1024, rd),
+            BufReader::with_capacity(frame::READ_BUFFER, rd),
         ));
         lock(&link.tasks).push(r.abort_handle());
         // Killed unless installed, also when the caller gives up waiting midway: a link left

@@ -136,7 +136,7 @@ async fn connection<S: Service>(
     let out = Outbox::start(wr);
     let session = svc.open(&peer, closed_rx, out.clone());
     tracing::debug!(%addr, role = %peer.role, name = %peer.name, "connected");
-    let mut rd = BufReader::with_capacity(256 * 1024, rd);
+    let mut rd = BufReader::with_capacity(frame::READ_BUFFER, rd);
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         out.wait_below(MAX_BACKLOG).await;
