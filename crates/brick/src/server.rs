@@ -536,6 +536,34 @@ impl BrickServer {
                     Err(e) => (Err(e), Body::default()),
                 };
             }
+            Request::ReadV { fh, ranges } => {
+                let total: u64 = ranges.iter().map(|r| r.1 as u64).sum();
+                if ranges.len() > proto::msg::MAX_RANGES || total > proto::frame::MAX_DATA as u64 {
+                    return (Err(Errno::EINVAL), Body::default());
+                }
+                return match handle(fh) {
+                    Ok(h) => {
+                        let ahead = {
+                            let mut stride = lock(&h.stride);
+                            ranges
+                                .iter()
+                                .fold(None, |a, &(offset, size)| stride.next(offset, size as u64).or(a))
+                        };
+                        let read = self.blocking(move |s| {
+                            let r = s.read_ranges(h.file(), &ranges);
+                            if let Some(a) = ahead {
+                                s.read_ahead(h.file(), a);
+                            }
+                            r
+                        });
+                        match read.await {
+                            Ok((body, lens)) => (Ok(Reply::DataV(lens)), body),
+                            Err(e) => (Err(e), Body::default()),
+                        }
+                    }
+                    Err(e) => (Err(e), Body::default()),
+                };
+            }
             // (The handle is dropped on the blocking pool: a last drop may free a big orphan.)
             Request::Write { fh, offset } => match handle(fh) {
                 Ok(h) => self

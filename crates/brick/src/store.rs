@@ -1074,6 +1074,31 @@ impl Store {
             .map(|buf| Body::Bytes(buf.into()))
     }
 
+    /// Several ranges for one reply, one after the other (see `Request::ReadV`), with how
+    /// many bytes each gave; through a pipe when they are large, as [`Store::read_body`].
+    /// The caller bounds the ranges.
+    pub fn read_ranges(&self, file: &OpenFile, ranges: &[(u64, u32)]) -> Result<(Body, Vec<u32>), Errno> {
+        let total: usize = ranges.iter().map(|r| r.1 as usize).sum();
+        if total >= SPLICE_FROM {
+            let wanted: Vec<(u64, usize)> = ranges.iter().map(|&(o, n)| (o, n as usize)).collect();
+            match Piped::from_ranges(file.fd.as_fd(), &wanted) {
+                Ok(Some((p, lens))) => {
+                    return Ok((Body::Piped(p), lens.into_iter().map(|n| n as u32).collect()));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Errno::from(e)),
+            }
+        }
+        let mut all = Vec::with_capacity(total);
+        let mut lens = Vec::with_capacity(ranges.len());
+        for &(offset, size) in ranges {
+            let piece = self.read(file, offset, size)?;
+            lens.push(piece.len() as u32);
+            all.extend_from_slice(&piece);
+        }
+        Ok((Body::Bytes(all.into()), lens))
+    }
+
     /// Starts reading `ahead` into the page cache (without waiting for it).
     pub fn read_ahead(&self, file: &OpenFile, ahead: Ahead) {
         for (offset, len) in ahead.ranges() {

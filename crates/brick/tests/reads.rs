@@ -108,6 +108,36 @@ async fn reads_return_the_files_bytes_on_tcp_and_unix_sockets_one_by_one_and_all
         );
     }
 
+    // Many ranges in one request, small (copied) and large (spliced), some past the end.
+    let all = reads();
+    for ranges in [&all[..3], &all[8..20], &all[40..50]] {
+        let total: u64 = ranges.iter().map(|r| r.1 as u64).sum();
+        let (reply, got, _) = conn
+            .call(
+                &Request::ReadV {
+                    fh,
+                    ranges: ranges.to_vec(),
+                },
+                Bytes::new(),
+            )
+            .await
+            .unwrap();
+        let want: Vec<&[u8]> = ranges.iter().map(|&(o, n)| expected(&data, o, n)).collect();
+        assert_eq!(
+            reply,
+            Reply::DataV(want.iter().map(|w| w.len() as u32).collect()),
+            "{total} bytes"
+        );
+        assert!(got == want.concat(), "ranges of {total} bytes");
+    }
+    // Past the bounds: refused.
+    let too_many = vec![(0u64, 1u32); proto::msg::MAX_RANGES + 1];
+    let too_much = vec![(0u64, 4 << 20), (0, 1)];
+    for ranges in [too_many, too_much] {
+        let r = conn.call(&Request::ReadV { fh, ranges }, Bytes::new()).await;
+        assert_eq!(r.err(), Some(proto::Errno::EINVAL));
+    }
+
     // All at once, several times over: far more than the socket buffers hold.
     let mut all = tokio::task::JoinSet::new();
     for round in 0..4 {

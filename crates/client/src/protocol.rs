@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use proto::msg::{Fh, Reply, Request};
 use proto::{Entry, Errno, FileId, Lock, NewNode, RenameFlags, SetAttr, StatFs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Entries asked for per directory page.
@@ -22,6 +23,8 @@ pub struct BrickFile {
 
 pub struct Protocol {
     conn: Arc<BrickConn>,
+    /// The brick answered a `ReadV` with ENOSYS (it predates it): ranges are read one by one.
+    no_readv: AtomicBool,
     /// The locks this client holds on the brick, as it was told: what every new
     /// connection makes the brick's locks for it.
     locks: Arc<Mutex<LockSet>>,
@@ -63,7 +66,11 @@ impl Protocol {
             }
             first
         }));
-        Protocol { conn, locks }
+        Protocol {
+            conn,
+            no_readv: AtomicBool::new(false),
+            locks,
+        }
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, LockSet> {
@@ -319,6 +326,42 @@ impl Xlator for Protocol {
         {
             (Reply::Data, data) => Ok(data),
             (r, _) => Err(unexpected(r)),
+        }
+    }
+
+    async fn read_ranges(&self, h: &Handle, ranges: &[(u64, u32)]) -> Result<Vec<Bytes>> {
+        let one_by_one = async {
+            let reads = ranges.iter().map(|&(offset, size)| self.read(h, offset, size));
+            futures_util::future::join_all(reads).await.into_iter().collect()
+        };
+        if ranges.len() < 2 || ranges.len() > proto::msg::MAX_RANGES || self.no_readv.load(Ordering::Relaxed)
+        {
+            return one_by_one.await;
+        }
+        let asked = |fh| Request::ReadV {
+            fh,
+            ranges: ranges.to_vec(),
+        };
+        match self.with_fh(h, asked, Bytes::new()).await {
+            Ok((Reply::DataV(lens), mut data)) => {
+                let whole = lens.len() == ranges.len()
+                    && lens.iter().zip(ranges).all(|(n, r)| n <= &r.1)
+                    && lens.iter().map(|&n| n as usize).sum::<usize>() == data.len();
+                if !whole {
+                    tracing::error!(
+                        "brick answered a read of {} ranges with lengths {lens:?}",
+                        ranges.len()
+                    );
+                    return Err(Errno::EIO);
+                }
+                Ok(lens.iter().map(|&n| data.split_to(n as usize)).collect())
+            }
+            Ok((r, _)) => Err(unexpected(r)),
+            Err(Errno::ENOSYS) => {
+                self.no_readv.store(true, Ordering::Relaxed);
+                one_by_one.await
+            }
+            Err(e) => Err(e),
         }
     }
 

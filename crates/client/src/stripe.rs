@@ -267,13 +267,31 @@ impl Xlator for Stripe {
     async fn read(&self, h: &Handle, offset: u64, size: u32) -> Result<Bytes> {
         let sh = Self::sh(h)?;
         let chunks = layout::chunks(offset, size as u64, sh.size, sh.handles.len());
-        let results = join_all(
-            chunks
-                .iter()
-                .map(|ch| self.children[ch.child].read(&sh.handles[ch.child], ch.offset, ch.len as u32)),
-        )
-        .await;
-        let parts = Self::all(results)?;
+        // Each child's pieces in one request to it.
+        let mut ranges: Vec<Vec<(u64, u32)>> = vec![Vec::new(); sh.handles.len()];
+        for ch in &chunks {
+            ranges[ch.child].push((ch.offset, ch.len as u32));
+        }
+        let asked = ranges
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.is_empty())
+            .map(|(c, r)| async move {
+                let pieces = self.children[c].read_ranges(&sh.handles[c], r).await?;
+                match pieces.len() == r.len() {
+                    true => Ok((c, pieces.into_iter())),
+                    false => Err(Errno::EIO),
+                }
+            });
+        let mut got: Vec<std::vec::IntoIter<Bytes>> = vec![Vec::new().into_iter(); sh.handles.len()];
+        for (c, pieces) in Self::all(join_all(asked).await)? {
+            got[c] = pieces;
+        }
+        // Back in file order (a child answers its pieces in the order asked).
+        let parts: Vec<Bytes> = chunks
+            .iter()
+            .map(|ch| got[ch.child].next().unwrap_or_default())
+            .collect();
         let short = chunks.iter().zip(&parts).any(|(ch, p)| (p.len() as u64) < ch.len);
         if !short {
             if parts.len() == 1 {

@@ -68,6 +68,12 @@ pub trait Xlator: Send + Sync {
     async fn readdir(&self, id: FileId, cursor: &DirCursor, plus: bool) -> Result<DirPage>;
     async fn open(&self, id: FileId, flags: u32) -> Result<Handle>;
     async fn read(&self, h: &Handle, offset: u64, size: u32) -> Result<Bytes>;
+    /// Several ranges of one file, each as `read` gives it (short at the end of the file).
+    /// Bricks answer them in one request; anything else reads them one by one.
+    async fn read_ranges(&self, h: &Handle, ranges: &[(u64, u32)]) -> Result<Vec<Bytes>> {
+        let reads = ranges.iter().map(|&(offset, size)| self.read(h, offset, size));
+        futures_util::future::join_all(reads).await.into_iter().collect()
+    }
     async fn write(&self, h: &Handle, offset: u64, data: Bytes) -> Result<u32>;
     /// A write that also adds `mark` to the file's internal counters on this copy once the
     /// data is written (replication marks the copies a write misses with the write itself).

@@ -212,7 +212,19 @@ pub enum Request {
     PathsOf {
         ids: Vec<FileId>,
     },
+    /// Reads several ranges of an open file at once (a stripe's pieces on this brick, one
+    /// request where there were one per piece). The reply is `Reply::DataV`: each range's
+    /// length (short at the end of the file), the bytes one range after the other in the
+    /// frame's data section. At most [`MAX_RANGES`] ranges of at most
+    /// [`crate::frame::MAX_DATA`] bytes in all (EINVAL otherwise).
+    ReadV {
+        fh: Fh,
+        ranges: Vec<(u64, u32)>,
+    },
 }
+
+/// Most ranges in one `Request::ReadV`.
+pub const MAX_RANGES: usize = 256;
 
 impl Request {
     /// A short name for logs and errors.
@@ -254,6 +266,7 @@ impl Request {
             Request::WriteMarked { .. } => "write",
             Request::DirParent { .. } => "dirparent",
             Request::PathsOf { .. } => "pathsof",
+            Request::ReadV { .. } => "readv",
         }
     }
 }
@@ -261,7 +274,7 @@ impl Request {
 /// Number of operations in [`Request`]: a header naming an operation at or past this index
 /// asks for something this build does not know (ENOSYS), anything else undecodable is
 /// malformed (EBADMSG).
-pub const REQUEST_OPS: u32 = 33;
+pub const REQUEST_OPS: u32 = 37;
 
 /// The operation index at the start of an encoded request (postcard writes an enum's
 /// variant index first, as a varint).
@@ -322,6 +335,8 @@ pub enum Reply {
         name: Vec<u8>,
     },
     Paths(Vec<Option<Vec<u8>>>),
+    /// To `ReadV`: how many bytes of each range follow in the data section.
+    DataV(Vec<u32>),
 }
 
 /// What comes back for one request.
@@ -355,9 +370,9 @@ mod tests {
 
     #[test]
     fn op_count_matches_the_enum() {
-        let last = Request::Reclaim {
-            locks: Vec::new(),
-            reset: true,
+        let last = Request::ReadV {
+            fh: 1,
+            ranges: vec![(0, 1)],
         };
         let enc = postcard::to_allocvec(&last).unwrap();
         assert_eq!(op_index(&enc), Some(REQUEST_OPS - 1));

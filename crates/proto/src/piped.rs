@@ -44,9 +44,21 @@ impl Piped {
     /// cannot take them (the pipe size limits, a file system that cannot splice): the caller
     /// then reads them the ordinary way.
     pub fn from_file(file: BorrowedFd<'_>, offset: u64, len: usize) -> std::io::Result<Option<Piped>> {
+        Ok(Piped::from_ranges(file, &[(offset, len)])?.map(|(p, _)| p))
+    }
+
+    /// Like [`Piped::from_file`] for several ranges, one after the other in the pipe; with
+    /// how many bytes each range gave.
+    pub fn from_ranges(
+        file: BorrowedFd<'_>,
+        ranges: &[(u64, usize)],
+    ) -> std::io::Result<Option<(Piped, Vec<usize>)>> {
         let page = rustix::param::page_size();
-        // Each page the range touches takes a slot of the pipe.
-        let size = (offset as usize % page + len).div_ceil(page) * page;
+        // Each page a range touches takes a slot of the pipe.
+        let size: usize = ranges
+            .iter()
+            .map(|&(offset, len)| (offset as usize % page + len).div_ceil(page) * page)
+            .sum();
         if size >= REFUSED.load(Ordering::Relaxed) {
             return Ok(None);
         }
@@ -69,26 +81,31 @@ impl Piped {
             Ok(_) | Err(Errno::NOMEM | Errno::INVAL) => return Ok(None),
             Err(e) => return Err(e.into()),
         }
-        let mut at = offset;
-        let mut filled = 0;
-        while filled < len {
-            match pipe::splice(
-                file,
-                Some(&mut at),
-                &wr,
-                None,
-                len - filled,
-                SpliceFlags::NONBLOCK,
-            ) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(Errno::INTR) => {}
-                // A full pipe (which the sizing above rules out) or no splice here.
-                Err(Errno::AGAIN | Errno::INVAL) => return Ok(None),
-                Err(e) => return Err(e.into()),
+        let mut lens = Vec::with_capacity(ranges.len());
+        for &(offset, len) in ranges {
+            let mut at = offset;
+            let mut filled = 0;
+            while filled < len {
+                match pipe::splice(
+                    file,
+                    Some(&mut at),
+                    &wr,
+                    None,
+                    len - filled,
+                    SpliceFlags::NONBLOCK,
+                ) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(Errno::INTR) => {}
+                    // A full pipe (which the sizing above rules out) or no splice here.
+                    Err(Errno::AGAIN | Errno::INVAL) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
             }
+            lens.push(filled);
         }
-        Ok(Some(Piped { rd, len: filled }))
+        let len = lens.iter().sum();
+        Ok(Some((Piped { rd, len }, lens)))
     }
 
     /// Bytes still in the pipe.
