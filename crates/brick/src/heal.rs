@@ -73,7 +73,10 @@ impl Touched {
             | Request::RemoveXattr { id, .. }
             | Request::SetMeta { id, .. } => t.push(*id, true),
             Request::Open { id, flags } => t.push(*id, *flags as i32 & libc::O_TRUNC != 0),
-            Request::Write { fh, .. } | Request::WriteMarked { fh, .. } | Request::Fallocate { fh, .. } => {
+            Request::Write { fh, .. }
+            | Request::WriteMarked { fh, .. }
+            | Request::WriteV { fh, .. }
+            | Request::Fallocate { fh, .. } => {
                 if let Some(id) = file_of(*fh) {
                     t.push(id, true);
                 }

@@ -62,9 +62,10 @@ impl Effect {
             Request::SetAttr { id, .. } | Request::SetXattr { id, .. } | Request::RemoveXattr { id, .. } => {
                 (vec![], vec![object(*id)])
             }
-            Request::Write { fh, .. } | Request::WriteMarked { fh, .. } | Request::Fallocate { fh, .. } => {
-                (vec![], file_of(*fh).map(object).into_iter().collect())
-            }
+            Request::Write { fh, .. }
+            | Request::WriteMarked { fh, .. }
+            | Request::WriteV { fh, .. }
+            | Request::Fallocate { fh, .. } => (vec![], file_of(*fh).map(object).into_iter().collect()),
             _ => (vec![], vec![]),
         };
         Effect { shown, changes }

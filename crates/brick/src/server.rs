@@ -564,6 +564,19 @@ impl BrickServer {
                     Err(e) => (Err(e), Body::default()),
                 };
             }
+            Request::WriteV { fh, ranges } => {
+                let total: u64 = ranges.iter().map(|r| r.1 as u64).sum();
+                if ranges.len() > proto::msg::MAX_RANGES || total != data.len() as u64 {
+                    return (Err(Errno::EINVAL), Body::default());
+                }
+                match handle(fh) {
+                    Ok(h) => self
+                        .blocking(move |s| write_ranges(s, &h, &ranges, &data))
+                        .await
+                        .map(Reply::WrittenV),
+                    Err(e) => Err(e),
+                }
+            }
             // (The handle is dropped on the blocking pool: a last drop may free a big orphan.)
             Request::Write { fh, offset } => match handle(fh) {
                 Ok(h) => self
@@ -810,6 +823,32 @@ impl BrickServer {
             }
         }
     }
+}
+
+/// Writes each range's piece of `data` in turn, stopping after one that falls short (see
+/// `Request::WriteV`). An error only if nothing was written.
+fn write_ranges(s: &Store, h: &Arc<Handle>, ranges: &[(u64, u32)], data: &[u8]) -> Result<Vec<u32>, Errno> {
+    let mut written = Vec::with_capacity(ranges.len());
+    let mut at = 0usize;
+    for &(offset, len) in ranges {
+        let piece = &data[at..at + len as usize];
+        at += len as usize;
+        match s.write(h.file(), offset, piece) {
+            Ok(n) => {
+                h.wrote(offset, n);
+                written.push(n);
+                if n < len {
+                    break;
+                }
+            }
+            Err(e) if written.is_empty() => return Err(e),
+            Err(e) => {
+                tracing::debug!("write of ranges cut short: {e}");
+                break;
+            }
+        }
+    }
+    Ok(written)
 }
 
 /// Writes, then adds the replication markers the write carries, unless writes through

@@ -190,3 +190,71 @@ async fn reads_return_the_files_bytes_on_tcp_and_unix_sockets_one_by_one_and_all
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_written_in_one_request_land_each_at_its_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("brick");
+    std::fs::create_dir(&root).unwrap();
+    let (addr, key) = common::serve(&root).await;
+    let conn: Arc<Conn> = Conn::new(&addr.to_string(), key, "client", "writes");
+    conn.connect().await.unwrap();
+    let create = Request::Create {
+        parent: FileId::ROOT,
+        name: b"g".to_vec(),
+        node: common::new_file(&root),
+        symlink_target: None,
+        open: Some(libc::O_RDWR as u32),
+    };
+    let Reply::Created { fh: Some(fh), .. } = conn.call(&create, Bytes::new()).await.unwrap().0 else {
+        panic!("no handle from create");
+    };
+    let data = Bytes::from(content());
+    let pieces = [
+        (0u64, 0..100_000),
+        (262_144, 100_000..231_072),
+        (1 << 20, 231_072..231_073),
+    ];
+    let ranges: Vec<(u64, u32)> = pieces.iter().map(|(o, r)| (*o, r.len() as u32)).collect();
+    let parts: Vec<Bytes> = pieces.iter().map(|(_, r)| data.slice(r.clone())).collect();
+    let (reply, _, _) = conn
+        .call_parts(
+            &Request::WriteV {
+                fh,
+                ranges: ranges.clone(),
+            },
+            &parts,
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply, Reply::WrittenV(ranges.iter().map(|r| r.1).collect()));
+    let on_disk = std::fs::read(root.join("g")).unwrap();
+    assert_eq!(on_disk.len(), (1 << 20) + 1);
+    for ((offset, _), part) in ranges.iter().zip(&parts) {
+        let at = *offset as usize;
+        assert!(on_disk[at..at + part.len()] == part[..], "piece at {offset}");
+    }
+    assert!(
+        on_disk[100_000..262_144].iter().all(|&b| b == 0),
+        "a hole between pieces"
+    );
+
+    // Lengths that do not add up to the data, or too many ranges: refused, nothing written.
+    let short = Request::WriteV {
+        fh,
+        ranges: vec![(5 << 20, 10), (6 << 20, 10)],
+    };
+    assert_eq!(
+        conn.call(&short, Bytes::from_static(b"0123456789")).await.err(),
+        Some(proto::Errno::EINVAL)
+    );
+    let too_many = Request::WriteV {
+        fh,
+        ranges: vec![(5 << 20, 0); proto::msg::MAX_RANGES + 1],
+    };
+    assert_eq!(
+        conn.call(&too_many, Bytes::new()).await.err(),
+        Some(proto::Errno::EINVAL)
+    );
+    assert_eq!(std::fs::metadata(root.join("g")).unwrap().len(), (1 << 20) + 1);
+}

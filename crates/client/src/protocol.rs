@@ -25,6 +25,8 @@ pub struct Protocol {
     conn: Arc<BrickConn>,
     /// The brick answered a `ReadV` with ENOSYS (it predates it): ranges are read one by one.
     no_readv: AtomicBool,
+    /// The same for `WriteV`.
+    no_writev: AtomicBool,
     /// The locks this client holds on the brick, as it was told: what every new
     /// connection makes the brick's locks for it.
     locks: Arc<Mutex<LockSet>>,
@@ -69,6 +71,7 @@ impl Protocol {
         Protocol {
             conn,
             no_readv: AtomicBool::new(false),
+            no_writev: AtomicBool::new(false),
             locks,
         }
     }
@@ -130,10 +133,20 @@ impl Protocol {
     /// Sends a request that needs the file's handle; on a connection that was renewed
     /// between looking up the handle and sending, tries once more with a fresh one.
     async fn with_fh(&self, h: &Handle, make: impl Fn(Fh) -> Request, data: Bytes) -> Result<(Reply, Bytes)> {
+        self.with_fh_parts(h, make, &[data]).await
+    }
+
+    /// [`Protocol::with_fh`] with the data in pieces.
+    async fn with_fh_parts(
+        &self,
+        h: &Handle,
+        make: impl Fn(Fh) -> Request,
+        parts: &[Bytes],
+    ) -> Result<(Reply, Bytes)> {
         let f = Self::file(h)?;
         for _ in 0..2 {
             let fh = self.fh(f).await?;
-            match self.conn.call(&make(fh), data.clone()).await {
+            match self.conn.call_parts(&make(fh), parts).await {
                 Err(Errno::EBADF)
                     if f.fh.lock().unwrap_or_else(|p| p.into_inner()).0 != self.conn.generation() =>
                 {
@@ -359,6 +372,49 @@ impl Xlator for Protocol {
             Ok((r, _)) => Err(unexpected(r)),
             Err(Errno::ENOSYS) => {
                 self.no_readv.store(true, Ordering::Relaxed);
+                one_by_one.await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn write_ranges(&self, h: &Handle, pieces: &[(u64, Bytes)]) -> Result<Vec<u32>> {
+        let one_by_one = async {
+            let writes = pieces
+                .iter()
+                .map(|(offset, data)| self.write(h, *offset, data.clone()));
+            crate::xlator::written_in_order(pieces, futures_util::future::join_all(writes).await)
+        };
+        let total: usize = pieces.iter().map(|p| p.1.len()).sum();
+        if pieces.len() < 2
+            || pieces.len() > proto::msg::MAX_RANGES
+            || total > proto::frame::MAX_DATA
+            || self.no_writev.load(Ordering::Relaxed)
+        {
+            return one_by_one.await;
+        }
+        let ranges: Vec<(u64, u32)> = pieces.iter().map(|(o, d)| (*o, d.len() as u32)).collect();
+        let parts: Vec<Bytes> = pieces.iter().map(|p| p.1.clone()).collect();
+        let asked = |fh| Request::WriteV {
+            fh,
+            ranges: ranges.clone(),
+        };
+        match self.with_fh_parts(h, asked, &parts).await {
+            Ok((Reply::WrittenV(written), _)) => {
+                let sane =
+                    written.len() <= pieces.len() && written.iter().zip(&ranges).all(|(n, r)| n <= &r.1);
+                if !sane {
+                    tracing::error!(
+                        "brick answered a write of {} ranges with {written:?}",
+                        ranges.len()
+                    );
+                    return Err(Errno::EIO);
+                }
+                Ok(written)
+            }
+            Ok((r, _)) => Err(unexpected(r)),
+            Err(Errno::ENOSYS) => {
+                self.no_writev.store(true, Ordering::Relaxed);
                 one_by_one.await
             }
             Err(e) => Err(e),

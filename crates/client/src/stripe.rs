@@ -322,14 +322,34 @@ impl Xlator for Stripe {
     async fn write(&self, h: &Handle, offset: u64, data: Bytes) -> Result<u32> {
         let sh = Self::sh(h)?;
         let chunks = layout::chunks(offset, data.len() as u64, sh.size, sh.handles.len());
-        let results = join_all(chunks.iter().map(|ch| {
+        // Each child's pieces in one request to it.
+        let mut pieces: Vec<Vec<(u64, Bytes)>> = vec![Vec::new(); sh.handles.len()];
+        for ch in &chunks {
             let piece = data.slice(ch.buf_offset as usize..(ch.buf_offset + ch.len) as usize);
-            self.children[ch.child].write(&sh.handles[ch.child], ch.offset, piece)
-        }))
-        .await;
+            pieces[ch.child].push((ch.offset, piece));
+        }
+        let asked = pieces
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(c, p)| async move {
+                let written = self.children[c].write_ranges(&sh.handles[c], p).await;
+                (c, written.map(Vec::into_iter))
+            });
+        let mut got: Vec<Result<std::vec::IntoIter<u32>>> = (0..sh.handles.len())
+            .map(|_| Ok(Vec::new().into_iter()))
+            .collect();
+        for (c, written) in join_all(asked).await {
+            got[c] = written;
+        }
+        // In file order: the write is as long as its pieces were written without a gap.
         let mut done = 0u64;
-        for (ch, r) in chunks.iter().zip(results) {
-            let n = r? as u64;
+        for ch in &chunks {
+            let n = match &mut got[ch.child] {
+                Ok(written) => written.next().unwrap_or(0) as u64,
+                Err(e) if done == 0 => return Err(*e),
+                Err(_) => 0,
+            };
             if n < ch.len {
                 return Ok((ch.buf_offset + n) as u32);
             }

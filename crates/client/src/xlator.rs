@@ -75,6 +75,15 @@ pub trait Xlator: Send + Sync {
         futures_util::future::join_all(reads).await.into_iter().collect()
     }
     async fn write(&self, h: &Handle, offset: u64, data: Bytes) -> Result<u32>;
+    /// Writes several pieces of one file, `(offset, bytes)`: how many bytes of each were
+    /// written, in order, stopping after the first that fell short (an error only if none
+    /// was written). Bricks take them in one request; anything else writes them one by one.
+    async fn write_ranges(&self, h: &Handle, pieces: &[(u64, Bytes)]) -> Result<Vec<u32>> {
+        let writes = pieces
+            .iter()
+            .map(|(offset, data)| self.write(h, *offset, data.clone()));
+        written_in_order(pieces, futures_util::future::join_all(writes).await)
+    }
     /// A write that also adds `mark` to the file's internal counters on this copy once the
     /// data is written (replication marks the copies a write misses with the write itself).
     /// Only bricks can: others refuse a non-empty `mark` with ENOSYS.
@@ -178,6 +187,24 @@ pub async fn heal_all(children: &[Child]) -> Result<HealReport> {
         total += c.heal().await?;
     }
     Ok(total)
+}
+
+/// What `Xlator::write_ranges` answers, out of each piece's own write.
+pub fn written_in_order(pieces: &[(u64, Bytes)], results: Vec<Result<u32>>) -> Result<Vec<u32>> {
+    let mut written = Vec::with_capacity(pieces.len());
+    for ((_, data), r) in pieces.iter().zip(results) {
+        match r {
+            Ok(n) => {
+                written.push(n);
+                if (n as usize) < data.len() {
+                    break;
+                }
+            }
+            Err(e) if written.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(written)
 }
 
 /// Waits for every child to catch up (see [`Xlator::caught_up`]).

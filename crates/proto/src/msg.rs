@@ -221,6 +221,15 @@ pub enum Request {
         fh: Fh,
         ranges: Vec<(u64, u32)>,
     },
+    /// Writes several ranges of an open file at once (a stripe's pieces on this brick): the
+    /// data section holds each range's bytes one after the other. The reply is
+    /// `Reply::WrittenV` with how many bytes of each range were written, in order, stopping
+    /// after the first that fell short; an error only if nothing was written. Bounded as
+    /// `ReadV`; the lengths must add up to the data (EINVAL otherwise).
+    WriteV {
+        fh: Fh,
+        ranges: Vec<(u64, u32)>,
+    },
 }
 
 /// Most ranges in one `Request::ReadV`.
@@ -267,6 +276,7 @@ impl Request {
             Request::DirParent { .. } => "dirparent",
             Request::PathsOf { .. } => "pathsof",
             Request::ReadV { .. } => "readv",
+            Request::WriteV { .. } => "writev",
         }
     }
 }
@@ -274,7 +284,7 @@ impl Request {
 /// Number of operations in [`Request`]: a header naming an operation at or past this index
 /// asks for something this build does not know (ENOSYS), anything else undecodable is
 /// malformed (EBADMSG).
-pub const REQUEST_OPS: u32 = 37;
+pub const REQUEST_OPS: u32 = 38;
 
 /// The operation index at the start of an encoded request (postcard writes an enum's
 /// variant index first, as a varint).
@@ -337,6 +347,8 @@ pub enum Reply {
     Paths(Vec<Option<Vec<u8>>>),
     /// To `ReadV`: how many bytes of each range follow in the data section.
     DataV(Vec<u32>),
+    /// To `WriteV`: bytes written of each range.
+    WrittenV(Vec<u32>),
 }
 
 /// What comes back for one request.
@@ -370,7 +382,7 @@ mod tests {
 
     #[test]
     fn op_count_matches_the_enum() {
-        let last = Request::ReadV {
+        let last = Request::WriteV {
             fh: 1,
             ranges: vec![(0, 1)],
         };

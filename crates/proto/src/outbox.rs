@@ -90,13 +90,19 @@ impl Outbox {
 
     /// Sends one frame. Never waits: what the socket does not take now is queued.
     pub fn send(&self, id: u64, header: &[u8], data: &Bytes) -> Result<(), FrameError> {
-        self.0.send(id, header, data)
+        self.0.send(id, header, std::slice::from_ref(data))
+    }
+
+    /// Sends one frame whose data section is `parts` one after the other (gathered by the
+    /// `writev`, not copied together first). Never waits either.
+    pub fn send_parts(&self, id: u64, header: &[u8], parts: &[Bytes]) -> Result<(), FrameError> {
+        self.0.send(id, header, parts)
     }
 
     /// Sends one frame whose data may wait in a pipe. Never waits either.
     pub fn send_body(&self, id: u64, header: &[u8], body: Body) -> Result<(), FrameError> {
         match body {
-            Body::Bytes(data) => self.0.send(id, header, &data),
+            Body::Bytes(data) => self.0.send(id, header, &[data]),
             Body::Piped(p) => self.0.send_piped(id, header, p),
         }
     }
@@ -156,16 +162,19 @@ impl Shared {
         Ok((prefix, st))
     }
 
-    fn send(&self, id: u64, header: &[u8], data: &Bytes) -> Result<(), FrameError> {
-        let (prefix, st) = self.begin(id, header, data.len())?;
+    fn send(&self, id: u64, header: &[u8], data: &[Bytes]) -> Result<(), FrameError> {
+        let (prefix, st) = self.begin(id, header, data.iter().map(Bytes::len).sum())?;
         let mut written = 0;
         if st.queue.is_empty() {
-            written = match self.write_now(&[&prefix, header, data]) {
+            let mut parts: Vec<&[u8]> = Vec::with_capacity(2 + data.len());
+            parts.extend([&prefix[..], header]);
+            parts.extend(data.iter().map(|d| &d[..]));
+            written = match self.write_now(&parts) {
                 Ok(n) => n,
                 Err(e) => return Err(self.fail(st, e)),
             };
         }
-        self.queue_rest(st, [&prefix, header], data.clone(), written);
+        self.queue_rest(st, [&prefix, header], data, written);
         Ok(())
     }
 
@@ -190,13 +199,13 @@ impl Shared {
             Ok(rest) => rest,
             Err(e) => return Err(self.fail(st, e)),
         };
-        self.queue_rest(st, [&prefix, header], rest, written);
+        self.queue_rest(st, [&prefix, header], &[rest], written);
         Ok(())
     }
 
     /// Queues what is left of a frame whose first `written` bytes are out (the data without
     /// copying it), and tells the drain task.
-    fn queue_rest(&self, mut st: MutexGuard<'_, State>, head: [&[u8]; 2], data: Bytes, written: usize) {
+    fn queue_rest(&self, mut st: MutexGuard<'_, State>, head: [&[u8]; 2], data: &[Bytes], written: usize) {
         let mut skip = written;
         for part in head {
             if skip >= part.len() {
@@ -208,8 +217,13 @@ impl Shared {
             st.queued_bytes += rest.len();
             st.queue.push_back(rest);
         }
-        if skip < data.len() {
-            let rest = data.slice(skip..);
+        for part in data {
+            if skip >= part.len() {
+                skip -= part.len();
+                continue;
+            }
+            let rest = part.slice(skip..);
+            skip = 0;
             st.queued_bytes += rest.len();
             st.queue.push_back(rest);
         }
@@ -411,8 +425,13 @@ mod tests {
             if piped {
                 let p = Piped::from_file(file.as_fd(), 0, data.len()).unwrap().unwrap();
                 out.send_body(id, &id.to_le_bytes(), Body::Piped(p)).unwrap();
-            } else {
+            } else if id % 2 == 0 {
                 out.send(id, &id.to_le_bytes(), &data).unwrap();
+            } else {
+                // In uneven pieces, one of them empty.
+                let cut = (id as usize * 7919) % data.len();
+                let parts = [data.slice(..cut), Bytes::new(), data.slice(cut..)];
+                out.send_parts(id, &id.to_le_bytes(), &parts).unwrap();
             }
         }
         assert!(

@@ -284,7 +284,7 @@ where
         let hello = lock(&self.hello).clone();
         for (req, what) in hello.map(|f| f()).unwrap_or_default() {
             let header = frame::encode_header(&req).map_err(|_| Errno::EINVAL)?;
-            let answer = tokio::time::timeout(CONNECT_TIMEOUT, Self::send_on(&link, header, Bytes::new()));
+            let answer = tokio::time::timeout(CONNECT_TIMEOUT, Self::send_on(&link, header, &[]));
             match answer.await.unwrap_or(Err(Errno::ETIMEDOUT)) {
                 // (ENOSYS: a peer that predates it.)
                 Ok(_) | Err(Errno::ENOSYS) => {}
@@ -399,10 +399,18 @@ where
     pub async fn call(&self, req: &Q, data: Bytes) -> Result<(R, Bytes, u64), Errno> {
         let link = self.current()?;
         let header = frame::encode_header(req).map_err(|_| Errno::EINVAL)?;
-        Self::send_on(&link, header, data).await
+        Self::send_on(&link, header, &[data]).await
     }
 
-    async fn send_on(link: &Arc<Link<R>>, header: Vec<u8>, data: Bytes) -> Result<(R, Bytes, u64), Errno> {
+    /// [`Conn::call`] with the data in pieces, sent one after the other without being
+    /// copied together.
+    pub async fn call_parts(&self, req: &Q, parts: &[Bytes]) -> Result<(R, Bytes, u64), Errno> {
+        let link = self.current()?;
+        let header = frame::encode_header(req).map_err(|_| Errno::EINVAL)?;
+        Self::send_on(&link, header, parts).await
+    }
+
+    async fn send_on(link: &Arc<Link<R>>, header: Vec<u8>, data: &[Bytes]) -> Result<(R, Bytes, u64), Errno> {
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&link.pending).insert(id, tx);
@@ -410,7 +418,7 @@ where
             lock(&link.pending).remove(&id);
             return Err(Errno::ENOTCONN);
         }
-        if link.out.send(id, &header, &data).is_err() {
+        if link.out.send_parts(id, &header, data).is_err() {
             lock(&link.pending).remove(&id);
             return Err(Errno::ENOTCONN);
         }
