@@ -538,20 +538,21 @@ impl BrickServer {
             }
             Request::ReadV { fh, ranges } => {
                 let total: u64 = ranges.iter().map(|r| r.1 as u64).sum();
-                if ranges.len() > proto::msg::MAX_RANGES || total > proto::frame::MAX_DATA as u64 {
+                if !proto::msg::ranges_fit(ranges.len(), total) {
                     return (Err(Errno::EINVAL), Body::default());
                 }
                 return match handle(fh) {
                     Ok(h) => {
-                        let ahead = {
+                        let ahead: Vec<_> = {
                             let mut stride = lock(&h.stride);
                             ranges
                                 .iter()
-                                .fold(None, |a, &(offset, size)| stride.next(offset, size as u64).or(a))
+                                .filter_map(|&(offset, size)| stride.next(offset, size as u64))
+                                .collect()
                         };
                         let read = self.blocking(move |s| {
                             let r = s.read_ranges(h.file(), &ranges);
-                            if let Some(a) = ahead {
+                            for a in ahead {
                                 s.read_ahead(h.file(), a);
                             }
                             r
@@ -566,7 +567,7 @@ impl BrickServer {
             }
             Request::WriteV { fh, ranges } => {
                 let total: u64 = ranges.iter().map(|r| r.1 as u64).sum();
-                if ranges.len() > proto::msg::MAX_RANGES || total != data.len() as u64 {
+                if !proto::msg::ranges_fit(ranges.len(), total) || total != data.len() as u64 {
                     return (Err(Errno::EINVAL), Body::default());
                 }
                 match handle(fh) {

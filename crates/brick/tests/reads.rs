@@ -137,6 +137,16 @@ async fn reads_return_the_files_bytes_on_tcp_and_unix_sockets_one_by_one_and_all
         let r = conn.call(&Request::ReadV { fh, ranges }, Bytes::new()).await;
         assert_eq!(r.err(), Some(proto::Errno::EINVAL));
     }
+    // Offsets no file reaches: an error, and the connection serves on; empty ranges: empty.
+    let far = vec![(u64::MAX - 10, 100u32), (0, 1)];
+    let r = conn.call(&Request::ReadV { fh, ranges: far }, Bytes::new()).await;
+    assert!(r.is_err(), "{r:?}");
+    let empty = vec![(0u64, 0u32), (5, 0)];
+    let (reply, got, _) = conn
+        .call(&Request::ReadV { fh, ranges: empty }, Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!((reply, got.len()), (Reply::DataV(vec![0, 0]), 0));
 
     // All at once, several times over: far more than the socket buffers hold.
     let mut all = tokio::task::JoinSet::new();

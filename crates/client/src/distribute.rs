@@ -610,7 +610,7 @@ impl Xlator for Distribute {
         self.children.iter().all(|c| c.is_up())
     }
 
-    async fn caught_up(&self) {
+    async fn caught_up(&self) -> bool {
         crate::xlator::caught_up_all(&self.children).await
     }
 

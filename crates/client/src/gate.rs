@@ -141,7 +141,7 @@ impl Xlator for Gate {
         self.open.load(Ordering::SeqCst) && self.inner.is_up()
     }
 
-    async fn caught_up(&self) {
+    async fn caught_up(&self) -> bool {
         self.inner.caught_up().await
     }
 

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use proto::msg::{Fh, Reply, Request};
 use proto::{Entry, Errno, FileId, Lock, NewNode, RenameFlags, SetAttr, StatFs};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Entries asked for per directory page.
@@ -23,10 +23,12 @@ pub struct BrickFile {
 
 pub struct Protocol {
     conn: Arc<BrickConn>,
-    /// The brick answered a `ReadV` with ENOSYS (it predates it): ranges are read one by one.
-    no_readv: AtomicBool,
+    /// The connection (generation, 0 for none) on which the brick answered a `ReadV` with
+    /// ENOSYS (it predates it): ranges are read each on its own there. A brick upgraded
+    /// since is asked again on its next connection.
+    no_readv: AtomicU64,
     /// The same for `WriteV`.
-    no_writev: AtomicBool,
+    no_writev: AtomicU64,
     /// The locks this client holds on the brick, as it was told: what every new
     /// connection makes the brick's locks for it.
     locks: Arc<Mutex<LockSet>>,
@@ -70,8 +72,8 @@ impl Protocol {
         }));
         Protocol {
             conn,
-            no_readv: AtomicBool::new(false),
-            no_writev: AtomicBool::new(false),
+            no_readv: AtomicU64::new(0),
+            no_writev: AtomicU64::new(0),
             locks,
         }
     }
@@ -132,6 +134,12 @@ impl Protocol {
 
     /// Sends a request that needs the file's handle; on a connection that was renewed
     /// between looking up the handle and sending, tries once more with a fresh one.
+    /// Whether the brick refused a request on the current connection (`no_readv`).
+    fn refused(&self, on: &AtomicU64) -> bool {
+        let generation = on.load(Ordering::Relaxed);
+        generation != 0 && generation == self.conn.generation()
+    }
+
     async fn with_fh(&self, h: &Handle, make: impl Fn(Fh) -> Request, data: Bytes) -> Result<(Reply, Bytes)> {
         self.with_fh_parts(h, make, &[data]).await
     }
@@ -343,12 +351,9 @@ impl Xlator for Protocol {
     }
 
     async fn read_ranges(&self, h: &Handle, ranges: &[(u64, u32)]) -> Result<Vec<Bytes>> {
-        let one_by_one = async {
-            let reads = ranges.iter().map(|&(offset, size)| self.read(h, offset, size));
-            futures_util::future::join_all(reads).await.into_iter().collect()
-        };
-        if ranges.len() < 2 || ranges.len() > proto::msg::MAX_RANGES || self.no_readv.load(Ordering::Relaxed)
-        {
+        let one_by_one = crate::xlator::read_each(self, h, ranges);
+        let total: u64 = ranges.iter().map(|r| r.1 as u64).sum();
+        if ranges.len() < 2 || !proto::msg::ranges_fit(ranges.len(), total) || self.refused(&self.no_readv) {
             return one_by_one.await;
         }
         let asked = |fh| Request::ReadV {
@@ -371,7 +376,7 @@ impl Xlator for Protocol {
             }
             Ok((r, _)) => Err(unexpected(r)),
             Err(Errno::ENOSYS) => {
-                self.no_readv.store(true, Ordering::Relaxed);
+                self.no_readv.store(self.conn.generation(), Ordering::Relaxed);
                 one_by_one.await
             }
             Err(e) => Err(e),
@@ -379,18 +384,9 @@ impl Xlator for Protocol {
     }
 
     async fn write_ranges(&self, h: &Handle, pieces: &[(u64, Bytes)]) -> Result<Vec<u32>> {
-        let one_by_one = async {
-            let writes = pieces
-                .iter()
-                .map(|(offset, data)| self.write(h, *offset, data.clone()));
-            crate::xlator::written_in_order(pieces, futures_util::future::join_all(writes).await)
-        };
-        let total: usize = pieces.iter().map(|p| p.1.len()).sum();
-        if pieces.len() < 2
-            || pieces.len() > proto::msg::MAX_RANGES
-            || total > proto::frame::MAX_DATA
-            || self.no_writev.load(Ordering::Relaxed)
-        {
+        let one_by_one = crate::xlator::write_each(self, h, pieces);
+        let total: u64 = pieces.iter().map(|p| p.1.len() as u64).sum();
+        if pieces.len() < 2 || !proto::msg::ranges_fit(pieces.len(), total) || self.refused(&self.no_writev) {
             return one_by_one.await;
         }
         let ranges: Vec<(u64, u32)> = pieces.iter().map(|(o, d)| (*o, d.len() as u32)).collect();
@@ -414,7 +410,7 @@ impl Xlator for Protocol {
             }
             Ok((r, _)) => Err(unexpected(r)),
             Err(Errno::ENOSYS) => {
-                self.no_writev.store(true, Ordering::Relaxed);
+                self.no_writev.store(self.conn.generation(), Ordering::Relaxed);
                 one_by_one.await
             }
             Err(e) => Err(e),
@@ -630,7 +626,7 @@ impl Xlator for Protocol {
         self.conn.is_up()
     }
 
-    async fn caught_up(&self) {
+    async fn caught_up(&self) -> bool {
         self.conn.caught_up().await
     }
 }

@@ -582,6 +582,48 @@ impl Replicate {
     }
 }
 
+impl Replicate {
+    /// Asks the read child, and on a transport error each other copy in turn that has every
+    /// write made through this handle.
+    async fn ask_a_copy<'a, T, F>(
+        &'a self,
+        h: &'a Handle,
+        ask: impl Fn(&'a Child, &'a Handle) -> F,
+    ) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        let rh = Self::rh(h)?;
+        let first = rh.read_child.load(Ordering::Relaxed) as usize;
+        let n = rh.handles.len();
+        let marked = rh.marked.load(Ordering::Relaxed);
+        let fresh = (0..n).any(|i| rh.handles[i].is_some() && marked & bit(i) == 0);
+        let mut last = Errno::ENOTCONN;
+        for k in 0..n {
+            let i = (first + k) % n;
+            let Some(ch) = &rh.handles[i] else { continue };
+            if fresh && marked & bit(i) != 0 {
+                continue; // missed writes through this very handle (the read child too)
+            }
+            match ask(&self.children[i], ch).await {
+                Err(e) if e.is_transport() => {
+                    last = e;
+                    if k == 0 {
+                        tracing::debug!(child = i, "read child unreachable, trying another copy");
+                    }
+                }
+                r => {
+                    if k > 0 {
+                        rh.read_child.store(i as u64, Ordering::Relaxed);
+                    }
+                    return r;
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
 #[async_trait]
 impl Xlator for Replicate {
     async fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Entry> {
@@ -878,34 +920,11 @@ impl Xlator for Replicate {
     }
 
     async fn read(&self, h: &Handle, offset: u64, size: u32) -> Result<Bytes> {
-        let rh = Self::rh(h)?;
-        let first = rh.read_child.load(Ordering::Relaxed) as usize;
-        let n = rh.handles.len();
-        let marked = rh.marked.load(Ordering::Relaxed);
-        let fresh = (0..n).any(|i| rh.handles[i].is_some() && marked & bit(i) == 0);
-        let mut last = Errno::ENOTCONN;
-        for k in 0..n {
-            let i = (first + k) % n;
-            let Some(ch) = &rh.handles[i] else { continue };
-            if fresh && marked & bit(i) != 0 {
-                continue; // missed writes through this very handle (the read child too)
-            }
-            match self.children[i].read(ch, offset, size).await {
-                Err(e) if e.is_transport() => {
-                    last = e;
-                    if k == 0 {
-                        tracing::debug!(child = i, "read child unreachable, trying another copy");
-                    }
-                }
-                r => {
-                    if k > 0 {
-                        rh.read_child.store(i as u64, Ordering::Relaxed);
-                    }
-                    return r;
-                }
-            }
-        }
-        Err(last)
+        self.ask_a_copy(h, |c, ch| c.read(ch, offset, size)).await
+    }
+
+    async fn read_ranges(&self, h: &Handle, ranges: &[(u64, u32)]) -> Result<Vec<Bytes>> {
+        self.ask_a_copy(h, |c, ch| c.read_ranges(ch, ranges)).await
     }
 
     async fn write(&self, h: &Handle, offset: u64, data: Bytes) -> Result<u32> {
@@ -1108,7 +1127,7 @@ impl Xlator for Replicate {
         self.quorum(self.up_mask())
     }
 
-    async fn caught_up(&self) {
+    async fn caught_up(&self) -> bool {
         crate::xlator::caught_up_all(&self.children).await
     }
 

@@ -69,20 +69,16 @@ pub trait Xlator: Send + Sync {
     async fn open(&self, id: FileId, flags: u32) -> Result<Handle>;
     async fn read(&self, h: &Handle, offset: u64, size: u32) -> Result<Bytes>;
     /// Several ranges of one file, each as `read` gives it (short at the end of the file).
-    /// Bricks answer them in one request; anything else reads them one by one.
+    /// Bricks answer them in one request; by default each is a read of its own.
     async fn read_ranges(&self, h: &Handle, ranges: &[(u64, u32)]) -> Result<Vec<Bytes>> {
-        let reads = ranges.iter().map(|&(offset, size)| self.read(h, offset, size));
-        futures_util::future::join_all(reads).await.into_iter().collect()
+        read_each(self, h, ranges).await
     }
     async fn write(&self, h: &Handle, offset: u64, data: Bytes) -> Result<u32>;
     /// Writes several pieces of one file, `(offset, bytes)`: how many bytes of each were
     /// written, in order, stopping after the first that fell short (an error only if none
-    /// was written). Bricks take them in one request; anything else writes them one by one.
+    /// was written). Bricks take them in one request; by default each is a write of its own.
     async fn write_ranges(&self, h: &Handle, pieces: &[(u64, Bytes)]) -> Result<Vec<u32>> {
-        let writes = pieces
-            .iter()
-            .map(|(offset, data)| self.write(h, *offset, data.clone()));
-        written_in_order(pieces, futures_util::future::join_all(writes).await)
+        write_each(self, h, pieces).await
     }
     /// A write that also adds `mark` to the file's internal counters on this copy once the
     /// data is written (replication marks the copies a write misses with the write itself).
@@ -119,10 +115,10 @@ pub trait Xlator: Send + Sync {
     async fn setlk(&self, id: FileId, lock: &Lock, wait: bool) -> Result<()>;
     /// Whether this subtree can serve requests now (for quorum and read-child choices).
     fn is_up(&self) -> bool;
-    /// Returns once every announcement of another client's change that reached this
-    /// subtree before the call has been handed on (`proto::rpc::Conn::caught_up`): a change
-    /// another client was told is done is then known here.
-    async fn caught_up(&self);
+    /// Waits until every announcement of another client's change that reached this subtree
+    /// has been handed on (`proto::rpc::Conn::caught_up`); false if that cannot be vouched
+    /// for (a brick unreachable or slow to catch up): what is cached may then be stale.
+    async fn caught_up(&self) -> bool;
 
     /// Bricks only: begins healing `id` here (see `proto::msg::Request::HealBegin`).
     async fn heal_begin(&self, _id: FileId, _guard: bool) -> Result<()> {
@@ -189,8 +185,22 @@ pub async fn heal_all(children: &[Child]) -> Result<HealReport> {
     Ok(total)
 }
 
+/// `Xlator::read_ranges` as a read per range, all at once.
+pub async fn read_each<X: Xlator + ?Sized>(x: &X, h: &Handle, ranges: &[(u64, u32)]) -> Result<Vec<Bytes>> {
+    let reads = ranges.iter().map(|&(offset, size)| x.read(h, offset, size));
+    futures_util::future::join_all(reads).await.into_iter().collect()
+}
+
+/// `Xlator::write_ranges` as a write per piece, all at once.
+pub async fn write_each<X: Xlator + ?Sized>(x: &X, h: &Handle, pieces: &[(u64, Bytes)]) -> Result<Vec<u32>> {
+    let writes = pieces
+        .iter()
+        .map(|(offset, data)| x.write(h, *offset, data.clone()));
+    written_in_order(pieces, futures_util::future::join_all(writes).await)
+}
+
 /// What `Xlator::write_ranges` answers, out of each piece's own write.
-pub fn written_in_order(pieces: &[(u64, Bytes)], results: Vec<Result<u32>>) -> Result<Vec<u32>> {
+fn written_in_order(pieces: &[(u64, Bytes)], results: Vec<Result<u32>>) -> Result<Vec<u32>> {
     let mut written = Vec::with_capacity(pieces.len());
     for ((_, data), r) in pieces.iter().zip(results) {
         match r {
@@ -208,8 +218,9 @@ pub fn written_in_order(pieces: &[(u64, Bytes)], results: Vec<Result<u32>>) -> R
 }
 
 /// Waits for every child to catch up (see [`Xlator::caught_up`]).
-pub async fn caught_up_all(children: &[Child]) {
-    futures_util::future::join_all(children.iter().map(|c| c.caught_up())).await;
+pub async fn caught_up_all(children: &[Child]) -> bool {
+    let all = futures_util::future::join_all(children.iter().map(|c| c.caught_up())).await;
+    all.into_iter().all(|c| c)
 }
 
 /// The split brains of every child, each object once.

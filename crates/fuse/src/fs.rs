@@ -898,27 +898,41 @@ impl fuser::Filesystem for ShoalFs {
             // The version check below must see this mount's writes.
             s.behind.settle(ino.0).await;
             let start = s.start();
-            let open = async {
+            let open = || async {
                 match lazy {
                     true => Ok(None),
                     false => s.vol.open(id, flags).await.map(Some),
                 }
             };
-            // Attributes known here are current: a brick would have announced a change, and
-            // announces it to the others before it answers the client that made it. Waiting
-            // for what the bricks sent so far closes the window where the announcement is in
-            // flight while the writer has already closed the file.
+            // Attributes known here are current: a brick announces another client's change
+            // to this one before it answers the client that made it. The answer to an open
+            // that reaches the bricks comes after any such announcement of theirs; a lazy
+            // open waits until what reached this host is handled (`Xlator::caught_up`).
+            let mut opened = None;
             if s.attrs.get(ino.0).is_some() {
-                s.vol.caught_up().await;
+                if !lazy {
+                    opened = Some(open().await);
+                } else if !s.vol.caught_up().await {
+                    s.attrs.drop(ino.0);
+                }
             }
-            let (opened, fresh) = match s.attrs.get(ino.0) {
-                Some((e, _)) => (open.await, Ok(e)),
-                None => {
-                    let (o, f) = tokio::join!(open, s.vol.getattr(id));
-                    if let Ok(e) = &f {
-                        let (ttl, _) = s.ttls(&[id], start);
-                        s.keep(ino.0, e, ttl, start);
-                    }
+            let keep = |f: &Result<Entry, Errno>| {
+                if let Ok(e) = f {
+                    let (ttl, _) = s.ttls(&[id], start);
+                    s.keep(ino.0, e, ttl, start);
+                }
+            };
+            let (opened, fresh) = match (opened, s.attrs.get(ino.0)) {
+                (Some(o), Some((e, _))) => (o, Ok(e)),
+                (None, Some((e, _))) => (open().await, Ok(e)),
+                (Some(o), None) => {
+                    let f = s.vol.getattr(id).await;
+                    keep(&f);
+                    (o, f)
+                }
+                (None, None) => {
+                    let (o, f) = tokio::join!(open(), s.vol.getattr(id));
+                    keep(&f);
                     (o, f)
                 }
             };

@@ -232,8 +232,13 @@ pub enum Request {
     },
 }
 
-/// Most ranges in one `Request::ReadV`.
+/// Most ranges in one `Request::ReadV` or `Request::WriteV`.
 pub const MAX_RANGES: usize = 256;
+
+/// Whether `count` ranges of `total` bytes fit one `ReadV` or `WriteV`.
+pub fn ranges_fit(count: usize, total: u64) -> bool {
+    count <= MAX_RANGES && total <= crate::frame::MAX_DATA as u64
+}
 
 impl Request {
     /// A short name for logs and errors.

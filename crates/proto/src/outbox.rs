@@ -278,7 +278,7 @@ impl Shared {
             for p in parts {
                 if skip >= p.len() {
                     skip -= p.len();
-                } else {
+                } else if iov.len() < MAX_IOV {
                     iov.push(IoSlice::new(&p[skip..]));
                     skip = 0;
                 }
@@ -425,8 +425,16 @@ mod tests {
             if piped {
                 let p = Piped::from_file(file.as_fd(), 0, data.len()).unwrap().unwrap();
                 out.send_body(id, &id.to_le_bytes(), Body::Piped(p)).unwrap();
-            } else if id % 2 == 0 {
+            } else if id % 4 == 0 {
                 out.send(id, &id.to_le_bytes(), &data).unwrap();
+            } else if id % 4 == 2 {
+                // More pieces than one writev takes.
+                let parts: Vec<Bytes> = (0..data.len())
+                    .step_by(10_000)
+                    .map(|at| data.slice(at..(at + 10_000).min(data.len())))
+                    .collect();
+                assert!(parts.len() > MAX_IOV);
+                out.send_parts(id, &id.to_le_bytes(), &parts).unwrap();
             } else {
                 // In uneven pieces, one of them empty.
                 let cut = (id as usize * 7919) % data.len();

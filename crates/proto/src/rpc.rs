@@ -7,9 +7,9 @@
 //! round trip that a child is gone. A ping every second notices a silent peer (a cut link)
 //! within `DEAD_AFTER`.
 //!
-//! A caller can wait until everything the peer sent so far has been handled
+//! A caller can wait until everything that arrived from the peer has been handled
 //! ([`Conn::caught_up`]): what it sent unasked (a brick's notice that another client changed
-//! a file) is then known here, as it is to the peer.
+//! a file) is then known here.
 
 use crate::auth::{self, ClusterKey};
 use crate::frame;
@@ -31,6 +31,8 @@ const RETRY_EVERY: Duration = Duration::from_millis(250);
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// A link that has not answered anything for this long is declared dead.
 const DEAD_AFTER: Duration = Duration::from_secs(5);
+/// Longest wait in `Conn::caught_up` (a peer stalled in the middle of a frame).
+const CATCH_UP_WITHIN: Duration = Duration::from_secs(1);
 
 type Pending<R> = oneshot::Sender<Result<(R, Bytes), Errno>>;
 
@@ -54,8 +56,10 @@ struct Link<R> {
     /// socket open.
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Bytes the reader took from the socket, and how many of them were whole frames it has
-    /// handled; `handled_more` wakes whoever waits for the latter to grow.
-    received: Arc<AtomicU64>,
+    /// handled; `handled_more` wakes whoever waits for the latter to grow. The count is
+    /// locked across each read, so that it and the socket's unread bytes add up to
+    /// everything that arrived (see `caught_up`).
+    received: Arc<Mutex<u64>>,
     handled: AtomicU64,
     handled_more: Notify,
 }
@@ -81,7 +85,7 @@ impl<R> Link<R> {
 /// Counts the bytes read through it.
 struct Counted<T> {
     inner: T,
-    count: Arc<AtomicU64>,
+    count: Arc<Mutex<u64>>,
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
@@ -92,9 +96,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     ) -> Poll<std::io::Result<()>> {
         let me = self.get_mut();
         let before = buf.filled().len();
+        // (A read that would block returns at once: the lock is never held for long.)
+        let mut count = lock(&me.count);
         let r = Pin::new(&mut me.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        me.count.fetch_add(n as u64, Ordering::SeqCst);
+        *count += (buf.filled().len() - before) as u64;
         r
     }
 }
@@ -264,7 +269,7 @@ where
             dead: AtomicBool::new(false),
             last_rx: Mutex::new(Instant::now()),
             tasks: Mutex::new(Vec::new()),
-            received: Arc::new(AtomicU64::new(0)),
+            received: Arc::new(Mutex::new(0)),
             handled: AtomicU64::new(0),
             handled_more: Notify::new(),
         });
@@ -366,32 +371,43 @@ where
         }
     }
 
-    /// Returns once every frame the peer had sent when this was called is handled: replies
-    /// delivered, notices passed on. A peer that answered one client after sending another
-    /// a notice has it known by the other once this returns there (the notice is written
-    /// before the answer). Returns at once without a connection.
-    pub async fn caught_up(&self) {
+    /// Waits until every frame that had reached this host when called is handled: replies
+    /// delivered, notices passed on. A brick writes the notices a change causes before it
+    /// answers the change, so on one host, while the brick's queue to this client is empty
+    /// (it is unless this client falls behind reading), a change another client was told
+    /// is done is then known here. Across hosts it narrows the window to the network's
+    /// delay. False when that cannot be vouched for: no live connection (what was announced
+    /// meanwhile is unknown), or not handled within `CATCH_UP_WITHIN`.
+    pub async fn caught_up(&self) -> bool {
         let Some(link) = lock(&self.link).clone() else {
-            return;
+            return false;
         };
-        // The bytes read so far plus those still in the socket, counted at one instant: a
-        // read in between changes the count, and the two are taken again.
-        let target = loop {
-            let before = link.received.load(Ordering::SeqCst);
-            let Ok(unread) = link.out.unread() else { return };
-            if link.received.load(Ordering::SeqCst) == before {
-                break before + unread;
+        // Under the count's lock no read is under way: what was read plus what waits in
+        // the socket is everything that arrived.
+        let target = {
+            let read = lock(&link.received);
+            match link.out.unread() {
+                Ok(unread) => *read + unread,
+                Err(_) => return false,
             }
         };
-        loop {
-            let more = link.handled_more.notified();
-            tokio::pin!(more);
-            more.as_mut().enable();
-            if link.handled.load(Ordering::SeqCst) >= target || link.dead.load(Ordering::SeqCst) {
-                return;
+        let handled = async {
+            loop {
+                let more = link.handled_more.notified();
+                tokio::pin!(more);
+                more.as_mut().enable();
+                if link.dead.load(Ordering::SeqCst) {
+                    return false;
+                }
+                if link.handled.load(Ordering::SeqCst) >= target {
+                    return true;
+                }
+                more.await;
             }
-            more.await;
-        }
+        };
+        tokio::time::timeout(CATCH_UP_WITHIN, handled)
+            .await
+            .unwrap_or(false)
     }
 
     /// Sends a request and waits for its reply. Returns the reply, its data and the
@@ -465,7 +481,7 @@ async fn read_loop<Q, R>(
 {
     loop {
         // Everything before what the buffer holds was handled (the previous frame last).
-        let handled = link.received.load(Ordering::SeqCst) - r.buffer().len() as u64;
+        let handled = *lock(&link.received) - r.buffer().len() as u64;
         if link.handled.swap(handled, Ordering::SeqCst) != handled {
             link.handled_more.notify_waiters();
         }
