@@ -132,14 +132,14 @@ impl Protocol {
         }
     }
 
-    /// Sends a request that needs the file's handle; on a connection that was renewed
-    /// between looking up the handle and sending, tries once more with a fresh one.
     /// Whether the brick refused a request on the current connection (`no_readv`).
     fn refused(&self, on: &AtomicU64) -> bool {
         let generation = on.load(Ordering::Relaxed);
         generation != 0 && generation == self.conn.generation()
     }
 
+    /// Sends a request that needs the file's handle; on a connection that was renewed
+    /// between looking up the handle and sending, tries once more with a fresh one.
     async fn with_fh(&self, h: &Handle, make: impl Fn(Fh) -> Request, data: Bytes) -> Result<(Reply, Bytes)> {
         self.with_fh_parts(h, make, &[data]).await
     }
@@ -356,6 +356,8 @@ impl Xlator for Protocol {
         if ranges.len() < 2 || !proto::msg::ranges_fit(ranges.len(), total) || self.refused(&self.no_readv) {
             return one_by_one.await;
         }
+        // (Taken before asking: a refusal marks the connection it came on, or an older one.)
+        let generation = self.conn.generation();
         let asked = |fh| Request::ReadV {
             fh,
             ranges: ranges.to_vec(),
@@ -376,7 +378,7 @@ impl Xlator for Protocol {
             }
             Ok((r, _)) => Err(unexpected(r)),
             Err(Errno::ENOSYS) => {
-                self.no_readv.store(self.conn.generation(), Ordering::Relaxed);
+                self.no_readv.store(generation, Ordering::Relaxed);
                 one_by_one.await
             }
             Err(e) => Err(e),
@@ -391,6 +393,7 @@ impl Xlator for Protocol {
         }
         let ranges: Vec<(u64, u32)> = pieces.iter().map(|(o, d)| (*o, d.len() as u32)).collect();
         let parts: Vec<Bytes> = pieces.iter().map(|p| p.1.clone()).collect();
+        let generation = self.conn.generation();
         let asked = |fh| Request::WriteV {
             fh,
             ranges: ranges.clone(),
@@ -410,7 +413,7 @@ impl Xlator for Protocol {
             }
             Ok((r, _)) => Err(unexpected(r)),
             Err(Errno::ENOSYS) => {
-                self.no_writev.store(self.conn.generation(), Ordering::Relaxed);
+                self.no_writev.store(generation, Ordering::Relaxed);
                 one_by_one.await
             }
             Err(e) => Err(e),

@@ -908,31 +908,38 @@ impl fuser::Filesystem for ShoalFs {
             // to this one before it answers the client that made it. The answer to an open
             // that reaches the bricks comes after any such announcement of theirs; a lazy
             // open waits until what reached this host is handled (`Xlator::caught_up`).
-            let mut opened = None;
-            if s.attrs.get(ino.0).is_some() {
+            let (mut opened, mut start) = (None, start);
+            let cached = s.attrs.get(ino.0).is_some();
+            if cached {
                 if !lazy {
                     opened = Some(open().await);
                 } else if !s.vol.caught_up().await {
                     s.attrs.drop(ino.0);
                 }
             }
-            let keep = |f: &Result<Entry, Errno>| {
+            let keep = |f: &Result<Entry, Errno>, start: Start| {
                 if let Ok(e) = f {
                     let (ttl, _) = s.ttls(&[id], start);
                     s.keep(ino.0, e, ttl, start);
                 }
             };
-            let (opened, fresh) = match (opened, s.attrs.get(ino.0)) {
+            // (Only what was cached before is trusted: attributes another request put there
+            // meanwhile were fetched before the open's answer.)
+            let known = cached.then(|| s.attrs.get(ino.0)).flatten();
+            let (opened, fresh) = match (opened, known) {
                 (Some(o), Some((e, _))) => (o, Ok(e)),
                 (None, Some((e, _))) => (open().await, Ok(e)),
                 (Some(o), None) => {
+                    // An announcement came with the open's answer: the version is fetched
+                    // after it.
+                    start = s.start();
                     let f = s.vol.getattr(id).await;
-                    keep(&f);
+                    keep(&f, start);
                     (o, f)
                 }
                 (None, None) => {
                     let (o, f) = tokio::join!(open(), s.vol.getattr(id));
-                    keep(&f);
+                    keep(&f, start);
                     (o, f)
                 }
             };

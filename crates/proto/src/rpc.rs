@@ -96,7 +96,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Counted<T> {
     ) -> Poll<std::io::Result<()>> {
         let me = self.get_mut();
         let before = buf.filled().len();
-        // (A read that would block returns at once: the lock is never held for long.)
+        // (Held for one recv at most: a read that would block returns at once.)
         let mut count = lock(&me.count);
         let r = Pin::new(&mut me.inner).poll_read(cx, buf);
         *count += (buf.filled().len() - before) as u64;
