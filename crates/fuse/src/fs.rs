@@ -294,7 +294,8 @@ impl Inner {
         let start = self.start();
         let e = self.vol.setattr(id, None, &perm_only(perm)).await?;
         self.note_perm(ino, &e, start);
-        self.attrs.drop(ino);
+        // As a write does: attributes fetched across the change are not kept.
+        self.wrote(ino);
         self.invalidate(Inval::Attrs(ino));
         Ok(e)
     }
