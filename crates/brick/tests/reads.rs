@@ -49,14 +49,23 @@ fn expected(data: &[u8], offset: u64, size: u32) -> &[u8] {
     &data[start..end]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_return_the_files_bytes_on_tcp_and_unix_sockets_one_by_one_and_all_at_once() {
+/// A brick serving a fresh directory, a connection to it (over the local socket, which it
+/// prefers), and a new file `f` there, open read-write.
+struct Served {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    addr: std::net::SocketAddr,
+    key: auth::ClusterKey,
+    conn: Arc<Conn>,
+    node: proto::NewNode,
+    fh: proto::msg::Fh,
+}
+
+async fn serve_with_file() -> Served {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("brick");
     std::fs::create_dir(&root).unwrap();
     let (addr, key) = common::serve(&root).await;
-
-    // Written through the local socket (the connection prefers it).
     let conn: Arc<Conn> = Conn::new(&addr.to_string(), key.clone(), "client", "reads");
     conn.connect().await.unwrap();
     let node = common::new_file(&root);
@@ -70,6 +79,28 @@ async fn reads_return_the_files_bytes_on_tcp_and_unix_sockets_one_by_one_and_all
     let Reply::Created { fh: Some(fh), .. } = conn.call(&create, Bytes::new()).await.unwrap().0 else {
         panic!("no handle from create");
     };
+    Served {
+        _dir: dir,
+        root,
+        addr,
+        key,
+        conn,
+        node,
+        fh,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_return_the_files_bytes_on_tcp_and_unix_sockets_one_by_one_and_all_at_once() {
+    let Served {
+        _dir,
+        root,
+        addr,
+        key,
+        conn,
+        node,
+        fh,
+    } = serve_with_file().await;
     let data = Bytes::from(content());
     for at in (0..LEN).step_by(1 << 20) {
         let piece = data.slice(at..(at + (1 << 20)).min(LEN));
@@ -203,22 +234,9 @@ async fn reads_return_the_files_bytes_on_tcp_and_unix_sockets_one_by_one_and_all
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranges_written_in_one_request_land_each_at_its_offset() {
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("brick");
-    std::fs::create_dir(&root).unwrap();
-    let (addr, key) = common::serve(&root).await;
-    let conn: Arc<Conn> = Conn::new(&addr.to_string(), key, "client", "writes");
-    conn.connect().await.unwrap();
-    let create = Request::Create {
-        parent: FileId::ROOT,
-        name: b"g".to_vec(),
-        node: common::new_file(&root),
-        symlink_target: None,
-        open: Some(libc::O_RDWR as u32),
-    };
-    let Reply::Created { fh: Some(fh), .. } = conn.call(&create, Bytes::new()).await.unwrap().0 else {
-        panic!("no handle from create");
-    };
+    let Served {
+        _dir, root, conn, fh, ..
+    } = serve_with_file().await;
     let data = Bytes::from(content());
     let pieces = [
         (0u64, 0..100_000),
@@ -238,7 +256,7 @@ async fn ranges_written_in_one_request_land_each_at_its_offset() {
         .await
         .unwrap();
     assert_eq!(reply, Reply::WrittenV(ranges.iter().map(|r| r.1).collect()));
-    let on_disk = std::fs::read(root.join("g")).unwrap();
+    let on_disk = std::fs::read(root.join("f")).unwrap();
     assert_eq!(on_disk.len(), (1 << 20) + 1);
     for ((offset, _), part) in ranges.iter().zip(&parts) {
         let at = *offset as usize;
@@ -266,5 +284,5 @@ async fn ranges_written_in_one_request_land_each_at_its_offset() {
         conn.call(&too_many, Bytes::new()).await.err(),
         Some(proto::Errno::EINVAL)
     );
-    assert_eq!(std::fs::metadata(root.join("g")).unwrap().len(), (1 << 20) + 1);
+    assert_eq!(std::fs::metadata(root.join("f")).unwrap().len(), (1 << 20) + 1);
 }

@@ -86,6 +86,15 @@ impl Stripe {
     }
 }
 
+/// `f` of each chunk, gathered per child (of `n`), in file order.
+fn per_child<T>(chunks: &[layout::Chunk], n: usize, f: impl Fn(&layout::Chunk) -> T) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
+    for ch in chunks {
+        out[ch.child].push(f(ch));
+    }
+    out
+}
+
 #[async_trait]
 impl Xlator for Stripe {
     async fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Entry> {
@@ -268,10 +277,7 @@ impl Xlator for Stripe {
         let sh = Self::sh(h)?;
         let chunks = layout::chunks(offset, size as u64, sh.size, sh.handles.len());
         // Each child's pieces in one request to it.
-        let mut ranges: Vec<Vec<(u64, u32)>> = vec![Vec::new(); sh.handles.len()];
-        for ch in &chunks {
-            ranges[ch.child].push((ch.offset, ch.len as u32));
-        }
+        let ranges = per_child(&chunks, sh.handles.len(), |ch| (ch.offset, ch.len as u32));
         let asked = ranges
             .iter()
             .enumerate()
@@ -323,11 +329,10 @@ impl Xlator for Stripe {
         let sh = Self::sh(h)?;
         let chunks = layout::chunks(offset, data.len() as u64, sh.size, sh.handles.len());
         // Each child's pieces in one request to it.
-        let mut pieces: Vec<Vec<(u64, Bytes)>> = vec![Vec::new(); sh.handles.len()];
-        for ch in &chunks {
+        let pieces = per_child(&chunks, sh.handles.len(), |ch| {
             let piece = data.slice(ch.buf_offset as usize..(ch.buf_offset + ch.len) as usize);
-            pieces[ch.child].push((ch.offset, piece));
-        }
+            (ch.offset, piece)
+        });
         let asked = pieces
             .iter()
             .enumerate()
