@@ -18,6 +18,7 @@ pub mod sessions;
 pub mod stamp;
 pub mod store;
 mod sys;
+mod writeback;
 
 pub use server::{BrickServer, ServerConfig};
 pub use store::{Store, StoreError};

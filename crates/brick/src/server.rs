@@ -12,6 +12,7 @@ use crate::locks::LockTable;
 use crate::readahead::Stride;
 use crate::sessions::Sessions;
 use crate::store::{OpenFile, Store};
+use crate::writeback::{self, Written};
 use bytes::Bytes;
 use proto::auth::{ClusterKey, Peer};
 use proto::msg::{Fh, Notice, Reply, Request, Response, NOTICE_ID};
@@ -89,6 +90,8 @@ struct Handle {
     /// The markers writes through this handle added, and the heal epoch then
     /// (`Heals::epoch`): until it moves, they are still counted, and need not be added again.
     marks: Mutex<(u64, Vec<String>)>,
+    /// What was written through it since it last started a write-out.
+    written: Mutex<Written>,
     /// A write-out it started is still running (see [`Handle::wrote`]).
     writing_back: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -99,26 +102,27 @@ impl Handle {
         self.file.as_ref().expect("handle used after close")
     }
 
-    /// After `n` bytes were written at `offset`: starts writing out the block of the file
-    /// the write left behind (see [`crate::store::start_write_back`]), on the blocking pool and
-    /// one at a time per handle (a disk that falls behind skips blocks rather than
-    /// gathering threads). Called from a runtime context.
+    /// After `n` bytes were written at `offset`: once enough was written, starts writing it
+    /// out (see [`crate::writeback`]), on the blocking pool and one at a time per handle (while
+    /// one runs, the writes go on counting: a disk that falls behind gets larger spans rather
+    /// than more threads). Called from a runtime context.
     fn wrote(self: &Arc<Self>, offset: u64, n: u32) {
-        let Some(block) = crate::store::completed_block(offset, n as u64) else {
-            return;
+        let span = {
+            let mut written = lock(&self.written);
+            if !written.add(offset, n as u64) || self.writing_back.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            written.take()
         };
-        if self.writing_back.swap(true, Ordering::AcqRel) {
-            return;
-        }
+        let busy = self.writing_back.clone();
         // On a descriptor of its own: holding the handle would keep it open after its
         // release was answered (a heal would find the file busy).
-        let busy = self.writing_back.clone();
-        let Ok(fd) = self.file().fd.try_clone() else {
+        let (Some((from, len)), Ok(fd)) = (span, self.file().fd.try_clone()) else {
             busy.store(false, Ordering::Release);
             return;
         };
         tokio::task::spawn_blocking(move || {
-            crate::store::start_write_back(fd.as_fd(), block);
+            writeback::start(fd.as_fd(), from, len);
             busy.store(false, Ordering::Release);
         });
     }
@@ -170,6 +174,7 @@ impl Conn {
             file: Some(file),
             stride: Mutex::new(Stride::default()),
             marks: Mutex::new((0, Vec::new())),
+            written: Mutex::new(Written::default()),
             writing_back: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         });
         if handles.len() >= MAX_HANDLES {

@@ -18,15 +18,12 @@ use proto::{
 };
 use rustix::fs::{AtFlags, Mode, OFlags, Stat};
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// How many directory descriptors the store keeps open for id lookups.
 const DIR_CACHE: usize = 4096;
-/// A file being written is written out to disk in blocks of this size as its writer moves
-/// past each (see [`start_write_back`]).
-pub const WRITE_BACK_BLOCK: u64 = 8 << 20;
 /// Reads from this size on are spliced: below it, the pipe's own system calls cost more
 /// than the copies they save.
 const SPLICE_FROM: usize = 64 << 10;
@@ -34,38 +31,6 @@ const SPLICE_FROM: usize = 64 << 10;
 const MAX_DEPTH: usize = 4096;
 /// Internal counters named so are pending-heal markers, indexed (see [`Store::pending`]).
 const PENDING: &str = "pending.";
-
-/// The block (its start) that a write of `len` bytes at `offset` filled up to its end, if
-/// it crossed into the next one.
-pub fn completed_block(offset: u64, len: u64) -> Option<u64> {
-    let end = offset.checked_add(len)?;
-    let block = (end / WRITE_BACK_BLOCK).checked_sub(1)? * WRITE_BACK_BLOCK;
-    (offset / WRITE_BACK_BLOCK != end / WRITE_BACK_BLOCK).then_some(block)
-}
-
-/// Starts writing the block at `from` (`WRITE_BACK_BLOCK` long) of `file` to disk, without
-/// waiting for it. A file written in one go otherwise stays dirty in the page cache until
-/// the kernel's background writeback gets to it (after 30 s, or past its dirty threshold)
-/// or its writer's fsync or close, which then waits for all of it at the disk's pace: the
-/// brick receiving data (CPU) and the disk storing it would take turns instead of working
-/// side by side. (As PostgreSQL's `*_flush_after` and RocksDB's `bytes_per_sync` do; small
-/// files never leave a block behind.)
-pub fn start_write_back(file: BorrowedFd<'_>, from: u64) {
-    // SAFETY: a plain system call on a descriptor borrowed for its duration; no memory is
-    // passed. (rustix has no sync_file_range.)
-    let r = unsafe {
-        libc::sync_file_range(
-            file.as_raw_fd(),
-            from as libc::off64_t,
-            WRITE_BACK_BLOCK as libc::off64_t,
-            libc::SYNC_FILE_RANGE_WRITE,
-        )
-    };
-    if r != 0 {
-        // Only an early start is lost: fsync and the kernel's flusher still write it.
-        tracing::debug!("sync_file_range: {}", std::io::Error::last_os_error());
-    }
-}
 
 /// Why a brick directory could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -1421,20 +1386,4 @@ fn link_unnamed<P: rustix::path::Arg + Copy>(
 /// At most 1 MiB allocated: freeing it is quick.
 fn small(st: rustix::io::Result<Stat>) -> bool {
     st.is_ok_and(|st| (st.st_blocks as u64) <= 2048)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_write_completes_the_block_it_leaves() {
-        const MIB: u64 = 1 << 20;
-        assert_eq!(completed_block(0, MIB), None);
-        assert_eq!(completed_block(7 * MIB, MIB), Some(0));
-        assert_eq!(completed_block(7 * MIB + 1, MIB), Some(0));
-        assert_eq!(completed_block(8 * MIB, MIB), None);
-        assert_eq!(completed_block(23 * MIB + 5, MIB), Some(16 * MIB));
-        assert_eq!(completed_block(u64::MAX - 5, MIB), None);
-    }
 }
