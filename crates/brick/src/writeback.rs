@@ -19,7 +19,8 @@ pub const WRITE_OUT_AFTER: u64 = 8 << 20;
 /// Writes thinner than one byte in this many over the span they cover are left to the
 /// kernel: starting the write-out of a random writer's pages would send them to the disk
 /// one by one instead of gathered, and a page rewritten soon after would go twice. (A brick
-/// of a stripe of N holds one byte in N of the span it is written.)
+/// of a stripe of N holds one byte in N of the span it is written: wider stripes are left
+/// to the kernel too.)
 const SCATTERED: u64 = 16;
 
 /// What a handle wrote since the last write-out it started.
