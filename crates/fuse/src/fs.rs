@@ -6,6 +6,7 @@ use crate::cache::{AttrCache, Coherence, Complete, Inval};
 use crate::dirs::DirState;
 use crate::inodes::{Inodes, ROOT_INO};
 use crate::killpriv::{self, Caller};
+use crate::known::{Known, Version};
 use bytes::Bytes;
 use client::{Handle, Stale, StaleFn, Xlator};
 use fuser::{
@@ -14,9 +15,7 @@ use fuser::{
     ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyOpen, ReplyStatfs,
     ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use proto::{
-    Attr, Entry, Errno, FileId, FileKind, Lock, LockKind, NewNode, RenameFlags, SetAttr, TimeSet, Timespec,
-};
+use proto::{Entry, Errno, FileId, FileKind, Lock, LockKind, NewNode, RenameFlags, SetAttr, TimeSet};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -46,10 +45,9 @@ struct Inner {
     attr_ttl: Duration,
     entry_ttl: Duration,
     notifier: Arc<OnceLock<fuser::Notifier>>,
-    /// What the kernel was last told of each file's data version, to decide at open
-    /// whether its cached pages are still good, and what is known of its mode and
-    /// capabilities.
-    seen: Mutex<HashMap<u64, Seen>>,
+    /// What the kernel was last told of each file's data version, and what is known of
+    /// its mode and capabilities.
+    known: Known,
     /// Inodes that ever had a lock request through this mount: only their closes need to
     /// reach the bricks (to drop the closing process's locks).
     locked: Mutex<HashSet<u64>>,
@@ -57,8 +55,8 @@ struct Inner {
     attrs: AttrCache,
     complete: Complete,
     inval: Mutex<Option<Sender<Inval>>>,
-    /// Counts writes through this mount as they start and end: attributes fetched across
-    /// one may be older than the data and are not kept.
+    /// Counts writes and other changes of attributes through this mount as they start and
+    /// end: attributes fetched across one may be older than the change and are not kept.
     writes: AtomicU64,
     behind: Arc<Behind>,
 }
@@ -77,43 +75,12 @@ struct OpenFile {
     seen: AtomicU64,
 }
 
-/// What changes whenever a file's data changes.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Version {
-    size: u64,
-    mtime: Timespec,
-    ctime: Timespec,
-}
-
-impl Version {
-    fn of(a: &Attr) -> Version {
-        Version {
-            size: a.size,
-            mtime: a.mtime,
-            ctime: a.ctime,
-        }
-    }
-}
-
-/// What the kernel was last told about a file (`version`), and what is known of its
-/// capabilities, permission bits and group (for what a change drops, `crate::killpriv`;
-/// these may come from attributes fetched for that, which the kernel was not given).
-struct Seen {
-    version: Version,
-    has_caps: bool,
-    perm: u32,
-    gid: u32,
-    /// When those were learnt.
-    at: std::time::Instant,
-    /// A brick announced a change since, or while the reply was on its way.
-    stale: bool,
-}
-
 /// Where a request began, to tell what happened while it was in flight.
 #[derive(Clone, Copy)]
 struct Start {
     notices: u64,
     writes: u64,
+    perms: u64,
 }
 
 fn ferr(e: Errno) -> FErrno {
@@ -186,34 +153,20 @@ impl Inner {
         fh
     }
 
-    /// Remembers what a reply about `ino`, to a request begun at `start`, told the kernel.
+    /// Remembers what a reply about `ino`, to a request begun at `start`, told the kernel
+    /// (see `crate::known`).
     fn note(&self, ino: u64, e: &Entry, start: Start) {
         if e.attr.kind == FileKind::File {
-            let fresh = self.fresh_since(e.attr.id, start);
-            let seen = Seen {
-                version: Version::of(&e.attr),
-                has_caps: e.has_caps,
-                perm: e.attr.perm,
-                gid: e.attr.gid,
-                at: std::time::Instant::now(),
-                stale: !fresh,
-            };
-            self.seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(ino, seen);
+            let fresh = || self.fresh_since(e.attr.id, start);
+            self.known.note(ino, &e.attr, e.has_caps, start.perms, fresh);
         }
     }
 
     /// Updates what is known of a file's permissions and capabilities from attributes the
-    /// kernel was not given (its version stays that of the kernel's pages).
+    /// kernel was not given.
     fn note_perm(&self, ino: u64, e: &Entry, start: Start) {
-        let fresh = self.fresh_since(e.attr.id, start);
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = seen.get_mut(&ino) {
-            (s.perm, s.gid, s.has_caps) = (e.attr.perm, e.attr.gid, e.has_caps);
-            (s.at, s.stale) = (std::time::Instant::now(), !fresh);
-        }
+        let fresh = || self.fresh_since(e.attr.id, start);
+        self.known.note_perm(ino, &e.attr, e.has_caps, start.perms, fresh);
     }
 
     /// Whether no change to `id` was announced since `start`: what a reply says of it is
@@ -222,22 +175,14 @@ impl Inner {
         !self.coherence.changed_since(&[id], start.notices)
     }
 
-    /// True if what is known of the file, as of less than an attribute timeout ago and
-    /// with no change announced since, satisfies `f`.
-    fn surely(&self, ino: u64, f: impl Fn(&Seen) -> bool) -> bool {
-        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.get(&ino)
-            .is_some_and(|s| !s.stale && s.at.elapsed() < self.attr_ttl && f(s))
-    }
-
     /// True if the file is surely without file capabilities.
     fn surely_no_caps(&self, ino: u64) -> bool {
-        self.surely(ino, |s| !s.has_caps)
+        self.known.surely_no_caps(ino)
     }
 
     /// True if the file surely has no set-id bits.
     fn surely_no_set_id(&self, ino: u64) -> bool {
-        self.surely(ino, |s| s.perm & killpriv::SET_ID == 0)
+        self.known.surely_without(ino, killpriv::SET_ID)
     }
 
     /// What the kernel leaves to the mount before a write or an allocation
@@ -270,10 +215,7 @@ impl Inner {
         self.note_perm(ino, &e, start);
         if e.has_caps {
             match self.vol.removexattr(id, b"security.capability").await {
-                Ok(()) | Err(Errno::ENODATA) => {
-                    let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-                    seen.get_mut(&ino).into_iter().for_each(|s| s.has_caps = false);
-                }
+                Ok(()) | Err(Errno::ENODATA) => self.known.caps_dropped(ino),
                 // The data matters more: a write does not fail for this.
                 Err(err) => tracing::debug!(%id, "cannot drop the capabilities of a file written: {err}"),
             }
@@ -291,22 +233,27 @@ impl Inner {
 
     /// Sets the permission bits, the kernel to fetch them anew.
     async fn set_perm(&self, ino: u64, id: FileId, perm: u32) -> Result<Entry, Errno> {
-        let start = self.start();
-        let e = self.vol.setattr(id, None, &perm_only(perm)).await?;
-        self.note_perm(ino, &e, start);
         // As a write does: attributes fetched across the change are not kept.
         self.wrote(ino);
+        let mut start = self.start();
+        let e = self.vol.setattr(id, None, &perm_only(perm)).await;
+        self.changed_attrs(ino, &mut start, true);
+        let e = e?;
+        self.note_perm(ino, &e, start);
         self.invalidate(Inval::Attrs(ino));
         Ok(e)
     }
 
-    /// Marks what was seen of `ino` as possibly out of date.
-    fn seen_stale(&self, ino: Option<u64>) {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        match ino {
-            Some(ino) => seen.get_mut(&ino).into_iter().for_each(|s| s.stale = true),
-            None => seen.values_mut().for_each(|s| s.stale = true),
+    /// After a change of `ino`'s attributes through this mount (of its permission bits,
+    /// owner or capabilities if `perms`, made or not): what was fetched across it is not
+    /// kept nor trusted, and `start` moves past it (its own reply is current).
+    fn changed_attrs(&self, ino: u64, start: &mut Start, perms: bool) {
+        if perms {
+            self.known.changed(ino);
         }
+        self.wrote(ino);
+        start.writes = self.writes.load(Ordering::SeqCst);
+        start.perms = self.known.changes();
     }
 
     /// How long the kernel (and this mount) may keep what a request begun at `start` got
@@ -324,15 +271,20 @@ impl Inner {
     fn keep(&self, ino: u64, e: &Entry, ttl: Duration, start: Start) {
         if self.writes.load(Ordering::SeqCst) == start.writes {
             self.attrs.put(ino, e, ttl);
-        } else {
-            self.attrs.drop(ino);
+            // A change counted between the check and the put may have dropped the file
+            // before this put it back (`wrote` counts, then drops).
+            if self.writes.load(Ordering::SeqCst) == start.writes {
+                return;
+            }
         }
+        self.attrs.drop(ino);
     }
 
     fn start(&self) -> Start {
         Start {
             notices: self.coherence.now(),
             writes: self.writes.load(Ordering::SeqCst),
+            perms: self.known.changes(),
         }
     }
 
@@ -370,7 +322,7 @@ impl Inner {
                 self.coherence.mark_all();
                 self.attrs.clear();
                 self.complete.clear();
-                self.seen_stale(None);
+                self.known.stale(None);
                 for ino in self.inodes.all() {
                     self.invalidate(Inval::Inode(ino));
                 }
@@ -383,7 +335,7 @@ impl Inner {
                     };
                     self.attrs.drop(ino);
                     self.complete.forget(ino);
-                    self.seen_stale(Some(ino));
+                    self.known.stale(Some(ino));
                     self.invalidate(Inval::Inode(ino));
                     if let Some(name) = c.name {
                         self.invalidate(Inval::Entry(ino, name));
@@ -471,10 +423,12 @@ impl Inner {
         };
         let bits = killpriv::dropped_by_setattr(&truncation, &e.attr, caller);
         if bits != 0 {
-            e = self
-                .vol
-                .setattr(id, None, &perm_only(e.attr.perm & !bits))
-                .await?;
+            let r = self.vol.setattr(id, None, &perm_only(e.attr.perm & !bits)).await;
+            // (What the caller then notes of it is stale: it began before.)
+            if let Some(ino) = self.inodes.known(id) {
+                self.known.changed(ino);
+            }
+            e = r?;
         }
         Ok((e, h))
     }
@@ -490,6 +444,12 @@ impl Inner {
             meta: Vec::new(),
         }
     }
+}
+
+/// Whether setting or removing the xattr `name` may change what the mount knows of a
+/// file's permissions: its capabilities, or an ACL (which sets the mode's bits).
+fn changes_perms(name: &[u8]) -> bool {
+    name == b"security.capability" || name.starts_with(b"system.posix_acl_")
 }
 
 /// A setattr of the permission bits alone.
@@ -551,7 +511,7 @@ impl ShoalFs {
                 attr_ttl,
                 entry_ttl,
                 notifier,
-                seen: Mutex::new(HashMap::new()),
+                known: Known::new(attr_ttl),
                 locked: Mutex::new(HashSet::new()),
                 coherence: Coherence::default(),
                 attrs: AttrCache::default(),
@@ -657,11 +617,7 @@ impl fuser::Filesystem for ShoalFs {
             self.inner.attrs.drop(ino.0);
             self.inner.complete.forget(ino.0);
             self.inner.behind.forget_inode(ino.0);
-            self.inner
-                .seen
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&ino.0);
+            self.inner.known.forget(ino.0);
             self.inner
                 .locked
                 .lock()
@@ -720,21 +676,23 @@ impl fuser::Filesystem for ShoalFs {
                 Some(fh) if set.size.is_some() => s.file(fh).await.ok(),
                 _ => None,
             };
-            if set.size.is_some() {
-                s.wrote(ino.0);
-            }
+            // Fetches that crossed the change are stale; its own reply is not.
+            s.wrote(ino.0);
             let mut start = s.start();
             let r = s.vol.setattr(id, h.as_deref(), &set).await;
-            if set.size.is_some() {
-                // Fetches that crossed the truncation are stale; its own reply is not.
-                s.wrote(ino.0);
-                start.writes = s.writes.load(Ordering::SeqCst);
-            }
+            let perms = set.perm.is_some() || set.uid.is_some() || set.gid.is_some();
+            s.changed_attrs(ino.0, &mut start, perms);
             let mut e = tryr!(reply, r);
             // Set-id bits the change drops, from the mode it left (see `crate::killpriv`).
             let bits = killpriv::dropped_by_setattr(&set, &e.attr, || Caller::of(pid, caller_gid));
             if bits != 0 {
                 e = tryr!(reply, s.set_perm(ino.0, id, e.attr.perm & !bits).await);
+                // Counted as a change of its own, it is current too (the kernel holds the
+                // inode's lock across a setattr: no other change of it from here crossed).
+                start = Start {
+                    notices: start.notices,
+                    ..s.start()
+                };
             }
             s.attr_reply(reply, ino, &e, start);
         });
@@ -951,13 +909,7 @@ impl fuser::Filesystem for ShoalFs {
             }
             let unchanged = match &fresh {
                 Ok(e) => {
-                    let same = s
-                        .seen
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&ino.0)
-                        .map(|x| x.version)
-                        == Some(Version::of(&e.attr));
+                    let same = s.known.version(ino.0) == Some(Version::of(&e.attr));
                     s.note(ino.0, e, start);
                     same
                 }
@@ -1262,11 +1214,10 @@ impl fuser::Filesystem for ShoalFs {
         let value = value.to_vec();
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
-            if name == b"security.capability" {
-                s.seen_stale(Some(ino.0));
-            }
+            s.wrote(ino.0);
+            let mut start = s.start();
             let r = s.vol.setxattr(id, &name, &value, flags as u32).await;
-            s.attrs.drop(ino.0);
+            s.changed_attrs(ino.0, &mut start, changes_perms(&name));
             tryr!(reply, r);
             reply.ok();
         });
@@ -1304,8 +1255,10 @@ impl fuser::Filesystem for ShoalFs {
         let name = name.as_bytes().to_vec();
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
+            s.wrote(ino.0);
+            let mut start = s.start();
             let r = s.vol.removexattr(id, &name).await;
-            s.attrs.drop(ino.0);
+            s.changed_attrs(ino.0, &mut start, changes_perms(&name));
             tryr!(reply, r);
             reply.ok();
         });

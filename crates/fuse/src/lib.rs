@@ -15,6 +15,7 @@ pub mod fusermount;
 mod inline;
 mod inodes;
 mod killpriv;
+mod known;
 pub mod mount;
 
 pub use attr::negative;
