@@ -117,7 +117,7 @@ impl Handle {
         let busy = self.writing_back.clone();
         // On a descriptor of its own: holding the handle would keep it open after its
         // release was answered (a heal would find the file busy).
-        let (Some((from, len)), Ok(fd)) = (span, self.file().fd.try_clone()) else {
+        let Some((fd, (from, len))) = span.and_then(|s| Some((self.file().fd.try_clone().ok()?, s))) else {
             busy.store(false, Ordering::Release);
             return;
         };

@@ -7,53 +7,58 @@
 //! handle starts the write-out of what it wrote every few MiB (as PostgreSQL's `*_flush_after`
 //! and RocksDB's `bytes_per_sync` do; small files never get there).
 //!
-//! What is counted is the bytes written and the span they cover, not blocks of the file: a
-//! brick of a stripe holds every N-th piece of the file, so its writes never cross a block
-//! boundary the way a sequential writer's do, and a handle that writes a file twice over
-//! starts the second pass's write-out as well.
+//! What is counted is the bytes written past the furthest write before, not blocks of the
+//! file crossed: a brick of a stripe holds every N-th piece of the file, and brick 0 of a
+//! stripe of 2 (say) never crossed a block boundary within a write. Writes behind the
+//! furthest one (a random writer's, or a second pass over the file) count for nothing:
+//! their pages would go to the disk one by one instead of gathered, and a page rewritten
+//! soon after would go twice; the kernel's writeback takes them.
 
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 /// Bytes a handle writes before their write-out starts.
 pub const WRITE_OUT_AFTER: u64 = 8 << 20;
-/// Writes thinner than one byte in this many over the span they cover are left to the
-/// kernel: starting the write-out of a random writer's pages would send them to the disk
-/// one by one instead of gathered, and a page rewritten soon after would go twice. (A brick
-/// of a stripe of N holds one byte in N of the span it is written: wider stripes are left
-/// to the kernel too.)
+/// Counted writes thinner than one byte in this many over the span they cover are left to
+/// the kernel too (writes that jump far ahead). A brick of a stripe of N holds one byte in
+/// N of the span it is written: wider stripes are left to the kernel.
 const SCATTERED: u64 = 16;
 
 /// What a handle wrote since the last write-out it started.
 #[derive(Debug, Default)]
 pub struct Written {
-    from: u64,
-    to: u64,
+    /// The end of the furthest write.
+    high: u64,
+    /// Where the span not yet written out starts.
+    from: Option<u64>,
+    /// Bytes written past the furthest write before them, since the last write-out.
     bytes: u64,
 }
 
 impl Written {
     /// Counts a write of `len` bytes at `offset`; true once enough was written to start
-    /// its write-out.
+    /// a write-out.
     pub fn add(&mut self, offset: u64, len: u64) -> bool {
-        let Some(end) = offset.checked_add(len).filter(|_| len > 0) else {
+        let Some(end) = offset.checked_add(len) else {
             return false;
         };
-        if self.bytes == 0 {
-            (self.from, self.to) = (offset, end);
-        } else {
-            self.from = self.from.min(offset);
-            self.to = self.to.max(end);
+        let new = end.saturating_sub(offset.max(self.high));
+        if new == 0 {
+            return false;
         }
-        self.bytes = self.bytes.saturating_add(len);
+        self.from = Some(self.from.map_or(offset, |f| f.min(offset)));
+        self.high = end;
+        self.bytes += new;
         self.bytes >= WRITE_OUT_AFTER
     }
 
-    /// The span (offset, length) to write out, if the writes were dense enough; counting
-    /// starts anew either way.
+    /// The span (offset, length) to write out, unless the counted writes were too thin in
+    /// it; counting starts anew from the furthest write either way (a write that arrives
+    /// late, behind it, is still in the next span).
     pub fn take(&mut self) -> Option<(u64, u64)> {
-        let w = std::mem::take(self);
-        let span = w.to - w.from;
-        (w.bytes > 0 && span / SCATTERED <= w.bytes).then_some((w.from, span))
+        let from = self.from.replace(self.high)?;
+        let bytes = std::mem::take(&mut self.bytes);
+        let span = self.high - from;
+        (bytes > 0 && span / SCATTERED <= bytes).then_some((from, span))
     }
 }
 
@@ -109,16 +114,43 @@ mod tests {
     }
 
     #[test]
-    fn scattered_writes_are_left_to_the_kernel() {
+    fn random_writes_are_left_to_the_kernel() {
+        // 8 MiB of 4 KiB pages spread over a 32 MiB file, rewritten four times over.
         let mut w = Written::default();
-        let mut ready = false;
-        for i in 0..2048u64 {
-            // 4 KiB pages spread over 1 GiB.
-            ready = w.add((i * 7919 % 262_144) * 4096, 4096);
+        let ready = (0..4 * 2048u64)
+            .filter(|&i| w.add((i * 7919 % 8192) * 4096, 4096))
+            .count();
+        assert_eq!(ready, 0);
+        let mut w = Written::default();
+        assert!((0..7).all(|i| !w.add(i * MIB, MIB)));
+        assert!(
+            (0..7).all(|i| !w.add(i * MIB, MIB)),
+            "a second pass counts for nothing"
+        );
+        assert!(w.add(7 * MIB, MIB), "the first goes on");
+    }
+
+    #[test]
+    fn a_write_that_jumps_far_ahead_is_left_to_the_kernel() {
+        let mut w = Written::default();
+        assert!(!w.add(0, 4096));
+        assert!(w.add(1 << 30, 8 * MIB));
+        assert_eq!(w.take(), None, "8 MiB in a span of 1 GiB");
+        assert!(!w.add((1 << 30) + 8 * MIB, MIB));
+    }
+
+    #[test]
+    fn late_writes_behind_the_furthest_are_in_the_next_span() {
+        let mut w = Written::default();
+        assert!(!w.add(MIB, 7 * MIB));
+        assert!(w.add(0, 9 * MIB));
+        assert_eq!(w.take(), Some((0, 9 * MIB)));
+        // The next write-out starts where that one ended.
+        for i in 9..16 {
+            assert!(!w.add(i * MIB, MIB));
         }
-        assert!(ready);
-        assert_eq!(w.take(), None);
-        assert!(!w.add(0, 4096), "counting starts anew");
+        assert!(w.add(16 * MIB, MIB));
+        assert_eq!(w.take(), Some((9 * MIB, 8 * MIB)));
     }
 
     #[test]

@@ -84,3 +84,24 @@ pub fn negative() -> FileAttr {
         flags: 0,
     }
 }
+
+/// Attributes for tests: `kind` with `perm`, changed at `mtime`, the rest plain.
+#[cfg(test)]
+pub fn test_attr(id: proto::FileId, kind: FileKind, perm: u32, mtime: i64) -> Attr {
+    let t = Timespec { sec: mtime, nsec: 0 };
+    Attr {
+        id,
+        kind,
+        perm,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        size: 0,
+        blocks: 0,
+        blksize: 4096,
+        atime: Timespec::default(),
+        mtime: t,
+        ctime: t,
+    }
+}

@@ -240,25 +240,11 @@ pub fn invalidator(notifier: Arc<OnceLock<Notifier>>) -> std::io::Result<Sender<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proto::{Attr, FileKind};
+    use proto::FileKind;
 
     fn entry(mtime: i64) -> Entry {
         Entry {
-            attr: Attr {
-                id: FileId(5),
-                kind: FileKind::Dir,
-                perm: 0o755,
-                nlink: 2,
-                uid: 0,
-                gid: 0,
-                rdev: 0,
-                size: 0,
-                blocks: 0,
-                blksize: 4096,
-                atime: Timespec { sec: 0, nsec: 0 },
-                mtime: Timespec { sec: mtime, nsec: 0 },
-                ctime: Timespec { sec: mtime, nsec: 0 },
-            },
+            attr: crate::attr::test_attr(FileId(5), FileKind::Dir, 0o755, mtime),
             meta: Vec::new(),
             has_caps: false,
         }

@@ -392,7 +392,8 @@ impl Inner {
         }
     }
 
-    /// This mount wrote to `ino` (or is about to).
+    /// This mount changed `ino` (or is about to): wrote to it, or set its attributes or
+    /// xattrs.
     fn wrote(&self, ino: u64) {
         self.writes.fetch_add(1, Ordering::SeqCst);
         self.attrs.drop(ino);
@@ -424,9 +425,11 @@ impl Inner {
         let bits = killpriv::dropped_by_setattr(&truncation, &e.attr, caller);
         if bits != 0 {
             let r = self.vol.setattr(id, None, &perm_only(e.attr.perm & !bits)).await;
-            // (What the caller then notes of it is stale: it began before.)
+            // A change like any other for what this mount holds of the file, if it holds
+            // anything (the caller's own note then counts as stale: it began before).
             if let Some(ino) = self.inodes.known(id) {
                 self.known.changed(ino);
+                self.wrote(ino);
             }
             e = r?;
         }

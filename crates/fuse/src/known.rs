@@ -4,12 +4,13 @@
 //! attributes fetched for that, which the kernel was not given).
 //!
 //! A reply is recorded stale when a brick announced a change of the file while it was on
-//! its way, or when a change of permission bits, owner or capabilities was made through
-//! this mount meanwhile: a close's reply, say, sent by the bricks before a chmod but handled
+//! its way, or when a change of permission bits, owner, capabilities or ACL was made
+//! through this mount meanwhile: a close's reply, say, sent by the bricks before a chmod but handled
 //! after it, would otherwise pass for the file's mode, and a write by a user without
 //! `CAP_FSETID` would leave set-id bits in place. The count of those changes is one for the
 //! whole mount, so a reply that crossed a change of another file is taken as stale too (it
-//! costs a fetch when that file is next written, and changes of permissions are rare).
+//! costs a fetch when that file is next written; a `tar x` that sets modes as it goes pays
+//! that for files written while it changed others).
 
 use proto::{Attr, Timespec};
 use std::collections::HashMap;
@@ -167,21 +168,7 @@ mod tests {
     const SET_ID: u32 = 0o6000;
 
     fn attr(perm: u32) -> Attr {
-        Attr {
-            id: FileId(0x1_0000),
-            kind: FileKind::File,
-            perm,
-            nlink: 1,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            size: 0,
-            blocks: 0,
-            blksize: 4096,
-            atime: Timespec::default(),
-            mtime: Timespec::default(),
-            ctime: Timespec::default(),
-        }
+        crate::attr::test_attr(FileId(0x1_0000), FileKind::File, perm, 0)
     }
 
     #[test]
