@@ -233,27 +233,34 @@ impl Inner {
 
     /// Sets the permission bits, the kernel to fetch them anew.
     async fn set_perm(&self, ino: u64, id: FileId, perm: u32) -> Result<Entry, Errno> {
-        // As a write does: attributes fetched across the change are not kept.
-        self.wrote(ino);
-        let mut start = self.start();
-        let e = self.vol.setattr(id, None, &perm_only(perm)).await;
-        self.changed_attrs(ino, &mut start, true);
+        let (e, start) = self
+            .change(ino, true, self.vol.setattr(id, None, &perm_only(perm)))
+            .await;
         let e = e?;
         self.note_perm(ino, &e, start);
         self.invalidate(Inval::Attrs(ino));
         Ok(e)
     }
 
-    /// After a change of `ino`'s attributes through this mount (of its permission bits,
-    /// owner or capabilities if `perms`, made or not): what was fetched across it is not
-    /// kept nor trusted, and `start` moves past it (its own reply is current).
-    fn changed_attrs(&self, ino: u64, start: &mut Start, perms: bool) {
+    /// Runs `op`, a change of `ino`'s attributes through this mount (of its permission
+    /// bits, owner, capabilities or ACL if `perms`), counted as a write is: what was fetched
+    /// across it is not kept nor trusted, made or not. The start it returns is past the
+    /// change (its own reply is current).
+    async fn change<T>(&self, ino: u64, perms: bool, op: impl std::future::Future<Output = T>) -> (T, Start) {
+        self.wrote(ino);
+        let notices = self.start().notices;
+        let r = op.await;
         if perms {
             self.known.changed(ino);
         }
         self.wrote(ino);
-        start.writes = self.writes.load(Ordering::SeqCst);
-        start.perms = self.known.changes();
+        (
+            r,
+            Start {
+                notices,
+                ..self.start()
+            },
+        )
     }
 
     /// How long the kernel (and this mount) may keep what a request begun at `start` got
@@ -679,12 +686,10 @@ impl fuser::Filesystem for ShoalFs {
                 Some(fh) if set.size.is_some() => s.file(fh).await.ok(),
                 _ => None,
             };
-            // Fetches that crossed the change are stale; its own reply is not.
-            s.wrote(ino.0);
-            let mut start = s.start();
-            let r = s.vol.setattr(id, h.as_deref(), &set).await;
             let perms = set.perm.is_some() || set.uid.is_some() || set.gid.is_some();
-            s.changed_attrs(ino.0, &mut start, perms);
+            let (r, mut start) = s
+                .change(ino.0, perms, s.vol.setattr(id, h.as_deref(), &set))
+                .await;
             let mut e = tryr!(reply, r);
             // Set-id bits the change drops, from the mode it left (see `crate::killpriv`).
             let bits = killpriv::dropped_by_setattr(&set, &e.attr, || Caller::of(pid, caller_gid));
@@ -1217,10 +1222,8 @@ impl fuser::Filesystem for ShoalFs {
         let value = value.to_vec();
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
-            s.wrote(ino.0);
-            let mut start = s.start();
-            let r = s.vol.setxattr(id, &name, &value, flags as u32).await;
-            s.changed_attrs(ino.0, &mut start, changes_perms(&name));
+            let setxattr = s.vol.setxattr(id, &name, &value, flags as u32);
+            let (r, _) = s.change(ino.0, changes_perms(&name), setxattr).await;
             tryr!(reply, r);
             reply.ok();
         });
@@ -1258,10 +1261,9 @@ impl fuser::Filesystem for ShoalFs {
         let name = name.as_bytes().to_vec();
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
-            s.wrote(ino.0);
-            let mut start = s.start();
-            let r = s.vol.removexattr(id, &name).await;
-            s.changed_attrs(ino.0, &mut start, changes_perms(&name));
+            let (r, _) = s
+                .change(ino.0, changes_perms(&name), s.vol.removexattr(id, &name))
+                .await;
             tryr!(reply, r);
             reply.ok();
         });
