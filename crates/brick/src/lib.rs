@@ -11,6 +11,7 @@ pub mod index;
 mod interest;
 pub mod locks;
 pub mod ns;
+pub mod order;
 pub mod paths;
 pub mod readahead;
 pub mod server;

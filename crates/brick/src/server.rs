@@ -9,6 +9,7 @@ use crate::heal::{Heals, Touched};
 use crate::health::HealthCheck;
 use crate::interest::{Effect, Interest};
 use crate::locks::LockTable;
+use crate::order::{Orders, Take};
 use crate::readahead::Stride;
 use crate::sessions::Sessions;
 use crate::store::{OpenFile, Store};
@@ -75,6 +76,8 @@ pub struct BrickServer {
     /// Connections that take notices.
     listeners: Mutex<HashMap<u64, Arc<Conn>>>,
     heals: Arc<Heals>,
+    /// Which connection may change each replicated file's data (see `crate::order`).
+    orders: Orders,
     /// The locks marker is in place.
     marked: std::sync::atomic::AtomicBool,
     /// The disk answers (see `crate::health`); connections are turned away while not.
@@ -215,7 +218,16 @@ impl BrickServer {
             next_conn: AtomicU64::new(1),
             listeners: Mutex::new(HashMap::new()),
             heals: Arc::new(Heals::default()),
+            orders: Orders::default(),
         })
+    }
+
+    /// Tells the connection `holder` that others wait for the write order of `id`.
+    fn tell_holder(&self, id: proto::FileId, holder: u64) {
+        let conn = lock(&self.listeners).get(&holder).cloned();
+        if let Some(conn) = conn {
+            send_notice(&conn, &Notice::Yield(vec![id]));
+        }
     }
 
     fn others_listen(&self, conn: &Conn) -> bool {
@@ -402,10 +414,21 @@ impl BrickServer {
             Request::UnlinkUnless { parent, name, keep } if s.cheap_to_remove(parent, &name) => {
                 s.unlink_unless(parent, &name, Some(&keep)).map(unlinked)
             }
-            Request::Release { fh } => match conn.handle(fh).and_then(|h| s.closing(h.file())) {
-                Ok((entry, true)) => self.release(conn, fh, Some(entry)),
-                _ => return Quick::Slow(Request::Release { fh }),
-            },
+            Request::Release { fh } => {
+                // A write order goes with the connection's last handle on the file, here in
+                // the reader: before anything the connection sends next (a take) is read.
+                if let Ok(id) = conn.handle(fh).map(|h| h.file().id) {
+                    if self.orders.holder(id) == Some(conn.id) && conn.opens(id) == 1 {
+                        if let Some(holder) = self.orders.give(id, conn.id) {
+                            self.tell_holder(id, holder);
+                        }
+                    }
+                }
+                match conn.handle(fh).and_then(|h| s.closing(h.file())) {
+                    Ok((entry, true)) => self.release(conn, fh, Some(entry)),
+                    _ => return Quick::Slow(Request::Release { fh }),
+                }
+            }
             Request::GetXattr { id, name } => s.getxattr(id, &name).map(Reply::Xattr),
             Request::SetXattr {
                 id,
@@ -471,6 +494,13 @@ impl BrickServer {
                     false => Err(Errno::EAGAIN),
                 }
             }
+            Request::Order { id, take: false } => {
+                if let Some(holder) = self.orders.give(id, conn.id) {
+                    self.tell_holder(id, holder);
+                }
+                Ok(Reply::Ok)
+            }
+            Request::Order { id, take: true } if self.orders.try_take(id, conn.id) => Ok(Reply::Ok),
             slow => return Quick::Slow(slow),
         })
     }
@@ -675,6 +705,19 @@ impl BrickServer {
                 }
                 r.map(|_| Reply::Ok)
             }
+            Request::Order { id, take: true } => match self.orders.take(id, conn.id) {
+                Take::Granted => Ok(Reply::Ok),
+                Take::Wait { granted, tell } => {
+                    if let Some(holder) = tell {
+                        self.tell_holder(id, holder);
+                    }
+                    let mut closed = conn.closed.clone();
+                    tokio::select! {
+                        r = granted => r.map(|_| Reply::Ok).map_err(|_| Errno::EAGAIN),
+                        _ = closed.wait_for(|c| *c) => Err(Errno::ECONNRESET),
+                    }
+                }
+            },
             Request::DirParent { id } => self
                 .blocking(move |s| s.dir_parent(id))
                 .await
@@ -773,6 +816,9 @@ impl Service for BrickServer {
         tokio::task::spawn_blocking(move || drop(handles));
         self.sessions.leave(conn.id, *lock(&conn.session));
         self.end_heals(conn);
+        for (id, holder) in self.orders.end(conn.id) {
+            self.tell_holder(id, holder);
+        }
         self.listeners
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -10,6 +10,7 @@ pub mod gate;
 mod heal;
 pub mod lockset;
 pub mod openfiles;
+pub mod order;
 pub mod protocol;
 pub mod replicate;
 pub mod split_brain;

@@ -7,16 +7,19 @@
 //! instead, through the client's own connections (see `crate::heal`), and this client's
 //! changes to it are ordered against the heal's copying by the file's *gate*: every change
 //! holds it shared while it runs, the heal holds it exclusively while it copies a range.
+//! The entry also carries the client's hold on the file's write order (`crate::order`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::RwLock;
 
+use crate::order::Order;
 use proto::FileId;
 
 #[derive(Default)]
 struct Entry {
     gate: Arc<RwLock<()>>,
+    order: Arc<Order>,
     /// Tickets held on the file.
     tickets: usize,
     /// Per child, tickets of handles that do not have the file open there.
@@ -31,6 +34,11 @@ pub struct OpenFiles {
 impl OpenFiles {
     fn files(&self) -> MutexGuard<'_, HashMap<FileId, Entry>> {
         self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The write order of `id`, if this client is changing it.
+    pub fn order_of(&self, id: FileId) -> Option<Arc<Order>> {
+        self.files().get(&id).map(|e| e.order.clone())
     }
 
     /// A ticket on `id` for a handle that does not have it open on `closed` (children by
@@ -50,6 +58,7 @@ impl OpenFiles {
             id,
             closed: closed.to_vec(),
             gate: e.gate.clone(),
+            order: e.order.clone(),
         }
     }
 
@@ -68,11 +77,16 @@ pub struct Ticket {
     id: FileId,
     closed: Vec<usize>,
     gate: Arc<RwLock<()>>,
+    order: Arc<Order>,
 }
 
 impl Ticket {
     pub fn gate(&self) -> &RwLock<()> {
         &self.gate
+    }
+
+    pub fn order(&self) -> &Arc<Order> {
+        &self.order
     }
 }
 

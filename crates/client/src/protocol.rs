@@ -629,6 +629,14 @@ impl Xlator for Protocol {
         self.conn.is_up()
     }
 
+    async fn order(&self, id: FileId, take: bool) -> Result<()> {
+        self.ok(Request::Order { id, take }).await
+    }
+
+    fn generation(&self) -> u64 {
+        self.conn.generation()
+    }
+
     async fn caught_up(&self) -> bool {
         self.conn.caught_up().await
     }

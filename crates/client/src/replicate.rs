@@ -11,6 +11,7 @@
 use crate::heal::Healer;
 use crate::lockset::LockSet;
 use crate::openfiles::{OpenFiles, Ticket};
+use crate::order::{Order, Step};
 use crate::xlator::{Child, DirCursor, DirPage, Handle, HealReport, Result, Xlator};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -98,6 +99,49 @@ impl<T> Outcome<T> {
         for (s, v) in more {
             self.failed &= !bit(s);
             self.ok.push((s, v));
+        }
+    }
+}
+
+/// A change of a file's data under its write order (see [`Replicate::in_order`]).
+struct InOrder {
+    order: Arc<Order>,
+    id: FileId,
+    children: Vec<Child>,
+    /// Children the file is open on.
+    open: u64,
+}
+
+impl Drop for InOrder {
+    fn drop(&mut self) {
+        if let Some(held) = self.order.end() {
+            let children = std::mem::take(&mut self.children);
+            spawn_gives(children, self.id, held | self.open, Some(self.order.clone()));
+        }
+    }
+}
+
+/// Gives up the write order of `id` on the children in `mask`, then lets the changes
+/// waiting for that go on.
+fn spawn_gives(children: Vec<Child>, id: FileId, mask: u64, order: Option<Arc<Order>>) {
+    let give = async move {
+        give_order(&children, id, mask).await;
+        if let Some(o) = order {
+            o.gave();
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => drop(rt.spawn(give)),
+        Err(_) => tracing::warn!(%id, "no runtime to give up a write order on"),
+    }
+}
+
+async fn give_order(children: &[Child], id: FileId, mask: u64) {
+    let which: Vec<usize> = (0..children.len()).filter(|i| mask & bit(*i) != 0).collect();
+    let gives = which.iter().map(|i| children[*i].order(id, false));
+    for (i, r) in which.iter().zip(join_all(gives).await) {
+        if let Err(e) = r {
+            tracing::debug!(child = i, "write order not given up: {e}");
         }
     }
 }
@@ -520,6 +564,65 @@ impl Replicate {
         Ok(out.ok)
     }
 
+    /// Holds the write order of the file `rh` has open on every copy it is open on (see
+    /// `crate::order`) until the guard returned is dropped: two clients' changes of the
+    /// same bytes then reach every copy in the same order.
+    async fn in_order(&self, rh: &ReplicaHandle) -> InOrder {
+        let order = rh.ticket.order().clone();
+        let open = rh
+            .handles
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.is_some())
+            .fold(0, |m, (i, _)| m | bit(i));
+        let want = (0..self.children.len())
+            .filter(|i| open & bit(*i) != 0 && self.children[*i].is_up())
+            .fold(0, |m, i| m | bit(i));
+        loop {
+            let given = order.given().notified();
+            tokio::pin!(given);
+            given.as_mut().enable();
+            match order.next(want, |i| self.children[i].generation()) {
+                Step::Run => break,
+                Step::Wait => given.await,
+                Step::Take { give, take } => {
+                    give_order(&self.children, rh.id, give).await;
+                    for i in (0..self.children.len()).filter(|i| take & bit(*i) != 0) {
+                        let generation = self.children[i].generation();
+                        match self.children[i].order(rh.id, true).await {
+                            // (A brick from before write orders has none to take.)
+                            Ok(()) | Err(Errno::ENOSYS) => order.took(i, generation),
+                            Err(e) => tracing::debug!(child = i, "write order not taken: {e}"),
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        InOrder {
+            order,
+            id: rh.id,
+            children: self.children.clone(),
+            open,
+        }
+    }
+
+    /// A brick (child `i`) says another client waits for the write order of `ids`.
+    pub fn yield_orders(&self, i: usize, ids: Vec<FileId>) {
+        for id in ids {
+            let order = self.open.order_of(id);
+            let give = match order.as_ref().map(|o| o.ask()) {
+                Some(Some(held)) => held | bit(i),
+                // It goes once the changes under way end.
+                Some(None) => continue,
+                // Not changed here any more: the brick's hold is a leftover.
+                None => bit(i),
+            };
+            let children = self.children.clone();
+            spawn_gives(children, id, give, order);
+        }
+    }
+
     fn held(&self) -> std::sync::MutexGuard<'_, LockSet> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -655,6 +758,11 @@ impl Xlator for Replicate {
             }
         };
         let _gate = ticket.gate().read().await;
+        // A size change through an open file is ordered as its writes are.
+        let _order = match rh {
+            Some(rh) if set.size.is_some() => Some(self.in_order(rh).await),
+            _ => None,
+        };
         let ok = self
             .mutate(&[id], |i, c| {
                 let ch = rh.and_then(|rh| rh.handles.get(i).and_then(Option::as_ref));
@@ -675,70 +783,101 @@ impl Xlator for Replicate {
         if !self.quorum(self.up_mask()) {
             return Err(Errno::EROFS);
         }
-        let mut results = self
-            .fan(|_, c| c.create(parent, name, node, symlink_target, open))
-            .await;
-        self.retry_where_parent_missing(parent, &mut results, |c| {
-            c.create(parent, name, node, symlink_target, open)
-        })
+        // A new file's write order is taken with it, by the same round trip's time: it is
+        // granted at once (nobody else knows the file), and its first write needs no more.
+        let ordered = open.is_some() && node.kind == proto::FileKind::File;
+        let (mut results, orders) = futures_util::future::join(
+            self.fan(|_, c| c.create(parent, name, node, symlink_target, open)),
+            self.fan(|_, c| async move {
+                let generation = c.generation();
+                match ordered {
+                    true => c.order(node.id, true).await.map(|_| generation),
+                    false => Err(Errno::ENOSYS),
+                }
+            }),
+        )
         .await;
-        // Children that never answered: they may have made the name, or may yet.
-        let unknown = results
+        let made: Result<(Entry, Option<Handle>, u64)> = async {
+            self.retry_where_parent_missing(parent, &mut results, |c| {
+                c.create(parent, name, node, symlink_target, open)
+            })
+            .await;
+            // Children that never answered: they may have made the name, or may yet.
+            let unknown = results
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.as_ref().is_err_and(|e| e.is_transport()))
+                .fold(0, |m, (i, _)| m | bit(i));
+            let out = Self::outcome(results)?;
+            if !self.quorum(out.ok_mask()) {
+                // A child went away unnoticed until now, and too few copies took the new name:
+                // it is taken back, so that nothing is left of a create that was refused.
+                let (mut kept, mut taken_back) = (Vec::new(), Vec::new());
+                for (i, (_, h)) in out.ok {
+                    let c = &self.children[i];
+                    if let Some(h) = h {
+                        let _ = c.release(&h).await;
+                    }
+                    let undone = match node.kind {
+                        proto::FileKind::Dir => c.rmdir(parent, name).await,
+                        _ => c.unlink(parent, name).await,
+                    };
+                    if let Err(e) = undone {
+                        tracing::warn!(
+                            child = i,
+                            "cannot take back a create refused for want of quorum: {e}"
+                        );
+                        kept.push(i);
+                    } else {
+                        taken_back.push(i);
+                    }
+                }
+                // Where it could not be taken back, every other copy now lacks the name.
+                if !kept.is_empty() {
+                    let lacking = taken_back.iter().fold(out.failed, |m, i| m | bit(*i));
+                    self.mark(parent, &kept, lacking).await;
+                }
+                // What a silent child did with the name is unknown: its copy of the directory
+                // is to be checked against the others.
+                if unknown != 0 && !taken_back.is_empty() {
+                    self.mark(parent, &taken_back, unknown).await;
+                }
+                return Err(Errno::EROFS);
+            }
+            if out.failed != 0 {
+                self.mark(parent, &out.took(), out.failed).await;
+            }
+            let ok = out.ok;
+            let mut handles: Vec<Option<Handle>> = (0..self.children.len()).map(|_| None).collect();
+            let mut entry = None;
+            let mut good = 0;
+            for (i, (e, h)) in ok {
+                handles[i] = h;
+                good |= bit(i);
+                entry.get_or_insert(e);
+            }
+            let entry = entry.ok_or(Errno::EIO)?;
+            Ok((entry, open.map(|_| self.handle(node.id, handles, good)), good))
+        }
+        .await;
+        // Orders taken where the file is not open now are given back.
+        let mut stray = orders
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.as_ref().is_err_and(|e| e.is_transport()))
+            .filter(|(_, r)| r.is_ok())
             .fold(0, |m, (i, _)| m | bit(i));
-        let out = Self::outcome(results)?;
-        if !self.quorum(out.ok_mask()) {
-            // A child went away unnoticed until now, and too few copies took the new name:
-            // it is taken back, so that nothing is left of a create that was refused.
-            let (mut kept, mut taken_back) = (Vec::new(), Vec::new());
-            for (i, (_, h)) in out.ok {
-                let c = &self.children[i];
-                if let Some(h) = h {
-                    let _ = c.release(&h).await;
-                }
-                let undone = match node.kind {
-                    proto::FileKind::Dir => c.rmdir(parent, name).await,
-                    _ => c.unlink(parent, name).await,
-                };
-                if let Err(e) = undone {
-                    tracing::warn!(
-                        child = i,
-                        "cannot take back a create refused for want of quorum: {e}"
-                    );
-                    kept.push(i);
-                } else {
-                    taken_back.push(i);
+        if let Ok((_, Some(Handle::Replica(rh)), good)) = &made {
+            for (i, r) in orders.iter().enumerate() {
+                if let (Ok(generation), true) = (r, good & bit(i) != 0) {
+                    rh.ticket.order().took(i, *generation);
+                    stray &= !bit(i);
                 }
             }
-            // Where it could not be taken back, every other copy now lacks the name.
-            if !kept.is_empty() {
-                let lacking = taken_back.iter().fold(out.failed, |m, i| m | bit(*i));
-                self.mark(parent, &kept, lacking).await;
-            }
-            // What a silent child did with the name is unknown: its copy of the directory
-            // is to be checked against the others.
-            if unknown != 0 && !taken_back.is_empty() {
-                self.mark(parent, &taken_back, unknown).await;
-            }
-            return Err(Errno::EROFS);
         }
-        if out.failed != 0 {
-            self.mark(parent, &out.took(), out.failed).await;
+        if stray != 0 {
+            spawn_gives(self.children.clone(), node.id, stray, None);
         }
-        let ok = out.ok;
-        let mut handles: Vec<Option<Handle>> = (0..self.children.len()).map(|_| None).collect();
-        let mut entry = None;
-        let mut good = 0;
-        for (i, (e, h)) in ok {
-            handles[i] = h;
-            good |= bit(i);
-            entry.get_or_insert(e);
-        }
-        let entry = entry.ok_or(Errno::EIO)?;
-        let handle = open.map(|_| self.handle(node.id, handles, good));
-        Ok((entry, handle))
+        made.map(|(entry, handle, _)| (entry, handle))
     }
 
     async fn unlink(&self, parent: FileId, name: &[u8]) -> Result<()> {
@@ -934,6 +1073,7 @@ impl Xlator for Replicate {
         // too: the write marks them behind itself on every copy that takes it, which saves
         // a round trip per write while a copy is down.
         let known = rh.failing.load(Ordering::SeqCst);
+        let _order = self.in_order(rh).await;
         let ok = self
             .mutate_open(rh, known, |i, c, ch| {
                 let mark: Vec<(String, i64)> = (0..self.children.len())
@@ -984,6 +1124,8 @@ impl Xlator for Replicate {
 
     async fn release(&self, h: &Handle) -> Result<Option<Entry>> {
         let rh = Self::rh(h)?;
+        // A brick lets the write order go with its connection's last handle on the file.
+        rh.ticket.order().forget();
         let futs = rh.handles.iter().enumerate().map(|(i, ch)| async move {
             match ch {
                 Some(ch) => self.children[i].release(ch).await,
@@ -1008,6 +1150,7 @@ impl Xlator for Replicate {
     async fn fallocate(&self, h: &Handle, mode: u32, offset: u64, len: u64) -> Result<()> {
         let rh = Self::rh(h)?;
         let _gate = rh.ticket.gate().read().await;
+        let _order = self.in_order(rh).await;
         self.mutate_open(rh, 0, |_, c, ch| c.fallocate(ch, mode, offset, len))
             .await
             .map(|_| ())

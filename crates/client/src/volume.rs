@@ -119,6 +119,8 @@ impl Volume {
                     None => Stale::All,
                     Some(Ok(proto::msg::Notice::Changed(c))) => Stale::Changed(c),
                     Some(Ok(proto::msg::Notice::All)) => Stale::All,
+                    // For the replica sets (see `build`).
+                    Some(Ok(proto::msg::Notice::Yield(_))) => return,
                     Some(Err(e)) => {
                         tracing::warn!("undecodable notice: {e}");
                         Stale::All
@@ -156,7 +158,20 @@ fn build(g: &Graph, conns: &[Arc<BrickConn>], healer: &dyn Fn(usize) -> Arc<Bric
                     },
                 })
                 .collect();
-            Replicate::new(all(c), healers)
+            let r = Replicate::new(all(c), healers);
+            // Bricks tell a holder of a write order that another client waits for it.
+            for (k, g) in c.iter().enumerate() {
+                if let Graph::Brick(i) = g {
+                    let w = Arc::downgrade(&r);
+                    conns[*i].on_notice(Arc::new(move |frame| {
+                        let notice = frame.map(|fr| fr.decode::<proto::msg::Notice>());
+                        if let (Some(Ok(proto::msg::Notice::Yield(ids))), Some(r)) = (notice, w.upgrade()) {
+                            r.yield_orders(k, ids);
+                        }
+                    }));
+                }
+            }
+            r
         }
         Graph::Stripe { size, children } => Arc::new(Stripe::new(all(children), *size)),
     }

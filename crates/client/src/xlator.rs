@@ -129,6 +129,15 @@ pub trait Xlator: Send + Sync {
     async fn heal_end(&self, _id: FileId, _guard: bool) -> Result<bool> {
         Err(Errno::ENOSYS)
     }
+    /// Bricks only: takes (waiting until granted) or gives up the write order of `id` (see
+    /// `proto::msg::Request::Order`).
+    async fn order(&self, _id: FileId, _take: bool) -> Result<()> {
+        Err(Errno::ENOSYS)
+    }
+    /// Bricks only: the generation of the connection (orders taken on another are void).
+    fn generation(&self) -> u64 {
+        0
+    }
     /// Bricks only: a directory's parent and its name there.
     async fn dir_parent(&self, _id: FileId) -> Result<(FileId, Vec<u8>)> {
         Err(Errno::ENOSYS)

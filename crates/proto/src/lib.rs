@@ -22,6 +22,7 @@ pub use types::*;
 /// Version of the message set spoken after the handshake. Bumped on any incompatible change;
 /// peers agree on the highest version both speak.
 /// 2: bricks send [`msg::Notice`]s and answer a release with the file's attributes.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: write orders (`msg::Request::Order`, `msg::Notice::Yield`).
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Oldest message-set version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;

@@ -230,6 +230,13 @@ pub enum Request {
         fh: Fh,
         ranges: Vec<(u64, u32)>,
     },
+    /// Take (`take`: the reply comes once granted) or give up the write order of `id`: one
+    /// connection at a time changes a replicated file's data (see `brick::order`). A
+    /// holder is sent `Notice::Yield` when another connection asks. (Version 3 on.)
+    Order {
+        id: FileId,
+        take: bool,
+    },
 }
 
 /// Most ranges in one `Request::ReadV` or `Request::WriteV`.
@@ -282,6 +289,7 @@ impl Request {
             Request::PathsOf { .. } => "pathsof",
             Request::ReadV { .. } => "readv",
             Request::WriteV { .. } => "writev",
+            Request::Order { .. } => "order",
         }
     }
 }
@@ -289,7 +297,7 @@ impl Request {
 /// Number of operations in [`Request`]: a header naming an operation at or past this index
 /// asks for something this build does not know (ENOSYS), anything else undecodable is
 /// malformed (EBADMSG).
-pub const REQUEST_OPS: u32 = 38;
+pub const REQUEST_OPS: u32 = 39;
 
 /// The operation index at the start of an encoded request (postcard writes an enum's
 /// variant index first, as a varint).
@@ -368,6 +376,9 @@ pub const NOTICE_ID: u64 = 0;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Notice {
     Changed(Vec<Change>),
+    /// Another connection waits for the write order of these files, which the client holds
+    /// (version 3 on): it gives them up once its changes under way are done.
+    Yield(Vec<FileId>),
     /// Forget everything learnt from this brick. (Bricks of this version drop the oldest
     /// part of a full interest table and announce those ids instead; clients accept it.)
     All,
@@ -387,9 +398,9 @@ mod tests {
 
     #[test]
     fn op_count_matches_the_enum() {
-        let last = Request::WriteV {
-            fh: 1,
-            ranges: vec![(0, 1)],
+        let last = Request::Order {
+            id: FileId(1),
+            take: true,
         };
         let enc = postcard::to_allocvec(&last).unwrap();
         assert_eq!(op_index(&enc), Some(REQUEST_OPS - 1));

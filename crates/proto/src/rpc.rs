@@ -139,7 +139,7 @@ pub struct Conn<Q, R> {
     /// Held while a connection is being made (see `establish`).
     connecting: tokio::sync::Mutex<()>,
     gen: AtomicU64,
-    notices: Mutex<Option<NoticeFn>>,
+    notices: Mutex<Vec<NoticeFn>>,
     /// Requests sent first on every new connection, before anyone else's.
     hello: Mutex<Option<HelloFn<Q>>>,
     me: Weak<Conn<Q, R>>,
@@ -162,7 +162,7 @@ where
             reconnecting: AtomicBool::new(false),
             connecting: tokio::sync::Mutex::new(()),
             gen: AtomicU64::new(0),
-            notices: Mutex::new(None),
+            notices: Mutex::new(Vec::new()),
             hello: Mutex::new(None),
             me: me.clone(),
             _sends: std::marker::PhantomData,
@@ -198,14 +198,14 @@ where
         *lock(&self.hello) = Some(f);
     }
 
-    /// Where frames the peer sends unasked go (replacing any earlier receiver).
+    /// Adds a receiver of the frames the peer sends unasked (each receiver gets every one).
     pub fn on_notice(&self, f: NoticeFn) {
-        *lock(&self.notices) = Some(f);
+        lock(&self.notices).push(f);
     }
 
     fn notice(&self, frame: Option<&frame::Frame>) {
-        let f = lock(&self.notices).clone();
-        if let Some(f) = f {
+        let receivers = lock(&self.notices).clone();
+        for f in receivers {
             f(frame);
         }
     }

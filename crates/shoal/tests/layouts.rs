@@ -431,16 +431,6 @@ impl Drop for Writer {
     }
 }
 
-/// The value of xattr `name` of `p` (not following a symlink), if it has one.
-fn xattr_of(p: &Path, name: &str) -> Option<Vec<u8>> {
-    let out = std::process::Command::new("getfattr")
-        .args(["--only-values", "-h", "-n", name])
-        .arg(p)
-        .output()
-        .unwrap();
-    out.status.success().then_some(out.stdout)
-}
-
 fn source_tree() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")

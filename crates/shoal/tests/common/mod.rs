@@ -241,7 +241,11 @@ impl Mount {
             .arg(format!("127.0.0.1:{name}"))
             .arg(dir)
             .env("SHOAL_MOUNT_NOTIFY", "1")
-            .env("SHOAL_LOG", "warn")
+            // SHOAL_TEST_MOUNT_LOG: the mounts' log filter, to see what they did.
+            .env(
+                "SHOAL_LOG",
+                std::env::var("SHOAL_TEST_MOUNT_LOG").unwrap_or("warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -350,4 +354,14 @@ pub fn pending_heals(path: &Path) -> usize {
             .count()
     })
     .sum()
+}
+
+/// The value of xattr `name` of `p` (not following a symlink), if it has one.
+pub fn xattr_of(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let out = std::process::Command::new("getfattr")
+        .args(["--only-values", "-h", "-n", name])
+        .arg(p)
+        .output()
+        .unwrap();
+    out.status.success().then_some(out.stdout)
 }

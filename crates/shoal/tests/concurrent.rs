@@ -1,0 +1,438 @@
+//! Two mounts change one namespace at once, two threads each. The volume should stay
+//! consistent: both mounts and a fresh third list the same tree, every file holds one whole
+//! record some writer wrote, no request fails with anything but the errors the races make
+//! (a name gone or taken), and on the bricks the layout holds: replicated copies identical
+//! with nothing marked for heal, each distributed file's data on exactly one brick, and no
+//! pointer or data left under a name the volume does not show. The storms are ignored for
+//! now: they find the known gaps listed in docs/architecture.md (run them with
+//! `--ignored`). Two mounts overwriting one replicated block at once is checked for good.
+
+mod common;
+
+use common::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const DIRS: usize = 3;
+const SUBDIRS: usize = 2;
+const NAMES: usize = 6;
+/// Every file is one record: a 32-byte tag repeated to 4 KiB, written by one `write`.
+const RECORD: usize = 4096;
+const TAG: usize = 32;
+const OPS_PER_WORKER: usize = 300;
+const WORKERS_PER_MOUNT: usize = 2;
+/// Far below the mounts' cache lifetime (10 s): only the bricks' announcements make
+/// another mount's last changes show within it.
+const SETTLE: Duration = Duration::from_secs(5);
+
+fn record(tag: &str) -> Vec<u8> {
+    let mut t = format!("{tag:<width$}", width = TAG - 1).into_bytes();
+    t.push(b'\n');
+    t.repeat(RECORD / TAG)
+}
+
+/// The tag of a whole record, or what is wrong with the bytes.
+fn tag_of(data: &[u8]) -> Result<String, String> {
+    if data.len() != RECORD {
+        return Err(format!("{} bytes", data.len()));
+    }
+    let first = &data[..TAG];
+    if data.chunks(TAG).any(|c| c != first) {
+        return Err("records mixed within the file".into());
+    }
+    Ok(String::from_utf8_lossy(first).trim().to_string())
+}
+
+/// A directory the workers use: a top one (always there) or one of its subdirectories
+/// (made, removed and moved between top directories as they go).
+fn some_dir(rng: &mut StdRng) -> String {
+    let top = format!("d{}", rng.random_range(0..DIRS));
+    match rng.random_range(0..3) {
+        0 => format!("{top}/s{}", rng.random_range(0..SUBDIRS)),
+        _ => top,
+    }
+}
+
+fn some_file(rng: &mut StdRng) -> String {
+    format!("{}/n{}", some_dir(rng), rng.random_range(0..NAMES))
+}
+
+/// Errors the races themselves make: what a name named is gone, taken, or of the other kind.
+/// ESTALE too, for now: a known gap (docs/architecture.md, "Known gap"), where a request
+/// through a directory another mount just removed or moved, or a first read of a file
+/// another mount just removed, fails with it.
+fn expected(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::NotFound | ErrorKind::AlreadyExists)
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::ENOTEMPTY | libc::EISDIR | libc::ENOTDIR | libc::EEXIST | libc::ENOENT | libc::ESTALE)
+        )
+}
+
+/// One worker's bounded run of random namespace and data changes through `m`.
+fn worker(m: &Mount, id: usize, seed: u64) -> Vec<String> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut failures = Vec::new();
+    for i in 0..OPS_PER_WORKER {
+        let tag = format!("w{id}-{i}");
+        let (what, r): (String, std::io::Result<()>) = match rng.random_range(0..100) {
+            // A whole new file put in place under a name, as editors and rsync do.
+            0..30 => {
+                let (dir, name) = (some_dir(&mut rng), rng.random_range(0..NAMES));
+                let tmp = m.path(&format!("{dir}/.tmp-{id}"));
+                let to = m.path(&format!("{dir}/n{name}"));
+                let r = std::fs::write(&tmp, record(&tag)).and_then(|_| std::fs::rename(&tmp, &to));
+                if r.is_err() {
+                    let _ = std::fs::remove_file(&tmp);
+                }
+                (format!("put {}", to.display()), r)
+            }
+            // The same size written again in place.
+            30..45 => {
+                let p = m.path(&some_file(&mut rng));
+                let r = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .and_then(|f| f.write_all_at(&record(&tag), 0));
+                (format!("overwrite {}", p.display()), r)
+            }
+            45..60 => {
+                let (a, b) = (m.path(&some_file(&mut rng)), m.path(&some_file(&mut rng)));
+                (
+                    format!("rename {} {}", a.display(), b.display()),
+                    std::fs::rename(&a, &b),
+                )
+            }
+            60..70 => {
+                let p = m.path(&some_file(&mut rng));
+                (format!("unlink {}", p.display()), std::fs::remove_file(&p))
+            }
+            70..78 => {
+                let (a, b) = (m.path(&some_file(&mut rng)), m.path(&some_file(&mut rng)));
+                (
+                    format!("link {} {}", a.display(), b.display()),
+                    std::fs::hard_link(&a, &b),
+                )
+            }
+            // A read racing the others sees a whole file's size (its bytes may be mid-write).
+            78..88 => {
+                let p = m.path(&some_file(&mut rng));
+                let r = std::fs::read(&p).and_then(|d| match d.len() {
+                    RECORD => Ok(()),
+                    n => Err(std::io::Error::other(format!("read {n} bytes"))),
+                });
+                (format!("read {}", p.display()), r)
+            }
+            88..93 => {
+                let p = m.path(&format!(
+                    "d{}/s{}",
+                    rng.random_range(0..DIRS),
+                    rng.random_range(0..SUBDIRS)
+                ));
+                (format!("mkdir {}", p.display()), std::fs::create_dir(&p))
+            }
+            93..96 => {
+                let p = m.path(&format!(
+                    "d{}/s{}",
+                    rng.random_range(0..DIRS),
+                    rng.random_range(0..SUBDIRS)
+                ));
+                (format!("rmdir {}", p.display()), std::fs::remove_dir(&p))
+            }
+            // A directory moved to another top directory (never into one of its own: no
+            // loops to refuse).
+            _ => {
+                let s = rng.random_range(0..SUBDIRS);
+                let a = m.path(&format!("d{}/s{s}", rng.random_range(0..DIRS)));
+                let b = m.path(&format!(
+                    "d{}/s{}",
+                    rng.random_range(0..DIRS),
+                    rng.random_range(0..SUBDIRS)
+                ));
+                (
+                    format!("rename {} {}", a.display(), b.display()),
+                    std::fs::rename(&a, &b),
+                )
+            }
+        };
+        if let Err(e) = r {
+            if !expected(&e) {
+                failures.push(format!("{what}: {e}"));
+            }
+        }
+    }
+    failures
+}
+
+/// What a mount shows: each path under the root with, for a file, the tag of its record.
+fn tree(root: &Path) -> BTreeMap<String, Result<String, String>> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        let Ok(rd) = std::fs::read_dir(root.join(&rel)) else {
+            out.insert(rel.display().to_string(), Err("unreadable directory".into()));
+            continue;
+        };
+        for e in rd {
+            let Ok(e) = e else {
+                out.insert(rel.display().to_string(), Err("listing failed".into()));
+                continue;
+            };
+            let r = rel.join(e.file_name());
+            let key = r.display().to_string();
+            match std::fs::symlink_metadata(root.join(&r)) {
+                Ok(md) if md.is_dir() => {
+                    out.insert(key, Ok("dir".into()));
+                    todo.push(r);
+                }
+                Ok(_) => {
+                    let v = std::fs::read(root.join(&r)).map_err(|e| e.to_string());
+                    out.insert(key, v.and_then(|d| tag_of(&d)));
+                }
+                Err(e) => {
+                    out.insert(key, Err(e.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A brick's tree outside its own `.shoal`: each path with its kind and, for a regular
+/// file, its bytes.
+fn brick_tree(root: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        for e in std::fs::read_dir(root.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            if rel.as_os_str().is_empty() && e.file_name() == ".shoal" {
+                continue;
+            }
+            let r = rel.join(e.file_name());
+            let md = std::fs::symlink_metadata(root.join(&r)).unwrap();
+            let data = if md.is_file() {
+                std::fs::read(root.join(&r)).unwrap()
+            } else {
+                Vec::new()
+            };
+            if md.is_dir() {
+                todo.push(r.clone());
+            }
+            out.insert(r.display().to_string(), (md.mode(), data));
+        }
+    }
+    out
+}
+
+/// A distribute pointer: empty, mode `---------T`, naming the child with the data.
+fn is_pointer(p: &Path, mode: u32) -> bool {
+    mode & 0o7777 == 0o1000 && xattr_of(p, "trusted.shoal.linkto").is_some()
+}
+
+fn storm(stripe: u32, replica: u32, n: usize, seed: u64) {
+    let layout = format!("stripe {stripe} replica {replica} over {n}");
+    let b = Bricks::start(n);
+    let spec = b.spec("storm", stripe, replica);
+    let (ma, mb) = (b.mount(&spec, "a"), b.mount(&spec, "b"));
+    for d in 0..DIRS {
+        std::fs::create_dir(ma.path(&format!("d{d}"))).unwrap();
+    }
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let mut workers = Vec::new();
+        for (k, m) in [&ma, &mb].into_iter().enumerate() {
+            for t in 0..WORKERS_PER_MOUNT {
+                let id = k * WORKERS_PER_MOUNT + t;
+                workers.push(s.spawn(move || worker(m, id, seed * 100 + id as u64)));
+            }
+        }
+        workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{layout}: {} requests failed, first: {:#?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+
+    // The tree as the bricks hold it, through a mount with nothing cached.
+    let fresh = b.mount(&spec, "fresh");
+    let truth = tree(&fresh.dir);
+    let files = truth
+        .values()
+        .filter(|v| v.as_ref().is_ok_and(|t| t != "dir"))
+        .count();
+    assert!(files > 0, "{layout}: the storm left no file at all");
+    let broken: Vec<_> = truth.iter().filter(|(_, v)| v.is_err()).collect();
+    assert!(
+        broken.is_empty(),
+        "{layout}: files without one whole record: {broken:#?}"
+    );
+    for (label, m) in [("a", &ma), ("b", &mb)] {
+        let mut seen = BTreeMap::new();
+        let same = |seen: &mut BTreeMap<_, _>| {
+            *seen = tree(&m.dir);
+            *seen == truth
+        };
+        if !same(&mut seen) {
+            let until = std::time::Instant::now() + SETTLE;
+            while std::time::Instant::now() < until && !same(&mut seen) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let differ: Vec<_> = truth
+            .keys()
+            .chain(seen.keys())
+            .filter(|k| truth.get(*k) != seen.get(*k))
+            .map(|k| (k, truth.get(k), seen.get(k)))
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "{layout}: mount {label} differs from a fresh mount: {differ:#?}"
+        );
+    }
+
+    let bricks: Vec<_> = b.bricks.iter().map(|br| brick_tree(&br.path)).collect();
+    if replica > 1 {
+        for (g, copies) in bricks.chunks(replica as usize).enumerate() {
+            for (c, other) in copies.iter().enumerate().skip(1) {
+                let differ: Vec<_> = copies[0]
+                    .keys()
+                    .chain(other.keys())
+                    .filter(|k| copies[0].get(*k) != other.get(*k))
+                    .collect();
+                assert!(
+                    differ.is_empty(),
+                    "{layout}: group {g} copy {c} differs from copy 0: {differ:#?}"
+                );
+            }
+        }
+        wait_for(&format!("{layout}: nothing marked for heal"), SETTLE, || {
+            b.bricks.iter().all(|br| pending_heals(&br.path) == 0)
+        });
+    }
+    if stripe == 1 {
+        // Each file name the volume shows has its data on exactly one child (a group of
+        // copies counts once), and no child holds a name the volume does not show.
+        let children: Vec<_> = b.bricks.iter().zip(&bricks).step_by(replica as usize).collect();
+        for (name, v) in &truth {
+            let dir = v.as_ref().is_ok_and(|t| t == "dir");
+            let mut data = 0;
+            for (br, t) in &children {
+                match t.get(name) {
+                    Some((mode, _)) if dir => {
+                        assert!(mode & libc::S_IFMT == libc::S_IFDIR, "{layout}: {name}")
+                    }
+                    Some((mode, _)) if !is_pointer(&br.path.join(name), *mode) => data += 1,
+                    Some(_) => {}
+                    None => assert!(
+                        !dir,
+                        "{layout}: directory {name} missing on {}",
+                        br.path.display()
+                    ),
+                }
+            }
+            assert!(
+                dir || data == 1,
+                "{layout}: {name} has its data on {data} children"
+            );
+        }
+        for (br, t) in &children {
+            let hidden: Vec<_> = t.keys().filter(|k| !truth.contains_key(*k)).collect();
+            assert!(
+                hidden.is_empty(),
+                "{layout}: {} holds names the volume does not show: {hidden:#?}",
+                br.path.display()
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "known gaps under racing namespace changes (docs/architecture.md)"]
+fn distribute_3_stays_consistent() {
+    if require_root() {
+        storm(1, 1, 3, 1);
+    }
+}
+
+#[test]
+#[ignore = "known gaps under racing namespace changes (docs/architecture.md)"]
+fn replica_2_stays_consistent() {
+    if require_root() {
+        storm(1, 2, 2, 2);
+    }
+}
+
+#[test]
+#[ignore = "known gaps under racing namespace changes (docs/architecture.md)"]
+fn distributed_replicate_2x2_stays_consistent() {
+    if require_root() {
+        storm(1, 2, 4, 3);
+    }
+}
+
+#[test]
+#[ignore = "known gaps under racing namespace changes (docs/architecture.md)"]
+fn stripe_2_stays_consistent() {
+    if require_root() {
+        storm(2, 1, 2, 4);
+    }
+}
+
+/// Two mounts write the same bytes of a replicated file at the same moment, round after
+/// round: each round ends with the copies identical (one writer's bytes or the other's on
+/// both), as the write order makes every copy take the two writes in the same order.
+#[test]
+fn replica_copies_agree_under_concurrent_overwrites() {
+    if !require_root() {
+        return;
+    }
+    const ROUNDS: usize = 200;
+    let b = Bricks::start(2);
+    let spec = b.spec("overwrite", 1, 2);
+    let (ma, mb) = (b.mount(&spec, "a"), b.mount(&spec, "b"));
+    std::fs::write(ma.path("f"), record("start")).unwrap();
+    // O_DSYNC: the writes do not go behind, so the round ends with them on the bricks.
+    let files = [&ma, &mb].map(|m| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DSYNC)
+            .open(m.path("f"))
+            .unwrap()
+    });
+    let copies = [0, 1].map(|i| b.bricks[i].path.join("f"));
+    let (go, done) = (std::sync::Barrier::new(3), std::sync::Barrier::new(3));
+    let mut differ = Vec::new();
+    std::thread::scope(|s| {
+        for (k, f) in files.iter().enumerate() {
+            let (go, done) = (&go, &done);
+            s.spawn(move || {
+                for r in 0..ROUNDS {
+                    go.wait();
+                    f.write_all_at(&record(&format!("m{k}-{r}")), 0).unwrap();
+                    done.wait();
+                }
+            });
+        }
+        for r in 0..ROUNDS {
+            go.wait();
+            done.wait();
+            let [c0, c1] = copies.clone().map(|p| std::fs::read(p).unwrap());
+            if c0 != c1 {
+                differ.push((r, tag_of(&c0), tag_of(&c1)));
+            }
+        }
+    });
+    assert!(
+        differ.is_empty(),
+        "{} of {ROUNDS} rounds left the copies different, first: {:?}",
+        differ.len(),
+        differ.first()
+    );
+}
