@@ -910,7 +910,7 @@ impl fuser::Filesystem for ShoalFs {
                     (o, f)
                 }
             };
-            let h = tryr!(reply, opened);
+            let mut h = tryr!(reply, opened);
             if lazy {
                 // The file must exist for a lazy open to succeed.
                 tryr!(reply, fresh.as_ref().map_err(|e| *e));
@@ -923,6 +923,13 @@ impl fuser::Filesystem for ShoalFs {
                 }
                 Err(_) => false,
             };
+            // The kernel's pages go: the first read needs the bricks, and the file must be
+            // open there before another client can remove it (an open file stays readable).
+            // Opened now, a file replaced meanwhile answers ESTALE here, where the kernel
+            // looks its name up again and opens what is there now.
+            if lazy && !unchanged {
+                h = Some(tryr!(reply, s.vol.open(id, flags).await));
+            }
             if !unchanged {
                 if let Some(n) = s.notifier.get() {
                     if let Err(e) = n.inval_inode(ino, -1, 0) {
