@@ -48,10 +48,7 @@ impl Orders {
     pub fn take(&self, id: FileId, conn: u64) -> Take {
         match self.lock().entry(id) {
             Entry::Vacant(v) => {
-                v.insert(Order {
-                    holder: conn,
-                    waiting: VecDeque::new(),
-                });
+                grant(v, conn);
                 Take::Granted
             }
             Entry::Occupied(mut o) => {
@@ -71,10 +68,7 @@ impl Orders {
     pub fn try_take(&self, id: FileId, conn: u64) -> bool {
         match self.lock().entry(id) {
             Entry::Vacant(v) => {
-                v.insert(Order {
-                    holder: conn,
-                    waiting: VecDeque::new(),
-                });
+                grant(v, conn);
                 true
             }
             Entry::Occupied(o) => o.get().holder == conn,
@@ -90,10 +84,18 @@ impl Orders {
             o.waiting.retain(|(c, _)| *c != conn);
             return None;
         }
-        // A waiter whose request is gone (its connection ended) is passed over.
+        // A waiter whose request is gone (its connection ended) is passed over. Every
+        // request of the new holder's is answered (a client may ask more than once).
         while let Some((next, tx)) = o.waiting.pop_front() {
             if tx.send(()).is_ok() {
                 o.holder = next;
+                let (mine, others) = std::mem::take(&mut o.waiting)
+                    .into_iter()
+                    .partition(|(c, _)| *c == next);
+                o.waiting = others;
+                for (_, tx) in mine {
+                    let _: Result<(), ()> = tx.send(());
+                }
                 return (!o.waiting.is_empty()).then_some(next);
             }
         }
@@ -119,6 +121,13 @@ impl Orders {
     pub fn holder(&self, id: FileId) -> Option<u64> {
         self.lock().get(&id).map(|o| o.holder)
     }
+}
+
+fn grant(v: std::collections::hash_map::VacantEntry<'_, FileId, Order>, conn: u64) {
+    v.insert(Order {
+        holder: conn,
+        waiting: VecDeque::new(),
+    });
 }
 
 #[cfg(test)]
@@ -170,6 +179,26 @@ mod tests {
         // 1 no longer waits for g: 2's give frees it.
         assert_eq!(o.give(g, 2), None);
         assert_eq!(o.holder(g), None);
+    }
+
+    #[test]
+    fn every_request_of_the_next_holder_is_answered() {
+        let o = Orders::default();
+        assert!(matches!(o.take(F, 1), Take::Granted));
+        let (mut two_a, tell) = wait(o.take(F, 2));
+        assert_eq!(tell, Some(1));
+        let (mut two_b, _) = wait(o.take(F, 2));
+        assert_eq!(o.give(F, 1), None, "nobody else waits for 2");
+        assert!(two_a.try_recv().is_ok() && two_b.try_recv().is_ok());
+        // With another connection behind it, the new holder is to be told.
+        let o = Orders::default();
+        assert!(matches!(o.take(F, 1), Take::Granted));
+        let (_two, _) = wait(o.take(F, 2));
+        let (_three, _) = wait(o.take(F, 3));
+        let (_two_again, _) = wait(o.take(F, 2));
+        assert_eq!(o.give(F, 1), Some(2));
+        assert_eq!(o.give(F, 2), None);
+        assert_eq!(o.holder(F), Some(3));
     }
 
     #[test]

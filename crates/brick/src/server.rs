@@ -230,6 +230,13 @@ impl BrickServer {
         }
     }
 
+    /// `conn` gives up the write order of `id`; its next holder hears if others wait.
+    fn give_order(&self, id: proto::FileId, conn: u64) {
+        if let Some(holder) = self.orders.give(id, conn) {
+            self.tell_holder(id, holder);
+        }
+    }
+
     fn others_listen(&self, conn: &Conn) -> bool {
         self.listeners
             .lock()
@@ -415,16 +422,15 @@ impl BrickServer {
                 s.unlink_unless(parent, &name, Some(&keep)).map(unlinked)
             }
             Request::Release { fh } => {
+                let h = conn.handle(fh);
                 // A write order goes with the connection's last handle on the file, here in
                 // the reader: before anything the connection sends next (a take) is read.
-                if let Ok(id) = conn.handle(fh).map(|h| h.file().id) {
+                if let Ok(id) = h.as_ref().map(|h| h.file().id) {
                     if self.orders.holder(id) == Some(conn.id) && conn.opens(id) == 1 {
-                        if let Some(holder) = self.orders.give(id, conn.id) {
-                            self.tell_holder(id, holder);
-                        }
+                        self.give_order(id, conn.id);
                     }
                 }
-                match conn.handle(fh).and_then(|h| s.closing(h.file())) {
+                match h.and_then(|h| s.closing(h.file())) {
                     Ok((entry, true)) => self.release(conn, fh, Some(entry)),
                     _ => return Quick::Slow(Request::Release { fh }),
                 }
@@ -495,9 +501,7 @@ impl BrickServer {
                 }
             }
             Request::Order { id, take: false } => {
-                if let Some(holder) = self.orders.give(id, conn.id) {
-                    self.tell_holder(id, holder);
-                }
+                self.give_order(id, conn.id);
                 Ok(Reply::Ok)
             }
             Request::Order { id, take: true } if self.orders.try_take(id, conn.id) => Ok(Reply::Ok),
@@ -705,19 +709,28 @@ impl BrickServer {
                 }
                 r.map(|_| Reply::Ok)
             }
-            Request::Order { id, take: true } => match self.orders.take(id, conn.id) {
-                Take::Granted => Ok(Reply::Ok),
-                Take::Wait { granted, tell } => {
-                    if let Some(holder) = tell {
-                        self.tell_holder(id, holder);
+            Request::Order { id, take: true } => {
+                let r = match self.orders.take(id, conn.id) {
+                    Take::Granted => Ok(Reply::Ok),
+                    Take::Wait { granted, tell } => {
+                        if let Some(holder) = tell {
+                            self.tell_holder(id, holder);
+                        }
+                        let mut closed = conn.closed.clone();
+                        tokio::select! {
+                            r = granted => r.map(|_| Reply::Ok).map_err(|_| Errno::EAGAIN),
+                            _ = closed.wait_for(|c| *c) => Err(Errno::ECONNRESET),
+                        }
                     }
-                    let mut closed = conn.closed.clone();
-                    tokio::select! {
-                        r = granted => r.map(|_| Reply::Ok).map_err(|_| Errno::EAGAIN),
-                        _ = closed.wait_for(|c| *c) => Err(Errno::ECONNRESET),
-                    }
+                };
+                // Granted to a connection that ended meanwhile (its close let go of what
+                // it held before this took): given back, or nobody would ever get it.
+                if r.is_ok() && *conn.closed.borrow() {
+                    self.give_order(id, conn.id);
+                    return (Err(Errno::ECONNRESET), Body::default());
                 }
-            },
+                r
+            }
             Request::DirParent { id } => self
                 .blocking(move |s| s.dir_parent(id))
                 .await

@@ -19,8 +19,11 @@ struct State {
     /// Children that hold the order for this client, with the generation of the
     /// connection each was taken on.
     held: Vec<(usize, u64)>,
-    /// Changes running under the hold.
+    /// Changes running under the hold (or taking it).
     running: usize,
+    /// A change is taking the order: the others wait for it (two takes of one
+    /// connection would queue twice at a brick).
+    taking: bool,
     /// Another client asked for the order: it goes once the changes under way end (whoever
     /// sees that gives it up), and new changes wait until it is given up.
     asked: bool,
@@ -41,7 +44,8 @@ impl State {
 #[derive(Default)]
 pub struct Order {
     state: Mutex<State>,
-    /// Wakes changes that wait for the hold to be given up.
+    /// Wakes changes that wait for the hold to be given up, for a take, or for the
+    /// changes under way to end.
     given: Notify,
 }
 
@@ -68,7 +72,7 @@ impl Order {
     pub fn next(&self, want: u64, generation: impl Fn(usize) -> u64) -> Step {
         let mut s = self.state();
         // Asked for: the changes under way end, or the hold is being given up.
-        if s.asked {
+        if s.asked || s.taking {
             return Step::Wait;
         }
         s.held.retain(|(i, g)| generation(*i) == *g);
@@ -79,8 +83,13 @@ impl Order {
             return Step::Run;
         }
         let give = held & (u64::MAX << missing.trailing_zeros());
+        if give != 0 && s.running > 0 {
+            // Not while changes run under those holds.
+            return Step::Wait;
+        }
         s.held.retain(|(i, _)| give & bit(*i) == 0);
         s.running += 1;
+        s.taking = true;
         Step::Take {
             give,
             take: missing | (give & want),
@@ -94,13 +103,28 @@ impl Order {
         s.held.push((i, generation));
     }
 
+    /// The takes of [`Step::Take`] are done: other changes may go on.
+    pub fn taken(&self) {
+        self.state().taking = false;
+        self.given.notify_waiters();
+    }
+
     /// A change ended. Some: give the hold up now (then [`Order::gave`]) on these
     /// children and on every other the file is open on (a brick may hold it for this client
     /// although it was forgotten here).
     pub fn end(&self) -> Option<u64> {
         let mut s = self.state();
         s.running -= 1;
-        (s.running == 0 && s.asked).then(|| s.take_all())
+        if s.running > 0 {
+            return None;
+        }
+        if s.asked {
+            return Some(s.take_all());
+        }
+        drop(s);
+        // A change waiting to give up a later child's hold may go on.
+        self.given.notify_waiters();
+        None
     }
 
     /// Another client waits for the order. Some: give it up now (then [`Order::gave`]) on
@@ -142,8 +166,10 @@ mod tests {
     fn taken_once_then_kept_until_asked() {
         let o = Order::default();
         assert_eq!(o.next(0b11, gen), Step::Take { give: 0, take: 0b11 });
+        assert_eq!(o.next(0b11, gen), Step::Wait, "one take at a time");
         o.took(0, GEN);
         o.took(1, GEN);
+        o.taken();
         assert_eq!(o.end(), None);
         assert_eq!(o.next(0b11, gen), Step::Run, "kept: no request");
         // Asked while a change runs: the hold goes when it ends; new changes wait.
@@ -184,8 +210,14 @@ mod tests {
         );
         o.took(1, GEN + 1);
         o.took(2, GEN);
+        o.taken();
+        // Not while a change runs under the later hold.
+        assert_eq!(o.next(0b111, renewed), Step::Run);
+        let then_0 = |i: usize| if i <= 1 { GEN + 1 } else { GEN };
+        assert_eq!(o.next(0b111, then_0), Step::Wait);
         assert_eq!(o.end(), None);
-        assert_eq!(o.forget(), 0b111);
+        assert_eq!(o.end(), None);
+        assert_eq!(o.forget(), 0b110, "child 0's void hold is gone");
     }
 
     #[test]
@@ -193,6 +225,7 @@ mod tests {
         let o = Order::default();
         assert_eq!(o.next(0b1, gen), Step::Take { give: 0, take: 0b1 });
         o.took(0, GEN);
+        o.taken();
         assert_eq!(o.ask(), None, "taken for a change: given up at its end");
         assert_eq!(o.next(0b1, gen), Step::Wait);
         assert_eq!(o.end(), Some(0b1));

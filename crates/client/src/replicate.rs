@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use proto::{Entry, Errno, FileId, Lock, LockKind, NewNode, RenameFlags, SetAttr, StatFs};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,6 +62,8 @@ pub struct Replicate {
     held: Mutex<LockSet>,
     /// The files this client is changing (see `crate::openfiles`).
     pub(crate) open: Arc<OpenFiles>,
+    /// Gives of write orders on their way (see `crate::order`).
+    gives: Arc<Gives>,
 }
 
 /// Replicate's part of an open file.
@@ -108,31 +111,84 @@ struct InOrder {
     order: Arc<Order>,
     id: FileId,
     children: Vec<Child>,
+    gives: Arc<Gives>,
     /// Children the file is open on.
     open: u64,
+    /// Still taking the order (the future was dropped then).
+    taking: bool,
 }
 
 impl Drop for InOrder {
     fn drop(&mut self) {
+        if self.taking {
+            self.order.taken();
+        }
         if let Some(held) = self.order.end() {
             let children = std::mem::take(&mut self.children);
-            spawn_gives(children, self.id, held | self.open, Some(self.order.clone()));
+            self.gives
+                .spawn(children, self.id, held | self.open, Some(self.order.clone()));
         }
     }
 }
 
-/// Gives up the write order of `id` on the children in `mask`, then lets the changes
-/// waiting for that go on.
-fn spawn_gives(children: Vec<Child>, id: FileId, mask: u64, order: Option<Arc<Order>>) {
-    let give = async move {
-        give_order(&children, id, mask).await;
+/// Gives of write orders on their way, by file: a take of the same file waits for them
+/// (sent from another task, a give could reach the brick after the take, and undo it).
+#[derive(Default)]
+struct Gives {
+    files: Mutex<HashMap<FileId, usize>>,
+    done: Notify,
+}
+
+impl Gives {
+    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<FileId, usize>> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives up the write order of `id` on the children in `mask`, then lets the changes
+    /// waiting for that (`order`'s) go on.
+    fn spawn(self: &Arc<Self>, children: Vec<Child>, id: FileId, mask: u64, order: Option<Arc<Order>>) {
+        *self.files().entry(id).or_default() += 1;
+        let me = self.clone();
+        let give = async move {
+            give_order(&children, id, mask).await;
+            me.finish(id, order);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(give)),
+            Err(_) => {
+                tracing::warn!(%id, "no runtime to give up a write order on");
+                self.finish(id, None);
+            }
+        }
+    }
+
+    fn finish(&self, id: FileId, order: Option<Arc<Order>>) {
+        {
+            let mut files = self.files();
+            if let Some(n) = files.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    files.remove(&id);
+                }
+            }
+        }
         if let Some(o) = order {
             o.gave();
         }
-    };
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => drop(rt.spawn(give)),
-        Err(_) => tracing::warn!(%id, "no runtime to give up a write order on"),
+        self.done.notify_waiters();
+    }
+
+    /// Waits until no give of `id` is on its way.
+    async fn settled(&self, id: FileId) {
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !self.files().contains_key(&id) {
+                return;
+            }
+            done.await;
+        }
     }
 }
 
@@ -173,6 +229,7 @@ impl Replicate {
             heal_wake: heal_wake.clone(),
             held: Mutex::new(LockSet::default()),
             open: Arc::new(OpenFiles::default()),
+            gives: Arc::default(),
         });
         tokio::spawn(crate::heal::keep_healing(Arc::downgrade(&r), heal_wake));
         r
@@ -578,32 +635,44 @@ impl Replicate {
         let want = (0..self.children.len())
             .filter(|i| open & bit(*i) != 0 && self.children[*i].is_up())
             .fold(0, |m, i| m | bit(i));
+        // A give of this file still on its way must not overtake the take below.
+        self.gives.settled(rh.id).await;
         loop {
             let given = order.given().notified();
             tokio::pin!(given);
             given.as_mut().enable();
-            match order.next(want, |i| self.children[i].generation()) {
-                Step::Run => break,
-                Step::Wait => given.await,
-                Step::Take { give, take } => {
-                    give_order(&self.children, rh.id, give).await;
-                    for i in (0..self.children.len()).filter(|i| take & bit(*i) != 0) {
-                        let generation = self.children[i].generation();
-                        match self.children[i].order(rh.id, true).await {
-                            // (A brick from before write orders has none to take.)
-                            Ok(()) | Err(Errno::ENOSYS) => order.took(i, generation),
-                            Err(e) => tracing::debug!(child = i, "write order not taken: {e}"),
-                        }
-                    }
-                    break;
+            let step = order.next(want, |i| self.children[i].generation());
+            let (give, take) = match step {
+                Step::Wait => {
+                    given.await;
+                    continue;
                 }
+                Step::Run => (0, 0),
+                Step::Take { give, take } => (give, take),
+            };
+            // From here the change counts as running, whatever becomes of this future.
+            let mut guard = InOrder {
+                order: order.clone(),
+                id: rh.id,
+                children: self.children.clone(),
+                gives: self.gives.clone(),
+                open,
+                taking: step != Step::Run,
+            };
+            if guard.taking {
+                give_order(&self.children, rh.id, give).await;
+                for i in (0..self.children.len()).filter(|i| take & bit(*i) != 0) {
+                    let generation = self.children[i].generation();
+                    match self.children[i].order(rh.id, true).await {
+                        // (A brick from before write orders has none to take.)
+                        Ok(()) | Err(Errno::ENOSYS) => order.took(i, generation),
+                        Err(e) => tracing::debug!(child = i, "write order not taken: {e}"),
+                    }
+                }
+                guard.taking = false;
+                order.taken();
             }
-        }
-        InOrder {
-            order,
-            id: rh.id,
-            children: self.children.clone(),
-            open,
+            return guard;
         }
     }
 
@@ -618,8 +687,7 @@ impl Replicate {
                 // Not changed here any more: the brick's hold is a leftover.
                 None => bit(i),
             };
-            let children = self.children.clone();
-            spawn_gives(children, id, give, order);
+            self.gives.spawn(self.children.clone(), id, give, order);
         }
     }
 
@@ -875,7 +943,7 @@ impl Xlator for Replicate {
             }
         }
         if stray != 0 {
-            spawn_gives(self.children.clone(), node.id, stray, None);
+            self.gives.spawn(self.children.clone(), node.id, stray, None);
         }
         made.map(|(entry, handle, _)| (entry, handle))
     }

@@ -915,20 +915,19 @@ impl fuser::Filesystem for ShoalFs {
                 // The file must exist for a lazy open to succeed.
                 tryr!(reply, fresh.as_ref().map_err(|e| *e));
             }
-            let unchanged = match &fresh {
-                Ok(e) => {
-                    let same = s.known.version(ino.0) == Some(Version::of(&e.attr));
-                    s.note(ino.0, e, start);
-                    same
-                }
-                Err(_) => false,
-            };
+            let unchanged = fresh
+                .as_ref()
+                .is_ok_and(|e| s.known.version(ino.0) == Some(Version::of(&e.attr)));
             // The kernel's pages go: the first read needs the bricks, and the file must be
             // open there before another client can remove it (an open file stays readable).
             // Opened now, a file replaced meanwhile answers ESTALE here, where the kernel
-            // looks its name up again and opens what is there now.
+            // looks its name up again and opens what is there now. (Before the version is
+            // noted: a failed open leaves the pages to be dropped by the next.)
             if lazy && !unchanged {
                 h = Some(tryr!(reply, s.vol.open(id, flags).await));
+            }
+            if let Ok(e) = &fresh {
+                s.note(ino.0, e, start);
             }
             if !unchanged {
                 if let Some(n) = s.notifier.get() {

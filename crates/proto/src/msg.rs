@@ -376,12 +376,13 @@ pub const NOTICE_ID: u64 = 0;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Notice {
     Changed(Vec<Change>),
-    /// Another connection waits for the write order of these files, which the client holds
-    /// (version 3 on): it gives them up once its changes under way are done.
-    Yield(Vec<FileId>),
     /// Forget everything learnt from this brick. (Bricks of this version drop the oldest
     /// part of a full interest table and announce those ids instead; clients accept it.)
     All,
+    /// Another connection waits for the write order of these files, which the client holds
+    /// (version 3 on): it gives them up once its changes under way are done. (Last: the
+    /// variants before keep their numbers.)
+    Yield(Vec<FileId>),
 }
 
 /// One stale thing: an object's attributes and data, or with `name`, that entry of the
