@@ -7,8 +7,8 @@
 //! that two clients never each hold a part), and keeps it while nobody else asks: a single
 //! writer pays no request per write. When another connection asks, the holder is told
 //! (`Notice::Yield`), finishes the changes it has under way and gives the order up; the
-//! asker gets it then. A hold ends when its client gives it up (it does once it no longer
-//! changes the file) or with its connection.
+//! asker gets it then. A hold ends when its client gives it up, with the connection's last
+//! handle on the file (see the server's release), or with the connection.
 
 use proto::FileId;
 use std::collections::hash_map::Entry;

@@ -9,10 +9,14 @@
 //! for the other's: a hold on a later child is given up before an earlier one is taken
 //! again (its connection was renewed, so the brick let it go).
 
-use std::sync::{Mutex, MutexGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
 use crate::replicate::bit;
+use crate::xlator::Child;
+use futures_util::future::join_all;
+use proto::FileId;
 
 #[derive(Default)]
 struct State {
@@ -149,6 +153,77 @@ impl Order {
     /// Forgets the hold (a handle of the file closed: the brick may have let it go).
     pub fn forget(&self) -> u64 {
         self.state().take_all()
+    }
+}
+
+/// Gives of write orders on their way, by file: a take of the same file waits for them
+/// (sent from another task, a give could reach the brick after the take, and undo it).
+#[derive(Default)]
+pub struct Gives {
+    files: Mutex<HashMap<FileId, usize>>,
+    done: Notify,
+}
+
+impl Gives {
+    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<FileId, usize>> {
+        self.files.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives up the write order of `id` on the children in `mask`, then lets the changes
+    /// waiting for that (`order`'s) go on.
+    pub fn spawn(self: &Arc<Self>, children: Vec<Child>, id: FileId, mask: u64, order: Option<Arc<Order>>) {
+        *self.files().entry(id).or_default() += 1;
+        let me = self.clone();
+        let give = async move {
+            give_order(&children, id, mask).await;
+            me.finish(id, order);
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn(give)),
+            Err(_) => {
+                tracing::warn!(%id, "no runtime to give up a write order on");
+                self.finish(id, None);
+            }
+        }
+    }
+
+    fn finish(&self, id: FileId, order: Option<Arc<Order>>) {
+        {
+            let mut files = self.files();
+            if let Some(n) = files.get_mut(&id) {
+                *n -= 1;
+                if *n == 0 {
+                    files.remove(&id);
+                }
+            }
+        }
+        if let Some(o) = order {
+            o.gave();
+        }
+        self.done.notify_waiters();
+    }
+
+    /// Waits until no give of `id` is on its way.
+    pub async fn settled(&self, id: FileId) {
+        loop {
+            let done = self.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if !self.files().contains_key(&id) {
+                return;
+            }
+            done.await;
+        }
+    }
+}
+
+pub async fn give_order(children: &[Child], id: FileId, mask: u64) {
+    let which: Vec<usize> = (0..children.len()).filter(|i| mask & bit(*i) != 0).collect();
+    let gives = which.iter().map(|i| children[*i].order(id, false));
+    for (i, r) in which.iter().zip(join_all(gives).await) {
+        if let Err(e) = r {
+            tracing::debug!(child = i, "write order not given up: {e}");
+        }
     }
 }
 

@@ -11,13 +11,12 @@
 use crate::heal::Healer;
 use crate::lockset::LockSet;
 use crate::openfiles::{OpenFiles, Ticket};
-use crate::order::{Order, Step};
+use crate::order::{give_order, Gives, Order, Step};
 use crate::xlator::{Child, DirCursor, DirPage, Handle, HealReport, Result, Xlator};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use proto::{Entry, Errno, FileId, Lock, LockKind, NewNode, RenameFlags, SetAttr, StatFs};
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -107,97 +106,25 @@ impl<T> Outcome<T> {
 }
 
 /// A change of a file's data under its write order (see [`Replicate::in_order`]).
-struct InOrder {
-    order: Arc<Order>,
+struct InOrder<'a> {
+    r: &'a Replicate,
+    order: &'a Arc<Order>,
     id: FileId,
-    children: Vec<Child>,
-    gives: Arc<Gives>,
     /// Children the file is open on.
     open: u64,
     /// Still taking the order (the future was dropped then).
     taking: bool,
 }
 
-impl Drop for InOrder {
+impl Drop for InOrder<'_> {
     fn drop(&mut self) {
         if self.taking {
             self.order.taken();
         }
         if let Some(held) = self.order.end() {
-            let children = std::mem::take(&mut self.children);
-            self.gives
-                .spawn(children, self.id, held | self.open, Some(self.order.clone()));
-        }
-    }
-}
-
-/// Gives of write orders on their way, by file: a take of the same file waits for them
-/// (sent from another task, a give could reach the brick after the take, and undo it).
-#[derive(Default)]
-struct Gives {
-    files: Mutex<HashMap<FileId, usize>>,
-    done: Notify,
-}
-
-impl Gives {
-    fn files(&self) -> std::sync::MutexGuard<'_, HashMap<FileId, usize>> {
-        self.files.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Gives up the write order of `id` on the children in `mask`, then lets the changes
-    /// waiting for that (`order`'s) go on.
-    fn spawn(self: &Arc<Self>, children: Vec<Child>, id: FileId, mask: u64, order: Option<Arc<Order>>) {
-        *self.files().entry(id).or_default() += 1;
-        let me = self.clone();
-        let give = async move {
-            give_order(&children, id, mask).await;
-            me.finish(id, order);
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => drop(rt.spawn(give)),
-            Err(_) => {
-                tracing::warn!(%id, "no runtime to give up a write order on");
-                self.finish(id, None);
-            }
-        }
-    }
-
-    fn finish(&self, id: FileId, order: Option<Arc<Order>>) {
-        {
-            let mut files = self.files();
-            if let Some(n) = files.get_mut(&id) {
-                *n -= 1;
-                if *n == 0 {
-                    files.remove(&id);
-                }
-            }
-        }
-        if let Some(o) = order {
-            o.gave();
-        }
-        self.done.notify_waiters();
-    }
-
-    /// Waits until no give of `id` is on its way.
-    async fn settled(&self, id: FileId) {
-        loop {
-            let done = self.done.notified();
-            tokio::pin!(done);
-            done.as_mut().enable();
-            if !self.files().contains_key(&id) {
-                return;
-            }
-            done.await;
-        }
-    }
-}
-
-async fn give_order(children: &[Child], id: FileId, mask: u64) {
-    let which: Vec<usize> = (0..children.len()).filter(|i| mask & bit(*i) != 0).collect();
-    let gives = which.iter().map(|i| children[*i].order(id, false));
-    for (i, r) in which.iter().zip(join_all(gives).await) {
-        if let Err(e) = r {
-            tracing::debug!(child = i, "write order not given up: {e}");
+            let (r, order) = (self.r, Some(self.order.clone()));
+            r.gives
+                .spawn(r.children.clone(), self.id, held | self.open, order);
         }
     }
 }
@@ -624,8 +551,8 @@ impl Replicate {
     /// Holds the write order of the file `rh` has open on every copy it is open on (see
     /// `crate::order`) until the guard returned is dropped: two clients' changes of the
     /// same bytes then reach every copy in the same order.
-    async fn in_order(&self, rh: &ReplicaHandle) -> InOrder {
-        let order = rh.ticket.order().clone();
+    async fn in_order<'a>(&'a self, rh: &'a ReplicaHandle) -> InOrder<'a> {
+        let order = rh.ticket.order();
         let open = rh
             .handles
             .iter()
@@ -635,8 +562,6 @@ impl Replicate {
         let want = (0..self.children.len())
             .filter(|i| open & bit(*i) != 0 && self.children[*i].is_up())
             .fold(0, |m, i| m | bit(i));
-        // A give of this file still on its way must not overtake the take below.
-        self.gives.settled(rh.id).await;
         loop {
             let given = order.given().notified();
             tokio::pin!(given);
@@ -652,14 +577,15 @@ impl Replicate {
             };
             // From here the change counts as running, whatever becomes of this future.
             let mut guard = InOrder {
-                order: order.clone(),
+                r: self,
+                order,
                 id: rh.id,
-                children: self.children.clone(),
-                gives: self.gives.clone(),
                 open,
                 taking: step != Step::Run,
             };
             if guard.taking {
+                // A give of this file still on its way must not overtake the takes.
+                self.gives.settled(rh.id).await;
                 give_order(&self.children, rh.id, give).await;
                 for i in (0..self.children.len()).filter(|i| take & bit(*i) != 0) {
                     let generation = self.children[i].generation();
