@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::future::join_all;
 use proto::{Entry, Errno, FileId, Lock, LockKind, NewNode, RenameFlags, SetAttr, StatFs};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -63,6 +64,22 @@ pub struct Replicate {
     pub(crate) open: Arc<OpenFiles>,
     /// Gives of write orders on their way (see `crate::order`).
     gives: Arc<Gives>,
+    /// The orders of directories' namespace changes (see [`Replicate::in_dir_order`]).
+    dirs: Mutex<HashMap<FileId, Arc<DirOrder>>>,
+}
+
+/// A directory's order, and its changes from this client one at a time (the kernel has a
+/// mount's one at a time already; other front ends may not).
+#[derive(Default)]
+struct DirOrder {
+    order: Arc<Order>,
+    one: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Namespace changes of directories under their orders (see [`Replicate::in_dir_order`]).
+struct DirsInOrder<'a> {
+    _orders: Vec<InOrder<'a>>,
+    _one: Vec<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// Replicate's part of an open file.
@@ -105,12 +122,13 @@ impl<T> Outcome<T> {
     }
 }
 
-/// A change of a file's data under its write order (see [`Replicate::in_order`]).
+/// A change of a file's data (or of a directory's names) under its order (see
+/// [`Replicate::in_order`]).
 struct InOrder<'a> {
     r: &'a Replicate,
-    order: &'a Arc<Order>,
+    order: Arc<Order>,
     id: FileId,
-    /// Children the file is open on.
+    /// Children the file is open on (every child for a directory).
     open: u64,
     /// Still taking the order (the future was dropped then).
     taking: bool,
@@ -140,6 +158,9 @@ fn lacking<T>(results: &[Result<T>]) -> Vec<usize> {
         .collect()
 }
 
+/// Directory orders kept before those unused are given up.
+const DIR_ORDERS: usize = 4096;
+
 /// How long a lookup waits to make a name on a copy that lacks it (see `make_where_lacking`).
 const MAKE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
@@ -157,6 +178,7 @@ impl Replicate {
             held: Mutex::new(LockSet::default()),
             open: Arc::new(OpenFiles::default()),
             gives: Arc::default(),
+            dirs: Mutex::default(),
         });
         tokio::spawn(crate::heal::keep_healing(Arc::downgrade(&r), heal_wake));
         r
@@ -285,20 +307,22 @@ impl Replicate {
     /// the file (as for `make_where_lacking`, but reached by id: an open file, an attribute
     /// change): the file is made on the children in `lacking` where the copies in `took`
     /// record it and mark them as behind, and the change `f` is tried again there. The
-    /// answers of those that then took it.
+    /// answers of those that then took it, and whether a copy lacks the file because it
+    /// was removed there (not marked behind, or gone from the good copies too by now): a
+    /// removal racing the change, which then answers ENOENT, as after the removal.
     async fn retry_where_file_missing<T, Fut>(
         &self,
         id: FileId,
         took: &[usize],
         lacking: &[usize],
         f: impl Fn(usize) -> Fut,
-    ) -> Vec<(usize, T)>
+    ) -> (Vec<(usize, T)>, bool)
     where
         Fut: Future<Output = Result<T>>,
     {
-        let mut ok = Vec::new();
+        let (mut ok, mut removed) = (Vec::new(), false);
         if took.is_empty() {
-            return ok;
+            return (ok, removed);
         }
         for &s in lacking {
             match self.make_file(id, took, s).await {
@@ -306,11 +330,12 @@ impl Replicate {
                     Ok(v) => ok.push((s, v)),
                     Err(e) => tracing::debug!(%id, child = s, "a change failed on the file made: {e}"),
                 },
-                Ok(false) => {}
+                // (ESTALE: its name there names another file now, moved or removed.)
+                Ok(false) | Err(Errno::ENOENT | Errno::ESTALE) => removed = true,
                 Err(e) => tracing::debug!(%id, child = s, "cannot make a file a copy lacks: {e}"),
             }
         }
-        ok
+        (ok, removed)
     }
 
     /// Runs a change on every child: refused without quorum, marks what was missed, fails
@@ -323,10 +348,14 @@ impl Replicate {
         let (mut out, lacking) = self.attempt(&f).await?;
         if let ([id], false, false) = (mark_ids, lacking.is_empty(), self.quorum(out.ok_mask())) {
             let took = out.took();
-            let more = self
+            let (more, removed) = self
                 .retry_where_file_missing(*id, &took, &lacking, |s| f(s, &self.children[s]))
                 .await;
             out.took_later(more);
+            if removed && !self.quorum(out.ok_mask()) {
+                // (Nothing to mark: the copies that took it lose the file with the removal.)
+                return Err(Errno::ENOENT);
+            }
         }
         if out.failed != 0 {
             for id in mark_ids {
@@ -527,7 +556,7 @@ impl Replicate {
                     None => Err(Errno::ENOTCONN),
                 }
             };
-            let more = self.retry_where_file_missing(rh.id, &took, &lacking, retry).await;
+            let (more, _) = self.retry_where_file_missing(rh.id, &took, &lacking, retry).await;
             // A copy made just now holds only what was written to it since: never read.
             let made = more.iter().fold(0, |m, (s, _)| m | bit(*s));
             rh.marked.fetch_or(made, Ordering::SeqCst);
@@ -552,51 +581,99 @@ impl Replicate {
     /// `crate::order`) until the guard returned is dropped: two clients' changes of the
     /// same bytes then reach every copy in the same order.
     async fn in_order<'a>(&'a self, rh: &'a ReplicaHandle) -> InOrder<'a> {
-        let order = rh.ticket.order();
         let open = rh
             .handles
             .iter()
             .enumerate()
             .filter(|(_, h)| h.is_some())
             .fold(0, |m, (i, _)| m | bit(i));
+        self.ordered(rh.ticket.order().clone(), rh.id, open).await
+    }
+
+    /// Holds the orders of the directories `dirs` (taken one by one in id order, so that
+    /// two clients never each wait for what the other holds) until the guards returned
+    /// are dropped: two clients' changes of the same names (two renames onto one name, a
+    /// link and an unlink) then reach every copy in the same order, and the copies end
+    /// alike. The kernel makes one mount's changes in a directory one at a time already.
+    async fn in_dir_order<'a>(&'a self, dirs: &[FileId]) -> DirsInOrder<'a> {
+        let mut ids = dirs.to_vec();
+        ids.sort();
+        ids.dedup();
+        let mut held = DirsInOrder {
+            _orders: Vec::with_capacity(ids.len()),
+            _one: Vec::with_capacity(ids.len()),
+        };
+        for id in ids {
+            let d = self.dir_order(id);
+            held._one.push(d.one.clone().lock_owned().await);
+            held._orders
+                .push(self.ordered(d.order.clone(), id, self.all()).await);
+        }
+        held
+    }
+
+    /// The order of directory `id`'s namespace changes, made on first use.
+    fn dir_order(&self, id: FileId) -> Arc<DirOrder> {
+        let mut dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+        if dirs.len() >= DIR_ORDERS {
+            // Those no change uses now are given up (another client may want them anyway).
+            dirs.retain(|&d, o| {
+                if Arc::strong_count(o) > 1 || Arc::strong_count(&o.order) > 1 {
+                    return true;
+                }
+                let held = o.order.forget();
+                if held != 0 {
+                    self.gives.spawn(self.children.clone(), d, held, None);
+                }
+                false
+            });
+        }
+        dirs.entry(id).or_default().clone()
+    }
+
+    /// Holds `order` (of the file or directory `id`) on the children in `open` that are up.
+    async fn ordered(&self, order: Arc<Order>, id: FileId, open: u64) -> InOrder<'_> {
         let want = (0..self.children.len())
             .filter(|i| open & bit(*i) != 0 && self.children[*i].is_up())
             .fold(0, |m, i| m | bit(i));
         loop {
-            let given = order.given().notified();
-            tokio::pin!(given);
-            given.as_mut().enable();
-            let step = order.next(want, |i| self.children[i].generation());
-            let (give, take) = match step {
-                Step::Wait => {
+            let step = {
+                let given = order.given().notified();
+                tokio::pin!(given);
+                given.as_mut().enable();
+                let step = order.next(want, |i| self.children[i].generation());
+                if step == Step::Wait {
                     given.await;
                     continue;
                 }
-                Step::Run => (0, 0),
+                step
+            };
+            let (give, take) = match step {
                 Step::Take { give, take } => (give, take),
+                _ => (0, 0),
             };
             // From here the change counts as running, whatever becomes of this future.
             let mut guard = InOrder {
                 r: self,
                 order,
-                id: rh.id,
+                id,
                 open,
                 taking: step != Step::Run,
             };
             if guard.taking {
                 // A give of this file still on its way must not overtake the takes.
-                self.gives.settled(rh.id).await;
-                give_order(&self.children, rh.id, give).await;
+                self.gives.settled(id).await;
+                give_order(&self.children, id, give).await;
                 for i in (0..self.children.len()).filter(|i| take & bit(*i) != 0) {
                     let generation = self.children[i].generation();
-                    match self.children[i].order(rh.id, true).await {
+                    match self.children[i].order(id, true).await {
                         // (A brick from before write orders has none to take.)
-                        Ok(()) | Err(Errno::ENOSYS) => order.took(i, generation),
+                        Ok(()) | Err(Errno::ENOSYS) => guard.order.took(i, generation),
                         Err(e) => tracing::debug!(child = i, "write order not taken: {e}"),
                     }
                 }
                 guard.taking = false;
-                order.taken();
+                guard.order.taken();
             }
             return guard;
         }
@@ -605,7 +682,10 @@ impl Replicate {
     /// A brick (child `i`) says another client waits for the write order of `ids`.
     pub fn yield_orders(&self, i: usize, ids: Vec<FileId>) {
         for id in ids {
-            let order = self.open.order_of(id);
+            let order = self.open.order_of(id).or_else(|| {
+                let dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
+                dirs.get(&id).map(|d| d.order.clone())
+            });
             let give = match order.as_ref().map(|o| o.ask()) {
                 Some(Some(held)) => held | bit(i),
                 // It goes once the changes under way end.
@@ -777,6 +857,7 @@ impl Xlator for Replicate {
         if !self.quorum(self.up_mask()) {
             return Err(Errno::EROFS);
         }
+        let _dirs = self.in_dir_order(&[parent]).await;
         // A new file's write order is taken with it, by the same round trip's time: it is
         // granted at once (nobody else knows the file), and its first write needs no more.
         let ordered = open.is_some() && node.kind == proto::FileKind::File;
@@ -875,12 +956,14 @@ impl Xlator for Replicate {
     }
 
     async fn unlink(&self, parent: FileId, name: &[u8]) -> Result<()> {
+        let _dirs = self.in_dir_order(&[parent]).await;
         self.remove(parent, |_, c| c.unlink(parent, name))
             .await
             .map(|_| ())
     }
 
     async fn unlink_unless(&self, parent: FileId, name: &[u8], keep: &str) -> Result<Option<Entry>> {
+        let _dirs = self.in_dir_order(&[parent]).await;
         // Every copy holds the same entry: kept on one, kept on all.
         let ok = self
             .remove(parent, |_, c| c.unlink_unless(parent, name, keep))
@@ -889,6 +972,7 @@ impl Xlator for Replicate {
     }
 
     async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
+        let _dirs = self.in_dir_order(&[parent]).await;
         self.remove(parent, |_, c| c.rmdir(parent, name))
             .await
             .map(|_| ())
@@ -902,6 +986,7 @@ impl Xlator for Replicate {
         new_name: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
+        let _dirs = self.in_dir_order(&[parent, new_parent]).await;
         let ids: &[FileId] = if parent == new_parent {
             &[parent]
         } else {
@@ -944,11 +1029,14 @@ impl Xlator for Replicate {
     }
 
     async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
+        let _dirs = self.in_dir_order(&[new_parent]).await;
         let link = |s: usize| self.children[s].link(id, new_parent, new_name);
         let (mut out, mut lacking) = self.attempt(|s, _| link(s)).await?;
+        let mut removed = false;
         if !self.quorum(out.ok_mask()) && !lacking.is_empty() {
             let took = out.took();
-            let more = self.retry_where_file_missing(id, &took, &lacking, link).await;
+            let more;
+            (more, removed) = self.retry_where_file_missing(id, &took, &lacking, link).await;
             lacking.retain(|l| more.iter().all(|(s, _)| s != l));
             out.took_later(more);
         }
@@ -971,7 +1059,8 @@ impl Xlator for Replicate {
             if !kept.is_empty() {
                 self.mark(new_parent, &kept, out.failed).await;
             }
-            return Err(Errno::EROFS);
+            // The file was removed meanwhile: no link, as after the removal.
+            return Err(if removed { Errno::ENOENT } else { Errno::EROFS });
         }
         if out.failed != 0 {
             self.mark(new_parent, &ok, out.failed).await;
@@ -1022,11 +1111,19 @@ impl Xlator for Replicate {
         let mut made = 0;
         if writes && !lacking.is_empty() && !self.quorum(out.ok_mask()) {
             let took = out.took();
-            let more = self
+            let (more, removed) = self
                 .retry_where_file_missing(id, &took, &lacking, |s| self.children[s].open(id, flags))
                 .await;
             made = more.iter().fold(0, |m, (s, _)| m | bit(*s));
             out.took_later(more);
+            if removed && !self.quorum(out.ok_mask()) {
+                // Removed while it was opened: opened after the removal, as it were. (A
+                // handle without quorum would only fail every write with EROFS.)
+                for (i, h) in &out.ok {
+                    let _ = self.children[*i].release(h).await;
+                }
+                return Err(Errno::ENOENT);
+            }
         }
         let mut handles: Vec<Option<Handle>> = (0..self.children.len()).map(|_| None).collect();
         let mut opened = 0;

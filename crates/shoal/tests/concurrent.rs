@@ -482,3 +482,48 @@ fn replica_copies_agree_under_concurrent_buffered_writes() {
         }
     });
 }
+
+/// Two mounts rename a file of their own onto the same name at the same moment, round
+/// after round: each round ends with both copies of the name holding the same file (the
+/// last rename's on both), as the directory's changes reach every copy in one order.
+#[test]
+fn replica_copies_agree_under_concurrent_renames() {
+    if !require_root() {
+        return;
+    }
+    const ROUNDS: usize = 200;
+    let b = Bricks::start(2);
+    let spec = b.spec("renames", 1, 2);
+    let (ma, mb) = (b.mount(&spec, "a"), b.mount(&spec, "b"));
+    let copies = [0, 1].map(|i| b.bricks[i].path.join("n"));
+    let (go, done) = (std::sync::Barrier::new(3), std::sync::Barrier::new(3));
+    let mut differ = Vec::new();
+    std::thread::scope(|s| {
+        for (k, m) in [&ma, &mb].into_iter().enumerate() {
+            let (go, done) = (&go, &done);
+            s.spawn(move || {
+                for r in 0..ROUNDS {
+                    let tmp = m.path(&format!("t{k}"));
+                    std::fs::write(&tmp, record(&format!("m{k}-{r}"))).unwrap();
+                    go.wait();
+                    std::fs::rename(&tmp, m.path("n")).unwrap();
+                    done.wait();
+                }
+            });
+        }
+        for r in 0..ROUNDS {
+            go.wait();
+            done.wait();
+            let [c0, c1] = copies.clone().map(|p| std::fs::read(p).unwrap());
+            if c0 != c1 {
+                differ.push((r, tag_of(&c0), tag_of(&c1)));
+            }
+        }
+    });
+    assert!(
+        differ.is_empty(),
+        "{} of {ROUNDS} rounds left the copies different, first: {:?}",
+        differ.len(),
+        differ.first()
+    );
+}
