@@ -6,6 +6,7 @@
 //! and a `linkto` xattr naming the data's child, carrying the file's id. Lookups start at
 //! the hashed child and follow a pointer when they meet one.
 
+use crate::namelock::{self, Layer};
 use crate::xlator::{Child, DirCursor, DirPage, Handle, HealReport, Result, Xlator};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -205,149 +206,8 @@ impl Distribute {
             .map(|_| ())
     }
 
-    fn one(h: &Handle) -> Result<(usize, &Handle)> {
-        match h {
-            Handle::One(i, h) => Ok((*i, h)),
-            _ => Err(Errno::EBADF),
-        }
-    }
-
-    /// Runs a directory change on every child, the hashed one first (it answers for the
-    /// directory), then the rest together.
-    async fn on_all_dirs<'a, T, F, Fut>(&'a self, first: usize, f: F) -> Result<T>
-    where
-        F: Fn(&'a Child) -> Fut,
-        Fut: std::future::Future<Output = Result<T>> + 'a,
-    {
-        let v = f(&self.children[first]).await?;
-        let rest = join_all(
-            self.children
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != first)
-                .map(|(_, c)| f(c)),
-        )
-        .await;
-        for r in rest {
-            if let Err(e) = r {
-                tracing::warn!("directory change missed a child: {e}");
-            }
-        }
-        Ok(v)
-    }
-}
-
-#[async_trait]
-impl Xlator for Distribute {
-    async fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Entry> {
-        let (h, _, e) = self.resolve(parent, name).await?;
-        if e.attr.kind == FileKind::Dir && self.children.len() > 1 {
-            return Ok(self.whole_dir(h, e).await);
-        }
-        Ok(e)
-    }
-
-    async fn getattr(&self, id: FileId) -> Result<Entry> {
-        Ok(self.locate(id).await?.1)
-    }
-
-    async fn setattr(&self, id: FileId, h: Option<&Handle>, set: &SetAttr) -> Result<Entry> {
-        if let Some(h) = h {
-            let (c, ch) = Self::one(h)?;
-            return self.children[c].setattr(id, Some(ch), set).await;
-        }
-        let (c, e) = self.locate_one(id).await?;
-        if e.attr.kind == FileKind::Dir {
-            return self.on_all_dirs(c, |ch| ch.setattr(id, None, set)).await;
-        }
-        self.children[c].setattr(id, None, set).await
-    }
-
-    async fn create(
-        &self,
-        parent: FileId,
-        name: &[u8],
-        node: &NewNode,
-        symlink_target: Option<&[u8]>,
-        open: Option<u32>,
-    ) -> Result<(Entry, Option<Handle>)> {
-        let h = self.hashed(parent, name);
-        if node.kind == FileKind::Dir {
-            return self
-                .on_all_dirs(h, |c| c.create(parent, name, node, symlink_target, None))
-                .await;
-        }
-        let (e, handle) = self.children[h]
-            .create(parent, name, node, symlink_target, open)
-            .await?;
-        self.remember(node.id, h);
-        Ok((e, handle.map(|x| Handle::One(h, Box::new(x)))))
-    }
-
-    async fn unlink(&self, parent: FileId, name: &[u8]) -> Result<()> {
-        if self.children.len() == 1 {
-            return self.children[0].unlink(parent, name).await;
-        }
-        // A name is most often a plain file where it hashes: removed in one step, unless it
-        // turns out to be a pointer, whose data goes first.
-        match self.children[self.hashed(parent, name)]
-            .unlink_unless(parent, name, LINKTO)
-            .await
-        {
-            Ok(None) => return Ok(()),
-            Ok(Some(_)) | Err(Errno::ENOSYS) => {}
-            Err(e) => return Err(e),
-        }
-        let (h, d, e) = self.resolve(parent, name).await?;
-        if e.attr.kind == FileKind::Dir {
-            return Err(Errno::EISDIR);
-        }
-        self.children[d].unlink(parent, name).await?;
-        if h != d {
-            if let Err(err) = self.children[h].unlink(parent, name).await {
-                tracing::warn!("cannot remove pointer: {err}");
-            }
-        }
-        Ok(())
-    }
-
-    async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
-        let h = self.hashed(parent, name);
-        let e = self.children[h].lookup(parent, name).await?;
-        if e.attr.kind != FileKind::Dir {
-            return Err(Errno::ENOTDIR);
-        }
-        // The others first: if one is not empty, the ones already removed are made again, so
-        // the directory never half-disappears.
-        let others: Vec<usize> = (0..self.children.len()).filter(|i| *i != h).collect();
-        let results = join_all(others.iter().map(|&i| self.children[i].rmdir(parent, name))).await;
-        let failure = results.iter().find_map(|r| {
-            r.as_ref()
-                .err()
-                .filter(|e| !matches!(**e, Errno::ENOENT))
-                .copied()
-        });
-        if let Some(err) = failure {
-            let node = NewNode {
-                id: e.attr.id,
-                kind: FileKind::Dir,
-                perm: e.attr.perm,
-                uid: e.attr.uid,
-                gid: e.attr.gid,
-                rdev: 0,
-                meta: Vec::new(),
-            };
-            for (&i, r) in others.iter().zip(&results) {
-                if r.is_ok() {
-                    let _ = self.children[i].create(parent, name, &node, None, None).await;
-                }
-            }
-            return Err(err);
-        }
-        self.children[h].rmdir(parent, name).await
-    }
-
-    async fn rename(
+    /// A rename, its two names held.
+    async fn rename_held(
         &self,
         parent: FileId,
         name: &[u8],
@@ -446,17 +306,224 @@ impl Xlator for Distribute {
         Ok(())
     }
 
+    /// A directory's removal from every child, its name held.
+    async fn rmdir_held(&self, parent: FileId, name: &[u8]) -> Result<()> {
+        let h = self.hashed(parent, name);
+        let e = self.children[h].lookup(parent, name).await?;
+        if e.attr.kind != FileKind::Dir {
+            return Err(Errno::ENOTDIR);
+        }
+        // The others first, the hashed one (which answers for the name) last: if one is not
+        // empty, the ones already removed are made again, so the directory never
+        // half-disappears. (Files made in it meanwhile on a child it is gone from fail with
+        // ENOENT until then.)
+        let others: Vec<usize> = (0..self.children.len()).filter(|i| *i != h).collect();
+        let results = join_all(others.iter().map(|&i| self.children[i].rmdir(parent, name))).await;
+        let failure = results.iter().find_map(|r| {
+            r.as_ref()
+                .err()
+                .filter(|e| !matches!(**e, Errno::ENOENT))
+                .copied()
+        });
+        let failure = match failure {
+            Some(e) => Some(e),
+            None => self.children[h].rmdir(parent, name).await.err(),
+        };
+        if let Some(err) = failure {
+            let node = NewNode {
+                id: e.attr.id,
+                kind: FileKind::Dir,
+                perm: e.attr.perm,
+                uid: e.attr.uid,
+                gid: e.attr.gid,
+                rdev: 0,
+                meta: Vec::new(),
+            };
+            for (&i, r) in others.iter().zip(&results) {
+                if r.is_ok() {
+                    if let Err(e) = self.children[i].create(parent, name, &node, None, None).await {
+                        tracing::warn!(child = i, "cannot make again a directory not removed: {e}");
+                    }
+                }
+            }
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Holds `names` (see `crate::namelock`) for a change of several steps.
+    async fn hold(&self, names: &[(FileId, &[u8])]) -> Result<namelock::Held> {
+        let names = match self.children.len() {
+            // One child makes every change in one step.
+            1 => Vec::new(),
+            n => names
+                .iter()
+                .map(|(parent, name)| {
+                    let hash = layout::hash_name(*parent, name);
+                    namelock::Name::new(Layer::Distribute, layout::pick(hash, n), *parent, hash)
+                })
+                .collect(),
+        };
+        namelock::take(&self.children, names).await
+    }
+
+    fn one(h: &Handle) -> Result<(usize, &Handle)> {
+        match h {
+            Handle::One(i, h) => Ok((*i, h)),
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    /// Runs a directory change on every child, the hashed one first (it answers for the
+    /// directory), then the rest together.
+    async fn on_all_dirs<'a, T, F, Fut>(&'a self, first: usize, f: F) -> Result<T>
+    where
+        F: Fn(&'a Child) -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + 'a,
+    {
+        let v = f(&self.children[first]).await?;
+        let rest = join_all(
+            self.children
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != first)
+                .map(|(_, c)| f(c)),
+        )
+        .await;
+        for r in rest {
+            if let Err(e) = r {
+                tracing::warn!("directory change missed a child: {e}");
+            }
+        }
+        Ok(v)
+    }
+}
+
+#[async_trait]
+impl Xlator for Distribute {
+    async fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Entry> {
+        let (h, _, e) = self.resolve(parent, name).await?;
+        if e.attr.kind == FileKind::Dir && self.children.len() > 1 {
+            return Ok(self.whole_dir(h, e).await);
+        }
+        Ok(e)
+    }
+
+    async fn getattr(&self, id: FileId) -> Result<Entry> {
+        Ok(self.locate(id).await?.1)
+    }
+
+    async fn setattr(&self, id: FileId, h: Option<&Handle>, set: &SetAttr) -> Result<Entry> {
+        if let Some(h) = h {
+            let (c, ch) = Self::one(h)?;
+            return self.children[c].setattr(id, Some(ch), set).await;
+        }
+        let (c, e) = self.locate_one(id).await?;
+        if e.attr.kind == FileKind::Dir {
+            return self.on_all_dirs(c, |ch| ch.setattr(id, None, set)).await;
+        }
+        self.children[c].setattr(id, None, set).await
+    }
+
+    async fn create(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        node: &NewNode,
+        symlink_target: Option<&[u8]>,
+        open: Option<u32>,
+    ) -> Result<(Entry, Option<Handle>)> {
+        let h = self.hashed(parent, name);
+        if node.kind == FileKind::Dir {
+            // Made on every child: held against a removal or rename of the name meanwhile.
+            let held = self.hold(&[(parent, name)]).await?;
+            let r = self
+                .on_all_dirs(h, |c| c.create(parent, name, node, symlink_target, None))
+                .await;
+            held.release().await;
+            return r;
+        }
+        let (e, handle) = self.children[h]
+            .create(parent, name, node, symlink_target, open)
+            .await?;
+        self.remember(node.id, h);
+        Ok((e, handle.map(|x| Handle::One(h, Box::new(x)))))
+    }
+
+    async fn unlink(&self, parent: FileId, name: &[u8]) -> Result<()> {
+        if self.children.len() == 1 {
+            return self.children[0].unlink(parent, name).await;
+        }
+        // A name is most often a plain file where it hashes: removed in one step, unless it
+        // turns out to be a pointer, whose data goes first.
+        match self.children[self.hashed(parent, name)]
+            .unlink_unless(parent, name, LINKTO)
+            .await
+        {
+            Ok(None) => return Ok(()),
+            Ok(Some(_)) | Err(Errno::ENOSYS) => {}
+            Err(e) => return Err(e),
+        }
+        // A pointer and its data: two steps, the name held.
+        let held = self.hold(&[(parent, name)]).await?;
+        let r = async {
+            let (h, d, e) = self.resolve(parent, name).await?;
+            if e.attr.kind == FileKind::Dir {
+                return Err(Errno::EISDIR);
+            }
+            self.children[d].unlink(parent, name).await?;
+            if h != d {
+                if let Err(err) = self.children[h].unlink(parent, name).await {
+                    tracing::warn!("cannot remove pointer: {err}");
+                }
+            }
+            Ok(())
+        }
+        .await;
+        held.release().await;
+        r
+    }
+
+    async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
+        let held = self.hold(&[(parent, name)]).await?;
+        let r = self.rmdir_held(parent, name).await;
+        held.release().await;
+        r
+    }
+
+    async fn rename(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        new_parent: FileId,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        let held = self.hold(&[(parent, name), (new_parent, new_name)]).await?;
+        let r = self.rename_held(parent, name, new_parent, new_name, flags).await;
+        held.release().await;
+        r
+    }
+
     async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
         let (d, _) = self.locate_one(id).await?;
-        let e = self.children[d].link(id, new_parent, new_name).await?;
         let h = self.hashed(new_parent, new_name);
-        if h != d {
+        if h == d {
+            return self.children[d].link(id, new_parent, new_name).await;
+        }
+        // The name on the data's child and a pointer where it hashes: two steps, held.
+        let held = self.hold(&[(new_parent, new_name)]).await?;
+        let r = async {
+            let e = self.children[d].link(id, new_parent, new_name).await?;
             if let Err(err) = self.put_pointer(h, id, d, new_parent, new_name).await {
                 let _ = self.children[d].unlink(new_parent, new_name).await;
                 return Err(err);
             }
+            Ok(e)
         }
-        Ok(e)
+        .await;
+        held.release().await;
+        r
     }
 
     async fn readlink(&self, id: FileId) -> Result<Vec<u8>> {

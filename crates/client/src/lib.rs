@@ -9,6 +9,7 @@ pub mod distribute;
 pub mod gate;
 mod heal;
 pub mod lockset;
+mod namelock;
 pub mod openfiles;
 pub mod order;
 pub mod protocol;

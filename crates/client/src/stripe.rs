@@ -5,6 +5,7 @@
 //! child they land on.
 
 use crate::distribute::sum_statfs;
+use crate::namelock::{self, Layer, Name};
 use crate::xlator::{Child, DirCursor, DirPage, Handle, HealReport, Result, Xlator};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -35,6 +36,18 @@ fn geometry(e: &Entry) -> Option<u64> {
 }
 
 impl Stripe {
+    /// Holds `names` (see `crate::namelock`) for a change that every child makes.
+    async fn hold(&self, names: &[(FileId, &[u8])]) -> Result<namelock::Held> {
+        let names = match self.children.len() {
+            1 => Vec::new(),
+            _ => names
+                .iter()
+                .map(|(parent, name)| Name::new(Layer::Stripe, 0, *parent, layout::hash_name(*parent, name)))
+                .collect(),
+        };
+        namelock::take(&self.children, names).await
+    }
+
     pub fn new(children: Vec<Child>, size: u64) -> Stripe {
         assert!(!children.is_empty() && size > 0);
         Stripe { children, size }
@@ -123,76 +136,97 @@ impl Xlator for Stripe {
         symlink_target: Option<&[u8]>,
         open: Option<u32>,
     ) -> Result<(Entry, Option<Handle>)> {
-        let mut node = node.clone();
-        if node.kind == FileKind::File {
-            let mut g = self.size.to_be_bytes().to_vec();
-            g.extend_from_slice(&(self.children.len() as u32).to_be_bytes());
-            node.meta.push(MetaXattr {
-                name: STRIPE_META.into(),
-                value: g,
-            });
-        }
-        let node = &node;
-        let results = self
-            .fan(|c| c.create(parent, name, node, symlink_target, open))
-            .await;
-        if results.iter().any(Result::is_err) {
-            // Undo on the children that made it, so that the name is all or nothing.
-            let err = results
-                .iter()
-                .find_map(|r| r.as_ref().err().copied())
-                .unwrap_or(Errno::EIO);
-            let mut undo = Vec::new();
-            for (c, r) in self.children.iter().zip(results) {
-                if let Ok((_, h)) = r {
-                    if let Some(h) = h {
-                        let _ = c.release(&h).await;
+        let held = self.hold(&[(parent, name)]).await?;
+        let r = async {
+            let mut node = node.clone();
+            if node.kind == FileKind::File {
+                let mut g = self.size.to_be_bytes().to_vec();
+                g.extend_from_slice(&(self.children.len() as u32).to_be_bytes());
+                node.meta.push(MetaXattr {
+                    name: STRIPE_META.into(),
+                    value: g,
+                });
+            }
+            let node = &node;
+            let results = self
+                .fan(|c| c.create(parent, name, node, symlink_target, open))
+                .await;
+            if results.iter().any(Result::is_err) {
+                // Undo on the children that made it, so that the name is all or nothing.
+                let err = results
+                    .iter()
+                    .find_map(|r| r.as_ref().err().copied())
+                    .unwrap_or(Errno::EIO);
+                let mut undo = Vec::new();
+                for (c, r) in self.children.iter().zip(results) {
+                    if let Ok((_, h)) = r {
+                        if let Some(h) = h {
+                            let _ = c.release(&h).await;
+                        }
+                        undo.push(c);
                     }
-                    undo.push(c);
+                }
+                for c in undo {
+                    let _ = if node.kind == FileKind::Dir {
+                        c.rmdir(parent, name).await
+                    } else {
+                        c.unlink(parent, name).await
+                    };
+                }
+                return Err(err);
+            }
+            let mut entries = Vec::new();
+            let mut handles = Vec::new();
+            for r in results.into_iter().flatten() {
+                entries.push(r.0);
+                if let Some(h) = r.1 {
+                    handles.push(h);
                 }
             }
-            for c in undo {
-                let _ = if node.kind == FileKind::Dir {
-                    c.rmdir(parent, name).await
-                } else {
-                    c.unlink(parent, name).await
-                };
-            }
-            return Err(err);
+            let handle = (open.is_some() && handles.len() == self.children.len()).then(|| {
+                Handle::Stripe(Box::new(StripeHandle {
+                    id: node.id,
+                    handles,
+                    size: self.size,
+                }))
+            });
+            Ok((Self::merge(entries)?, handle))
         }
-        let mut entries = Vec::new();
-        let mut handles = Vec::new();
-        for r in results.into_iter().flatten() {
-            entries.push(r.0);
-            if let Some(h) = r.1 {
-                handles.push(h);
-            }
-        }
-        let handle = (open.is_some() && handles.len() == self.children.len()).then(|| {
-            Handle::Stripe(Box::new(StripeHandle {
-                id: node.id,
-                handles,
-                size: self.size,
-            }))
-        });
-        Ok((Self::merge(entries)?, handle))
+        .await;
+        held.release().await;
+        r
     }
 
     async fn unlink(&self, parent: FileId, name: &[u8]) -> Result<()> {
-        Self::all(self.fan(|c| c.unlink(parent, name)).await).map(|_| ())
+        let held = self.hold(&[(parent, name)]).await?;
+        let r = async { Self::all(self.fan(|c| c.unlink(parent, name)).await).map(|_| ()) }.await;
+        held.release().await;
+        r
     }
 
     async fn unlink_unless(&self, parent: FileId, name: &[u8], keep: &str) -> Result<Option<Entry>> {
-        // Every child holds a piece under the name, all marked alike.
-        let kept = Self::all(self.fan(|c| c.unlink_unless(parent, name, keep)).await)?;
-        Ok(kept.into_iter().flatten().next())
+        let held = self.hold(&[(parent, name)]).await?;
+        let r = async {
+            // Every child holds a piece under the name, all marked alike.
+            let kept = Self::all(self.fan(|c| c.unlink_unless(parent, name, keep)).await)?;
+            Ok(kept.into_iter().flatten().next())
+        }
+        .await;
+        held.release().await;
+        r
     }
 
     async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
-        // The first child decides (it may say ENOTEMPTY); the others follow.
-        self.children[0].rmdir(parent, name).await?;
-        let rest = join_all(self.children[1..].iter().map(|c| c.rmdir(parent, name))).await;
-        Self::all(rest).map(|_| ())
+        let held = self.hold(&[(parent, name)]).await?;
+        let r = async {
+            // The first child decides (it may say ENOTEMPTY); the others follow.
+            self.children[0].rmdir(parent, name).await?;
+            let rest = join_all(self.children[1..].iter().map(|c| c.rmdir(parent, name))).await;
+            Self::all(rest).map(|_| ())
+        }
+        .await;
+        held.release().await;
+        r
     }
 
     async fn rename(
@@ -203,20 +237,29 @@ impl Xlator for Stripe {
         new_name: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        self.children[0]
-            .rename(parent, name, new_parent, new_name, flags)
-            .await?;
-        let rest = join_all(
-            self.children[1..]
-                .iter()
-                .map(|c| c.rename(parent, name, new_parent, new_name, flags)),
-        )
+        let held = self.hold(&[(parent, name), (new_parent, new_name)]).await?;
+        let r = async {
+            self.children[0]
+                .rename(parent, name, new_parent, new_name, flags)
+                .await?;
+            let rest = join_all(
+                self.children[1..]
+                    .iter()
+                    .map(|c| c.rename(parent, name, new_parent, new_name, flags)),
+            )
+            .await;
+            Self::all(rest).map(|_| ())
+        }
         .await;
-        Self::all(rest).map(|_| ())
+        held.release().await;
+        r
     }
 
     async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
-        Self::merge(Self::all(self.fan(|c| c.link(id, new_parent, new_name)).await)?)
+        let held = self.hold(&[(new_parent, new_name)]).await?;
+        let r = async { Self::merge(Self::all(self.fan(|c| c.link(id, new_parent, new_name)).await)?) }.await;
+        held.release().await;
+        r
     }
 
     async fn readlink(&self, id: FileId) -> Result<Vec<u8>> {
