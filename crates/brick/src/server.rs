@@ -19,7 +19,7 @@ use proto::auth::{ClusterKey, Peer};
 use proto::msg::{Fh, Notice, Reply, Request, Response, NOTICE_ID};
 use proto::outbox::{Body, Outbox};
 use proto::service::{Answer, Handled, Service};
-use proto::{Entry, Errno};
+use proto::{Entry, Errno, LockKind};
 use std::collections::HashMap;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -476,17 +476,22 @@ impl BrickServer {
                     None => true,
                 }))
             }
+            // An unlock goes through even if the file is gone meanwhile: its locks would
+            // outlive it (and block whoever locks the same id again, such as a directory
+            // made again with its id).
             Request::SetLk {
                 id,
                 lock,
                 wait: false,
-            } => s
-                .kind(id)
-                .and_then(|_| self.locks.set(id, conn.id, &lock))
-                .map(|_| {
-                    self.locked();
-                    Reply::Ok
-                }),
+            } => match lock.kind {
+                LockKind::Unlock => Ok(()),
+                _ => s.kind(id).map(|_| ()),
+            }
+            .and_then(|_| self.locks.set(id, conn.id, &lock))
+            .map(|_| {
+                self.locked();
+                Reply::Ok
+            }),
             Request::Reclaim { locks, reset } => {
                 let refused = self.locks.reclaim(conn.id, &locks, reset);
                 if locks.len() > refused.len() {

@@ -83,6 +83,7 @@ pub async fn take(children: &[Child], mut names: Vec<Name>) -> Result<Held> {
     }))
     .await;
     if at_once.iter().all(Result::is_ok) {
+        tracing::trace!(owner, n = names.len(), "names held at once");
         held.names = names;
         return Ok(held);
     }
@@ -102,12 +103,14 @@ pub async fn take(children: &[Child], mut names: Vec<Name>) -> Result<Held> {
     }
     held.names = taken;
     held.release_names().await;
+    tracing::trace!(owner, "names taken one by one");
     for n in names {
         children[n.child]
             .setlk(n.parent, &lock(LockKind::Write, &n, owner), true)
             .await?;
         held.names.push(n);
     }
+    tracing::trace!(owner, "names held");
     Ok(held)
 }
 
@@ -120,6 +123,7 @@ impl Held {
     async fn release_names(&mut self) {
         let names = std::mem::take(&mut self.names);
         let owner = self.owner;
+        tracing::trace!(owner, n = names.len(), "names given back");
         let children = &self.children;
         let done = join_all(names.iter().map(|n| async move {
             children[n.child]

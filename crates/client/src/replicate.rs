@@ -642,6 +642,7 @@ impl Replicate {
                 tokio::pin!(given);
                 given.as_mut().enable();
                 let step = order.next(want, |i| self.children[i].generation());
+                tracing::trace!(%id, ?step, "order");
                 if step == Step::Wait {
                     given.await;
                     continue;
@@ -682,6 +683,7 @@ impl Replicate {
     /// A brick (child `i`) says another client waits for the write order of `ids`.
     pub fn yield_orders(&self, i: usize, ids: Vec<FileId>) {
         for id in ids {
+            tracing::trace!(%id, child = i, "asked to yield");
             let order = self.open.order_of(id).or_else(|| {
                 let dirs = self.dirs.lock().unwrap_or_else(|p| p.into_inner());
                 dirs.get(&id).map(|d| d.order.clone())

@@ -119,3 +119,33 @@ async fn locks_hold_between_clients_that_reach_different_children() {
         Err(Errno::EAGAIN)
     );
 }
+
+/// A lock on a directory that is removed meanwhile can still be given back: made again
+/// with the same id (as distribute makes a directory again when a removal fails on another
+/// child), the directory is not locked by a leftover that nobody can release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unlock_goes_through_after_the_file_is_gone() {
+    use LockKind::{Unlock, Write};
+    let key = ClusterKey::generate();
+    let (_d0, b0) = brick(&key).await;
+    let wait = Duration::from_secs(5);
+    let a = Volume::connect(spec(&[&b0]), key.clone(), "a", wait)
+        .await
+        .unwrap();
+    let b = Volume::connect(spec(&[&b0]), key.clone(), "b", wait)
+        .await
+        .unwrap();
+    let dir = node(FileKind::Dir, 0o755);
+    let (e, _) = a.root.create(FileId::ROOT, b"d", &dir, None, None).await.unwrap();
+    let id = e.attr.id;
+    let l = |kind, owner| lock(kind, 1 << 63, 1 << 63, owner);
+    a.root.setlk(id, &l(Write, 1), false).await.unwrap();
+    a.root.rmdir(FileId::ROOT, b"d").await.unwrap();
+    a.root.setlk(id, &l(Unlock, 1), false).await.unwrap();
+    let again = proto::NewNode { id, ..dir };
+    a.root
+        .create(FileId::ROOT, b"d", &again, None, None)
+        .await
+        .unwrap();
+    b.root.setlk(id, &l(Write, 2), false).await.unwrap();
+}
