@@ -253,13 +253,11 @@ impl Distribute {
             }
         }
         if src.attr.kind == FileKind::Dir {
-            if let Some((_, _, d)) = &dst {
-                // Each child sees only its share of the target: ask the whole volume whether
-                // it is empty before any child replaces it.
-                let page = self.readdir(d.attr.id, &DirCursor::default(), false).await?;
-                if !page.entries.is_empty() {
-                    return Err(Errno::ENOTEMPTY);
-                }
+            if dst.is_some() {
+                // Each child sees only its share of the target, and files may be made in it
+                // meanwhile: it is removed first as rmdir removes it (all or nothing), so
+                // that no child keeps it while the others take the new directory.
+                self.rmdir_held(new_parent, new_name).await?;
             }
             return self
                 .on_all_dirs(src_h, |c| c.rename(parent, name, new_parent, new_name, flags))
