@@ -330,8 +330,9 @@ impl Replicate {
                     Ok(v) => ok.push((s, v)),
                     Err(e) => tracing::debug!(%id, child = s, "a change failed on the file made: {e}"),
                 },
-                // (ESTALE: its name there names another file now, moved or removed.)
-                Ok(false) | Err(Errno::ENOENT | Errno::ESTALE) => removed = true,
+                // Or where the good copies recorded it is gone too (ESTALE: its name there
+                // names another file now; ENOTDIR: a directory on its way is gone).
+                Ok(false) | Err(Errno::ENOENT | Errno::ESTALE | Errno::ENOTDIR) => removed = true,
                 Err(e) => tracing::debug!(%id, child = s, "cannot make a file a copy lacks: {e}"),
             }
         }
@@ -974,7 +975,13 @@ impl Xlator for Replicate {
     }
 
     async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
-        let _dirs = self.in_dir_order(&[parent]).await;
+        // The directory's own order too: names made in it are ordered against its removal,
+        // which every copy then finds empty or not alike.
+        let dir = Self::pick(self.fan(|_, c| c.lookup(parent, name)).await).map(|e| e.attr.id);
+        let _dirs = match dir {
+            Ok(d) => self.in_dir_order(&[parent, d]).await,
+            Err(_) => self.in_dir_order(&[parent]).await,
+        };
         self.remove(parent, |_, c| c.rmdir(parent, name))
             .await
             .map(|_| ())
