@@ -73,6 +73,9 @@ struct OpenFile {
     /// Failures of writes behind to this file that it was told of (or that came before it
     /// was opened).
     seen: AtomicU64,
+    /// Its attributes as it was opened, for a lazy open: what it answers once another
+    /// client has removed it (opened before the removal, it is still there for its opener).
+    at_open: Option<Entry>,
 }
 
 /// Where a request began, to tell what happened while it was in flight.
@@ -102,6 +105,16 @@ impl Inner {
             .cloned()
             .ok_or(Errno::EBADF)?;
         self.materialize(&f).await
+    }
+
+    /// The attributes `id` had when opened lazily, while such an open of it is not open
+    /// on the bricks. (A scan: only for requests that found the file gone.)
+    fn lazily_opened(&self, id: FileId) -> Option<Entry> {
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        files
+            .values()
+            .filter(|f| f.id == id && f.handle.get().is_none())
+            .find_map(|f| f.at_open.clone())
     }
 
     async fn materialize(&self, f: &OpenFile) -> Result<Arc<Handle>, Errno> {
@@ -137,11 +150,12 @@ impl Inner {
         }
     }
 
-    fn add_file(&self, ino: u64, id: FileId, flags: u32, h: Option<Handle>) -> u64 {
+    fn add_file(&self, ino: u64, id: FileId, flags: u32, h: Option<Handle>, at_open: Option<Entry>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let f = OpenFile {
             id,
             flags,
+            at_open: at_open.filter(|_| h.is_none()),
             handle: tokio::sync::OnceCell::new_with(h.map(Arc::new)),
             wrote: AtomicBool::new(false),
             seen: AtomicU64::new(self.behind.failures(ino)),
@@ -323,7 +337,7 @@ impl Inner {
 
     /// A brick announced that another client changed something (or that anything may have
     /// changed): forget it here and in the kernel.
-    fn on_stale(&self, stale: Stale) {
+    fn on_stale(self: &Arc<Self>, stale: Stale) {
         match stale {
             Stale::All => {
                 self.coherence.mark_all();
@@ -342,14 +356,38 @@ impl Inner {
                     };
                     self.attrs.drop(ino);
                     self.complete.forget(ino);
-                    self.known.stale(Some(ino));
-                    self.invalidate(Inval::Inode(ino));
+                    if c.name.is_none() && self.lazily_opened(c.id).is_some() {
+                        self.check_pages(ino, c.id);
+                    } else {
+                        self.known.stale(Some(ino));
+                        self.invalidate(Inval::Inode(ino));
+                    }
                     if let Some(name) = c.name {
                         self.invalidate(Inval::Entry(ino, name));
                     }
                 }
             }
         }
+    }
+
+    /// Another client changed a file opened lazily here, whose reads the kernel's pages
+    /// serve: most often it removed or renamed it (its data unchanged), and a read that
+    /// misses the pages then would find it gone from the bricks. Its attributes go at once;
+    /// its pages only if its version changed (a file gone keeps what it had).
+    fn check_pages(self: &Arc<Self>, ino: u64, id: FileId) {
+        self.invalidate(Inval::Attrs(ino));
+        let s = self.clone();
+        self.rt.spawn(async move {
+            let changed = match s.vol.getattr(id).await {
+                Ok(e) => s.known.version(ino) != Some(Version::of(&e.attr)),
+                Err(Errno::ENOENT | Errno::ESTALE) => false,
+                Err(_) => true,
+            };
+            if changed {
+                s.known.stale(Some(ino));
+                s.invalidate(Inval::Inode(ino));
+            }
+        });
     }
 
     /// Writes all of `data`, as a writer would: after a short write, the rest again, to get
@@ -647,7 +685,17 @@ impl fuser::Filesystem for ShoalFs {
             let id = tryr!(reply, s.id(ino));
             s.behind.settle(ino.0).await;
             let start = s.start();
-            let e = tryr!(reply, s.vol.getattr(id).await);
+            let e = match s.vol.getattr(id).await {
+                // Removed by another client since a lazy open of it here (an fstat of the
+                // open file, which the kernel sends without its handle): its attributes as
+                // opened, not ESTALE.
+                Err(Errno::ENOENT | Errno::ESTALE) if s.lazily_opened(id).is_some() => {
+                    let e = tryr!(reply, s.lazily_opened(id).ok_or(Errno::ESTALE));
+                    reply.attr(&Duration::ZERO, &file_attr(ino.0, &e.attr));
+                    return;
+                }
+                r => tryr!(reply, r),
+            };
             s.attr_reply(reply, ino, &e, start);
         });
     }
@@ -918,12 +966,16 @@ impl fuser::Filesystem for ShoalFs {
             let unchanged = fresh
                 .as_ref()
                 .is_ok_and(|e| s.known.version(ino.0) == Some(Version::of(&e.attr)));
-            // The kernel's pages go: the first read needs the bricks, and the file must be
-            // open there before another client can remove it (an open file stays readable).
+            // The kernel's pages go (or it never had them): the first read needs the
+            // bricks, and the file must be open there before another client can remove it
+            // (an open file stays readable).
             // Opened now, a file replaced meanwhile answers ESTALE here, where the kernel
             // looks its name up again and opens what is there now. (Before the version is
             // noted: a failed open leaves the pages to be dropped by the next.)
-            if lazy && !unchanged {
+            let paged = fresh
+                .as_ref()
+                .is_ok_and(|e| s.known.has_pages(ino.0, Version::of(&e.attr)));
+            if lazy && !(unchanged && paged) {
                 h = Some(tryr!(reply, s.vol.open(id, flags).await));
             }
             if let Ok(e) = &fresh {
@@ -936,7 +988,7 @@ impl fuser::Filesystem for ShoalFs {
                     }
                 }
             }
-            let fh = s.add_file(ino.0, id, flags, h);
+            let fh = s.add_file(ino.0, id, flags, h, fresh.ok());
             let fopen = if unchanged {
                 FopenFlags::FOPEN_KEEP_CACHE
             } else {
@@ -961,6 +1013,7 @@ impl fuser::Filesystem for ShoalFs {
             s.behind.settle(ino.0).await;
             let h = tryr!(reply, s.file(fh).await);
             let data = tryr!(reply, s.vol.read(&h, offset, size).await);
+            s.known.paged(ino.0);
             reply.data(&data);
         });
     }
@@ -1111,6 +1164,9 @@ impl fuser::Filesystem for ShoalFs {
                         let (ttl, _) = s.ttls(&[e.attr.id], start);
                         if !ttl.is_zero() && s.writes.load(Ordering::SeqCst) == start.writes {
                             s.note(ino.0, &e, start);
+                            if f.wrote.load(Ordering::Relaxed) {
+                                s.known.paged(ino.0);
+                            }
                             s.keep(ino.0, &e, ttl, start);
                         }
                     }
@@ -1327,7 +1383,7 @@ impl fuser::Filesystem for ShoalFs {
             s.keep(ino, &e, ttl, start);
             s.attrs.touch_dir(parent.0, e.attr.ctime);
             s.complete.added(parent.0, &name);
-            let fh = s.add_file(ino, e.attr.id, flags as u32, Some(h));
+            let fh = s.add_file(ino, e.attr.id, flags as u32, Some(h), None);
             reply.created(
                 &ttl,
                 &file_attr(ino, &e.attr),

@@ -46,6 +46,9 @@ struct Seen {
     at: Instant,
     /// They may be out of date.
     stale: bool,
+    /// The kernel was given data of this version (read, or written through this mount):
+    /// it may have the file's pages.
+    paged: bool,
 }
 
 /// The records, by inode number.
@@ -93,13 +96,16 @@ impl Known {
     pub fn note(&self, ino: u64, attr: &Attr, has_caps: bool, since: u64, fresh: impl FnOnce() -> bool) {
         let mut files = self.files();
         let stale = !fresh() || self.changes() != since;
+        let version = Version::of(attr);
+        let paged = files.get(&ino).is_some_and(|s| s.paged && s.version == version);
         let seen = Seen {
-            version: Version::of(attr),
+            version,
             has_caps,
             perm: attr.perm,
             gid: attr.gid,
             at: Instant::now(),
             stale,
+            paged,
         };
         files.insert(ino, seen);
     }
@@ -135,6 +141,19 @@ impl Known {
     /// The data version the kernel was last told of.
     pub fn version(&self, ino: u64) -> Option<Version> {
         self.files().get(&ino).map(|s| s.version)
+    }
+
+    /// The kernel was given the file's data of the version last noted.
+    pub fn paged(&self, ino: u64) {
+        self.files()
+            .get_mut(&ino)
+            .into_iter()
+            .for_each(|s| s.paged = true);
+    }
+
+    /// Whether the kernel may have pages of the file at version `v`.
+    pub fn has_pages(&self, ino: u64, v: Version) -> bool {
+        self.files().get(&ino).is_some_and(|s| s.paged && s.version == v)
     }
 
     pub fn forget(&self, ino: u64) {
