@@ -28,6 +28,19 @@ pub struct Distribute {
     home: Mutex<HashMap<FileId, usize>>,
 }
 
+/// A directory made again as `e` was (same id, owner and mode).
+fn dir_node(e: &Entry) -> NewNode {
+    NewNode {
+        id: e.attr.id,
+        kind: FileKind::Dir,
+        perm: e.attr.perm,
+        uid: e.attr.uid,
+        gid: e.attr.gid,
+        rdev: 0,
+        meta: Vec::new(),
+    }
+}
+
 /// The child a pointer entry points at, if this entry is a pointer.
 pub fn pointer_target(e: &Entry) -> Option<usize> {
     if e.attr.kind != FileKind::File || e.attr.perm != POINTER_PERM {
@@ -253,11 +266,26 @@ impl Distribute {
             }
         }
         if src.attr.kind == FileKind::Dir {
-            if dst.is_some() {
+            if let Some((_, _, d)) = &dst {
                 // Each child sees only its share of the target, and files may be made in it
                 // meanwhile: it is removed first as rmdir removes it (all or nothing), so
                 // that no child keeps it while the others take the new directory.
                 self.rmdir_held(new_parent, new_name).await?;
+                let moved = self
+                    .on_all_dirs(src_h, |c| c.rename(parent, name, new_parent, new_name, flags))
+                    .await;
+                if moved.is_err() {
+                    // The rename failed: the target comes back (same id).
+                    let node = dir_node(d);
+                    let h = self.hashed(new_parent, new_name);
+                    if let Err(e) = self
+                        .on_all_dirs(h, |c| c.create(new_parent, new_name, &node, None, None))
+                        .await
+                    {
+                        tracing::warn!("cannot make again a directory a failed rename replaced: {e}");
+                    }
+                }
+                return moved;
             }
             return self
                 .on_all_dirs(src_h, |c| c.rename(parent, name, new_parent, new_name, flags))
@@ -328,15 +356,7 @@ impl Distribute {
             None => self.children[h].rmdir(parent, name).await.err(),
         };
         if let Some(err) = failure {
-            let node = NewNode {
-                id: e.attr.id,
-                kind: FileKind::Dir,
-                perm: e.attr.perm,
-                uid: e.attr.uid,
-                gid: e.attr.gid,
-                rdev: 0,
-                meta: Vec::new(),
-            };
+            let node = dir_node(&e);
             for (&i, r) in others.iter().zip(&results) {
                 if r.is_ok() {
                     if let Err(e) = self.children[i].create(parent, name, &node, None, None).await {

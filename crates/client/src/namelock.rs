@@ -71,9 +71,11 @@ pub async fn take(children: &[Child], mut names: Vec<Name>) -> Result<Held> {
     names.dedup();
     // A fresh owner per change: two changes of one client exclude each other too.
     let owner = FileId::random().0 as u64;
+    // Counted as held before each request is sent: if this future is dropped half way,
+    // the drop gives back whatever was granted (an unlock of what is not held is harmless).
     let mut held = Held {
         children: children.to_vec(),
-        names: Vec::with_capacity(names.len()),
+        names: names.clone(),
         owner,
     };
     let at_once = join_all(names.iter().map(|n| async move {
@@ -84,31 +86,21 @@ pub async fn take(children: &[Child], mut names: Vec<Name>) -> Result<Held> {
     .await;
     if at_once.iter().all(Result::is_ok) {
         tracing::trace!(owner, n = names.len(), "names held at once");
-        held.names = names;
         return Ok(held);
     }
-    // Someone holds one of them: the ones taken go back, and all are taken in order.
-    let taken: Vec<Name> = names
-        .iter()
-        .zip(&at_once)
-        .filter(|(_, r)| r.is_ok())
-        .map(|(n, _)| *n)
-        .collect();
+    // Someone holds one of them: all go back, and are taken in order.
+    held.release_names().await;
     if let Some(e) = at_once.iter().find_map(|r| r.as_ref().err().copied()) {
         if e != Errno::EAGAIN {
-            held.names = taken;
-            held.release().await;
             return Err(e);
         }
     }
-    held.names = taken;
-    held.release_names().await;
     tracing::trace!(owner, "names taken one by one");
     for n in names {
+        held.names.push(n);
         children[n.child]
             .setlk(n.parent, &lock(LockKind::Write, &n, owner), true)
             .await?;
-        held.names.push(n);
     }
     tracing::trace!(owner, "names held");
     Ok(held)

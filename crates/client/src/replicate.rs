@@ -354,7 +354,12 @@ impl Replicate {
                 .await;
             out.took_later(more);
             if removed && !self.quorum(out.ok_mask()) {
-                // (Nothing to mark: the copies that took it lose the file with the removal.)
+                // Those that lack it lose nothing (the copies that took it lose the file with
+                // the removal); those that did not answer are marked as ever.
+                let silent = lacking.iter().fold(out.failed, |m, i| m & !bit(*i));
+                if silent != 0 {
+                    self.mark(*id, &out.took(), silent).await;
+                }
                 return Err(Errno::ENOENT);
             }
         }
@@ -977,10 +982,10 @@ impl Xlator for Replicate {
     async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
         // The directory's own order too: names made in it are ordered against its removal,
         // which every copy then finds empty or not alike.
-        let dir = Self::pick(self.fan(|_, c| c.lookup(parent, name)).await).map(|e| e.attr.id);
+        let dir = Self::pick(self.fan(|_, c| c.lookup(parent, name)).await);
         let _dirs = match dir {
-            Ok(d) => self.in_dir_order(&[parent, d]).await,
-            Err(_) => self.in_dir_order(&[parent]).await,
+            Ok(d) if d.attr.kind == proto::FileKind::Dir => self.in_dir_order(&[parent, d.attr.id]).await,
+            _ => self.in_dir_order(&[parent]).await,
         };
         self.remove(parent, |_, c| c.rmdir(parent, name))
             .await

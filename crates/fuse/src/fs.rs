@@ -371,20 +371,22 @@ impl Inner {
     }
 
     /// Another client changed a file opened lazily here, whose reads the kernel's pages
-    /// serve: most often it removed or renamed it (its data unchanged), and a read that
-    /// misses the pages then would find it gone from the bricks. Its attributes go at once;
-    /// its pages only if its version changed (a file gone keeps what it had).
+    /// serve: most often it removed it (its data unchanged), and a read that misses the
+    /// pages then would find it gone from the bricks. Its attributes go at once; its pages
+    /// only if its version moved from theirs (a file gone keeps what it had).
     fn check_pages(self: &Arc<Self>, ino: u64, id: FileId) {
+        // The pages' version, before a getattr of the kernel's notes a newer one.
+        let pages = self.known.version(ino);
+        self.known.stale(Some(ino));
         self.invalidate(Inval::Attrs(ino));
         let s = self.clone();
         self.rt.spawn(async move {
             let changed = match s.vol.getattr(id).await {
-                Ok(e) => s.known.version(ino) != Some(Version::of(&e.attr)),
+                Ok(e) => pages != Some(Version::of(&e.attr)),
                 Err(Errno::ENOENT | Errno::ESTALE) => false,
                 Err(_) => true,
             };
             if changed {
-                s.known.stale(Some(ino));
                 s.invalidate(Inval::Inode(ino));
             }
         });
@@ -689,8 +691,9 @@ impl fuser::Filesystem for ShoalFs {
                 // Removed by another client since a lazy open of it here (an fstat of the
                 // open file, which the kernel sends without its handle): its attributes as
                 // opened, not ESTALE.
-                Err(Errno::ENOENT | Errno::ESTALE) if s.lazily_opened(id).is_some() => {
-                    let e = tryr!(reply, s.lazily_opened(id).ok_or(Errno::ESTALE));
+                Err(err @ (Errno::ENOENT | Errno::ESTALE)) => {
+                    let mut e = tryr!(reply, s.lazily_opened(id).ok_or(err));
+                    e.attr.nlink = 0;
                     reply.attr(&Duration::ZERO, &file_attr(ino.0, &e.attr));
                     return;
                 }

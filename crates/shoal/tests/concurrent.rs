@@ -485,8 +485,8 @@ fn replica_copies_agree_under_concurrent_buffered_writes() {
 }
 
 /// Two mounts rename a file of their own onto the same name at the same moment, round
-/// after round: each round ends with both copies of the name holding the same file (the
-/// last rename's on both), as the directory's changes reach every copy in one order.
+/// after round: each round ends with both copies of the name holding the same file, as
+/// the directory's changes reach every copy in one order.
 #[test]
 fn replica_copies_agree_under_concurrent_renames() {
     if !require_root() {
@@ -499,15 +499,19 @@ fn replica_copies_agree_under_concurrent_renames() {
     let copies = [0, 1].map(|i| b.bricks[i].path.join("n"));
     let (go, done) = (std::sync::Barrier::new(3), std::sync::Barrier::new(3));
     let mut differ = Vec::new();
+    let failed = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for (k, m) in [&ma, &mb].into_iter().enumerate() {
-            let (go, done) = (&go, &done);
+            let (go, done, failed) = (&go, &done, &failed);
             s.spawn(move || {
+                // (A failure is recorded, not a panic: the others wait at the barriers.)
                 for r in 0..ROUNDS {
                     let tmp = m.path(&format!("t{k}"));
-                    std::fs::write(&tmp, record(&format!("m{k}-{r}"))).unwrap();
+                    let made = std::fs::write(&tmp, record(&format!("m{k}-{r}")));
                     go.wait();
-                    std::fs::rename(&tmp, m.path("n")).unwrap();
+                    if let Err(e) = made.and_then(|_| std::fs::rename(&tmp, m.path("n"))) {
+                        failed.lock().unwrap().push(format!("mount {k} round {r}: {e}"));
+                    }
                     done.wait();
                 }
             });
@@ -515,12 +519,16 @@ fn replica_copies_agree_under_concurrent_renames() {
         for r in 0..ROUNDS {
             go.wait();
             done.wait();
-            let [c0, c1] = copies.clone().map(|p| std::fs::read(p).unwrap());
+            let [c0, c1] = copies
+                .clone()
+                .map(|p| std::fs::read(p).map_err(|e| e.to_string()));
             if c0 != c1 {
-                differ.push((r, tag_of(&c0), tag_of(&c1)));
+                differ.push((r, c0.map(|c| tag_of(&c)), c1.map(|c| tag_of(&c))));
             }
         }
     });
+    let failed = failed.into_inner().unwrap();
+    assert!(failed.is_empty(), "renames failed: {failed:?}");
     assert!(
         differ.is_empty(),
         "{} of {ROUNDS} rounds left the copies different, first: {:?}",
