@@ -88,7 +88,13 @@ pub async fn take(children: &[Child], mut names: Vec<Name>) -> Result<Held> {
         tracing::trace!(owner, n = names.len(), "names held at once");
         return Ok(held);
     }
-    // Someone holds one of them: all go back, and are taken in order.
+    // Someone holds one of them: those granted go back, and all are taken in order.
+    held.names = names
+        .iter()
+        .zip(&at_once)
+        .filter(|(_, r)| r.is_ok())
+        .map(|(n, _)| *n)
+        .collect();
     held.release_names().await;
     if let Some(e) = at_once.iter().find_map(|r| r.as_ref().err().copied()) {
         if e != Errno::EAGAIN {

@@ -42,6 +42,9 @@ struct Inner {
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<u64, Arc<tokio::sync::Mutex<DirState>>>>,
     next_fh: AtomicU64,
+    /// Open files that were opened lazily (`OpenFile::at_open`): while there are none, a
+    /// change notice need not look through the open files.
+    lazy_opens: AtomicU64,
     attr_ttl: Duration,
     entry_ttl: Duration,
     notifier: Arc<OnceLock<fuser::Notifier>>,
@@ -108,8 +111,11 @@ impl Inner {
     }
 
     /// The attributes `id` had when opened lazily, while such an open of it is not open
-    /// on the bricks. (A scan: only for requests that found the file gone.)
+    /// on the bricks. (A scan of the open files, only while some were opened lazily.)
     fn lazily_opened(&self, id: FileId) -> Option<Entry> {
+        if self.lazy_opens.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         files
             .values()
@@ -152,10 +158,14 @@ impl Inner {
 
     fn add_file(&self, ino: u64, id: FileId, flags: u32, h: Option<Handle>, at_open: Option<Entry>) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        let at_open = at_open.filter(|_| h.is_none());
+        if at_open.is_some() {
+            self.lazy_opens.fetch_add(1, Ordering::Relaxed);
+        }
         let f = OpenFile {
             id,
             flags,
-            at_open: at_open.filter(|_| h.is_none()),
+            at_open,
             handle: tokio::sync::OnceCell::new_with(h.map(Arc::new)),
             wrote: AtomicBool::new(false),
             seen: AtomicU64::new(self.behind.failures(ino)),
@@ -558,6 +568,7 @@ impl ShoalFs {
                 files: Mutex::new(HashMap::new()),
                 dirs: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
+                lazy_opens: AtomicU64::new(0),
                 attr_ttl,
                 entry_ttl,
                 notifier,
@@ -1137,6 +1148,9 @@ impl fuser::Filesystem for ShoalFs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh.0);
+        if h.as_ref().is_some_and(|f| f.at_open.is_some()) {
+            self.inner.lazy_opens.fetch_sub(1, Ordering::Relaxed);
+        }
         self.spawn(move |s| async move {
             let Some(f) = h else {
                 reply.ok();
