@@ -14,20 +14,25 @@
 //! connection if the client dies. Names whose hashes meet share a lock: they only wait for
 //! each other.
 //!
+//! A change that removes or replaces a directory may also hold every name in it (the whole
+//! range of its layer's bytes on that directory), so that no change inside it is half way
+//! through when it goes.
+//!
 //! Several names are taken at once where nobody holds them; otherwise one by one, in one
-//! order (child, directory, byte) for every client, so that two changes never each wait
-//! for what the other holds.
+//! order (child, directory, first byte) for every client, so that two changes never each
+//! wait for what the other holds (a directory's whole range sorts before its names).
 
 use crate::xlator::{Child, Result};
 use futures_util::future::join_all;
 use proto::{Errno, FileId, Lock, LockKind};
 
-/// One name to hold: on child `child`, in directory `parent`, the byte `at`.
+/// One name to hold: on child `child`, in directory `parent`, the bytes `at..=end`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Name {
     child: usize,
     parent: FileId,
     at: u64,
+    end: u64,
 }
 
 /// The layer that holds names: each has bytes of its own.
@@ -40,11 +45,27 @@ pub enum Layer {
 impl Name {
     /// A name in `parent` whose hash is `hash` (`layout::hash_name`), held on `child`.
     pub fn new(layer: Layer, child: usize, parent: FileId, hash: u64) -> Name {
+        let at = Self::base(layer) | (hash >> 2);
         Name {
             child,
             parent,
-            at: (1 << 63) | ((layer as u64) << 62) | (hash >> 2),
+            at,
+            end: at,
         }
+    }
+
+    /// Every name in directory `dir` that `layer` holds on `child`.
+    pub fn every(layer: Layer, child: usize, dir: FileId) -> Name {
+        Name {
+            child,
+            parent: dir,
+            at: Self::base(layer),
+            end: Self::base(layer) | (u64::MAX >> 2),
+        }
+    }
+
+    fn base(layer: Layer) -> u64 {
+        (1 << 63) | ((layer as u64) << 62)
     }
 }
 
@@ -59,7 +80,7 @@ fn lock(kind: LockKind, n: &Name, owner: u64) -> Lock {
     Lock {
         kind,
         start: n.at,
-        end: n.at,
+        end: n.end,
         owner,
         pid: 0,
     }

@@ -17,6 +17,10 @@ use std::future::Future;
 /// later change of the volume option does not scramble existing files.
 pub const STRIPE_META: &str = "stripe";
 
+/// Times a change looks its target directory up anew (another client replacing it each
+/// time) before it gives up with EBUSY.
+const HOLD_TRIES: usize = 16;
+
 pub struct Stripe {
     children: Vec<Child>,
     size: u64,
@@ -38,14 +42,49 @@ fn geometry(e: &Entry) -> Option<u64> {
 impl Stripe {
     /// Holds `names` (see `crate::namelock`) for a change that every child makes.
     async fn hold(&self, names: &[(FileId, &[u8])]) -> Result<namelock::Held> {
-        let names = match self.children.len() {
+        namelock::take(&self.children, self.names(names)).await
+    }
+
+    fn names(&self, names: &[(FileId, &[u8])]) -> Vec<Name> {
+        match self.children.len() {
             1 => Vec::new(),
             _ => names
                 .iter()
                 .map(|(parent, name)| Name::new(Layer::Stripe, 0, *parent, layout::hash_name(*parent, name)))
                 .collect(),
-        };
-        namelock::take(&self.children, names).await
+        }
+    }
+
+    /// Holds `names` and, when `target` is a directory, every name in it: an rmdir, or a
+    /// rename over a directory, reaches the children one after another, and a change inside
+    /// the directory between the two could leave it empty on one child (removed or
+    /// replaced there) and not on the other (refused there).
+    async fn hold_over(&self, names: &[(FileId, &[u8])], target: (FileId, &[u8])) -> Result<namelock::Held> {
+        if self.children.len() == 1 {
+            return self.hold(names).await;
+        }
+        let mut dir = None;
+        // The target is looked up with its name held; held without its directory's names
+        // first, it may turn out to be a directory (or another one) and is taken again.
+        for _ in 0..HOLD_TRIES {
+            let mut items = self.names(names);
+            items.extend(dir.map(|d| Name::every(Layer::Stripe, 0, d)));
+            let held = namelock::take(&self.children, items).await?;
+            let now = match self.children[0].lookup(target.0, target.1).await {
+                Ok(e) if e.attr.kind == FileKind::Dir => Some(e.attr.id),
+                Ok(_) | Err(Errno::ENOENT) => None,
+                Err(e) => {
+                    held.release().await;
+                    return Err(e);
+                }
+            };
+            if now == dir {
+                return Ok(held);
+            }
+            held.release().await;
+            dir = now;
+        }
+        Err(Errno::EBUSY)
     }
 
     pub fn new(children: Vec<Child>, size: u64) -> Stripe {
@@ -217,7 +256,7 @@ impl Xlator for Stripe {
     }
 
     async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
-        let held = self.hold(&[(parent, name)]).await?;
+        let held = self.hold_over(&[(parent, name)], (parent, name)).await?;
         let r = async {
             // The first child decides (it may say ENOTEMPTY); the others follow.
             self.children[0].rmdir(parent, name).await?;
@@ -237,7 +276,9 @@ impl Xlator for Stripe {
         new_name: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        let held = self.hold(&[(parent, name), (new_parent, new_name)]).await?;
+        let held = self
+            .hold_over(&[(parent, name), (new_parent, new_name)], (new_parent, new_name))
+            .await?;
         let r = async {
             self.children[0]
                 .rename(parent, name, new_parent, new_name, flags)

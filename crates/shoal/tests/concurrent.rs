@@ -18,7 +18,8 @@ use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 const DIRS: usize = 3;
 const SUBDIRS: usize = 2;
@@ -76,11 +77,76 @@ fn expected(e: &std::io::Error) -> bool {
         )
 }
 
+/// What the workers did, each request with its start and end (µs into the storm) and its
+/// result: printed for a path that fails a check afterwards.
+struct Journal {
+    epoch: Instant,
+    lines: Mutex<Vec<(u128, String)>>,
+}
+
+impl Journal {
+    fn new() -> Journal {
+        Journal {
+            epoch: Instant::now(),
+            lines: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn now(&self) -> u128 {
+        self.epoch.elapsed().as_micros()
+    }
+
+    fn record(&self, start: u128, what: String) {
+        let end = self.now();
+        self.lines
+            .lock()
+            .unwrap()
+            .push((start, format!("{start}..{end} {what}")));
+    }
+
+    /// The requests that named `path` or its directory, in the order they began.
+    fn print_about(&self, path: &str) {
+        let mut lines = self.lines.lock().unwrap().clone();
+        lines.sort();
+        let dir = path.rsplit_once('/').map(|(d, _)| d);
+        let names =
+            |line: &str, p: &str| line.contains(&format!("/{p} ")) || line.contains(&format!("/{p}:"));
+        for (_, line) in lines {
+            if names(&line, path) || dir.is_some_and(|d| names(&line, d)) {
+                eprintln!("  {line}");
+            }
+        }
+    }
+}
+
+fn hex(v: &[u8]) -> String {
+    v.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A path as a mount shows it: inode, size, mtime and links, and the record read past the
+/// kernel's pages.
+fn describe(root: &Path, rel: &str) -> String {
+    let p = root.join(rel);
+    let md = std::fs::symlink_metadata(&p).map(|m| (m.ino(), m.size(), m.mtime(), m.mtime_nsec(), m.nlink()));
+    let direct = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&p)
+        .and_then(|f| {
+            let mut buf = vec![0u8; 2 * RECORD + 4096];
+            let at = buf.as_ptr().align_offset(4096);
+            let n = f.read_at(&mut buf[at..at + 2 * RECORD], 0)?;
+            Ok(tag_of(&buf[at..at + n]))
+        });
+    format!("{md:?}, read directly {direct:?}")
+}
+
 /// One worker's bounded run of random namespace and data changes through `m`.
-fn worker(m: &Mount, id: usize, seed: u64) -> Vec<String> {
+fn worker(m: &Mount, id: usize, seed: u64, journal: &Journal) -> Vec<String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut failures = Vec::new();
     for i in 0..OPS_PER_WORKER {
+        let start = journal.now();
         let tag = format!("w{id}-{i}");
         let (what, r): (String, std::io::Result<()>) = match rng.random_range(0..100) {
             // A whole new file put in place under a name, as editors and rsync do.
@@ -162,6 +228,7 @@ fn worker(m: &Mount, id: usize, seed: u64) -> Vec<String> {
                 )
             }
         };
+        journal.record(start, format!("w{id}-{i} {what}: {r:?}"));
         if let Err(e) = r {
             if !expected(&e) {
                 failures.push(format!("{what}: {e}"));
@@ -245,12 +312,14 @@ fn storm(stripe: u32, replica: u32, n: usize, seed: u64) {
     for d in 0..DIRS {
         std::fs::create_dir(ma.path(&format!("d{d}"))).unwrap();
     }
+    let journal = Journal::new();
     let failures: Vec<String> = std::thread::scope(|s| {
         let mut workers = Vec::new();
         for (k, m) in [&ma, &mb].into_iter().enumerate() {
             for t in 0..WORKERS_PER_MOUNT {
                 let id = k * WORKERS_PER_MOUNT + t;
-                workers.push(s.spawn(move || worker(m, id, seed * 100 + id as u64)));
+                let journal = &journal;
+                workers.push(s.spawn(move || worker(m, id, seed * 100 + id as u64, journal)));
             }
         }
         workers.into_iter().flat_map(|w| w.join().unwrap()).collect()
@@ -271,6 +340,16 @@ fn storm(stripe: u32, replica: u32, n: usize, seed: u64) {
         .count();
     assert!(files > 0, "{layout}: the storm left no file at all");
     let broken: Vec<_> = truth.iter().filter(|(_, v)| v.is_err()).collect();
+    for (k, _) in &broken {
+        eprintln!("{layout}: {k} is not one whole record");
+        for br in &b.bricks {
+            let p = br.path.join(k);
+            let md = std::fs::symlink_metadata(&p).map(|m| (m.size(), m.mode(), m.nlink()));
+            let id = xattr_of(&p, "trusted.shoal.id").map(|v| hex(&v));
+            eprintln!("  on {}: {md:?}, id {id:?}", br.path.display());
+        }
+        journal.print_about(k);
+    }
     assert!(
         broken.is_empty(),
         "{layout}: files without one whole record: {broken:#?}"
@@ -293,6 +372,11 @@ fn storm(stripe: u32, replica: u32, n: usize, seed: u64) {
             .filter(|k| truth.get(*k) != seen.get(*k))
             .map(|k| (k, truth.get(k), seen.get(k)))
             .collect();
+        for (k, _, _) in &differ {
+            eprintln!("{layout}: {k} through mount {label}: {}", describe(&m.dir, k));
+            eprintln!("  through the fresh mount: {}", describe(&fresh.dir, k));
+            journal.print_about(k);
+        }
         assert!(
             differ.is_empty(),
             "{layout}: mount {label} differs from a fresh mount: {differ:#?}"
@@ -532,6 +616,86 @@ fn replica_copies_agree_under_concurrent_renames() {
     assert!(
         differ.is_empty(),
         "{} of {ROUNDS} rounds left the copies different, first: {:?}",
+        differ.len(),
+        differ.first()
+    );
+}
+
+/// On stripe 2, one mount removes a directory (or renames another over it) while the
+/// other makes or removes a file in it, round after round: each round ends with the
+/// directory on both bricks or on neither, holding the same names, as changes inside a
+/// directory never interleave with its removal.
+#[test]
+fn stripe_directory_goes_on_every_brick_or_none() {
+    if !require_root() {
+        return;
+    }
+    const ROUNDS: usize = 300;
+    let b = Bricks::start(2);
+    let spec = b.spec("rmdirs", 2, 1);
+    let (ma, mb) = (b.mount(&spec, "a"), b.mount(&spec, "b"));
+    let on_bricks = |rel: &str| {
+        b.bricks
+            .iter()
+            .map(|br| {
+                std::fs::read_dir(br.path.join(rel))
+                    .map(|rd| {
+                        let mut names: Vec<_> = rd.map(|e| e.unwrap().file_name()).collect();
+                        names.sort();
+                        names
+                    })
+                    .map_err(|e| e.kind())
+            })
+            .collect::<Vec<_>>()
+    };
+    let (go, done) = (std::sync::Barrier::new(3), std::sync::Barrier::new(3));
+    let mut differ = Vec::new();
+    std::thread::scope(|s| {
+        let (go, done) = (&go, &done);
+        // Mount a: a file in `t` made (odd rounds) or removed (even rounds).
+        s.spawn(|| {
+            for r in 0..ROUNDS {
+                let _ = std::fs::create_dir(ma.path("t"));
+                let f = ma.path("t/f");
+                match r % 2 {
+                    0 => drop(std::fs::write(&f, record("a"))),
+                    _ => drop(std::fs::remove_file(&f)),
+                }
+                go.wait();
+                let _ = match r % 2 {
+                    0 => std::fs::remove_file(&f),
+                    _ => std::fs::write(&f, record("a")),
+                };
+                done.wait();
+            }
+        });
+        // Mount b: `t` removed, or an empty directory renamed over it.
+        s.spawn(|| {
+            for r in 0..ROUNDS {
+                let over = r % 4 >= 2;
+                if over {
+                    let _ = std::fs::create_dir(mb.path("s"));
+                }
+                go.wait();
+                let _ = match over {
+                    true => std::fs::rename(mb.path("s"), mb.path("t")),
+                    false => std::fs::remove_dir(mb.path("t")),
+                };
+                done.wait();
+            }
+        });
+        for r in 0..ROUNDS {
+            go.wait();
+            done.wait();
+            let seen = ["t", "s"].map(on_bricks);
+            if seen.iter().any(|s| s[0] != s[1]) {
+                differ.push((r, seen));
+            }
+        }
+    });
+    assert!(
+        differ.is_empty(),
+        "{} of {ROUNDS} rounds left the bricks different, first: {:?}",
         differ.len(),
         differ.first()
     );
