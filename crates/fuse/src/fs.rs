@@ -54,6 +54,12 @@ struct Inner {
     /// Inodes that ever had a lock request through this mount: only their closes need to
     /// reach the bricks (to drop the closing process's locks).
     locked: Mutex<HashSet<u64>>,
+    /// Per inode, the latest read request (by the kernel's request number) begun here. A
+    /// read the kernel sent after a write, the write's data already in its pages (another
+    /// open then dropped them), can reach the bricks before the write does and fill the
+    /// pages with what the write replaces: the write's end drops them if such a read began
+    /// meanwhile.
+    reads: Mutex<HashMap<u64, u64>>,
     coherence: Coherence,
     attrs: AttrCache,
     complete: Complete,
@@ -456,6 +462,20 @@ impl Inner {
         self.attrs.drop(ino);
     }
 
+    /// The write request `unique` of `ino` ended: pages a read sent after it may have filled
+    /// with older data go (see `Inner::reads`).
+    fn write_ended(&self, ino: u64, unique: u64) {
+        let raced = self
+            .reads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&ino)
+            .is_some_and(|&r| r > unique);
+        if raced {
+            self.invalidate(Inval::Inode(ino));
+        }
+    }
+
     async fn open_existing(
         &self,
         parent: FileId,
@@ -574,6 +594,7 @@ impl ShoalFs {
                 notifier,
                 known: Known::new(attr_ttl),
                 locked: Mutex::new(HashSet::new()),
+                reads: Mutex::new(HashMap::new()),
                 coherence: Coherence::default(),
                 attrs: AttrCache::default(),
                 complete: Complete::default(),
@@ -678,6 +699,11 @@ impl fuser::Filesystem for ShoalFs {
             self.inner.attrs.drop(ino.0);
             self.inner.complete.forget(ino.0);
             self.inner.behind.forget_inode(ino.0);
+            self.inner
+                .reads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&ino.0);
             self.inner.known.forget(ino.0);
             self.inner
                 .locked
@@ -1014,7 +1040,7 @@ impl fuser::Filesystem for ShoalFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -1023,6 +1049,16 @@ impl fuser::Filesystem for ShoalFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        // (Before the read is sent: a write the kernel sent before it may still be on its
+        // way here.)
+        let unique = req.unique().0;
+        self.inner
+            .reads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(ino.0)
+            .and_modify(|r| *r = (*r).max(unique))
+            .or_insert(unique);
         self.spawn(move |s| async move {
             s.behind.settle(ino.0).await;
             let h = tryr!(reply, s.file(fh).await);
@@ -1045,6 +1081,7 @@ impl fuser::Filesystem for ShoalFs {
         reply: ReplyWrite,
     ) {
         let data = Bytes::copy_from_slice(data);
+        let unique = req.unique().0;
         // The writer lacks CAP_FSETID: the set-id bits go (see `crate::killpriv`).
         let kill = write_flags
             .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
@@ -1089,6 +1126,7 @@ impl fuser::Filesystem for ShoalFs {
                 s.wrote(ino.0);
                 let r = s.vol.write(&h, offset, data).await;
                 s.wrote(ino.0);
+                s.write_ended(ino.0, unique);
                 let n = tryr!(reply, r);
                 reply.written(n);
                 return;
@@ -1101,6 +1139,7 @@ impl fuser::Filesystem for ShoalFs {
             crate::inline::run(&s.rt, async move {
                 let r = inner.write_all(&h, offset, data).await;
                 inner.wrote(ino.0);
+                inner.write_ended(ino.0, unique);
                 ticket.done(r);
             });
             reply.written(len);
