@@ -292,40 +292,48 @@ impl Distribute {
                 .await;
         }
         let new_h = self.hashed(new_parent, new_name);
-        // 1. The data file takes its new name where it is (replacing whatever had that name
+        // 1. Where the new name hashes elsewhere, a pointer to the data, under a name of its
+        //    own until the end: if it cannot be made, nothing has changed yet.
+        let tmp = (new_h != src_d).then(|| format!(".shoal-rename-{}", FileId::random().to_hex()));
+        if let Some(tmp) = &tmp {
+            self.put_pointer(new_h, src.attr.id, src_d, new_parent, tmp.as_bytes())
+                .await?;
+        }
+        // 2. The data file takes its new name where it is (replacing whatever had that name
         //    on that child).
-        self.children[src_d]
+        if let Err(e) = self.children[src_d]
             .rename(parent, name, new_parent, new_name, flags)
-            .await?;
-        // 2. The new name's hashed child points at the data.
-        if new_h != src_d {
-            let tmp = format!(".shoal-rename-{}", FileId::random().to_hex());
-            let placed = async {
-                self.put_pointer(new_h, src.attr.id, src_d, new_parent, tmp.as_bytes())
-                    .await?;
-                self.children[new_h]
-                    .rename(
-                        new_parent,
-                        tmp.as_bytes(),
-                        new_parent,
-                        new_name,
-                        RenameFlags::default(),
-                    )
-                    .await
+            .await
+        {
+            if let Some(tmp) = &tmp {
+                let _ = self.children[new_h].unlink(new_parent, tmp.as_bytes()).await;
             }
-            .await;
+            return Err(e);
+        }
+        // 3. The pointer takes the new name where it hashes.
+        if let Some(tmp) = &tmp {
+            let placed = self.children[new_h]
+                .rename(new_parent, tmp.as_bytes(), new_parent, new_name, RenameFlags::default())
+                .await;
             if let Err(e) = placed {
                 tracing::warn!("rename: cannot place pointer: {e}");
                 let _ = self.children[new_h].unlink(new_parent, tmp.as_bytes()).await;
+                // The data goes back to its name, unless its rename replaced a file there.
+                if dst.as_ref().is_none_or(|(_, dd, _)| *dd != src_d) {
+                    let _ = self.children[src_d]
+                        .rename(new_parent, new_name, parent, name, RenameFlags::default())
+                        .await;
+                }
+                return Err(e);
             }
         }
-        // 3. The replaced file's data elsewhere goes.
+        // 4. The replaced file's data elsewhere goes.
         if let Some((_, dd, _)) = &dst {
             if *dd != src_d && *dd != new_h {
                 let _ = self.children[*dd].unlink(new_parent, new_name).await;
             }
         }
-        // 4. The old pointer goes.
+        // 5. The old pointer goes.
         if src_h != src_d {
             let _ = self.children[src_h].unlink(parent, name).await;
         }
