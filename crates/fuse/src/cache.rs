@@ -52,6 +52,11 @@ impl Coherence {
         ids.iter().any(|id| last.get(id).is_some_and(|&s| s > start))
     }
 
+    /// True if another client's change of `id` may ever have been announced.
+    pub fn ever_changed(&self, id: FileId) -> bool {
+        self.floor.load(Ordering::SeqCst) > 0 || lock(&self.last).contains_key(&id)
+    }
+
     pub fn mark(&self, id: FileId) {
         let s = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
         let mut last = lock(&self.last);

@@ -922,6 +922,15 @@ impl fuser::Filesystem for ShoalFs {
             tryr!(reply, r);
             s.complete.removed(parent.0, &name);
             s.complete.added(newparent.0, &newname);
+            // The kernel moves the entry it has under the old name, which may be what
+            // another client replaced there just before (its announcement not yet handled):
+            // where another client changes the directory, the new name is looked up again.
+            if s.coherence.ever_changed(p) {
+                s.invalidate(Inval::Entry(newparent.0, newname.clone()));
+            }
+            if rflags.exchange && s.coherence.ever_changed(np) {
+                s.invalidate(Inval::Entry(parent.0, name.clone()));
+            }
             reply.ok();
         });
     }
