@@ -298,7 +298,24 @@ impl Xlator for Stripe {
 
     async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
         let held = self.hold(&[(new_parent, new_name)]).await?;
-        let r = async { Self::merge(Self::all(self.fan(|c| c.link(id, new_parent, new_name)).await)?) }.await;
+        let r = async {
+            let results = self.fan(|c| c.link(id, new_parent, new_name)).await;
+            if let Some(err) = results.iter().find_map(|r| r.as_ref().err().copied()) {
+                // The file's last name removed meanwhile (a link goes by id, not by a held
+                // name) can reach the children before or after the link: the new name is
+                // taken back where it was made, so that it is all or nothing.
+                for (c, r) in self.children.iter().zip(&results) {
+                    if r.is_ok() {
+                        if let Err(e) = c.unlink(new_parent, new_name).await {
+                            tracing::warn!("cannot take back a link made on some children only: {e}");
+                        }
+                    }
+                }
+                return Err(err);
+            }
+            Self::merge(Self::all(results)?)
+        }
+        .await;
         held.release().await;
         r
     }

@@ -340,15 +340,24 @@ fn storm(stripe: u32, replica: u32, n: usize, seed: u64) {
         .count();
     assert!(files > 0, "{layout}: the storm left no file at all");
     let broken: Vec<_> = truth.iter().filter(|(_, v)| v.is_err()).collect();
-    for (k, _) in &broken {
-        eprintln!("{layout}: {k} is not one whole record");
+    // What the bricks hold under a path that fails a check, and what was done to it.
+    let explain = |k: &str, what: &str| {
+        eprintln!("{layout}: {k} {what}");
         for br in &b.bricks {
-            let p = br.path.join(k);
-            let md = std::fs::symlink_metadata(&p).map(|m| (m.size(), m.mode(), m.nlink()));
-            let id = xattr_of(&p, "trusted.shoal.id").map(|v| hex(&v));
-            eprintln!("  on {}: {md:?}, id {id:?}", br.path.display());
+            // The path and each directory above it.
+            let mut p = br.path.join(k);
+            while p != br.path {
+                let md = std::fs::symlink_metadata(&p).map(|m| (m.size(), m.mode(), m.nlink()));
+                let id = xattr_of(&p, "trusted.shoal.id").map(|v| hex(&v));
+                let to = xattr_of(&p, "trusted.shoal.linkto").map(|v| hex(&v));
+                eprintln!("  {}: {md:?}, id {id:?}, pointer {to:?}", p.display());
+                p.pop();
+            }
         }
         journal.print_about(k);
+    };
+    for (k, _) in &broken {
+        explain(k, "is not one whole record");
     }
     assert!(
         broken.is_empty(),
@@ -423,6 +432,9 @@ fn storm(stripe: u32, replica: u32, n: usize, seed: u64) {
                     ),
                 }
             }
+            if !dir && data != 1 {
+                explain(name, "has its data on several children");
+            }
             assert!(
                 dir || data == 1,
                 "{layout}: {name} has its data on {data} children"
@@ -430,6 +442,9 @@ fn storm(stripe: u32, replica: u32, n: usize, seed: u64) {
         }
         for (br, t) in &children {
             let hidden: Vec<_> = t.keys().filter(|k| !truth.contains_key(*k)).collect();
+            for k in &hidden {
+                explain(k, "is on a brick but not in the volume");
+            }
             assert!(
                 hidden.is_empty(),
                 "{layout}: {} holds names the volume does not show: {hidden:#?}",
@@ -648,10 +663,12 @@ fn stripe_directory_goes_on_every_brick_or_none() {
             })
             .collect::<Vec<_>>()
     };
-    let (go, done) = (std::sync::Barrier::new(3), std::sync::Barrier::new(3));
+    // Each round: the mounts set up, both act at once, then the bricks are compared
+    // before anyone sets up the next.
+    let [go, done, checked] = [(); 3].map(|_| std::sync::Barrier::new(3));
     let mut differ = Vec::new();
     std::thread::scope(|s| {
-        let (go, done) = (&go, &done);
+        let (go, done, checked) = (&go, &done, &checked);
         // Mount a: a file in `t` made (odd rounds) or removed (even rounds).
         s.spawn(|| {
             for r in 0..ROUNDS {
@@ -667,6 +684,7 @@ fn stripe_directory_goes_on_every_brick_or_none() {
                     _ => std::fs::write(&f, record("a")),
                 };
                 done.wait();
+                checked.wait();
             }
         });
         // Mount b: `t` removed, or an empty directory renamed over it.
@@ -682,6 +700,7 @@ fn stripe_directory_goes_on_every_brick_or_none() {
                     false => std::fs::remove_dir(mb.path("t")),
                 };
                 done.wait();
+                checked.wait();
             }
         });
         for r in 0..ROUNDS {
@@ -691,6 +710,67 @@ fn stripe_directory_goes_on_every_brick_or_none() {
             if seen.iter().any(|s| s[0] != s[1]) {
                 differ.push((r, seen));
             }
+            checked.wait();
+        }
+    });
+    assert!(
+        differ.is_empty(),
+        "{} of {ROUNDS} rounds left the bricks different, first: {:?}",
+        differ.len(),
+        differ.first()
+    );
+}
+
+/// On stripe 2, one mount makes a hard link to a file while the other removes the file's
+/// only other name, round after round: the new name ends on both bricks (the same file) or
+/// on neither, as a link reaching a child after the file went there is taken back.
+#[test]
+fn stripe_link_racing_the_last_unlink_is_all_or_nothing() {
+    if !require_root() {
+        return;
+    }
+    const ROUNDS: usize = 300;
+    let b = Bricks::start(2);
+    let spec = b.spec("links", 2, 1);
+    let (ma, mb) = (b.mount(&spec, "a"), b.mount(&spec, "b"));
+    let ids = |rel: &str| {
+        b.bricks
+            .iter()
+            .map(|br| xattr_of(&br.path.join(rel), "trusted.shoal.id"))
+            .collect::<Vec<_>>()
+    };
+    // Each round: the mounts set up, both act at once, then the bricks are compared
+    // before anyone sets up the next.
+    let [go, done, checked] = [(); 3].map(|_| std::sync::Barrier::new(3));
+    let mut differ = Vec::new();
+    std::thread::scope(|s| {
+        let (go, done, checked) = (&go, &done, &checked);
+        s.spawn(|| {
+            for _ in 0..ROUNDS {
+                let _ = std::fs::remove_file(ma.path("l"));
+                std::fs::write(ma.path("f"), record("a")).unwrap();
+                go.wait();
+                let _ = std::fs::hard_link(ma.path("f"), ma.path("l"));
+                done.wait();
+                checked.wait();
+            }
+        });
+        s.spawn(|| {
+            for _ in 0..ROUNDS {
+                go.wait();
+                let _ = std::fs::remove_file(mb.path("f"));
+                done.wait();
+                checked.wait();
+            }
+        });
+        for r in 0..ROUNDS {
+            go.wait();
+            done.wait();
+            let seen = ids("l");
+            if seen[0] != seen[1] {
+                differ.push((r, seen));
+            }
+            checked.wait();
         }
     });
     assert!(
