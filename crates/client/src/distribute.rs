@@ -301,28 +301,42 @@ impl Distribute {
         }
         // 2. The data file takes its new name where it is (replacing whatever had that name
         //    on that child).
+        let drop_tmp = |tmp: String| async move {
+            if let Err(e) = self.children[new_h].unlink(new_parent, tmp.as_bytes()).await {
+                tracing::warn!("rename: cannot remove an unused pointer {tmp}: {e}");
+            }
+        };
         if let Err(e) = self.children[src_d]
             .rename(parent, name, new_parent, new_name, flags)
             .await
         {
-            if let Some(tmp) = &tmp {
-                let _ = self.children[new_h].unlink(new_parent, tmp.as_bytes()).await;
+            if let Some(tmp) = tmp {
+                drop_tmp(tmp).await;
             }
             return Err(e);
         }
-        // 3. The pointer takes the new name where it hashes.
-        if let Some(tmp) = &tmp {
+        // 3. The pointer takes the new name where it hashes (not over a file a plain create
+        //    made there meanwhile, if the caller asked for no replacing).
+        if let Some(tmp) = tmp {
             let placed = self.children[new_h]
-                .rename(new_parent, tmp.as_bytes(), new_parent, new_name, RenameFlags::default())
+                .rename(new_parent, tmp.as_bytes(), new_parent, new_name, flags)
                 .await;
             if let Err(e) = placed {
                 tracing::warn!("rename: cannot place pointer: {e}");
-                let _ = self.children[new_h].unlink(new_parent, tmp.as_bytes()).await;
-                // The data goes back to its name, unless its rename replaced a file there.
+                drop_tmp(tmp).await;
+                // The data goes back to its name (not over a file made there meanwhile),
+                // unless its rename replaced a file there: then there is no going back.
                 if dst.as_ref().is_none_or(|(_, dd, _)| *dd != src_d) {
-                    let _ = self.children[src_d]
-                        .rename(new_parent, new_name, parent, name, RenameFlags::default())
-                        .await;
+                    let back = RenameFlags {
+                        noreplace: true,
+                        ..RenameFlags::default()
+                    };
+                    if let Err(e) = self.children[src_d]
+                        .rename(new_parent, new_name, parent, name, back)
+                        .await
+                    {
+                        tracing::warn!("rename: cannot move the data back after a failed rename: {e}");
+                    }
                 }
                 return Err(e);
             }

@@ -20,7 +20,8 @@
 //!
 //! Several names are taken at once where nobody holds them; otherwise one by one, in one
 //! order (child, directory, first byte) for every client, so that two changes never each
-//! wait for what the other holds (a directory's whole range sorts before its names).
+//! wait for what the other holds (a directory's whole range sorts with its names, by its
+//! first byte).
 
 use crate::xlator::{Child, Result};
 use futures_util::future::join_all;

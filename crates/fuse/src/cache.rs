@@ -217,6 +217,8 @@ pub enum Inval {
     Inode(u64),
     /// Attributes of an inode only (its mode changed, not its data).
     Attrs(u64),
+    /// Attributes of an inode and its cached data from `offset`, `len` bytes.
+    Pages(u64, u64, u64),
     /// A name in a directory.
     Entry(u64, Vec<u8>),
 }
@@ -235,6 +237,10 @@ pub fn invalidator(notifier: Arc<OnceLock<Notifier>>) -> std::io::Result<Sender<
                 let _ = match inval {
                     Inval::Inode(ino) => n.inval_inode(INodeNo(ino), 0, 0),
                     Inval::Attrs(ino) => n.inval_inode(INodeNo(ino), -1, 0),
+                    Inval::Pages(ino, offset, len) => {
+                        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                        n.inval_inode(INodeNo(ino), clamp(offset), clamp(len).max(1))
+                    }
                     Inval::Entry(dir, name) => n.inval_entry(INodeNo(dir), OsStr::from_bytes(&name)),
                 };
             }

@@ -57,8 +57,9 @@ struct Inner {
     /// Per inode, the latest read request (by the kernel's request number) begun here. A
     /// read the kernel sent after a write, the write's data already in its pages (another
     /// open then dropped them), can reach the bricks before the write does and fill the
-    /// pages with what the write replaces: the write's end drops them if such a read began
-    /// meanwhile.
+    /// pages with what the write replaces. A read that begins once the write is counted in
+    /// flight waits for it (`Behind::settle`); the write's end drops the written pages if
+    /// one sent after it began before that.
     reads: Mutex<HashMap<u64, u64>>,
     coherence: Coherence,
     attrs: AttrCache,
@@ -462,18 +463,14 @@ impl Inner {
         self.attrs.drop(ino);
     }
 
-    /// The write request `unique` of `ino` ended: pages a read sent after it may have filled
-    /// with older data go (see `Inner::reads`).
-    fn write_ended(&self, ino: u64, unique: u64) {
-        let raced = self
-            .reads
+    /// Whether a read of `ino` the kernel sent after the write request `unique` already
+    /// began here (asked once the write counts in flight; see `Inner::reads`).
+    fn read_after(&self, ino: u64, unique: u64) -> bool {
+        self.reads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&ino)
-            .is_some_and(|&r| r > unique);
-        if raced {
-            self.invalidate(Inval::Inode(ino));
-        }
+            .is_some_and(|&r| r > unique)
     }
 
     async fn open_existing(
@@ -925,13 +922,31 @@ impl fuser::Filesystem for ShoalFs {
             // The kernel moves the entry it has under the old name, which may be what
             // another client replaced there just before (its announcement not yet handled):
             // where another client changes the directory, the new name is looked up again.
-            if s.coherence.ever_changed(p) {
-                s.invalidate(Inval::Entry(newparent.0, newname.clone()));
-            }
-            if rflags.exchange && s.coherence.ever_changed(np) {
-                s.invalidate(Inval::Entry(parent.0, name.clone()));
-            }
+            // Not a directory's: dropping it would cut off processes working inside it.
+            let recheck = |dir: FileId, name: Vec<u8>, ino: u64| {
+                let s = s.clone();
+                async move {
+                    let file = s
+                        .vol
+                        .lookup(dir, &name)
+                        .await
+                        .is_ok_and(|e| e.attr.kind != FileKind::Dir);
+                    if file {
+                        s.invalidate(Inval::Entry(ino, name));
+                    }
+                }
+            };
+            let (again, back) = (
+                s.coherence.ever_changed(p),
+                rflags.exchange && s.coherence.ever_changed(np),
+            );
             reply.ok();
+            if again {
+                recheck(np, newname, newparent.0).await;
+            }
+            if back {
+                recheck(p, name, parent.0).await;
+            }
         });
     }
 
@@ -1132,23 +1147,34 @@ impl fuser::Filesystem for ShoalFs {
                     reply.error(ferr(e));
                     return;
                 }
+                // Counted in flight, so that reads of the file wait for it; its failure is
+                // this writer's answer, not one to report again.
+                let len = data.len() as u64;
+                let ticket = tryr!(reply, s.behind.admit(ino.0, offset, data.len(), seen).await);
+                let raced = s.read_after(ino.0, unique);
                 s.wrote(ino.0);
                 let r = s.vol.write(&h, offset, data).await;
                 s.wrote(ino.0);
-                s.write_ended(ino.0, unique);
+                if raced {
+                    s.invalidate(Inval::Pages(ino.0, offset, len));
+                }
+                ticket.done(Ok(()));
                 let n = tryr!(reply, r);
                 reply.written(n);
                 return;
             }
             let len = data.len() as u32;
             let ticket = tryr!(reply, s.behind.admit(ino.0, offset, data.len(), seen).await);
+            let raced = s.read_after(ino.0, unique);
             s.wrote(ino.0);
             let inner = s.clone();
             // Sent from this thread; the reply finishes it wherever it arrives.
             crate::inline::run(&s.rt, async move {
                 let r = inner.write_all(&h, offset, data).await;
                 inner.wrote(ino.0);
-                inner.write_ended(ino.0, unique);
+                if raced {
+                    inner.invalidate(Inval::Pages(ino.0, offset, u64::from(len)));
+                }
                 ticket.done(r);
             });
             reply.written(len);

@@ -5,8 +5,8 @@ mod common;
 
 use common::*;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::os::fd::IntoRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
