@@ -79,6 +79,16 @@ fn expected(e: &std::io::Error) -> bool {
         )
 }
 
+/// Fails if a lockstep test recorded rounds that left `what` different.
+fn no_round_differs<T: std::fmt::Debug>(differ: &[T], rounds: usize, what: &str) {
+    assert!(
+        differ.is_empty(),
+        "{} of {rounds} rounds left the {what} different, first: {:?}",
+        differ.len(),
+        differ.first()
+    );
+}
+
 /// What the workers did, each request with its start and end (µs into the storm) and its
 /// result: printed for a path that fails a check afterwards.
 struct Journal {
@@ -528,12 +538,7 @@ fn replica_copies_agree_under_concurrent_overwrites() {
             }
         }
     });
-    assert!(
-        differ.is_empty(),
-        "{} of {ROUNDS} rounds left the copies different, first: {:?}",
-        differ.len(),
-        differ.first()
-    );
+    no_round_differs(&differ, ROUNDS, "copies");
 }
 
 /// The same with writes behind: each mount has several writes of the file on their way at
@@ -627,12 +632,7 @@ fn replica_copies_agree_under_concurrent_renames() {
     });
     let failed = failed.into_inner().unwrap();
     assert!(failed.is_empty(), "renames failed: {failed:?}");
-    assert!(
-        differ.is_empty(),
-        "{} of {ROUNDS} rounds left the copies different, first: {:?}",
-        differ.len(),
-        differ.first()
-    );
+    no_round_differs(&differ, ROUNDS, "copies");
 }
 
 /// On stripe 2, one mount removes a directory (or renames another over it) while the
@@ -716,12 +716,7 @@ fn stripe_directory_goes_on_every_brick_or_none() {
             checked.wait();
         }
     });
-    assert!(
-        differ.is_empty(),
-        "{} of {ROUNDS} rounds left the bricks different, first: {:?}",
-        differ.len(),
-        differ.first()
-    );
+    no_round_differs(&differ, ROUNDS, "bricks");
 }
 
 /// On stripe 2, one mount makes a hard link to a file while the other removes the file's
@@ -778,10 +773,5 @@ fn stripe_link_racing_the_last_unlink_is_all_or_nothing() {
             checked.wait();
         }
     });
-    assert!(
-        differ.is_empty(),
-        "{} of {ROUNDS} rounds left the bricks different, first: {:?}",
-        differ.len(),
-        differ.first()
-    );
+    no_round_differs(&differ, ROUNDS, "bricks");
 }
