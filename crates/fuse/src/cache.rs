@@ -97,7 +97,14 @@ impl AttrCache {
         (c.epoch == self.epoch.load(Ordering::SeqCst)).then(|| (c.entry.clone(), left))
     }
 
-    pub fn put(&self, ino: u64, entry: &Entry, ttl: Duration) {
+    /// A mark to take before asking the bricks, for [`AttrCache::put`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Keeps `entry`, fetched by a request begun at `since` (an [`AttrCache::epoch`]): a
+    /// name this mount removed meanwhile leaves it unused, like everything cached before.
+    pub fn put(&self, ino: u64, entry: &Entry, ttl: Duration, since: u64) {
         if ttl.is_zero() {
             self.drop(ino);
             return;
@@ -111,7 +118,7 @@ impl AttrCache {
             Cached {
                 entry: entry.clone(),
                 until: Instant::now() + ttl,
-                epoch: self.epoch.load(Ordering::SeqCst),
+                epoch: since,
             },
         );
     }
@@ -292,8 +299,8 @@ mod tests {
     fn removals_drop_all_but_touched_directories() {
         let a = AttrCache::default();
         let ttl = Duration::from_secs(60);
-        a.put(1, &entry(10), ttl);
-        a.put(2, &entry(10), ttl);
+        a.put(1, &entry(10), ttl, a.epoch());
+        a.put(2, &entry(10), ttl, a.epoch());
         a.removed();
         a.touch_dir(1, Timespec { sec: 20, nsec: 0 });
         let (e, _) = a.get(1).expect("touched directory kept");
@@ -303,7 +310,12 @@ mod tests {
         a.touch_dir(1, Timespec { sec: 5, nsec: 0 });
         let (e, _) = a.get(1).unwrap();
         assert_eq!((e.attr.mtime.sec, e.attr.mtime.nsec), (20, 1));
-        a.put(3, &entry(1), Duration::ZERO);
+        a.put(3, &entry(1), Duration::ZERO, a.epoch());
         assert!(a.get(3).is_none());
+        // Fetched before a removal, kept after it (a close's answer arriving late).
+        let since = a.epoch();
+        a.removed();
+        a.put(4, &entry(1), ttl, since);
+        assert!(a.get(4).is_none(), "attributes older than a removal were kept");
     }
 }

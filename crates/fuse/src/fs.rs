@@ -94,6 +94,8 @@ struct Start {
     notices: u64,
     writes: u64,
     perms: u64,
+    /// Names this mount removed (`AttrCache::epoch`).
+    removals: u64,
 }
 
 fn ferr(e: Errno) -> FErrno {
@@ -308,7 +310,7 @@ impl Inner {
     /// this mount ran meanwhile.
     fn keep(&self, ino: u64, e: &Entry, ttl: Duration, start: Start) {
         if self.writes.load(Ordering::SeqCst) == start.writes {
-            self.attrs.put(ino, e, ttl);
+            self.attrs.put(ino, e, ttl, start.removals);
             // A change counted between the check and the put may have dropped the file
             // before this put it back (`wrote` counts, then drops).
             if self.writes.load(Ordering::SeqCst) == start.writes {
@@ -323,6 +325,7 @@ impl Inner {
             notices: self.coherence.now(),
             writes: self.writes.load(Ordering::SeqCst),
             perms: self.known.changes(),
+            removals: self.attrs.epoch(),
         }
     }
 
