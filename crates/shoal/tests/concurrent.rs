@@ -89,6 +89,39 @@ fn no_round_differs<T: std::fmt::Debug>(differ: &[T], rounds: usize, what: &str)
     );
 }
 
+/// One mount's part of a lockstep round: what it sets up, then what it does at once with
+/// the other mount. Neither may panic (the others would wait at the barriers forever):
+/// errors are part of the race.
+type Part<'a> = (&'a (dyn Fn(usize) + Sync), &'a (dyn Fn(usize) + Sync));
+
+/// Runs `rounds` rounds: both mounts set up, act at the same moment, then `check` looks
+/// with both idle, before anyone sets up the next. Returns the rounds `check` found wrong.
+fn lockstep<T>(rounds: usize, a: Part, b: Part, mut check: impl FnMut() -> Option<T>) -> Vec<(usize, T)> {
+    let [go, done, checked] = [(); 3].map(|_| std::sync::Barrier::new(3));
+    let mut differ = Vec::new();
+    std::thread::scope(|s| {
+        for (setup, act) in [a, b] {
+            let (go, done, checked) = (&go, &done, &checked);
+            s.spawn(move || {
+                for r in 0..rounds {
+                    setup(r);
+                    go.wait();
+                    act(r);
+                    done.wait();
+                    checked.wait();
+                }
+            });
+        }
+        for r in 0..rounds {
+            go.wait();
+            done.wait();
+            differ.extend(check().map(|d| (r, d)));
+            checked.wait();
+        }
+    });
+    differ
+}
+
 /// What the workers did, each request with its start and end (µs into the storm) and its
 /// result: printed for a path that fails a check afterwards.
 struct Journal {
@@ -666,56 +699,43 @@ fn stripe_directory_goes_on_every_brick_or_none() {
             })
             .collect::<Vec<_>>()
     };
-    // Each round: the mounts set up, both act at once, then the bricks are compared
-    // before anyone sets up the next.
-    let [go, done, checked] = [(); 3].map(|_| std::sync::Barrier::new(3));
-    let mut differ = Vec::new();
-    std::thread::scope(|s| {
-        let (go, done, checked) = (&go, &done, &checked);
+    let differ = lockstep(
+        ROUNDS,
         // Mount a: a file in `t` made (odd rounds) or removed (even rounds).
-        s.spawn(|| {
-            for r in 0..ROUNDS {
+        (
+            &|r| {
                 let _ = std::fs::create_dir(ma.path("t"));
-                let f = ma.path("t/f");
                 match r % 2 {
-                    0 => drop(std::fs::write(&f, record("a"))),
-                    _ => drop(std::fs::remove_file(&f)),
+                    0 => drop(std::fs::write(ma.path("t/f"), record("a"))),
+                    _ => drop(std::fs::remove_file(ma.path("t/f"))),
                 }
-                go.wait();
+            },
+            &|r| {
                 let _ = match r % 2 {
-                    0 => std::fs::remove_file(&f),
-                    _ => std::fs::write(&f, record("a")),
+                    0 => std::fs::remove_file(ma.path("t/f")),
+                    _ => std::fs::write(ma.path("t/f"), record("a")),
                 };
-                done.wait();
-                checked.wait();
-            }
-        });
+            },
+        ),
         // Mount b: `t` removed, or an empty directory renamed over it.
-        s.spawn(|| {
-            for r in 0..ROUNDS {
-                let over = r % 4 >= 2;
-                if over {
+        (
+            &|r| {
+                if r % 4 >= 2 {
                     let _ = std::fs::create_dir(mb.path("s"));
                 }
-                go.wait();
-                let _ = match over {
+            },
+            &|r| {
+                let _ = match r % 4 >= 2 {
                     true => std::fs::rename(mb.path("s"), mb.path("t")),
                     false => std::fs::remove_dir(mb.path("t")),
                 };
-                done.wait();
-                checked.wait();
-            }
-        });
-        for r in 0..ROUNDS {
-            go.wait();
-            done.wait();
+            },
+        ),
+        || {
             let seen = ["t", "s"].map(on_bricks);
-            if seen.iter().any(|s| s[0] != s[1]) {
-                differ.push((r, seen));
-            }
-            checked.wait();
-        }
-    });
+            seen.iter().any(|s| s[0] != s[1]).then_some(seen)
+        },
+    );
     no_round_differs(&differ, ROUNDS, "bricks");
 }
 
@@ -737,41 +757,20 @@ fn stripe_link_racing_the_last_unlink_is_all_or_nothing() {
             .map(|br| xattr_of(&br.path.join(rel), "trusted.shoal.id"))
             .collect::<Vec<_>>()
     };
-    // Each round: the mounts set up, both act at once, then the bricks are compared
-    // before anyone sets up the next.
-    let [go, done, checked] = [(); 3].map(|_| std::sync::Barrier::new(3));
-    let mut differ = Vec::new();
-    std::thread::scope(|s| {
-        let (go, done, checked) = (&go, &done, &checked);
-        s.spawn(|| {
-            for _ in 0..ROUNDS {
+    let differ = lockstep(
+        ROUNDS,
+        (
+            &|_| {
                 let _ = std::fs::remove_file(ma.path("l"));
-                // (Not unwrapped: a panic would leave the others waiting at the barriers;
-                // a round without the file compares bricks without the link.)
                 let _ = std::fs::write(ma.path("f"), record("a"));
-                go.wait();
-                let _ = std::fs::hard_link(ma.path("f"), ma.path("l"));
-                done.wait();
-                checked.wait();
-            }
-        });
-        s.spawn(|| {
-            for _ in 0..ROUNDS {
-                go.wait();
-                let _ = std::fs::remove_file(mb.path("f"));
-                done.wait();
-                checked.wait();
-            }
-        });
-        for r in 0..ROUNDS {
-            go.wait();
-            done.wait();
+            },
+            &|_| drop(std::fs::hard_link(ma.path("f"), ma.path("l"))),
+        ),
+        (&|_| {}, &|_| drop(std::fs::remove_file(mb.path("f")))),
+        || {
             let seen = ids("l");
-            if seen[0] != seen[1] {
-                differ.push((r, seen));
-            }
-            checked.wait();
-        }
-    });
+            (seen[0] != seen[1]).then_some(seen)
+        },
+    );
     no_round_differs(&differ, ROUNDS, "bricks");
 }
