@@ -364,10 +364,19 @@ impl AsyncRead for ReadHalf {
                 // SAFETY: recv only writes into the unfilled part, and `n` bytes of it are
                 // initialised once it returns `n`.
                 let unfilled = unsafe { buf.unfilled_mut() };
+                let wanted = unfilled.len();
                 match rustix::net::recv(fd.get_ref(), unfilled, rustix::net::RecvFlags::empty()) {
                     Ok((_, n)) => {
                         unsafe { buf.assume_init(n) };
                         buf.advance(n);
+                        // A short read emptied the socket (a stream socket's recv takes
+                        // from every queued message until the buffer is full), so the next
+                        // read waits for the poller instead of asking the socket for an
+                        // EAGAIN; as tokio does for its own sockets. Data arriving
+                        // meanwhile raised a newer readiness, which this does not clear.
+                        if n > 0 && n < wanted {
+                            ready.clear_ready();
+                        }
                         return Poll::Ready(Ok(()));
                     }
                     Err(rustix::io::Errno::AGAIN) => ready.clear_ready(),
