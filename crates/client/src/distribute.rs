@@ -23,13 +23,13 @@ const POINTER_PERM: u32 = 0o1000;
 const CACHE_MAX: usize = 256 * 1024;
 
 pub struct Distribute {
-    children: Vec<Child>,
+    pub(crate) children: Vec<Child>,
     /// Which child holds each known file's data, so id-based calls go straight there.
     home: Mutex<HashMap<FileId, usize>>,
 }
 
 /// A directory made again as `e` was (same id, owner and mode).
-fn dir_node(e: &Entry) -> NewNode {
+pub(crate) fn dir_node(e: &Entry) -> NewNode {
     NewNode {
         id: e.attr.id,
         kind: FileKind::Dir,
@@ -381,8 +381,9 @@ impl Distribute {
             let node = dir_node(&e);
             for (&i, r) in others.iter().zip(&results) {
                 if r.is_ok() {
-                    if let Err(e) = self.children[i].create(parent, name, &node, None, None).await {
-                        tracing::warn!(child = i, "cannot make again a directory not removed: {e}");
+                    match self.children[i].create(parent, name, &node, None, None).await {
+                        Ok(_) => self.copy_xattrs(e.attr.id, h, i).await,
+                        Err(e) => tracing::warn!(child = i, "cannot make again a directory not removed: {e}"),
                     }
                 }
             }
@@ -391,8 +392,129 @@ impl Distribute {
         Ok(())
     }
 
+    async fn create_once(
+        &self,
+        parent: FileId,
+        name: &[u8],
+        node: &NewNode,
+        symlink_target: Option<&[u8]>,
+        open: Option<u32>,
+    ) -> Result<(Entry, Option<Handle>)> {
+        let h = self.hashed(parent, name);
+        if node.kind == FileKind::Dir {
+            // Made on every child: held against a removal or rename of the name meanwhile.
+            let held = self.hold(&[(parent, name)]).await?;
+            let r = self
+                .on_all_dirs(h, |c| c.create(parent, name, node, symlink_target, None))
+                .await;
+            held.release().await;
+            return r;
+        }
+        let (e, handle) = self.children[h]
+            .create(parent, name, node, symlink_target, open)
+            .await?;
+        self.remember(node.id, h);
+        Ok((e, handle.map(|x| Handle::One(h, Box::new(x)))))
+    }
+
+    async fn unlink_once(&self, parent: FileId, name: &[u8]) -> Result<()> {
+        if self.children.len() == 1 {
+            return self.children[0].unlink(parent, name).await;
+        }
+        // A name is most often a plain file where it hashes: removed in one step, unless it
+        // turns out to be a pointer, whose data goes first.
+        match self.children[self.hashed(parent, name)]
+            .unlink_unless(parent, name, LINKTO)
+            .await
+        {
+            Ok(None) => return Ok(()),
+            Ok(Some(_)) | Err(Errno::ENOSYS) => {}
+            Err(e) => return Err(e),
+        }
+        // A pointer and its data: two steps, the name held.
+        let held = self.hold(&[(parent, name)]).await?;
+        let r = async {
+            let (h, d, e) = self.resolve(parent, name).await?;
+            if e.attr.kind == FileKind::Dir {
+                return Err(Errno::EISDIR);
+            }
+            self.children[d].unlink(parent, name).await?;
+            if h != d {
+                if let Err(err) = self.children[h].unlink(parent, name).await {
+                    tracing::warn!("cannot remove pointer: {err}");
+                }
+            }
+            Ok(())
+        }
+        .await;
+        held.release().await;
+        r
+    }
+
+    async fn link_once(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
+        let (d, _) = self.locate_one(id).await?;
+        let h = self.hashed(new_parent, new_name);
+        if h == d {
+            return self.children[d].link(id, new_parent, new_name).await;
+        }
+        // The name on the data's child and a pointer where it hashes: two steps, held.
+        let held = self.hold(&[(new_parent, new_name)]).await?;
+        let r = async {
+            let e = self.children[d].link(id, new_parent, new_name).await?;
+            if let Err(err) = self.put_pointer(h, id, d, new_parent, new_name).await {
+                let _ = self.children[d].unlink(new_parent, new_name).await;
+                return Err(err);
+            }
+            Ok(e)
+        }
+        .await;
+        held.release().await;
+        r
+    }
+
+    async fn readdir_once(&self, id: FileId, cursor: &DirCursor, plus: bool) -> Result<DirPage> {
+        // Child 0 lists directories and its files; the others only their files. Pointers
+        // are never listed: their data is listed where it lives.
+        let (mut child, mut sub) = match cursor.0.split_first() {
+            Some((c, rest)) => (*c as usize, DirCursor(rest.to_vec())),
+            None => (0, DirCursor::default()),
+        };
+        while child < self.children.len() {
+            let page = self.children[child].readdir(id, &sub, true).await?;
+            let entries: Vec<_> = page
+                .entries
+                .into_iter()
+                .filter(|d| match &d.entry {
+                    Some(e) => pointer_target(e).is_none() && (child == 0 || e.attr.kind != FileKind::Dir),
+                    None => child == 0 || d.kind != FileKind::Dir,
+                })
+                .map(|mut d| {
+                    if let Some(e) = &d.entry {
+                        self.remember(e.attr.id, child);
+                    }
+                    if !plus {
+                        d.entry = None;
+                    }
+                    d
+                })
+                .collect();
+            let next = match page.next {
+                Some(n) => Some(DirCursor(std::iter::once(child as u64).chain(n.0).collect())),
+                None if child + 1 < self.children.len() => Some(DirCursor(vec![child as u64 + 1])),
+                None => None,
+            };
+            if !entries.is_empty() || next.is_none() {
+                return Ok(DirPage { entries, next });
+            }
+            let n = next.unwrap_or_default();
+            child = n.0.first().copied().unwrap_or(0) as usize;
+            sub = DirCursor(n.0.get(1..).map(<[u64]>::to_vec).unwrap_or_default());
+        }
+        Ok(DirPage::default())
+    }
+
     /// Holds `names` (see `crate::namelock`) for a change of several steps.
-    async fn hold(&self, names: &[(FileId, &[u8])]) -> Result<namelock::Held> {
+    pub(crate) async fn hold(&self, names: &[(FileId, &[u8])]) -> Result<namelock::Held> {
         let names = match self.children.len() {
             // One child makes every change in one step.
             1 => Vec::new(),
@@ -442,7 +564,7 @@ impl Distribute {
 #[async_trait]
 impl Xlator for Distribute {
     async fn lookup(&self, parent: FileId, name: &[u8]) -> Result<Entry> {
-        let (h, _, e) = self.resolve(parent, name).await?;
+        let (h, _, e) = self.healing(&[parent], || self.resolve(parent, name)).await?;
         if e.attr.kind == FileKind::Dir && self.children.len() > 1 {
             return Ok(self.whole_dir(h, e).await);
         }
@@ -473,62 +595,24 @@ impl Xlator for Distribute {
         symlink_target: Option<&[u8]>,
         open: Option<u32>,
     ) -> Result<(Entry, Option<Handle>)> {
-        let h = self.hashed(parent, name);
-        if node.kind == FileKind::Dir {
-            // Made on every child: held against a removal or rename of the name meanwhile.
-            let held = self.hold(&[(parent, name)]).await?;
-            let r = self
-                .on_all_dirs(h, |c| c.create(parent, name, node, symlink_target, None))
-                .await;
-            held.release().await;
-            return r;
-        }
-        let (e, handle) = self.children[h]
-            .create(parent, name, node, symlink_target, open)
-            .await?;
-        self.remember(node.id, h);
-        Ok((e, handle.map(|x| Handle::One(h, Box::new(x)))))
+        self.healing(&[parent], || {
+            self.create_once(parent, name, node, symlink_target, open)
+        })
+        .await
     }
 
     async fn unlink(&self, parent: FileId, name: &[u8]) -> Result<()> {
-        if self.children.len() == 1 {
-            return self.children[0].unlink(parent, name).await;
-        }
-        // A name is most often a plain file where it hashes: removed in one step, unless it
-        // turns out to be a pointer, whose data goes first.
-        match self.children[self.hashed(parent, name)]
-            .unlink_unless(parent, name, LINKTO)
-            .await
-        {
-            Ok(None) => return Ok(()),
-            Ok(Some(_)) | Err(Errno::ENOSYS) => {}
-            Err(e) => return Err(e),
-        }
-        // A pointer and its data: two steps, the name held.
-        let held = self.hold(&[(parent, name)]).await?;
-        let r = async {
-            let (h, d, e) = self.resolve(parent, name).await?;
-            if e.attr.kind == FileKind::Dir {
-                return Err(Errno::EISDIR);
-            }
-            self.children[d].unlink(parent, name).await?;
-            if h != d {
-                if let Err(err) = self.children[h].unlink(parent, name).await {
-                    tracing::warn!("cannot remove pointer: {err}");
-                }
-            }
-            Ok(())
-        }
-        .await;
-        held.release().await;
-        r
+        self.healing(&[parent], || self.unlink_once(parent, name)).await
     }
 
     async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
-        let held = self.hold(&[(parent, name)]).await?;
-        let r = self.rmdir_held(parent, name).await;
-        held.release().await;
-        r
+        self.healing(&[parent], || async {
+            let held = self.hold(&[(parent, name)]).await?;
+            let r = self.rmdir_held(parent, name).await;
+            held.release().await;
+            r
+        })
+        .await
     }
 
     async fn rename(
@@ -539,31 +623,18 @@ impl Xlator for Distribute {
         new_name: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        let held = self.hold(&[(parent, name), (new_parent, new_name)]).await?;
-        let r = self.rename_held(parent, name, new_parent, new_name, flags).await;
-        held.release().await;
-        r
+        self.healing(&[parent, new_parent], || async {
+            let held = self.hold(&[(parent, name), (new_parent, new_name)]).await?;
+            let r = self.rename_held(parent, name, new_parent, new_name, flags).await;
+            held.release().await;
+            r
+        })
+        .await
     }
 
     async fn link(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
-        let (d, _) = self.locate_one(id).await?;
-        let h = self.hashed(new_parent, new_name);
-        if h == d {
-            return self.children[d].link(id, new_parent, new_name).await;
-        }
-        // The name on the data's child and a pointer where it hashes: two steps, held.
-        let held = self.hold(&[(new_parent, new_name)]).await?;
-        let r = async {
-            let e = self.children[d].link(id, new_parent, new_name).await?;
-            if let Err(err) = self.put_pointer(h, id, d, new_parent, new_name).await {
-                let _ = self.children[d].unlink(new_parent, new_name).await;
-                return Err(err);
-            }
-            Ok(e)
-        }
-        .await;
-        held.release().await;
-        r
+        self.healing(&[new_parent], || self.link_once(id, new_parent, new_name))
+            .await
     }
 
     async fn readlink(&self, id: FileId) -> Result<Vec<u8>> {
@@ -571,44 +642,7 @@ impl Xlator for Distribute {
     }
 
     async fn readdir(&self, id: FileId, cursor: &DirCursor, plus: bool) -> Result<DirPage> {
-        // Child 0 lists directories and its files; the others only their files. Pointers
-        // are never listed: their data is listed where it lives.
-        let (mut child, mut sub) = match cursor.0.split_first() {
-            Some((c, rest)) => (*c as usize, DirCursor(rest.to_vec())),
-            None => (0, DirCursor::default()),
-        };
-        while child < self.children.len() {
-            let page = self.children[child].readdir(id, &sub, true).await?;
-            let entries: Vec<_> = page
-                .entries
-                .into_iter()
-                .filter(|d| match &d.entry {
-                    Some(e) => pointer_target(e).is_none() && (child == 0 || e.attr.kind != FileKind::Dir),
-                    None => child == 0 || d.kind != FileKind::Dir,
-                })
-                .map(|mut d| {
-                    if let Some(e) = &d.entry {
-                        self.remember(e.attr.id, child);
-                    }
-                    if !plus {
-                        d.entry = None;
-                    }
-                    d
-                })
-                .collect();
-            let next = match page.next {
-                Some(n) => Some(DirCursor(std::iter::once(child as u64).chain(n.0).collect())),
-                None if child + 1 < self.children.len() => Some(DirCursor(vec![child as u64 + 1])),
-                None => None,
-            };
-            if !entries.is_empty() || next.is_none() {
-                return Ok(DirPage { entries, next });
-            }
-            let n = next.unwrap_or_default();
-            child = n.0.first().copied().unwrap_or(0) as usize;
-            sub = DirCursor(n.0.get(1..).map(<[u64]>::to_vec).unwrap_or_default());
-        }
-        Ok(DirPage::default())
+        self.healing(&[id], || self.readdir_once(id, cursor, plus)).await
     }
 
     async fn open(&self, id: FileId, flags: u32) -> Result<Handle> {

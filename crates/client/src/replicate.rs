@@ -1089,6 +1089,10 @@ impl Xlator for Replicate {
         self.read_from(id, |c| c.readlink(id)).await
     }
 
+    async fn dir_parent(&self, id: FileId) -> Result<(FileId, Vec<u8>)> {
+        self.read_from(id, |c| c.dir_parent(id)).await
+    }
+
     async fn readdir(&self, id: FileId, cursor: &DirCursor, plus: bool) -> Result<DirPage> {
         // The cursor names the child the listing started on, so that it stays on one copy.
         let (child, sub) = match cursor.0.split_first() {

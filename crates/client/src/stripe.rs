@@ -324,6 +324,11 @@ impl Xlator for Stripe {
         self.children[0].readlink(id).await
     }
 
+    async fn dir_parent(&self, id: FileId) -> Result<(FileId, Vec<u8>)> {
+        // (A directory is on every child; the first answers for its names.)
+        self.children[0].dir_parent(id).await
+    }
+
     async fn readdir(&self, id: FileId, cursor: &DirCursor, plus: bool) -> Result<DirPage> {
         let mut page = self.children[0].readdir(id, cursor, plus).await?;
         if plus && self.children.len() > 1 {

@@ -138,7 +138,8 @@ pub trait Xlator: Send + Sync {
     fn generation(&self) -> u64 {
         0
     }
-    /// Bricks only: a directory's parent and its name there.
+    /// A directory's parent and its name there (bricks, and the layers that keep every
+    /// directory whole on each of their children).
     async fn dir_parent(&self, _id: FileId) -> Result<(FileId, Vec<u8>)> {
         Err(Errno::ENOSYS)
     }

@@ -1,12 +1,14 @@
 //! Replication survives a brick server's death: reads and writes go on, the surviving
 //! bricks mark every file changed meanwhile as pending for the dead one, and the mount heals
 //! it once it is back, also a file held open and written all along. Without a quorum, writes
-//! are refused rather than allowed to diverge.
+//! are refused rather than allowed to diverge. Distribute makes again, on a brick that was
+//! down, the directories made meanwhile.
 
 mod common;
 
 use common::*;
 use std::io::Write;
+use std::time::Duration;
 
 fn pending(brick: &std::path::Path, rel: &str, child: usize) -> i64 {
     let mut buf = [0u8; 8];
@@ -18,6 +20,75 @@ fn pending(brick: &std::path::Path, rel: &str, child: usize) -> i64 {
         Ok(8) => i64::from_be_bytes(buf),
         _ => 0,
     }
+}
+
+/// Makes `dir` in `parent` through the mount under the first name `{stem}-{k}` the
+/// volume takes (a name that hashes to a brick that is down is refused): its path.
+fn mkdir_somewhere(parent: &std::path::Path, stem: &str) -> std::path::PathBuf {
+    for k in 0..64 {
+        let p = parent.join(format!("{stem}-{k}"));
+        if std::fs::create_dir(&p).is_ok() {
+            return p;
+        }
+    }
+    panic!("no name for {stem} in {} was taken", parent.display());
+}
+
+#[test]
+fn distribute_makes_again_on_a_brick_that_was_down_the_directories_made_meanwhile() {
+    if !require_root() {
+        return;
+    }
+    let mut b = Bricks::start(3);
+    let spec = b.spec("d3", 1, 1);
+    let m = b.mount(&spec, "a");
+    b.kill(2);
+    // Two levels made while brick 2 is down (each where its name does not hash to it),
+    // given a mode and an xattr it misses too.
+    let top = mkdir_somewhere(&m.dir, "top");
+    let sub = mkdir_somewhere(&top, "sub");
+    sh(&format!(
+        "chmod 0750 {0} && setfattr -n user.colour -v blue {0}",
+        sub.display()
+    ));
+    b.restart(2);
+    wait_for(
+        "the mount to reach brick 2 again",
+        Duration::from_secs(10),
+        || (0..12).all(|i| std::fs::write(m.path(&format!("probe-{i}")), b"x").is_ok()),
+    );
+    // Every name in it can be made, a third of them hashing to brick 2.
+    for i in 0..30 {
+        let p = sub.join(format!("f{i}"));
+        if let Err(e) = std::fs::write(&p, pattern(i, 1000)) {
+            panic!("{}: {e}", p.display());
+        }
+    }
+    let mut listed: Vec<_> = std::fs::read_dir(&sub)
+        .unwrap()
+        .map(|d| d.unwrap().file_name().into_string().unwrap())
+        .collect();
+    listed.sort();
+    let mut want: Vec<_> = (0..30).map(|i| format!("f{i}")).collect();
+    want.sort();
+    assert_eq!(listed, want);
+    // Brick 2 has both directories as the others do.
+    let rel = sub.strip_prefix(&m.dir).unwrap();
+    let (d0, d2) = (b.bricks[0].path.join(rel), b.bricks[2].path.join(rel));
+    assert!(d2.is_dir(), "{} not made again", d2.display());
+    for name in ["trusted.shoal.id", "user.colour"] {
+        assert_eq!(xattr_of(&d2, name), xattr_of(&d0, name), "{name}");
+    }
+    assert_eq!(xattr_of(&d2, "user.colour").as_deref(), Some(&b"blue"[..]));
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(&d2).unwrap().mode() & 0o7777, 0o750);
+    // A fresh mount (nothing cached) finds everything, by name and by listing.
+    let m2 = b.mount(&spec, "b");
+    let sub2 = m2.dir.join(rel);
+    for i in 0..30 {
+        assert!(std::fs::read(sub2.join(format!("f{i}"))).unwrap() == pattern(i, 1000));
+    }
+    assert_eq!(std::fs::read_dir(&sub2).unwrap().count(), 30);
 }
 
 #[test]
