@@ -1000,7 +1000,15 @@ impl Xlator for Replicate {
         new_name: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        let _dirs = self.in_dir_order(&[parent, new_parent]).await;
+        // A directory the rename replaces: its order too, as for an rmdir (names made in it
+        // are ordered against its going, so every copy finds it empty or not alike).
+        let replaced = match Self::pick(self.fan(|_, c| c.lookup(new_parent, new_name)).await) {
+            Ok(d) if d.attr.kind == proto::FileKind::Dir => Some(d.attr.id),
+            _ => None,
+        };
+        let mut dirs = vec![parent, new_parent];
+        dirs.extend(replaced);
+        let _dirs = self.in_dir_order(&dirs).await;
         let ids: &[FileId] = if parent == new_parent {
             &[parent]
         } else {

@@ -668,6 +668,69 @@ fn replica_copies_agree_under_concurrent_renames() {
     no_round_differs(&differ, ROUNDS, "copies");
 }
 
+/// The names in `rel` on each brick, or why it could not be listed. (Errors are returned,
+/// not unwrapped: a panic in a lockstep check would leave the mounts' threads waiting at
+/// the barriers.)
+fn listings(b: &Bricks, rel: &str) -> Vec<Result<Vec<std::ffi::OsString>, std::io::ErrorKind>> {
+    b.bricks
+        .iter()
+        .map(|br| {
+            std::fs::read_dir(br.path.join(rel))
+                .and_then(|rd| {
+                    let mut names = rd
+                        .map(|e| e.map(|e| e.file_name()))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    names.sort();
+                    Ok(names)
+                })
+                .map_err(|e| e.kind())
+        })
+        .collect()
+}
+
+/// On replica 2, one mount renames an empty directory over another while the other makes
+/// or removes a file in that one, round after round: each round ends with both copies
+/// alike, as names made in a directory are ordered against its replacement (the rename
+/// finds it empty on every copy, or on none).
+#[test]
+fn replica_directory_replaced_by_a_rename_goes_on_every_copy_or_none() {
+    if !require_root() {
+        return;
+    }
+    const ROUNDS: usize = 300;
+    let b = Bricks::start(2);
+    let spec = b.spec("replaced", 1, 2);
+    let (ma, mb) = (b.mount(&spec, "a"), b.mount(&spec, "b"));
+    let differ = lockstep(
+        ROUNDS,
+        // Mount a: a file in `t` made (odd rounds) or removed (even rounds).
+        (
+            &|r| {
+                let _ = std::fs::create_dir(ma.path("t"));
+                match r % 2 {
+                    0 => drop(std::fs::write(ma.path("t/f"), record("a"))),
+                    _ => drop(std::fs::remove_file(ma.path("t/f"))),
+                }
+            },
+            &|r| {
+                let _ = match r % 2 {
+                    0 => std::fs::remove_file(ma.path("t/f")),
+                    _ => std::fs::write(ma.path("t/f"), record("a")),
+                };
+            },
+        ),
+        // Mount b: an empty directory renamed over `t`.
+        (&|_| drop(std::fs::create_dir(mb.path("s"))), &|_| {
+            drop(std::fs::rename(mb.path("s"), mb.path("t")))
+        }),
+        || {
+            let seen = ["t", "s"].map(|rel| listings(&b, rel));
+            seen.iter().any(|s| s[0] != s[1]).then_some(seen)
+        },
+    );
+    no_round_differs(&differ, ROUNDS, "copies");
+}
+
 /// On stripe 2, one mount removes a directory (or renames another over it) while the
 /// other makes or removes a file in it, round after round: each round ends with the
 /// directory on both bricks or on neither, holding the same names, as changes inside a
@@ -681,24 +744,7 @@ fn stripe_directory_goes_on_every_brick_or_none() {
     let b = Bricks::start(2);
     let spec = b.spec("rmdirs", 2, 1);
     let (ma, mb) = (b.mount(&spec, "a"), b.mount(&spec, "b"));
-    let on_bricks = |rel: &str| {
-        b.bricks
-            .iter()
-            .map(|br| {
-                // (Errors are compared, not unwrapped: a panic here would leave the
-                // mounts' threads waiting at the barriers.)
-                std::fs::read_dir(br.path.join(rel))
-                    .and_then(|rd| {
-                        let mut names = rd
-                            .map(|e| e.map(|e| e.file_name()))
-                            .collect::<Result<Vec<_>, _>>()?;
-                        names.sort();
-                        Ok(names)
-                    })
-                    .map_err(|e| e.kind())
-            })
-            .collect::<Vec<_>>()
-    };
+    let on_bricks = |rel: &str| listings(&b, rel);
     let differ = lockstep(
         ROUNDS,
         // Mount a: a file in `t` made (odd rounds) or removed (even rounds).
