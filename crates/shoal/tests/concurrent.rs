@@ -731,6 +731,50 @@ fn replica_directory_replaced_by_a_rename_goes_on_every_copy_or_none() {
     no_round_differs(&differ, ROUNDS, "copies");
 }
 
+/// On distribute 3, one mount makes a file in a directory while the other tries to remove
+/// it, round after round. The directory keeps a file on the child its name hashes to, so
+/// each removal takes it off the other children first for a moment, then fails there (not
+/// empty) and makes it again. Every file is made all the same: a create that finds the
+/// directory gone from its child waits for it to be made again.
+#[test]
+fn distribute_files_made_while_a_removal_fails_are_made() {
+    if !require_root() {
+        return;
+    }
+    const ROUNDS: usize = 500;
+    let b = Bricks::start(3);
+    let spec = b.spec("nonempty", 1, 1);
+    let (ma, mb) = (b.mount(&spec, "a"), b.mount(&spec, "b"));
+    std::fs::create_dir(ma.path("t")).unwrap();
+    let hashed = |dir: proto::FileId, name: &str| layout::pick(layout::hash_name(dir, name.as_bytes()), 3);
+    let t = xattr_of(&b.bricks[0].path.join("t"), "trusted.shoal.id")
+        .and_then(|v| proto::FileId::from_bytes(&v))
+        .expect("id of t");
+    let home = hashed(proto::FileId::ROOT, "t");
+    let keep = (0..)
+        .map(|i| format!("keep{i}"))
+        .find(|n| hashed(t, n) == home)
+        .unwrap();
+    std::fs::write(ma.path(&format!("t/{keep}")), b"x").unwrap();
+    let failed = Mutex::new(Vec::new());
+    lockstep(
+        ROUNDS,
+        (
+            // (The last round's file goes: only `keep` holds the directory.)
+            &|r| drop(std::fs::remove_file(ma.path(&format!("t/f{}", r.wrapping_sub(1))))),
+            &|r| {
+                if let Err(e) = std::fs::write(ma.path(&format!("t/f{r}")), record("a")) {
+                    failed.lock().unwrap().push(format!("round {r}: {e}"));
+                }
+            },
+        ),
+        (&|_| {}, &|_| drop(std::fs::remove_dir(mb.path("t")))),
+        || None::<()>,
+    );
+    let failed = failed.into_inner().unwrap();
+    assert!(failed.is_empty(), "{} of {ROUNDS} files not made: {failed:?}", failed.len());
+}
+
 /// On stripe 2, one mount removes a directory (or renames another over it) while the
 /// other makes or removes a file in it, round after round: each round ends with the
 /// directory on both bricks or on neither, holding the same names, as changes inside a
