@@ -84,21 +84,26 @@ impl Distribute {
     }
 
     /// A directory's entry as the volume sees it: its entries are spread over the children,
-    /// so its times are the latest of any child's.
+    /// so its times are the latest of any child's. A child found lacking it gets it again
+    /// (see `crate::dirheal`).
     async fn whole_dir(&self, from: usize, mut e: Entry) -> Entry {
         let id = e.attr.id;
-        let others = join_all(
-            self.children
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| *i != from)
-                .map(|(_, c)| c.getattr(id)),
-        )
-        .await;
-        for o in others.into_iter().flatten() {
-            e.attr.mtime = e.attr.mtime.max(o.attr.mtime);
-            e.attr.ctime = e.attr.ctime.max(o.attr.ctime);
-            e.attr.atime = e.attr.atime.max(o.attr.atime);
+        let others: Vec<usize> = (0..self.children.len()).filter(|i| *i != from).collect();
+        let results = join_all(others.iter().map(|&i| self.children[i].getattr(id))).await;
+        for (&i, r) in others.iter().zip(results) {
+            match r {
+                Ok(o) => {
+                    e.attr.mtime = e.attr.mtime.max(o.attr.mtime);
+                    e.attr.ctime = e.attr.ctime.max(o.attr.ctime);
+                    e.attr.atime = e.attr.atime.max(o.attr.atime);
+                }
+                Err(Errno::ENOENT | Errno::ESTALE) => {
+                    if let Err(err) = self.heal_dir(id, i).await {
+                        tracing::debug!(child = i, %id, "directory heal: {err}");
+                    }
+                }
+                Err(_) => {}
+            }
         }
         e
     }
@@ -132,12 +137,23 @@ impl Distribute {
 
     async fn locate_one(&self, id: FileId) -> Result<(usize, Entry)> {
         if id == FileId::ROOT {
-            return Ok((0, self.children[0].getattr(id).await?));
+            // On every child: the first that answers.
+            let mut err = Errno::ENOTCONN;
+            for (i, c) in self.children.iter().enumerate() {
+                match c.getattr(id).await {
+                    Ok(e) => return Ok((i, e)),
+                    Err(e) if e.is_transport() => err = e,
+                    Err(e) => return Err(e),
+                }
+            }
+            return Err(err);
         }
         if let Some(c) = self.cached(id) {
             match self.children[c].getattr(id).await {
                 Ok(e) if pointer_target(&e).is_none() => return Ok((c, e)),
                 Ok(_) | Err(Errno::ENOENT | Errno::ESTALE) => self.forget(id),
+                // A directory is on the others too; a file's child answers the same below.
+                Err(e) if e.is_transport() => {}
                 Err(e) => return Err(e),
             }
         }

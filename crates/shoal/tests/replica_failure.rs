@@ -89,6 +89,21 @@ fn distribute_makes_again_on_a_brick_that_was_down_the_directories_made_meanwhil
         assert!(std::fs::read(sub2.join(format!("f{i}"))).unwrap() == pattern(i, 1000));
     }
     assert_eq!(std::fs::read_dir(&sub2).unwrap().count(), 30);
+    // Brick 0 answers listings for directories: one made while it was down is made again
+    // there once looked up, and listed from then on.
+    b.kill(0);
+    let late = mkdir_somewhere(&top, "late");
+    b.restart(0);
+    let name = late.file_name().unwrap().to_owned();
+    let m3 = b.mount(&spec, "c");
+    let top3 = m3.dir.join(top.strip_prefix(&m.dir).unwrap());
+    wait_for("the new mount to look it up", Duration::from_secs(10), || {
+        std::fs::metadata(top3.join(&name)).is_ok_and(|m| m.is_dir())
+    });
+    assert!(b.bricks[0].path.join(late.strip_prefix(&m.dir).unwrap()).is_dir());
+    assert!(std::fs::read_dir(&top3)
+        .unwrap()
+        .any(|d| d.unwrap().file_name() == name));
 }
 
 #[test]
