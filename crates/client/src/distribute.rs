@@ -14,6 +14,7 @@ use futures_util::future::join_all;
 use proto::{Entry, Errno, FileId, FileKind, Lock, MetaXattr, NewNode, RenameFlags, SetAttr, StatFs};
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Internal xattr naming the child that holds a pointer's data.
 pub const LINKTO: &str = "linkto";
@@ -21,11 +22,15 @@ pub const LINKTO: &str = "linkto";
 const POINTER_PERM: u32 = 0o1000;
 /// Ids whose data child is remembered.
 const CACHE_MAX: usize = 256 * 1024;
+/// How long a lookup leaves alone a directory it could not make again on a child.
+const HEAL_RETRY: Duration = Duration::from_secs(10);
 
 pub struct Distribute {
     pub(crate) children: Vec<Child>,
     /// Which child holds each known file's data, so id-based calls go straight there.
     home: Mutex<HashMap<FileId, usize>>,
+    /// When a lookup last failed to make a directory again on a child (see `whole_dir`).
+    heal_failed: Mutex<HashMap<(FileId, usize), Instant>>,
 }
 
 /// A directory made again as `e` was (same id, owner and mode).
@@ -56,10 +61,11 @@ impl Distribute {
         Distribute {
             children,
             home: Mutex::new(HashMap::new()),
+            heal_failed: Mutex::new(HashMap::new()),
         }
     }
 
-    fn hashed(&self, parent: FileId, name: &[u8]) -> usize {
+    pub(crate) fn hashed(&self, parent: FileId, name: &[u8]) -> usize {
         layout::pick(layout::hash_name(parent, name), self.children.len())
     }
 
@@ -97,15 +103,29 @@ impl Distribute {
                     e.attr.ctime = e.attr.ctime.max(o.attr.ctime);
                     e.attr.atime = e.attr.atime.max(o.attr.atime);
                 }
-                Err(Errno::ENOENT | Errno::ESTALE) => {
-                    if let Err(err) = self.heal_dir(id, i).await {
-                        tracing::debug!(child = i, %id, "directory heal: {err}");
-                    }
-                }
+                Err(Errno::ENOENT | Errno::ESTALE) => self.heal_on_lookup(id, i).await,
                 Err(_) => {}
             }
         }
         e
+    }
+
+    /// Makes directory `id` again on child `i`, which lacks it: not again for a while
+    /// after that failed, so that a directory that cannot be healed (another object
+    /// under its name there) does not slow every lookup of it.
+    async fn heal_on_lookup(&self, id: FileId, i: usize) {
+        let lock = || self.heal_failed.lock().unwrap_or_else(|p| p.into_inner());
+        if lock().get(&(id, i)).is_some_and(|t| t.elapsed() < HEAL_RETRY) {
+            return;
+        }
+        if let Err(e) = self.heal_dir(id, i).await {
+            tracing::debug!(child = i, %id, "directory heal: {e}");
+            let mut failed = lock();
+            if failed.len() >= CACHE_MAX {
+                failed.clear();
+            }
+            failed.insert((id, i), Instant::now());
+        }
     }
 
     /// Where the data of `id` lives (any child for a directory), and its entry there.
@@ -148,16 +168,23 @@ impl Distribute {
             }
             return Err(err);
         }
+        let mut down = None;
         if let Some(c) = self.cached(id) {
             match self.children[c].getattr(id).await {
                 Ok(e) if pointer_target(&e).is_none() => return Ok((c, e)),
                 Ok(_) | Err(Errno::ENOENT | Errno::ESTALE) => self.forget(id),
-                // A directory is on the others too; a file's child answers the same below.
-                Err(e) if e.is_transport() => {}
+                // A directory is on the others too (a file's answer is this same error).
+                Err(e) if e.is_transport() => down = Some((c, e)),
                 Err(e) => return Err(e),
             }
         }
-        let results = join_all(self.children.iter().map(|c| c.getattr(id))).await;
+        let results = join_all(self.children.iter().enumerate().map(|(i, c)| async move {
+            match down {
+                Some((d, e)) if d == i => Err(e),
+                _ => c.getattr(id).await,
+            }
+        }))
+        .await;
         let mut err = None;
         for (i, r) in results.into_iter().enumerate() {
             match r {
@@ -379,8 +406,8 @@ impl Distribute {
         }
         // The others first, the hashed one (which answers for the name) last: if one is not
         // empty, the ones already removed are made again, so the directory never
-        // half-disappears. (Files made in it meanwhile on a child it is gone from fail with
-        // ENOENT until then.)
+        // half-disappears. (A file made in it meanwhile on a child it is gone from meets
+        // ESTALE, and its heal waits on the name for this to end; see `crate::dirheal`.)
         let others: Vec<usize> = (0..self.children.len()).filter(|i| *i != h).collect();
         let results = join_all(others.iter().map(|&i| self.children[i].rmdir(parent, name))).await;
         let failure = results.iter().find_map(|r| {

@@ -48,7 +48,7 @@ pub(crate) const LIST_MAX: u32 = 1024;
 /// round trips and an fsync, so one at a time leaves the bricks and disks mostly idle.
 const PARALLEL: usize = 16;
 /// Directories walked up at most to find those a copy lacks (a path has fewer).
-const MAX_DEPTH: usize = 4096;
+pub(crate) const MAX_DEPTH: usize = 4096;
 /// How often the background healer looks at the children's states.
 const TICK: Duration = Duration::from_secs(1);
 /// A pass that left work is retried after this long.

@@ -19,7 +19,7 @@ use futures_util::future::join_all;
 use proto::{Entry, Errno, FileId, Lock, LockKind, NewNode, RenameFlags, SetAttr, StatFs};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -66,6 +66,9 @@ pub struct Replicate {
     gives: Arc<Gives>,
     /// The orders of directories' namespace changes (see [`Replicate::in_dir_order`]).
     dirs: Mutex<HashMap<FileId, Arc<DirOrder>>>,
+    /// A rename's target directory is gone before the rename gets here (distribute
+    /// removes it first), so a rename need not look its target up.
+    targets_cleared: AtomicBool,
 }
 
 /// A directory's order, and its changes from this client one at a time (the kernel has a
@@ -179,9 +182,26 @@ impl Replicate {
             open: Arc::new(OpenFiles::default()),
             gives: Arc::default(),
             dirs: Mutex::default(),
+            targets_cleared: AtomicBool::new(false),
         });
         tokio::spawn(crate::heal::keep_healing(Arc::downgrade(&r), heal_wake));
         r
+    }
+
+    /// Tells this replica set that it sits under distribute, which removes a directory a
+    /// rename replaces before the rename reaches here.
+    pub fn under_distribute(&self) {
+        self.targets_cleared.store(true, Ordering::Relaxed);
+    }
+
+    /// The directory named `name` in `parent`, if that is one: a change that removes or
+    /// replaces it takes its order too, so that names made in it meet its going in one
+    /// order on every copy (which then finds it empty, or not, alike).
+    async fn dir_named(&self, parent: FileId, name: &[u8]) -> Option<FileId> {
+        match Self::pick(self.fan(|_, c| c.lookup(parent, name)).await) {
+            Ok(d) if d.attr.kind == proto::FileKind::Dir => Some(d.attr.id),
+            _ => None,
+        }
     }
 
     /// Starts a heal pass soon.
@@ -980,13 +1000,9 @@ impl Xlator for Replicate {
     }
 
     async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
-        // The directory's own order too: names made in it are ordered against its removal,
-        // which every copy then finds empty or not alike.
-        let dir = Self::pick(self.fan(|_, c| c.lookup(parent, name)).await);
-        let _dirs = match dir {
-            Ok(d) if d.attr.kind == proto::FileKind::Dir => self.in_dir_order(&[parent, d.attr.id]).await,
-            _ => self.in_dir_order(&[parent]).await,
-        };
+        let mut dirs = vec![parent];
+        dirs.extend(self.dir_named(parent, name).await);
+        let _dirs = self.in_dir_order(&dirs).await;
         self.remove(parent, |_, c| c.rmdir(parent, name))
             .await
             .map(|_| ())
@@ -1000,14 +1016,11 @@ impl Xlator for Replicate {
         new_name: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        // A directory the rename replaces: its order too, as for an rmdir (names made in it
-        // are ordered against its going, so every copy finds it empty or not alike).
-        let replaced = match Self::pick(self.fan(|_, c| c.lookup(new_parent, new_name)).await) {
-            Ok(d) if d.attr.kind == proto::FileKind::Dir => Some(d.attr.id),
-            _ => None,
-        };
+        // A directory the rename replaces: its order too, as for an rmdir.
         let mut dirs = vec![parent, new_parent];
-        dirs.extend(replaced);
+        if !self.targets_cleared.load(Ordering::Relaxed) {
+            dirs.extend(self.dir_named(new_parent, new_name).await);
+        }
         let _dirs = self.in_dir_order(&dirs).await;
         let ids: &[FileId] = if parent == new_parent {
             &[parent]

@@ -71,7 +71,7 @@ impl Volume {
             false => conns.iter().map(|_| None).collect(),
         };
         let healer = |i: usize| heal_conns[i].clone().unwrap_or_else(|| conns[i].clone());
-        let root = build(&spec.graph(), &conns, &healer);
+        let root = build(&spec.graph(), &conns, &healer, false);
         let results = futures_util::future::join_all(conns.iter().map(|c| {
             let c = c.clone();
             async move {
@@ -132,11 +132,18 @@ impl Volume {
     }
 }
 
-fn build(g: &Graph, conns: &[Arc<BrickConn>], healer: &dyn Fn(usize) -> Arc<BrickConn>) -> Child {
-    let all = |c: &[Graph]| c.iter().map(|g| build(g, conns, healer)).collect();
+fn build(
+    g: &Graph,
+    conns: &[Arc<BrickConn>],
+    healer: &dyn Fn(usize) -> Arc<BrickConn>,
+    in_distribute: bool,
+) -> Child {
+    let all = |c: &[Graph]| c.iter().map(|g| build(g, conns, healer, false)).collect();
     match g {
         Graph::Brick(i) => Arc::new(Protocol::new(conns[*i].clone())),
-        Graph::Distribute(c) => Arc::new(Distribute::new(all(c))),
+        Graph::Distribute(c) => Arc::new(Distribute::new(
+            c.iter().map(|g| build(g, conns, healer, true)).collect(),
+        )),
         Graph::Replicate(c) => {
             let healers = c
                 .iter()
@@ -152,13 +159,16 @@ fn build(g: &Graph, conns: &[Arc<BrickConn>], healer: &dyn Fn(usize) -> Arc<Bric
                     // Copies are bricks in every layout there is; anything else is not
                     // healed (it answers ENOSYS).
                     _ => Healer {
-                        child: build(g, conns, healer),
+                        child: build(g, conns, healer, false),
                         conn: None,
                         main: None,
                     },
                 })
                 .collect();
             let r = Replicate::new(all(c), healers);
+            if in_distribute {
+                r.under_distribute();
+            }
             // Bricks tell a holder of a write order that another client waits for it.
             for (k, g) in c.iter().enumerate() {
                 if let Graph::Brick(i) = g {

@@ -761,7 +761,11 @@ fn distribute_files_made_while_a_removal_fails_are_made() {
         ROUNDS,
         (
             // (The last round's file goes: only `keep` holds the directory.)
-            &|r| drop(std::fs::remove_file(ma.path(&format!("t/f{}", r.wrapping_sub(1))))),
+            &|r| {
+                drop(std::fs::remove_file(
+                    ma.path(&format!("t/f{}", r.wrapping_sub(1))),
+                ))
+            },
             &|r| {
                 if let Err(e) = std::fs::write(ma.path(&format!("t/f{r}")), record("a")) {
                     failed.lock().unwrap().push(format!("round {r}: {e}"));
@@ -772,7 +776,11 @@ fn distribute_files_made_while_a_removal_fails_are_made() {
         || None::<()>,
     );
     let failed = failed.into_inner().unwrap();
-    assert!(failed.is_empty(), "{} of {ROUNDS} files not made: {failed:?}", failed.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {ROUNDS} files not made: {failed:?}",
+        failed.len()
+    );
 }
 
 /// On stripe 2, one mount removes a directory (or renames another over it) while the

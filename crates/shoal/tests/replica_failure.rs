@@ -34,6 +34,16 @@ fn mkdir_somewhere(parent: &std::path::Path, stem: &str) -> std::path::PathBuf {
     panic!("no name for {stem} in {} was taken", parent.display());
 }
 
+/// Whether `m` writes, at its root, `n` files whose names hash to child `child` of 3:
+/// it reaches that brick.
+fn reaches(m: &Mount, child: usize, n: usize) -> bool {
+    (0..)
+        .map(|i| format!("probe-{i}"))
+        .filter(|name| layout::pick(layout::hash_name(proto::FileId::ROOT, name.as_bytes()), 3) == child)
+        .take(n)
+        .all(|name| std::fs::write(m.path(&name), b"x").is_ok())
+}
+
 #[test]
 fn distribute_makes_again_on_a_brick_that_was_down_the_directories_made_meanwhile() {
     if !require_root() {
@@ -55,7 +65,7 @@ fn distribute_makes_again_on_a_brick_that_was_down_the_directories_made_meanwhil
     wait_for(
         "the mount to reach brick 2 again",
         Duration::from_secs(10),
-        || (0..12).all(|i| std::fs::write(m.path(&format!("probe-{i}")), b"x").is_ok()),
+        || reaches(&m, 2, 3),
     );
     // Every name in it can be made, a third of them hashing to brick 2.
     for i in 0..30 {
@@ -97,9 +107,10 @@ fn distribute_makes_again_on_a_brick_that_was_down_the_directories_made_meanwhil
     let name = late.file_name().unwrap().to_owned();
     let m3 = b.mount(&spec, "c");
     let top3 = m3.dir.join(top.strip_prefix(&m.dir).unwrap());
-    wait_for("the new mount to look it up", Duration::from_secs(10), || {
-        std::fs::metadata(top3.join(&name)).is_ok_and(|m| m.is_dir())
+    wait_for("the new mount to reach brick 0", Duration::from_secs(10), || {
+        reaches(&m3, 0, 3)
     });
+    assert!(std::fs::metadata(top3.join(&name)).unwrap().is_dir());
     assert!(b.bricks[0].path.join(late.strip_prefix(&m.dir).unwrap()).is_dir());
     assert!(std::fs::read_dir(&top3)
         .unwrap()
