@@ -688,6 +688,24 @@ fn listings(b: &Bricks, rel: &str) -> Vec<Result<Vec<std::ffi::OsString>, std::i
         .collect()
 }
 
+/// A lockstep part's setup: directory `t` there, and its file `f` there in even rounds,
+/// gone in odd ones.
+fn file_in_t_ready(m: &Mount, r: usize) {
+    let _ = std::fs::create_dir(m.path("t"));
+    match r % 2 {
+        0 => drop(std::fs::write(m.path("t/f"), record("a"))),
+        _ => drop(std::fs::remove_file(m.path("t/f"))),
+    }
+}
+
+/// Its act: `t/f` removed in even rounds, made in odd ones.
+fn file_in_t_changed(m: &Mount, r: usize) {
+    let _ = match r % 2 {
+        0 => std::fs::remove_file(m.path("t/f")),
+        _ => std::fs::write(m.path("t/f"), record("a")),
+    };
+}
+
 /// On replica 2, one mount renames an empty directory over another while the other makes
 /// or removes a file in that one, round after round: each round ends with both copies
 /// alike, as names made in a directory are ordered against its replacement (the rename
@@ -704,21 +722,7 @@ fn replica_directory_replaced_by_a_rename_goes_on_every_copy_or_none() {
     let differ = lockstep(
         ROUNDS,
         // Mount a: a file in `t` made (odd rounds) or removed (even rounds).
-        (
-            &|r| {
-                let _ = std::fs::create_dir(ma.path("t"));
-                match r % 2 {
-                    0 => drop(std::fs::write(ma.path("t/f"), record("a"))),
-                    _ => drop(std::fs::remove_file(ma.path("t/f"))),
-                }
-            },
-            &|r| {
-                let _ = match r % 2 {
-                    0 => std::fs::remove_file(ma.path("t/f")),
-                    _ => std::fs::write(ma.path("t/f"), record("a")),
-                };
-            },
-        ),
+        (&|r| file_in_t_ready(&ma, r), &|r| file_in_t_changed(&ma, r)),
         // Mount b: an empty directory renamed over `t`.
         (&|_| drop(std::fs::create_dir(mb.path("s"))), &|_| {
             drop(std::fs::rename(mb.path("s"), mb.path("t")))
@@ -800,21 +804,7 @@ fn stripe_directory_goes_on_every_brick_or_none() {
     let differ = lockstep(
         ROUNDS,
         // Mount a: a file in `t` made (odd rounds) or removed (even rounds).
-        (
-            &|r| {
-                let _ = std::fs::create_dir(ma.path("t"));
-                match r % 2 {
-                    0 => drop(std::fs::write(ma.path("t/f"), record("a"))),
-                    _ => drop(std::fs::remove_file(ma.path("t/f"))),
-                }
-            },
-            &|r| {
-                let _ = match r % 2 {
-                    0 => std::fs::remove_file(ma.path("t/f")),
-                    _ => std::fs::write(ma.path("t/f"), record("a")),
-                };
-            },
-        ),
+        (&|r| file_in_t_ready(&ma, r), &|r| file_in_t_changed(&ma, r)),
         // Mount b: `t` removed, or an empty directory renamed over it.
         (
             &|r| {
