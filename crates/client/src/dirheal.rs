@@ -124,8 +124,7 @@ impl Distribute {
     /// anything else under that name. (A child that missed a rename of the directory keeps
     /// it under the old name: that copy alone brings nothing back.)
     async fn remake_dir(&self, parent: FileId, name: &[u8], id: FileId, on: usize) -> Result<()> {
-        let held = self.hold(&[(parent, name)]).await?;
-        let r = async {
+        self.holding(&[(parent, name)], || async {
             let home = self.hashed(parent, name);
             let others: Vec<usize> = (0..self.children.len()).filter(|&i| i != on).collect();
             let found = join_all(others.iter().map(|&i| self.children[i].lookup(parent, name))).await;
@@ -158,10 +157,8 @@ impl Distribute {
             tracing::info!(child = on, %id, "made again a directory the child lacked");
             self.copy_xattrs(id, from, on).await;
             Ok(())
-        }
-        .await;
-        held.release().await;
-        r
+        })
+        .await
     }
 
     /// Gives directory `id` on child `to` the extended attributes it has on `from`.

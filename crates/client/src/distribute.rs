@@ -446,12 +446,11 @@ impl Distribute {
         let h = self.hashed(parent, name);
         if node.kind == FileKind::Dir {
             // Made on every child: held against a removal or rename of the name meanwhile.
-            let held = self.hold(&[(parent, name)]).await?;
-            let r = self
-                .on_all_dirs(h, |c| c.create(parent, name, node, symlink_target, None))
+            return self
+                .holding(&[(parent, name)], || {
+                    self.on_all_dirs(h, |c| c.create(parent, name, node, symlink_target, None))
+                })
                 .await;
-            held.release().await;
-            return r;
         }
         let (e, handle) = self.children[h]
             .create(parent, name, node, symlink_target, open)
@@ -475,8 +474,7 @@ impl Distribute {
             Err(e) => return Err(e),
         }
         // A pointer and its data: two steps, the name held.
-        let held = self.hold(&[(parent, name)]).await?;
-        let r = async {
+        self.holding(&[(parent, name)], || async {
             let (h, d, e) = self.resolve(parent, name).await?;
             if e.attr.kind == FileKind::Dir {
                 return Err(Errno::EISDIR);
@@ -488,10 +486,8 @@ impl Distribute {
                 }
             }
             Ok(())
-        }
-        .await;
-        held.release().await;
-        r
+        })
+        .await
     }
 
     async fn link_once(&self, id: FileId, new_parent: FileId, new_name: &[u8]) -> Result<Entry> {
@@ -501,18 +497,15 @@ impl Distribute {
             return self.children[d].link(id, new_parent, new_name).await;
         }
         // The name on the data's child and a pointer where it hashes: two steps, held.
-        let held = self.hold(&[(new_parent, new_name)]).await?;
-        let r = async {
+        self.holding(&[(new_parent, new_name)], || async {
             let e = self.children[d].link(id, new_parent, new_name).await?;
             if let Err(err) = self.put_pointer(h, id, d, new_parent, new_name).await {
                 let _ = self.children[d].unlink(new_parent, new_name).await;
                 return Err(err);
             }
             Ok(e)
-        }
-        .await;
-        held.release().await;
-        r
+        })
+        .await
     }
 
     async fn readdir_once(&self, id: FileId, cursor: &DirCursor, plus: bool) -> Result<DirPage> {
@@ -556,8 +549,19 @@ impl Distribute {
         Ok(DirPage::default())
     }
 
-    /// Holds `names` (see `crate::namelock`) for a change of several steps.
-    pub(crate) async fn hold(&self, names: &[(FileId, &[u8])]) -> Result<namelock::Held> {
+    /// Runs `change` (of several steps) with `names` held (see `crate::namelock`).
+    pub(crate) async fn holding<'a, T, F, Fut>(&'a self, names: &[(FileId, &[u8])], change: F) -> Result<T>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + 'a,
+    {
+        let held = self.hold(names).await?;
+        let r = change().await;
+        held.release().await;
+        r
+    }
+
+    async fn hold(&self, names: &[(FileId, &[u8])]) -> Result<namelock::Held> {
         let names = match self.children.len() {
             // One child makes every change in one step.
             1 => Vec::new(),
@@ -650,10 +654,8 @@ impl Xlator for Distribute {
 
     async fn rmdir(&self, parent: FileId, name: &[u8]) -> Result<()> {
         self.healing(&[parent], || async {
-            let held = self.hold(&[(parent, name)]).await?;
-            let r = self.rmdir_held(parent, name).await;
-            held.release().await;
-            r
+            self.holding(&[(parent, name)], || self.rmdir_held(parent, name))
+                .await
         })
         .await
     }
@@ -667,10 +669,10 @@ impl Xlator for Distribute {
         flags: RenameFlags,
     ) -> Result<()> {
         self.healing(&[parent, new_parent], || async {
-            let held = self.hold(&[(parent, name), (new_parent, new_name)]).await?;
-            let r = self.rename_held(parent, name, new_parent, new_name, flags).await;
-            held.release().await;
-            r
+            self.holding(&[(parent, name), (new_parent, new_name)], || {
+                self.rename_held(parent, name, new_parent, new_name, flags)
+            })
+            .await
         })
         .await
     }

@@ -19,7 +19,7 @@ use futures_util::future::join_all;
 use proto::{Entry, Errno, FileId, Lock, LockKind, NewNode, RenameFlags, SetAttr, StatFs};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 
@@ -66,9 +66,9 @@ pub struct Replicate {
     gives: Arc<Gives>,
     /// The orders of directories' namespace changes (see [`Replicate::in_dir_order`]).
     dirs: Mutex<HashMap<FileId, Arc<DirOrder>>>,
-    /// A rename's target directory is gone before the rename gets here (distribute
-    /// removes it first), so a rename need not look its target up.
-    targets_cleared: AtomicBool,
+    /// Under distribute, which removes a directory a rename replaces before the rename
+    /// gets here: a rename need not look its target up.
+    under_distribute: bool,
 }
 
 /// A directory's order, and its changes from this client one at a time (the kernel has a
@@ -170,7 +170,7 @@ const MAKE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 impl Replicate {
     /// A replica set over `children`; `healers` reach the same bricks over connections of
     /// their own. Heals in the background (on the current tokio runtime) while it lives.
-    pub fn new(children: Vec<Child>, healers: Vec<Healer>) -> Arc<Replicate> {
+    pub fn new(children: Vec<Child>, healers: Vec<Healer>, under_distribute: bool) -> Arc<Replicate> {
         assert!(!children.is_empty() && children.len() <= 64 && healers.len() == children.len());
         let heal_wake = Arc::new(Notify::new());
         let r = Arc::new(Replicate {
@@ -182,16 +182,10 @@ impl Replicate {
             open: Arc::new(OpenFiles::default()),
             gives: Arc::default(),
             dirs: Mutex::default(),
-            targets_cleared: AtomicBool::new(false),
+            under_distribute,
         });
         tokio::spawn(crate::heal::keep_healing(Arc::downgrade(&r), heal_wake));
         r
-    }
-
-    /// Tells this replica set that it sits under distribute, which removes a directory a
-    /// rename replaces before the rename reaches here.
-    pub fn under_distribute(&self) {
-        self.targets_cleared.store(true, Ordering::Relaxed);
     }
 
     /// The directory named `name` in `parent`, if that is one: a change that removes or
@@ -1018,7 +1012,7 @@ impl Xlator for Replicate {
     ) -> Result<()> {
         // A directory the rename replaces: its order too, as for an rmdir.
         let mut dirs = vec![parent, new_parent];
-        if !self.targets_cleared.load(Ordering::Relaxed) {
+        if !self.under_distribute {
             dirs.extend(self.dir_named(new_parent, new_name).await);
         }
         let _dirs = self.in_dir_order(&dirs).await;

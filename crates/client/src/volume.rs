@@ -165,10 +165,7 @@ fn build(
                     },
                 })
                 .collect();
-            let r = Replicate::new(all(c), healers);
-            if in_distribute {
-                r.under_distribute();
-            }
+            let r = Replicate::new(all(c), healers, in_distribute);
             // Bricks tell a holder of a write order that another client waits for it.
             for (k, g) in c.iter().enumerate() {
                 if let Graph::Brick(i) = g {
