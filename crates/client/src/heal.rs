@@ -32,7 +32,7 @@ use crate::xlator::{Child, DirCursor, Handle, HealReport, Result};
 use bytes::Bytes;
 use futures_util::future::{join_all, BoxFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use proto::{DirEntry, Entry, Errno, FileId, FileKind, NewNode, SetAttr, TimeSet};
+use proto::{DirEntry, Entry, Errno, FileId, FileKind, NewNode, RenameFlags, SetAttr, TimeSet};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -359,10 +359,13 @@ impl Replicate {
         }
         let e = good.ok_or(Errno::EIO)?;
         let (from, to) = (self.via(sources[0], gate), self.via(s, gate));
-        match e.attr.kind {
-            FileKind::File => copy_data(id, from, to, e.attr.size, gate).await?,
+        let whole = match e.attr.kind {
+            FileKind::File => copy_data(id, from, to, e.attr.size, gate).await.map(|_| true)?,
             FileKind::Dir => self.copy_entries(id, sources, s, made).await?,
-            _ => {}
+            _ => true,
+        };
+        if !whole {
+            return Ok(false);
         }
         match gate {
             Some(gate) => {
@@ -417,8 +420,10 @@ impl Replicate {
     }
 
     /// A directory's entries: names the good copies lack go, missing ones are made (with
-    /// the same ids) and marked, so that their contents follow.
-    async fn copy_entries(&self, dir: FileId, sources: &[usize], s: usize, made: &mut Made) -> Result<()> {
+    /// the same ids) and marked, so that their contents follow. False when a directory
+    /// the good copies moved elsewhere is still here, left for the heal of its new parent
+    /// to move (this directory is then to be healed again).
+    async fn copy_entries(&self, dir: FileId, sources: &[usize], s: usize, made: &mut Made) -> Result<bool> {
         let src = sources[0];
         let want = list_dir(self.healer(src), dir).await?;
         let have = list_dir(self.healer(s), dir).await?;
@@ -426,10 +431,27 @@ impl Replicate {
             want.iter().map(|d| (d.name.as_slice(), entry_id(d))).collect();
         let had: HashMap<&[u8], Option<FileId>> =
             have.iter().map(|d| (d.name.as_slice(), entry_id(d))).collect();
+        let mut moving = Vec::new();
         for d in &have {
-            if wanted.get(d.name.as_slice()) != Some(&entry_id(d)) {
-                self.remove_tree(s, dir, &d.name, d.kind, entry_id(d)).await?;
+            if wanted.get(d.name.as_slice()) == Some(&entry_id(d)) {
+                continue;
             }
+            // A directory the good copies still have, elsewhere: moved while this copy was
+            // away. Removing it would copy all it holds again; the heal of the directory it
+            // is in now moves it there instead (only that one, so that two heals never
+            // wait on each other's guards).
+            if let (FileKind::Dir, Some(id)) = (d.kind, entry_id(d)) {
+                match self.healer(src).getattr(id).await {
+                    Ok(e) if e.attr.kind == FileKind::Dir => {
+                        moving.push((d.name.as_slice(), id));
+                        continue;
+                    }
+                    Ok(_) => {}
+                    Err(e) if gone(e) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.remove_tree(s, dir, &d.name, d.kind, entry_id(d)).await?;
         }
         // Missing names, made `PARALLEL` at once; the names of one object (hard links) one
         // after the other, so that the first makes it and the others link to it.
@@ -457,7 +479,19 @@ impl Replicate {
                 }
             }
         }
-        first_error.map_or(Ok(()), Err)
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        // (One moved within this directory has just been moved by this heal.)
+        for (name, id) in moving {
+            match self.healer(s).lookup(dir, name).await {
+                Ok(e) if e.attr.id == id => return Ok(false),
+                Ok(_) => {}
+                Err(e) if gone(e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
     }
 
     /// Makes the names of one object on child `s`; the object's id, and whether it is a
@@ -516,18 +550,50 @@ impl Replicate {
                 let target = via(sources[0]).readlink(id).await?;
                 to.create(dir, name, &node, Some(&target), None).await.map(|_| ())
             }
+            // Still under its old name on this copy (moved while the copy was away): moved
+            // here with all it holds, which then needs no copying.
+            FileKind::Dir => match to.dir_parent(id).await {
+                Ok((parent, old)) if (parent, old.as_slice()) != (dir, name) => {
+                    self.move_dir(s, to, id, (parent, &old), (dir, name), &node).await
+                }
+                _ => to.create(dir, name, &node, None, None).await.map(|_| ()),
+            },
             _ => to.create(dir, name, &node, None, None).await.map(|_| ()),
         };
         match r {
             Ok(()) => {}
-            // Made meanwhile (another healer): fine if it is this object. The id may also
-            // still be under another name on this copy (a directory moved while the copy
-            // was away): then the name stays missing, and so do the markers, until the old
-            // name is removed there.
+            // Made meanwhile (another healer): fine if it is this object.
             Err(Errno::EEXIST) if to.lookup(dir, name).await.is_ok_and(|e| e.attr.id == id) => {}
             Err(e) => return Err(e),
         }
         Ok(())
+    }
+
+    /// Moves directory `id` on child `s` (reached through `to`) from `from` to `at`; if
+    /// that fails, removes it from `from` with everything under it and makes it again,
+    /// empty, at `at` (its contents are then copied as for a new directory).
+    async fn move_dir(
+        &self,
+        s: usize,
+        to: &Child,
+        id: FileId,
+        from: (FileId, &[u8]),
+        at: (FileId, &[u8]),
+        node: &NewNode,
+    ) -> Result<()> {
+        let flags = RenameFlags {
+            noreplace: true,
+            ..RenameFlags::default()
+        };
+        match to.rename(from.0, from.1, at.0, at.1, flags).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::debug!(%id, child = s, "cannot move a directory on a copy, making it again: {e}")
+            }
+        }
+        self.remove_tree(s, from.0, from.1, FileKind::Dir, Some(id))
+            .await?;
+        to.create(at.0, at.1, node, None, None).await.map(|_| ())
     }
 
     /// Makes on child `s` the directories from `dir` up that it lacks, as the good copies

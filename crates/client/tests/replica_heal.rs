@@ -649,6 +649,67 @@ async fn a_replaced_first_copy_takes_changes_in_directories_the_heal_has_not_rea
     assert!(!t0.contains_key("/a/b/c/was") && t0.contains_key("/a/b/is"));
 }
 
+/// A directory moved while a copy was down is moved on that copy too, with what it holds:
+/// its files are neither removed there nor copied again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_moved_while_a_copy_was_down_is_moved_there_not_copied_again() {
+    use std::os::unix::fs::MetadataExt;
+    let (key, mut b, owned, vol) = replica_3().await;
+    let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let v = vol.root.clone();
+    let a = mkdir(&v, FileId::ROOT, "a").await;
+    let to = mkdir(&v, FileId::ROOT, "b").await;
+    let d = mkdir(&v, a, "d").await;
+    let sub = mkdir(&v, d, "sub").await;
+    let x = mkdir(&v, a, "x").await;
+    let mut moved = Vec::new();
+    for i in 0..20u8 {
+        file(&v, d, &format!("f{i}"), &[(0, pattern(8192, i))]).await;
+        moved.push((format!("a/d/f{i}"), format!("b/e/f{i}")));
+    }
+    file(&v, sub, "deep", &[(0, pattern(5000, 30))]).await;
+    file(&v, x, "inside", &[(0, pattern(700, 31))]).await;
+    moved.push(("a/d/sub/deep".into(), "b/e/sub/deep".into()));
+    moved.push(("a/x/inside".into(), "a/y/inside".into()));
+    let ino = |p: &str| std::fs::metadata(b[2].dir.path().join(p)).unwrap().ino();
+    let before: Vec<u64> = moved.iter().map(|(old, _)| ino(old)).collect();
+
+    // While the third copy is down: a/d moves to another directory (and a new directory
+    // takes its old name), a/x moves within its directory, and the moved tree changes.
+    b[2].stop();
+    until("the volume to see the third brick down", || !vol.conns[2].is_up()).await;
+    v.rename(a, b"d", to, b"e", Default::default()).await.unwrap();
+    v.rename(a, b"x", a, b"y", Default::default()).await.unwrap();
+    mkdir(&v, a, "d").await;
+    file(&v, d, "new", &[(0, pattern(3000, 32))]).await;
+    v.unlink(d, b"f0").await.unwrap();
+
+    b[2].start(&key).await;
+    until("the third brick's copy to be healed", || {
+        b.iter().all(|x| x.pending() == 0)
+    })
+    .await;
+    let (t0, t2) = (brick_tree(&key, addrs[0]).await, brick_tree(&key, addrs[2]).await);
+    // (Not `same_copies`: a file no heal touched keeps the times its own brick gave it.)
+    assert_eq!(t0.keys().collect::<Vec<_>>(), t2.keys().collect::<Vec<_>>());
+    for (path, (e0, x0, d0)) in &t0 {
+        let (e2, x2, d2) = &t2[path];
+        let (p, q) = (&e0.attr, &e2.attr);
+        assert_eq!(
+            (p.id, p.kind, p.perm, p.nlink, p.size, &e0.meta, x0),
+            (q.id, q.kind, q.perm, q.nlink, q.size, &e2.meta, x2),
+            "{path}"
+        );
+        assert!(d0 == d2, "{path}: contents differ");
+    }
+    assert!(t2.contains_key("/b/e/new") && t2.contains_key("/a/d") && !t2.contains_key("/b/e/f0"));
+    // The files the copy had are the same files, under their new names.
+    let ino = |p: &str| std::fs::metadata(b[2].dir.path().join(p)).unwrap().ino();
+    for ((old, new), was) in moved.iter().zip(before).skip(1) {
+        assert_eq!(ino(new), was, "{old} was copied again as {new} instead of moved");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_directory_the_first_copy_removed_does_not_come_back_through_the_stale_one() {
     let (key, mut b, _owned, vol) = replica(2).await;
