@@ -73,6 +73,8 @@ pub struct Healer {
 struct Made {
     dirs: Vec<FileId>,
     other: Vec<FileId>,
+    /// The directory still holds one that the heal of its new parent is to move out.
+    moving_out: bool,
 }
 
 enum Outcome {
@@ -154,6 +156,7 @@ impl Replicate {
         self.connect_healers(false).await;
         let mut report = HealReport::default();
         let mut visited = HashSet::new();
+        let mut later = VecDeque::new();
         for (i, c) in self.children.iter().enumerate() {
             let mut after = None;
             while c.is_up() {
@@ -168,8 +171,14 @@ impl Replicate {
                 let Some(&last) = ids.last() else { break };
                 after = Some(last);
                 let fresh: VecDeque<FileId> = ids.into_iter().filter(|id| visited.insert(*id)).collect();
-                self.heal_trees(fresh, &mut visited, &mut report).await;
+                self.heal_trees(fresh, &mut visited, &mut report, Some(&mut later))
+                    .await;
             }
+        }
+        // Directories that held one moved elsewhere, once the rest had their turn (the heal
+        // of the new parent moves it): done in this pass, not 5 s later.
+        if !later.is_empty() {
+            self.heal_trees(later, &mut visited, &mut report, None).await;
         }
         report
     }
@@ -183,6 +192,7 @@ impl Replicate {
         mut queue: VecDeque<FileId>,
         visited: &mut HashSet<FileId>,
         report: &mut HealReport,
+        mut later: Option<&mut VecDeque<FileId>>,
     ) {
         let dirs = tokio::sync::Mutex::new(());
         let (dirs, mut running) = (&dirs, FuturesUnordered::new());
@@ -211,6 +221,11 @@ impl Replicate {
             match r {
                 Ok(Outcome::Healed) => report.healed += 1,
                 Ok(Outcome::Clean | Outcome::Waiting) => {}
+                Ok(Outcome::Left) if made.moving_out && later.is_some() => {
+                    if let Some(l) = later.as_deref_mut() {
+                        l.push_back(id);
+                    }
+                }
                 Ok(Outcome::Left) => report.left += 1,
                 Ok(Outcome::SplitBrain) => report.split_brain += 1,
                 Err(e) => {
@@ -479,19 +494,20 @@ impl Replicate {
                 }
             }
         }
-        if let Some(e) = first_error {
-            return Err(e);
-        }
-        // (One moved within this directory has just been moved by this heal.)
+        // (One moved within this directory has just been moved by this heal. One still
+        // here may also be why a name failed: a new object took its old name.)
         for (name, id) in moving {
             match self.healer(s).lookup(dir, name).await {
-                Ok(e) if e.attr.id == id => return Ok(false),
+                Ok(e) if e.attr.id == id => made.moving_out = true,
                 Ok(_) => {}
                 Err(e) if gone(e) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(true)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(!made.moving_out),
+        }
     }
 
     /// Makes the names of one object on child `s`; the object's id, and whether it is a
