@@ -3,7 +3,8 @@
 //!
 //! Each run starts a fresh volume, kills its third brick's process (as a crashed server
 //! leaves it), writes through the mount either many small files (in a few directories) or
-//! one big file, starts the brick again on its address and times until no brick lists
+//! one big file, or moves a tree of files written before (a directory renamed into
+//! another), starts the brick again on its address and times until no brick lists
 //! anything as pending any more (shoal: `.shoal/pending`; GlusterFS: its heal indices under
 //! `.glusterfs/indices`, with `gluster volume heal` asked for at once). Then the healed
 //! brick's files are compared with the first brick's, byte for byte: a heal that is fast
@@ -36,6 +37,9 @@ struct Args {
     /// Size of the big file written while the brick is down, MiB.
     #[arg(long, default_value_t = 1024)]
     big_mib: usize,
+    /// Files of 64 KiB in the tree moved while the brick is down.
+    #[arg(long, default_value_t = 2000)]
+    moved: usize,
     /// Working directory (a fresh file system is made there).
     #[arg(long, default_value = "/var/tmp/shoal-bench-heal")]
     dir: PathBuf,
@@ -48,6 +52,26 @@ const HEAL_LIMIT: Duration = Duration::from_secs(900);
 enum Load {
     Small(usize),
     Big(usize),
+    /// A tree of this many 64 KiB files, written with every brick up, moved.
+    Moved(usize),
+}
+
+/// Writes what `load` needs there before the brick goes down.
+fn prepare(dir: &Path, load: Load) -> Result<()> {
+    if let Load::Moved(n) = load {
+        let data: Vec<u8> = (0..64 << 10)
+            .map(|k: usize| (k as u8).wrapping_mul(7) | 1)
+            .collect();
+        std::fs::create_dir_all(dir.join("to"))?;
+        for d in 0..10 {
+            std::fs::create_dir_all(dir.join(format!("from/tree/d{d}")))?;
+        }
+        for i in 0..n {
+            std::fs::write(dir.join(format!("from/tree/d{}/f{i:06}", i % 10)), &data)?;
+        }
+        run("sync", &[])?;
+    }
+    Ok(())
 }
 
 /// A replica 3 volume of either kind, with what the benchmark does to it.
@@ -112,6 +136,7 @@ fn write_load(dir: &Path, load: Load) -> Result<()> {
             }
             f.sync_all()?;
         }
+        Load::Moved(_) => std::fs::rename(dir.join("from/tree"), dir.join("to/moved"))?,
     }
     run("sync", &[])?;
     Ok(())
@@ -142,6 +167,7 @@ fn brick_files(dir: &Path) -> Result<BTreeMap<PathBuf, Vec<u8>>> {
 
 /// One run: seconds from the brick's restart to nothing pending.
 fn heal_once(vol: &mut dyn Subject, load: Load) -> Result<f64> {
+    prepare(vol.dir(), load)?;
     vol.kill_third()?;
     write_load(vol.dir(), load)?;
     if vol.pending() == 0 {
@@ -174,7 +200,11 @@ fn main() -> Result<()> {
     let fs = FreshFs::make(&args.dir)?;
     let shoal = shoal_bin()?;
     let _glusterd = Glusterd(args.with_gluster && !run_ok("pgrep", &["-x", "glusterd"]));
-    let loads = [Load::Small(args.files), Load::Big(args.big_mib)];
+    let loads = [
+        Load::Small(args.files),
+        Load::Big(args.big_mib),
+        Load::Moved(args.moved),
+    ];
     let mut rows: Vec<(&str, Vec<f64>)> = Vec::new();
     let kinds: &[&str] = if args.with_gluster {
         &["shoal", "GlusterFS"]
@@ -202,30 +232,40 @@ fn main() -> Result<()> {
     println!(
         "\nshoal heal benchmark — replica 3, third brick killed, written to, started again; medians of {runs} run(s) on a fresh ext4 file system (with journal) on a direct-I/O loop device\n"
     );
-    // Rates, and their ratio to GlusterFS's when it ran.
-    let rates: Vec<(&str, [f64; 2])> = rows
+    // Rates (files/s, MiB/s, files/s), and their ratio to GlusterFS's when it ran.
+    let rates: Vec<(&str, [f64; 3])> = rows
         .iter()
-        .map(|(kind, m)| (*kind, [args.files as f64 / m[0], args.big_mib as f64 / m[1]]))
+        .map(|(kind, m)| {
+            let r = [
+                args.files as f64 / m[0],
+                args.big_mib as f64 / m[1],
+                args.moved as f64 / m[2],
+            ];
+            (*kind, r)
+        })
         .collect();
     let peer = rates.iter().find(|(k, _)| *k == "GlusterFS").map(|(_, r)| *r);
-    let cell = |r: [f64; 2], k: usize| match peer {
+    let cell = |r: [f64; 3], k: usize| match peer {
         Some(p) => format!("{:.0} (×{:.1})", r[k], r[k] / p[k]),
         None => format!("{:.0}", r[k]),
     };
     let ratio = if peer.is_some() { " (×GlusterFS)" } else { "" };
     println!(
-        "| row | {} s | files/s{ratio} | {} s | MiB/s{ratio} |",
+        "| row | {} s | files/s{ratio} | {} s | MiB/s{ratio} | {} s | files/s{ratio} |",
         describe(loads[0]),
-        describe(loads[1])
+        describe(loads[1]),
+        describe(loads[2])
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for ((kind, m), (_, r)) in rows.iter().zip(&rates) {
         println!(
-            "| {kind} replica 3 | {:.1} | {} | {:.1} | {} |",
+            "| {kind} replica 3 | {:.1} | {} | {:.1} | {} | {:.1} | {} |",
             m[0],
             cell(*r, 0),
             m[1],
-            cell(*r, 1)
+            cell(*r, 1),
+            m[2],
+            cell(*r, 2)
         );
     }
     Ok(())
@@ -235,5 +275,6 @@ fn describe(load: Load) -> String {
     match load {
         Load::Small(n) => format!("heal of {n} × 4 KiB files"),
         Load::Big(mib) => format!("heal of one {mib} MiB file"),
+        Load::Moved(n) => format!("heal of a moved tree of {n} × 64 KiB files"),
     }
 }

@@ -9,7 +9,9 @@
 //! 2. *watches* the object on the good copies;
 //! 3. copies the good copy onto the stale one: a file's data (holes stay holes), a
 //!    directory's entries (missing names made with their ids, extra ones removed, new objects
-//!    marked so that the same pass heals them too), then the attributes and xattrs;
+//!    marked so that the same pass heals them too; a directory the copy has under another
+//!    name, moved while it was away, is moved rather than made again), then the
+//!    attributes and xattrs;
 //! 4. clears exactly the markers it read after taking the guard, unless a watch saw another
 //!    client change a good copy meanwhile: then the markers stay and a later pass redoes it.
 //!
@@ -75,6 +77,10 @@ struct Made {
     other: Vec<FileId>,
     /// The directory still holds one that the heal of its new parent is to move out.
     moving_out: bool,
+    /// The last heal of the object in this pass: a directory moved elsewhere that is still
+    /// here is removed (and made again where it is now, its contents copied) rather than
+    /// waited for, so that every pass makes progress.
+    last_try: bool,
 }
 
 enum Outcome {
@@ -197,6 +203,7 @@ impl Replicate {
         let dirs = tokio::sync::Mutex::new(());
         let (dirs, mut running) = (&dirs, FuturesUnordered::new());
         let (mut dir_queue, mut dirs_running) = (VecDeque::new(), 0);
+        let last_try = later.is_none();
         loop {
             while running.len() < PARALLEL {
                 let next = match dirs_running {
@@ -209,7 +216,10 @@ impl Replicate {
                 let Some((id, is_dir)) = next else { break };
                 dirs_running += usize::from(is_dir);
                 running.push(async move {
-                    let mut made = Made::default();
+                    let mut made = Made {
+                        last_try,
+                        ..Made::default()
+                    };
                     let r = self.heal_object(id, &mut made, dirs).await;
                     (id, is_dir, r, made)
                 });
@@ -451,10 +461,13 @@ impl Replicate {
             if wanted.get(d.name.as_slice()) == Some(&entry_id(d)) {
                 continue;
             }
+            if made.last_try {
+                self.remove_tree(s, dir, &d.name, d.kind, entry_id(d)).await?;
+                continue;
+            }
             // A directory the good copies still have, elsewhere: moved while this copy was
             // away. Removing it would copy all it holds again; the heal of the directory it
-            // is in now moves it there instead (only that one, so that two heals never
-            // wait on each other's guards).
+            // is in now moves it there instead (`move_dir`).
             if let (FileKind::Dir, Some(id)) = (d.kind, entry_id(d)) {
                 match self.healer(src).getattr(id).await {
                     Ok(e) if e.attr.kind == FileKind::Dir => {
@@ -496,17 +509,19 @@ impl Replicate {
         }
         // (One moved within this directory has just been moved by this heal. One still
         // here may also be why a name failed: a new object took its old name.)
+        let mut still = false;
         for (name, id) in moving {
             match self.healer(s).lookup(dir, name).await {
-                Ok(e) if e.attr.id == id => made.moving_out = true,
+                Ok(e) if e.attr.id == id => still = true,
                 Ok(_) => {}
                 Err(e) if gone(e) => {}
                 Err(e) => return Err(e),
             }
         }
+        made.moving_out |= still;
         match first_error {
             Some(e) => Err(e),
-            None => Ok(!made.moving_out),
+            None => Ok(!still),
         }
     }
 
@@ -522,13 +537,15 @@ impl Replicate {
     ) -> Result<(FileId, bool)> {
         let is_dir = names.first().is_some_and(|(_, e)| e.attr.kind == FileKind::Dir);
         for (name, e) in names {
-            self.add_entry(dir, name, e, sources, s, false).await?;
+            self.add_entry(dir, name, e, sources, s, false, true).await?;
         }
         Ok((id, is_dir))
     }
 
     /// Makes `name` in `dir` on child `s`, as `e` on the good copies `sources`: over the
-    /// healer's connections, or (`own`) over this client's.
+    /// healer's connections, or (`own`) over this client's. With `may_move` (a heal of
+    /// `dir`, holding its guard), a directory the copy has elsewhere is moved here.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn add_entry(
         &self,
         dir: FileId,
@@ -537,6 +554,7 @@ impl Replicate {
         sources: &[usize],
         s: usize,
         own: bool,
+        may_move: bool,
     ) -> Result<()> {
         let via = |i: usize| match own {
             true => &self.children[i],
@@ -568,9 +586,9 @@ impl Replicate {
             }
             // Still under its old name on this copy (moved while the copy was away): moved
             // here with all it holds, which then needs no copying.
-            FileKind::Dir => match to.dir_parent(id).await {
+            FileKind::Dir if may_move => match to.dir_parent(id).await {
                 Ok((parent, old)) if (parent, old.as_slice()) != (dir, name) => {
-                    self.move_dir(s, to, id, (parent, &old), (dir, name), &node).await
+                    self.move_dir(to, id, (parent, &old), (dir, name)).await
                 }
                 _ => to.create(dir, name, &node, None, None).await.map(|_| ()),
             },
@@ -585,31 +603,39 @@ impl Replicate {
         Ok(())
     }
 
-    /// Moves directory `id` on child `s` (reached through `to`) from `from` to `at`; if
-    /// that fails, removes it from `from` with everything under it and makes it again,
-    /// empty, at `at` (its contents are then copied as for a new directory).
+    /// Moves directory `id` on the copy `to` from `from` into `at`, whose guard this heal
+    /// holds. The guard of the directory it leaves is taken too, without waiting (EBUSY:
+    /// another heal has it, and this one is left for later), so that two heals never wait
+    /// on each other, and so that the name still holds `id` when it moves. Nothing is
+    /// removed when the move fails: the heal of the directory it is in removes it at the
+    /// end of a pass that could not move it (see `Made::last_try`).
     async fn move_dir(
         &self,
-        s: usize,
         to: &Child,
         id: FileId,
         from: (FileId, &[u8]),
         at: (FileId, &[u8]),
-        node: &NewNode,
     ) -> Result<()> {
-        let flags = RenameFlags {
-            noreplace: true,
-            ..RenameFlags::default()
-        };
-        match to.rename(from.0, from.1, at.0, at.1, flags).await {
-            Ok(()) => return Ok(()),
-            Err(e) => {
-                tracing::debug!(%id, child = s, "cannot move a directory on a copy, making it again: {e}")
-            }
+        let other = from.0 != at.0;
+        if other {
+            to.heal_begin(from.0, true).await?;
         }
-        self.remove_tree(s, from.0, from.1, FileKind::Dir, Some(id))
-            .await?;
-        to.create(at.0, at.1, node, None, None).await.map(|_| ())
+        let r = match to.lookup(from.0, from.1).await {
+            Ok(e) if e.attr.id == id => {
+                let flags = RenameFlags {
+                    noreplace: true,
+                    ..RenameFlags::default()
+                };
+                to.rename(from.0, from.1, at.0, at.1, flags).await
+            }
+            Ok(_) => Err(Errno::ESTALE),
+            Err(e) => Err(e),
+        };
+        if other {
+            // (Whether others changed it meanwhile does not matter: nothing was copied.)
+            let _ = to.heal_end(from.0, true).await;
+        }
+        r
     }
 
     /// Makes on child `s` the directories from `dir` up that it lacks, as the good copies
@@ -628,7 +654,7 @@ impl Replicate {
             if e.attr.id != id {
                 return Err(Errno::ESTALE); // renamed meanwhile
             }
-            self.add_entry(parent, &name, &e, sources, s, true).await?;
+            self.add_entry(parent, &name, &e, sources, s, true, false).await?;
             self.wake_healer();
         }
         Ok(())
@@ -650,7 +676,7 @@ impl Replicate {
             return Ok(false);
         }
         self.make_dirs_above(parent, sources, s).await?;
-        self.add_entry(parent, name, e, sources, s, true).await?;
+        self.add_entry(parent, name, e, sources, s, true, false).await?;
         // What was made is marked for its contents: a pass that went by it already would
         // otherwise leave it for the next sweep.
         self.wake_healer();

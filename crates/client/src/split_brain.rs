@@ -204,7 +204,7 @@ impl Replicate {
                             clashes.insert(String::from_utf8_lossy(&d.name).into_owned());
                         }
                         (None, Some(e)) => {
-                            self.add_entry(dir, &d.name, e, &[j], i, false).await?;
+                            self.add_entry(dir, &d.name, e, &[j], i, false, false).await?;
                             names[a].insert(d.name.clone(), entry_id(d));
                             made += 1;
                         }

@@ -671,8 +671,11 @@ async fn a_directory_moved_while_a_copy_was_down_is_moved_there_not_copied_again
     file(&v, x, "inside", &[(0, pattern(700, 31))]).await;
     moved.push(("a/d/sub/deep".into(), "b/e/sub/deep".into()));
     moved.push(("a/x/inside".into(), "a/y/inside".into()));
-    let ino = |p: &str| std::fs::metadata(b[2].dir.path().join(p)).unwrap().ino();
-    let before: Vec<u64> = moved.iter().map(|(old, _)| ino(old)).collect();
+    // Held open, so that a file removed and made again could not get the same inode.
+    let held: Vec<std::fs::File> = moved
+        .iter()
+        .map(|(old, _)| std::fs::File::open(b[2].dir.path().join(old)).unwrap())
+        .collect();
 
     // While the third copy is down: a/d moves to another directory (and a new directory
     // takes its old name), a/x moves within its directory, and the moved tree changes.
@@ -705,7 +708,8 @@ async fn a_directory_moved_while_a_copy_was_down_is_moved_there_not_copied_again
     assert!(t2.contains_key("/b/e/new") && t2.contains_key("/a/d") && !t2.contains_key("/b/e/f0"));
     // The files the copy had are the same files, under their new names.
     let ino = |p: &str| std::fs::metadata(b[2].dir.path().join(p)).unwrap().ino();
-    for ((old, new), was) in moved.iter().zip(before).skip(1) {
+    for ((old, new), was) in moved.iter().zip(&held).skip(1) {
+        let was = was.metadata().unwrap().ino();
         assert_eq!(ino(new), was, "{old} was copied again as {new} instead of moved");
     }
 }
