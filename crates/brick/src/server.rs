@@ -799,11 +799,16 @@ impl Service for BrickServer {
     }
 
     fn handle(self: &Arc<Self>, conn: &Arc<Conn>, req: Request, data: Bytes) -> Handled<Reply> {
+        let (req, at_once) = match req {
+            Request::OpenNow { id, flags } => (Request::Open { id, flags }, true),
+            req => (req, false),
+        };
         let touched = Touched::of(&req, |fh| conn.handle(fh).ok().map(|h| h.file().id));
         let running = match touched.is_empty() {
             true => None,
             false => match self.heals.try_enter(touched, conn.id) {
                 Some(r) => Some(r),
+                None if at_once => return Handled::Now((Err(Errno::EBUSY), Body::default())),
                 None => {
                     // Another client heals what this changes: it waits for the heal to end.
                     let (server, conn) = (self.clone(), conn.clone());

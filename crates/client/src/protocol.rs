@@ -29,6 +29,8 @@ pub struct Protocol {
     no_readv: AtomicU64,
     /// The same for `WriteV`.
     no_writev: AtomicU64,
+    /// The same for `OpenNow`.
+    no_open_now: AtomicU64,
     /// The locks this client holds on the brick, as it was told: what every new
     /// connection makes the brick's locks for it.
     locks: Arc<Mutex<LockSet>>,
@@ -74,6 +76,7 @@ impl Protocol {
             conn,
             no_readv: AtomicU64::new(0),
             no_writev: AtomicU64::new(0),
+            no_open_now: AtomicU64::new(0),
             locks,
         }
     }
@@ -128,6 +131,17 @@ impl Protocol {
                 *f.fh.lock().unwrap_or_else(|p| p.into_inner()) = (gen, fh);
                 Ok(fh)
             }
+            (r, _, _) => Err(unexpected(r)),
+        }
+    }
+
+    async fn open_with(&self, req: Request, id: FileId, flags: u32) -> Result<Handle> {
+        match self.conn.call(&req, Bytes::new()).await? {
+            (Reply::Opened { fh }, _, gen) => Ok(Handle::Brick(Arc::new(BrickFile {
+                id,
+                flags,
+                fh: Mutex::new((gen, fh)),
+            }))),
             (r, _, _) => Err(unexpected(r)),
         }
     }
@@ -330,13 +344,20 @@ impl Xlator for Protocol {
     }
 
     async fn open(&self, id: FileId, flags: u32) -> Result<Handle> {
-        match self.conn.call(&Request::Open { id, flags }, Bytes::new()).await? {
-            (Reply::Opened { fh }, _, gen) => Ok(Handle::Brick(Arc::new(BrickFile {
-                id,
-                flags,
-                fh: Mutex::new((gen, fh)),
-            }))),
-            (r, _, _) => Err(unexpected(r)),
+        self.open_with(Request::Open { id, flags }, id, flags).await
+    }
+
+    async fn open_now(&self, id: FileId, flags: u32) -> Result<Handle> {
+        if self.refused(&self.no_open_now) {
+            return self.open(id, flags).await;
+        }
+        let generation = self.conn.generation();
+        match self.open_with(Request::OpenNow { id, flags }, id, flags).await {
+            Err(Errno::ENOSYS) => {
+                self.no_open_now.store(generation, Ordering::Relaxed);
+                self.open(id, flags).await
+            }
+            r => r,
         }
     }
 

@@ -1132,7 +1132,32 @@ impl Xlator for Replicate {
             Some(t) => Some(t.gate().read().await),
             None => None,
         };
-        let (opens, attrs) = tokio::join!(self.fan(|_, c| c.open(id, flags)), self.fan(|_, c| c.getattr(id)));
+        // A copy being healed answers at once (EBUSY) instead of holding the open until it
+        // is whole (minutes, for a big file): it is marked behind anyway, so the file opens
+        // on the others when they are a quorum, and waits for it only when they are not. (A
+        // truncation waits: it is a change that copy must not miss unmarked.)
+        let truncates = flags as i32 & libc::O_TRUNC != 0;
+        let (mut opens, attrs) = tokio::join!(
+            self.fan(|_, c| async move {
+                match truncates {
+                    true => c.open(id, flags).await,
+                    false => c.open_now(id, flags).await,
+                }
+            }),
+            self.fan(|_, c| c.getattr(id))
+        );
+        let busy: Vec<usize> = (0..opens.len())
+            .filter(|i| matches!(opens[*i], Err(Errno::EBUSY)))
+            .collect();
+        let opened = (0..opens.len())
+            .filter(|i| opens[*i].is_ok())
+            .fold(0, |m, i| m | bit(i));
+        if !busy.is_empty() && !self.quorum(opened) {
+            let again = join_all(busy.iter().map(|&i| self.children[i].open(id, flags))).await;
+            for (&i, r) in busy.iter().zip(again) {
+                opens[i] = r;
+            }
+        }
         let stale = Self::stale_in(&attrs);
         self.noticed(stale);
         let lacking = lacking(&opens);

@@ -67,6 +67,11 @@ pub trait Xlator: Send + Sync {
     /// A page of the listing of `id` from `cursor`. With `plus`, entries carry their objects.
     async fn readdir(&self, id: FileId, cursor: &DirCursor, plus: bool) -> Result<DirPage>;
     async fn open(&self, id: FileId, flags: u32) -> Result<Handle>;
+    /// `open`, except that a brick whose copy another client is healing answers EBUSY at
+    /// once instead of after the heal (replicate opens on the other copies meanwhile).
+    async fn open_now(&self, id: FileId, flags: u32) -> Result<Handle> {
+        self.open(id, flags).await
+    }
     async fn read(&self, h: &Handle, offset: u64, size: u32) -> Result<Bytes>;
     /// Several ranges of one file, each as `read` gives it (short at the end of the file).
     /// Bricks answer them in one request; by default each is a read of its own.

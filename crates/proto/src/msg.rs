@@ -237,6 +237,13 @@ pub enum Request {
         id: FileId,
         take: bool,
     },
+    /// An `Open` that fails at once with EBUSY where another client heals the object
+    /// (holds its guard, see `brick::heal`) instead of waiting for the heal to end: a
+    /// replicated file then opens on its other copies. (Bricks before it answer ENOSYS.)
+    OpenNow {
+        id: FileId,
+        flags: u32,
+    },
 }
 
 /// Most ranges in one `Request::ReadV` or `Request::WriteV`.
@@ -290,6 +297,7 @@ impl Request {
             Request::ReadV { .. } => "readv",
             Request::WriteV { .. } => "writev",
             Request::Order { .. } => "order",
+            Request::OpenNow { .. } => "open",
         }
     }
 }
