@@ -1132,16 +1132,17 @@ impl Xlator for Replicate {
             Some(t) => Some(t.gate().read().await),
             None => None,
         };
-        // A copy being healed answers at once (EBUSY) instead of holding the open until it
-        // is whole (minutes, for a big file): it is marked behind anyway, so the file opens
-        // on the others when they are a quorum, and waits for it only when they are not. (A
-        // truncation waits: it is a change that copy must not miss unmarked.)
-        let truncates = flags as i32 & libc::O_TRUNC != 0;
+        // For reading, a copy being healed answers at once (EBUSY) instead of holding the
+        // open until it is whole (minutes, for a big file): reads never use a copy marked
+        // behind, so the file opens on the others when they are a quorum. An open for
+        // writing waits: a handle without that copy would mark it with every write, and a
+        // file kept open and written (a VM image) would never be healed until closed.
+        let reads_only = flags as i32 & (libc::O_ACCMODE | libc::O_TRUNC) == libc::O_RDONLY;
         let (mut opens, attrs) = tokio::join!(
             self.fan(|_, c| async move {
-                match truncates {
-                    true => c.open(id, flags).await,
-                    false => c.open_now(id, flags).await,
+                match reads_only {
+                    true => c.open_now(id, flags).await,
+                    false => c.open(id, flags).await,
                 }
             }),
             self.fan(|_, c| c.getattr(id))
