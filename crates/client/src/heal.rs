@@ -451,78 +451,86 @@ impl Replicate {
     async fn copy_entries(&self, dir: FileId, sources: &[usize], s: usize, made: &mut Made) -> Result<bool> {
         let src = sources[0];
         let want = list_dir(self.healer(src), dir).await?;
-        let have = list_dir(self.healer(s), dir).await?;
         let wanted: HashMap<&[u8], Option<FileId>> =
             want.iter().map(|d| (d.name.as_slice(), entry_id(d))).collect();
-        let had: HashMap<&[u8], Option<FileId>> =
-            have.iter().map(|d| (d.name.as_slice(), entry_id(d))).collect();
-        let mut moving = Vec::new();
-        for d in &have {
-            if wanted.get(d.name.as_slice()) == Some(&entry_id(d)) {
-                continue;
-            }
-            if made.last_try {
-                self.remove_tree(s, dir, &d.name, d.kind, entry_id(d)).await?;
-                continue;
-            }
-            // A directory the good copies still have, elsewhere: moved while this copy was
-            // away. Removing it would copy all it holds again; the heal of the directory it
-            // is in now moves it there instead (`move_dir`).
-            if let (FileKind::Dir, Some(id)) = (d.kind, entry_id(d)) {
-                match self.healer(src).getattr(id).await {
-                    Ok(e) if e.attr.kind == FileKind::Dir => {
-                        moving.push((d.name.as_slice(), id));
-                        continue;
+        // A second round when the first left something: a name freed by a move in the first
+        // lets the next move through (a rotation: a/cur to a/old, then a/new to a/cur). In
+        // the second round of the pass's last try, what still waits to move out is removed.
+        let mut result = Ok(true);
+        for round in 0..2 {
+            let have = list_dir(self.healer(s), dir).await?;
+            let had: HashMap<&[u8], Option<FileId>> =
+                have.iter().map(|d| (d.name.as_slice(), entry_id(d))).collect();
+            let mut moving = Vec::new();
+            for d in &have {
+                if wanted.get(d.name.as_slice()) == Some(&entry_id(d)) {
+                    continue;
+                }
+                // A directory the good copies still have, elsewhere: moved while this copy
+                // was away. Removing it would copy all it holds again; the heal of the
+                // directory it is in now moves it there instead (`move_dir`).
+                if let (FileKind::Dir, Some(id), false) = (d.kind, entry_id(d), made.last_try && round == 1) {
+                    match self.healer(src).getattr(id).await {
+                        Ok(e) if e.attr.kind == FileKind::Dir => {
+                            moving.push((d.name.as_slice(), id));
+                            continue;
+                        }
+                        Ok(_) => {}
+                        Err(e) if gone(e) => {}
+                        Err(e) => return Err(e),
                     }
+                }
+                self.remove_tree(s, dir, &d.name, d.kind, entry_id(d)).await?;
+            }
+            // Missing names, made `PARALLEL` at once; the names of one object (hard links)
+            // one after the other, so that the first makes it and the others link to it.
+            let mut missing: HashMap<FileId, Vec<(&[u8], &Entry)>> = HashMap::new();
+            for d in &want {
+                if had.get(d.name.as_slice()) == Some(&entry_id(d)) {
+                    continue;
+                }
+                let Some(e) = &d.entry else { continue };
+                missing.entry(e.attr.id).or_default().push((d.name.as_slice(), e));
+            }
+            let (mut groups, mut adding) = (missing.into_iter(), FuturesUnordered::new());
+            let mut first_error = None;
+            loop {
+                while adding.len() < PARALLEL {
+                    let Some((id, names)) = groups.next() else { break };
+                    adding.push(self.add_names(dir, id, names, sources, s));
+                }
+                match adding.next().await {
+                    None => break,
+                    Some(Ok((id, true))) => made.dirs.push(id),
+                    Some(Ok((id, false))) => made.other.push(id),
+                    Some(Err(e)) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            // (One moved within this directory has just been moved by this heal. One still
+            // here may also be why a name failed: a new object took its old name.)
+            let mut still = false;
+            for (name, id) in moving {
+                match self.healer(s).lookup(dir, name).await {
+                    Ok(e) if e.attr.id == id => still = true,
                     Ok(_) => {}
                     Err(e) if gone(e) => {}
                     Err(e) => return Err(e),
                 }
             }
-            self.remove_tree(s, dir, &d.name, d.kind, entry_id(d)).await?;
-        }
-        // Missing names, made `PARALLEL` at once; the names of one object (hard links) one
-        // after the other, so that the first makes it and the others link to it.
-        let mut missing: HashMap<FileId, Vec<(&[u8], &Entry)>> = HashMap::new();
-        for d in &want {
-            if had.get(d.name.as_slice()) == Some(&entry_id(d)) {
-                continue;
+            result = match first_error {
+                Some(e) => Err(e),
+                None => Ok(!still),
+            };
+            if matches!(result, Ok(true)) {
+                break;
             }
-            let Some(e) = &d.entry else { continue };
-            missing.entry(e.attr.id).or_default().push((d.name.as_slice(), e));
-        }
-        let (mut groups, mut adding) = (missing.into_iter(), FuturesUnordered::new());
-        let mut first_error = None;
-        loop {
-            while adding.len() < PARALLEL {
-                let Some((id, names)) = groups.next() else { break };
-                adding.push(self.add_names(dir, id, names, sources, s));
-            }
-            match adding.next().await {
-                None => break,
-                Some(Ok((id, true))) => made.dirs.push(id),
-                Some(Ok((id, false))) => made.other.push(id),
-                Some(Err(e)) => {
-                    first_error.get_or_insert(e);
-                }
+            if round == 1 {
+                made.moving_out |= still;
             }
         }
-        // (One moved within this directory has just been moved by this heal. One still
-        // here may also be why a name failed: a new object took its old name.)
-        let mut still = false;
-        for (name, id) in moving {
-            match self.healer(s).lookup(dir, name).await {
-                Ok(e) if e.attr.id == id => still = true,
-                Ok(_) => {}
-                Err(e) if gone(e) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        made.moving_out |= still;
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(!still),
-        }
+        result
     }
 
     /// Makes the names of one object on child `s`; the object's id, and whether it is a
@@ -588,7 +596,8 @@ impl Replicate {
             // here with all it holds, which then needs no copying.
             FileKind::Dir if may_move => match to.dir_parent(id).await {
                 Ok((parent, old)) if (parent, old.as_slice()) != (dir, name) => {
-                    self.move_dir(to, id, (parent, &old), (dir, name)).await
+                    self.move_dir(via(sources[0]), to, id, (parent, &old), (dir, name))
+                        .await
                 }
                 _ => to.create(dir, name, &node, None, None).await.map(|_| ()),
             },
@@ -611,6 +620,7 @@ impl Replicate {
     /// end of a pass that could not move it (see `Made::last_try`).
     async fn move_dir(
         &self,
+        good: &Child,
         to: &Child,
         id: FileId,
         from: (FileId, &[u8]),
@@ -626,7 +636,19 @@ impl Replicate {
                     noreplace: true,
                     ..RenameFlags::default()
                 };
-                to.rename(from.0, from.1, at.0, at.1, flags).await
+                match to.rename(from.0, from.1, at.0, at.1, flags).await {
+                    // The name is taken by a directory moved elsewhere too (two that traded
+                    // names): they trade places here as well, and the other is moved on by
+                    // the heal of wherever it belongs.
+                    Err(Errno::EEXIST) if self.moved_away(good, to, at).await? => {
+                        let swap = RenameFlags {
+                            exchange: true,
+                            ..RenameFlags::default()
+                        };
+                        to.rename(from.0, from.1, at.0, at.1, swap).await
+                    }
+                    r => r,
+                }
             }
             Ok(_) => Err(Errno::ESTALE),
             Err(e) => Err(e),
@@ -636,6 +658,27 @@ impl Replicate {
             let _ = to.heal_end(from.0, true).await;
         }
         r
+    }
+
+    /// Whether the copy `to` has at `at` a directory that the good copy `good` has
+    /// elsewhere.
+    async fn moved_away(&self, good: &Child, to: &Child, at: (FileId, &[u8])) -> Result<bool> {
+        let here = match to.lookup(at.0, at.1).await {
+            Ok(e) if e.attr.kind == FileKind::Dir => e.attr.id,
+            Ok(_) => return Ok(false),
+            Err(e) if gone(e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let there = match good.lookup(at.0, at.1).await {
+            Ok(e) => Some(e.attr.id),
+            Err(e) if gone(e) => None,
+            Err(e) => return Err(e),
+        };
+        match good.getattr(here).await {
+            Ok(e) => Ok(e.attr.kind == FileKind::Dir && there != Some(here)),
+            Err(e) if gone(e) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Makes on child `s` the directories from `dir` up that it lacks, as the good copies

@@ -699,6 +699,70 @@ async fn a_file_opens_for_reading_at_once_while_a_copy_of_it_is_being_healed() {
     );
 }
 
+/// Directories that trade names while a copy is down (a rotation in one directory, a swap
+/// between two) are moved on that copy too, whichever heal comes first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_that_trade_names_while_a_copy_is_down_are_moved_there() {
+    use std::os::unix::fs::MetadataExt;
+    let (key, mut b, owned, vol) = replica_3().await;
+    let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let v = vol.root.clone();
+    let (a, c) = (
+        mkdir(&v, FileId::ROOT, "a").await,
+        mkdir(&v, FileId::ROOT, "c").await,
+    );
+    let mut files = Vec::new();
+    for (parent, pname, name) in [(a, "a", "cur"), (a, "a", "new"), (a, "a", "x"), (c, "c", "y")] {
+        let d = mkdir(&v, parent, name).await;
+        file(&v, d, "data", &[(0, pattern(5000, name.len() as u8))]).await;
+        files.push(format!("{pname}/{name}/data"));
+    }
+    let held: Vec<std::fs::File> = files
+        .iter()
+        .map(|p| std::fs::File::open(b[2].dir.path().join(p)).unwrap())
+        .collect();
+
+    b[2].stop();
+    until("the volume to see the third brick down", || !vol.conns[2].is_up()).await;
+    let rename = |p: FileId, n: &'static str, q: FileId, m: &'static str| {
+        let v = v.clone();
+        async move {
+            v.rename(p, n.as_bytes(), q, m.as_bytes(), Default::default())
+                .await
+                .unwrap()
+        }
+    };
+    // a/cur -> a/old, a/new -> a/cur; a/x <-> c/y.
+    rename(a, "cur", a, "old").await;
+    rename(a, "new", a, "cur").await;
+    rename(a, "x", c, "tmp").await;
+    rename(c, "y", a, "x").await;
+    rename(c, "tmp", c, "y").await;
+
+    b[2].start(&key).await;
+    until("the third brick's copy to be healed", || {
+        b.iter().all(|x| x.pending() == 0)
+    })
+    .await;
+    let (t0, t2) = (brick_tree(&key, addrs[0]).await, brick_tree(&key, addrs[2]).await);
+    assert_eq!(t0.keys().collect::<Vec<_>>(), t2.keys().collect::<Vec<_>>());
+    for (path, (e0, _, d0)) in &t0 {
+        let (e2, _, d2) = &t2[path];
+        assert_eq!((e0.attr.id, e0.attr.kind), (e2.attr.id, e2.attr.kind), "{path}");
+        assert!(d0 == d2, "{path}: contents differ");
+    }
+    // Each file is where its directory went, and is the file the copy had.
+    let now = ["a/old/data", "a/cur/data", "c/y/data", "a/x/data"];
+    for ((was, f), new) in files.iter().zip(&held).zip(now) {
+        let ino = std::fs::metadata(b[2].dir.path().join(new)).unwrap().ino();
+        assert_eq!(
+            ino,
+            f.metadata().unwrap().ino(),
+            "{was} was copied again as {new}"
+        );
+    }
+}
+
 /// A directory moved while a copy was down is moved on that copy too, with what it holds:
 /// its files are neither removed there nor copied again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
