@@ -524,7 +524,17 @@ impl Replicate {
                 None => Ok(!still),
             };
             if matches!(result, Ok(true)) {
-                break;
+                // Moves run beside the names made: the copy is listed once more, so that it
+                // is vouched for only as it is.
+                let now = list_dir(self.healer(s), dir).await?;
+                let same = now.len() == want.len()
+                    && now
+                        .iter()
+                        .all(|d| wanted.get(d.name.as_slice()) == Some(&entry_id(d)));
+                if same {
+                    break;
+                }
+                result = Ok(false);
             }
             if round == 1 {
                 made.moving_out |= still;
@@ -594,13 +604,19 @@ impl Replicate {
             }
             // Still under its old name on this copy (moved while the copy was away): moved
             // here with all it holds, which then needs no copying.
-            FileKind::Dir if may_move => match to.dir_parent(id).await {
-                Ok((parent, old)) if (parent, old.as_slice()) != (dir, name) => {
-                    self.move_dir(via(sources[0]), to, id, (parent, &old), (dir, name))
-                        .await
+            FileKind::Dir if may_move => {
+                let one = self.moves.lock().await;
+                match to.dir_parent(id).await {
+                    Ok((parent, old)) if (parent, old.as_slice()) != (dir, name) => {
+                        self.move_dir(via(sources[0]), to, id, (parent, &old), (dir, name))
+                            .await
+                    }
+                    _ => {
+                        drop(one);
+                        to.create(dir, name, &node, None, None).await.map(|_| ())
+                    }
                 }
-                _ => to.create(dir, name, &node, None, None).await.map(|_| ()),
-            },
+            }
             _ => to.create(dir, name, &node, None, None).await.map(|_| ()),
         };
         match r {
@@ -630,29 +646,33 @@ impl Replicate {
         if other {
             to.heal_begin(from.0, true).await?;
         }
-        let r = match to.lookup(from.0, from.1).await {
-            Ok(e) if e.attr.id == id => {
-                let flags = RenameFlags {
-                    noreplace: true,
-                    ..RenameFlags::default()
-                };
-                match to.rename(from.0, from.1, at.0, at.1, flags).await {
-                    // The name is taken by a directory moved elsewhere too (two that traded
-                    // names): they trade places here as well, and the other is moved on by
-                    // the heal of wherever it belongs.
-                    Err(Errno::EEXIST) if self.moved_away(good, to, at).await? => {
-                        let swap = RenameFlags {
-                            exchange: true,
-                            ..RenameFlags::default()
-                        };
-                        to.rename(from.0, from.1, at.0, at.1, swap).await
+        // (In a block of its own: the guard taken above goes on every path.)
+        let r = async {
+            match to.lookup(from.0, from.1).await {
+                Ok(e) if e.attr.id == id => {
+                    let flags = RenameFlags {
+                        noreplace: true,
+                        ..RenameFlags::default()
+                    };
+                    match to.rename(from.0, from.1, at.0, at.1, flags).await {
+                        // The name is taken by a directory moved elsewhere too (two that traded
+                        // names): they trade places here as well, and the other is moved on by
+                        // the heal of wherever it belongs.
+                        Err(Errno::EEXIST) if self.moved_away(good, to, at).await? => {
+                            let swap = RenameFlags {
+                                exchange: true,
+                                ..RenameFlags::default()
+                            };
+                            to.rename(from.0, from.1, at.0, at.1, swap).await
+                        }
+                        r => r,
                     }
-                    r => r,
                 }
+                Ok(_) => Err(Errno::ESTALE),
+                Err(e) => Err(e),
             }
-            Ok(_) => Err(Errno::ESTALE),
-            Err(e) => Err(e),
-        };
+        }
+        .await;
         if other {
             // (Whether others changed it meanwhile does not matter: nothing was copied.)
             let _ = to.heal_end(from.0, true).await;

@@ -69,6 +69,9 @@ pub struct Replicate {
     /// Under distribute, which removes a directory a rename replaces before the rename
     /// gets here: a rename need not look its target up.
     under_distribute: bool,
+    /// Heals move directories on a copy one at a time (see `heal::move_dir`): a move looks
+    /// a name up, then renames it, and another move must not change it in between.
+    pub(crate) moves: tokio::sync::Mutex<()>,
 }
 
 /// A directory's order, and its changes from this client one at a time (the kernel has a
@@ -96,6 +99,9 @@ pub struct ReplicaHandle {
     failing: AtomicU64,
     /// The child reads go to.
     read_child: AtomicU64,
+    /// Children a read-only open went by because another client was healing them there:
+    /// an fsync through the handle does not mark them (nothing was written through it).
+    skipped: AtomicU64,
     /// Holds the file among those this client changes; its gate orders this handle's
     /// changes against a heal in place.
     ticket: Ticket,
@@ -183,6 +189,7 @@ impl Replicate {
             gives: Arc::default(),
             dirs: Mutex::default(),
             under_distribute,
+            moves: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(crate::heal::keep_healing(Arc::downgrade(&r), heal_wake));
         r
@@ -528,6 +535,7 @@ impl Replicate {
             marked: AtomicU64::new(0),
             failing: AtomicU64::new(closed.iter().fold(0, |m, i| m | bit(*i))),
             read_child: AtomicU64::new(read_child as u64),
+            skipped: AtomicU64::new(0),
             ticket,
         }))
     }
@@ -1153,11 +1161,14 @@ impl Xlator for Replicate {
         let opened = (0..opens.len())
             .filter(|i| opens[*i].is_ok())
             .fold(0, |m, i| m | bit(i));
+        let mut skipped = 0;
         if !busy.is_empty() && !self.quorum(opened) {
             let again = join_all(busy.iter().map(|&i| self.children[i].open(id, flags))).await;
             for (&i, r) in busy.iter().zip(again) {
                 opens[i] = r;
             }
+        } else {
+            skipped = busy.iter().fold(0, |m, i| m | bit(*i));
         }
         let stale = Self::stale_in(&attrs);
         self.noticed(stale);
@@ -1204,6 +1215,7 @@ impl Xlator for Replicate {
         if let Handle::Replica(rh) = &h {
             // A copy made just now holds nothing written before: never read.
             rh.marked.fetch_or(made, Ordering::SeqCst);
+            rh.skipped.store(skipped, Ordering::SeqCst);
         }
         Ok(h)
     }
@@ -1239,9 +1251,11 @@ impl Xlator for Replicate {
 
     async fn fsync(&self, h: &Handle, datasync: bool) -> Result<()> {
         let rh = Self::rh(h)?;
-        self.mutate_open(rh, 0, |_, c, ch| c.fsync(ch, datasync))
-            .await
-            .map(|_| ())
+        self.mutate_open(rh, rh.skipped.load(Ordering::SeqCst), |_, c, ch| {
+            c.fsync(ch, datasync)
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn flush(&self, h: &Handle, lock_owner: u64) -> Result<()> {

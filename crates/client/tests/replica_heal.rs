@@ -671,7 +671,10 @@ async fn a_file_opens_for_reading_at_once_while_a_copy_of_it_is_being_healed() {
         .expect("the open for reading waited for the heal")
         .unwrap();
     assert!(v.read(&h, 0, 100_000).await.unwrap() == want);
+    // (An fsync of it marks nothing: nothing was written through it.)
+    v.fsync(&h, false).await.unwrap();
     v.release(&h).await.unwrap();
+    assert_eq!(b[0].pending(), 0, "the copy being healed was marked");
 
     let writer = tokio::spawn({
         let v = v.clone();

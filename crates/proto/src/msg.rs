@@ -305,7 +305,7 @@ impl Request {
 /// Number of operations in [`Request`]: a header naming an operation at or past this index
 /// asks for something this build does not know (ENOSYS), anything else undecodable is
 /// malformed (EBADMSG).
-pub const REQUEST_OPS: u32 = 39;
+pub const REQUEST_OPS: u32 = 40;
 
 /// The operation index at the start of an encoded request (postcard writes an enum's
 /// variant index first, as a varint).
@@ -407,9 +407,9 @@ mod tests {
 
     #[test]
     fn op_count_matches_the_enum() {
-        let last = Request::Order {
+        let last = Request::OpenNow {
             id: FileId(1),
-            take: true,
+            flags: 0,
         };
         let enc = postcard::to_allocvec(&last).unwrap();
         assert_eq!(op_index(&enc), Some(REQUEST_OPS - 1));
