@@ -4,9 +4,10 @@
 //! (replicate's writes take no locks), so two things keep a copy made meanwhile exact:
 //!
 //! - On the brick being repaired the healer holds a *guard*: other clients' changes to the
-//!   object (or to a directory's entries) and opens of it wait until the heal ends, and the
-//!   guard is only granted once nobody else has the file open and their changes in flight
-//!   have landed. So nothing but the healer writes to that copy meanwhile.
+//!   object (or to a directory's entries) and opens of it wait until the heal ends (an
+//!   `OpenNow` is refused at once instead: a replicated reader opens the other copies),
+//!   and the guard is only granted once nobody else has the file open and their changes in
+//!   flight have landed. So nothing but the healer writes to that copy meanwhile.
 //! - On each good copy the healer *watches* the object: any change another client makes
 //!   to it, from before the watch began to after it ends, is reported at the end, and the
 //!   healer then keeps the pending markers (the copy may have missed that change) and

@@ -10,10 +10,13 @@
 //! 3. copies the good copy onto the stale one: a file's data (holes stay holes), a
 //!    directory's entries (missing names made with their ids, extra ones removed, new objects
 //!    marked so that the same pass heals them too; a directory the copy has under another
-//!    name, moved while it was away, is moved rather than made again), then the
-//!    attributes and xattrs;
+//!    name, moved while it was away, is moved rather than made again: `crate::dirmove`),
+//!    then the attributes and xattrs;
 //! 4. clears exactly the markers it read after taking the guard, unless a watch saw another
 //!    client change a good copy meanwhile: then the markers stay and a later pass redoes it.
+//!
+//! A directory heal that waits for a moved directory to leave it is redone once at the end
+//! of the pass (its last try), after the heal of the directory's new parent.
 //!
 //! The guard and watches belong to the healer's own brick connections, so that this mount's
 //! own requests are held and seen like anyone else's. Copies that each mark another as
@@ -34,7 +37,7 @@ use crate::xlator::{Child, DirCursor, Handle, HealReport, Result};
 use bytes::Bytes;
 use futures_util::future::{join_all, BoxFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use proto::{DirEntry, Entry, Errno, FileId, FileKind, NewNode, RenameFlags, SetAttr, TimeSet};
+use proto::{DirEntry, Entry, Errno, FileId, FileKind, NewNode, SetAttr, TimeSet};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -131,8 +134,23 @@ pub(crate) fn entry_id(d: &DirEntry) -> Option<FileId> {
     d.entry.as_ref().map(|e| e.attr.id)
 }
 
+/// A listing's names and the ids they hold.
+fn names_of(list: &[DirEntry]) -> HashMap<Vec<u8>, Option<FileId>> {
+    list.iter().map(|d| (d.name.clone(), entry_id(d))).collect()
+}
+
+/// The connections a name is made over (`Replicate::add_entry`).
+#[derive(Clone, Copy)]
+pub(crate) enum Via {
+    /// This client's own, for its own change.
+    Own,
+    /// The healer's; `may_move` in a heal of the directory the name is made in, holding
+    /// its guard: a directory the copy has elsewhere is moved there (`crate::dirmove`).
+    Healer { may_move: bool },
+}
+
 impl Replicate {
-    fn healer(&self, i: usize) -> &Child {
+    pub(crate) fn healer(&self, i: usize) -> &Child {
         &self.healers[i].child
     }
 
@@ -231,11 +249,10 @@ impl Replicate {
             match r {
                 Ok(Outcome::Healed) => report.healed += 1,
                 Ok(Outcome::Clean | Outcome::Waiting) => {}
-                Ok(Outcome::Left) if made.moving_out && later.is_some() => {
-                    if let Some(l) = later.as_deref_mut() {
-                        l.push_back(id);
-                    }
-                }
+                Ok(Outcome::Left) if made.moving_out => match later.as_deref_mut() {
+                    Some(l) => l.push_back(id),
+                    None => report.left += 1,
+                },
                 Ok(Outcome::Left) => report.left += 1,
                 Ok(Outcome::SplitBrain) => report.split_brain += 1,
                 Err(e) => {
@@ -385,7 +402,10 @@ impl Replicate {
         let e = good.ok_or(Errno::EIO)?;
         let (from, to) = (self.via(sources[0], gate), self.via(s, gate));
         let whole = match e.attr.kind {
-            FileKind::File => copy_data(id, from, to, e.attr.size, gate).await.map(|_| true)?,
+            FileKind::File => {
+                copy_data(id, from, to, e.attr.size, gate).await?;
+                true
+            }
             FileKind::Dir => self.copy_entries(id, sources, s, made).await?,
             _ => true,
         };
@@ -445,102 +465,144 @@ impl Replicate {
     }
 
     /// A directory's entries: names the good copies lack go, missing ones are made (with
-    /// the same ids) and marked, so that their contents follow. False when a directory
-    /// the good copies moved elsewhere is still here, left for the heal of its new parent
-    /// to move (this directory is then to be healed again).
+    /// the same ids) and marked, so that their contents follow, and a directory the good
+    /// copies moved elsewhere is moved (`crate::dirmove`). False when the copy is not yet
+    /// as the good one lists it (a directory waits to be moved out by the heal of its new
+    /// parent): the directory is healed again, at the end of the pass.
     async fn copy_entries(&self, dir: FileId, sources: &[usize], s: usize, made: &mut Made) -> Result<bool> {
-        let src = sources[0];
-        let want = list_dir(self.healer(src), dir).await?;
-        let wanted: HashMap<&[u8], Option<FileId>> =
-            want.iter().map(|d| (d.name.as_slice(), entry_id(d))).collect();
+        let want = list_dir(self.healer(sources[0]), dir).await?;
+        let wanted = names_of(&want);
         // A second round when the first left something: a name freed by a move in the first
-        // lets the next move through (a rotation: a/cur to a/old, then a/new to a/cur). In
-        // the second round of the pass's last try, what still waits to move out is removed.
-        let mut result = Ok(true);
+        // lets the next move through (a rotation: a/cur to a/old, then a/new to a/cur).
+        let mut result = Ok(false);
         for round in 0..2 {
             let have = list_dir(self.healer(s), dir).await?;
-            let had: HashMap<&[u8], Option<FileId>> =
-                have.iter().map(|d| (d.name.as_slice(), entry_id(d))).collect();
-            let mut moving = Vec::new();
-            for d in &have {
-                if wanted.get(d.name.as_slice()) == Some(&entry_id(d)) {
-                    continue;
-                }
-                // A directory the good copies still have, elsewhere: moved while this copy
-                // was away. Removing it would copy all it holds again; the heal of the
-                // directory it is in now moves it there instead (`move_dir`).
-                if let (FileKind::Dir, Some(id), false) = (d.kind, entry_id(d), made.last_try && round == 1) {
-                    match self.healer(src).getattr(id).await {
-                        Ok(e) if e.attr.kind == FileKind::Dir => {
-                            moving.push((d.name.as_slice(), id));
-                            continue;
-                        }
-                        Ok(_) => {}
-                        Err(e) if gone(e) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-                self.remove_tree(s, dir, &d.name, d.kind, entry_id(d)).await?;
-            }
-            // Missing names, made `PARALLEL` at once; the names of one object (hard links)
-            // one after the other, so that the first makes it and the others link to it.
-            let mut missing: HashMap<FileId, Vec<(&[u8], &Entry)>> = HashMap::new();
-            for d in &want {
-                if had.get(d.name.as_slice()) == Some(&entry_id(d)) {
-                    continue;
-                }
-                let Some(e) = &d.entry else { continue };
-                missing.entry(e.attr.id).or_default().push((d.name.as_slice(), e));
-            }
-            let (mut groups, mut adding) = (missing.into_iter(), FuturesUnordered::new());
-            let mut first_error = None;
-            loop {
-                while adding.len() < PARALLEL {
-                    let Some((id, names)) = groups.next() else { break };
-                    adding.push(self.add_names(dir, id, names, sources, s));
-                }
-                match adding.next().await {
-                    None => break,
-                    Some(Ok((id, true))) => made.dirs.push(id),
-                    Some(Ok((id, false))) => made.other.push(id),
-                    Some(Err(e)) => {
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
-            // (One moved within this directory has just been moved by this heal. One still
-            // here may also be why a name failed: a new object took its old name.)
-            let mut still = false;
-            for (name, id) in moving {
-                match self.healer(s).lookup(dir, name).await {
-                    Ok(e) if e.attr.id == id => still = true,
-                    Ok(_) => {}
-                    Err(e) if gone(e) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            result = match first_error {
-                Some(e) => Err(e),
-                None => Ok(!still),
+            let last = made.last_try && round == 1;
+            let waiting = self.drop_extra(dir, &have, &wanted, sources, s, last).await?;
+            let added = self
+                .add_missing(dir, &want, &names_of(&have), sources, s, made)
+                .await;
+            let still = self.still_here(dir, s, &waiting).await?;
+            result = match added {
+                Err(e) => Err(e),
+                Ok(()) if still => Ok(false),
+                // Moves run beside the names made: the copy is vouched for only as listed.
+                Ok(()) => Ok(names_of(&list_dir(self.healer(s), dir).await?) == wanted),
             };
             if matches!(result, Ok(true)) {
-                // Moves run beside the names made: the copy is listed once more, so that it
-                // is vouched for only as it is.
-                let now = list_dir(self.healer(s), dir).await?;
-                let same = now.len() == want.len()
-                    && now
-                        .iter()
-                        .all(|d| wanted.get(d.name.as_slice()) == Some(&entry_id(d)));
-                if same {
-                    break;
-                }
-                result = Ok(false);
+                break;
             }
             if round == 1 {
                 made.moving_out |= still;
             }
         }
         result
+    }
+
+    /// Removes from child `s` the names in `dir` that the good copies lack, but for the
+    /// directories they have elsewhere (moved while the copy was away): those are left for
+    /// the heal of their new parent to move, and returned. On the pass's `last` try, this
+    /// heal moves them itself, and removes one only if it can never be moved.
+    async fn drop_extra(
+        &self,
+        dir: FileId,
+        have: &[DirEntry],
+        wanted: &HashMap<Vec<u8>, Option<FileId>>,
+        sources: &[usize],
+        s: usize,
+        last: bool,
+    ) -> Result<Vec<(Vec<u8>, FileId)>> {
+        let mut waiting = Vec::new();
+        for d in have {
+            if wanted.get(&d.name) == Some(&entry_id(d)) {
+                continue;
+            }
+            if let Some(id) = self.moved_dir(d, sources[0]).await? {
+                match last {
+                    false => {
+                        waiting.push((d.name.clone(), id));
+                        continue;
+                    }
+                    true => match self.move_out(id, dir, &d.name, sources, s).await {
+                        Ok(()) => continue,
+                        Err(e) if crate::dirmove::cannot_move(e) => {}
+                        Err(e) => {
+                            tracing::debug!(%id, child = s, "a moved directory waits for a later pass: {e}");
+                            waiting.push((d.name.clone(), id));
+                            continue;
+                        }
+                    },
+                }
+            }
+            self.remove_tree(s, dir, &d.name, d.kind, entry_id(d)).await?;
+        }
+        Ok(waiting)
+    }
+
+    /// The id of `d` if it is a directory that the good copy `src` has (elsewhere).
+    async fn moved_dir(&self, d: &DirEntry, src: usize) -> Result<Option<FileId>> {
+        let (FileKind::Dir, Some(id)) = (d.kind, entry_id(d)) else {
+            return Ok(None);
+        };
+        match self.healer(src).getattr(id).await {
+            Ok(e) if e.attr.kind == FileKind::Dir => Ok(Some(id)),
+            Ok(_) => Ok(None),
+            Err(e) if gone(e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes on child `s` the names in `dir` it lacks (`had` is what it has), `PARALLEL`
+    /// at once; the names of one object (hard links) one after the other, so that the
+    /// first makes it and the others link to it. The first error, once all were tried.
+    async fn add_missing(
+        &self,
+        dir: FileId,
+        want: &[DirEntry],
+        had: &HashMap<Vec<u8>, Option<FileId>>,
+        sources: &[usize],
+        s: usize,
+        made: &mut Made,
+    ) -> Result<()> {
+        let mut missing: HashMap<FileId, Vec<(&[u8], &Entry)>> = HashMap::new();
+        for d in want {
+            if had.get(&d.name) == Some(&entry_id(d)) {
+                continue;
+            }
+            let Some(e) = &d.entry else { continue };
+            missing.entry(e.attr.id).or_default().push((d.name.as_slice(), e));
+        }
+        let (mut groups, mut adding) = (missing.into_iter(), FuturesUnordered::new());
+        let mut first_error = None;
+        loop {
+            while adding.len() < PARALLEL {
+                let Some((id, names)) = groups.next() else { break };
+                adding.push(self.add_names(dir, id, names, sources, s));
+            }
+            match adding.next().await {
+                None => break,
+                Some(Ok((id, true))) => made.dirs.push(id),
+                Some(Ok((id, false))) => made.other.push(id),
+                Some(Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Whether child `s` still has in `dir` one of the directories `waiting` to move out.
+    /// (One may also be why a name failed: a new object took its old name.)
+    async fn still_here(&self, dir: FileId, s: usize, waiting: &[(Vec<u8>, FileId)]) -> Result<bool> {
+        for (name, id) in waiting {
+            match self.healer(s).lookup(dir, name).await {
+                Ok(e) if e.attr.id == *id => return Ok(true),
+                Ok(_) => {}
+                Err(e) if gone(e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
     }
 
     /// Makes the names of one object on child `s`; the object's id, and whether it is a
@@ -555,15 +617,14 @@ impl Replicate {
     ) -> Result<(FileId, bool)> {
         let is_dir = names.first().is_some_and(|(_, e)| e.attr.kind == FileKind::Dir);
         for (name, e) in names {
-            self.add_entry(dir, name, e, sources, s, false, true).await?;
+            self.add_entry(dir, name, e, sources, s, Via::Healer { may_move: true })
+                .await?;
         }
         Ok((id, is_dir))
     }
 
-    /// Makes `name` in `dir` on child `s`, as `e` on the good copies `sources`: over the
-    /// healer's connections, or (`own`) over this client's. With `may_move` (a heal of
-    /// `dir`, holding its guard), a directory the copy has elsewhere is moved here.
-    #[allow(clippy::too_many_arguments)]
+    /// Makes `name` in `dir` on child `s`, as `e` on the good copies `sources`, over the
+    /// connections `over`.
     pub(crate) async fn add_entry(
         &self,
         dir: FileId,
@@ -571,12 +632,11 @@ impl Replicate {
         e: &Entry,
         sources: &[usize],
         s: usize,
-        own: bool,
-        may_move: bool,
+        over: Via,
     ) -> Result<()> {
-        let via = |i: usize| match own {
-            true => &self.children[i],
-            false => self.healer(i),
+        let via = |i: usize| match over {
+            Via::Own => &self.children[i],
+            Via::Healer { .. } => self.healer(i),
         };
         let to = via(s);
         let id = e.attr.id;
@@ -604,17 +664,19 @@ impl Replicate {
             }
             // Still under its old name on this copy (moved while the copy was away): moved
             // here with all it holds, which then needs no copying.
-            FileKind::Dir if may_move => {
+            FileKind::Dir if matches!(over, Via::Healer { may_move: true }) => {
                 let one = self.moves.lock().await;
                 match to.dir_parent(id).await {
                     Ok((parent, old)) if (parent, old.as_slice()) != (dir, name) => {
-                        self.move_dir(via(sources[0]), to, id, (parent, &old), (dir, name))
-                            .await
+                        let (from, at) = ((parent, old.as_slice()), (dir, name));
+                        self.move_dir(via(sources[0]), to, id, from, at, dir).await
                     }
-                    _ => {
+                    Ok(_) => Ok(()),
+                    Err(e) if gone(e) => {
                         drop(one);
                         to.create(dir, name, &node, None, None).await.map(|_| ())
                     }
+                    Err(e) => Err(e),
                 }
             }
             _ => to.create(dir, name, &node, None, None).await.map(|_| ()),
@@ -626,79 +688,6 @@ impl Replicate {
             Err(e) => return Err(e),
         }
         Ok(())
-    }
-
-    /// Moves directory `id` on the copy `to` from `from` into `at`, whose guard this heal
-    /// holds. The guard of the directory it leaves is taken too, without waiting (EBUSY:
-    /// another heal has it, and this one is left for later), so that two heals never wait
-    /// on each other, and so that the name still holds `id` when it moves. Nothing is
-    /// removed when the move fails: the heal of the directory it is in removes it at the
-    /// end of a pass that could not move it (see `Made::last_try`).
-    async fn move_dir(
-        &self,
-        good: &Child,
-        to: &Child,
-        id: FileId,
-        from: (FileId, &[u8]),
-        at: (FileId, &[u8]),
-    ) -> Result<()> {
-        let other = from.0 != at.0;
-        if other {
-            to.heal_begin(from.0, true).await?;
-        }
-        // (In a block of its own: the guard taken above goes on every path.)
-        let r = async {
-            match to.lookup(from.0, from.1).await {
-                Ok(e) if e.attr.id == id => {
-                    let flags = RenameFlags {
-                        noreplace: true,
-                        ..RenameFlags::default()
-                    };
-                    match to.rename(from.0, from.1, at.0, at.1, flags).await {
-                        // The name is taken by a directory moved elsewhere too (two that traded
-                        // names): they trade places here as well, and the other is moved on by
-                        // the heal of wherever it belongs.
-                        Err(Errno::EEXIST) if self.moved_away(good, to, at).await? => {
-                            let swap = RenameFlags {
-                                exchange: true,
-                                ..RenameFlags::default()
-                            };
-                            to.rename(from.0, from.1, at.0, at.1, swap).await
-                        }
-                        r => r,
-                    }
-                }
-                Ok(_) => Err(Errno::ESTALE),
-                Err(e) => Err(e),
-            }
-        }
-        .await;
-        if other {
-            // (Whether others changed it meanwhile does not matter: nothing was copied.)
-            let _ = to.heal_end(from.0, true).await;
-        }
-        r
-    }
-
-    /// Whether the copy `to` has at `at` a directory that the good copy `good` has
-    /// elsewhere.
-    async fn moved_away(&self, good: &Child, to: &Child, at: (FileId, &[u8])) -> Result<bool> {
-        let here = match to.lookup(at.0, at.1).await {
-            Ok(e) if e.attr.kind == FileKind::Dir => e.attr.id,
-            Ok(_) => return Ok(false),
-            Err(e) if gone(e) => return Ok(false),
-            Err(e) => return Err(e),
-        };
-        let there = match good.lookup(at.0, at.1).await {
-            Ok(e) => Some(e.attr.id),
-            Err(e) if gone(e) => None,
-            Err(e) => return Err(e),
-        };
-        match good.getattr(here).await {
-            Ok(e) => Ok(e.attr.kind == FileKind::Dir && there != Some(here)),
-            Err(e) if gone(e) => Ok(false),
-            Err(e) => Err(e),
-        }
     }
 
     /// Makes on child `s` the directories from `dir` up that it lacks, as the good copies
@@ -717,7 +706,7 @@ impl Replicate {
             if e.attr.id != id {
                 return Err(Errno::ESTALE); // renamed meanwhile
             }
-            self.add_entry(parent, &name, &e, sources, s, true, false).await?;
+            self.add_entry(parent, &name, &e, sources, s, Via::Own).await?;
             self.wake_healer();
         }
         Ok(())
@@ -739,7 +728,7 @@ impl Replicate {
             return Ok(false);
         }
         self.make_dirs_above(parent, sources, s).await?;
-        self.add_entry(parent, name, e, sources, s, true, false).await?;
+        self.add_entry(parent, name, e, sources, s, Via::Own).await?;
         // What was made is marked for its contents: a pass that went by it already would
         // otherwise leave it for the next sweep.
         self.wake_healer();

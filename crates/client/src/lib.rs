@@ -6,6 +6,7 @@
 
 pub mod conn;
 mod dirheal;
+mod dirmove;
 pub mod distribute;
 pub mod gate;
 mod heal;

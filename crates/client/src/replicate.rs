@@ -69,7 +69,7 @@ pub struct Replicate {
     /// Under distribute, which removes a directory a rename replaces before the rename
     /// gets here: a rename need not look its target up.
     under_distribute: bool,
-    /// Heals move directories on a copy one at a time (see `heal::move_dir`): a move looks
+    /// Heals move directories on a copy one at a time (see `crate::dirmove`): a move looks
     /// a name up, then renames it, and another move must not change it in between.
     pub(crate) moves: tokio::sync::Mutex<()>,
 }
@@ -1158,11 +1158,11 @@ impl Xlator for Replicate {
         let busy: Vec<usize> = (0..opens.len())
             .filter(|i| matches!(opens[*i], Err(Errno::EBUSY)))
             .collect();
-        let opened = (0..opens.len())
+        let answered = (0..opens.len())
             .filter(|i| opens[*i].is_ok())
             .fold(0, |m, i| m | bit(i));
         let mut skipped = 0;
-        if !busy.is_empty() && !self.quorum(opened) {
+        if !busy.is_empty() && !self.quorum(answered) {
             let again = join_all(busy.iter().map(|&i| self.children[i].open(id, flags))).await;
             for (&i, r) in busy.iter().zip(again) {
                 opens[i] = r;

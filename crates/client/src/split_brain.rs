@@ -11,7 +11,7 @@
 //! and the directory stays in split brain until one of them is renamed or removed on its
 //! brick.
 
-use crate::heal::{copy_meta, counter, entry_id, gone, list_dir, LIST_MAX};
+use crate::heal::{copy_meta, counter, entry_id, gone, list_dir, Via, LIST_MAX};
 use crate::replicate::{bit, pending_key, pending_mask, Replicate};
 use crate::xlator::Result;
 use futures_util::future::join_all;
@@ -204,7 +204,8 @@ impl Replicate {
                             clashes.insert(String::from_utf8_lossy(&d.name).into_owned());
                         }
                         (None, Some(e)) => {
-                            self.add_entry(dir, &d.name, e, &[j], i, false, false).await?;
+                            let over = Via::Healer { may_move: false };
+                            self.add_entry(dir, &d.name, e, &[j], i, over).await?;
                             names[a].insert(d.name.clone(), entry_id(d));
                             made += 1;
                         }
