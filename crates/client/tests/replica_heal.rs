@@ -202,6 +202,22 @@ fn same_copies(a: &Tree, b: &Tree) {
     }
 }
 
+/// `same_copies` but for times and owners: a file no heal touched keeps the times its own
+/// brick gave it.
+fn agree_but_times(a: &Tree, b: &Tree) {
+    assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (path, (ea, xa, da)) in a {
+        let (eb, xb, db) = &b[path];
+        let (p, q) = (&ea.attr, &eb.attr);
+        assert_eq!(
+            (p.id, p.kind, p.perm, p.nlink, p.size, &ea.meta, xa),
+            (q.id, q.kind, q.perm, q.nlink, q.size, &eb.meta, xb),
+            "{path}"
+        );
+        assert!(da == db, "{path}: contents differ");
+    }
+}
+
 /// Three bricks in this process and a replica 3 volume over them.
 async fn replica_3() -> (ClusterKey, Vec<TestBrick>, Vec<String>, Volume) {
     replica(3).await
@@ -800,13 +816,10 @@ async fn directories_that_trade_names_while_a_copy_is_down_are_moved_there() {
         b.iter().all(|x| x.pending() == 0)
     })
     .await;
-    let (t0, t2) = (brick_tree(&key, addrs[0]).await, brick_tree(&key, addrs[2]).await);
-    assert_eq!(t0.keys().collect::<Vec<_>>(), t2.keys().collect::<Vec<_>>());
-    for (path, (e0, _, d0)) in &t0 {
-        let (e2, _, d2) = &t2[path];
-        assert_eq!((e0.attr.id, e0.attr.kind), (e2.attr.id, e2.attr.kind), "{path}");
-        assert!(d0 == d2, "{path}: contents differ");
-    }
+    agree_but_times(
+        &brick_tree(&key, addrs[0]).await,
+        &brick_tree(&key, addrs[2]).await,
+    );
     // Each file is where its directory went, and is the file the copy had.
     let now = ["a/old/data", "a/cur/data", "c/y/data", "a/x/data"];
     for ((was, f), new) in files.iter().zip(&held).zip(now) {
@@ -862,19 +875,8 @@ async fn a_directory_moved_while_a_copy_was_down_is_moved_there_not_copied_again
         b.iter().all(|x| x.pending() == 0)
     })
     .await;
-    let (t0, t2) = (brick_tree(&key, addrs[0]).await, brick_tree(&key, addrs[2]).await);
-    // (Not `same_copies`: a file no heal touched keeps the times its own brick gave it.)
-    assert_eq!(t0.keys().collect::<Vec<_>>(), t2.keys().collect::<Vec<_>>());
-    for (path, (e0, x0, d0)) in &t0 {
-        let (e2, x2, d2) = &t2[path];
-        let (p, q) = (&e0.attr, &e2.attr);
-        assert_eq!(
-            (p.id, p.kind, p.perm, p.nlink, p.size, &e0.meta, x0),
-            (q.id, q.kind, q.perm, q.nlink, q.size, &e2.meta, x2),
-            "{path}"
-        );
-        assert!(d0 == d2, "{path}: contents differ");
-    }
+    let t2 = brick_tree(&key, addrs[2]).await;
+    agree_but_times(&brick_tree(&key, addrs[0]).await, &t2);
     assert!(t2.contains_key("/b/e/new") && t2.contains_key("/a/d") && !t2.contains_key("/b/e/f0"));
     // The files the copy had are the same files, under their new names.
     let ino = |p: &str| std::fs::metadata(b[2].dir.path().join(p)).unwrap().ino();
