@@ -676,6 +676,20 @@ fn sweep(prefix: &str) {
     }
 }
 
+/// The address watchdogs of the sandbox's `nodes` daemons that are running.
+fn watchdogs(dir: &Path, nodes: usize) -> Vec<u32> {
+    (0..nodes)
+        .filter_map(|pnn| {
+            let file = dir.join(format!("node{pnn}")).join("state").join("watchdog.pid");
+            std::fs::read_to_string(file).ok()?.trim().parse().ok()
+        })
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"watchdog"))
+        })
+        .collect()
+}
+
 fn kill_all(pids: &[u32]) {
     for &p in pids {
         // SAFETY: kill(2) on PIDs this sandbox recorded.
@@ -702,7 +716,15 @@ pub fn down(dir: &Path) -> Result<()> {
         let _ = crate::cmd_mount::umount(m, true);
     }
     kill_all(&st.mount_pid.into_iter().collect::<Vec<_>>());
+    // Found while their daemons live (a PID read later might be someone else's by then).
+    let dogs = watchdogs(&dir, st.daemons.len());
     kill_all(&st.daemons);
+    // Each gives its node's addresses back once its daemon is gone, then ends.
+    let end = Instant::now() + Duration::from_secs(5);
+    while dogs.iter().any(|p| alive(*p)) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill_all(&dogs.into_iter().filter(|p| alive(*p)).collect::<Vec<_>>());
     for ns in &st.netns {
         let _ = sh("ip", &["netns", "del", ns]);
     }
