@@ -692,12 +692,13 @@ async fn a_file_opens_for_reading_at_once_while_a_copy_of_it_is_being_healed() {
     v.release(&h).await.unwrap();
     assert_eq!(b[0].pending(), 0, "the copy being healed was marked");
 
-    let writer = tokio::spawn({
+    let mut writer = tokio::spawn({
         let v = v.clone();
         async move { v.open(id, libc::O_RDWR as u32).await }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!writer.is_finished(), "an open for writing went by the heal");
+    // (Bounded: it must not finish at all while the guard is held.)
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut writer).await;
+    assert!(early.is_err(), "an open for writing went by the heal");
     healer.root.heal_end(id, true).await.unwrap();
     let h = tokio::time::timeout(Duration::from_secs(5), writer)
         .await

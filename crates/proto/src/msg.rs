@@ -154,7 +154,8 @@ pub enum Request {
     /// Healing (replicate). With `guard`, the sender is about to repair this brick's copy of
     /// `id`: refused with EBUSY while another connection has the file open or heals it too;
     /// until `HealEnd`, other clients' changes to it (and, for a directory, to its entries)
-    /// and opens of it wait. Without `guard`, a good copy is watched: `HealEnd` tells
+    /// and opens of it wait (an `OpenNow` gets EBUSY at once). Without `guard`, a good copy
+    /// is watched: `HealEnd` tells
     /// whether another client changed it meanwhile.
     HealBegin {
         id: FileId,
