@@ -278,18 +278,23 @@ impl Distribute {
             Err(e) => return Err(e),
         };
         if flags.exchange {
-            // Exchanging across children would need both data files to swap places; only
-            // same-child exchanges are atomic here.
+            // Exchanging files across children would need both data files to swap places;
+            // only same-child exchanges are atomic here. Two directories, on every child,
+            // trade names on each; a directory and a file cannot (the directory would keep
+            // its name on the children without the file).
+            let is_dir = |e: &Entry| e.attr.kind == FileKind::Dir;
             match &dst {
-                Some((dh, dd, _)) if *dd == src_d && *dh == src_h && src_h == src_d => {
-                    return self.children[src_d]
-                        .rename(parent, name, new_parent, new_name, flags)
+                None => return Err(Errno::ENOENT),
+                Some((_, _, d)) if is_dir(&src) && is_dir(d) => {
+                    return self
+                        .rename_dir(src_h, parent, name, new_parent, new_name, flags)
                         .await
                 }
-                None => return Err(Errno::ENOENT),
-                _ if src.attr.kind == FileKind::Dir => {
-                    return self
-                        .on_all_dirs(src_h, |c| c.rename(parent, name, new_parent, new_name, flags))
+                Some((dh, dd, d))
+                    if *dd == src_d && *dh == src_h && src_h == src_d && !is_dir(&src) && !is_dir(d) =>
+                {
+                    return self.children[src_d]
+                        .rename(parent, name, new_parent, new_name, flags)
                         .await
                 }
                 _ => return Err(Errno::EXDEV),
@@ -315,7 +320,7 @@ impl Distribute {
                 // that no child keeps it while the others take the new directory.
                 self.rmdir_held(new_parent, new_name).await?;
                 let moved = self
-                    .on_all_dirs(src_h, |c| c.rename(parent, name, new_parent, new_name, flags))
+                    .rename_dir(src_h, parent, name, new_parent, new_name, flags)
                     .await;
                 if moved.is_err() {
                     // The rename failed: the target comes back (same id).
@@ -331,7 +336,7 @@ impl Distribute {
                 return moved;
             }
             return self
-                .on_all_dirs(src_h, |c| c.rename(parent, name, new_parent, new_name, flags))
+                .rename_dir(src_h, parent, name, new_parent, new_name, flags)
                 .await;
         }
         let new_h = self.hashed(new_parent, new_name);
@@ -395,6 +400,76 @@ impl Distribute {
             let _ = self.children[src_h].unlink(parent, name).await;
         }
         Ok(())
+    }
+
+    /// A directory's rename (or exchange with another directory) on every child, all or
+    /// nothing: a child left with the old name would answer for it wherever that name
+    /// hashes (and in listings, from child 0), and nothing would notice. The others go
+    /// first and the hashed child, which answers for the name, last; if any of them
+    /// fails, those renamed go back and the rename fails, so a directory is not renamed
+    /// while a child is down (GlusterFS refuses it too). A child that lacks the directory
+    /// (it missed its mkdir) is left out: it is made there, under the new name, when
+    /// met. One that lacks a parent answers ESTALE, which heals the parents and tries
+    /// again (`healing`).
+    async fn rename_dir(
+        &self,
+        hashed: usize,
+        parent: FileId,
+        name: &[u8],
+        new_parent: FileId,
+        new_name: &[u8],
+        flags: RenameFlags,
+    ) -> Result<()> {
+        if let Some(i) = (0..self.children.len()).find(|&i| !self.children[i].is_up()) {
+            tracing::debug!(child = i, "directory rename refused: the child is down");
+            return Err(Errno::ENOTCONN);
+        }
+        let others: Vec<usize> = (0..self.children.len()).filter(|i| *i != hashed).collect();
+        let results = join_all(
+            others
+                .iter()
+                .map(|&i| self.children[i].rename(parent, name, new_parent, new_name, flags)),
+        )
+        .await;
+        let mut renamed = Vec::new();
+        let mut failure = None;
+        for (&i, r) in others.iter().zip(results) {
+            match r {
+                Ok(()) => renamed.push(i),
+                Err(Errno::ENOENT) => tracing::debug!(child = i, "directory rename: the child lacks it"),
+                Err(e) => failure = failure.or(Some(e)),
+            }
+        }
+        let failure = match failure {
+            Some(e) => e,
+            None => match self.children[hashed]
+                .rename(parent, name, new_parent, new_name, flags)
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            },
+        };
+        // An exchange is undone by itself; a rename back must not replace anything.
+        let back = match flags.exchange {
+            true => flags,
+            false => RenameFlags {
+                noreplace: true,
+                ..RenameFlags::default()
+            },
+        };
+        let undone = join_all(
+            renamed
+                .iter()
+                .map(|&i| self.children[i].rename(new_parent, new_name, parent, name, back)),
+        )
+        .await;
+        for (&i, r) in renamed.iter().zip(undone) {
+            if let Err(e) = r {
+                tracing::warn!(child = i, "cannot undo a failed directory rename there: {e}");
+            }
+        }
+        Err(failure)
     }
 
     /// A directory's removal from every child, its name held.

@@ -280,6 +280,12 @@ impl Xlator for Stripe {
             .hold_over(&[(parent, name), (new_parent, new_name)], (new_parent, new_name))
             .await?;
         let r = async {
+            // Every child holds a share of the object under its name: a rename on some
+            // only would split it. None starts while a child is down; the first decides
+            // (it may refuse); if another then fails, the ones renamed go back.
+            if !self.is_up() {
+                return Err(Errno::ENOTCONN);
+            }
             self.children[0]
                 .rename(parent, name, new_parent, new_name, flags)
                 .await?;
@@ -289,7 +295,30 @@ impl Xlator for Stripe {
                     .map(|c| c.rename(parent, name, new_parent, new_name, flags)),
             )
             .await;
-            Self::all(rest).map(|_| ())
+            let Some(failure) = rest.iter().find_map(|r| r.as_ref().err().copied()) else {
+                return Ok(());
+            };
+            // An exchange is undone by itself; a rename back must not replace anything.
+            let back = match flags.exchange {
+                true => flags,
+                false => RenameFlags {
+                    noreplace: true,
+                    ..RenameFlags::default()
+                },
+            };
+            let renamed = std::iter::once(0).chain((1..self.children.len()).filter(|&i| rest[i - 1].is_ok()));
+            for i in renamed {
+                if let Err(e) = self.children[i]
+                    .rename(new_parent, new_name, parent, name, back)
+                    .await
+                {
+                    tracing::warn!(
+                        child = i,
+                        "cannot undo a rename that failed on another child: {e}"
+                    );
+                }
+            }
+            Err(failure)
         }
         .await;
         held.release().await;
