@@ -6,6 +6,7 @@
 //! and a `linkto` xattr naming the data's child, carrying the file's id. Lookups start at
 //! the hashed child and follow a pointer when they meet one.
 
+use crate::dirattrs::behind;
 use crate::namelock::{self, Layer};
 use crate::xlator::{Child, DirCursor, DirPage, Handle, HealReport, Result, Xlator};
 use async_trait::async_trait;
@@ -91,21 +92,33 @@ impl Distribute {
 
     /// A directory's entry as the volume sees it: its entries are spread over the children,
     /// so its times are the latest of any child's. A child found lacking it gets it again
-    /// (see `crate::dirheal`).
+    /// (see `crate::dirheal`). Where its home counts attribute changes that others missed,
+    /// the home's attributes are the directory's, and the others get them
+    /// (`crate::dirattrs`).
     async fn whole_dir(&self, from: usize, mut e: Entry) -> Entry {
         let id = e.attr.id;
         let others: Vec<usize> = (0..self.children.len()).filter(|i| *i != from).collect();
         let results = join_all(others.iter().map(|&i| self.children[i].getattr(id))).await;
+        let mut home = (behind(&e) > 0).then(|| (from, e.clone()));
         for (&i, r) in others.iter().zip(results) {
             match r {
                 Ok(o) => {
                     e.attr.mtime = e.attr.mtime.max(o.attr.mtime);
                     e.attr.ctime = e.attr.ctime.max(o.attr.ctime);
                     e.attr.atime = e.attr.atime.max(o.attr.atime);
+                    if home.is_none() && behind(&o) > 0 {
+                        home = Some((i, o));
+                    }
                 }
                 Err(Errno::ENOENT | Errno::ESTALE) => self.heal_on_lookup(id, i).await,
                 Err(_) => {}
             }
+        }
+        if let Some((h, he)) = home {
+            let a = &he.attr;
+            (e.attr.perm, e.attr.uid, e.attr.gid) = (a.perm, a.uid, a.gid);
+            (e.attr.atime, e.attr.mtime, e.attr.ctime) = (a.atime, a.mtime, a.ctime);
+            self.heal_dir_attrs(id, h, &he).await;
         }
         e
     }
@@ -420,10 +433,7 @@ impl Distribute {
         new_name: &[u8],
         flags: RenameFlags,
     ) -> Result<()> {
-        if let Some(i) = (0..self.children.len()).find(|&i| !self.children[i].is_up()) {
-            tracing::debug!(child = i, "directory rename refused: the child is down");
-            return Err(Errno::ENOTCONN);
-        }
+        self.all_up("directory rename")?;
         let others: Vec<usize> = (0..self.children.len()).filter(|i| *i != hashed).collect();
         let results = join_all(
             others
@@ -658,6 +668,18 @@ impl Distribute {
         }
     }
 
+    /// ENOTCONN if a child is down: for the changes of a directory that no heal would
+    /// bring to it afterwards.
+    fn all_up(&self, what: &str) -> Result<()> {
+        match (0..self.children.len()).find(|&i| !self.children[i].is_up()) {
+            Some(i) => {
+                tracing::debug!(child = i, "{what} refused: the child is down");
+                Err(Errno::ENOTCONN)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Runs a directory change on every child, the hashed one first (it answers for the
     /// directory), then the rest together.
     async fn on_all_dirs<'a, T, F, Fut>(&'a self, first: usize, f: F) -> Result<T>
@@ -704,7 +726,7 @@ impl Xlator for Distribute {
         }
         let (c, e) = self.locate_one(id).await?;
         if e.attr.kind == FileKind::Dir {
-            return self.on_all_dirs(c, |ch| ch.setattr(id, None, set)).await;
+            return self.change_dir(id, c, |ch| ch.setattr(id, None, set)).await;
         }
         self.children[c].setattr(id, None, set).await
     }
@@ -823,7 +845,7 @@ impl Xlator for Distribute {
         let (c, e) = self.locate_one(id).await?;
         if e.attr.kind == FileKind::Dir {
             return self
-                .on_all_dirs(c, |ch| ch.setxattr(id, name, value, flags))
+                .change_dir(id, c, |ch| ch.setxattr(id, name, value, flags))
                 .await;
         }
         self.children[c].setxattr(id, name, value, flags).await
@@ -836,7 +858,7 @@ impl Xlator for Distribute {
     async fn removexattr(&self, id: FileId, name: &[u8]) -> Result<()> {
         let (c, e) = self.locate_one(id).await?;
         if e.attr.kind == FileKind::Dir {
-            return self.on_all_dirs(c, |ch| ch.removexattr(id, name)).await;
+            return self.change_dir(id, c, |ch| ch.removexattr(id, name)).await;
         }
         self.children[c].removexattr(id, name).await
     }

@@ -5,6 +5,7 @@
 //! children. Front ends (FUSE, NFS) talk to the root of the tree.
 
 pub mod conn;
+mod dirattrs;
 mod dirheal;
 mod dirmove;
 pub mod distribute;

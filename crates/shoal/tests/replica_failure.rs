@@ -2,8 +2,9 @@
 //! bricks mark every file changed meanwhile as pending for the dead one, and the mount heals
 //! it once it is back, also a file held open and written all along. Without a quorum, writes
 //! are refused rather than allowed to diverge. Distribute makes again, on a brick that was
-//! down, the directories made meanwhile; distribute and stripe rename a directory on every
-//! brick or on none.
+//! down, the directories made meanwhile, and gives it the attribute changes of
+//! directories it missed; distribute and stripe rename a directory on every brick or on
+//! none.
 
 mod common;
 
@@ -137,7 +138,7 @@ fn on_every_brick(b: &Bricks, names: &[&str]) {
 }
 
 #[test]
-fn distribute_renames_a_directory_on_every_brick_or_on_none() {
+fn distribute_changes_a_directory_on_every_brick_or_on_none() {
     if !require_root() {
         return;
     }
@@ -149,18 +150,67 @@ fn distribute_renames_a_directory_on_every_brick_or_on_none() {
         std::fs::write(m.path(&format!("dir/sub/f{i}")), pattern(i, 1000)).unwrap();
     }
     on_every_brick(&b, &["dir"]);
-    // With a brick down the rename is refused, and nothing has moved anywhere.
-    b.kill(2);
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    let dir = b.bricks[0].path.join("dir");
+    let dir_id = proto::FileId::from_bytes(&xattr_of(&dir, "trusted.shoal.id").unwrap()).unwrap();
+    // `sub`'s home, where its name hashes, answers for its attributes.
+    let home = layout::pick(layout::hash_name(dir_id, b"sub"), 3);
+    let away = (home + 1) % 3;
+    let sub = m.path("dir/sub");
+    let behind = |b: &Bricks| xattr_of(&b.bricks[home].path.join("dir/sub"), "trusted.shoal.dir-behind");
+    // With a brick down no directory is renamed: nothing moves anywhere.
+    b.kill(away);
     let err = std::fs::rename(m.path("dir"), m.path("moved")).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
-    for br in &b.bricks[..2] {
-        assert_eq!(names_in(&br.path), ["dir"]);
+    for (i, br) in b.bricks.iter().enumerate().filter(|(i, _)| *i != away) {
+        assert_eq!(names_in(&br.path), ["dir"], "brick {i}");
     }
-    b.restart(2);
+    // A directory's attributes change on its home and the others up; the home counts
+    // the change the brick down missed.
+    std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&sub, Some(1234), None).unwrap();
+    rustix::fs::setxattr(&sub, "user.colour", b"blue", rustix::fs::XattrFlags::empty()).unwrap();
+    sh(&format!("touch -m -d @1000000000 {}", sub.display()));
+    let changed = |p: &std::path::Path| {
+        let md = std::fs::metadata(p).unwrap();
+        md.mode() & 0o7777 == 0o700
+            && md.uid() == 1234
+            && md.mtime() == 1_000_000_000
+            && xattr_of(p, "user.colour").as_deref() == Some(&b"blue"[..])
+    };
+    for (i, br) in b.bricks.iter().enumerate().filter(|(i, _)| *i != away) {
+        assert!(changed(&br.path.join("dir/sub")), "brick {i}");
+    }
+    assert!(behind(&b).is_some());
+    b.restart(away);
     wait_for(
-        "the mount to reach brick 2 again",
+        "the mount to reach the brick again",
         Duration::from_secs(10),
-        || reaches(&m, 2, 3),
+        || reaches(&m, away, 3),
+    );
+    // A fresh mount looks it up: it answers with the home's attributes, and the brick
+    // that missed them gets them.
+    let m2 = b.mount(&spec, "b");
+    assert!(changed(&m2.path("dir/sub")));
+    wait_for(
+        "the brick that was down to get the directory's attributes",
+        Duration::from_secs(10),
+        || changed(&b.bricks[away].path.join("dir/sub")) && behind(&b).is_none(),
+    );
+    drop(m2);
+    // With its home down, a directory's attributes do not change.
+    b.kill(home);
+    let err = std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    for (i, br) in b.bricks.iter().enumerate().filter(|(i, _)| *i != home) {
+        assert_eq!(mode(&br.path.join("dir/sub")), 0o700, "brick {i}");
+    }
+    b.restart(home);
+    wait_for(
+        "the mount to reach the brick again",
+        Duration::from_secs(10),
+        || reaches(&m, home, 3),
     );
     for br in &b.bricks {
         for n in names_in(&br.path).iter().filter(|n| n.starts_with("probe-")) {
@@ -187,10 +237,10 @@ fn distribute_renames_a_directory_on_every_brick_or_on_none() {
     // With every brick up it is renamed on each, and a fresh mount finds everything.
     std::fs::rename(m.path("dir"), m.path("moved")).unwrap();
     on_every_brick(&b, &["moved"]);
-    let m2 = b.mount(&spec, "b");
-    assert_eq!(std::fs::read_dir(m2.path("moved/sub")).unwrap().count(), 30);
+    let m3 = b.mount(&spec, "c");
+    assert_eq!(std::fs::read_dir(m3.path("moved/sub")).unwrap().count(), 30);
     for i in 0..30 {
-        assert!(std::fs::read(m2.path(&format!("moved/sub/f{i}"))).unwrap() == pattern(i, 1000));
+        assert!(std::fs::read(m3.path(&format!("moved/sub/f{i}"))).unwrap() == pattern(i, 1000));
     }
 }
 
