@@ -4,27 +4,44 @@
 //!
 //! A change goes to the home first, and is refused while it is down; then to the others.
 //! One that misses another child (down, or failing) is counted on the home's copy
-//! (`dir-behind`). Whoever next looks the directory up sees the count in the home's entry
-//! (a lookup asks every child for the directory anyway), answers with the home's
-//! attributes, gives them and its extended attributes to every other child, and takes
-//! the count off. Without it a child that missed a `chmod 700` went on answering 0755 to
-//! whoever asked it, and a missed `setfattr` was read back from it.
+//! (`dir-behind`, and `dir-times-behind` for a change of times). Whoever next looks the
+//! directory up sees the count (a lookup asks every child for the directory anyway),
+//! answers with the home's mode and owner, gives them and its extended attributes (and
+//! its times, to copies not changed since) to every other child, and takes the count off.
+//! Without it a child that missed a `chmod 700` went on answering 0755 to whoever asked
+//! it, and a missed `setfattr` was read back from it.
 
-use crate::distribute::Distribute;
+use crate::distribute::{Distribute, HEAL_RETRY};
 use crate::heal::gone;
 use crate::xlator::{Child, Result};
 use futures_util::future::join_all;
-use proto::{Entry, Errno, FileId, SetAttr, TimeSet};
+use proto::{Attr, Entry, Errno, FileId, SetAttr, TimeSet, Timespec};
+use std::time::Instant;
 
 /// Changes of a directory's attributes that some child missed, counted on the home's copy.
-pub(crate) const DIR_BEHIND: &str = "dir-behind";
+const DIR_BEHIND: &str = "dir-behind";
+/// Those of them that changed its times.
+const DIR_TIMES_BEHIND: &str = "dir-times-behind";
 
-/// The count of changes other children missed that `e` (a directory's copy) carries.
-pub(crate) fn behind(e: &Entry) -> i64 {
-    e.meta(DIR_BEHIND)
+fn count(e: &Entry, name: &str) -> i64 {
+    e.meta(name)
         .and_then(|v| v.try_into().ok())
         .map(i64::from_be_bytes)
         .unwrap_or(0)
+}
+
+/// Whether this copy of a directory counts changes other copies missed.
+pub(crate) fn behind(e: &Entry) -> bool {
+    count(e, DIR_BEHIND) > 0 || count(e, DIR_TIMES_BEHIND) > 0
+}
+
+/// What the volume answers for a directory whose home counts missed changes.
+pub(crate) struct HomeAttrs {
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Set when a change of times was missed: the home's, or a later one's.
+    pub times: Option<(Timespec, Timespec)>,
 }
 
 impl Distribute {
@@ -48,8 +65,15 @@ impl Distribute {
     }
 
     /// A change of directory `id`'s attributes or extended attributes (found on child
-    /// `found`): on its home, whose answer is the change's, then on the others.
-    pub(crate) async fn change_dir<'a, T, F, Fut>(&'a self, id: FileId, found: usize, f: F) -> Result<T>
+    /// `found`): on its home, whose answer is the change's, then on the others. `times`:
+    /// the change sets its times.
+    pub(crate) async fn change_dir<'a, T, F, Fut>(
+        &'a self,
+        id: FileId,
+        found: usize,
+        times: bool,
+        f: F,
+    ) -> Result<T>
     where
         F: Fn(&'a Child) -> Fut,
         Fut: std::future::Future<Output = Result<T>> + 'a,
@@ -62,7 +86,8 @@ impl Distribute {
         for (&i, r) in others.iter().zip(results) {
             match r {
                 Ok(_) => {}
-                // A child lacking the directory gets it made again as the home has it.
+                // A child lacking the directory gets it made again with the home's mode,
+                // owner and extended attributes (`crate::dirheal`).
                 Err(e) if gone(e) => {}
                 Err(e) => {
                     tracing::warn!(child = i, %id, "a directory change missed a child: {e}");
@@ -71,46 +96,102 @@ impl Distribute {
             }
         }
         if missed {
-            if let Err(e) = self.children[home]
-                .xattr_add(id, &[(DIR_BEHIND.to_string(), 1)])
-                .await
-            {
+            let mut counts = vec![(DIR_BEHIND.to_string(), 1)];
+            if times {
+                counts.push((DIR_TIMES_BEHIND.to_string(), 1));
+            }
+            if let Err(e) = self.children[home].xattr_add(id, &counts).await {
                 tracing::error!(%id, "cannot count a directory change a child missed: {e}");
             }
         }
         Ok(v)
     }
 
-    /// Gives every other child the attributes and extended attributes directory `id` has
-    /// on `home` (`he`, which counts changes they missed), then takes the count off. Not
-    /// while a child is down (it could not be given them, and the count would stay).
-    pub(crate) async fn heal_dir_attrs(&self, id: FileId, home: usize, he: &Entry) {
-        if !self.children.iter().all(|c| c.is_up()) {
-            return;
-        }
-        if let Err(e) = self.give_dir_attrs(id, home, he).await {
-            tracing::debug!(%id, "directory attributes not healed yet: {e}");
-            return;
-        }
-        if let Err(e) = self.children[home]
-            .xattr_add(id, &[(DIR_BEHIND.to_string(), -behind(he))])
-            .await
+    /// For directory `id` (found on child `found`), some of whose copies (`copies`, by
+    /// child) count changes others missed: the home's attributes, which are the
+    /// directory's, after giving them to the other children and taking the counts off.
+    /// The giving waits while a child is down, and for a while after it failed.
+    pub(crate) async fn home_attrs(
+        &self,
+        id: FileId,
+        found: usize,
+        copies: &[(usize, Entry)],
+    ) -> Option<HomeAttrs> {
+        let home = match self.dir_home(id, found).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(%id, "no home for a directory's attributes: {e}");
+                return None;
+            }
+        };
+        // (A home down or lacking it: nothing to say better than the copies at hand.)
+        let he = &copies.iter().find(|(i, _)| *i == home)?.1;
+        let times_behind = count(he, DIR_TIMES_BEHIND) > 0;
+        // Copies changed after the home's last change keep their times: entries made
+        // in them since moved them on.
+        let later = |a: &Attr| a.ctime > he.attr.ctime;
+        let times = times_behind.then(|| {
+            copies
+                .iter()
+                .filter(|(_, c)| later(&c.attr))
+                .fold((he.attr.atime, he.attr.mtime), |(a, m), (_, c)| {
+                    (a.max(c.attr.atime), m.max(c.attr.mtime))
+                })
+        });
+        let answer = HomeAttrs {
+            perm: he.attr.perm,
+            uid: he.attr.uid,
+            gid: he.attr.gid,
+            times,
+        };
+        let key = (id, usize::MAX);
+        let lock = || self.heal_failed.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.children.iter().all(|c| c.is_up())
+            || lock().get(&key).is_some_and(|t| t.elapsed() < HEAL_RETRY)
         {
-            tracing::debug!(%id, "directory attributes healed, count left: {e}");
+            return Some(answer);
+        }
+        let stale: Vec<(usize, bool)> = copies
+            .iter()
+            .filter(|(i, _)| *i != home)
+            .map(|(i, c)| (*i, times_behind && !later(&c.attr)))
+            .collect();
+        let given = match self.give_dir_attrs(id, home, he, &stale).await {
+            // Taken off only if nothing changed the home's copy meanwhile (a change, or
+            // another client's heal taking the counts off): else these values may be
+            // stale, and the next look gives them again.
+            Ok(()) => match self.children[home].getattr(id).await {
+                Ok(now) if now.attr.ctime == he.attr.ctime && now.meta == he.meta => Ok(()),
+                Ok(_) => Err(Errno::EAGAIN),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(e) = given {
+            tracing::debug!(%id, "directory attributes not given yet: {e}");
+            let mut failed = lock();
+            failed.retain(|_, t| t.elapsed() < HEAL_RETRY);
+            failed.insert(key, Instant::now());
+            return Some(answer);
+        }
+        for (i, c) in copies.iter().filter(|(_, c)| behind(c)) {
+            let off: Vec<(String, i64)> = [DIR_BEHIND, DIR_TIMES_BEHIND]
+                .iter()
+                .map(|n| (n.to_string(), -count(c, n)))
+                .filter(|(_, n)| *n != 0)
+                .collect();
+            if let Err(e) = self.children[*i].xattr_add(id, &off).await {
+                tracing::debug!(child = i, %id, "directory attributes given, count left: {e}");
+            }
         }
         tracing::info!(%id, "gave a directory's attributes to the children that missed a change");
+        Some(answer)
     }
 
-    async fn give_dir_attrs(&self, id: FileId, home: usize, he: &Entry) -> Result<()> {
+    /// Gives each child in `to` (with whether to give times) the mode, owner and extended
+    /// attributes directory `id` has on `home` (`he`).
+    async fn give_dir_attrs(&self, id: FileId, home: usize, he: &Entry, to: &[(usize, bool)]) -> Result<()> {
         let a = &he.attr;
-        let set = SetAttr {
-            perm: Some(a.perm),
-            uid: Some(a.uid),
-            gid: Some(a.gid),
-            size: None,
-            atime: Some(TimeSet::At(a.atime)),
-            mtime: Some(TimeSet::At(a.mtime)),
-        };
         let src = &self.children[home];
         let mut values = Vec::new();
         for name in src.listxattr(id).await? {
@@ -120,7 +201,16 @@ impl Distribute {
                 Err(e) => return Err(e),
             }
         }
-        for (i, c) in self.children.iter().enumerate().filter(|(i, _)| *i != home) {
+        for &(i, times) in to {
+            let c = &self.children[i];
+            let set = SetAttr {
+                perm: Some(a.perm),
+                uid: Some(a.uid),
+                gid: Some(a.gid),
+                size: None,
+                atime: times.then_some(TimeSet::At(a.atime)),
+                mtime: times.then_some(TimeSet::At(a.mtime)),
+            };
             match c.setattr(id, None, &set).await {
                 Ok(_) => {}
                 // Lacking the directory, it is made again from the home (`crate::dirheal`).

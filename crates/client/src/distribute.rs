@@ -24,14 +24,14 @@ const POINTER_PERM: u32 = 0o1000;
 /// Ids whose data child is remembered.
 const CACHE_MAX: usize = 256 * 1024;
 /// How long a lookup leaves alone a directory it could not make again on a child.
-const HEAL_RETRY: Duration = Duration::from_secs(10);
+pub(crate) const HEAL_RETRY: Duration = Duration::from_secs(10);
 
 pub struct Distribute {
     pub(crate) children: Vec<Child>,
     /// Which child holds each known file's data, so id-based calls go straight there.
     home: Mutex<HashMap<FileId, usize>>,
     /// When a lookup last failed to make a directory again on a child (see `whole_dir`).
-    heal_failed: Mutex<HashMap<(FileId, usize), Instant>>,
+    pub(crate) heal_failed: Mutex<HashMap<(FileId, usize), Instant>>,
 }
 
 /// A directory made again as `e` was (same id, owner and mode).
@@ -93,32 +93,43 @@ impl Distribute {
     /// A directory's entry as the volume sees it: its entries are spread over the children,
     /// so its times are the latest of any child's. A child found lacking it gets it again
     /// (see `crate::dirheal`). Where its home counts attribute changes that others missed,
-    /// the home's attributes are the directory's, and the others get them
+    /// the home's mode and owner are the directory's, and the others get them
     /// (`crate::dirattrs`).
     async fn whole_dir(&self, from: usize, mut e: Entry) -> Entry {
         let id = e.attr.id;
         let others: Vec<usize> = (0..self.children.len()).filter(|i| *i != from).collect();
         let results = join_all(others.iter().map(|&i| self.children[i].getattr(id))).await;
-        let mut home = (behind(&e) > 0).then(|| (from, e.clone()));
-        for (&i, r) in others.iter().zip(results) {
+        let mut counted = behind(&e);
+        let own = (e.attr.atime, e.attr.mtime, e.attr.ctime);
+        for (&i, r) in others.iter().zip(&results) {
             match r {
                 Ok(o) => {
                     e.attr.mtime = e.attr.mtime.max(o.attr.mtime);
                     e.attr.ctime = e.attr.ctime.max(o.attr.ctime);
                     e.attr.atime = e.attr.atime.max(o.attr.atime);
-                    if home.is_none() && behind(&o) > 0 {
-                        home = Some((i, o));
-                    }
+                    counted |= behind(o);
                 }
                 Err(Errno::ENOENT | Errno::ESTALE) => self.heal_on_lookup(id, i).await,
                 Err(_) => {}
             }
         }
-        if let Some((h, he)) = home {
-            let a = &he.attr;
-            (e.attr.perm, e.attr.uid, e.attr.gid) = (a.perm, a.uid, a.gid);
-            (e.attr.atime, e.attr.mtime, e.attr.ctime) = (a.atime, a.mtime, a.ctime);
-            self.heal_dir_attrs(id, h, &he).await;
+        if counted {
+            let mut first = e.clone();
+            (first.attr.atime, first.attr.mtime, first.attr.ctime) = own;
+            let copies: Vec<(usize, Entry)> = std::iter::once((from, first))
+                .chain(
+                    others
+                        .iter()
+                        .zip(results)
+                        .filter_map(|(&i, r)| Some((i, r.ok()?))),
+                )
+                .collect();
+            if let Some(h) = self.home_attrs(id, from, &copies).await {
+                (e.attr.perm, e.attr.uid, e.attr.gid) = (h.perm, h.uid, h.gid);
+                if let Some((atime, mtime)) = h.times {
+                    (e.attr.atime, e.attr.mtime) = (atime, mtime);
+                }
+            }
         }
         e
     }
@@ -327,6 +338,8 @@ impl Distribute {
             }
         }
         if src.attr.kind == FileKind::Dir {
+            // (Before the target is removed below.)
+            self.all_up("directory rename")?;
             if let Some((_, _, d)) = &dst {
                 // Each child sees only its share of the target, and files may be made in it
                 // meanwhile: it is removed first as rmdir removes it (all or nothing), so
@@ -443,11 +456,22 @@ impl Distribute {
         .await;
         let mut renamed = Vec::new();
         let mut failure = None;
+        // A rename whose answer was lost may have been made: it is taken back too (where
+        // it was not, that finds nothing). Not an exchange: made twice, it would undo.
+        let maybe_made = |e: Errno| e.is_transport() && !flags.exchange;
         for (&i, r) in others.iter().zip(results) {
             match r {
                 Ok(()) => renamed.push(i),
-                Err(Errno::ENOENT) => tracing::debug!(child = i, "directory rename: the child lacks it"),
-                Err(e) => failure = failure.or(Some(e)),
+                // (An exchange needs both directories on every child.)
+                Err(Errno::ENOENT) if !flags.exchange => {
+                    tracing::debug!(child = i, "directory rename: the child lacks it")
+                }
+                Err(e) => {
+                    if maybe_made(e) {
+                        renamed.push(i);
+                    }
+                    failure = failure.or(Some(e));
+                }
             }
         }
         let failure = match failure {
@@ -457,7 +481,12 @@ impl Distribute {
                 .await
             {
                 Ok(()) => return Ok(()),
-                Err(e) => e,
+                Err(e) => {
+                    if maybe_made(e) {
+                        renamed.push(hashed);
+                    }
+                    e
+                }
             },
         };
         // An exchange is undone by itself; a rename back must not replace anything.
@@ -475,8 +504,9 @@ impl Distribute {
         )
         .await;
         for (&i, r) in renamed.iter().zip(undone) {
-            if let Err(e) = r {
-                tracing::warn!(child = i, "cannot undo a failed directory rename there: {e}");
+            match r {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => tracing::warn!(child = i, "cannot undo a failed directory rename there: {e}"),
             }
         }
         Err(failure)
@@ -726,7 +756,13 @@ impl Xlator for Distribute {
         }
         let (c, e) = self.locate_one(id).await?;
         if e.attr.kind == FileKind::Dir {
-            return self.change_dir(id, c, |ch| ch.setattr(id, None, set)).await;
+            // (A home lacking the directory answers ESTALE: it is made there again.)
+            let times = set.atime.is_some() || set.mtime.is_some();
+            return self
+                .healing(&[id], || {
+                    self.change_dir(id, c, times, |ch| ch.setattr(id, None, set))
+                })
+                .await;
         }
         self.children[c].setattr(id, None, set).await
     }
@@ -845,7 +881,9 @@ impl Xlator for Distribute {
         let (c, e) = self.locate_one(id).await?;
         if e.attr.kind == FileKind::Dir {
             return self
-                .change_dir(id, c, |ch| ch.setxattr(id, name, value, flags))
+                .healing(&[id], || {
+                    self.change_dir(id, c, false, |ch| ch.setxattr(id, name, value, flags))
+                })
                 .await;
         }
         self.children[c].setxattr(id, name, value, flags).await
@@ -858,7 +896,11 @@ impl Xlator for Distribute {
     async fn removexattr(&self, id: FileId, name: &[u8]) -> Result<()> {
         let (c, e) = self.locate_one(id).await?;
         if e.attr.kind == FileKind::Dir {
-            return self.change_dir(id, c, |ch| ch.removexattr(id, name)).await;
+            return self
+                .healing(&[id], || {
+                    self.change_dir(id, c, false, |ch| ch.removexattr(id, name))
+                })
+                .await;
         }
         self.children[c].removexattr(id, name).await
     }

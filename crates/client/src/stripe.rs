@@ -306,16 +306,23 @@ impl Xlator for Stripe {
                     ..RenameFlags::default()
                 },
             };
-            let renamed = std::iter::once(0).chain((1..self.children.len()).filter(|&i| rest[i - 1].is_ok()));
+            // A rename whose answer was lost may have been made: taken back too (where it
+            // was not, that finds nothing). Not an exchange: made twice, it would undo.
+            let made = |r: &Result<()>| match r {
+                Ok(()) => true,
+                Err(e) => e.is_transport() && !flags.exchange,
+            };
+            let renamed = std::iter::once(0).chain((1..self.children.len()).filter(|&i| made(&rest[i - 1])));
             for i in renamed {
-                if let Err(e) = self.children[i]
+                match self.children[i]
                     .rename(new_parent, new_name, parent, name, back)
                     .await
                 {
-                    tracing::warn!(
+                    Ok(()) | Err(Errno::ENOENT) => {}
+                    Err(e) => tracing::warn!(
                         child = i,
                         "cannot undo a rename that failed on another child: {e}"
-                    );
+                    ),
                 }
             }
             Err(failure)

@@ -145,20 +145,39 @@ fn distribute_changes_a_directory_on_every_brick_or_on_none() {
     let mut b = Bricks::start(3);
     let spec = b.spec("d3", 1, 1);
     let m = b.mount(&spec, "a");
-    std::fs::create_dir_all(m.path("dir/sub")).unwrap();
-    for i in 0..30 {
-        std::fs::write(m.path(&format!("dir/sub/f{i}")), pattern(i, 1000)).unwrap();
-    }
-    on_every_brick(&b, &["dir"]);
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    // `away` is neither where "dir" nor where "moved" hashes (the kernel's lookups of
+    // them reach the volume), nor the home of `sub` (where its name in "dir" hashes),
+    // which answers for its attributes.
+    let hashed =
+        |parent: proto::FileId, name: &str| layout::pick(layout::hash_name(parent, name.as_bytes()), 3);
+    let root = proto::FileId::ROOT;
+    let away = (0..3)
+        .find(|&k| k != hashed(root, "dir") && k != hashed(root, "moved"))
+        .unwrap();
+    std::fs::create_dir(m.path("dir")).unwrap();
     let dir = b.bricks[0].path.join("dir");
     let dir_id = proto::FileId::from_bytes(&xattr_of(&dir, "trusted.shoal.id").unwrap()).unwrap();
-    // `sub`'s home, where its name hashes, answers for its attributes.
-    let home = layout::pick(layout::hash_name(dir_id, b"sub"), 3);
-    let away = (home + 1) % 3;
-    let sub = m.path("dir/sub");
-    let behind = |b: &Bricks| xattr_of(&b.bricks[home].path.join("dir/sub"), "trusted.shoal.dir-behind");
+    let name = (0..)
+        .map(|n| format!("sub-{n}"))
+        .find(|n| hashed(dir_id, n) != away)
+        .unwrap();
+    let home = hashed(dir_id, &name);
+    let rel = format!("dir/{name}");
+    let sub = m.path(&rel);
+    std::fs::create_dir(&sub).unwrap();
+    for i in 0..30 {
+        std::fs::write(sub.join(format!("f{i}")), pattern(i, 1000)).unwrap();
+    }
+    on_every_brick(&b, &["dir"]);
+    let counts = |b: &Bricks| {
+        let at = b.bricks[home].path.join(&rel);
+        [
+            xattr_of(&at, "trusted.shoal.dir-behind"),
+            xattr_of(&at, "trusted.shoal.dir-times-behind"),
+        ]
+    };
     // With a brick down no directory is renamed: nothing moves anywhere.
     b.kill(away);
     let err = std::fs::rename(m.path("dir"), m.path("moved")).unwrap_err();
@@ -167,7 +186,7 @@ fn distribute_changes_a_directory_on_every_brick_or_on_none() {
         assert_eq!(names_in(&br.path), ["dir"], "brick {i}");
     }
     // A directory's attributes change on its home and the others up; the home counts
-    // the change the brick down missed.
+    // the changes the brick down missed.
     std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o700)).unwrap();
     std::os::unix::fs::chown(&sub, Some(1234), None).unwrap();
     rustix::fs::setxattr(&sub, "user.colour", b"blue", rustix::fs::XattrFlags::empty()).unwrap();
@@ -180,9 +199,9 @@ fn distribute_changes_a_directory_on_every_brick_or_on_none() {
             && xattr_of(p, "user.colour").as_deref() == Some(&b"blue"[..])
     };
     for (i, br) in b.bricks.iter().enumerate().filter(|(i, _)| *i != away) {
-        assert!(changed(&br.path.join("dir/sub")), "brick {i}");
+        assert!(changed(&br.path.join(&rel)), "brick {i}");
     }
-    assert!(behind(&b).is_some());
+    assert!(counts(&b).iter().all(Option::is_some));
     b.restart(away);
     wait_for(
         "the mount to reach the brick again",
@@ -192,19 +211,24 @@ fn distribute_changes_a_directory_on_every_brick_or_on_none() {
     // A fresh mount looks it up: it answers with the home's attributes, and the brick
     // that missed them gets them.
     let m2 = b.mount(&spec, "b");
-    assert!(changed(&m2.path("dir/sub")));
     wait_for(
-        "the brick that was down to get the directory's attributes",
+        "the new mount to reach the brick",
         Duration::from_secs(10),
-        || changed(&b.bricks[away].path.join("dir/sub")) && behind(&b).is_none(),
+        || reaches(&m2, away, 3),
     );
+    assert!(changed(&m2.path(&rel)));
+    assert!(changed(&b.bricks[away].path.join(&rel)));
+    assert!(counts(&b).iter().all(Option::is_none));
     drop(m2);
-    // With its home down, a directory's attributes do not change.
+    // With its home down, a directory's attributes do not change (through a descriptor
+    // opened before: a lookup would stop at the home).
+    let fd = std::fs::File::open(&sub).unwrap();
     b.kill(home);
-    let err = std::fs::set_permissions(&sub, std::fs::Permissions::from_mode(0o755)).unwrap_err();
-    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    let err = rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o755)).unwrap_err();
+    assert_eq!(err, rustix::io::Errno::NOTCONN);
+    drop(fd);
     for (i, br) in b.bricks.iter().enumerate().filter(|(i, _)| *i != home) {
-        assert_eq!(mode(&br.path.join("dir/sub")), 0o700, "brick {i}");
+        assert_eq!(mode(&br.path.join(&rel)), 0o700, "brick {i}");
     }
     b.restart(home);
     wait_for(
@@ -221,10 +245,7 @@ fn distribute_changes_a_directory_on_every_brick_or_on_none() {
     // A brick that refuses (something else under the new name there, which the volume
     // does not see: it is not where the name hashes) fails the rename after the others
     // made it: they take it back.
-    let hashed = |name: &str| layout::pick(layout::hash_name(proto::FileId::ROOT, name.as_bytes()), 3);
-    let k = (0..3)
-        .find(|&k| k != hashed("dir") && k != hashed("moved"))
-        .unwrap();
+    let k = away;
     let squatter = b.bricks[k].path.join("moved");
     std::fs::create_dir_all(squatter.join("full")).unwrap();
     let err = std::fs::rename(m.path("dir"), m.path("moved")).unwrap_err();
@@ -238,9 +259,10 @@ fn distribute_changes_a_directory_on_every_brick_or_on_none() {
     std::fs::rename(m.path("dir"), m.path("moved")).unwrap();
     on_every_brick(&b, &["moved"]);
     let m3 = b.mount(&spec, "c");
-    assert_eq!(std::fs::read_dir(m3.path("moved/sub")).unwrap().count(), 30);
+    let moved = m3.path(&format!("moved/{name}"));
+    assert_eq!(std::fs::read_dir(&moved).unwrap().count(), 30);
     for i in 0..30 {
-        assert!(std::fs::read(m3.path(&format!("moved/sub/f{i}"))).unwrap() == pattern(i, 1000));
+        assert!(std::fs::read(moved.join(format!("f{i}"))).unwrap() == pattern(i, 1000));
     }
 }
 
@@ -253,13 +275,19 @@ fn stripe_renames_on_every_brick_or_on_none() {
     let m = b.mount(&b.spec("s2", 2, 1), "a");
     std::fs::create_dir(m.path("dir")).unwrap();
     std::fs::write(m.path("dir/big"), pattern(7, 300_000)).unwrap();
+    std::fs::write(m.path("dir/other"), pattern(8, 1000)).unwrap();
     b.kill(1);
+    // Both names known to the kernel (entries cached for 10 s), so the rename reaches
+    // the volume, which starts nothing.
+    let err = std::fs::rename(m.path("dir/big"), m.path("dir/other")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{err}");
+    // New names are looked up first, which needs every brick.
     for (from, to) in [("dir", "moved"), ("dir/big", "dir/renamed")] {
         let err = std::fs::rename(m.path(from), m.path(to)).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN), "{from}: {err}");
     }
     assert_eq!(names_in(&b.bricks[0].path), ["dir"]);
-    assert_eq!(names_in(&b.bricks[0].path.join("dir")), ["big"]);
+    assert_eq!(names_in(&b.bricks[0].path.join("dir")), ["big", "other"]);
     b.restart(1);
     wait_for(
         "the mount to reach brick 1 again",
@@ -278,9 +306,10 @@ fn stripe_renames_on_every_brick_or_on_none() {
     std::fs::rename(m.path("dir"), m.path("moved")).unwrap();
     for br in &b.bricks {
         assert_eq!(names_in(&br.path), ["moved"]);
-        assert_eq!(names_in(&br.path.join("moved")), ["renamed"]);
+        assert_eq!(names_in(&br.path.join("moved")), ["other", "renamed"]);
     }
     assert!(std::fs::read(m.path("moved/renamed")).unwrap() == pattern(7, 300_000));
+    assert!(std::fs::read(m.path("moved/other")).unwrap() == pattern(8, 1000));
 }
 
 #[test]
