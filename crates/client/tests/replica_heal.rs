@@ -719,6 +719,43 @@ async fn a_file_opens_for_reading_at_once_while_a_copy_of_it_is_being_healed() {
     );
 }
 
+/// An open for reading goes by a copy being healed only while the copies that answered
+/// are a quorum: with one copy down and another under a heal, it waits for the heal, as
+/// an open for writing does, and then reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_for_reading_waits_for_a_copy_being_healed_when_the_others_are_no_quorum() {
+    let (key, mut b, owned, vol) = replica_3().await;
+    let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let v = vol.root.clone();
+    let want = pattern(100_000, 3);
+    let id = file(&v, FileId::ROOT, "f", &[(0, want.clone())]).await;
+    let healer = Volume::connect(spec(&[addrs[2]]), key.clone(), "healer", Duration::from_secs(5))
+        .await
+        .unwrap();
+    healer.root.heal_begin(id, true).await.unwrap();
+    b[0].stop();
+    until("the client to see the first brick down", || !vol.conns[0].is_up()).await;
+
+    let mut reader = tokio::spawn({
+        let v = v.clone();
+        async move { v.open(id, libc::O_RDONLY as u32).await }
+    });
+    // (Bounded: it must not finish at all while the guard is held.)
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut reader).await;
+    assert!(
+        early.is_err(),
+        "an open for reading went by the heal with one other copy"
+    );
+    healer.root.heal_end(id, true).await.unwrap();
+    let h = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .expect("the open for reading still waits after the heal")
+        .unwrap()
+        .unwrap();
+    assert!(v.read(&h, 0, 100_000).await.unwrap() == want);
+    v.release(&h).await.unwrap();
+}
+
 /// Two clients healing at once (each mount heals) get in each other's way on the guards of
 /// the directories a move leaves and enters: the moves wait for a later pass, and are
 /// still made as moves, not as copies.
