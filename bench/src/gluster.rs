@@ -2,6 +2,7 @@
 
 use crate::{hostname, pgrep, run, run_ok, wait_until, which, Backend};
 use anyhow::{bail, Context, Result};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -73,7 +74,12 @@ impl GlusterVolume {
 }
 
 impl GlusterVolume {
-    /// Kills brick `i`'s process (as a crashed server would leave it).
+    /// Kills brick `i`'s process (as a crashed server would leave it), and removes its
+    /// PID file once it is dead: glusterd takes a brick whose PID file names a process
+    /// still in /proc for running, and `volume start force` then leaves it down. A killed
+    /// brick stays in /proc as a zombie until the machine's init reaps it, which here
+    /// can take longer than a small load's writes (the heal benchmark's third brick
+    /// never came back).
     pub fn kill_brick(&self, i: usize) -> Result<()> {
         let brick = self.root.join(format!("b{i}"));
         let pids = pgrep(&format!("glusterfsd.*{}", brick.display()));
@@ -81,7 +87,13 @@ impl GlusterVolume {
             bail!("no glusterfsd serves {}", brick.display());
         }
         for pid in pids {
+            let pidfile = pid_file_of(pid);
             run("kill", &["-9", &pid.to_string()])?;
+            wait_until(Duration::from_secs(10), || dead(pid))
+                .with_context(|| format!("glusterfsd {pid} still runs after kill -9"))?;
+            if let Some(f) = pidfile {
+                std::fs::remove_file(&f).with_context(|| format!("remove {}", f.display()))?;
+            }
         }
         Ok(())
     }
@@ -145,5 +157,25 @@ impl Drop for GlusterVolume {
         );
         let _ = run("gluster", &["--mode=script", "volume", "delete", &self.name]);
         let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// The PID file a GlusterFS process writes (its `-p` argument).
+fn pid_file_of(pid: u32) -> Option<PathBuf> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let mut args = cmdline.split(|b| *b == 0);
+    args.by_ref().find(|a| *a == b"-p")?;
+    let path = args.next()?;
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(path)))
+}
+
+/// Whether process `pid` has ended (gone, or a zombie).
+fn dead(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Err(_) => true,
     }
 }
