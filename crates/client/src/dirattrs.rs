@@ -30,6 +30,13 @@ fn count(e: &Entry, name: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// Whether an extended attribute is the user's to set on a directory through the volume,
+/// and so given from the home: not the brick's own (`security.selinux` and the like,
+/// which the brick's file system keeps per copy).
+fn synced(name: &[u8]) -> bool {
+    name.starts_with(b"user.") || name.starts_with(b"system.posix_acl_")
+}
+
 /// Whether this copy of a directory counts changes other copies missed.
 pub(crate) fn behind(e: &Entry) -> bool {
     count(e, DIR_BEHIND) > 0 || count(e, DIR_TIMES_BEHIND) > 0
@@ -127,9 +134,11 @@ impl Distribute {
         // (A home down or lacking it: nothing to say better than the copies at hand.)
         let he = &copies.iter().find(|(i, _)| *i == home)?.1;
         let times_behind = count(he, DIR_TIMES_BEHIND) > 0;
-        // Copies changed after the home's last change keep their times: entries made
-        // in them since moved them on.
-        let later = |a: &Attr| a.ctime > he.attr.ctime;
+        // Copies whose entries changed after the home's last change keep their times
+        // (their mtime moved on since). Not their ctime: a later change of attributes
+        // that reached them too would pass for one. (Each brick's own clock: the bricks'
+        // clocks are taken to agree.)
+        let later = |a: &Attr| a.mtime > he.attr.ctime;
         let times = times_behind.then(|| {
             copies
                 .iter()
@@ -194,7 +203,7 @@ impl Distribute {
         let a = &he.attr;
         let src = &self.children[home];
         let mut values = Vec::new();
-        for name in src.listxattr(id).await? {
+        for name in src.listxattr(id).await?.into_iter().filter(|n| synced(n)) {
             match src.getxattr(id, &name).await {
                 Ok(v) => values.push((name, v)),
                 Err(Errno::ENODATA) => {} // removed meanwhile
@@ -217,7 +226,7 @@ impl Distribute {
                 Err(e) if gone(e) => continue,
                 Err(e) => return Err(e),
             }
-            for name in c.listxattr(id).await? {
+            for name in c.listxattr(id).await?.into_iter().filter(|n| synced(n)) {
                 if !values.iter().any(|(n, _)| *n == name) {
                     match c.removexattr(id, &name).await {
                         Ok(()) | Err(Errno::ENODATA) => {}

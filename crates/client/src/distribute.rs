@@ -489,19 +489,9 @@ impl Distribute {
                 }
             },
         };
-        // An exchange is undone by itself; a rename back must not replace anything.
-        let back = match flags.exchange {
-            true => flags,
-            false => RenameFlags {
-                noreplace: true,
-                ..RenameFlags::default()
-            },
-        };
-        let undone = join_all(
-            renamed
-                .iter()
-                .map(|&i| self.children[i].rename(new_parent, new_name, parent, name, back)),
-        )
+        let undone = join_all(renamed.iter().map(|&i| {
+            crate::xlator::undo_rename(&self.children[i], parent, name, new_parent, new_name, flags)
+        }))
         .await;
         for (&i, r) in renamed.iter().zip(undone) {
             match r {

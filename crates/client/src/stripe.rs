@@ -298,14 +298,6 @@ impl Xlator for Stripe {
             let Some(failure) = rest.iter().find_map(|r| r.as_ref().err().copied()) else {
                 return Ok(());
             };
-            // An exchange is undone by itself; a rename back must not replace anything.
-            let back = match flags.exchange {
-                true => flags,
-                false => RenameFlags {
-                    noreplace: true,
-                    ..RenameFlags::default()
-                },
-            };
             // A rename whose answer was lost may have been made: taken back too (where it
             // was not, that finds nothing). Not an exchange: made twice, it would undo.
             let made = |r: &Result<()>| match r {
@@ -314,8 +306,7 @@ impl Xlator for Stripe {
             };
             let renamed = std::iter::once(0).chain((1..self.children.len()).filter(|&i| made(&rest[i - 1])));
             for i in renamed {
-                match self.children[i]
-                    .rename(new_parent, new_name, parent, name, back)
+                match crate::xlator::undo_rename(&self.children[i], parent, name, new_parent, new_name, flags)
                     .await
                 {
                     Ok(()) | Err(Errno::ENOENT) => {}

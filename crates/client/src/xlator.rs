@@ -264,3 +264,37 @@ pub async fn settle_all(children: &[Child], id: FileId, how: &Settle) -> Result<
         _ => Ok(done),
     }
 }
+
+/// How long the undo of a rename waits for a child whose connection failed.
+const UNDO_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Takes back on `c` the rename of `name` in `parent` to `new_name` in `new_parent`
+/// (made with `flags`) that failed on another child; ENOENT where it was not made (its
+/// answer was lost). A lost connection fails every request in flight at once, so one
+/// that fails for want of the child is sent again once it is reachable, for a while.
+pub(crate) async fn undo_rename(
+    c: &Child,
+    parent: FileId,
+    name: &[u8],
+    new_parent: FileId,
+    new_name: &[u8],
+    flags: RenameFlags,
+) -> Result<()> {
+    // An exchange is undone by itself; a rename back must not replace anything.
+    let back = match flags.exchange {
+        true => flags,
+        false => RenameFlags {
+            noreplace: true,
+            ..RenameFlags::default()
+        },
+    };
+    let deadline = std::time::Instant::now() + UNDO_PATIENCE;
+    loop {
+        match c.rename(new_parent, new_name, parent, name, back).await {
+            Err(e) if e.is_transport() && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            r => return r,
+        }
+    }
+}
