@@ -91,8 +91,12 @@ impl GlusterVolume {
             run("kill", &["-9", &pid.to_string()])?;
             wait_until(Duration::from_secs(10), || dead(pid))
                 .with_context(|| format!("glusterfsd {pid} still runs after kill -9"))?;
-            if let Some(f) = pidfile {
-                std::fs::remove_file(&f).with_context(|| format!("remove {}", f.display()))?;
+            match pidfile.map(|f| (std::fs::remove_file(&f), f)) {
+                Some((Err(e), f)) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("remove {}", f.display()))
+                }
+                Some(_) => {}
+                None => eprintln!("glusterfsd {pid} was started without a PID file"),
             }
         }
         Ok(())
