@@ -7,7 +7,9 @@
 //! (`dir-behind`, and `dir-times-behind` for a change of times). Whoever next looks the
 //! directory up sees the count (a lookup asks every child for the directory anyway),
 //! answers with the home's mode and owner, gives them and its extended attributes (and
-//! its times, to copies not changed since) to every other child, and takes the count off.
+//! its times, to copies whose entries did not change since) to every other child, and
+//! takes the count off, the directory's name held so that two clients' givings do not
+//! both take it off.
 //! Without it a child that missed a `chmod 700` went on answering 0755 to whoever asked
 //! it, and a missed `setfattr` was read back from it.
 
@@ -53,16 +55,16 @@ pub(crate) struct HomeAttrs {
 
 impl Distribute {
     /// The home of directory `id`: where its name hashes, as child `first` (then any
-    /// other) records its parent and name.
-    async fn dir_home(&self, id: FileId, first: usize) -> Result<usize> {
+    /// other) records its parent and name; with that parent and name (none for the root).
+    async fn dir_home(&self, id: FileId, first: usize) -> Result<(usize, Option<(FileId, Vec<u8>)>)> {
         if id == FileId::ROOT {
-            return Ok(0);
+            return Ok((0, None));
         }
         let order = std::iter::once(first).chain((0..self.children.len()).filter(|&i| i != first));
         let mut err = None;
         for i in order {
             match self.children[i].dir_parent(id).await {
-                Ok((parent, name)) => return Ok(self.hashed(parent, &name)),
+                Ok((parent, name)) => return Ok((self.hashed(parent, &name), Some((parent, name)))),
                 // Rather the reason of a child that has it than that of one that lacks it.
                 Err(e) if gone(e) => err = err.or(Some(e)),
                 Err(e) => err = Some(e),
@@ -85,7 +87,7 @@ impl Distribute {
         F: Fn(&'a Child) -> Fut,
         Fut: std::future::Future<Output = Result<T>> + 'a,
     {
-        let home = self.dir_home(id, found).await?;
+        let home = self.dir_home(id, found).await?.0;
         let v = f(&self.children[home]).await?;
         let others: Vec<usize> = (0..self.children.len()).filter(|&i| i != home).collect();
         let results = join_all(others.iter().map(|&i| f(&self.children[i]))).await;
@@ -124,7 +126,7 @@ impl Distribute {
         found: usize,
         copies: &[(usize, Entry)],
     ) -> Option<HomeAttrs> {
-        let home = match self.dir_home(id, found).await {
+        let (home, named) = match self.dir_home(id, found).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::debug!(%id, "no home for a directory's attributes: {e}");
@@ -165,23 +167,38 @@ impl Distribute {
             .filter(|(i, _)| *i != home)
             .map(|(i, c)| (*i, times_behind && !later(&c.attr)))
             .collect();
-        let given = match self.give_dir_attrs(id, home, he, &stale).await {
-            // Taken off only if nothing changed the home's copy meanwhile (a change, or
-            // another client's heal taking the counts off): else these values may be
-            // stale, and the next look gives them again.
-            Ok(()) => match self.children[home].getattr(id).await {
-                Ok(now) if now.attr.ctime == he.attr.ctime && now.meta == he.meta => Ok(()),
-                Ok(_) => Err(Errno::EAGAIN),
-                Err(e) => Err(e),
-            },
-            Err(e) => Err(e),
-        };
+        // One giving at a time for a directory, its name held (as a rename of it holds
+        // it): two would each take the counts off, and a miss counted in between with
+        // them.
+        let names: Vec<(FileId, &[u8])> = named.iter().map(|(p, n)| (*p, n.as_slice())).collect();
+        let given = self
+            .holding(&names, || self.give_and_settle(id, home, he, copies, &stale))
+            .await;
         if let Err(e) = given {
             tracing::debug!(%id, "directory attributes not given yet: {e}");
             let mut failed = lock();
             failed.retain(|_, t| t.elapsed() < HEAL_RETRY);
             failed.insert(key, Instant::now());
-            return Some(answer);
+        }
+        Some(answer)
+    }
+
+    /// Gives the home's attributes to the `stale` copies, then takes the counts `copies`
+    /// carry off, if nothing changed the home's copy meanwhile (a change, or another
+    /// client's giving): else these values may be stale, and the next look gives them
+    /// again.
+    async fn give_and_settle(
+        &self,
+        id: FileId,
+        home: usize,
+        he: &Entry,
+        copies: &[(usize, Entry)],
+        stale: &[(usize, bool)],
+    ) -> Result<()> {
+        self.give_dir_attrs(id, home, he, stale).await?;
+        let now = self.children[home].getattr(id).await?;
+        if now.attr.ctime != he.attr.ctime || now.meta != he.meta {
+            return Err(Errno::EAGAIN);
         }
         for (i, c) in copies.iter().filter(|(_, c)| behind(c)) {
             let off: Vec<(String, i64)> = [DIR_BEHIND, DIR_TIMES_BEHIND]
@@ -194,7 +211,7 @@ impl Distribute {
             }
         }
         tracing::info!(%id, "gave a directory's attributes to the children that missed a change");
-        Some(answer)
+        Ok(())
     }
 
     /// Gives each child in `to` (with whether to give times) the mode, owner and extended
