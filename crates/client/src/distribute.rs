@@ -456,9 +456,7 @@ impl Distribute {
         .await;
         let mut renamed = Vec::new();
         let mut failure = None;
-        // A rename whose answer was lost may have been made: it is taken back too (where
-        // it was not, that finds nothing). Not an exchange: made twice, it would undo.
-        let maybe_made = |e: Errno| e.is_transport() && !flags.exchange;
+        let maybe_made = |e| crate::xlator::may_have_renamed(e, flags);
         for (&i, r) in others.iter().zip(results) {
             match r {
                 Ok(()) => renamed.push(i),
@@ -489,16 +487,10 @@ impl Distribute {
                 }
             },
         };
-        let undone = join_all(renamed.iter().map(|&i| {
-            crate::xlator::undo_rename(&self.children[i], parent, name, new_parent, new_name, flags)
+        join_all(renamed.iter().map(|&i| {
+            crate::xlator::undo_rename(&self.children[i], i, parent, name, new_parent, new_name, flags)
         }))
         .await;
-        for (&i, r) in renamed.iter().zip(undone) {
-            match r {
-                Ok(()) | Err(Errno::ENOENT) => {}
-                Err(e) => tracing::warn!(child = i, "cannot undo a failed directory rename there: {e}"),
-            }
-        }
         Err(failure)
     }
 

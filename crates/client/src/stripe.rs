@@ -298,23 +298,15 @@ impl Xlator for Stripe {
             let Some(failure) = rest.iter().find_map(|r| r.as_ref().err().copied()) else {
                 return Ok(());
             };
-            // A rename whose answer was lost may have been made: taken back too (where it
-            // was not, that finds nothing). Not an exchange: made twice, it would undo.
-            let made = |r: &Result<()>| match r {
-                Ok(()) => true,
-                Err(e) => e.is_transport() && !flags.exchange,
+            // A rename whose answer was lost may have been made: taken back too.
+            let made = |r: &Result<()>| {
+                r.as_ref()
+                    .map_or_else(|e| crate::xlator::may_have_renamed(*e, flags), |_| true)
             };
             let renamed = std::iter::once(0).chain((1..self.children.len()).filter(|&i| made(&rest[i - 1])));
             for i in renamed {
-                match crate::xlator::undo_rename(&self.children[i], parent, name, new_parent, new_name, flags)
-                    .await
-                {
-                    Ok(()) | Err(Errno::ENOENT) => {}
-                    Err(e) => tracing::warn!(
-                        child = i,
-                        "cannot undo a rename that failed on another child: {e}"
-                    ),
-                }
+                crate::xlator::undo_rename(&self.children[i], i, parent, name, new_parent, new_name, flags)
+                    .await;
             }
             Err(failure)
         }

@@ -268,18 +268,27 @@ pub async fn settle_all(children: &[Child], id: FileId, how: &Settle) -> Result<
 /// How long the undo of a rename waits for a child whose connection failed.
 const UNDO_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Takes back on `c` the rename of `name` in `parent` to `new_name` in `new_parent`
-/// (made with `flags`) that failed on another child; ENOENT where it was not made (its
-/// answer was lost). A lost connection fails every request in flight at once, so one
-/// that fails for want of the child is sent again once it is reachable, for a while.
+/// Whether a child's rename that failed with `e` may have been made all the same (its
+/// answer lost with the connection), and is to be taken back too: not an exchange, which
+/// made twice would undo itself.
+pub(crate) fn may_have_renamed(e: Errno, flags: RenameFlags) -> bool {
+    e.is_transport() && !flags.exchange
+}
+
+/// Takes back on child `i` the rename of `name` in `parent` to `new_name` in
+/// `new_parent` (made with `flags`) that failed on another child; nothing to do where it
+/// was not made (ENOENT: its answer was lost). A lost connection fails every request in
+/// flight at once, so one that fails for want of the child is sent again once it is
+/// reachable, for a while. What cannot be taken back is logged.
 pub(crate) async fn undo_rename(
     c: &Child,
+    i: usize,
     parent: FileId,
     name: &[u8],
     new_parent: FileId,
     new_name: &[u8],
     flags: RenameFlags,
-) -> Result<()> {
+) {
     // An exchange is undone by itself; a rename back must not replace anything.
     let back = match flags.exchange {
         true => flags,
@@ -294,7 +303,14 @@ pub(crate) async fn undo_rename(
             Err(e) if e.is_transport() && std::time::Instant::now() < deadline => {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await
             }
-            r => return r,
+            Ok(()) | Err(Errno::ENOENT) => return,
+            Err(e) => {
+                tracing::warn!(
+                    child = i,
+                    "cannot take back a rename that failed on another child: {e}"
+                );
+                return;
+            }
         }
     }
 }
