@@ -7,9 +7,12 @@
 //! instead, through the client's own connections (see `crate::heal`), and this client's
 //! changes to it are ordered against the heal's copying by the file's *gate*: every change
 //! holds it shared while it runs, the heal holds it exclusively while it copies a range.
-//! The entry also carries the client's hold on the file's write order (`crate::order`).
+//! The entry also carries the client's hold on the file's write order (`crate::order`), and
+//! the copies this client saw miss a change of the file while it held it, which every
+//! handle of it then avoids for reads (another handle's read child may be one of them).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::RwLock;
 
@@ -20,6 +23,8 @@ use proto::FileId;
 struct Entry {
     gate: Arc<RwLock<()>>,
     order: Arc<Order>,
+    /// Children (bits) that missed a change of the file made here while it was held.
+    behind: Arc<AtomicU64>,
     /// Tickets held on the file.
     tickets: usize,
     /// Per child, tickets of handles that do not have the file open there.
@@ -41,6 +46,13 @@ impl OpenFiles {
         self.files().get(&id).map(|e| e.order.clone())
     }
 
+    /// Notes that the children in `missed` (bits) missed a change of `id`, if it is held.
+    pub fn missed(&self, id: FileId, missed: u64) {
+        if let Some(e) = self.files().get(&id) {
+            e.behind.fetch_or(missed, Ordering::SeqCst);
+        }
+    }
+
     /// A ticket on `id` for a handle that does not have it open on `closed` (children by
     /// index), or for a by-id change (nothing closed).
     pub fn ticket(self: &Arc<Self>, id: FileId, closed: &[usize]) -> Ticket {
@@ -56,9 +68,10 @@ impl OpenFiles {
         Ticket {
             files: self.clone(),
             id,
-            closed: closed.to_vec(),
+            closed: Mutex::new(closed.to_vec()),
             gate: e.gate.clone(),
             order: e.order.clone(),
+            behind: e.behind.clone(),
         }
     }
 
@@ -75,12 +88,19 @@ impl OpenFiles {
 pub struct Ticket {
     files: Arc<OpenFiles>,
     id: FileId,
-    closed: Vec<usize>,
+    /// Children the handle holding it does not have the file open on.
+    closed: Mutex<Vec<usize>>,
     gate: Arc<RwLock<()>>,
     order: Arc<Order>,
+    behind: Arc<AtomicU64>,
 }
 
 impl Ticket {
+    /// The children that missed a change of the file made here since it has been held.
+    pub fn behind(&self) -> u64 {
+        self.behind.load(Ordering::SeqCst)
+    }
+
     pub fn gate(&self) -> &RwLock<()> {
         &self.gate
     }
@@ -88,20 +108,36 @@ impl Ticket {
     pub fn order(&self) -> &Arc<Order> {
         &self.order
     }
+
+    /// The handle holding this ticket has the file open on child `c` now.
+    pub fn opened_on(&self, c: usize) {
+        let mut closed = self.closed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = closed.iter().position(|x| *x == c) {
+            closed.swap_remove(p);
+            if let Some(e) = self.files.files().get_mut(&self.id) {
+                not_closed_on(e, c);
+            }
+        }
+    }
+}
+
+fn not_closed_on(e: &mut Entry, c: usize) {
+    if let Some(n) = e.closed_on.get_mut(&c) {
+        *n -= 1;
+        if *n == 0 {
+            e.closed_on.remove(&c);
+        }
+    }
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        let closed = std::mem::take(self.closed.get_mut().unwrap_or_else(|p| p.into_inner()));
         let mut files = self.files.files();
         let Some(e) = files.get_mut(&self.id) else { return };
         e.tickets -= 1;
-        for c in &self.closed {
-            if let Some(n) = e.closed_on.get_mut(c) {
-                *n -= 1;
-                if *n == 0 {
-                    e.closed_on.remove(c);
-                }
-            }
+        for c in closed {
+            not_closed_on(e, c);
         }
         if e.tickets == 0 {
             files.remove(&self.id);
@@ -126,8 +162,32 @@ mod tests {
         assert!(Arc::ptr_eq(&t.gate, &open.gate));
         drop(not_on_1);
         assert!(f.ticket_if_held(id, 1).unwrap().1);
+        let not_on_2 = f.ticket(id, &[2]);
+        assert!(!f.ticket_if_held(id, 2).unwrap().1);
+        not_on_2.opened_on(2);
+        assert!(f.ticket_if_held(id, 2).unwrap().1, "opened there later");
+        drop(not_on_2);
+        assert!(f.ticket_if_held(id, 2).unwrap().1);
         drop((open, t));
         assert!(f.ticket_if_held(id, 0).is_none());
         assert!(f.files().is_empty());
+    }
+
+    #[test]
+    fn a_copy_one_handle_saw_miss_a_change_is_behind_for_every_handle_while_held() {
+        let f = Arc::new(OpenFiles::default());
+        let id = FileId(7);
+        f.missed(id, 0b100); // not held: nothing to tell
+        let a = f.ticket(id, &[]);
+        assert_eq!(a.behind(), 0);
+        let b = f.ticket(id, &[]);
+        f.missed(id, 0b010);
+        assert_eq!((a.behind(), b.behind()), (0b010, 0b010));
+        drop((a, b));
+        assert_eq!(
+            f.ticket(id, &[]).behind(),
+            0,
+            "forgotten once nothing holds the file"
+        );
     }
 }

@@ -20,7 +20,8 @@ use proto::{Entry, Errno, FileId, Lock, LockKind, NewNode, RenameFlags, SetAttr,
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// Name of the counter that marks child `j` as behind.
@@ -91,7 +92,13 @@ struct DirsInOrder<'a> {
 /// Replicate's part of an open file.
 pub struct ReplicaHandle {
     id: FileId,
-    handles: Vec<Option<Handle>>,
+    /// How it was opened (what a copy it lacks is opened with once back).
+    flags: u32,
+    /// Per child, the file's handle there: from the open, or from once the copy was back
+    /// (`Replicate::open_where_back`).
+    handles: Vec<OnceLock<Handle>>,
+    /// When a copy this handle lacks was last tried (`Replicate::open_where_back`).
+    tried: Mutex<Vec<Option<Instant>>>,
     /// Children that missed changes made through this handle (reads avoid them).
     marked: AtomicU64,
     /// Children that missed the last change made through this handle: the next write
@@ -99,6 +106,9 @@ pub struct ReplicaHandle {
     failing: AtomicU64,
     /// The child reads go to.
     read_child: AtomicU64,
+    /// Per child, the generation of its connection when this handle last knew the copy
+    /// there to be good (see [`Replicate::still_good`]).
+    seen: Vec<AtomicU64>,
     /// Children a read-only open went by because another client was healing them there:
     /// an fsync through the handle does not mark them (nothing was written through it).
     skipped: AtomicU64,
@@ -171,7 +181,9 @@ fn lacking<T>(results: &[Result<T>]) -> Vec<usize> {
 const DIR_ORDERS: usize = 4096;
 
 /// How long a lookup waits to make a name on a copy that lacks it (see `make_where_lacking`).
-const MAKE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+const MAKE_WAIT: Duration = Duration::from_millis(500);
+/// How often a handle tries to open its file on a copy it lacks that is back.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
 
 impl Replicate {
     /// A replica set over `children`; `healers` reach the same bricks over connections of
@@ -223,6 +235,11 @@ impl Replicate {
             .iter()
             .filter_map(|r| r.as_ref().ok())
             .fold(0, |m, e| m | pending_mask(e))
+    }
+
+    /// Each child's connection generation now.
+    fn generations(&self) -> Vec<u64> {
+        self.children.iter().map(|c| c.generation()).collect()
     }
 
     pub(crate) fn all(&self) -> u64 {
@@ -387,6 +404,8 @@ impl Replicate {
         if out.failed != 0 {
             for id in mark_ids {
                 self.mark(*id, &out.took(), out.failed).await;
+                // (A truncation through a handle is one of these.)
+                self.open.missed(*id, out.failed);
             }
         }
         if !self.quorum(out.ok_mask()) {
@@ -512,7 +531,16 @@ impl Replicate {
         }
     }
 
-    fn handle(&self, id: FileId, handles: Vec<Option<Handle>>, good: u64) -> Handle {
+    /// A handle on the copies `handles` opened, `good` those that may serve reads, over the
+    /// connections of generations `gens` (taken before the opens were sent).
+    fn handle(
+        &self,
+        id: FileId,
+        flags: u32,
+        handles: Vec<Option<Handle>>,
+        good: u64,
+        gens: Vec<u64>,
+    ) -> Handle {
         let candidates: Vec<usize> = handles
             .iter()
             .enumerate()
@@ -531,10 +559,16 @@ impl Replicate {
         let ticket = self.open.ticket(id, &closed);
         Handle::Replica(Box::new(ReplicaHandle {
             id,
-            handles,
+            flags: flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL) as u32,
+            tried: Mutex::new(vec![None; handles.len()]),
+            handles: handles
+                .into_iter()
+                .map(|h| h.map_or_else(OnceLock::new, OnceLock::from))
+                .collect(),
             marked: AtomicU64::new(0),
             failing: AtomicU64::new(closed.iter().fold(0, |m, i| m | bit(*i))),
             read_child: AtomicU64::new(read_child as u64),
+            seen: gens.into_iter().map(AtomicU64::new).collect(),
             skipped: AtomicU64::new(0),
             ticket,
         }))
@@ -558,7 +592,7 @@ impl Replicate {
             .handles
             .iter()
             .enumerate()
-            .filter(|(i, h)| h.is_some() && self.children[*i].is_up())
+            .filter(|(i, h)| h.get().is_some() && self.children[*i].is_up())
             .fold(0, |m, (i, _)| m | bit(i));
         if !self.quorum(open_up) {
             return Err(Errno::EROFS);
@@ -567,7 +601,7 @@ impl Replicate {
             .handles
             .iter()
             .enumerate()
-            .map(|(i, h)| match h {
+            .map(|(i, h)| match h.get() {
                 Some(h) => Box::pin(f(i, &self.children[i], h)) as _,
                 None => Box::pin(async { Err(Errno::ENOTCONN) }) as _,
             })
@@ -579,7 +613,7 @@ impl Replicate {
             // (A handle whose file is made again there reopens it by id.)
             let (took, f) = (out.took(), &f);
             let retry = |s: usize| async move {
-                match &rh.handles[s] {
+                match rh.handles[s].get() {
                     Some(h) => f(s, &self.children[s], h).await,
                     None => Err(Errno::ENOTCONN),
                 }
@@ -598,6 +632,7 @@ impl Replicate {
             self.mark(rh.id, &out.took(), unmarked).await;
         }
         rh.marked.fetch_or(out.failed, Ordering::SeqCst);
+        self.open.missed(rh.id, out.failed);
         rh.failing.store(out.failed, Ordering::SeqCst);
         if !self.quorum(out.ok_mask()) {
             return Err(Errno::EROFS);
@@ -609,11 +644,12 @@ impl Replicate {
     /// `crate::order`) until the guard returned is dropped: two clients' changes of the
     /// same bytes then reach every copy in the same order.
     async fn in_order<'a>(&'a self, rh: &'a ReplicaHandle) -> InOrder<'a> {
+        self.open_where_back(rh).await;
         let open = rh
             .handles
             .iter()
             .enumerate()
-            .filter(|(_, h)| h.is_some())
+            .filter(|(_, h)| h.get().is_some())
             .fold(0, |m, (i, _)| m | bit(i));
         self.ordered(rh.ticket.order().clone(), rh.id, open).await
     }
@@ -803,14 +839,18 @@ impl Replicate {
         let rh = Self::rh(h)?;
         let first = rh.read_child.load(Ordering::Relaxed) as usize;
         let n = rh.handles.len();
-        let marked = rh.marked.load(Ordering::Relaxed);
-        let fresh = (0..n).any(|i| rh.handles[i].is_some() && marked & bit(i) == 0);
+        // (Also what other handles of the file here saw copies miss.)
+        let marked = rh.marked.load(Ordering::Relaxed) | rh.ticket.behind();
+        let fresh = (0..n).any(|i| rh.handles[i].get().is_some() && marked & bit(i) == 0);
         let mut last = Errno::ENOTCONN;
         for k in 0..n {
             let i = (first + k) % n;
-            let Some(ch) = &rh.handles[i] else { continue };
+            let Some(ch) = rh.handles[i].get() else { continue };
             if fresh && marked & bit(i) != 0 {
-                continue; // missed writes through this very handle (the read child too)
+                continue; // missed changes made here (the read child too)
+            }
+            if !self.still_good(rh, i).await {
+                continue;
             }
             match ask(&self.children[i], ch).await {
                 Err(e) if e.is_transport() => {
@@ -828,6 +868,69 @@ impl Replicate {
             }
         }
         Err(last)
+    }
+
+    /// Opens `rh`'s file on the copies it lacks (their bricks were away when it was opened)
+    /// that are reachable again: the handle's changes reach them from then on instead of
+    /// marking them behind each time, they count for the changes' quorum again, and the
+    /// file can be healed in place while it stays open (`crate::heal`), as GlusterFS
+    /// reopens its files on a brick that comes back. Such a copy lacks what it missed: it
+    /// is not read through the handle. A copy whose heal by another client is copying
+    /// (EBUSY) is tried again a second later, at a change then: this never waits for it.
+    async fn open_where_back(&self, rh: &ReplicaHandle) {
+        let now = Instant::now();
+        let back: Vec<usize> = {
+            let mut tried = rh.tried.lock().unwrap_or_else(|p| p.into_inner());
+            (0..rh.handles.len())
+                .filter(|&i| rh.handles[i].get().is_none() && self.children[i].is_up())
+                .filter(|&i| {
+                    let due = tried[i].is_none_or(|t| now.duration_since(t) >= REOPEN_EVERY);
+                    if due {
+                        tried[i] = Some(now);
+                    }
+                    due
+                })
+                .collect()
+        };
+        for i in back {
+            match self.children[i].open_now(rh.id, rh.flags).await {
+                Ok(h) => {
+                    rh.marked.fetch_or(bit(i), Ordering::SeqCst);
+                    match rh.handles[i].set(h) {
+                        Ok(()) => rh.ticket.opened_on(i),
+                        // Opened there meanwhile by another change through the handle.
+                        Err(h) => {
+                            let _ = self.children[i].release(&h).await;
+                        }
+                    }
+                    tracing::debug!(id = %rh.id, child = i, "file opened on a copy that came back");
+                }
+                Err(e) => {
+                    tracing::debug!(id = %rh.id, child = i, "cannot open the file on a copy that came back: {e}")
+                }
+            }
+        }
+    }
+
+    /// Whether the copy on child `i` may still serve reads through `rh`. One reached over a
+    /// newer connection than the handle last knew (the brick was away, perhaps restarted,
+    /// and the child reopened the file there by itself) may have missed changes meanwhile
+    /// that nothing here saw fail (another client's, or one made while this client's link
+    /// to it hung): the copies' markers tell, and a copy marked behind is not read through
+    /// this handle again.
+    async fn still_good(&self, rh: &ReplicaHandle, i: usize) -> bool {
+        let now = self.children[i].generation();
+        if now == 0 || rh.seen.get(i).is_none_or(|s| s.load(Ordering::SeqCst) == now) {
+            return true;
+        }
+        let stale = Self::stale_in(&self.fan(|_, c| c.getattr(rh.id)).await);
+        self.noticed(stale);
+        if stale & bit(i) != 0 {
+            rh.marked.fetch_or(bit(i), Ordering::SeqCst);
+            return false;
+        }
+        rh.seen[i].store(now, Ordering::SeqCst);
+        true
     }
 }
 
@@ -869,7 +972,7 @@ impl Xlator for Replicate {
         };
         let ok = self
             .mutate(&[id], |i, c| {
-                let ch = rh.and_then(|rh| rh.handles.get(i).and_then(Option::as_ref));
+                let ch = rh.and_then(|rh| rh.handles.get(i).and_then(OnceLock::get));
                 c.setattr(id, ch, set)
             })
             .await?;
@@ -891,6 +994,7 @@ impl Xlator for Replicate {
         // A new file's write order is taken with it, by the same round trip's time: it is
         // granted at once (nobody else knows the file), and its first write needs no more.
         let ordered = open.is_some() && node.kind == proto::FileKind::File;
+        let gens = self.generations();
         let (mut results, orders) = futures_util::future::join(
             self.fan(|_, c| c.create(parent, name, node, symlink_target, open)),
             self.fan(|_, c| async move {
@@ -962,7 +1066,11 @@ impl Xlator for Replicate {
                 entry.get_or_insert(e);
             }
             let entry = entry.ok_or(Errno::EIO)?;
-            Ok((entry, open.map(|_| self.handle(node.id, handles, good)), good))
+            Ok((
+                entry,
+                open.map(|flags| self.handle(node.id, flags, handles, good, gens.clone())),
+                good,
+            ))
         }
         .await;
         // Orders taken where the file is not open now are given back.
@@ -1146,6 +1254,7 @@ impl Xlator for Replicate {
         // writing waits: a handle without that copy would mark it with every write, and a
         // file kept open and written (a VM image) would never be healed until closed.
         let reads_only = flags as i32 & (libc::O_ACCMODE | libc::O_TRUNC) == libc::O_RDONLY;
+        let gens = self.generations();
         let (mut opens, attrs) = tokio::join!(
             self.fan(|_, c| async move {
                 match reads_only {
@@ -1201,20 +1310,26 @@ impl Xlator for Replicate {
             handles[i] = Some(h);
             opened |= bit(i);
         }
-        // A copy marked behind is not kept open when the good ones are a quorum: reads
-        // never use it, writes through this handle mark it behind anyway, and an open
-        // handle there would keep healing from repairing it until the file is closed.
-        if stale & opened != 0 && self.quorum(opened & !stale) {
+        // A copy marked behind is not kept open for reading when the good ones are a
+        // quorum: reads never use it, and a handle there would keep the healer's own
+        // connections from repairing it until the file is closed. Open for writing, it is
+        // kept: the handle's writes reach it (else each would mark it behind again, and a
+        // file written on and on would never be healed), and with every handle here
+        // writing to it the file is healed in place (`crate::heal`). It then counts for
+        // the writes' quorum again as it does once healed: a second copy lost meanwhile
+        // leaves the file writable, as it leaves every other file.
+        if reads_only && stale & opened != 0 && self.quorum(opened & !stale) {
             for i in (0..self.children.len()).filter(|i| stale & bit(*i) != 0) {
                 if let Some(h) = handles[i].take() {
                     let _ = self.children[i].release(&h).await;
                 }
             }
         }
-        let h = self.handle(id, handles, self.all() & !stale & !made);
+        let h = self.handle(id, flags, handles, self.all() & !stale & !made, gens);
         if let Handle::Replica(rh) = &h {
-            // A copy made just now holds nothing written before: never read.
-            rh.marked.fetch_or(made, Ordering::SeqCst);
+            // A copy made just now holds nothing written before, a copy marked behind
+            // lacks what it missed: neither is read through this handle.
+            rh.marked.fetch_or(made | stale, Ordering::SeqCst);
             rh.skipped.store(skipped, Ordering::SeqCst);
         }
         Ok(h)
@@ -1272,7 +1387,7 @@ impl Xlator for Replicate {
         };
         let futs = rh.handles.iter().enumerate().filter_map(|(i, ch)| {
             let c = &self.children[i];
-            match ch {
+            match ch.get() {
                 Some(ch) => Some(c.flush(ch, lock_owner)),
                 None if locked => Some(c.setlk(rh.id, &everything, false)),
                 None => None,
@@ -1291,7 +1406,7 @@ impl Xlator for Replicate {
         // A brick lets the write order go with its connection's last handle on the file.
         rh.ticket.order().forget();
         let futs = rh.handles.iter().enumerate().map(|(i, ch)| async move {
-            match ch {
+            match ch.get() {
                 Some(ch) => self.children[i].release(ch).await,
                 None => Ok(None),
             }
@@ -1302,7 +1417,7 @@ impl Xlator for Replicate {
         // since it opened) counts as one that is down.
         let mut entries = Vec::with_capacity(results.len());
         for (r, ch) in results.into_iter().zip(&rh.handles) {
-            match (r, ch) {
+            match (r, ch.get()) {
                 (Ok(Some(e)), Some(_)) => entries.push(Ok(e)),
                 (Ok(None), None) => entries.push(Err(Errno::ENOTCONN)),
                 _ => return Ok(None),

@@ -343,6 +343,7 @@ async fn a_file_open_on_the_stale_copy_is_healed_once_closed_there() {
     let h = v.open(f, libc::O_RDWR as u32).await.unwrap();
     v.write(&h, 100, Bytes::from(vec![7u8; 1000])).await.unwrap();
     v.release(&h).await.unwrap();
+    drop(h);
     b[2].start(&key).await;
     until("the volume to see the third brick back", || vol.conns[2].is_up()).await;
 
@@ -356,8 +357,8 @@ async fn a_file_open_on_the_stale_copy_is_healed_once_closed_there() {
     let report = v.heal().await.unwrap();
     assert!(report.left >= 1, "{report:?}");
     assert!(b[0].pending() > 0);
-    // Opening it through the volume now keeps no handle on the stale copy: that does not
-    // hold the heal up.
+    // Opened for writing through the volume now, the file is open on the stale copy here
+    // too: it is healed in place once the other client closes it.
     let through = v.open(f, libc::O_RDWR as u32).await.unwrap();
 
     other.root.release(&held).await.unwrap();
@@ -413,8 +414,125 @@ async fn a_handle_marks_every_change_a_copy_misses_even_after_a_heal() {
     );
 }
 
+/// A new file (as `file` makes it) whose handles read from child `want` of `n` first.
+async fn file_read_from(v: &Root, want: usize, n: usize, name: &str, data: Vec<u8>) -> FileId {
+    // Reads are spread over the copies by id.
+    for k in 0.. {
+        let id = file(v, FileId::ROOT, &format!("{name}{k}"), &[(0, data.clone())]).await;
+        if (id.0 % n as u128) as usize == want {
+            return id;
+        }
+        v.unlink(FileId::ROOT, format!("{name}{k}").as_bytes())
+            .await
+            .unwrap();
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handles_do_not_read_a_copy_back_from_an_outage_before_it_is_healed() {
+    let (key, mut b, owned, vol) = replica_3().await;
+    let v = vol.root.clone();
+    let other = Volume::connect(
+        spec(&[&owned[0], &owned[1], &owned[2]]),
+        key.clone(),
+        "other",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    // Three files whose handles read from the third copy, each open here since before it
+    // goes away.
+    let cut = file_read_from(&v, 2, 3, "cut", pattern(8192, 1)).await;
+    let mine = file_read_from(&v, 2, 3, "mine", pattern(8192, 2)).await;
+    let theirs = file_read_from(&v, 2, 3, "theirs", pattern(8192, 3)).await;
+    let truncating = v.open(cut, libc::O_RDWR as u32).await.unwrap();
+    let writing = v.open(mine, libc::O_RDWR as u32).await.unwrap();
+    let reading_mine = v.open(mine, libc::O_RDONLY as u32).await.unwrap();
+    let reading_theirs = v.open(theirs, libc::O_RDONLY as u32).await.unwrap();
+    let theirs_there = other.root.open(theirs, libc::O_RDWR as u32).await.unwrap();
+
+    b[2].stop();
+    until("both clients to see the third brick down", || {
+        !vol.conns[2].is_up() && !other.conns[2].is_up()
+    })
+    .await;
+    // A truncation through a handle; a write through another handle of the same file; a
+    // write by another client.
+    let grow = SetAttr {
+        size: Some(20000),
+        ..SetAttr::default()
+    };
+    v.setattr(cut, Some(&truncating), &grow).await.unwrap();
+    v.write(&writing, 0, Bytes::from(vec![9u8; 100])).await.unwrap();
+    other
+        .root
+        .write(&theirs_there, 0, Bytes::from(vec![7u8; 100]))
+        .await
+        .unwrap();
+    b[2].start(&key).await;
+    // Open on the restarted brick by a client of its own, the files cannot be healed yet.
+    let holder = Volume::connect(spec(&[&owned[2]]), key.clone(), "holder", Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for id in [cut, mine, theirs] {
+        held.push(holder.root.open(id, libc::O_RDONLY as u32).await.unwrap());
+    }
+    until("the volume to see the third brick back", || vol.conns[2].is_up()).await;
+
+    let grown = v.read(&truncating, 8192, 20000).await.unwrap();
+    assert_eq!(
+        grown.len(),
+        20000 - 8192,
+        "the truncation is read where the copy missed it"
+    );
+    assert!(grown.iter().all(|x| *x == 0));
+    let got = v.read(&reading_mine, 0, 100).await.unwrap();
+    assert_eq!(&got[..], &[9u8; 100][..], "another handle's write is read");
+    let got = v.read(&reading_theirs, 0, 100).await.unwrap();
+    assert_eq!(&got[..], &[7u8; 100][..], "another client's write is read");
+    assert_eq!(b[0].pending(), 3, "the reads came before any heal");
+
+    for h in held {
+        holder.root.release(&h).await.unwrap();
+    }
+    for h in [truncating, writing, reading_mine, reading_theirs] {
+        v.release(&h).await.unwrap();
+    }
+    other.root.release(&theirs_there).await.unwrap();
+    until("the copies to be healed", || b.iter().all(|x| x.pending() == 0)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_held_open_and_written_all_along_is_healed_in_place() {
+    healed_while_written(Opened::BeforeOutage).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_opened_for_writing_while_a_copy_is_behind_is_healed_while_written() {
+    healed_while_written(Opened::WhileBehind).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_opened_for_writing_while_a_copy_is_away_is_healed_while_written() {
+    healed_while_written(Opened::WhileAway).await;
+}
+
+/// When the handle of `healed_while_written` was opened.
+#[derive(PartialEq)]
+enum Opened {
+    BeforeOutage,
+    /// Once the third copy was back, before it was healed.
+    WhileBehind,
+    /// While the third copy's brick was away (it writes what that copy misses).
+    WhileAway,
+}
+
+/// A file written all the time while its third copy, back from an outage, is healed.
+/// Healed, it counts for the writes' quorum: losing another copy then leaves the file
+/// writable.
+async fn healed_while_written(opened: Opened) {
     let (key, mut b, owned, vol) = replica_3().await;
     let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
     let v = vol.root.clone();
@@ -422,17 +540,43 @@ async fn a_file_held_open_and_written_all_along_is_healed_in_place() {
     const SIZE: usize = 3 << 20;
     let mut model = pattern(SIZE, 1);
     let f = file(&v, FileId::ROOT, "image", &[(0, model.clone())]).await;
-    let h = Arc::new(v.open(f, libc::O_RDWR as u32).await.unwrap());
+    let early = v.open(f, libc::O_RDWR as u32).await.unwrap();
 
     b[2].stop();
     until("the volume to see the third brick down", || !vol.conns[2].is_up()).await;
+    let first = match opened {
+        Opened::WhileAway => {
+            v.release(&early).await.unwrap();
+            drop(early);
+            v.open(f, libc::O_RDWR as u32).await.unwrap()
+        }
+        _ => early,
+    };
     for (off, len, byte) in [(5000usize, 70_000usize, 0xa1u8), (2 << 20, 4096, 0xa2)] {
-        v.write(&h, off as u64, Bytes::from(vec![byte; len]))
+        v.write(&first, off as u64, Bytes::from(vec![byte; len]))
             .await
             .unwrap();
         model[off..off + len].fill(byte);
     }
     b[2].start(&key).await;
+    let h = match opened {
+        Opened::BeforeOutage | Opened::WhileAway => Arc::new(first),
+        Opened::WhileBehind => {
+            v.release(&first).await.unwrap();
+            drop(first);
+            // Open on the restarted brick by a client of its own until the writer has
+            // opened it, the copy is still behind then.
+            let holder = Volume::connect(spec(&addrs[2..]), key.clone(), "holder", Duration::from_secs(5))
+                .await
+                .unwrap();
+            let held = holder.root.open(f, libc::O_RDONLY as u32).await.unwrap();
+            until("the volume to see the third brick back", || vol.conns[2].is_up()).await;
+            let h = v.open(f, libc::O_RDWR as u32).await.unwrap();
+            assert!(b[0].pending() > 0, "opened while the copy is behind");
+            holder.root.release(&held).await.unwrap();
+            Arc::new(h)
+        }
+    };
 
     // The writer goes on, through the same handle, at offsets all over the file (past its
     // end too), while the copy that came back is healed.
@@ -467,8 +611,22 @@ async fn a_file_held_open_and_written_all_along_is_healed_in_place() {
     })
     .await;
     stop.store(true, Ordering::SeqCst);
-    let (model, writes) = writer.await.unwrap();
+    let (mut model, writes) = writer.await.unwrap();
     eprintln!("{writes} writes while healing");
+    {
+        b[1].stop();
+        until("the volume to see the second brick down", || {
+            !vol.conns[1].is_up()
+        })
+        .await;
+        v.write(&h, 0, Bytes::from(vec![0x5a; 10])).await.unwrap();
+        model[..10].fill(0x5a);
+        b[1].start(&key).await;
+        until("the second copy to be healed", || {
+            vol.conns[1].is_up() && b.iter().all(|x| x.pending() == 0)
+        })
+        .await;
+    }
 
     // The three copies hold exactly what was written, the file still open. (The bricks
     // stamp writes with their own clocks: one mtime for all, to compare the rest.)
