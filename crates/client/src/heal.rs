@@ -321,10 +321,13 @@ impl Replicate {
                 _ => None,
             };
             let r = match &held {
-                Some((t, true)) => self.heal_copy(id, &sources, s, made, Some(t.gate())).await,
+                Some((t, true)) => {
+                    self.heal_copy(id, &sources, present, s, made, Some(t.gate()))
+                        .await
+                }
                 // (A handle here that is not open on the stale copy writes to the others
                 // alone: the healer's connections heal it unless another is open there.)
-                _ => self.heal_copy(id, &sources, s, made, None).await,
+                _ => self.heal_copy(id, &sources, present, s, made, None).await,
             };
             match r {
                 Ok(true) => {
@@ -350,6 +353,7 @@ impl Replicate {
         &self,
         id: FileId,
         sources: &[usize],
+        present: u64,
         s: usize,
         made: &mut Made,
         gate: Option<&RwLock<()>>,
@@ -368,7 +372,7 @@ impl Replicate {
         }
         let r = match watching.is_empty() {
             true => Ok(false),
-            false => self.copy_and_clear(id, &watching, s, made, gate).await,
+            false => self.copy_and_clear(id, &watching, present, s, made, gate).await,
         };
         if !matches!(r, Ok(true)) {
             // (Ending what already ended changes nothing.)
@@ -386,6 +390,7 @@ impl Replicate {
         &self,
         id: FileId,
         sources: &[usize],
+        present: u64,
         s: usize,
         made: &mut Made,
         gate: Option<&RwLock<()>>,
@@ -400,6 +405,18 @@ impl Replicate {
             good.get_or_insert(e);
         }
         let e = good.ok_or(Errno::EIO)?;
+        // Copies that are behind too (the other sinks of this pass) may mark this one
+        // behind as well: what they saw it miss, the sources have (else a copy would mark
+        // them), so once exact it has it too. Those counts go with the sources' (else the
+        // two sinks, each healed, would mark each other for good: a split brain once the
+        // source is lost).
+        let others =
+            (0..self.children.len()).filter(|i| *i != s && present & bit(*i) != 0 && !sources.contains(i));
+        for i in others {
+            if let Ok(o) = self.via(i, gate).getattr(id).await {
+                counts.push((i, counter(&o, &key)));
+            }
+        }
         let (from, to) = (self.via(sources[0], gate), self.via(s, gate));
         let whole = match e.attr.kind {
             FileKind::File => {
@@ -412,16 +429,22 @@ impl Replicate {
         if !whole {
             return Ok(false);
         }
-        match gate {
+        // (With the gate: how many changes here missed a copy of the file when it was
+        // made exact, see below.)
+        let exact_at = match gate {
             Some(gate) => {
                 // What this client changed meanwhile reached both copies; the attributes
                 // are read again under the gate, so that none of its changes is undone.
                 let _copying = gate.write().await;
                 let e = from.getattr(id).await?;
                 copy_meta(id, &e, from, to).await?;
+                Some(self.open.misses(id))
             }
-            None => copy_meta(id, &e, from, to).await?,
-        }
+            None => {
+                copy_meta(id, &e, from, to).await?;
+                None
+            }
+        };
         let mut changed = false;
         for &i in sources {
             changed |= self.via(i, gate).heal_end(id, false).await.unwrap_or(true);
@@ -443,6 +466,12 @@ impl Replicate {
                 return Err(e);
             }
             return Ok(false);
+        }
+        // This client's handles need not avoid the copy any more, unless one of its changes
+        // missed a copy since (which may be this one).
+        if let (Some(gate), Some(misses)) = (gate, exact_at) {
+            let _quiet = gate.write().await;
+            self.open.healed(id, s, misses);
         }
         Ok(true)
     }

@@ -23,8 +23,12 @@ use proto::FileId;
 struct Entry {
     gate: Arc<RwLock<()>>,
     order: Arc<Order>,
-    /// Children (bits) that missed a change of the file made here while it was held.
+    /// Children (bits) that missed a change of the file made here while it was held, or
+    /// were behind when a handle here opened them (a heal in place takes its copy's bit
+    /// off again, `OpenFiles::healed`).
     behind: Arc<AtomicU64>,
+    /// How many times `behind` was added to.
+    misses: u64,
     /// Tickets held on the file.
     tickets: usize,
     /// Per child, tickets of handles that do not have the file open there.
@@ -46,10 +50,25 @@ impl OpenFiles {
         self.files().get(&id).map(|e| e.order.clone())
     }
 
-    /// Notes that the children in `missed` (bits) missed a change of `id`, if it is held.
+    /// Notes that the children in `missed` (bits) missed a change of `id` (or lack one),
+    /// if it is held.
     pub fn missed(&self, id: FileId, missed: u64) {
-        if let Some(e) = self.files().get(&id) {
+        if let Some(e) = self.files().get_mut(&id).filter(|_| missed != 0) {
             e.behind.fetch_or(missed, Ordering::SeqCst);
+            e.misses += 1;
+        }
+    }
+
+    /// What `healed` compares: how many misses of `id` were noted so far.
+    pub fn misses(&self, id: FileId) -> u64 {
+        self.files().get(&id).map_or(0, |e| e.misses)
+    }
+
+    /// Child `c`'s copy of `id` was made exact when `misses` misses were noted: unless
+    /// more were since, it is no longer behind. (Called with the file's gate held.)
+    pub fn healed(&self, id: FileId, c: usize, misses: u64) {
+        if let Some(e) = self.files().get(&id).filter(|e| e.misses == misses) {
+            e.behind.fetch_and(!(1u64 << c), Ordering::SeqCst);
         }
     }
 
@@ -183,6 +202,16 @@ mod tests {
         let b = f.ticket(id, &[]);
         f.missed(id, 0b010);
         assert_eq!((a.behind(), b.behind()), (0b010, 0b010));
+        let then = f.misses(id);
+        f.missed(id, 0b100);
+        f.healed(id, 1, then);
+        assert_eq!(
+            a.behind(),
+            0b110,
+            "not healed: a miss came after the copy was exact"
+        );
+        f.healed(id, 1, f.misses(id));
+        assert_eq!(a.behind(), 0b100);
         drop((a, b));
         assert_eq!(
             f.ticket(id, &[]).behind(),

@@ -556,7 +556,9 @@ impl Replicate {
         // Copies the file is not open on will miss its first write too: it carries their
         // markers already.
         let closed: Vec<usize> = (0..handles.len()).filter(|i| handles[*i].is_none()).collect();
-        let ticket = self.open.ticket(id, &closed);
+        // (A reader writes to no copy: it holds no heal in place up.)
+        let reads_only = flags as i32 & libc::O_ACCMODE == libc::O_RDONLY;
+        let ticket = self.open.ticket(id, if reads_only { &[] } else { &closed });
         Handle::Replica(Box::new(ReplicaHandle {
             id,
             flags: flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL) as u32,
@@ -595,6 +597,12 @@ impl Replicate {
             .filter(|(i, h)| h.get().is_some() && self.children[*i].is_up())
             .fold(0, |m, (i, _)| m | bit(i));
         if !self.quorum(open_up) {
+            return Err(Errno::EROFS);
+        }
+        // Nor without a copy that is not behind: copies that each lack something would
+        // then each lack what the others have (split brain), as GlusterFS refuses too.
+        if open_up & !rh.ticket.behind() == 0 {
+            tracing::warn!(id = %rh.id, "every reachable copy is behind: change refused");
             return Err(Errno::EROFS);
         }
         let futs: Vec<std::pin::Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>> = rh
@@ -846,6 +854,8 @@ impl Replicate {
         for k in 0..n {
             let i = (first + k) % n;
             let Some(ch) = rh.handles[i].get() else { continue };
+            // (Loaded again: a copy opened late is marked before it is set.)
+            let marked = marked | rh.marked.load(Ordering::SeqCst);
             if fresh && marked & bit(i) != 0 {
                 continue; // missed changes made here (the read child too)
             }
@@ -896,6 +906,7 @@ impl Replicate {
             match self.children[i].open_now(rh.id, rh.flags).await {
                 Ok(h) => {
                     rh.marked.fetch_or(bit(i), Ordering::SeqCst);
+                    self.open.missed(rh.id, bit(i));
                     match rh.handles[i].set(h) {
                         Ok(()) => rh.ticket.opened_on(i),
                         // Opened there meanwhile by another change through the handle.
@@ -925,11 +936,11 @@ impl Replicate {
         }
         let stale = Self::stale_in(&self.fan(|_, c| c.getattr(rh.id)).await);
         self.noticed(stale);
+        rh.seen[i].store(now, Ordering::SeqCst);
         if stale & bit(i) != 0 {
             rh.marked.fetch_or(bit(i), Ordering::SeqCst);
             return false;
         }
-        rh.seen[i].store(now, Ordering::SeqCst);
         true
     }
 }
@@ -1315,9 +1326,9 @@ impl Xlator for Replicate {
         // connections from repairing it until the file is closed. Open for writing, it is
         // kept: the handle's writes reach it (else each would mark it behind again, and a
         // file written on and on would never be healed), and with every handle here
-        // writing to it the file is healed in place (`crate::heal`). It then counts for
-        // the writes' quorum again as it does once healed: a second copy lost meanwhile
-        // leaves the file writable, as it leaves every other file.
+        // writing to it the file is healed in place (`crate::heal`). It counts for the
+        // writes' quorum (a second copy lost meanwhile leaves the file writable), but a
+        // change also needs a copy that is not behind (`mutate_open`).
         if reads_only && stale & opened != 0 && self.quorum(opened & !stale) {
             for i in (0..self.children.len()).filter(|i| stale & bit(*i) != 0) {
                 if let Some(h) = handles[i].take() {
@@ -1331,6 +1342,10 @@ impl Xlator for Replicate {
             // lacks what it missed: neither is read through this handle.
             rh.marked.fetch_or(made | stale, Ordering::SeqCst);
             rh.skipped.store(skipped, Ordering::SeqCst);
+            let kept = (0..rh.handles.len())
+                .filter(|i| rh.handles[*i].get().is_some())
+                .fold(0, |m, i| m | bit(i));
+            self.open.missed(id, (made | stale) & kept);
         }
         Ok(h)
     }

@@ -505,6 +505,76 @@ async fn handles_do_not_read_a_copy_back_from_an_outage_before_it_is_healed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_would_reach_only_copies_behind_is_refused() {
+    let (key, mut b, owned, vol) = replica_3().await;
+    let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let wait = Duration::from_secs(5);
+    let v = vol.root.clone();
+    let f = file(&v, FileId::ROOT, "f", &[(0, pattern(8192, 1))]).await;
+    // Each brick held open by a client of its own once back, nothing is healed.
+    let holders = [
+        Volume::connect(spec(&addrs[1..2]), key.clone(), "holder1", wait)
+            .await
+            .unwrap(),
+        Volume::connect(spec(&addrs[2..3]), key.clone(), "holder2", wait)
+            .await
+            .unwrap(),
+    ];
+    let mut held = Vec::new();
+
+    // The third copy misses a change; a handle opened once it is back keeps it, behind.
+    b[2].stop();
+    until("the volume to see the third brick down", || !vol.conns[2].is_up()).await;
+    let early = v.open(f, libc::O_RDWR as u32).await.unwrap();
+    v.write(&early, 0, Bytes::from(vec![1u8; 10])).await.unwrap();
+    v.release(&early).await.unwrap();
+    drop(early);
+    b[2].start(&key).await;
+    until("its holder to reach it", || holders[1].conns[0].is_up()).await;
+    held.push((1, holders[1].root.open(f, libc::O_RDONLY as u32).await.unwrap()));
+    until("the volume to see the third brick back", || vol.conns[2].is_up()).await;
+    let h = v.open(f, libc::O_RDWR as u32).await.unwrap();
+
+    // The second copy misses a change through that handle (the first and third take it).
+    b[1].stop();
+    until("the volume to see the second brick down", || {
+        !vol.conns[1].is_up()
+    })
+    .await;
+    v.write(&h, 100, Bytes::from(vec![2u8; 10])).await.unwrap();
+    b[1].start(&key).await;
+    until("its holder to reach it", || holders[0].conns[0].is_up()).await;
+    held.push((0, holders[0].root.open(f, libc::O_RDONLY as u32).await.unwrap()));
+    until("the volume to see the second brick back", || vol.conns[1].is_up()).await;
+
+    // With the first copy lost, the two left are a quorum, but each lacks a change the
+    // other has: a change they took would leave no copy with everything.
+    b[0].stop();
+    until("the volume to see the first brick down", || !vol.conns[0].is_up()).await;
+    assert_eq!(
+        v.write(&h, 200, Bytes::from(vec![3u8; 10])).await,
+        Err(proto::Errno::EROFS)
+    );
+    assert!(
+        b[1].pending() > 0 && b[2].pending() > 0,
+        "nothing was healed meanwhile"
+    );
+
+    b[0].start(&key).await;
+    for (i, x) in held {
+        holders[i].root.release(&x).await.unwrap();
+    }
+    v.release(&h).await.unwrap();
+    until("the copies to be healed", || {
+        vol.conns[0].is_up() && b.iter().all(|x| x.pending() == 0)
+    })
+    .await;
+    for a in &addrs[1..] {
+        same_copies(&brick_tree(&key, addrs[0]).await, &brick_tree(&key, a).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_held_open_and_written_all_along_is_healed_in_place() {
     healed_while_written(Opened::BeforeOutage).await;
 }
