@@ -505,6 +505,47 @@ async fn handles_do_not_read_a_copy_back_from_an_outage_before_it_is_healed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_does_not_read_a_copy_another_handle_saw_miss_a_write() {
+    let (_key, b, _owned, vol) = replica_3().await;
+    let v = vol.root.clone();
+    let f = file_read_from(&v, 2, 3, "f", pattern(8192, 1)).await;
+    let name = std::fs::read_dir(b[2].dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('f'))
+        })
+        .unwrap();
+    let writing = v.open(f, libc::O_RDWR as u32).await.unwrap();
+    let reading = v.open(f, libc::O_RDONLY as u32).await.unwrap();
+    // The third copy refuses the write (its brick's file made immutable) without its
+    // connection going anywhere; nothing can heal it while it stays so.
+    let chattr = |flag: &str| {
+        let ok = std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&name)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "chattr {flag} {}", name.display());
+    };
+    chattr("+i");
+    let wrote = v.write(&writing, 0, Bytes::from(vec![9u8; 100])).await;
+    let got = v.read(&reading, 0, 100).await;
+    chattr("-i");
+    assert_eq!(wrote.unwrap(), 100);
+    assert_eq!(
+        &got.unwrap()[..],
+        &[9u8; 100][..],
+        "the write is read through the other handle"
+    );
+    for h in [writing, reading] {
+        v.release(&h).await.unwrap();
+    }
+    until("the copy to be healed", || b.iter().all(|x| x.pending() == 0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_that_would_reach_only_copies_behind_is_refused() {
     let (key, mut b, owned, vol) = replica_3().await;
     let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
