@@ -417,6 +417,9 @@ impl Replicate {
                 counts.push((i, counter(&o, &key)));
             }
         }
+        // What this client has noted this copy missed, as its markers were read: a later
+        // miss keeps it behind for this client's handles (below).
+        let misses_then = self.open.misses(id, s);
         let (from, to) = (self.via(sources[0], gate), self.via(s, gate));
         let whole = match e.attr.kind {
             FileKind::File => {
@@ -429,22 +432,16 @@ impl Replicate {
         if !whole {
             return Ok(false);
         }
-        // (With the gate: how many changes here missed a copy of the file when it was
-        // made exact, see below.)
-        let exact_at = match gate {
+        match gate {
             Some(gate) => {
                 // What this client changed meanwhile reached both copies; the attributes
                 // are read again under the gate, so that none of its changes is undone.
                 let _copying = gate.write().await;
                 let e = from.getattr(id).await?;
                 copy_meta(id, &e, from, to).await?;
-                Some(self.open.misses(id))
             }
-            None => {
-                copy_meta(id, &e, from, to).await?;
-                None
-            }
-        };
+            None => copy_meta(id, &e, from, to).await?,
+        }
         let mut changed = false;
         for &i in sources {
             changed |= self.via(i, gate).heal_end(id, false).await.unwrap_or(true);
@@ -467,11 +464,11 @@ impl Replicate {
             }
             return Ok(false);
         }
-        // This client's handles need not avoid the copy any more, unless one of its changes
-        // missed a copy since (which may be this one).
-        if let (Some(gate), Some(misses)) = (gate, exact_at) {
+        // This client's handles need not avoid the copy any more, unless a change here
+        // missed it since its markers were read.
+        if let Some(gate) = gate {
             let _quiet = gate.write().await;
-            self.open.healed(id, s, misses);
+            self.open.healed(id, s, misses_then);
         }
         Ok(true)
     }

@@ -27,8 +27,8 @@ struct Entry {
     /// were behind when a handle here opened them (a heal in place takes its copy's bit
     /// off again, `OpenFiles::healed`).
     behind: Arc<AtomicU64>,
-    /// How many times `behind` was added to.
-    misses: u64,
+    /// Per child, how many times it was added to `behind`.
+    misses: HashMap<usize, u64>,
     /// Tickets held on the file.
     tickets: usize,
     /// Per child, tickets of handles that do not have the file open there.
@@ -55,19 +55,27 @@ impl OpenFiles {
     pub fn missed(&self, id: FileId, missed: u64) {
         if let Some(e) = self.files().get_mut(&id).filter(|_| missed != 0) {
             e.behind.fetch_or(missed, Ordering::SeqCst);
-            e.misses += 1;
+            for c in (0..64).filter(|c| missed & (1u64 << c) != 0) {
+                *e.misses.entry(c).or_default() += 1;
+            }
         }
     }
 
-    /// What `healed` compares: how many misses of `id` were noted so far.
-    pub fn misses(&self, id: FileId) -> u64 {
-        self.files().get(&id).map_or(0, |e| e.misses)
+    /// What `healed` compares: how many misses of child `c`'s copy of `id` were noted.
+    pub fn misses(&self, id: FileId, c: usize) -> u64 {
+        self.files()
+            .get(&id)
+            .and_then(|e| e.misses.get(&c).copied())
+            .unwrap_or(0)
     }
 
-    /// Child `c`'s copy of `id` was made exact when `misses` misses were noted: unless
-    /// more were since, it is no longer behind. (Called with the file's gate held.)
+    /// Child `c`'s copy of `id` has everything it was marked behind for when `misses` of
+    /// its misses were noted here: unless more were since, it is no longer behind.
+    /// (Called with the file's gate held.)
     pub fn healed(&self, id: FileId, c: usize, misses: u64) {
-        if let Some(e) = self.files().get(&id).filter(|e| e.misses == misses) {
+        let files = self.files();
+        let now = files.get(&id).map(|e| e.misses.get(&c).copied().unwrap_or(0));
+        if let (Some(e), Some(true)) = (files.get(&id), now.map(|n| n == misses)) {
             e.behind.fetch_and(!(1u64 << c), Ordering::SeqCst);
         }
     }
@@ -202,16 +210,16 @@ mod tests {
         let b = f.ticket(id, &[]);
         f.missed(id, 0b010);
         assert_eq!((a.behind(), b.behind()), (0b010, 0b010));
-        let then = f.misses(id);
+        let then = f.misses(id, 1);
         f.missed(id, 0b100);
         f.healed(id, 1, then);
-        assert_eq!(
-            a.behind(),
-            0b110,
-            "not healed: a miss came after the copy was exact"
-        );
-        f.healed(id, 1, f.misses(id));
-        assert_eq!(a.behind(), 0b100);
+        assert_eq!(a.behind(), 0b100, "another copy's miss does not matter");
+        let then = f.misses(id, 2);
+        f.missed(id, 0b100);
+        f.healed(id, 2, then);
+        assert_eq!(a.behind(), 0b100, "not healed: it missed a change since");
+        f.healed(id, 2, f.misses(id, 2));
+        assert_eq!(a.behind(), 0);
         drop((a, b));
         assert_eq!(
             f.ticket(id, &[]).behind(),

@@ -849,13 +849,13 @@ impl Replicate {
         let n = rh.handles.len();
         // (Also what other handles of the file here saw copies miss.)
         let marked = rh.marked.load(Ordering::Relaxed) | rh.ticket.behind();
-        let fresh = (0..n).any(|i| rh.handles[i].get().is_some() && marked & bit(i) == 0);
         let mut last = Errno::ENOTCONN;
         for k in 0..n {
             let i = (first + k) % n;
             let Some(ch) = rh.handles[i].get() else { continue };
             // (Loaded again: a copy opened late is marked before it is set.)
             let marked = marked | rh.marked.load(Ordering::SeqCst);
+            let fresh = (0..n).any(|j| rh.handles[j].get().is_some() && marked & bit(j) == 0);
             if fresh && marked & bit(i) != 0 {
                 continue; // missed changes made here (the read child too)
             }
@@ -905,8 +905,13 @@ impl Replicate {
         for i in back {
             match self.children[i].open_now(rh.id, rh.flags).await {
                 Ok(h) => {
-                    rh.marked.fetch_or(bit(i), Ordering::SeqCst);
-                    self.open.missed(rh.id, bit(i));
+                    // Behind if it missed this handle's changes (which marked it) or any
+                    // other's, unless a heal repaired it meanwhile: the markers tell.
+                    let stale = Self::stale_in(&self.fan(|_, c| c.getattr(rh.id)).await);
+                    if stale & bit(i) != 0 {
+                        rh.marked.fetch_or(bit(i), Ordering::SeqCst);
+                        self.open.missed(rh.id, bit(i));
+                    }
                     match rh.handles[i].set(h) {
                         Ok(()) => rh.ticket.opened_on(i),
                         // Opened there meanwhile by another change through the handle.
