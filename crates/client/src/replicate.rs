@@ -884,9 +884,10 @@ impl Replicate {
     /// that are reachable again: the handle's changes reach them from then on instead of
     /// marking them behind each time, they count for the changes' quorum again, and the
     /// file can be healed in place while it stays open (`crate::heal`), as GlusterFS
-    /// reopens its files on a brick that comes back. Such a copy lacks what it missed: it
-    /// is not read through the handle. A copy whose heal by another client is copying
-    /// (EBUSY) is tried again a second later, at a change then: this never waits for it.
+    /// reopens its files on a brick that comes back. Such a copy is read through the
+    /// handle only if the markers show it is not behind. A copy whose heal by another
+    /// client is copying (EBUSY) is tried again a second later, at a change then: this
+    /// does not wait for it (a brick that predates `OpenNow` makes it wait).
     async fn open_where_back(&self, rh: &ReplicaHandle) {
         let now = Instant::now();
         let back: Vec<usize> = {
