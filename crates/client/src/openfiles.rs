@@ -74,8 +74,8 @@ impl OpenFiles {
     /// (Called with the file's gate held.)
     pub fn healed(&self, id: FileId, c: usize, misses: u64) {
         let files = self.files();
-        let now = files.get(&id).map(|e| e.misses.get(&c).copied().unwrap_or(0));
-        if let (Some(e), Some(true)) = (files.get(&id), now.map(|n| n == misses)) {
+        let Some(e) = files.get(&id) else { return };
+        if e.misses.get(&c).copied().unwrap_or(0) == misses {
             e.behind.fetch_and(!(1u64 << c), Ordering::SeqCst);
         }
     }
