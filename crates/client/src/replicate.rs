@@ -845,6 +845,9 @@ impl Replicate {
         F: Future<Output = Result<T>>,
     {
         let rh = Self::rh(h)?;
+        // Not while this client heals a copy in place: one read sent before the heal
+        // marked its copy behind lands before the copy is emptied.
+        let _gate = rh.ticket.gate().read().await;
         let first = rh.read_child.load(Ordering::Relaxed) as usize;
         let n = rh.handles.len();
         // (Also what other handles of the file here saw copies miss.)

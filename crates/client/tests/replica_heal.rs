@@ -414,6 +414,70 @@ async fn a_handle_marks_every_change_a_copy_misses_even_after_a_heal() {
     );
 }
 
+/// Whether a brick's plain copy of the root's `name` holds data (not a hole) at `off`.
+fn data_at(b: &TestBrick, name: &str, off: i64) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(b.dir.path().join(name)).unwrap();
+    // SAFETY: a plain lseek on a descriptor this function holds open.
+    unsafe { libc::lseek(f.as_raw_fd(), off, libc::SEEK_DATA) == off }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_only_a_stale_copy_blames_is_not_healed_again() {
+    let (key, mut b, owned, vol) = replica_3().await;
+    let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let v = vol.root.clone();
+    let f = file(&v, FileId::ROOT, "f", &[(0, pattern(1 << 20, 1))]).await;
+    let write = |off: u64, data: Vec<u8>| {
+        let v = v.clone();
+        async move {
+            let h = v.open(f, libc::O_RDWR as u32).await.unwrap();
+            v.write(&h, off, Bytes::from(data)).await.unwrap();
+            v.release(&h).await.unwrap();
+        }
+    };
+
+    // The second copy misses a write: the first and the third blame it. It is healed
+    // from the first while the third is away, which keeps blaming it.
+    b[1].stop();
+    until("the volume to see the second brick down", || {
+        !vol.conns[1].is_up()
+    })
+    .await;
+    write(4096, vec![1; 4096]).await;
+    b[2].stop();
+    until("the volume to see the third brick down", || !vol.conns[2].is_up()).await;
+    b[1].start(&key).await;
+    until("the second copy to be healed from the first", || {
+        vol.conns[1].is_up() && b[0].pending() == 0 && b[1].pending() == 0
+    })
+    .await;
+    assert!(b[2].pending() > 0, "the third copy still blames the second");
+    // Now the third copy misses a write: zeros, which the copies store as data, and a heal
+    // as a hole (a sign that a copy was healed again).
+    write(2 << 20, vec![0; 64 << 10]).await;
+    assert!(data_at(&b[1], "f", 2 << 20));
+
+    // Back, the third copy is healed; the second, blamed by nobody but the third, is
+    // left as it is (healing it again would empty it under its readers).
+    b[2].start(&key).await;
+    until("every copy to be healed", || {
+        vol.conns[2].is_up() && b.iter().all(|x| x.pending() == 0)
+    })
+    .await;
+    v.heal().await.unwrap();
+    assert!(data_at(&b[1], "f", 2 << 20), "the second copy was healed again");
+    assert!(!data_at(&b[2], "f", 2 << 20), "the third copy was healed");
+    assert!(b.iter().all(|x| x.pending() == 0));
+    let t0 = brick_tree(&key, addrs[0]).await;
+    // (Copies written by the same changes differ in their times by the bricks' clocks;
+    // the healed one has the good copy's, and a hole where it has zeros.)
+    agree_but_times(&t0, &brick_tree(&key, addrs[1]).await);
+    let t2 = brick_tree(&key, addrs[2]).await;
+    agree_but_times(&t0, &t2);
+    assert_eq!(t0["/f"].0.attr.mtime, t2["/f"].0.attr.mtime);
+}
+
 /// A new file (as `file` makes it) whose handles read from child `want` of `n` first.
 async fn file_read_from(v: &Root, want: usize, n: usize, name: &str, data: Vec<u8>) -> FileId {
     // Reads are spread over the copies by id.
