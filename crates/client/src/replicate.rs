@@ -590,14 +590,21 @@ impl Replicate {
         Fut: Future<Output = Result<T>> + Send + 'a,
         T: Send + 'a,
     {
-        let open_up = rh
-            .handles
-            .iter()
-            .enumerate()
-            .filter(|(i, h)| h.get().is_some() && self.children[*i].is_up())
-            .fold(0, |m, (i, _)| m | bit(i));
+        let reachable = || {
+            rh.handles
+                .iter()
+                .enumerate()
+                .filter(|(i, h)| h.get().is_some() && self.children[*i].is_up())
+                .fold(0, |m, (i, _)| m | bit(i))
+        };
+        let mut open_up = reachable();
         if !self.quorum(open_up) {
-            return Err(Errno::EROFS);
+            // Copies that came back since the last try count before refusing.
+            self.open_where_back(rh, true).await;
+            open_up = reachable();
+            if !self.quorum(open_up) {
+                return Err(Errno::EROFS);
+            }
         }
         // Nor without a copy that is not behind: copies that each lack something would
         // then each lack what the others have (split brain), as GlusterFS refuses too.
@@ -652,7 +659,7 @@ impl Replicate {
     /// `crate::order`) until the guard returned is dropped: two clients' changes of the
     /// same bytes then reach every copy in the same order.
     async fn in_order<'a>(&'a self, rh: &'a ReplicaHandle) -> InOrder<'a> {
-        self.open_where_back(rh).await;
+        self.open_where_back(rh, false).await;
         let open = rh
             .handles
             .iter()
@@ -889,16 +896,17 @@ impl Replicate {
     /// file can be healed in place while it stays open (`crate::heal`), as GlusterFS
     /// reopens its files on a brick that comes back. Such a copy is read through the
     /// handle only if the markers show it is not behind. A copy whose heal by another
-    /// client is copying (EBUSY) is tried again a second later, at a change then: this
-    /// does not wait for it (a brick that predates `OpenNow` makes it wait).
-    async fn open_where_back(&self, rh: &ReplicaHandle) {
+    /// client is copying (EBUSY) is tried again a second later, at a change then, or at
+    /// once (`now_or_never`) where the change would otherwise be refused for want of
+    /// copies: this does not wait for it (a brick that predates `OpenNow` makes it wait).
+    async fn open_where_back(&self, rh: &ReplicaHandle, now_or_never: bool) {
         let now = Instant::now();
         let back: Vec<usize> = {
             let mut tried = rh.tried.lock().unwrap_or_else(|p| p.into_inner());
             (0..rh.handles.len())
                 .filter(|&i| rh.handles[i].get().is_none() && self.children[i].is_up())
                 .filter(|&i| {
-                    let due = tried[i].is_none_or(|t| now.duration_since(t) >= REOPEN_EVERY);
+                    let due = now_or_never || tried[i].is_none_or(|t| now.duration_since(t) >= REOPEN_EVERY);
                     if due {
                         tried[i] = Some(now);
                     }
