@@ -19,6 +19,21 @@ pub struct BrickFile {
     id: FileId,
     flags: u32,
     fh: Mutex<(u64, Fh)>,
+    /// Held while the file is reopened: two requests that each found the handle stale
+    /// would otherwise each open it, and the brick would keep the first open for the
+    /// life of the connection (which keeps any heal of that copy away).
+    reopening: tokio::sync::Mutex<()>,
+}
+
+impl BrickFile {
+    fn new(id: FileId, flags: u32, gen: u64, fh: Fh) -> BrickFile {
+        BrickFile {
+            id,
+            flags,
+            fh: Mutex::new((gen, fh)),
+            reopening: tokio::sync::Mutex::new(()),
+        }
+    }
 }
 
 pub struct Protocol {
@@ -121,6 +136,11 @@ impl Protocol {
         if gen == cur {
             return Ok(fh);
         }
+        let _one = f.reopening.lock().await;
+        let (gen, fh) = *f.fh.lock().unwrap_or_else(|p| p.into_inner());
+        if gen == self.conn.generation() {
+            return Ok(fh); // reopened meanwhile
+        }
         let flags = f.flags & !(libc::O_TRUNC | libc::O_CREAT | libc::O_EXCL) as u32;
         match self
             .conn
@@ -137,11 +157,7 @@ impl Protocol {
 
     async fn open_with(&self, req: Request, id: FileId, flags: u32) -> Result<Handle> {
         match self.conn.call(&req, Bytes::new()).await? {
-            (Reply::Opened { fh }, _, gen) => Ok(Handle::Brick(Arc::new(BrickFile {
-                id,
-                flags,
-                fh: Mutex::new((gen, fh)),
-            }))),
+            (Reply::Opened { fh }, _, gen) => Ok(Handle::Brick(Arc::new(BrickFile::new(id, flags, gen, fh)))),
             (r, _, _) => Err(unexpected(r)),
         }
     }
@@ -243,11 +259,9 @@ impl Xlator for Protocol {
         match self.conn.call(&req, Bytes::new()).await? {
             (Reply::Created { entry, fh }, _, gen) => {
                 let handle = match (fh, open) {
-                    (Some(fh), Some(flags)) => Some(Handle::Brick(Arc::new(BrickFile {
-                        id: node.id,
-                        flags,
-                        fh: Mutex::new((gen, fh)),
-                    }))),
+                    (Some(fh), Some(flags)) => {
+                        Some(Handle::Brick(Arc::new(BrickFile::new(node.id, flags, gen, fh))))
+                    }
                     _ => None,
                 };
                 Ok((entry, handle))
