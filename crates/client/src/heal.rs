@@ -398,7 +398,10 @@ impl Replicate {
         let sink = self.via(s, gate);
         match sink.heal_begin(id, true).await {
             Ok(()) => {}
-            Err(Errno::EBUSY) => return Ok(false),
+            Err(Errno::EBUSY) => {
+                tracing::debug!(%id, child = s, "copy busy (open there, or healed by another client)");
+                return Ok(false);
+            }
             Err(e) => return Err(e),
         }
         let mut watching = Vec::new();
@@ -503,6 +506,7 @@ impl Replicate {
             changed |= self.via(i, gate).heal_end(id, false).await.unwrap_or(true);
         }
         if changed {
+            tracing::debug!(%id, child = s, "changed by another client while healed: left for later");
             return Ok(false);
         }
         // Taken off while the guard is still held: another healer of this copy reads the
@@ -523,6 +527,7 @@ impl Replicate {
                 tracing::error!(%id, child = s, "cannot put back the markers of a heal that cannot be vouched for: {e}");
                 return Err(e);
             }
+            tracing::debug!(%id, child = s, "heal guard lost: markers put back");
             return Ok(false);
         }
         // This client's handles need not avoid the copy any more, unless a change here

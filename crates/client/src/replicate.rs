@@ -623,6 +623,7 @@ impl Replicate {
             .collect();
         let results = join_all(futs).await;
         let lacking = lacking(&results);
+        let errors: Vec<Option<Errno>> = results.iter().map(|r| r.as_ref().err().copied()).collect();
         let mut out = Self::outcome(results)?;
         if !lacking.is_empty() && !self.quorum(out.ok_mask()) {
             // (A handle whose file is made again there reopens it by id.)
@@ -650,6 +651,7 @@ impl Replicate {
         self.open.missed(rh.id, out.failed);
         rh.failing.store(out.failed, Ordering::SeqCst);
         if !self.quorum(out.ok_mask()) {
+            tracing::debug!(id = %rh.id, ?errors, "too few copies took a change: refused");
             return Err(Errno::EROFS);
         }
         Ok(out.ok)
