@@ -576,6 +576,15 @@ impl Replicate {
         }))
     }
 
+    /// The copies `rh` has the file open on whose bricks are up.
+    fn reachable(&self, rh: &ReplicaHandle) -> u64 {
+        rh.handles
+            .iter()
+            .enumerate()
+            .filter(|(i, h)| h.get().is_some() && self.children[*i].is_up())
+            .fold(0, |m, (i, _)| m | bit(i))
+    }
+
     /// Runs a data change through the open handles, with the same quorum and marking rules.
     /// Children in `covered` need no marking if they miss it: the change itself marked them
     /// on the children that took it.
@@ -590,18 +599,12 @@ impl Replicate {
         Fut: Future<Output = Result<T>> + Send + 'a,
         T: Send + 'a,
     {
-        let reachable = || {
-            rh.handles
-                .iter()
-                .enumerate()
-                .filter(|(i, h)| h.get().is_some() && self.children[*i].is_up())
-                .fold(0, |m, (i, _)| m | bit(i))
-        };
-        let mut open_up = reachable();
+        let mut open_up = self.reachable(rh);
         if !self.quorum(open_up) {
-            // Copies that came back since the last try count before refusing.
+            // Copies that came back since the last try count before refusing (a change
+            // under the file's order tried them as it took it).
             self.open_where_back(rh, true).await;
-            open_up = reachable();
+            open_up = self.reachable(rh);
             if !self.quorum(open_up) {
                 return Err(Errno::EROFS);
             }
@@ -661,7 +664,10 @@ impl Replicate {
     /// `crate::order`) until the guard returned is dropped: two clients' changes of the
     /// same bytes then reach every copy in the same order.
     async fn in_order<'a>(&'a self, rh: &'a ReplicaHandle) -> InOrder<'a> {
-        self.open_where_back(rh, false).await;
+        // (At once, whenever last tried, where the change would otherwise be refused: a
+        // copy opened after the order was taken would take the change outside it.)
+        let short = !self.quorum(self.reachable(rh));
+        self.open_where_back(rh, short).await;
         let open = rh
             .handles
             .iter()
