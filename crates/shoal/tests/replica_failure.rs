@@ -525,3 +525,342 @@ fn a_file_held_open_through_the_mount_is_healed_while_it_is_written() {
     }
     assert!((0..3).all(|i| pending_heals(&b.bricks[i].path) == 0));
 }
+
+/// What the fault schedule does to one brick while the writer goes on.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// SIGKILL, then started again.
+    Kill,
+    /// SIGSTOP (connections stay open, nothing answers) until the mount gives up on it,
+    /// then SIGKILL and started again: a hung server that is reset.
+    HangThenKill,
+    /// SIGSTOP for a second, then SIGCONT: a stall the mount waits out.
+    Stall,
+}
+
+/// A file the random writer changes, through two descriptors, and what it must hold.
+struct Target {
+    path: std::path::PathBuf,
+    fds: [std::fs::File; 2],
+    model: Vec<u8>,
+}
+
+/// One writer changing files at random, checked against an in-memory copy of each after
+/// every step. Several files, as each file's reads go to a copy of its own (by its id).
+struct RandomWriter {
+    rng: rand::rngs::StdRng,
+    files: Vec<Target>,
+    steps: usize,
+    recent: std::collections::VecDeque<String>,
+    /// The bricks' directories, to say what their copies hold when a read is wrong.
+    bricks: Vec<std::path::PathBuf>,
+}
+
+impl RandomWriter {
+    const MAX: usize = 2 << 20;
+
+    fn open(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+        std::fs::OpenOptions::new().read(true).write(true).open(path)
+    }
+
+    fn new(paths: Vec<std::path::PathBuf>, bricks: Vec<std::path::PathBuf>, seed: u64) -> RandomWriter {
+        use rand::SeedableRng;
+        let files = paths
+            .into_iter()
+            .map(|path| {
+                std::fs::write(&path, b"").unwrap();
+                let fds = [Self::open(&path).unwrap(), Self::open(&path).unwrap()];
+                Target {
+                    path,
+                    fds,
+                    model: Vec::new(),
+                }
+            })
+            .collect();
+        RandomWriter {
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            files,
+            steps: 0,
+            recent: Default::default(),
+            bricks,
+        }
+    }
+
+    /// One random step; an error says which step and what it saw.
+    fn step(&mut self) -> Result<(), String> {
+        use rand::{Rng, RngCore};
+        use std::os::unix::fs::FileExt;
+        self.steps += 1;
+        let (n, which) = (
+            self.rng.random_range(0..self.files.len()),
+            self.rng.random_range(0..2),
+        );
+        let size = self.files[n].model.len();
+        let name = format!("file {n} fd {which}");
+        let op = match self.rng.random_range(0..100) {
+            0..=39 => {
+                let off = self.rng.random_range(0..Self::MAX);
+                let mut data = vec![0u8; self.rng.random_range(1..160 << 10)];
+                self.rng.fill_bytes(&mut data);
+                let op = format!("{name} write {}@{off}", data.len());
+                let t = &mut self.files[n];
+                let done = t.fds[which].write_all_at(&data, off as u64);
+                done.map_err(|e| self.failed(&op, e))?;
+                let t = &mut self.files[n];
+                if size < off + data.len() {
+                    t.model.resize(off + data.len(), 0);
+                }
+                t.model[off..off + data.len()].copy_from_slice(&data);
+                op
+            }
+            40..=49 => {
+                let len = self.rng.random_range(0..Self::MAX);
+                let op = format!("{name} truncate to {len}");
+                let done = self.files[n].fds[which].set_len(len as u64);
+                done.map_err(|e| self.failed(&op, e))?;
+                self.files[n].model.resize(len, 0);
+                op
+            }
+            50..=79 => {
+                let off = self.rng.random_range(0..size + 1000);
+                let mut buf = vec![0u8; self.rng.random_range(1..300 << 10)];
+                let op = format!("{name} read {}@{off}", buf.len());
+                let t = &self.files[n];
+                let mut got = 0;
+                while got < buf.len() {
+                    let read = t.fds[which].read_at(&mut buf[got..], (off + got) as u64);
+                    match read.map_err(|e| self.failed(&op, e))? {
+                        0 => break,
+                        k => got += k,
+                    }
+                }
+                let want = &t.model[off.min(size)..(off + buf.len()).min(size)];
+                if &buf[..got] != want {
+                    let first = buf.iter().zip(want).position(|(a, b)| a != b);
+                    return Err(self.failed(
+                        &op,
+                        format!(
+                            "read {got} bytes, {} expected; first difference at {first:?}; {}",
+                            want.len(),
+                            self.look_again(n, which, off, buf.len())
+                        ),
+                    ));
+                }
+                op
+            }
+            80..=86 => {
+                let op = format!("{name} fsync");
+                self.files[n].fds[which]
+                    .sync_all()
+                    .map_err(|e| self.failed(&op, e))?;
+                op
+            }
+            _ => {
+                let op = format!("{name} reopen");
+                let fd = Self::open(&self.files[n].path).map_err(|e| self.failed(&op, e))?;
+                let len = fd.metadata().map_err(|e| self.failed(&op, e))?.len();
+                self.files[n].fds[which] = fd;
+                if len != size as u64 {
+                    return Err(self.failed(&op, format!("size {len}, {size} expected")));
+                }
+                op
+            }
+        };
+        if self.recent.len() == 20 {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(op);
+        Ok(())
+    }
+
+    /// What a wrong read finds when it looks again: for the failure's message.
+    fn look_again(&self, n: usize, which: usize, off: usize, len: usize) -> String {
+        use std::os::unix::fs::FileExt;
+        let t = &self.files[n];
+        let want = &t.model[off.min(t.model.len())..(off + len).min(t.model.len())];
+        let again = |f: &std::fs::File| {
+            let mut buf = vec![0u8; len];
+            match f.read_at(&mut buf, off as u64) {
+                Ok(k) => format!("{k} bytes, {}", if &buf[..k] == want { "right" } else { "wrong" }),
+                Err(e) => e.to_string(),
+            }
+        };
+        let size = |p: &std::path::Path| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            let marks: Vec<i64> = (0..3).map(|c| pending(p.parent().unwrap(), &name, c)).collect();
+            (std::fs::metadata(p).map(|m| m.len()), marks)
+        };
+        let copies: Vec<_> = self
+            .bricks
+            .iter()
+            .map(|b| size(&b.join(t.path.file_name().unwrap())))
+            .collect();
+        format!(
+            "model size {}, fstat size {:?}, read again: {}, through a new descriptor: {}, copies' sizes {copies:?}",
+            t.model.len(),
+            t.fds[which].metadata().map(|m| m.len()),
+            again(&t.fds[which]),
+            Self::open(&t.path).map_or_else(|e| e.to_string(), |f| again(&f)),
+        )
+    }
+
+    fn failed(&self, op: &str, e: impl std::fmt::Display) -> String {
+        format!(
+            "step {} ({op}): {e}; the steps before: {:?}",
+            self.steps, self.recent
+        )
+    }
+}
+
+#[test]
+fn a_random_writer_on_replica_3_reads_what_it_wrote_while_bricks_die_hang_and_return() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    if !require_root() {
+        return;
+    }
+    let seed = std::env::var("SHOAL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    eprintln!("random writer seed {seed} (SHOAL_TEST_SEED to change)");
+    let mut b = Bricks::start(3);
+    let spec = b.spec("r3", 1, 3);
+    let (m, other) = (b.mount(&spec, "a"), b.mount(&spec, "b"));
+    let steps = AtomicUsize::new(0);
+    let (stop, failed) = (AtomicBool::new(false), AtomicBool::new(false));
+    let events = Mutex::new(Vec::<String>::new());
+    let bricks: Vec<_> = b.bricks.iter().map(|b| b.path.clone()).collect();
+    // Bricks 1 and 2 take turns failing, one at a time, so brick 0 always holds every
+    // change and nothing the writer does may be refused: any error is a failure.
+    let schedule = [
+        Fault::Kill,
+        Fault::HangThenKill,
+        Fault::Kill,
+        Fault::Stall,
+        Fault::Kill,
+        Fault::Kill,
+        Fault::Kill,
+        Fault::Kill,
+    ];
+
+    const FILES: usize = 4;
+    let models = std::thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let names = (0..FILES).map(|i| m.path(&format!("chaos-{i}"))).collect();
+            let mut w = RandomWriter::new(names, bricks, seed);
+            while !stop.load(Ordering::SeqCst) {
+                if let Err(e) = w.step() {
+                    failed.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+                steps.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(w.files.into_iter().map(|t| t.model).collect::<Vec<_>>())
+        });
+        // The writer stops on every path out of here, or a failure would wait for it forever.
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let _stop = Stop(&stop);
+        // Waits until the writer has taken `n` more steps (or failed).
+        let progress = |n: usize, what: &str| {
+            let from = steps.load(Ordering::SeqCst);
+            wait_for(what, Duration::from_secs(60), || {
+                failed.load(Ordering::SeqCst) || steps.load(Ordering::SeqCst) >= from + n
+            });
+        };
+        let note = |what: String| {
+            events
+                .lock()
+                .unwrap()
+                .push(format!("{what} at step {}", steps.load(Ordering::SeqCst)))
+        };
+        for (i, fault) in schedule.iter().enumerate() {
+            let victim = 1 + i % 2;
+            progress(150, "the writer to go on with every brick up");
+            if failed.load(Ordering::SeqCst) {
+                break;
+            }
+            note(format!("{fault:?} brick {victim}"));
+            match fault {
+                Fault::Kill => {
+                    b.kill(victim);
+                    progress(150, "the writer to go on without a brick");
+                }
+                Fault::HangThenKill => {
+                    b.stop(victim);
+                    progress(150, "the writer to go on once the mount gave up on a hung brick");
+                    b.kill(victim);
+                }
+                Fault::Stall => {
+                    b.stop(victim);
+                    std::thread::sleep(Duration::from_secs(1));
+                    b.resume(victim);
+                }
+            }
+            if !matches!(fault, Fault::Stall) {
+                b.restart(victim);
+            }
+            // The next fault takes the other brick: until the mount is connected to this
+            // one again, that would leave it without a quorum.
+            let addr = b.bricks[victim].addr.clone();
+            wait_for("the mount to reconnect", Duration::from_secs(30), || {
+                m.connected_to(&addr)
+            });
+            note(format!("brick {victim} back"));
+        }
+        progress(150, "the writer to go on after the last fault");
+        stop.store(true, Ordering::SeqCst);
+        match writer.join().unwrap() {
+            Ok(models) => models,
+            Err(e) => panic!("{e}\nfaults: {:?}", events.lock().unwrap()),
+        }
+    });
+    eprintln!(
+        "{} steps through {:?}",
+        steps.load(Ordering::SeqCst),
+        events.lock().unwrap()
+    );
+
+    // Through both mounts, then on every brick once healed.
+    for (i, model) in models.iter().enumerate() {
+        let name = format!("chaos-{i}");
+        assert!(
+            std::fs::read(m.path(&name)).unwrap() == *model,
+            "{name} through the writing mount"
+        );
+        assert!(
+            std::fs::read(other.path(&name)).unwrap() == *model,
+            "{name} through another mount"
+        );
+    }
+    let end = std::time::Instant::now() + Duration::from_secs(60);
+    while (0..3).any(|i| pending_heals(&b.bricks[i].path) > 0) {
+        if std::time::Instant::now() > end {
+            let names = ["."]
+                .into_iter()
+                .map(String::from)
+                .chain((0..FILES).map(|f| format!("chaos-{f}")));
+            let marks: Vec<String> = names
+                .map(|n| {
+                    let m: Vec<Vec<i64>> = (0..3)
+                        .map(|i| (0..3).map(|c| pending(&b.bricks[i].path, &n, c)).collect())
+                        .collect();
+                    format!("{n}: {m:?}")
+                })
+                .collect();
+            panic!("the copies were not healed within 60 s; markers on each brick: {marks:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..3 {
+        for (f, model) in models.iter().enumerate() {
+            let copy = std::fs::read(b.bricks[i].path.join(format!("chaos-{f}"))).unwrap();
+            assert!(copy == *model, "brick {i} holds what was written to chaos-{f}");
+        }
+    }
+}

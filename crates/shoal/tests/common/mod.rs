@@ -268,6 +268,44 @@ impl Mount {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Whether this mount's process has a connection up to the brick listening on `addr`
+    /// (an IPv4 `host:port`): over TCP, or over the Unix socket a server of this host
+    /// also listens on (`proto::transport`). The mount's socket inodes (`/proc/PID/fd`)
+    /// are looked for among the established TCP connections to `addr` (`/proc/net/tcp`)
+    /// and among the peers of the brick's ends of Unix connections (`ss`).
+    pub fn connected_to(&self, addr: &str) -> bool {
+        let Ok(std::net::SocketAddr::V4(v4)) = addr.parse() else {
+            panic!("not an IPv4 address: {addr}");
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) else {
+            return false;
+        };
+        let mine: std::collections::HashSet<String> = fds
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter_map(|l| {
+                let l = l.to_string_lossy().into_owned();
+                Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+            })
+            .collect();
+        // The kernel prints the address as the hex of its bytes in memory order.
+        let tcp_peer = format!("{:08X}:{:04X}", u32::from_le_bytes(v4.ip().octets()), v4.port());
+        let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        let by_tcp = tcp.lines().skip(1).any(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // remote address, state (01: established), socket inode
+            f.len() > 9 && f[2] == tcp_peer && f[3] == "01" && mine.contains(f[9])
+        });
+        let unix = sh("ss -xH state established");
+        let brick_end = format!("@shoal:{addr}");
+        by_tcp
+            || unix.lines().any(|line| {
+                // type, receive and send queues, local name and inode, peer name and inode
+                let f: Vec<&str> = line.split_whitespace().collect();
+                f.len() > 6 && f[3] == brick_end && mine.contains(f[6])
+            })
+    }
 }
 
 impl Drop for Mount {
