@@ -860,14 +860,11 @@ impl Replicate {
         F: Future<Output = Result<T>>,
     {
         let rh = Self::rh(h)?;
-        // Not while this client heals a copy in place: one read sent before the heal
-        // marked its copy behind lands before the copy is emptied.
-        let _gate = rh.ticket.gate().read().await;
         let first = rh.read_child.load(Ordering::Relaxed) as usize;
         let n = rh.handles.len();
         // (Also what other handles of the file here saw copies miss.)
         let marked = rh.marked.load(Ordering::Relaxed) | rh.ticket.behind();
-        let mut last = Errno::ENOTCONN;
+        let (mut last, mut unsure) = (Errno::ENOTCONN, None);
         for k in 0..n {
             let i = (first + k) % n;
             let Some(ch) = rh.handles[i].get() else { continue };
@@ -887,6 +884,12 @@ impl Replicate {
                         tracing::debug!(child = i, "read child unreachable, trying another copy");
                     }
                 }
+                // The copy was marked behind while it answered: a heal in place here
+                // may have begun emptying it (it marks the copy first). Another copy is
+                // asked; this answer serves only if none can.
+                r if marked & bit(i) == 0 && rh.ticket.behind() & bit(i) != 0 => {
+                    unsure.get_or_insert(r);
+                }
                 r => {
                     if k > 0 {
                         rh.read_child.store(i as u64, Ordering::Relaxed);
@@ -895,7 +898,7 @@ impl Replicate {
                 }
             }
         }
-        Err(last)
+        unsure.unwrap_or(Err(last))
     }
 
     /// Opens `rh`'s file on the copies it lacks (their bricks were away when it was opened)
