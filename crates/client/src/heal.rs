@@ -275,38 +275,14 @@ impl Replicate {
         made: &mut Made,
         dirs: &tokio::sync::Mutex<()>,
     ) -> Result<Outcome> {
-        let (first, later) = self.heal_sinks(id, made, dirs).await?;
-        if later == 0 || !matches!(first, Outcome::Healed) {
-            return Ok(first);
-        }
-        // Copies only the sinks blamed: those blames went with their heals, or a copy now
-        // good still blames them.
-        Ok(match self.heal_sinks(id, made, dirs).await? {
-            (Outcome::Clean, _) => Outcome::Healed,
-            (Outcome::Healed, 0) => Outcome::Healed,
-            (Outcome::Healed, _) => Outcome::Left,
-            (o, _) => o,
-        })
-    }
-
-    /// Heals the copies of `id` a good copy blames; also says which blamed copies it left
-    /// for after those (blamed only by copies that are behind themselves).
-    async fn heal_sinks(
-        &self,
-        id: FileId,
-        made: &mut Made,
-        dirs: &tokio::sync::Mutex<()>,
-    ) -> Result<(Outcome, u64)> {
         let entries = join_all(self.healers.iter().map(|h| h.child.getattr(id))).await;
         let (mut present, mut absent, mut blamed) = (0u64, 0u64, 0u64);
-        let mut blames = vec![0u64; entries.len()];
         let mut kind = None;
         for (i, r) in entries.iter().enumerate() {
             match r {
                 Ok(e) => {
                     present |= bit(i);
-                    blames[i] = pending_mask(e);
-                    blamed |= blames[i];
+                    blamed |= pending_mask(e);
                     kind.get_or_insert(e.attr.kind);
                 }
                 Err(e) if gone(*e) => absent |= bit(i),
@@ -315,33 +291,24 @@ impl Replicate {
         }
         blamed &= self.all();
         if blamed == 0 {
-            return Ok((Outcome::Clean, 0));
+            return Ok(Outcome::Clean);
         }
         let sources: Vec<usize> = (0..self.children.len())
             .filter(|i| present & !blamed & bit(*i) != 0)
             .collect();
         if sources.is_empty() {
             tracing::warn!(%id, "split brain: every copy is marked behind by another; not healed");
-            return Ok((Outcome::SplitBrain, 0));
+            return Ok(Outcome::SplitBrain);
         }
-        // The copies a good copy blames. One blamed only by copies that are behind
-        // themselves may have been healed from the good ones while those were away: their
-        // heals take those blames off (see `copy_and_clear`), and it is looked at again.
-        let by_good = sources.iter().fold(0, |m, &i| m | blames[i]) & present;
-        let sinks = match by_good & blamed {
-            0 => blamed & present,
-            s => s,
-        };
-        let later = blamed & present & !sinks;
+        let sinks = blamed & present;
         if sinks == 0 {
             // Missing copies are made by the entry heal of a directory. A copy that did not
             // answer although its brick is up (this healer's connection to it failed) is
             // tried again soon, not when the brick is next seen coming back.
-            let waiting = match blamed & (absent | self.up_mask()) {
+            return Ok(match blamed & (absent | self.up_mask()) {
                 0 => Outcome::Waiting,
                 _ => Outcome::Left,
-            };
-            return Ok((waiting, 0));
+            });
         }
         let _one_dir = match kind {
             Some(FileKind::Dir) => Some(dirs.lock().await),
@@ -377,7 +344,7 @@ impl Replicate {
                 }
             }
         }
-        Ok((outcome, later))
+        Ok(outcome)
     }
 
     /// Repairs child `s`'s copy of `id` from `sources`: true when done and its markers
@@ -457,29 +424,10 @@ impl Replicate {
                 counts.push((i, counter(&o, &key)));
             }
         }
-        // And what the copy itself holds against the others: once exact it is what the
-        // sources are, and they mark themselves what they saw another copy miss (one that
-        // only this copy blames was healed from them while this one was away, and would
-        // be healed again for nothing, its readers sent elsewhere meanwhile).
-        let (from, to) = (self.via(sources[0], gate), self.via(s, gate));
-        let own = to.getattr(id).await?;
-        let blames: Vec<(String, i64)> = (0..self.children.len())
-            .filter(|j| *j != s)
-            .map(|j| (pending_key(j), counter(&own, &pending_key(j))))
-            .filter(|(_, n)| *n != 0)
-            .collect();
-        let take_off = |sign: i64| {
-            let delta: Vec<(String, i64)> = blames.iter().map(|(k, n)| (k.clone(), sign * n)).collect();
-            async move {
-                match delta.is_empty() {
-                    true => Ok(()),
-                    false => to.xattr_add(id, &delta).await,
-                }
-            }
-        };
         // What this client has noted this copy missed, as its markers were read: a later
         // miss keeps it behind for this client's handles (below).
         let misses_then = self.open.misses(id, s);
+        let (from, to) = (self.via(sources[0], gate), self.via(s, gate));
         let whole = match e.attr.kind {
             FileKind::File => {
                 copy_data(id, from, to, e.attr.size, gate).await?;
@@ -513,17 +461,12 @@ impl Replicate {
         // markers only once it holds the guard, so it cannot count these too and take them
         // off a second time (which would cancel the marker of a change missed later).
         self.add_counts(id, &key, &counts, -1, gate).await?;
-        take_off(-1).await?;
         // The copy is exact now; from here on changes reach it again (and any it misses
         // are marked anew, on top of the counts read above).
         if to.heal_end(id, true).await.unwrap_or(true) {
             // The guard was broken (this heal stalled) or lost with its connection: the
             // copy cannot be vouched for after all, and the markers go back.
-            let back = match self.add_counts(id, &key, &counts, 1, gate).await {
-                Ok(()) => take_off(1).await,
-                e => e,
-            };
-            if let Err(e) = back {
+            if let Err(e) = self.add_counts(id, &key, &counts, 1, gate).await {
                 tracing::error!(%id, child = s, "cannot put back the markers of a heal that cannot be vouched for: {e}");
                 return Err(e);
             }
