@@ -587,11 +587,12 @@ impl Replicate {
 
     /// Runs a data change through the open handles, with the same quorum and marking rules.
     /// Children in `covered` need no marking if they miss it: the change itself marked them
-    /// on the children that took it.
+    /// on the children that took it. `ordered`: the caller holds the file's write order.
     async fn mutate_open<'a, T, F, Fut>(
         &'a self,
         rh: &'a ReplicaHandle,
         covered: u64,
+        ordered: bool,
         f: F,
     ) -> Result<Vec<(usize, T)>>
     where
@@ -600,14 +601,15 @@ impl Replicate {
         T: Send + 'a,
     {
         let mut open_up = self.reachable(rh);
-        if !self.quorum(open_up) {
+        if !self.quorum(open_up) && !ordered {
             // Copies that came back since the last try count before refusing (a change
-            // under the file's order tried them as it took it).
+            // under the file's order tried them as it took it: one opened now would take
+            // the change outside the order).
             self.open_where_back(rh, true).await;
             open_up = self.reachable(rh);
-            if !self.quorum(open_up) {
-                return Err(Errno::EROFS);
-            }
+        }
+        if !self.quorum(open_up) {
+            return Err(Errno::EROFS);
         }
         // Nor without a copy that is not behind: copies that each lack something would
         // then each lack what the others have (split brain), as GlusterFS refuses too.
@@ -642,6 +644,25 @@ impl Replicate {
             let made = more.iter().fold(0, |m, (s, _)| m | bit(*s));
             rh.marked.fetch_or(made, Ordering::SeqCst);
             out.took_later(more);
+        }
+        if !ordered && !self.quorum(out.ok_mask()) {
+            // A copy went away meanwhile: one that came back but that the handle has not
+            // opened yet (refused a moment ago) counts too, as it would for a write.
+            let had = self.reachable(rh);
+            self.open_where_back(rh, true).await;
+            let new: Vec<usize> = (0..rh.handles.len())
+                .filter(|&i| had & bit(i) == 0 && out.failed & bit(i) != 0)
+                .collect();
+            let more = join_all(new.into_iter().filter_map(|i| {
+                let (f, h) = (&f, rh.handles[i].get()?);
+                Some(async move { (i, f(i, &self.children[i], h).await) })
+            }))
+            .await;
+            out.took_later(
+                more.into_iter()
+                    .filter_map(|(i, r)| r.ok().map(|v| (i, v)))
+                    .collect(),
+            );
         }
         // Marked for every change missed, not once per handle: a heal may have cleared
         // the markers since the last one (it clears exactly the counts it read), and a
@@ -864,7 +885,7 @@ impl Replicate {
         let n = rh.handles.len();
         // (Also what other handles of the file here saw copies miss.)
         let marked = rh.marked.load(Ordering::Relaxed) | rh.ticket.behind();
-        let (mut last, mut unsure) = (Errno::ENOTCONN, None);
+        let mut last = Errno::ENOTCONN;
         for k in 0..n {
             let i = (first + k) % n;
             let Some(ch) = rh.handles[i].get() else { continue };
@@ -877,6 +898,7 @@ impl Replicate {
             if !self.still_good(rh, i).await {
                 continue;
             }
+            let misses = self.open.misses(rh.id, i);
             match ask(&self.children[i], ch).await {
                 Err(e) if e.is_transport() => {
                     last = e;
@@ -884,12 +906,10 @@ impl Replicate {
                         tracing::debug!(child = i, "read child unreachable, trying another copy");
                     }
                 }
-                // The copy was marked behind while it answered: a heal in place here
-                // may have begun emptying it (it marks the copy first). Another copy is
-                // asked; this answer serves only if none can.
-                r if marked & bit(i) == 0 && rh.ticket.behind() & bit(i) != 0 => {
-                    unsure.get_or_insert(r);
-                }
+                // The copy was marked behind while it answered: a heal in place here may
+                // have begun emptying it (it marks the copy first), or a change missed it.
+                // Another copy is asked; if none can answer, the answer is not trusted.
+                _ if self.open.misses(rh.id, i) != misses => last = Errno::EIO,
                 r => {
                     if k > 0 {
                         rh.read_child.store(i as u64, Ordering::Relaxed);
@@ -898,7 +918,7 @@ impl Replicate {
                 }
             }
         }
-        unsure.unwrap_or(Err(last))
+        Err(last)
     }
 
     /// Opens `rh`'s file on the copies it lacks (their bricks were away when it was opened)
@@ -1395,7 +1415,7 @@ impl Xlator for Replicate {
         let known = rh.failing.load(Ordering::SeqCst);
         let _order = self.in_order(rh).await;
         let ok = self
-            .mutate_open(rh, known, |i, c, ch| {
+            .mutate_open(rh, known, true, |i, c, ch| {
                 let mark: Vec<(String, i64)> = (0..self.children.len())
                     .filter(|j| *j != i && known & bit(*j) != 0)
                     .map(|j| (pending_key(j), 1))
@@ -1409,7 +1429,7 @@ impl Xlator for Replicate {
 
     async fn fsync(&self, h: &Handle, datasync: bool) -> Result<()> {
         let rh = Self::rh(h)?;
-        self.mutate_open(rh, rh.skipped.load(Ordering::SeqCst), |_, c, ch| {
+        self.mutate_open(rh, rh.skipped.load(Ordering::SeqCst), false, |_, c, ch| {
             c.fsync(ch, datasync)
         })
         .await
@@ -1473,7 +1493,7 @@ impl Xlator for Replicate {
         let rh = Self::rh(h)?;
         let _gate = rh.ticket.gate().read().await;
         let _order = self.in_order(rh).await;
-        self.mutate_open(rh, 0, |_, c, ch| c.fallocate(ch, mode, offset, len))
+        self.mutate_open(rh, 0, true, |_, c, ch| c.fallocate(ch, mode, offset, len))
             .await
             .map(|_| ())
     }
