@@ -414,6 +414,28 @@ async fn a_handle_marks_every_change_a_copy_misses_even_after_a_heal() {
     );
 }
 
+/// A brick's plain copy of the file `file_read_from` made (under the name it found).
+fn plain_copy(b: &TestBrick) -> std::path::PathBuf {
+    std::fs::read_dir(b.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('f'))
+        })
+        .unwrap()
+}
+
+/// `chattr FLAG path` (the immutable flag makes a brick's copy refuse writes).
+fn chattr(flag: &str, path: &std::path::Path) {
+    let ok = std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "chattr {flag} {}", path.display());
+}
+
 /// A new file (as `file` makes it) whose handles read from child `want` of `n` first.
 async fn file_read_from(v: &Root, want: usize, n: usize, name: &str, data: Vec<u8>) -> FileId {
     // Reads are spread over the copies by id.
@@ -509,26 +531,12 @@ async fn a_handle_does_not_read_a_copy_another_handle_saw_miss_a_write() {
     let (_key, b, _owned, vol) = replica_3().await;
     let v = vol.root.clone();
     let f = file_read_from(&v, 2, 3, "f", pattern(8192, 1)).await;
-    let name = std::fs::read_dir(b[2].dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('f'))
-        })
-        .unwrap();
+    let name = plain_copy(&b[2]);
     let writing = v.open(f, libc::O_RDWR as u32).await.unwrap();
     let reading = v.open(f, libc::O_RDONLY as u32).await.unwrap();
     // The third copy refuses the write (its brick's file made immutable) without its
     // connection going anywhere; nothing can heal it while it stays so.
-    let chattr = |flag: &str| {
-        let ok = std::process::Command::new("chattr")
-            .arg(flag)
-            .arg(&name)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "chattr {flag} {}", name.display());
-    };
+    let chattr = |flag: &str| chattr(flag, &name);
     chattr("+i");
     let wrote = v.write(&writing, 0, Bytes::from(vec![9u8; 100])).await;
     let got = v.read(&reading, 0, 100).await;
@@ -570,23 +578,8 @@ async fn requests_that_reopen_a_file_at_once_leave_no_open_behind() {
 
     // The copy misses a change (its file made immutable, the connection up): it is healed
     // once nothing has the file open there, so not at all if one of those opens was kept.
-    // (The name `file_read_from` found for it.)
-    let name = std::fs::read_dir(b[2].dir.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('f'))
-        })
-        .unwrap();
-    let chattr = |flag: &str| {
-        let ok = std::process::Command::new("chattr")
-            .arg(flag)
-            .arg(&name)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "chattr {flag} {}", name.display());
-    };
+    let name = plain_copy(&b[2]);
+    let chattr = |flag: &str| chattr(flag, &name);
     chattr("+i");
     let w = v.open(f, libc::O_RDWR as u32).await.unwrap();
     let wrote = v.write(&w, 0, Bytes::from(vec![9u8; 100])).await;
