@@ -613,7 +613,9 @@ impl Replicate {
         }
         // Nor without a copy that is not behind: copies that each lack something would
         // then each lack what the others have (split brain), as GlusterFS refuses too.
-        if open_up & !rh.ticket.behind() == 0 {
+        if open_up & !rh.ticket.behind() == 0
+            && !(self.recheck(rh, rh.ticket.behind()).await && open_up & !rh.ticket.behind() != 0)
+        {
             tracing::warn!(id = %rh.id, "every reachable copy is behind: change refused");
             return Err(Errno::EROFS);
         }
@@ -883,42 +885,76 @@ impl Replicate {
         let rh = Self::rh(h)?;
         let first = rh.read_child.load(Ordering::Relaxed) as usize;
         let n = rh.handles.len();
-        // (Also what other handles of the file here saw copies miss.)
-        let marked = rh.marked.load(Ordering::Relaxed) | rh.ticket.behind();
-        let mut last = Errno::ENOTCONN;
-        for k in 0..n {
-            let i = (first + k) % n;
-            let Some(ch) = rh.handles[i].get() else { continue };
-            // (Loaded again: a copy opened late is marked before it is set.)
-            let marked = marked | rh.marked.load(Ordering::SeqCst);
-            let fresh = (0..n).any(|j| rh.handles[j].get().is_some() && marked & bit(j) == 0);
-            if fresh && marked & bit(i) != 0 {
-                continue; // missed changes made here (the read child too)
-            }
-            if !self.still_good(rh, i).await {
-                continue;
-            }
-            let misses = self.open.misses(rh.id, i);
-            match ask(&self.children[i], ch).await {
-                Err(e) if e.is_transport() => {
-                    last = e;
-                    if k == 0 {
-                        tracing::debug!(child = i, "read child unreachable, trying another copy");
+        let mut rechecked = false;
+        loop {
+            // (Also what other handles of the file here saw copies miss.)
+            let marked = rh.marked.load(Ordering::Relaxed) | rh.ticket.behind();
+            let mut last = Errno::ENOTCONN;
+            for k in 0..n {
+                let i = (first + k) % n;
+                let Some(ch) = rh.handles[i].get() else { continue };
+                // (Loaded again: a copy opened late is marked before it is set.)
+                let marked = marked | rh.marked.load(Ordering::SeqCst);
+                let fresh = (0..n).any(|j| rh.handles[j].get().is_some() && marked & bit(j) == 0);
+                if fresh && marked & bit(i) != 0 {
+                    continue; // missed changes made here (the read child too)
+                }
+                if !self.still_good(rh, i).await {
+                    continue;
+                }
+                let misses = self.open.misses(rh.id, i);
+                match ask(&self.children[i], ch).await {
+                    Err(e) if e.is_transport() => {
+                        last = e;
+                        if k == 0 {
+                            tracing::debug!(child = i, "read child unreachable, trying another copy");
+                        }
+                    }
+                    // The copy was marked behind while it answered: a heal in place here may
+                    // have begun emptying it (it marks the copy first), or a change missed it.
+                    // Another copy is asked; if none can answer, the answer is not trusted.
+                    _ if self.open.misses(rh.id, i) != misses => last = Errno::EIO,
+                    r => {
+                        if k > 0 {
+                            rh.read_child.store(i as u64, Ordering::Relaxed);
+                        }
+                        return r;
                     }
                 }
-                // The copy was marked behind while it answered: a heal in place here may
-                // have begun emptying it (it marks the copy first), or a change missed it.
-                // Another copy is asked; if none can answer, the answer is not trusted.
-                _ if self.open.misses(rh.id, i) != misses => last = Errno::EIO,
-                r => {
-                    if k > 0 {
-                        rh.read_child.store(i as u64, Ordering::Relaxed);
-                    }
-                    return r;
-                }
             }
+            // No copy this handle trusts answered: those it avoids may have been healed since
+            // (by the healer's own connections, which this record does not hear of).
+            if rechecked || !self.recheck(rh, marked).await {
+                return Err(last);
+            }
+            rechecked = true;
         }
-        Err(last)
+    }
+
+    /// Asks the copies' markers about the copies in `avoided` that `rh` avoids, and stops
+    /// avoiding those no reachable copy marks behind any more: true if there were any.
+    async fn recheck(&self, rh: &ReplicaHandle, avoided: u64) -> bool {
+        let avoided = avoided & self.reachable(rh);
+        if avoided == 0 {
+            return false;
+        }
+        let n = rh.handles.len();
+        // (Read first: a change that misses a copy after the markers were read keeps it.)
+        let misses: Vec<u64> = (0..n).map(|i| self.open.misses(rh.id, i)).collect();
+        let results = self.fan(|_, c| c.getattr(rh.id)).await;
+        let answered = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.is_ok())
+            .fold(0, |m, (i, _)| m | bit(i));
+        let stale = Self::stale_in(&results);
+        let good = avoided & answered & !stale;
+        for i in (0..n).filter(|i| good & bit(*i) != 0) {
+            rh.marked.fetch_and(!bit(i), Ordering::SeqCst);
+            self.open.healed(rh.id, i, misses[i]);
+            tracing::debug!(id = %rh.id, child = i, "a copy avoided is not behind any more");
+        }
+        good != 0
     }
 
     /// Opens `rh`'s file on the copies it lacks (their bricks were away when it was opened)
