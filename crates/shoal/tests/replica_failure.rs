@@ -811,6 +811,18 @@ fn a_random_writer_on_replica_3_reads_what_it_wrote_while_bricks_die_hang_and_re
             wait_for("the mount to reconnect", Duration::from_secs(30), || {
                 m.connected_to(&addr)
             });
+            // And takes changes there again (its handshake done): a new name made through
+            // it shows on that brick.
+            let mut probe = 0;
+            wait_for(
+                "the mount to use the brick again",
+                Duration::from_secs(30),
+                || {
+                    probe += 1;
+                    let name = format!("probe-{victim}-{probe}");
+                    std::fs::write(m.path(&name), b"p").is_ok() && b.bricks[victim].path.join(&name).exists()
+                },
+            );
             note(format!("brick {victim} back"));
         }
         progress(150, "the writer to go on after the last fault");
