@@ -731,17 +731,22 @@ fn a_random_writer_on_replica_3_reads_what_it_wrote_while_bricks_die_hang_and_re
     let (stop, failed) = (AtomicBool::new(false), AtomicBool::new(false));
     let events = Mutex::new(Vec::<String>::new());
     let bricks: Vec<_> = b.bricks.iter().map(|b| b.path.clone()).collect();
-    // Bricks 1 and 2 take turns failing, one at a time, so brick 0 always holds every
-    // change and nothing the writer does may be refused: any error is a failure.
+    // One brick fails at a time. Bricks 1 and 2 take turns without waiting for heals, so
+    // that a copy may fail while another is behind; brick 0 fails only once the copies are
+    // healed, and the next fault waits for that too. So some copy that has every change is
+    // always up, and nothing the writer does may be refused: any error is a failure.
     let schedule = [
-        Fault::Kill,
-        Fault::HangThenKill,
-        Fault::Kill,
-        Fault::Stall,
-        Fault::Kill,
-        Fault::Kill,
-        Fault::Kill,
-        Fault::Kill,
+        (Fault::Kill, 1),
+        (Fault::HangThenKill, 2),
+        (Fault::Kill, 1),
+        (Fault::Stall, 2),
+        (Fault::Kill, 1),
+        (Fault::Kill, 2),
+        (Fault::Kill, 0),
+        (Fault::Kill, 1),
+        (Fault::Kill, 2),
+        (Fault::Stall, 0),
+        (Fault::Kill, 1),
     ];
 
     const FILES: usize = 4;
@@ -779,9 +784,15 @@ fn a_random_writer_on_replica_3_reads_what_it_wrote_while_bricks_die_hang_and_re
                 .unwrap()
                 .push(format!("{what} at step {}", steps.load(Ordering::SeqCst)))
         };
-        for (i, fault) in schedule.iter().enumerate() {
-            let victim = 1 + i % 2;
+        let mut after_first = false;
+        for &(fault, victim) in &schedule {
             progress(150, "the writer to go on with every brick up");
+            if victim == 0 || after_first {
+                wait_for("the copies to be healed", Duration::from_secs(60), || {
+                    failed.load(Ordering::SeqCst) || (0..3).all(|i| pending_heals(&b.bricks[i].path) == 0)
+                });
+            }
+            after_first = victim == 0;
             if failed.load(Ordering::SeqCst) {
                 break;
             }
@@ -805,7 +816,7 @@ fn a_random_writer_on_replica_3_reads_what_it_wrote_while_bricks_die_hang_and_re
             if !matches!(fault, Fault::Stall) {
                 b.restart(victim);
             }
-            // The next fault takes the other brick: until the mount is connected to this
+            // The next fault takes another brick: until the mount is connected to this
             // one again, that would leave it without a quorum.
             let addr = b.bricks[victim].addr.clone();
             wait_for("the mount to reconnect", Duration::from_secs(30), || {
