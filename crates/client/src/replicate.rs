@@ -613,11 +613,13 @@ impl Replicate {
         }
         // Nor without a copy that is not behind: copies that each lack something would
         // then each lack what the others have (split brain), as GlusterFS refuses too.
-        if open_up & !rh.ticket.behind() == 0
-            && !(self.recheck(rh, rh.ticket.behind()).await && open_up & !rh.ticket.behind() != 0)
-        {
-            tracing::warn!(id = %rh.id, "every reachable copy is behind: change refused");
-            return Err(Errno::EROFS);
+        if open_up & !rh.ticket.behind() == 0 {
+            // (Unless the markers say one was healed since.)
+            self.recheck(rh, rh.ticket.behind()).await;
+            if open_up & !rh.ticket.behind() == 0 {
+                tracing::warn!(id = %rh.id, "every reachable copy is behind: change refused");
+                return Err(Errno::EROFS);
+            }
         }
         let futs: Vec<std::pin::Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>> = rh
             .handles
@@ -630,7 +632,11 @@ impl Replicate {
             .collect();
         let results = join_all(futs).await;
         let lacking = lacking(&results);
-        let errors: Vec<Option<Errno>> = results.iter().map(|r| r.as_ref().err().copied()).collect();
+        // (For the log of a refusal; nothing to keep when every copy took it.)
+        let errors: Vec<Option<Errno>> = match results.iter().any(Result::is_err) {
+            true => results.iter().map(|r| r.as_ref().err().copied()).collect(),
+            false => Vec::new(),
+        };
         let mut out = Self::outcome(results)?;
         if !lacking.is_empty() && !self.quorum(out.ok_mask()) {
             // (A handle whose file is made again there reopens it by id.)
