@@ -90,33 +90,36 @@ fn no_round_differs<T: std::fmt::Debug>(differ: &[T], rounds: usize, what: &str)
 }
 
 /// One mount's part of a lockstep round: what it sets up, then what it does at once with
-/// the other mount. Neither may panic (the others would wait at the barriers forever):
-/// errors are part of the race.
+/// the other mount. Errors are part of the race, not panics (a panic ends the test, with
+/// no word of what the other mount's part did).
 type Part<'a> = (&'a (dyn Fn(usize) + Sync), &'a (dyn Fn(usize) + Sync));
 
 /// Runs `rounds` rounds: both mounts set up, act at the same moment, then `check` looks
 /// with both idle, before anyone sets up the next. Returns the rounds `check` found wrong.
 fn lockstep<T>(rounds: usize, a: Part, b: Part, mut check: impl FnMut() -> Option<T>) -> Vec<(usize, T)> {
-    let [go, done, checked] = [(); 3].map(|_| std::sync::Barrier::new(3));
+    // Each round meets three times: go, done, checked.
+    let meet = Meet::new(3);
     let mut differ = Vec::new();
     std::thread::scope(|s| {
         for (setup, act) in [a, b] {
-            let (go, done, checked) = (&go, &done, &checked);
+            let meet = &meet;
             s.spawn(move || {
+                let _member = meet.member();
                 for r in 0..rounds {
                     setup(r);
-                    go.wait();
+                    meet.wait();
                     act(r);
-                    done.wait();
-                    checked.wait();
+                    meet.wait();
+                    meet.wait();
                 }
             });
         }
+        let _member = meet.member();
         for r in 0..rounds {
-            go.wait();
-            done.wait();
+            meet.wait();
+            meet.wait();
             differ.extend(check().map(|d| (r, d)));
-            checked.wait();
+            meet.wait();
         }
     });
     differ
@@ -549,22 +552,25 @@ fn replica_copies_agree_under_concurrent_overwrites() {
             .unwrap()
     });
     let copies = [0, 1].map(|i| b.bricks[i].path.join("f"));
-    let (go, done) = (std::sync::Barrier::new(3), std::sync::Barrier::new(3));
+    // Each round meets twice: go, done.
+    let meet = Meet::new(3);
     let mut differ = Vec::new();
     std::thread::scope(|s| {
         for (k, f) in files.iter().enumerate() {
-            let (go, done) = (&go, &done);
+            let meet = &meet;
             s.spawn(move || {
+                let _member = meet.member();
                 for r in 0..ROUNDS {
-                    go.wait();
+                    meet.wait();
                     f.write_all_at(&record(&format!("m{k}-{r}")), 0).unwrap();
-                    done.wait();
+                    meet.wait();
                 }
             });
         }
+        let _member = meet.member();
         for r in 0..ROUNDS {
-            go.wait();
-            done.wait();
+            meet.wait();
+            meet.wait();
             let [c0, c1] = copies.clone().map(|p| std::fs::read(p).unwrap());
             if c0 != c1 {
                 differ.push((r, tag_of(&c0), tag_of(&c1)));
@@ -588,33 +594,39 @@ fn replica_copies_agree_under_concurrent_buffered_writes() {
     let (ma, mb) = (b.mount(&spec, "a"), b.mount(&spec, "b"));
     std::fs::write(ma.path("g"), b"").unwrap();
     let copies = [0, 1].map(|i| b.bricks[i].path.join("g"));
-    let barrier = std::sync::Barrier::new(2);
+    let meet = Meet::new(2);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|s| {
         for (k, m) in [&ma, &mb].into_iter().enumerate() {
-            let (barrier, tx, copies) = (&barrier, tx.clone(), &copies);
+            let (meet, tx, copies) = (&meet, tx.clone(), &copies);
             s.spawn(move || {
+                let _member = meet.member();
                 let f = std::fs::OpenOptions::new().write(true).open(m.path("g")).unwrap();
                 for r in 0..ROUNDS {
-                    barrier.wait();
+                    meet.wait();
                     let block = record(&format!("m{k}-{r}")).repeat(32);
                     for off in (0..SIZE).step_by(block.len()) {
                         f.write_all_at(&block, off as u64).unwrap();
                     }
                     f.sync_data().unwrap();
-                    barrier.wait();
+                    meet.wait();
                     if k == 0 {
                         let [c0, c1] = copies.clone().map(|p| std::fs::read(p).unwrap());
                         tx.send((r, c0 == c1)).unwrap();
                     }
-                    barrier.wait();
+                    meet.wait();
                 }
             });
         }
         for _ in 0..ROUNDS {
-            let (r, same) = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("a round did not end within 60 s: the writers wait for each other");
+            let Ok((r, same)) = rx.recv_timeout(Duration::from_secs(60)) else {
+                // Whatever waits on the mounts fails now, so that the writers end too.
+                for m in [&ma, &mb] {
+                    abort_fuse(&m.dir);
+                }
+                meet.break_up();
+                panic!("a round did not end within 60 s: the writers wait for each other");
+            };
             assert!(same, "round {r} left the copies different");
         }
     });
@@ -633,28 +645,31 @@ fn replica_copies_agree_under_concurrent_renames() {
     let spec = b.spec("renames", 1, 2);
     let (ma, mb) = (b.mount(&spec, "a"), b.mount(&spec, "b"));
     let copies = [0, 1].map(|i| b.bricks[i].path.join("n"));
-    let (go, done) = (std::sync::Barrier::new(3), std::sync::Barrier::new(3));
+    // Each round meets twice: go, done.
+    let meet = Meet::new(3);
     let mut differ = Vec::new();
     let failed = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for (k, m) in [&ma, &mb].into_iter().enumerate() {
-            let (go, done, failed) = (&go, &done, &failed);
+            let (meet, failed) = (&meet, &failed);
             s.spawn(move || {
-                // (A failure is recorded, not a panic: the others wait at the barriers.)
+                let _member = meet.member();
+                // (A failure is recorded, not a panic, to be reported with the others.)
                 for r in 0..ROUNDS {
                     let tmp = m.path(&format!("t{k}"));
                     let made = std::fs::write(&tmp, record(&format!("m{k}-{r}")));
-                    go.wait();
+                    meet.wait();
                     if let Err(e) = made.and_then(|_| std::fs::rename(&tmp, m.path("n"))) {
                         failed.lock().unwrap().push(format!("mount {k} round {r}: {e}"));
                     }
-                    done.wait();
+                    meet.wait();
                 }
             });
         }
+        let _member = meet.member();
         for r in 0..ROUNDS {
-            go.wait();
-            done.wait();
+            meet.wait();
+            meet.wait();
             let [c0, c1] = copies
                 .clone()
                 .map(|p| std::fs::read(p).map_err(|e| e.to_string()));
@@ -669,8 +684,7 @@ fn replica_copies_agree_under_concurrent_renames() {
 }
 
 /// The names in `rel` on each brick, or why it could not be listed. (Errors are returned,
-/// not unwrapped: a panic in a lockstep check would leave the mounts' threads waiting at
-/// the barriers.)
+/// not unwrapped: a lockstep check reports every round that went wrong.)
 fn listings(b: &Bricks, rel: &str) -> Vec<Result<Vec<std::ffi::OsString>, std::io::ErrorKind>> {
     b.bricks
         .iter()

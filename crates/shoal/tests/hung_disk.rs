@@ -65,3 +65,41 @@ fn a_brick_whose_disk_hangs_goes_offline_and_the_volume_carries_on() {
         b"while the disk hung"
     );
 }
+
+/// The harness's own guard against a suite that never ends: a test stuck on a mount that
+/// stopped answering is released once the mount has been up too long (`HUNG_AFTER`, 300 s
+/// in other tests; 5 s here), its FUSE connection aborted so that the stuck call fails.
+#[test]
+fn a_test_stuck_on_a_mount_that_stopped_answering_is_released() {
+    if !require_root() {
+        return;
+    }
+    let b = Bricks::start(1);
+    let dir = b.dir.path().join("mnt-stuck");
+    std::fs::create_dir_all(&dir).unwrap();
+    let hung_after = Duration::from_secs(5);
+    // (Before the watchdog starts, at the end of the mount.)
+    let mounted = std::time::Instant::now();
+    let m = Mount::watched(&b.spec("stuck", 1, 1), &b.key, &dir, hung_after);
+    std::fs::write(m.path("before"), b"answered").unwrap();
+    let _stopped = stop_process(m.pid());
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = m.path("during");
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::write(path, b"never answered"));
+    });
+    let r = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a call on a stopped mount still stuck 60 s on");
+    let errno = r.expect_err("a stopped mount answered").raw_os_error();
+    assert!(
+        matches!(errno, Some(libc::ECONNABORTED | libc::ENOTCONN)),
+        "the aborted call failed with {errno:?}"
+    );
+    // It was stuck until the watchdog, not failed by anything else.
+    assert!(
+        mounted.elapsed() >= hung_after,
+        "released {:?} after the mount",
+        mounted.elapsed()
+    );
+}

@@ -220,14 +220,71 @@ impl Drop for Bricks {
     }
 }
 
+/// How long a mount may stay up before its test is taken as hung: no test here needs
+/// a mount for nearly that long.
+pub const HUNG_AFTER: Duration = Duration::from_secs(300);
+
 /// A FUSE mount served by a `shoal mount -f` process.
 pub struct Mount {
     pub dir: PathBuf,
     child: Child,
+    /// Dropped with the mount, which ends its watchdog (`watch`).
+    _watchdog: std::sync::mpsc::Sender<()>,
+}
+
+/// Aborts the FUSE connection of the mount at `dir` (the kernel's
+/// `/sys/fs/fuse/connections/N/abort`, N being its device's minor number, read from
+/// `/proc/self/mountinfo` so that nothing here waits on the mount): every request waiting
+/// on it fails with ECONNABORTED, and every one after with ENOTCONN.
+pub fn abort_fuse(dir: &Path) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if !mounts.contains(" - fusectl ") {
+        // Where no init system mounted the FUSE control file system, as on this machine.
+        // (Left mounted: it is where the kernel expects it.)
+        let _ = rustix::mount::mount(
+            "fusectl",
+            "/sys/fs/fuse/connections",
+            "fusectl",
+            rustix::mount::MountFlags::empty(),
+            None,
+        );
+    }
+    let dir = dir.to_string_lossy();
+    for line in mounts.lines() {
+        // id, parent id, major:minor, root, mount point, ...
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() > 4 && f[4] == dir {
+            if let Some((_, minor)) = f[2].split_once(':') {
+                let _ = std::fs::write(format!("/sys/fs/fuse/connections/{minor}/abort"), "1");
+            }
+        }
+    }
+}
+
+/// Until `stop` is dropped, waits `after`; then takes the test as hung and aborts the
+/// mount's FUSE connection, so that its threads waiting on the mount fail instead of
+/// holding the test (and the suite) up for good.
+fn watch(dir: PathBuf, after: Duration) -> std::sync::mpsc::Sender<()> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(after) {
+            eprintln!(
+                "{}: still mounted after {after:?}: the test is taken as hung, its FUSE connection aborted",
+                dir.display()
+            );
+            abort_fuse(&dir);
+        }
+    });
+    stop
 }
 
 impl Mount {
     pub fn new(spec: &Path, key: &Path, dir: &Path) -> Mount {
+        Mount::watched(spec, key, dir, HUNG_AFTER)
+    }
+
+    /// A mount whose test is taken as hung after `hung_after` (see [`HUNG_AFTER`]).
+    pub fn watched(spec: &Path, key: &Path, dir: &Path, hung_after: Duration) -> Mount {
         let name = std::fs::read_to_string(spec)
             .ok()
             .and_then(|t| toml::from_str::<layout::VolumeSpec>(&t).ok())
@@ -256,6 +313,7 @@ impl Mount {
         let m = Mount {
             dir: dir.to_path_buf(),
             child,
+            _watchdog: watch(dir.to_path_buf(), hung_after),
         };
         assert_eq!(line.trim(), "ready", "mount failed: {line}");
         m
@@ -330,6 +388,64 @@ impl Drop for Mount {
                 }
             }
         }
+    }
+}
+
+/// A barrier that a participant's panic breaks: the others then panic too instead of
+/// waiting for it for ever (`std::sync::Barrier` would hold them, and the suite, up). Each
+/// participant holds a [`Meet::member`] guard while it takes part.
+pub struct Meet {
+    n: usize,
+    /// Arrived in this round, rounds completed, broken.
+    state: std::sync::Mutex<(usize, u64, bool)>,
+    turned: std::sync::Condvar,
+}
+
+pub struct Member<'a>(&'a Meet);
+
+impl Drop for Member<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.break_up();
+        }
+    }
+}
+
+impl Meet {
+    pub fn new(n: usize) -> Meet {
+        Meet {
+            n,
+            state: std::sync::Mutex::new((0, 0, false)),
+            turned: std::sync::Condvar::new(),
+        }
+    }
+
+    /// A guard that breaks the meeting if this thread panics while holding it.
+    pub fn member(&self) -> Member<'_> {
+        Member(self)
+    }
+
+    /// Waits until all `n` have arrived; panics if the meeting was broken.
+    pub fn wait(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(!s.2, "another thread of this test failed");
+        let round = s.1;
+        s.0 += 1;
+        if s.0 == self.n {
+            (s.0, s.1) = (0, round + 1);
+            self.turned.notify_all();
+            return;
+        }
+        while s.1 == round && !s.2 {
+            s = self.turned.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+        assert!(s.1 != round, "another thread of this test failed");
+    }
+
+    /// Ends the meeting: whoever waits, or comes to wait, panics.
+    pub fn break_up(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).2 = true;
+        self.turned.notify_all();
     }
 }
 
