@@ -968,10 +968,14 @@ impl Replicate {
     /// marking them behind each time, they count for the changes' quorum again, and the
     /// file can be healed in place while it stays open (`crate::heal`), as GlusterFS
     /// reopens its files on a brick that comes back. Such a copy is read through the
-    /// handle only if the markers show it is not behind. A copy whose heal by another
-    /// client is copying (EBUSY) is tried again a second later, at a change then, or at
-    /// once (`now_or_never`) where the change would otherwise be refused for want of
-    /// copies: this does not wait for it (a brick that predates `OpenNow` makes it wait).
+    /// handle only if the markers show it is not behind. A copy being healed by another
+    /// client (or by this client's healer, over connections of its own) answers EBUSY
+    /// and is tried again a second later, at a change then. Where the change would
+    /// otherwise be refused for want of copies (`now_or_never`), the open waits for that
+    /// heal to end instead, as an open for writing does: a heal ends by itself (or with
+    /// its client's connection), and waits for nothing a change here holds (a heal in
+    /// place by this client goes through the connection this open takes, which its guard
+    /// lets through).
     async fn open_where_back(&self, rh: &ReplicaHandle, now_or_never: bool) {
         let now = Instant::now();
         let back: Vec<usize> = {
@@ -988,7 +992,11 @@ impl Replicate {
                 .collect()
         };
         for i in back {
-            match self.children[i].open_now(rh.id, rh.flags).await {
+            let opened = match now_or_never {
+                true => self.children[i].open(rh.id, rh.flags).await,
+                false => self.children[i].open_now(rh.id, rh.flags).await,
+            };
+            match opened {
                 Ok(h) => {
                     // Behind if it missed this handle's changes (which marked it) or any
                     // other's, unless a heal repaired it meanwhile: the markers tell.

@@ -1070,6 +1070,50 @@ async fn an_open_for_reading_waits_for_a_copy_being_healed_when_the_others_are_n
     v.release(&h).await.unwrap();
 }
 
+/// A write through a handle that lacks a copy (opened while its brick was away) and that
+/// would otherwise be refused for want of copies waits for another client's heal of that
+/// copy, back now, to end, and is made there: before, it was refused (EROFS) at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_short_of_copies_waits_for_another_clients_heal_of_one_that_came_back() {
+    let (key, mut b, owned, vol) = replica_3().await;
+    let addrs: Vec<&str> = owned.iter().map(String::as_str).collect();
+    let v = vol.root.clone();
+    let id = file(&v, FileId::ROOT, "f", &[(0, pattern(100_000, 4))]).await;
+    b[2].stop();
+    until("the client to see the third brick down", || !vol.conns[2].is_up()).await;
+    let h = Arc::new(v.open(id, libc::O_RDWR as u32).await.unwrap());
+    b[2].start(&key).await;
+    until("the client to see the third brick back", || vol.conns[2].is_up()).await;
+    let healer = Volume::connect(spec(&[addrs[2]]), key.clone(), "healer", Duration::from_secs(5))
+        .await
+        .unwrap();
+    healer.root.heal_begin(id, true).await.unwrap();
+    b[1].stop();
+    until("the client to see the second brick down", || {
+        !vol.conns[1].is_up()
+    })
+    .await;
+
+    let data = pattern(2000, 5);
+    let mut write = tokio::spawn({
+        let (v, h, data) = (v.clone(), h.clone(), Bytes::from(data.clone()));
+        async move { v.write(&h, 0, data).await }
+    });
+    // (Bounded: it must not end at all while the guard is held.)
+    let early = tokio::time::timeout(Duration::from_millis(300), &mut write).await;
+    assert!(early.is_err(), "a write with one copy it could reach: {early:?}");
+    healer.root.heal_end(id, true).await.unwrap();
+    let written = tokio::time::timeout(Duration::from_secs(5), write)
+        .await
+        .expect("the write still waits after the heal")
+        .unwrap();
+    assert_eq!(written, Ok(2000));
+    assert!(v.read(&h, 0, 2000).await.unwrap() == data);
+    v.release(&h).await.unwrap();
+    let copy = std::fs::read(b[2].dir.path().join("f")).unwrap();
+    assert!(copy[..2000] == data[..], "the copy that came back took the write");
+}
+
 /// Two clients healing at once (each mount heals) get in each other's way on the guards of
 /// the directories a move leaves and enters: the moves wait for a later pass, and are
 /// still made as moves, not as copies.
