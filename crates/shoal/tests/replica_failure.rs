@@ -554,6 +554,8 @@ struct RandomWriter {
     recent: std::collections::VecDeque<String>,
     /// The bricks' directories, to say what their copies hold when a read is wrong.
     bricks: Vec<std::path::PathBuf>,
+    /// Copies of each file (the markers each copy holds).
+    replica: usize,
 }
 
 impl RandomWriter {
@@ -563,7 +565,12 @@ impl RandomWriter {
         std::fs::OpenOptions::new().read(true).write(true).open(path)
     }
 
-    fn new(paths: Vec<std::path::PathBuf>, bricks: Vec<std::path::PathBuf>, seed: u64) -> RandomWriter {
+    fn new(
+        paths: Vec<std::path::PathBuf>,
+        bricks: Vec<std::path::PathBuf>,
+        replica: usize,
+        seed: u64,
+    ) -> RandomWriter {
         use rand::SeedableRng;
         let files = paths
             .into_iter()
@@ -583,6 +590,7 @@ impl RandomWriter {
             steps: 0,
             recent: Default::default(),
             bricks,
+            replica,
         }
     }
 
@@ -687,7 +695,9 @@ impl RandomWriter {
         };
         let size = |p: &std::path::Path| {
             let name = p.file_name().unwrap().to_string_lossy();
-            let marks: Vec<i64> = (0..3).map(|c| pending(p.parent().unwrap(), &name, c)).collect();
+            let marks: Vec<i64> = (0..self.replica)
+                .map(|c| pending(p.parent().unwrap(), &name, c))
+                .collect();
             (std::fs::metadata(p).map(|m| m.len()), marks)
         };
         let copies: Vec<_> = self
@@ -714,23 +724,9 @@ impl RandomWriter {
 
 #[test]
 fn a_random_writer_on_replica_3_reads_what_it_wrote_while_bricks_die_hang_and_return() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Mutex;
     if !require_root() {
         return;
     }
-    let seed = std::env::var("SHOAL_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7);
-    eprintln!("random writer seed {seed} (SHOAL_TEST_SEED to change)");
-    let mut b = Bricks::start(3);
-    let spec = b.spec("r3", 1, 3);
-    let (m, other) = (b.mount(&spec, "a"), b.mount(&spec, "b"));
-    let steps = AtomicUsize::new(0);
-    let (stop, failed) = (AtomicBool::new(false), AtomicBool::new(false));
-    let events = Mutex::new(Vec::<String>::new());
-    let bricks: Vec<_> = b.bricks.iter().map(|b| b.path.clone()).collect();
     // One brick fails at a time. Bricks 1 and 2 take turns without waiting for heals, so
     // that a copy may fail while another is behind; brick 0 fails only once the copies are
     // healed, and the next fault waits for that too. So some copy that has every change is
@@ -748,12 +744,59 @@ fn a_random_writer_on_replica_3_reads_what_it_wrote_while_bricks_die_hang_and_re
         (Fault::Stall, 0),
         (Fault::Kill, 1),
     ];
+    random_writer_under_faults(Bricks::start(3), 3, &schedule, &[0]);
+}
+
+/// The same on distributed-replicate 2×2 (bricks 0 and 1 hold one set of copies, 2 and 3
+/// the other): the second brick of each pair fails, one at a time, each pair's first
+/// being the one replica 2 cannot write without.
+#[test]
+fn a_random_writer_on_distributed_replicate_2x2_reads_what_it_wrote_while_second_bricks_fail() {
+    if !require_root() {
+        return;
+    }
+    let schedule = [
+        (Fault::Kill, 1),
+        (Fault::Kill, 3),
+        (Fault::HangThenKill, 1),
+        (Fault::Stall, 3),
+        (Fault::Kill, 3),
+        (Fault::Stall, 1),
+        (Fault::HangThenKill, 3),
+        (Fault::Kill, 1),
+    ];
+    random_writer_under_faults(Bricks::start(4), 2, &schedule, &[]);
+}
+
+/// The random writer (`SHOAL_TEST_SEED` picks its sequence) through a mount of `b`'s bricks
+/// as a volume of `replica` copies, while `schedule` fails them one after another. A fault
+/// of a brick in `heal_first` waits until every copy is healed, and so does the next.
+fn random_writer_under_faults(
+    mut b: Bricks,
+    replica: usize,
+    schedule: &[(Fault, usize)],
+    heal_first: &[usize],
+) {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let seed = std::env::var("SHOAL_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(7);
+    eprintln!("random writer seed {seed} (SHOAL_TEST_SEED to change)");
+    let n = b.bricks.len();
+    let spec = b.spec("chaos", 1, replica as u32);
+    let (m, other) = (b.mount(&spec, "a"), b.mount(&spec, "b"));
+    let steps = AtomicUsize::new(0);
+    let (stop, failed) = (AtomicBool::new(false), AtomicBool::new(false));
+    let events = Mutex::new(Vec::<String>::new());
+    let bricks: Vec<_> = b.bricks.iter().map(|b| b.path.clone()).collect();
 
     const FILES: usize = 4;
     let models = std::thread::scope(|s| {
         let writer = s.spawn(|| {
             let names = (0..FILES).map(|i| m.path(&format!("chaos-{i}"))).collect();
-            let mut w = RandomWriter::new(names, bricks, seed);
+            let mut w = RandomWriter::new(names, bricks, replica, seed);
             while !stop.load(Ordering::SeqCst) {
                 if let Err(e) = w.step() {
                     failed.store(true, Ordering::SeqCst);
@@ -785,14 +828,14 @@ fn a_random_writer_on_replica_3_reads_what_it_wrote_while_bricks_die_hang_and_re
                 .push(format!("{what} at step {}", steps.load(Ordering::SeqCst)))
         };
         let mut after_first = false;
-        for &(fault, victim) in &schedule {
+        for &(fault, victim) in schedule {
             progress(150, "the writer to go on with every brick up");
-            if victim == 0 || after_first {
+            if heal_first.contains(&victim) || after_first {
                 wait_for("the copies to be healed", Duration::from_secs(60), || {
-                    failed.load(Ordering::SeqCst) || (0..3).all(|i| pending_heals(&b.bricks[i].path) == 0)
+                    failed.load(Ordering::SeqCst) || (0..n).all(|i| pending_heals(&b.bricks[i].path) == 0)
                 });
             }
-            after_first = victim == 0;
+            after_first = heal_first.contains(&victim);
             if failed.load(Ordering::SeqCst) {
                 break;
             }
@@ -823,7 +866,8 @@ fn a_random_writer_on_replica_3_reads_what_it_wrote_while_bricks_die_hang_and_re
                 m.connected_to(&addr)
             });
             // And takes changes there again (its handshake done): a new name made through
-            // it shows on that brick.
+            // it shows on that brick (a new name each try: with distribution, only those
+            // placed on the brick's set of copies can).
             let mut probe = 0;
             wait_for(
                 "the mount to use the brick again",
@@ -862,28 +906,37 @@ fn a_random_writer_on_replica_3_reads_what_it_wrote_while_bricks_die_hang_and_re
         );
     }
     let end = std::time::Instant::now() + Duration::from_secs(60);
-    while (0..3).any(|i| pending_heals(&b.bricks[i].path) > 0) {
+    while (0..n).any(|i| pending_heals(&b.bricks[i].path) > 0) {
         if std::time::Instant::now() > end {
             let names = ["."]
                 .into_iter()
                 .map(String::from)
                 .chain((0..FILES).map(|f| format!("chaos-{f}")));
             let marks: Vec<String> = names
-                .map(|n| {
-                    let m: Vec<Vec<i64>> = (0..3)
-                        .map(|i| (0..3).map(|c| pending(&b.bricks[i].path, &n, c)).collect())
+                .map(|name| {
+                    let m: Vec<Vec<i64>> = (0..n)
+                        .map(|i| {
+                            (0..replica)
+                                .map(|c| pending(&b.bricks[i].path, &name, c))
+                                .collect()
+                        })
                         .collect();
-                    format!("{n}: {m:?}")
+                    format!("{name}: {m:?}")
                 })
                 .collect();
             panic!("the copies were not healed within 60 s; markers on each brick: {marks:?}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    for i in 0..3 {
-        for (f, model) in models.iter().enumerate() {
-            let copy = std::fs::read(b.bricks[i].path.join(format!("chaos-{f}"))).unwrap();
-            assert!(copy == *model, "brick {i} holds what was written to chaos-{f}");
-        }
+    // Each file on `replica` bricks (all of them but for distribution), each holding it.
+    for (f, model) in models.iter().enumerate() {
+        let copies: Vec<Vec<u8>> = (0..n)
+            .filter_map(|i| std::fs::read(b.bricks[i].path.join(format!("chaos-{f}"))).ok())
+            .collect();
+        assert_eq!(copies.len(), replica, "copies of chaos-{f}");
+        assert!(
+            copies.iter().all(|c| c == model),
+            "every copy holds what was written to chaos-{f}"
+        );
     }
 }
