@@ -697,13 +697,17 @@ impl Replicate {
         // copy opened after the order was taken would take the change outside it.)
         let short = !self.quorum(self.reachable(rh));
         self.open_where_back(rh, short).await;
-        let open = rh
-            .handles
+        self.ordered(rh.ticket.order().clone(), rh.id, Self::opened(rh))
+            .await
+    }
+
+    /// The children `rh`'s file is open on.
+    fn opened(rh: &ReplicaHandle) -> u64 {
+        rh.handles
             .iter()
             .enumerate()
             .filter(|(_, h)| h.get().is_some())
-            .fold(0, |m, (i, _)| m | bit(i));
-        self.ordered(rh.ticket.order().clone(), rh.id, open).await
+            .fold(0, |m, (i, _)| m | bit(i))
     }
 
     /// Holds the orders of the directories `dirs` (taken one by one in id order, so that
@@ -971,11 +975,14 @@ impl Replicate {
     /// handle only if the markers show it is not behind. A copy being healed by another
     /// client (or by this client's healer, over connections of its own) answers EBUSY
     /// and is tried again a second later, at a change then. Where the change would
-    /// otherwise be refused for want of copies (`now_or_never`), the open waits for that
-    /// heal to end instead, as an open for writing does: a heal ends by itself (or with
-    /// its client's connection), and waits for nothing a change here holds (a heal in
-    /// place by this client goes through the connection this open takes, which its guard
-    /// lets through).
+    /// otherwise be refused for want of copies (`now_or_never`) and still is once the
+    /// others are open, the opens wait for those heals to end instead, as an open for
+    /// writing does (together, and each to its end: an open dropped on the way could
+    /// stay open on the brick). A heal ends by itself or with its client's connection,
+    /// and waits for nothing a change of this client holds: its own heal in place goes
+    /// through the connection these opens take, which its guard lets through. (Two
+    /// clients each healing in place a copy the other's change waits for would wait for
+    /// each other until the bricks break their idle guards.)
     async fn open_where_back(&self, rh: &ReplicaHandle, now_or_never: bool) {
         let now = Instant::now();
         let back: Vec<usize> = {
@@ -991,32 +998,56 @@ impl Replicate {
                 })
                 .collect()
         };
-        for i in back {
-            let opened = match now_or_never {
-                true => self.children[i].open(rh.id, rh.flags).await,
-                false => self.children[i].open_now(rh.id, rh.flags).await,
-            };
+        let opens = join_all(
+            back.iter()
+                .map(|&i| async move { (i, self.children[i].open_now(rh.id, rh.flags).await) }),
+        )
+        .await;
+        let mut busy = Vec::new();
+        for (i, opened) in opens {
             match opened {
-                Ok(h) => {
-                    // Behind if it missed this handle's changes (which marked it) or any
-                    // other's, unless a heal repaired it meanwhile: the markers tell.
-                    let stale = Self::stale_in(&self.fan(|_, c| c.getattr(rh.id)).await);
-                    if stale & bit(i) != 0 {
-                        rh.marked.fetch_or(bit(i), Ordering::SeqCst);
-                        self.open.missed(rh.id, bit(i));
-                    }
-                    match rh.handles[i].set(h) {
-                        Ok(()) => rh.ticket.opened_on(i),
-                        // Opened there meanwhile by another change through the handle.
-                        Err(h) => {
-                            let _ = self.children[i].release(&h).await;
-                        }
-                    }
-                    tracing::debug!(id = %rh.id, child = i, "file opened on a copy that came back");
+                Err(Errno::EBUSY) if now_or_never => busy.push(i),
+                opened => self.took_back(rh, i, opened).await,
+            }
+        }
+        if busy.is_empty() {
+            return;
+        }
+        let short = !self.quorum(self.reachable(rh));
+        let opens = join_all(busy.iter().map(|&i| async move {
+            match short {
+                true => (i, self.children[i].open(rh.id, rh.flags).await),
+                false => (i, Err(Errno::EBUSY)),
+            }
+        }))
+        .await;
+        for (i, opened) in opens {
+            self.took_back(rh, i, opened).await;
+        }
+    }
+
+    /// What `open_where_back` does with its open of `rh`'s file on child `i`.
+    async fn took_back(&self, rh: &ReplicaHandle, i: usize, opened: Result<Handle>) {
+        match opened {
+            Ok(h) => {
+                // Behind if it missed this handle's changes (which marked it) or any
+                // other's, unless a heal repaired it meanwhile: the markers tell.
+                let stale = Self::stale_in(&self.fan(|_, c| c.getattr(rh.id)).await);
+                if stale & bit(i) != 0 {
+                    rh.marked.fetch_or(bit(i), Ordering::SeqCst);
+                    self.open.missed(rh.id, bit(i));
                 }
-                Err(e) => {
-                    tracing::debug!(id = %rh.id, child = i, "cannot open the file on a copy that came back: {e}")
+                match rh.handles[i].set(h) {
+                    Ok(()) => rh.ticket.opened_on(i),
+                    // Opened there meanwhile by another change through the handle.
+                    Err(h) => {
+                        let _ = self.children[i].release(&h).await;
+                    }
                 }
+                tracing::debug!(id = %rh.id, child = i, "file opened on a copy that came back");
+            }
+            Err(e) => {
+                tracing::debug!(id = %rh.id, child = i, "cannot open the file on a copy that came back: {e}")
             }
         }
     }
@@ -1459,11 +1490,13 @@ impl Xlator for Replicate {
     async fn write(&self, h: &Handle, offset: u64, data: Bytes) -> Result<u32> {
         let rh = Self::rh(h)?;
         let _gate = rh.ticket.gate().read().await;
+        let before = Self::opened(rh);
+        let _order = self.in_order(rh).await;
         // Copies that missed the last change through this handle will likely miss this one
         // too: the write marks them behind itself on every copy that takes it, which saves
-        // a round trip per write while a copy is down.
-        let known = rh.failing.load(Ordering::SeqCst);
-        let _order = self.in_order(rh).await;
+        // a round trip per write while a copy is down. (Not those opened just now: they
+        // take it.)
+        let known = rh.failing.load(Ordering::SeqCst) & !(Self::opened(rh) & !before);
         let ok = self
             .mutate_open(rh, known, true, |i, c, ch| {
                 let mark: Vec<(String, i64)> = (0..self.children.len())
