@@ -49,8 +49,7 @@ const CMD_COMMIT_AND_FETCH: u32 = 2;
 /// Entries each queue hands the kernel.
 const ENTRIES: usize = 4;
 
-/// Requests served by each transport, reported at the end.
-pub static BY_DEV: AtomicU64 = AtomicU64::new(0);
+/// Requests served by io_uring, reported at the end.
 pub static BY_URING: AtomicU64 = AtomicU64::new(0);
 
 /// Mounts a FUSE file system at `dir` and returns its `/dev/fuse`.
@@ -133,7 +132,6 @@ fn read_dev(dev: &File, fs: &MemFs, init_only: bool) -> Result<()> {
         let Some(r) = Request::parse(&buf[..n]) else {
             bail!("a request of {n} bytes, shorter than its header");
         };
-        BY_DEV.fetch_add(1, Ordering::Relaxed);
         if fs.handle(&r).encode(r.unique, &mut out) {
             // ENOENT: the request was interrupted meanwhile.
             if let Err(e) = (&*dev).write(&out) {
@@ -177,30 +175,30 @@ impl Entry {
         u64::from_le_bytes(b)
     }
 
-    /// The request it holds, answered into its buffers; the commit id to send back.
-    fn answer(&mut self, fs: &MemFs, out: &mut Vec<u8>) -> Result<u64> {
+    /// The request it holds, answered into its buffers; the commit id to send back (the
+    /// request's `unique`). One it cannot make sense of is answered EIO.
+    fn answer(&mut self, fs: &MemFs, out: &mut Vec<u8>) -> u64 {
         let commit_id = self.field(ENT_IN_OUT + 8);
         let payload_sz = self.field(ENT_IN_OUT + 16) as u32 as usize;
-        let rest = self
+        let request = self
             .payload
             .get(..payload_sz)
-            .context("payload larger than its buffer")?;
-        let Some(r) = Request::parts(&self.header[..IN_HEADER], &self.header[OP_IN..OP_IN * 2], rest) else {
-            bail!("a request whose header is short");
+            .and_then(|rest| Request::parts(&self.header[..IN_HEADER], &self.header[OP_IN..OP_IN * 2], rest));
+        let answer = match request {
+            Some(r) => fs.handle(&r),
+            None => Answer::Error(libc::EIO),
         };
         BY_URING.fetch_add(1, Ordering::Relaxed);
-        let answer = fs.handle(&r);
-        let unique = r.unique;
-        if !answer.encode(unique, out) {
-            // Every request that comes this way expects an answer.
-            Answer::Error(libc::EIO).encode(unique, out);
+        // (Every request that comes this way expects an answer.)
+        if !answer.encode(commit_id, out) {
+            Answer::Error(libc::EIO).encode(commit_id, out);
         }
         // The reply's header goes to `in_out`, its body to the payload, its size beside them.
         let body = &out[OUT_HEADER..];
         self.header[..OUT_HEADER].copy_from_slice(&out[..OUT_HEADER]);
         self.payload[..body.len()].copy_from_slice(body);
         self.header[ENT_IN_OUT + 16..ENT_IN_OUT + 20].copy_from_slice(&(body.len() as u32).to_le_bytes());
-        Ok(commit_id)
+        commit_id
     }
 }
 
@@ -230,6 +228,8 @@ fn serve_queue(dev: &File, qid: u16, pin: Option<usize>, fs: &MemFs) -> Result<(
         set.set(cpu);
         rustix::thread::sched_setaffinity(None, &set).context("cannot pin a queue's thread")?;
     }
+    // (Before the ring, so that they are dropped after it.)
+    let mut entries: Vec<Entry> = (0..ENTRIES).map(|_| Entry::new()).collect();
     // Completions are run by this thread when it waits, not by interrupting it.
     let mut ring: IoUring<Entry128> = IoUring::builder()
         .setup_single_issuer()
@@ -238,11 +238,10 @@ fn serve_queue(dev: &File, qid: u16, pin: Option<usize>, fs: &MemFs) -> Result<(
         .build(2 * ENTRIES as u32)
         .context("io_uring_setup")?;
     let fd = dev.as_raw_fd();
-    let mut entries: Vec<Entry> = (0..ENTRIES).map(|_| Entry::new()).collect();
     for (i, e) in entries.iter().enumerate() {
         let sqe = command(fd, CMD_REGISTER, qid, 0, e, i);
         // SAFETY: the entry's buffers live in `entries` until this function returns, after
-        // the ring (dropped first) no longer uses them.
+        // the ring (declared later, so dropped first) no longer uses them.
         unsafe { ring.submission().push(&sqe) }.context("submission queue full")?;
     }
     let mut out = Vec::new();
@@ -257,12 +256,12 @@ fn serve_queue(dev: &File, qid: u16, pin: Option<usize>, fs: &MemFs) -> Result<(
             // The file system went away (ENOTCONN) or the queue was refused.
             if res < 0 {
                 return match -res {
-                    libc::ENOTCONN | libc::ECANCELED | libc::ENODEV => Ok(()),
+                    libc::ENOTCONN | libc::ECANCELED | libc::ECONNABORTED | libc::ENODEV => Ok(()),
                     e => bail!("queue {qid}: {}", std::io::Error::from_raw_os_error(e)),
                 };
             }
             let e = entries.get_mut(i as usize).context("a completion for no entry")?;
-            let commit_id = e.answer(fs, &mut out)?;
+            let commit_id = e.answer(fs, &mut out);
             let sqe = command(fd, CMD_COMMIT_AND_FETCH, qid, commit_id, e, i as usize);
             // SAFETY: as above.
             unsafe { ring.submission().push(&sqe) }.context("submission queue full")?;

@@ -17,6 +17,8 @@ pub const OUT_HEADER: usize = 16;
 const ROOT: u64 = 1;
 /// Entry and attribute timeouts, as shoal's mount.
 const TTL_SECS: u64 = 10;
+/// The largest file it keeps (in memory): bigger sizes are refused with EFBIG.
+const MAX_FILE: usize = 1 << 30;
 
 /// INIT flags (`linux/fuse.h`): the first 32 in `flags`, the rest in `flags2`.
 const ASYNC_READ: u64 = 1 << 0;
@@ -58,8 +60,8 @@ mod op {
 pub fn arg_size(opcode: u32) -> usize {
     match opcode {
         op::FORGET | op::MKDIR | op::OPEN | op::OPENDIR | op::GETXATTR | op::ACCESS => 8,
-        op::BATCH_FORGET | op::FSYNC | op::INTERRUPT => 8,
-        op::GETATTR | op::CREATE => 16,
+        op::BATCH_FORGET | op::INTERRUPT => 8,
+        op::GETATTR | op::CREATE | op::FSYNC => 16,
         op::RELEASE | op::RELEASEDIR | op::FLUSH => 24,
         op::READ | op::READDIR | op::WRITE => 40,
         op::INIT => 64,
@@ -111,6 +113,14 @@ impl<'a> Request<'a> {
         let end = self.rest.iter().position(|&c| c == 0).unwrap_or(self.rest.len());
         &self.rest[..end]
     }
+}
+
+/// A file size this file system keeps, or EFBIG.
+fn capped(size: u64) -> Result<usize, i32> {
+    usize::try_from(size)
+        .ok()
+        .filter(|s| *s <= MAX_FILE)
+        .ok_or(libc::EFBIG)
 }
 
 fn u32_at(b: &[u8], at: usize) -> Option<u32> {
@@ -265,12 +275,13 @@ impl MemFs {
             op::SETATTR => {
                 let n = nodes.get_mut(&r.nodeid).ok_or(libc::ENOENT)?;
                 let valid = u32_at(r.arg, 0).ok_or(bad)?;
+                // FATTR_SIZE, FATTR_MODE; `fuse_setattr_in` has the size at 16, the mode at 68.
                 if valid & (1 << 3) != 0 {
-                    let size = usize::try_from(u64_at(r.arg, 16).ok_or(bad)?).map_err(|_| libc::EFBIG)?;
-                    n.data.resize(size, 0);
+                    let size = u64_at(r.arg, 16).ok_or(bad)?;
+                    n.data.resize(capped(size)?, 0);
                 }
                 if valid & 1 != 0 {
-                    n.mode = u32_at(r.arg, 60).ok_or(bad)? & 0o7777;
+                    n.mode = u32_at(r.arg, 68).ok_or(bad)? & 0o7777;
                 }
                 attr_out(&mut out, r.nodeid, n);
             }
@@ -307,10 +318,11 @@ impl MemFs {
             }
             op::WRITE => {
                 let n = nodes.get_mut(&r.nodeid).ok_or(libc::ENOENT)?;
-                let at = usize::try_from(u64_at(r.arg, 8).ok_or(bad)?).map_err(|_| libc::EFBIG)?;
+                let at = u64_at(r.arg, 8).ok_or(bad)?;
                 let size = u32_at(r.arg, 16).ok_or(bad)? as usize;
                 let data = r.rest.get(..size).ok_or(bad)?;
-                let end = at.checked_add(size).ok_or(libc::EFBIG)?;
+                let end = capped(at.saturating_add(size as u64))?;
+                let at = end - size;
                 if n.data.len() < end {
                     n.data.resize(end, 0);
                 }
@@ -374,6 +386,31 @@ mod tests {
             panic!("read failed")
         };
         assert_eq!(data, b"\0\0\0abcd");
+    }
+
+    #[test]
+    fn setattr_changes_the_mode_and_refuses_absurd_sizes() {
+        let fs = MemFs::new(false);
+        // fuse_setattr_in: valid, padding, fh, size, lock_owner, atime, mtime, ctime,
+        // atimensec, mtimensec, ctimensec, mode, ...
+        let mut set = Vec::new();
+        put32(&mut set, &[1, 0]);
+        put(&mut set, &[0, 0, 0, 0, 0, 0]);
+        put32(&mut set, &[7, 8, 9, 0o700]);
+        set.resize(88, 0);
+        let buf = request(op::SETATTR, ROOT, &set, b"");
+        let Answer::Ok(out) = fs.handle(&Request::parse(&buf).expect("parse")) else {
+            panic!("setattr failed")
+        };
+        // fuse_attr_out: valid, valid_nsec and dummy, then fuse_attr's mode at 60.
+        assert_eq!(u32_at(&out, 16 + 60), Some(libc::S_IFDIR | 0o700));
+        set[..4].copy_from_slice(&(1u32 << 3).to_le_bytes());
+        set[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        let buf = request(op::SETATTR, ROOT, &set, b"");
+        assert!(matches!(
+            fs.handle(&Request::parse(&buf).expect("parse")),
+            Answer::Error(libc::EFBIG)
+        ));
     }
 
     #[test]

@@ -50,6 +50,7 @@ enum Serve {
 struct Mounted {
     dir: PathBuf,
     child: Child,
+    out: Option<BufReader<std::process::ChildStdout>>,
 }
 
 impl Mounted {
@@ -63,12 +64,14 @@ impl Mounted {
             .spawn()
             .context("cannot start the server")?;
         let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            BufReader::new(out).read_line(&mut line)?;
+        let mut out = child.stdout.take().map(BufReader::new);
+        if let Some(out) = &mut out {
+            out.read_line(&mut line)?;
         }
         let m = Mounted {
             dir: dir.into(),
             child,
+            out,
         };
         if line.trim() != "ready" {
             bail!("the {t:?} server did not start");
@@ -76,7 +79,8 @@ impl Mounted {
         Ok(m)
     }
 
-    fn stop(mut self) -> Result<()> {
+    /// Unmounts; the requests the server took by io_uring.
+    fn stop(mut self) -> Result<u64> {
         rustix::mount::unmount(&self.dir, rustix::mount::UnmountFlags::empty()).context("umount")?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while self.child.try_wait()?.is_none() {
@@ -85,7 +89,14 @@ impl Mounted {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(())
+        let mut line = String::new();
+        if let Some(out) = &mut self.out {
+            out.read_line(&mut line)?;
+        }
+        line.trim()
+            .strip_prefix("by io_uring: ")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("the server ended saying {line:?}"))
     }
 }
 
@@ -183,13 +194,12 @@ impl Drop for UringEnabled {
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(Serve::Serve { transport: t, dir }) = args.serve {
-        let served = transport::serve(transport::mount(&dir)?, t);
-        eprintln!(
-            "requests: /dev/fuse {}, io_uring {}",
-            transport::BY_DEV.load(std::sync::atomic::Ordering::Relaxed),
+        transport::serve(transport::mount(&dir)?, t)?;
+        println!(
+            "by io_uring: {}",
             transport::BY_URING.load(std::sync::atomic::Ordering::Relaxed)
         );
-        return served;
+        return Ok(());
     }
     if !shoal_bench::is_root() {
         bail!("fusewire mounts FUSE file systems itself: run it as root");
@@ -219,7 +229,11 @@ fn main() -> Result<()> {
         for (i, (t, _)) in rows.iter().enumerate() {
             let m = Mounted::start(&mnt, *t)?;
             let r = small_files(&mnt, args.files);
-            m.stop()?;
+            let by_uring = m.stop()?;
+            // (A queue that could not register leaves every request on /dev/fuse.)
+            if *t != Transport::Dev && by_uring == 0 {
+                bail!("the {t:?} row's requests did not go by io_uring");
+            }
             results[i].push(r?);
         }
     }
