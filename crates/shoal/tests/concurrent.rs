@@ -618,14 +618,21 @@ fn replica_copies_agree_under_concurrent_buffered_writes() {
                 }
             });
         }
+        // (The writers hold the senders: once both ended, by a failure, nothing comes.)
+        drop(tx);
         for _ in 0..ROUNDS {
-            let Ok((r, same)) = rx.recv_timeout(Duration::from_secs(60)) else {
-                // Whatever waits on the mounts fails now, so that the writers end too.
-                for m in [&ma, &mb] {
-                    abort_fuse(&m.dir);
+            use std::sync::mpsc::RecvTimeoutError;
+            let (r, same) = match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(round) => round,
+                Err(RecvTimeoutError::Disconnected) => panic!("a writer failed (above)"),
+                Err(RecvTimeoutError::Timeout) => {
+                    // Whatever waits on the mounts fails now, so that the writers end too.
+                    for m in [&ma, &mb] {
+                        abort_fuse(&m.dir);
+                    }
+                    meet.break_up();
+                    panic!("a round did not end within 60 s: the writers wait for each other");
                 }
-                meet.break_up();
-                panic!("a round did not end within 60 s: the writers wait for each other");
             };
             assert!(same, "round {r} left the copies different");
         }

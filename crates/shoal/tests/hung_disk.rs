@@ -68,7 +68,8 @@ fn a_brick_whose_disk_hangs_goes_offline_and_the_volume_carries_on() {
 
 /// The harness's own guard against a suite that never ends: a test stuck on a mount that
 /// stopped answering is released once the mount has been up too long (`HUNG_AFTER`, 300 s
-/// in other tests; 5 s here), its FUSE connection aborted so that the stuck call fails.
+/// in other tests; 5 s here), its FUSE connection aborted so that the stuck call fails,
+/// and the test fails too when the mount goes.
 #[test]
 fn a_test_stuck_on_a_mount_that_stopped_answering_is_released() {
     if !require_root() {
@@ -102,4 +103,6 @@ fn a_test_stuck_on_a_mount_that_stopped_answering_is_released() {
         "released {:?} after the mount",
         mounted.elapsed()
     );
+    // (Taken as hung, the test would fail when its mount goes: here that is the point.)
+    assert!(m.taken_as_hung(), "released, but not by the watchdog");
 }

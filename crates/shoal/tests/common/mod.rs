@@ -230,6 +230,8 @@ pub struct Mount {
     child: Child,
     /// Dropped with the mount, which ends its watchdog (`watch`).
     _watchdog: std::sync::mpsc::Sender<()>,
+    /// Set when the watchdog took the test as hung: it fails then, whatever it saw.
+    hung: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Aborts the FUSE connection of the mount at `dir` (the kernel's
@@ -261,10 +263,14 @@ pub fn abort_fuse(dir: &Path) {
     }
 }
 
-/// Until `stop` is dropped, waits `after`; then takes the test as hung and aborts the
-/// mount's FUSE connection, so that its threads waiting on the mount fail instead of
-/// holding the test (and the suite) up for good.
-fn watch(dir: PathBuf, after: Duration) -> std::sync::mpsc::Sender<()> {
+/// Until `stop` is dropped, waits `after`; then takes the test as hung (sets `hung`) and
+/// aborts the mount's FUSE connection, so that its threads waiting on the mount fail
+/// instead of holding the test (and the suite) up for good.
+fn watch(
+    dir: PathBuf,
+    after: Duration,
+    hung: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::sync::mpsc::Sender<()> {
     let (stop, stopped) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
         if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(after) {
@@ -272,6 +278,7 @@ fn watch(dir: PathBuf, after: Duration) -> std::sync::mpsc::Sender<()> {
                 "{}: still mounted after {after:?}: the test is taken as hung, its FUSE connection aborted",
                 dir.display()
             );
+            hung.store(true, std::sync::atomic::Ordering::SeqCst);
             abort_fuse(&dir);
         }
     });
@@ -310,10 +317,12 @@ impl Mount {
         let out = child.stdout.take().expect("mount stdout");
         let mut line = String::new();
         BufReader::new(out).read_line(&mut line).expect("mount output");
+        let hung = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let m = Mount {
             dir: dir.to_path_buf(),
             child,
-            _watchdog: watch(dir.to_path_buf(), hung_after),
+            _watchdog: watch(dir.to_path_buf(), hung_after, hung.clone()),
+            hung,
         };
         assert_eq!(line.trim(), "ready", "mount failed: {line}");
         m
@@ -325,6 +334,11 @@ impl Mount {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the watchdog took the test as hung; the test then no longer fails for it.
+    pub fn taken_as_hung(&self) -> bool {
+        self.hung.swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether this mount's process has a connection up to the brick listening on `addr`
@@ -387,6 +401,10 @@ impl Drop for Mount {
                     break;
                 }
             }
+        }
+        // (A test that gets on once its mount is aborted may see nothing wrong.)
+        if self.hung.load(std::sync::atomic::Ordering::SeqCst) && !std::thread::panicking() {
+            panic!("{}: the test hung (see above)", self.dir.display());
         }
     }
 }
