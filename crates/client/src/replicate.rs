@@ -621,13 +621,18 @@ impl Replicate {
                 return Err(Errno::EROFS);
             }
         }
+        // Copies the change did not reach for want of a handle.
+        let mut unopened = 0u64;
         let futs: Vec<std::pin::Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>> = rh
             .handles
             .iter()
             .enumerate()
             .map(|(i, h)| match h.get() {
                 Some(h) => Box::pin(f(i, &self.children[i], h)) as _,
-                None => Box::pin(async { Err(Errno::ENOTCONN) }) as _,
+                None => {
+                    unopened |= bit(i);
+                    Box::pin(async { Err(Errno::ENOTCONN) }) as _
+                }
             })
             .collect();
         let results = join_all(futs).await;
@@ -654,12 +659,12 @@ impl Replicate {
             out.took_later(more);
         }
         if !ordered && !self.quorum(out.ok_mask()) {
-            // A copy went away meanwhile: one that came back but that the handle has not
-            // opened yet (refused a moment ago) counts too, as it would for a write.
-            let had = self.reachable(rh);
+            // A copy went away meanwhile: one that came back but that the handle had not
+            // opened (refused a moment ago) counts too, as it would for a write, opened now
+            // here or by another change through the handle since this one went out.
             self.open_where_back(rh, true).await;
             let new: Vec<usize> = (0..rh.handles.len())
-                .filter(|&i| had & bit(i) == 0 && out.failed & bit(i) != 0)
+                .filter(|&i| unopened & out.failed & bit(i) != 0)
                 .collect();
             let more = join_all(new.into_iter().filter_map(|i| {
                 let (f, h) = (&f, rh.handles[i].get()?);
