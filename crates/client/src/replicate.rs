@@ -1015,9 +1015,7 @@ impl Replicate {
                 opened => self.took_back(rh, i, opened).await,
             }
         }
-        if busy.is_empty() {
-            return;
-        }
+        // (Short no more: they are tried again later, like the others.)
         let short = !self.quorum(self.reachable(rh));
         let opens = join_all(busy.iter().map(|&i| async move {
             match short {
