@@ -7,11 +7,15 @@
 //! benchmark's workloads touch. Prints `ready` once mounted and serves until unmounted.
 
 use anyhow::{bail, Context, Result};
-use fuser::{
-    Config, Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
-    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+use shoal_fuse::kernel::abi::init;
+use shoal_fuse::kernel::{
+    FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
+    MountSpec, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, Session, SetAttrIn, TimeOrNow,
 };
+
+/// An errno number.
+type Errno = i32;
 use rustix::fs::{ftruncate, memfd_create, MemfdFlags};
 use rustix::io::{pread, pwrite};
 use shoal_fuse::negative;
@@ -59,7 +63,6 @@ fn new_attr(ino: u64, kind: FileType, mode: u32, req: &Request) -> FileAttr {
         atime: now,
         mtime: now,
         ctime: now,
-        crtime: now,
         kind,
         perm: (mode & 0o7777) as u16,
         nlink: if kind == FileType::Directory { 2 } else { 1 },
@@ -84,7 +87,7 @@ impl Node {
             let fd = memfd_create("memfs", MemfdFlags::CLOEXEC).map_err(io_errno)?;
             self.data = Some(fd);
         }
-        self.data.as_ref().ok_or(Errno::EIO)
+        self.data.as_ref().ok_or(libc::EIO)
     }
 
     /// A new size, and the blocks it is counted as (holes included: asking the memory file
@@ -129,7 +132,7 @@ impl Node {
 }
 
 fn io_errno(e: rustix::io::Errno) -> Errno {
-    Errno::from_i32(e.raw_os_error())
+    e.raw_os_error()
 }
 
 impl MemFs {
@@ -144,7 +147,6 @@ impl MemFs {
             atime: now,
             mtime: now,
             ctime: now,
-            crtime: now,
             ..negative()
         };
         nodes.insert(
@@ -178,12 +180,12 @@ impl MemFs {
     ) -> Result<FileAttr, Errno> {
         let mut st = self.state();
         let ino = st.next;
-        let dir = st.nodes.get_mut(&parent.0).ok_or(Errno::ENOENT)?;
+        let dir = st.nodes.get_mut(&parent.0).ok_or(libc::ENOENT)?;
         if dir.attr.kind != FileType::Directory {
-            return Err(Errno::ENOTDIR);
+            return Err(libc::ENOTDIR);
         }
         if dir.children.contains_key(name) {
-            return Err(Errno::EEXIST);
+            return Err(libc::EEXIST);
         }
         dir.children.insert(name.to_owned(), ino);
         let now = SystemTime::now();
@@ -207,13 +209,13 @@ impl MemFs {
 
     fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool) -> Result<(), Errno> {
         let mut st = self.state();
-        let p = st.nodes.get(&parent.0).ok_or(Errno::ENOENT)?;
-        let ino = *p.children.get(name).ok_or(Errno::ENOENT)?;
-        let node = st.nodes.get(&ino).ok_or(Errno::ENOENT)?;
+        let p = st.nodes.get(&parent.0).ok_or(libc::ENOENT)?;
+        let ino = *p.children.get(name).ok_or(libc::ENOENT)?;
+        let node = st.nodes.get(&ino).ok_or(libc::ENOENT)?;
         match (dir, node.attr.kind == FileType::Directory) {
-            (true, false) => return Err(Errno::ENOTDIR),
-            (false, true) => return Err(Errno::EISDIR),
-            (true, true) if !node.children.is_empty() => return Err(Errno::ENOTEMPTY),
+            (true, false) => return Err(libc::ENOTDIR),
+            (false, true) => return Err(libc::EISDIR),
+            (true, true) if !node.children.is_empty() => return Err(libc::ENOTEMPTY),
             _ => {}
         }
         // The kernel keeps no handle on a removed name's data in this benchmark's workloads,
@@ -232,22 +234,19 @@ impl MemFs {
     }
 }
 
-impl fuser::Filesystem for MemFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+impl Filesystem for MemFs {
+    fn init(&mut self, config: &mut KernelConfig) {
         // As shoal's mount asks.
-        let _ = config.set_max_write(MAX_IO);
-        let _ = config.set_max_readahead(MAX_IO);
-        let _ = config.set_max_background(64);
-        let wanted = InitFlags::FUSE_PARALLEL_DIROPS | InitFlags::FUSE_ASYNC_DIO;
-        let supported = config.capabilities() & wanted;
-        let _ = config.add_capabilities(supported);
-        Ok(())
+        config.set_max_write(MAX_IO);
+        config.set_max_readahead(MAX_IO);
+        config.set_max_background(64);
+        config.add_capabilities(init::PARALLEL_DIROPS | init::ASYNC_DIO);
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let st = self.state();
         let Some(dir) = st.nodes.get(&parent.0) else {
-            return reply.error(Errno::ENOENT);
+            return reply.error(libc::ENOENT);
         };
         match dir.children.get(name).and_then(|i| st.nodes.get(i)) {
             Some(n) => reply.entry(&TTL, &n.attr, Generation(0)),
@@ -258,31 +257,23 @@ impl fuser::Filesystem for MemFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.state().nodes.get(&ino.0) {
             Some(n) => reply.attr(&TTL, &n.attr),
-            None => reply.error(Errno::ENOENT),
+            None => reply.error(libc::ENOENT),
         }
     }
 
-    fn setattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
+    fn setattr(&self, _req: &Request, ino: INodeNo, set: SetAttrIn, reply: ReplyAttr) {
+        let SetAttrIn {
+            mode,
+            uid,
+            gid,
+            size,
+            atime,
+            mtime,
+            ..
+        } = set;
         let mut st = self.state();
         let Some(n) = st.nodes.get_mut(&ino.0) else {
-            return reply.error(Errno::ENOENT);
+            return reply.error(libc::ENOENT);
         };
         if let Some(m) = mode {
             n.attr.perm = (m & 0o7777) as u16;
@@ -301,7 +292,7 @@ impl fuser::Filesystem for MemFs {
         reply.attr(&TTL, &n.attr);
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, reply: ReplyEntry) {
         match self.make(req, parent, name, FileType::Directory, mode) {
             Ok(a) => reply.entry(&TTL, &a, Generation(0)),
             Err(e) => reply.error(e),
@@ -328,7 +319,6 @@ impl fuser::Filesystem for MemFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
@@ -338,28 +328,18 @@ impl fuser::Filesystem for MemFs {
         }
     }
 
-    fn open(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, _ino: INodeNo, _flags: i32, reply: ReplyOpen) {
         // Nothing but this mount changes a file, so the kernel's pages stay good (shoal keeps
         // them too when the file is the version they hold).
         reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE);
     }
 
-    fn read(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
+    fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
         BUF.with_borrow_mut(|buf| {
             buf.resize(buf.len().max(size as usize), 0);
             let read = match self.state().nodes.get(&ino.0) {
                 Some(n) => n.read(offset, &mut buf[..size as usize]),
-                None => Err(Errno::ENOENT),
+                None => Err(libc::ENOENT),
             };
             match read {
                 Ok(n) => reply.data(&buf[..n]),
@@ -375,9 +355,7 @@ impl fuser::Filesystem for MemFs {
         _fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        _write_flags: u32,
         reply: ReplyWrite,
     ) {
         match self.state().nodes.get_mut(&ino.0) {
@@ -385,7 +363,7 @@ impl fuser::Filesystem for MemFs {
                 Ok(()) => reply.written(data.len() as u32),
                 Err(e) => reply.error(e),
             },
-            None => reply.error(Errno::ENOENT),
+            None => reply.error(libc::ENOENT),
         }
     }
 
@@ -400,7 +378,7 @@ impl fuser::Filesystem for MemFs {
     fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let st = self.state();
         let Some(dir) = st.nodes.get(&ino.0) else {
-            return reply.error(Errno::ENOENT);
+            return reply.error(libc::ENOENT);
         };
         let dots = [
             (ino.0, FileType::Directory, OsStr::new(".")),
@@ -433,7 +411,7 @@ impl fuser::Filesystem for MemFs {
     }
 
     fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENODATA);
+        reply.error(libc::ENODATA);
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -460,18 +438,19 @@ fn main() -> Result<()> {
         },
     )
     .context("cannot raise the open files limit")?;
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("memfs".into()),
-        MountOption::Subtype("memfs".into()),
-        MountOption::DefaultPermissions,
-    ];
-    config.n_threads = Some(2);
-    config.clone_fd = true;
+    let spec = MountSpec {
+        fsname: "memfs".into(),
+        subtype: "memfs".into(),
+        allow_other: false,
+        default_permissions: true,
+        read_only: false,
+        dev_suid: false,
+        threads: 2,
+    };
     let dir = dir
         .canonicalize()
         .with_context(|| format!("no directory {}", dir.display()))?;
-    let session = fuser::Session::new(MemFs::new(), &dir, &config)
+    let session = Session::mount(MemFs::new(), &dir, &spec)
         .with_context(|| format!("cannot mount on {}", dir.display()))?;
     shoal_fuse::raise_readahead(&dir);
     println!("ready");

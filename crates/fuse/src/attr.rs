@@ -1,6 +1,6 @@
 //! Conversions between shoal's attributes and the kernel's.
 
-use fuser::{FileAttr, FileType, INodeNo};
+use crate::kernel::{FileAttr, FileType, INodeNo};
 use proto::{Attr, FileKind, Timespec};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -51,7 +51,6 @@ pub fn file_attr(ino: u64, a: &Attr) -> FileAttr {
         atime: time(a.atime),
         mtime: time(a.mtime),
         ctime: time(a.ctime),
-        crtime: time(a.ctime),
         kind: kind(a.kind),
         perm: (a.perm & 0o7777) as u16,
         nlink: a.nlink,
@@ -73,7 +72,6 @@ pub fn negative() -> FileAttr {
         atime: UNIX_EPOCH,
         mtime: UNIX_EPOCH,
         ctime: UNIX_EPOCH,
-        crtime: UNIX_EPOCH,
         kind: FileType::RegularFile,
         perm: 0,
         nlink: 0,

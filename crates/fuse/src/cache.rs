@@ -9,7 +9,7 @@
 //! namespace changes; [`AttrCache`] answers those getattrs here, from what the bricks said
 //! at the close of the file or what the change did to its directory.
 
-use fuser::{INodeNo, Notifier};
+use crate::kernel::{INodeNo, Notifier};
 use proto::{Entry, FileId, Timespec};
 use std::collections::HashMap;
 use std::ffi::OsStr;

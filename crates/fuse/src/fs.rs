@@ -1,20 +1,20 @@
-//! The fuser `Filesystem` over a shoal volume.
+//! The kernel's requests ([`crate::kernel::Filesystem`]) answered from a shoal volume.
 
 use crate::attr::{file_attr, kind, negative, timespec};
 use crate::behind::Behind;
 use crate::cache::{AttrCache, Coherence, Complete, Inval};
 use crate::dirs::DirState;
 use crate::inodes::{Inodes, ROOT_INO};
+use crate::kernel::abi::{init, WRITE_KILL_SUIDGID};
+use crate::kernel::{
+    FileHandle, FopenFlags, Generation, INodeNo, KernelConfig, LockIn, LockOwner, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, SetAttrIn, TimeOrNow,
+};
 use crate::killpriv::{self, Caller};
 use crate::known::{Known, Version};
 use bytes::Bytes;
 use client::{Handle, Stale, StaleFn, Xlator};
-use fuser::{
-    AccessFlags, BsdFileFlags, Errno as FErrno, FileHandle, FopenFlags, Generation, INodeNo, InitFlags,
-    IoctlFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags as FRenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyLock, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
-};
 use proto::{Entry, Errno, FileId, FileKind, Lock, LockKind, NewNode, RenameFlags, SetAttr, TimeSet};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -47,7 +47,7 @@ struct Inner {
     lazy_opens: AtomicU64,
     attr_ttl: Duration,
     entry_ttl: Duration,
-    notifier: Arc<OnceLock<fuser::Notifier>>,
+    notifier: Arc<OnceLock<crate::kernel::Notifier>>,
     /// What the kernel was last told of each file's data version, and what is known of
     /// its mode and capabilities.
     known: Known,
@@ -98,8 +98,8 @@ struct Start {
     removals: u64,
 }
 
-fn ferr(e: Errno) -> FErrno {
-    FErrno::from_i32(e.code())
+fn ferr(e: Errno) -> i32 {
+    e.code()
 }
 
 impl Inner {
@@ -617,7 +617,7 @@ impl ShoalFs {
     }
 
     /// Where the session's notifier goes once the session exists.
-    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+    pub fn notifier_slot(&self) -> Arc<OnceLock<crate::kernel::Notifier>> {
         self.inner.notifier.clone()
     }
 
@@ -644,25 +644,23 @@ macro_rules! tryr {
     };
 }
 
-impl fuser::Filesystem for ShoalFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.set_max_write(MAX_IO);
-        let _ = config.set_max_readahead(MAX_IO);
-        let _ = config.set_max_background(64);
-        let wanted = InitFlags::FUSE_POSIX_LOCKS
-            | InitFlags::FUSE_PARALLEL_DIROPS
-            | InitFlags::FUSE_ASYNC_DIO
-            | InitFlags::FUSE_CACHE_SYMLINKS
+impl crate::kernel::Filesystem for ShoalFs {
+    fn init(&mut self, config: &mut KernelConfig) {
+        config.set_max_write(MAX_IO);
+        config.set_max_readahead(MAX_IO);
+        config.set_max_background(64);
+        let wanted = init::POSIX_LOCKS
+            | init::PARALLEL_DIROPS
+            | init::ASYNC_DIO
+            | init::CACHE_SYMLINKS
             // Set-id bits are dropped here, so the kernel no longer asks for a file's
             // capabilities before each write (see `crate::killpriv`).
-            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
+            | init::HANDLE_KILLPRIV_V2;
         // Not FUSE_AUTO_INVAL_DATA: it drops a file's cached pages whenever its mtime moves,
         // which this mount's own writes do every time. Pages go instead when a brick
         // announces another client's change, and at open when the file is not the version
         // the kernel's pages hold.
-        let supported = config.capabilities() & wanted;
-        let _ = config.add_capabilities(supported);
-        Ok(())
+        config.add_capabilities(wanted);
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -687,14 +685,14 @@ impl fuser::Filesystem for ShoalFs {
                     // The kernel remembers the absence too; a brick announces the name's
                     // creation by another client.
                     (_, ttl) if !ttl.is_zero() => reply.entry(&ttl, &negative(), Generation(0)),
-                    _ => reply.error(FErrno::ENOENT),
+                    _ => reply.error(libc::ENOENT),
                 },
                 Err(e) => reply.error(ferr(e)),
             }
         });
     }
 
-    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+    fn forget(&self, ino: INodeNo, nlookup: u64) {
         if self.inner.inodes.forget(ino.0, nlookup) {
             self.inner.attrs.drop(ino.0);
             self.inner.complete.forget(ino.0);
@@ -740,31 +738,15 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn setattr(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        atime: Option<TimeOrNow>,
-        mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
+    fn setattr(&self, req: &Request, ino: INodeNo, set: SetAttrIn, reply: ReplyAttr) {
+        let fh = set.fh.map(FileHandle);
         let set = SetAttr {
-            perm: mode.map(|m| m & 0o7777),
-            uid,
-            gid,
-            size,
-            atime: atime.map(time_set),
-            mtime: mtime.map(time_set),
+            perm: set.mode.map(|m| m & 0o7777),
+            uid: set.uid,
+            gid: set.gid,
+            size: set.size,
+            atime: set.atime.map(time_set),
+            mtime: set.mtime.map(time_set),
         };
         let (pid, caller_gid) = (req.pid(), req.gid());
         self.spawn(move |s| async move {
@@ -802,19 +784,10 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        _umask: u32,
-        rdev: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, rdev: u32, reply: ReplyEntry) {
         let name = name.as_bytes().to_vec();
         let Some(k) = FileKind::from_mode(mode) else {
-            reply.error(FErrno::EINVAL);
+            reply.error(libc::EINVAL);
             return;
         };
         let node = Inner::new_node(req, k, mode, rdev as u64);
@@ -828,7 +801,7 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, reply: ReplyEntry) {
         let name = name.as_bytes().to_vec();
         let node = Inner::new_node(req, FileKind::Dir, mode, 0);
         self.spawn(move |s| async move {
@@ -894,18 +867,18 @@ impl fuser::Filesystem for ShoalFs {
         name: &OsStr,
         newparent: INodeNo,
         newname: &OsStr,
-        flags: FRenameFlags,
+        flags: u32,
         reply: ReplyEmpty,
     ) {
         let name = name.as_bytes().to_vec();
         let newname = newname.as_bytes().to_vec();
-        if flags.contains(FRenameFlags::RENAME_WHITEOUT) {
-            reply.error(FErrno::EINVAL);
+        if flags & libc::RENAME_WHITEOUT != 0 {
+            reply.error(libc::EINVAL);
             return;
         }
         let rflags = RenameFlags {
-            noreplace: flags.contains(FRenameFlags::RENAME_NOREPLACE),
-            exchange: flags.contains(FRenameFlags::RENAME_EXCHANGE),
+            noreplace: flags & libc::RENAME_NOREPLACE != 0,
+            exchange: flags & libc::RENAME_EXCHANGE != 0,
         };
         self.spawn(move |s| async move {
             let p = tryr!(reply, s.id(parent));
@@ -968,12 +941,12 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: i32, reply: ReplyOpen) {
         // Close-to-open consistency, as NFS gives it: an open sees the file as it is now.
         // The file's current version is fetched alongside the open; if it is what the kernel
         // already knows, its cached pages stay (no re-read of unchanged data); otherwise the
         // kernel's attributes are invalidated and its pages dropped.
-        let flags = flags.0 as u32;
+        let flags = flags as u32;
         let lazy = flags as i32 & libc::O_ACCMODE == libc::O_RDONLY && flags as i32 & libc::O_TRUNC == 0;
         self.spawn(move |s| async move {
             let id = tryr!(reply, s.id(ino));
@@ -1065,20 +1038,10 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn read(
-        &self,
-        req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
+    fn read(&self, req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, size: u32, reply: ReplyData) {
         // (Before the read is sent: a write the kernel sent before it may still be on its
         // way here.)
-        let unique = req.unique().0;
+        let unique = req.unique();
         self.inner
             .reads
             .lock()
@@ -1102,17 +1065,13 @@ impl fuser::Filesystem for ShoalFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
+        write_flags: u32,
         reply: ReplyWrite,
     ) {
         let data = Bytes::copy_from_slice(data);
-        let unique = req.unique().0;
+        let unique = req.unique();
         // The writer lacks CAP_FSETID: the set-id bits go (see `crate::killpriv`).
-        let kill = write_flags
-            .contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID)
-            .then(|| (req.pid(), req.gid()));
+        let kill = (write_flags & WRITE_KILL_SUIDGID != 0).then(|| (req.pid(), req.gid()));
         // A handle's first write goes straight through: a small file written at once gains
         // nothing from going behind (its close waits for the write anyway) and would pay
         // for the extra hand-off.
@@ -1209,16 +1168,7 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn release(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn release(&self, _req: &Request, ino: INodeNo, fh: FileHandle, reply: ReplyEmpty) {
         let h = self
             .inner
             .files
@@ -1283,7 +1233,7 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn opendir(&self, _req: &Request, ino: INodeNo, reply: ReplyOpen) {
         let id = tryr!(reply, self.inner.id(ino));
         let fh = self.inner.next_fh.fetch_add(1, Ordering::Relaxed);
         self.inner
@@ -1304,7 +1254,7 @@ impl fuser::Filesystem for ShoalFs {
             .cloned();
         self.spawn(move |s| async move {
             let Some(state) = state else {
-                reply.error(FErrno::EBADF);
+                reply.error(libc::EBADF);
                 return;
             };
             let mut st = state.lock().await;
@@ -1334,24 +1284,12 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, reply: ReplyEmpty) {
         self.inner
             .dirs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&fh.0);
-        reply.ok();
-    }
-
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        // Directory changes are made synchronously on the bricks.
         reply.ok();
     }
 
@@ -1371,7 +1309,6 @@ impl fuser::Filesystem for ShoalFs {
         name: &OsStr,
         value: &[u8],
         flags: i32,
-        _position: u32,
         reply: ReplyEmpty,
     ) {
         let name = name.as_bytes().to_vec();
@@ -1389,7 +1326,7 @@ impl fuser::Filesystem for ShoalFs {
         // The kernel asks this before a write to a file it has not seen without capabilities
         // since it last fetched its attributes, to know whether the write drops them.
         if name.as_bytes() == b"security.capability" && self.inner.surely_no_caps(ino.0) {
-            reply.error(FErrno::ENODATA);
+            reply.error(libc::ENODATA);
             return;
         }
         let name = name.as_bytes().to_vec();
@@ -1425,34 +1362,12 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn ioctl(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _flags: IoctlFlags,
-        _cmd: u32,
-        _in_data: &[u8],
-        _out_size: u32,
-        reply: ReplyIoctl,
-    ) {
-        // Asked on every open by programs checking for a terminal (isatty); the kernel
-        // does not remember a refusal, so it must be cheap and quiet.
-        reply.error(FErrno::ENOTTY);
-    }
-
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        // Permissions are checked by the kernel (default_permissions).
-        reply.ok();
-    }
-
     fn create(
         &self,
         req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
@@ -1488,18 +1403,15 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn getlk(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        lock_owner: LockOwner,
-        start: u64,
-        end: u64,
-        typ: i32,
-        pid: u32,
-        reply: ReplyLock,
-    ) {
+    fn getlk(&self, _req: &Request, ino: INodeNo, lock: LockIn, reply: ReplyLock) {
+        let LockIn {
+            owner,
+            start,
+            end,
+            typ,
+            pid,
+            ..
+        } = lock;
         self.inner
             .locked
             .lock()
@@ -1514,7 +1426,7 @@ impl fuser::Filesystem for ShoalFs {
                 kind,
                 start,
                 end: lock_end(end),
-                owner: lock_owner.0,
+                owner,
                 pid,
             };
             let got = tryr!(reply, s.vol.getlk(id, &l).await);
@@ -1528,19 +1440,15 @@ impl fuser::Filesystem for ShoalFs {
         });
     }
 
-    fn setlk(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        lock_owner: LockOwner,
-        start: u64,
-        end: u64,
-        typ: i32,
-        pid: u32,
-        sleep: bool,
-        reply: ReplyEmpty,
-    ) {
+    fn setlk(&self, _req: &Request, ino: INodeNo, lock: LockIn, sleep: bool, reply: ReplyEmpty) {
+        let LockIn {
+            owner,
+            start,
+            end,
+            typ,
+            pid,
+            ..
+        } = lock;
         self.inner
             .locked
             .lock()
@@ -1555,7 +1463,7 @@ impl fuser::Filesystem for ShoalFs {
                 kind,
                 start,
                 end: lock_end(end),
-                owner: lock_owner.0,
+                owner,
                 pid,
             };
             tryr!(reply, s.vol.setlk(id, &l, sleep).await);
@@ -1594,7 +1502,7 @@ fn xattr_reply(reply: ReplyXattr, size: u32, v: &[u8]) {
     if size == 0 {
         reply.size(v.len() as u32);
     } else if v.len() > size as usize {
-        reply.error(FErrno::ERANGE);
+        reply.error(libc::ERANGE);
     } else {
         reply.data(v);
     }

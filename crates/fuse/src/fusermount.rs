@@ -1,9 +1,6 @@
-//! Mounting without privileges through the setuid `fusermount3` helper, as libfuse does.
-//!
-//! fuser tries /dev/fuse itself first and gives up when it may not open it; on systems
-//! where /dev/fuse is root-only that leaves users without a mount, although fusermount3 would
-//! open it for them. Here the helper mounts and hands the /dev/fuse descriptor back over a
-//! socket pair (SCM_RIGHTS), and the session runs on that descriptor.
+//! Mounting without privileges through the setuid `fusermount3` helper, as libfuse does: it
+//! mounts and hands the /dev/fuse descriptor back over a socket pair (SCM_RIGHTS), and the
+//! session runs on that descriptor. Only root may call mount(2) for a FUSE file system.
 
 use std::io::{Error, ErrorKind};
 use std::mem::MaybeUninit;
@@ -12,14 +9,9 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// True when this process cannot open /dev/fuse itself.
+/// True when mounting (and unmounting) goes through the helper: this process is not root.
 pub fn needed() -> bool {
     !rustix::process::geteuid().is_root()
-        && std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/fuse")
-            .is_err()
 }
 
 /// Mounts `dir` with `options` (comma-separated, as fusermount3 -o takes them) and returns

@@ -10,8 +10,8 @@
 //! bricks' kernel on the copies a write reaches; the mount removes them from the file on
 //! every write unless it knows the file has none (a stripe's write reaches some bricks only).
 //!
-//! The kernel tells a write's caller lacks `CAP_FSETID` by a flag; a truncation's flag does
-//! not reach the mount (fuser does not pass it on), and an allocation or the kernel's own
+//! The kernel tells a write's caller lacks `CAP_FSETID` by a flag; a truncation's flag
+//! (`FATTR_KILL_SUIDGID`) is not decoded yet, and an allocation or the kernel's own
 //! request to drop the bits (an empty setattr) carries none, so the caller's capabilities
 //! are read from `/proc` then, only when the file has set-id bits at all.
 

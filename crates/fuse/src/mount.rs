@@ -1,8 +1,8 @@
 //! Mounting a volume.
 
 use crate::fs::ShoalFs;
+use crate::kernel::MountSpec;
 use client::Xlator;
-use fuser::{Config, MountOption, SessionACL};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +38,7 @@ impl Default for MountOptions {
 }
 
 /// The session type a mount runs.
-pub type Session = fuser::Session<ShoalFs>;
+pub type Session = crate::kernel::Session<ShoalFs>;
 
 /// Mounts `vol` on `dir`. The session serves until it is unmounted or dropped. `announce`
 /// is given where the volume's announcements of other clients' changes must go
@@ -52,42 +52,23 @@ pub fn mount(
 ) -> std::io::Result<Session> {
     let fs = ShoalFs::new(vol, rt, opts.attr_ttl, opts.entry_ttl);
     announce(fs.stale_fn());
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(opts.source.clone()),
-        MountOption::Subtype("shoal".into()),
-        MountOption::DefaultPermissions,
-    ];
-    if rustix::process::geteuid().is_root() {
+    let root = rustix::process::geteuid().is_root();
+    let spec = MountSpec {
+        fsname: opts.source.clone(),
+        subtype: "shoal".into(),
+        // (fusermount3 refuses allow_other to users unless fuse.conf allows it.)
+        allow_other: opts.allow_other && root,
+        default_permissions: true,
+        read_only: opts.read_only,
         // Device nodes and set-id programs work as on a local disk; fusermount refuses these
-        // options to other users.
-        config.mount_options.extend([MountOption::Dev, MountOption::Suid]);
-    }
-    if opts.read_only {
-        config.mount_options.push(MountOption::RO);
-    }
-    if opts.allow_other {
-        config.acl = SessionACL::All;
-    }
-    config.n_threads = Some(opts.threads.max(1));
-    config.clone_fd = opts.threads > 1;
+        // to other users.
+        dev_suid: root,
+        threads: opts.threads,
+    };
     let slot = fs.notifier_slot();
     // Resolved before mounting: once mounted, resolving it would ask this very session.
     let canonical = dir.canonicalize()?;
-    let session = if crate::fusermount::needed() {
-        let mut o = vec![
-            format!("fsname={}", opts.source),
-            "subtype=shoal".into(),
-            "default_permissions".into(),
-        ];
-        if opts.read_only {
-            o.push("ro".into());
-        }
-        let fd = crate::fusermount::mount(&canonical, &o.join(","))?;
-        fuser::Session::from_fd(fs, fd, config.acl, config.clone())?
-    } else {
-        fuser::Session::new(fs, &canonical, &config)?
-    };
+    let session = Session::mount(fs, &canonical, &spec)?;
     let _ = slot.set(session.notifier());
     raise_readahead(&canonical);
     Ok(session)

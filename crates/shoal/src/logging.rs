@@ -2,11 +2,9 @@
 //! standard error.
 
 pub fn init(default: &str) {
-    // fuser warns when it tries to unmount a session that `shoal umount` already ended;
     // openraft narrates every election at info.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!("{default},fuser::session=error,openraft=warn"))
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},openraft=warn")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
