@@ -446,6 +446,8 @@ fn main() -> Result<()> {
         read_only: false,
         dev_suid: false,
         threads: 2,
+        // As shoal's mount: by io_uring where the kernel offers it.
+        uring: true,
     };
     let dir = dir
         .canonicalize()

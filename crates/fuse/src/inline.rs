@@ -48,11 +48,15 @@ impl Wake for Task {
     }
 }
 
-/// Runs `fut` on this thread until it first waits, then lets it finish on `rt`.
+/// Runs `fut` on this thread until it first waits, then lets it finish on this thread's own
+/// runtime if it has one (a FUSE queue's), on `rt` otherwise.
 pub fn run<F>(rt: &tokio::runtime::Handle, fut: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
+    // A thread with a runtime of its own (a FUSE queue's) finishes the requests it started:
+    // their answers go back from there.
+    let rt = &tokio::runtime::Handle::try_current().unwrap_or_else(|_| rt.clone());
     let mut fut: BoxFuture = Box::pin(fut);
     let task = Arc::new(Task {
         rt: rt.clone(),

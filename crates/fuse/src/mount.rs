@@ -22,6 +22,9 @@ pub struct MountOptions {
     /// Threads reading requests from the kernel.
     pub threads: usize,
     pub read_only: bool,
+    /// Take the kernel's requests by FUSE over io_uring when it offers it (the fuse
+    /// module's `enable_uring`).
+    pub uring: bool,
 }
 
 impl Default for MountOptions {
@@ -33,6 +36,7 @@ impl Default for MountOptions {
             entry_ttl: Duration::from_secs(10),
             threads: 2,
             read_only: false,
+            uring: true,
         }
     }
 }
@@ -64,6 +68,7 @@ pub fn mount(
         // to other users.
         dev_suid: root,
         threads: opts.threads,
+        uring: opts.uring,
     };
     let slot = fs.notifier_slot();
     // Resolved before mounting: once mounted, resolving it would ask this very session.

@@ -79,6 +79,7 @@ fn resolve(args: &MountArgs) -> Result<Resolved> {
         let (k, v) = o.split_once('=').map_or((o, None), |(k, v)| (k, Some(v)));
         match (k, v) {
             ("ro", None) => opts.read_only = true,
+            ("no_uring", None) => opts.uring = false,
             ("rw" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "_netdev" | "nofail", None) => {}
             ("attr_timeout", Some(v)) => opts.attr_ttl = parse_secs(k, v)?,
             ("entry_timeout", Some(v)) => opts.entry_ttl = parse_secs(k, v)?,

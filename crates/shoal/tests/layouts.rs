@@ -11,9 +11,23 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 use std::time::Duration;
 
+/// The kernel's switch for FUSE over io_uring (Linux 6.14 on), which mounts take up when
+/// it is on.
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+/// The switch holds for every mount made while it is on: the test that turns it on runs
+/// alone.
+static TRANSPORT: RwLock<()> = RwLock::new(());
+
 fn suite(bricks: usize, stripe: u32, replica: u32, seed: u64) {
+    let _transport = TRANSPORT.read().unwrap_or_else(|p| p.into_inner());
+    suite_then(bricks, stripe, replica, seed, |_| {});
+}
+
+/// The suite, then `after` with its two mounts.
+fn suite_then(bricks: usize, stripe: u32, replica: u32, seed: u64, after: impl FnOnce(&[&Mount])) {
     if !require_root() {
         return;
     }
@@ -33,6 +47,7 @@ fn suite(bricks: usize, stripe: u32, replica: u32, seed: u64) {
     tar_round_trip(&a, b.dir.path());
     rsync_round_trip(&a, b.dir.path());
     sqlite_on_mount(&a);
+    after(&[&a, &other]);
 }
 
 fn sizes_round_trip(a: &Mount, other: &Mount) {
@@ -528,4 +543,59 @@ fn distributed_replicate_2x2() {
 #[test]
 fn distributed_stripe_2x2() {
     suite(4, 2, 1, 6);
+}
+
+/// Puts the kernel's io_uring switch back as it was.
+struct Switch(String);
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        let _ = std::fs::write(ENABLE_URING, self.0.trim());
+    }
+}
+
+/// How many times the mount's io_uring queue threads (`fuse-qN`) woke up to serve.
+fn queue_wakeups(pid: u32) -> u64 {
+    let mut n = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("mount's threads")
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("fuse-q") {
+            continue;
+        }
+        let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+        n += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    n
+}
+
+#[test]
+fn replica_3_over_io_uring() {
+    if !require_root() {
+        return;
+    }
+    let _alone = TRANSPORT.write().unwrap_or_else(|p| p.into_inner());
+    let Ok(before) = std::fs::read_to_string(ENABLE_URING) else {
+        eprintln!("skipped: this kernel has no FUSE over io_uring ({ENABLE_URING} is missing)");
+        return;
+    };
+    let _switch = Switch(before);
+    std::fs::write(ENABLE_URING, "1").expect("turn FUSE over io_uring on");
+    suite_then(3, 1, 3, 7, |mounts| {
+        for m in mounts {
+            // Thousands of requests went by: each queue thread woke for many of them.
+            let woke = queue_wakeups(m.pid());
+            assert!(
+                woke > 1000,
+                "the io_uring queues of {} woke {woke} times",
+                m.dir.display()
+            );
+        }
+    });
 }

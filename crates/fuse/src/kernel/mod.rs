@@ -11,6 +11,7 @@ pub mod abi;
 mod reply;
 mod request;
 mod session;
+mod uring;
 
 pub use reply::{
     Channel, FopenFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,

@@ -26,6 +26,11 @@ impl Sender {
         Sender { chan, unique }
     }
 
+    /// Answers `errno` without a reply object (a request that could not be decoded).
+    pub fn fail(self, errno: i32) {
+        self.send(-errno.abs(), &[])
+    }
+
     fn send(self, error: i32, body: &[&[u8]]) {
         let len = OUT_HEADER + body.iter().map(|b| b.len()).sum::<usize>();
         let h = out_header(len, error, self.unique);

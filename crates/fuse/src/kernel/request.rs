@@ -211,6 +211,11 @@ pub fn split(buf: &[u8]) -> Result<(Header, &[u8], &[u8]), Malformed> {
     Ok((header, arg, &body[n..]))
 }
 
+/// The header of a request whose parts come apart (FUSE over io_uring).
+pub fn header_of(h: &[u8]) -> Result<Header, Malformed> {
+    header(Fields(h.get(..IN_HEADER).ok_or(Malformed)?))
+}
+
 fn header(h: Fields) -> Result<Header, Malformed> {
     let m = |v: Option<u32>| v.ok_or(Malformed);
     Ok(Header {

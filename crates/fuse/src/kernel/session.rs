@@ -43,8 +43,10 @@ pub struct MountSpec {
     pub read_only: bool,
     /// Device nodes and set-id programs work (root only).
     pub dev_suid: bool,
-    /// Threads reading requests.
+    /// Threads reading requests from `/dev/fuse`.
     pub threads: usize,
+    /// Take requests by FUSE over io_uring where the kernel offers it (see `uring`).
+    pub uring: bool,
 }
 
 /// A mounted file system, served by [`Session::run`] until it is unmounted. Dropped, it
@@ -53,6 +55,7 @@ pub struct Session<F: Filesystem> {
     fs: Option<F>,
     dev: Arc<Dev>,
     threads: usize,
+    uring: bool,
     mount: Arc<Mounted>,
 }
 
@@ -183,6 +186,7 @@ impl<F: Filesystem> Session<F> {
             fs: Some(fs),
             dev: Arc::new(Dev(dev)),
             threads: spec.threads.max(1),
+            uring: spec.uring,
             mount: Arc::new(Mounted {
                 dir: dir.to_path_buf(),
                 helper,
@@ -206,9 +210,23 @@ impl<F: Filesystem> Session<F> {
             .take()
             .ok_or_else(|| Error::other("the session already ran"))?;
         let mut buf = vec![0u8; READ_BUF];
-        handshake(&self.dev, &mut fs, &mut buf)?;
+        let uring = handshake(&self.dev, &mut fs, &mut buf, self.uring)?;
         let fs = Arc::new(fs);
         let mut workers = Vec::new();
+        if uring {
+            // The kernel sends requests this way once every queue is registered; until then,
+            // and forgets and interrupts always, through /dev/fuse.
+            let cpus = super::uring::possible_cpus()?;
+            tracing::info!("FUSE over io_uring: {cpus} queues");
+            for qid in 0..cpus {
+                let (fs, fd) = (fs.clone(), self.dev.0.as_raw_fd());
+                workers.push(
+                    std::thread::Builder::new()
+                        .name(format!("fuse-q{qid}"))
+                        .spawn(move || super::uring::serve_queue(fd, qid as u16, fs))?,
+                );
+            }
+        }
         for i in 1..self.threads {
             let dev = Arc::new(Dev(clone_dev(&self.dev.0)?));
             let fs = fs.clone();
@@ -266,7 +284,13 @@ fn next(dev: &Dev, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
     }
 }
 
-fn handshake<F: Filesystem>(dev: &Arc<Dev>, fs: &mut F, buf: &mut [u8]) -> std::io::Result<()> {
+/// Answers the kernel's INIT; true when requests are to come by io_uring too.
+fn handshake<F: Filesystem>(
+    dev: &Arc<Dev>,
+    fs: &mut F,
+    buf: &mut [u8],
+    uring: bool,
+) -> std::io::Result<bool> {
     let n = next(dev, buf)?.ok_or_else(|| Error::other("unmounted before INIT"))?;
     let bad = || Error::new(ErrorKind::InvalidData, "a malformed INIT from the kernel");
     let (h, arg, rest) = split(&buf[..n]).map_err(|_| bad())?;
@@ -289,6 +313,9 @@ fn handshake<F: Filesystem>(dev: &Arc<Dev>, fs: &mut F, buf: &mut [u8]) -> std::
     let mut config = KernelConfig::new(flags, max_readahead);
     config.add_capabilities(init::ASYNC_READ | init::BIG_WRITES | init::MAX_PAGES);
     fs.init(&mut config);
+    if uring && config.offered & init::OVER_IO_URING != 0 {
+        config.add_capabilities(init::OVER_IO_URING | init::INIT_EXT);
+    }
     let wanted = config.wanted;
     let mut o = Out::with_capacity(64);
     o.u32(abi::MAJOR)
@@ -301,7 +328,7 @@ fn handshake<F: Filesystem>(dev: &Arc<Dev>, fs: &mut F, buf: &mut [u8]) -> std::
     o.u32((wanted >> 32) as u32);
     o.zeros(64 - o.0.len());
     ReplyData::new(sender).data(&o.0);
-    Ok(())
+    Ok(wanted & init::OVER_IO_URING != 0)
 }
 
 /// Reads and dispatches requests until the file system is unmounted.
@@ -325,7 +352,7 @@ fn serve<F: Filesystem>(dev: &Arc<Dev>, fs: &F, buf: &mut [u8]) -> std::io::Resu
     Ok(())
 }
 
-fn dispatch<F: Filesystem>(fs: &F, nodeid: u64, req: &super::Request, op: Op, s: Sender) {
+pub(super) fn dispatch<F: Filesystem>(fs: &F, nodeid: u64, req: &super::Request, op: Op, s: Sender) {
     let ino = INodeNo(nodeid);
     match op {
         Op::Lookup { name } => fs.lookup(req, ino, name, ReplyEntry::new(s)),

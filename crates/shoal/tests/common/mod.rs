@@ -263,11 +263,14 @@ pub fn abort_fuse(dir: &Path) {
     }
 }
 
-/// Until `stop` is dropped, waits `after`; then takes the test as hung (sets `hung`) and
-/// aborts the mount's FUSE connection, so that its threads waiting on the mount fail
-/// instead of holding the test (and the suite) up for good.
+/// Until `stop` is dropped, waits `after`; then takes the test as hung (sets `hung`),
+/// aborts the mount's FUSE connection and kills its process (`pid`), so that its threads
+/// waiting on the mount fail instead of holding the test (and the suite) up for good. (An
+/// abort does not end requests the kernel already handed to a mount over FUSE io_uring;
+/// the end of its process does.)
 fn watch(
     dir: PathBuf,
+    pid: u32,
     after: Duration,
     hung: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> std::sync::mpsc::Sender<()> {
@@ -275,11 +278,17 @@ fn watch(
     std::thread::spawn(move || {
         if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(after) {
             eprintln!(
-                "{}: still mounted after {after:?}: the test is taken as hung, its FUSE connection aborted",
+                "{}: still mounted after {after:?}: the test is taken as hung, its FUSE connection \
+                 aborted and its mount killed",
                 dir.display()
             );
             hung.store(true, std::sync::atomic::Ordering::SeqCst);
             abort_fuse(&dir);
+            // (Not reaped before the Mount is dropped, the PID cannot have been reused.)
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid as i32).expect("a mount's PID"),
+                rustix::process::Signal::KILL,
+            );
         }
     });
     stop
@@ -318,10 +327,11 @@ impl Mount {
         let mut line = String::new();
         BufReader::new(out).read_line(&mut line).expect("mount output");
         let hung = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pid = child.id();
         let m = Mount {
             dir: dir.to_path_buf(),
             child,
-            _watchdog: watch(dir.to_path_buf(), hung_after, hung.clone()),
+            _watchdog: watch(dir.to_path_buf(), pid, hung_after, hung.clone()),
             hung,
         };
         assert_eq!(line.trim(), "ready", "mount failed: {line}");
