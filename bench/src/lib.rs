@@ -381,3 +381,27 @@ impl Drop for ShoalVolume {
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
+
+/// The fuse module's switch for FUSE over io_uring (Linux 6.14 on).
+pub const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// Turns FUSE over io_uring on for the run (mounts made meanwhile take it up), and puts the
+/// switch back after.
+pub struct FuseUring(Option<String>);
+
+impl FuseUring {
+    pub fn set() -> Result<FuseUring> {
+        let before = std::fs::read_to_string(ENABLE_URING)
+            .with_context(|| format!("this kernel has no FUSE over io_uring ({ENABLE_URING})"))?;
+        std::fs::write(ENABLE_URING, "Y").with_context(|| format!("cannot set {ENABLE_URING}"))?;
+        Ok(FuseUring(Some(before.trim().to_string())))
+    }
+}
+
+impl Drop for FuseUring {
+    fn drop(&mut self) {
+        if let Some(v) = self.0.take() {
+            let _ = std::fs::write(ENABLE_URING, v);
+        }
+    }
+}

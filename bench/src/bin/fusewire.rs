@@ -18,8 +18,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
-
 #[derive(Parser)]
 #[command(about = "the cost of the FUSE transport: /dev/fuse against io_uring")]
 struct Args {
@@ -171,26 +169,6 @@ fn round_trip(peer_cpu: usize) -> Result<f64> {
     Ok(median(t))
 }
 
-/// Sets the fuse module's `enable_uring` for the run, and puts it back after.
-struct UringEnabled(Option<String>);
-
-impl UringEnabled {
-    fn set() -> Result<UringEnabled> {
-        let before = std::fs::read_to_string(ENABLE_URING)
-            .with_context(|| format!("this kernel has no FUSE over io_uring ({ENABLE_URING})"))?;
-        std::fs::write(ENABLE_URING, "Y").with_context(|| format!("cannot set {ENABLE_URING}"))?;
-        Ok(UringEnabled(Some(before.trim().to_string())))
-    }
-}
-
-impl Drop for UringEnabled {
-    fn drop(&mut self) {
-        if let Some(v) = self.0.take() {
-            let _ = std::fs::write(ENABLE_URING, v);
-        }
-    }
-}
-
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(Serve::Serve { transport: t, dir }) = args.serve {
@@ -208,7 +186,7 @@ fn main() -> Result<()> {
         args.files > 0 && args.runs > 0,
         "--files and --runs must be at least 1"
     );
-    let _uring = UringEnabled::set()?;
+    let _uring = shoal_bench::FuseUring::set()?;
     let rows = [
         (
             Transport::Dev,

@@ -452,9 +452,10 @@ fn main() -> Result<()> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("no directory {}", dir.display()))?;
-    let session = Session::mount(MemFs::new(), &dir, &spec)
+    let mut session = Session::mount(MemFs::new(), &dir, &spec)
         .with_context(|| format!("cannot mount on {}", dir.display()))?;
-    shoal_fuse::raise_readahead(&dir);
+    let ra = dir.clone();
+    session.on_init(move || shoal_fuse::raise_readahead(&ra));
     println!("ready");
     session.run().context("memfs session")?;
     Ok(())

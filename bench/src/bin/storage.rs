@@ -48,6 +48,10 @@ struct Args {
     /// Run in `--dir` as it is, instead of on a fresh file system made there.
     #[arg(long)]
     same_fs: bool,
+    /// Turn the kernel's FUSE over io_uring on for the run (the fuse module's `enable_uring`,
+    /// put back after): shoal's mounts and the in-memory ceiling take it up; GlusterFS cannot.
+    #[arg(long)]
+    fuse_uring: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -269,6 +273,7 @@ fn main() -> Result<()> {
         }
     };
     let runs = if args.quick { 1 } else { args.runs.max(1) };
+    let _uring = args.fuse_uring.then(shoal_bench::FuseUring::set).transpose()?;
     let wanted: Option<Vec<String>> = args.rows.map(|r| r.split(',').map(str::to_string).collect());
     let want = |n: &str| wanted.as_ref().is_none_or(|w| w.iter().any(|x| x == n));
     FreshFs::sweep(&args.dir);
@@ -325,7 +330,11 @@ fn main() -> Result<()> {
         Some(_) => "a fresh ext4 file system (with journal) on a direct-I/O loop device".to_string(),
         None => format!("{} as it is", args.dir.display()),
     };
-    print_table(&rows, &p, runs, &fs);
+    let transport = match args.fuse_uring {
+        true => "FUSE over io_uring",
+        false => "FUSE over /dev/fuse",
+    };
+    print_table(&rows, &p, runs, &format!("{fs}; {transport}"));
     Ok(())
 }
 

@@ -14,6 +14,34 @@ use std::task::{Context, Wake, Waker};
 
 type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+thread_local! {
+    /// The runtime of this thread, if it has one of its own (a FUSE queue's).
+    static HOME: std::cell::RefCell<Option<tokio::runtime::Handle>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes `home` the runtime where requests started on this thread finish (a FUSE queue's
+/// thread, which answers them).
+pub fn set_home(home: Option<tokio::runtime::Handle>) {
+    HOME.with(|h| *h.borrow_mut() = home);
+}
+
+/// A future polled in another runtime's context: what it spawns, its timers and its
+/// sockets belong to that runtime, not to the one it runs on (a FUSE queue's, which serves
+/// one CPU's requests and ends with the mount).
+struct InContext {
+    fut: BoxFuture,
+    rt: tokio::runtime::Handle,
+}
+
+impl Future for InContext {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<()> {
+        let _rt = self.rt.enter();
+        self.fut.as_mut().poll(cx)
+    }
+}
+
 enum Slot {
     /// Being polled on the FUSE thread.
     Polling,
@@ -56,10 +84,16 @@ where
 {
     // A thread with a runtime of its own (a FUSE queue's) finishes the requests it started:
     // their answers go back from there.
-    let rt = &tokio::runtime::Handle::try_current().unwrap_or_else(|_| rt.clone());
-    let mut fut: BoxFuture = Box::pin(fut);
+    let home = HOME.with(|h| h.borrow().clone());
+    let mut fut: BoxFuture = match home {
+        Some(_) => Box::pin(InContext {
+            fut: Box::pin(fut),
+            rt: rt.clone(),
+        }),
+        None => Box::pin(fut),
+    };
     let task = Arc::new(Task {
-        rt: rt.clone(),
+        rt: home.clone().unwrap_or_else(|| rt.clone()),
         slot: Mutex::new(Slot::Polling),
     });
     let waker = Waker::from(task.clone());
@@ -75,7 +109,7 @@ where
     match std::mem::replace(&mut *slot, Slot::Gone) {
         Slot::PollingWoken => {
             drop(slot);
-            rt.spawn(fut);
+            task.rt.spawn(fut);
         }
         _ => *slot = Slot::Parked(fut),
     }

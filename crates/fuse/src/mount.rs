@@ -73,9 +73,10 @@ pub fn mount(
     let slot = fs.notifier_slot();
     // Resolved before mounting: once mounted, resolving it would ask this very session.
     let canonical = dir.canonicalize()?;
-    let session = Session::mount(fs, &canonical, &spec)?;
+    let mut session = Session::mount(fs, &canonical, &spec)?;
     let _ = slot.set(session.notifier());
-    raise_readahead(&canonical);
+    // (After INIT: the kernel sets the readahead from its answer.)
+    session.on_init(move || raise_readahead(&canonical));
     Ok(session)
 }
 

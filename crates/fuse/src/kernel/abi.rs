@@ -106,7 +106,7 @@ pub fn arg_size(opcode: u32) -> usize {
         op::FALLOCATE | op::IOCTL => 32,
         op::READ | op::READDIR | op::WRITE => 40,
         op::GETLK | op::SETLK | op::SETLKW => 48,
-        op::INIT => 64,
+        op::INIT => 16,
         op::SETATTR => 88,
         _ => 0,
     }

@@ -255,11 +255,12 @@ pub fn decode<'a>(opcode: u32, arg: &'a [u8], mut rest: &'a [u8]) -> Result<Op<'
     let u64_ = |at| a.u64(at).ok_or(Malformed);
     let rest = &mut rest;
     Ok(match opcode {
+        // (`flags2` follows from protocol 7.36 on.)
         op::INIT => Op::Init {
             major: u32_(0)?,
             minor: u32_(4)?,
             max_readahead: u32_(8)?,
-            flags: u64::from(u32_(12)?) | u64::from(u32_(16)?) << 32,
+            flags: u64::from(u32_(12)?) | u64::from(Fields(rest).u32(0).unwrap_or(0)) << 32,
         },
         op::DESTROY => Op::Destroy,
         op::INTERRUPT => Op::Interrupt,

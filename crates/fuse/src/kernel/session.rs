@@ -3,7 +3,7 @@
 
 use super::abi::{self, init, out_header, Out, IN_HEADER};
 use super::reply::*;
-use super::request::{decode, split, Op};
+use super::request::{decode, header_of, split, Op};
 use super::{FileHandle, Filesystem, INodeNo, KernelConfig, LockOwner};
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 /// One `/dev/fuse` descriptor of the session. Each reading thread has its own (a clone): the
 /// kernel takes a reply only on the descriptor its request was read from.
-struct Dev(File);
+pub(super) struct Dev(pub(super) File);
 
 impl Channel for Dev {
     fn send(&self, parts: &[&[u8]]) -> std::io::Result<()> {
@@ -57,6 +57,8 @@ pub struct Session<F: Filesystem> {
     threads: usize,
     uring: bool,
     mount: Arc<Mounted>,
+    /// Run once the kernel has the INIT's answer.
+    on_init: Option<Box<dyn FnOnce() + Send>>,
 }
 
 struct Mounted {
@@ -155,7 +157,12 @@ impl<F: Filesystem> Session<F> {
             if spec.read_only {
                 flags |= MountFlags::RDONLY;
             }
-            let mut data = format!("fd={},rootmode=40000,user_id=0,group_id=0", dev.as_raw_fd());
+            let mut data = format!(
+                "fd={},rootmode=40000,user_id={},group_id={}",
+                dev.as_raw_fd(),
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw()
+            );
             for o in opts
                 .iter()
                 .filter(|o| !o.starts_with("fsname=") && !o.starts_with("subtype="))
@@ -187,6 +194,7 @@ impl<F: Filesystem> Session<F> {
             dev: Arc::new(Dev(dev)),
             threads: spec.threads.max(1),
             uring: spec.uring,
+            on_init: None,
             mount: Arc::new(Mounted {
                 dir: dir.to_path_buf(),
                 helper,
@@ -203,6 +211,12 @@ impl<F: Filesystem> Session<F> {
         Unmounter(self.mount.clone())
     }
 
+    /// Runs `f` once the kernel has taken the INIT's answer (which sets what the mount's
+    /// readahead may be, among others).
+    pub fn on_init(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.on_init = Some(Box::new(f));
+    }
+
     /// Answers the kernel's INIT, then serves requests until the file system is unmounted.
     pub fn run(mut self) -> std::io::Result<()> {
         let mut fs = self
@@ -210,23 +224,33 @@ impl<F: Filesystem> Session<F> {
             .take()
             .ok_or_else(|| Error::other("the session already ran"))?;
         let mut buf = vec![0u8; READ_BUF];
-        let uring = handshake(&self.dev, &mut fs, &mut buf, self.uring)?;
-        let fs = Arc::new(fs);
-        let mut workers = Vec::new();
-        if uring {
-            // The kernel sends requests this way once every queue is registered; until then,
-            // and forgets and interrupts always, through /dev/fuse.
-            let cpus = super::uring::possible_cpus()?;
-            tracing::info!("FUSE over io_uring: {cpus} queues");
-            for qid in 0..cpus {
-                let (fs, fd) = (fs.clone(), self.dev.0.as_raw_fd());
-                workers.push(
-                    std::thread::Builder::new()
-                        .name(format!("fuse-q{qid}"))
-                        .spawn(move || super::uring::serve_queue(fd, qid as u16, fs))?,
-                );
-            }
+        let init = read_init(&self.dev, &mut buf)?;
+        // Asked for only with every queue ready to register: the kernel holds every request
+        // until each has.
+        let queues = match self.uring && init.flags & init::OVER_IO_URING != 0 {
+            true => match super::uring::prepare::<F>(&self.dev) {
+                Ok(q) => q,
+                Err(e) => {
+                    tracing::warn!("FUSE over io_uring unavailable ({e}): serving /dev/fuse");
+                    Vec::new()
+                }
+            },
+            false => Vec::new(),
+        };
+        answer_init(&self.dev, &mut fs, init, !queues.is_empty())?;
+        if let Some(f) = self.on_init.take() {
+            f();
         }
+        let fs = Arc::new(fs);
+        if !queues.is_empty() {
+            tracing::info!("FUSE over io_uring: {} queues", queues.len());
+        }
+        // (Not waited for at the end: a queue whose entries all hold requests that never
+        // end gets no word of the unmount. Forgets and interrupts come through /dev/fuse.)
+        for q in queues {
+            q.start(fs.clone());
+        }
+        let mut workers = Vec::new();
         for i in 1..self.threads {
             let dev = Arc::new(Dev(clone_dev(&self.dev.0)?));
             let fs = fs.clone();
@@ -244,8 +268,10 @@ impl<F: Filesystem> Session<F> {
                 Ok(Ok(())) => {}
             }
         }
-        // (Unmounted, as a rule; an unmount is harmless otherwise.)
-        self.mount.mounted.store(false, Ordering::SeqCst);
+        if served.is_ok() {
+            // Unmounted (ENODEV), no need to try again on drop.
+            self.mount.mounted.store(false, Ordering::SeqCst);
+        }
         served
     }
 }
@@ -275,6 +301,8 @@ fn clone_dev(dev: &File) -> std::io::Result<File> {
 fn next(dev: &Dev, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
     loop {
         match (&dev.0).read(buf) {
+            // (Not from /dev/fuse, which ends with ENODEV: the end of a test's socket.)
+            Ok(0) => return Ok(None),
             Ok(n) => return Ok(Some(n)),
             // Interrupted, or a request that went away before it was read.
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::ENOENT)) => {}
@@ -284,13 +312,14 @@ fn next(dev: &Dev, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
     }
 }
 
-/// Answers the kernel's INIT; true when requests are to come by io_uring too.
-fn handshake<F: Filesystem>(
-    dev: &Arc<Dev>,
-    fs: &mut F,
-    buf: &mut [u8],
-    uring: bool,
-) -> std::io::Result<bool> {
+/// The kernel's INIT.
+struct Init {
+    unique: u64,
+    max_readahead: u32,
+    flags: u64,
+}
+
+fn read_init(dev: &Arc<Dev>, buf: &mut [u8]) -> std::io::Result<Init> {
     let n = next(dev, buf)?.ok_or_else(|| Error::other("unmounted before INIT"))?;
     let bad = || Error::new(ErrorKind::InvalidData, "a malformed INIT from the kernel");
     let (h, arg, rest) = split(&buf[..n]).map_err(|_| bad())?;
@@ -303,17 +332,26 @@ fn handshake<F: Filesystem>(
     else {
         return Err(bad());
     };
-    let sender = Sender::new(dev.clone(), h.req.unique());
     if major != abi::MAJOR || minor < abi::OLDEST_MINOR {
-        ReplyEmpty::new(sender).error(libc::EPROTO);
+        ReplyEmpty::new(Sender::new(dev.clone(), h.req.unique())).error(libc::EPROTO);
         return Err(Error::other(format!(
             "kernel FUSE protocol {major}.{minor} is not supported"
         )));
     }
-    let mut config = KernelConfig::new(flags, max_readahead);
+    Ok(Init {
+        unique: h.req.unique(),
+        max_readahead,
+        flags,
+    })
+}
+
+/// Answers the kernel's INIT, asking for FUSE over io_uring if `uring`.
+fn answer_init<F: Filesystem>(dev: &Arc<Dev>, fs: &mut F, init: Init, uring: bool) -> std::io::Result<()> {
+    let sender = Sender::new(dev.clone(), init.unique);
+    let mut config = KernelConfig::new(init.flags, init.max_readahead);
     config.add_capabilities(init::ASYNC_READ | init::BIG_WRITES | init::MAX_PAGES);
     fs.init(&mut config);
-    if uring && config.offered & init::OVER_IO_URING != 0 {
+    if uring {
         config.add_capabilities(init::OVER_IO_URING | init::INIT_EXT);
     }
     let wanted = config.wanted;
@@ -322,24 +360,29 @@ fn handshake<F: Filesystem>(
         .u32(abi::MINOR)
         .u32(config.max_readahead)
         .u32(wanted as u32);
-    o.u16(config.max_background).u16(config.max_background * 3 / 4);
+    let congestion = (u32::from(config.max_background) * 3 / 4) as u16;
+    o.u16(config.max_background).u16(congestion);
     o.u32(config.max_write).u32(1); // time granularity: 1 ns
     o.u16(config.max_write.div_ceil(4096) as u16).u16(0);
     o.u32((wanted >> 32) as u32);
     o.zeros(64 - o.0.len());
     ReplyData::new(sender).data(&o.0);
-    Ok(wanted & init::OVER_IO_URING != 0)
+    Ok(())
 }
 
 /// Reads and dispatches requests until the file system is unmounted.
 fn serve<F: Filesystem>(dev: &Arc<Dev>, fs: &F, buf: &mut [u8]) -> std::io::Result<()> {
     while let Some(n) = next(dev, buf)? {
-        let Ok((h, arg, rest)) = split(&buf[..n]) else {
+        let Ok(h) = header_of(&buf[..n]) else {
             // Without a header there is nobody to answer.
             tracing::warn!("a request of {n} bytes, shorter than its header ({IN_HEADER})");
             continue;
         };
         let sender = Sender::new(dev.clone(), h.req.unique());
+        let Ok((_, arg, rest)) = split(&buf[..n]) else {
+            ReplyEmpty::new(sender).error(libc::EINVAL);
+            continue;
+        };
         match decode(h.opcode, arg, rest) {
             Ok(Op::Destroy) => {
                 ReplyEmpty::new(sender).ok();
@@ -352,7 +395,16 @@ fn serve<F: Filesystem>(dev: &Arc<Dev>, fs: &F, buf: &mut [u8]) -> std::io::Resu
     Ok(())
 }
 
+/// Hands a request to the file system. A panic there answers the request EIO (its reply
+/// object is dropped) and leaves the thread serving.
 pub(super) fn dispatch<F: Filesystem>(fs: &F, nodeid: u64, req: &super::Request, op: Op, s: Sender) {
+    let run = std::panic::AssertUnwindSafe(|| dispatch_op(fs, nodeid, req, op, s));
+    if std::panic::catch_unwind(run).is_err() {
+        tracing::error!("a FUSE request (operation of node {nodeid}) panicked");
+    }
+}
+
+fn dispatch_op<F: Filesystem>(fs: &F, nodeid: u64, req: &super::Request, op: Op, s: Sender) {
     let ino = INodeNo(nodeid);
     match op {
         Op::Lookup { name } => fs.lookup(req, ino, name, ReplyEntry::new(s)),
@@ -455,6 +507,64 @@ pub(super) fn dispatch<F: Filesystem>(fs: &F, nodeid: u64, req: &super::Request,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernel::request::tests::request;
+
+    struct Nothing;
+
+    impl Filesystem for Nothing {
+        fn init(&mut self, _config: &mut KernelConfig) {}
+    }
+
+    /// `serve` over one end of a packet socket pair (one message per read, as /dev/fuse).
+    fn serving() -> (
+        std::os::unix::net::UnixStream,
+        std::thread::JoinHandle<std::io::Result<()>>,
+    ) {
+        use rustix::net::{socketpair, AddressFamily, SocketFlags, SocketType};
+        let (a, b) = socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socket pair");
+        let dev = Arc::new(Dev(File::from(a)));
+        let t = std::thread::spawn(move || serve(&dev, &Nothing, &mut vec![0u8; 1 << 16]));
+        let b = std::os::unix::net::UnixStream::from(b);
+        // (An unanswered request fails the test rather than hanging it.)
+        b.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        (b, t)
+    }
+
+    fn answer(s: &std::os::unix::net::UnixStream) -> (i32, u64) {
+        let mut got = [0u8; 64];
+        let n = (&*s).read(&mut got).expect("an answer");
+        assert_eq!(n, abi::OUT_HEADER);
+        let f = abi::Fields(&got);
+        (f.u32(4).expect("error") as i32, f.u64(8).expect("unique"))
+    }
+
+    #[test]
+    fn bad_requests_are_answered_or_dropped_and_serving_goes_on() {
+        let (s, t) = serving();
+        // A getattr too short for its argument: EINVAL, to the request that sent it.
+        let mut short = request(abi::op::GETATTR, 1, &[0; 16], b"");
+        short.truncate(abi::IN_HEADER + 4);
+        short[..4].copy_from_slice(&((abi::IN_HEADER + 4) as u32).to_le_bytes());
+        (&s).write_all(&short).expect("send");
+        assert_eq!(answer(&s), (-libc::EINVAL, 7));
+        // Shorter than a header: nobody to answer; the next request is served.
+        (&s).write_all(&[1, 2, 3]).expect("send");
+        (&s).write_all(&request(999, 1, &[], b"")).expect("send");
+        assert_eq!(answer(&s), (-libc::ENOSYS, 7));
+        // An operation the file system leaves out.
+        (&s).write_all(&request(abi::op::READLINK, 1, &[], b""))
+            .expect("send");
+        assert_eq!(answer(&s), (-libc::ENOSYS, 7));
+        drop(s);
+        t.join().expect("serving thread").expect("served");
+    }
 
     #[test]
     fn a_notification_names_its_code_and_no_request() {

@@ -14,7 +14,7 @@
 use super::abi::{self, OUT_HEADER};
 use super::reply::{Channel, Sender};
 use super::request::{decode, header_of, Op};
-use super::session::dispatch;
+use super::session::{dispatch, Dev};
 use super::Filesystem;
 use io_uring::{opcode, squeue::Entry128, types, IoUring};
 use std::cell::{Cell, RefCell};
@@ -33,8 +33,10 @@ const ENT_IN_OUT: usize = 256;
 /// `enum fuse_uring_cmd`.
 const CMD_REGISTER: u32 = 1;
 const CMD_COMMIT_AND_FETCH: u32 = 2;
-/// Requests each queue can hold at once (more wait in the kernel).
-const ENTRIES: usize = 16;
+/// Requests each queue holds at once; more wait in the kernel. (A request that waits long,
+/// a blocked lock or a hung brick's, keeps its entry: with all of a CPU's entries held so,
+/// its other requests wait too, an unlock among them.)
+const ENTRIES: usize = 32;
 
 /// How many CPUs the kernel may ever bring up: it takes requests by io_uring only once
 /// each has a queue.
@@ -80,11 +82,15 @@ impl Entry {
 /// A queue, owned by its thread.
 struct Queue {
     qid: u16,
-    dev: RawFd,
+    /// The session's `/dev/fuse`, kept open while the queue lives.
+    fd: RawFd,
+    _dev: Arc<Dev>,
     ring: RefCell<IoUring<Entry128>>,
     /// Declared after the ring, dropped after it: the kernel may write into them until the
     /// ring is gone.
     entries: RefCell<Vec<Entry>>,
+    /// Entries whose last command was a registration (not a commit).
+    registering: RefCell<Vec<bool>>,
     /// The entry whose request is being started on this thread, and an answer to it given
     /// meanwhile: its buffer still holds the request's arguments, so the answer waits.
     starting: Cell<Option<usize>>,
@@ -160,8 +166,24 @@ impl Queue {
         }
         let sent = if body_len <= e.payload.len() { body_len } else { 0 };
         e.header[ENT_IN_OUT + 16..ENT_IN_OUT + 20].copy_from_slice(&(sent as u32).to_le_bytes());
-        let sqe = command(self.dev, CMD_COMMIT_AND_FETCH, self.qid, commit_id, e, index);
+        let sqe = command(self.fd, CMD_COMMIT_AND_FETCH, self.qid, commit_id, e, index);
         drop(entries);
+        if let Some(r) = self.registering.borrow_mut().get_mut(index) {
+            *r = false;
+        }
+        self.push(&sqe)
+    }
+
+    /// Hands entry `index` to the kernel, empty.
+    fn register(&self, index: usize) -> std::io::Result<()> {
+        let sqe = {
+            let entries = self.entries.borrow();
+            let e = entries.get(index).ok_or_else(|| Error::other("no such entry"))?;
+            command(self.fd, CMD_REGISTER, self.qid, 0, e, index)
+        };
+        if let Some(r) = self.registering.borrow_mut().get_mut(index) {
+            *r = true;
+        }
         self.push(&sqe)
     }
 
@@ -182,7 +204,10 @@ impl Queue {
             let payload = unsafe { std::slice::from_raw_parts(e.payload.as_ptr(), size) };
             (head, arg, payload)
         };
-        self.starting.set(Some(index));
+        // An answer can go at once unless the request's arguments are still in the entry.
+        if !payload.is_empty() {
+            self.starting.set(Some(index));
+        }
         let chan: Arc<dyn Channel> = Arc::new(EntryChan {
             qid: self.qid,
             index,
@@ -252,9 +277,43 @@ impl AsRawFd for RingFd {
     }
 }
 
-/// Serves queue `qid` (pinned to CPU `qid`) on this thread until the file system goes
-/// away. `dev` is the session's `/dev/fuse`, kept open by the caller.
-pub fn serve_queue<F: Filesystem>(dev: RawFd, qid: u16, fs: Arc<F>) -> std::io::Result<()> {
+/// A queue's thread with its ring made, waiting to be told to serve.
+pub struct Prepared<F>(std::sync::mpsc::Sender<Arc<F>>);
+
+impl<F> Prepared<F> {
+    /// Registers the queue's entries with the kernel and serves them.
+    pub fn start(self, fs: Arc<F>) {
+        let _ = self.0.send(fs);
+    }
+}
+
+/// Makes a queue's thread, runtime and ring for every possible CPU. Only if all are made
+/// may INIT ask for io_uring: the kernel then holds every request until each queue has
+/// registered. Queues dropped without being started end.
+pub fn prepare<F: Filesystem>(dev: &Arc<Dev>) -> std::io::Result<Vec<Prepared<F>>> {
+    let mut made = Vec::new();
+    for qid in 0..possible_cpus()? {
+        let qid = u16::try_from(qid).map_err(|_| Error::other("too many CPUs"))?;
+        let (ready_tx, ready) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let dev = dev.clone();
+        std::thread::Builder::new()
+            .name(format!("fuse-q{qid}"))
+            .spawn(move || queue_thread::<F>(dev, qid, ready_tx, go_rx))?;
+        made.push((ready, go));
+    }
+    let mut prepared = Vec::new();
+    for (ready, go) in made {
+        match ready.recv() {
+            Ok(Ok(())) => prepared.push(Prepared(go)),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(Error::other("a queue's thread ended before its ring was made")),
+        }
+    }
+    Ok(prepared)
+}
+
+fn make_queue(dev: Arc<Dev>, qid: u16) -> std::io::Result<(tokio::runtime::Runtime, Rc<Queue>)> {
     let mut set = rustix::thread::CpuSet::new();
     set.set(usize::from(qid));
     if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
@@ -269,25 +328,53 @@ pub fn serve_queue<F: Filesystem>(dev: RawFd, qid: u16, fs: Arc<F>) -> std::io::
         .build(2 * ENTRIES as u32)?;
     let q = Rc::new(Queue {
         qid,
-        dev,
+        fd: dev.0.as_raw_fd(),
+        _dev: dev,
         ring: RefCell::new(ring),
         entries: RefCell::new((0..ENTRIES).map(|_| Entry::new()).collect()),
+        registering: RefCell::new(vec![false; ENTRIES]),
         starting: Cell::new(None),
         early: RefCell::new(None),
     });
+    Ok((rt, q))
+}
+
+/// Serves queue `qid` (pinned to CPU `qid`) once told to, until the file system goes away.
+fn queue_thread<F: Filesystem>(
+    dev: Arc<Dev>,
+    qid: u16,
+    ready: std::sync::mpsc::Sender<std::io::Result<()>>,
+    go: std::sync::mpsc::Receiver<Arc<F>>,
+) {
+    let (rt, q) = match make_queue(dev, qid) {
+        Ok(made) => {
+            let _ = ready.send(Ok(()));
+            made
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let Ok(fs) = go.recv() else { return };
     QUEUE.with(|s| *s.borrow_mut() = Some(q.clone()));
+    crate::inline::set_home(Some(rt.handle().clone()));
     let served = rt.block_on(run(q.clone(), fs, rt.handle().clone()));
+    if let Err(e) = served {
+        // The kernel keeps sending this CPU's requests here: rather than leave them
+        // waiting for ever, the mount ends (its requests then fail, ENOTCONN).
+        tracing::error!("FUSE over io_uring queue {qid} failed: {e}; the mount ends");
+        std::process::exit(1);
+    }
+    crate::inline::set_home(None);
     QUEUE.with(|s| *s.borrow_mut() = None);
-    // Requests still running here end with the runtime (their replies unsent: the file
-    // system is gone).
+    // Requests still running here end with the runtime (the file system is gone).
     drop(rt);
-    served
 }
 
 async fn run<F: Filesystem>(q: Rc<Queue>, fs: Arc<F>, home: tokio::runtime::Handle) -> std::io::Result<()> {
     for i in 0..ENTRIES {
-        let sqe = command(q.dev, CMD_REGISTER, q.qid, 0, &q.entries.borrow()[i], i);
-        q.push(&sqe)?;
+        q.register(i)?;
     }
     // SAFETY: the ring (which owns the descriptor) outlives `ready`, both in this function.
     let ready = unsafe { AsyncFd::register(RingFd(q.ring.borrow().as_raw_fd())) }?;
@@ -306,14 +393,27 @@ async fn run<F: Filesystem>(q: Rc<Queue>, fs: Arc<F>, home: tokio::runtime::Hand
             continue;
         }
         for (index, res) in done {
+            let index = index as usize;
             if res < 0 {
-                return match -res {
+                let registering = q.registering.borrow().get(index).copied().unwrap_or(true);
+                match -res {
                     // The file system went away.
-                    libc::ENOTCONN | libc::ECANCELED | libc::ECONNABORTED | libc::ENODEV => Ok(()),
-                    e => Err(Error::from_raw_os_error(e)),
-                };
+                    libc::ENOTCONN | libc::ECANCELED | libc::ECONNABORTED | libc::ENODEV => return Ok(()),
+                    // A commit the kernel refused (its request gone): the entry is offered
+                    // again, so that the queue does not shrink.
+                    e if !registering => {
+                        let e = Error::from_raw_os_error(e);
+                        tracing::warn!("FUSE over io_uring queue {}, entry {index}: {e}", q.qid);
+                        q.register(index)?;
+                    }
+                    e => return Err(Error::from_raw_os_error(e)),
+                }
+                continue;
             }
-            q.start(index as usize, &*fs, &home);
+            q.start(index, &*fs, &home);
         }
+        // Under a steady stream of requests the ring always has more: the requests that
+        // wait, and answers from other threads, get their turn here.
+        tokio::task::yield_now().await;
     }
 }
