@@ -540,21 +540,21 @@ fn perm_only(perm: u32) -> SetAttr {
     }
 }
 
-fn lock_kind(typ: i32) -> Result<LockKind, Errno> {
-    match typ {
-        libc::F_RDLCK => Ok(LockKind::Read),
-        libc::F_WRLCK => Ok(LockKind::Write),
-        libc::F_UNLCK => Ok(LockKind::Unlock),
-        _ => Err(Errno::EINVAL),
-    }
-}
-
-fn lock_end(end: u64) -> u64 {
-    if end >= OFFSET_MAX {
-        u64::MAX
-    } else {
-        end
-    }
+/// The kernel's lock request as the bricks take it (to the end of the file: `u64::MAX`).
+fn lock_of(l: &LockIn) -> Result<Lock, Errno> {
+    let kind = match l.typ {
+        libc::F_RDLCK => LockKind::Read,
+        libc::F_WRLCK => LockKind::Write,
+        libc::F_UNLCK => LockKind::Unlock,
+        _ => return Err(Errno::EINVAL),
+    };
+    Ok(Lock {
+        kind,
+        start: l.start,
+        end: if l.end >= OFFSET_MAX { u64::MAX } else { l.end },
+        owner: l.owner,
+        pid: l.pid,
+    })
 }
 
 fn time_set(t: TimeOrNow) -> TimeSet {
@@ -1404,14 +1404,6 @@ impl crate::kernel::Filesystem for ShoalFs {
     }
 
     fn getlk(&self, _req: &Request, ino: INodeNo, lock: LockIn, reply: ReplyLock) {
-        let LockIn {
-            owner,
-            start,
-            end,
-            typ,
-            pid,
-            ..
-        } = lock;
         self.inner
             .locked
             .lock()
@@ -1421,14 +1413,7 @@ impl crate::kernel::Filesystem for ShoalFs {
             let id = tryr!(reply, s.id(ino));
             // Whoever takes the lock next must find this mount's writes made under it.
             s.behind.settle(ino.0).await;
-            let kind = tryr!(reply, lock_kind(typ));
-            let l = Lock {
-                kind,
-                start,
-                end: lock_end(end),
-                owner,
-                pid,
-            };
+            let l = tryr!(reply, lock_of(&lock));
             let got = tryr!(reply, s.vol.getlk(id, &l).await);
             let typ = match got.kind {
                 LockKind::Read => libc::F_RDLCK,
@@ -1441,14 +1426,6 @@ impl crate::kernel::Filesystem for ShoalFs {
     }
 
     fn setlk(&self, _req: &Request, ino: INodeNo, lock: LockIn, sleep: bool, reply: ReplyEmpty) {
-        let LockIn {
-            owner,
-            start,
-            end,
-            typ,
-            pid,
-            ..
-        } = lock;
         self.inner
             .locked
             .lock()
@@ -1458,14 +1435,7 @@ impl crate::kernel::Filesystem for ShoalFs {
             let id = tryr!(reply, s.id(ino));
             // Whoever takes the lock next must find this mount's writes made under it.
             s.behind.settle(ino.0).await;
-            let kind = tryr!(reply, lock_kind(typ));
-            let l = Lock {
-                kind,
-                start,
-                end: lock_end(end),
-                owner,
-                pid,
-            };
+            let l = tryr!(reply, lock_of(&lock));
             tryr!(reply, s.vol.setlk(id, &l, sleep).await);
             reply.ok();
         });
