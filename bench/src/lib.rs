@@ -3,8 +3,6 @@
 pub mod ctdb;
 pub mod freshfs;
 pub mod gluster;
-pub mod transport;
-pub mod wire;
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::{BufRead, BufReader};
