@@ -1131,7 +1131,7 @@ impl crate::kernel::Filesystem for ShoalFs {
             s.wrote(ino.0);
             let inner = s.clone();
             // Sent from this thread; the reply finishes it wherever it arrives.
-            crate::inline::run(&s.rt, async move {
+            crate::inline::run_shared(&s.rt, async move {
                 let r = inner.write_all(&h, offset, data).await;
                 inner.wrote(ino.0);
                 if raced {

@@ -5,7 +5,8 @@
 //! future is polled once right here: it sends its brick requests from this thread. If it then
 //! has to wait, it is parked, and whichever thread wakes it (the connection reader that got
 //! the reply, a runtime worker) moves it onto the runtime from there, where it finishes
-//! without any further hand-off.
+//! without any further hand-off; on a FUSE queue's thread, onto that thread's runtime, so
+//! that its answer goes back from the caller's CPU (one hand-off, from the waker).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -85,6 +86,22 @@ where
     // A thread with a runtime of its own (a FUSE queue's) finishes the requests it started:
     // their answers go back from there.
     let home = HOME.with(|h| h.borrow().clone());
+    start(rt, home, fut)
+}
+
+/// As [`run`], finishing on `rt` wherever it started: work that answers nobody (a write
+/// behind), which must outlive a FUSE queue's runtime and not take its CPU's turn.
+pub fn run_shared<F>(rt: &tokio::runtime::Handle, fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    start(rt, None, fut)
+}
+
+fn start<F>(rt: &tokio::runtime::Handle, home: Option<tokio::runtime::Handle>, fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     let mut fut: BoxFuture = match home {
         Some(_) => Box::pin(InContext {
             fut: Box::pin(fut),
@@ -169,5 +186,41 @@ mod tests {
             rx.recv_timeout(Duration::from_secs(10)).unwrap();
         }
         assert_eq!(done.load(Ordering::SeqCst), 200);
+    }
+
+    #[test]
+    fn a_queue_threads_requests_finish_there_but_spawn_on_the_shared_runtime() {
+        let shared = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let home = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (wake_tx, wake_rx) = tokio::sync::oneshot::channel::<()>();
+        let shared_h = shared.handle().clone();
+        home.block_on(async {
+            set_home(Some(tokio::runtime::Handle::current()));
+            let here = std::thread::current().id();
+            run(&shared_h, async move {
+                let _ = wake_rx.await;
+                // Finished on the queue's thread, in the shared runtime's context.
+                let spawned = tokio::spawn(async { std::thread::current().id() }).await.unwrap();
+                tx.send((std::thread::current().id() == here, spawned != here))
+                    .unwrap();
+            });
+            // Woken from another runtime's thread.
+            shared_h.spawn(async move {
+                let _ = wake_tx.send(());
+            });
+            let got = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(5)))
+                .await
+                .unwrap();
+            set_home(None);
+            assert_eq!(got.expect("finished"), (true, true));
+        });
     }
 }

@@ -599,3 +599,87 @@ fn replica_3_over_io_uring() {
         }
     });
 }
+
+/// A process pinned to CPU 0 that runs `python3 -c CODE FILE`.
+fn pinned_python(code: &str, file: &Path) -> std::process::Child {
+    std::process::Command::new("taskset")
+        .args(["-c", "0", "python3", "-c", code])
+        .arg(file)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start python3")
+}
+
+/// Over io_uring each CPU's queue holds a bounded number of requests; processes blocked
+/// on a lock keep theirs. More of them than a queue starts with, all on one CPU, must not
+/// hold up that CPU's other requests: the holder's unlock, from the same CPU, gets through.
+#[test]
+fn blocked_locks_do_not_hold_up_their_cpus_other_requests_over_io_uring() {
+    use std::io::{BufRead, BufReader};
+    if !require_root() {
+        return;
+    }
+    let _alone = TRANSPORT.write().unwrap_or_else(|p| p.into_inner());
+    let Ok(before) = std::fs::read_to_string(ENABLE_URING) else {
+        eprintln!("skipped: this kernel has no FUSE over io_uring ({ENABLE_URING} is missing)");
+        return;
+    };
+    let _switch = Switch(before);
+    std::fs::write(ENABLE_URING, "1").expect("turn FUSE over io_uring on");
+    let b = Bricks::start(1);
+    let m = b.mount(&b.spec("locks", 1, 1), "a");
+    let file = m.path("lock");
+    std::fs::write(&file, b"x").unwrap();
+    let mut holder = pinned_python(
+        "import fcntl, sys\nf = open(sys.argv[1], 'r+')\nfcntl.lockf(f, fcntl.LOCK_EX)\nprint('locked', flush=True)\nsys.stdin.readline()\nfcntl.lockf(f, fcntl.LOCK_UN)\nprint('unlocked', flush=True)",
+        &file,
+    );
+    let mut said = BufReader::new(holder.stdout.take().unwrap());
+    let mut line = String::new();
+    said.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "locked");
+    // Twice as many waiters as a queue's first entries.
+    let mut waiters: Vec<_> = (0..32)
+        .map(|_| {
+            pinned_python(
+                "import fcntl, sys\nf = open(sys.argv[1], 'r+')\nfcntl.lockf(f, fcntl.LOCK_EX)",
+                &file,
+            )
+        })
+        .collect();
+    let in_fcntl = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse::<i64>().ok()))
+            == Some(libc::SYS_fcntl)
+    };
+    wait_for(
+        "every waiter blocked on the lock",
+        Duration::from_secs(60),
+        || waiters.iter().all(|w| in_fcntl(w.id())),
+    );
+    let mut tell = holder.stdin.take().unwrap();
+    writeln!(tell).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = said.read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let unlocked = rx.recv_timeout(Duration::from_secs(60));
+    if unlocked.as_deref().map(str::trim) != Ok("unlocked") {
+        // (Ends the waiters and the holder, which the stuck mount would keep.)
+        abort_fuse(&m.dir);
+        panic!("the holder's unlock did not get through: {unlocked:?}");
+    }
+    wait_for(
+        "every waiter got the lock and ended",
+        Duration::from_secs(60),
+        || waiters.iter_mut().all(|w| matches!(w.try_wait(), Ok(Some(_)))),
+    );
+    for w in &mut waiters {
+        assert!(w.wait().unwrap().success());
+    }
+    assert!(holder.wait().unwrap().success());
+}

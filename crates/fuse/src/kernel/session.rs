@@ -212,7 +212,8 @@ impl<F: Filesystem> Session<F> {
     }
 
     /// Runs `f` once the kernel has taken the INIT's answer (which sets what the mount's
-    /// readahead may be, among others).
+    /// readahead may be, among others), before any request is served: `f` must not use the
+    /// mount itself, which would wait for ever.
     pub fn on_init(&mut self, f: impl FnOnce() + Send + 'static) {
         self.on_init = Some(Box::new(f));
     }

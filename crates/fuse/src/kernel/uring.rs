@@ -33,20 +33,39 @@ const ENT_IN_OUT: usize = 256;
 /// `enum fuse_uring_cmd`.
 const CMD_REGISTER: u32 = 1;
 const CMD_COMMIT_AND_FETCH: u32 = 2;
-/// Requests each queue holds at once; more wait in the kernel. (A request that waits long,
-/// a blocked lock or a hung brick's, keeps its entry: with all of a CPU's entries held so,
-/// its other requests wait too, an unlock among them.)
-const ENTRIES: usize = 32;
+/// Entries a queue starts with: an online CPU's, an offline one's (it only has to exist
+/// for the kernel to take requests this way).
+const ENTRIES: usize = 16;
+const ENTRIES_OFFLINE: usize = 2;
+/// A request that waits long (a blocked lock, a hung brick's) keeps its entry; with every
+/// entry held so, the CPU's other requests (the unlock among them) would wait in the
+/// kernel. So a queue left with fewer free entries than this registers more, up to the cap.
+const FREE_LOW: usize = 4;
+const ENTRIES_MAX: usize = 1024;
 
-/// How many CPUs the kernel may ever bring up: it takes requests by io_uring only once
-/// each has a queue.
-pub fn possible_cpus() -> std::io::Result<usize> {
-    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
-    // "0-1", "0", "0-3,8-11": the highest number, plus one.
-    let last = s.trim().rsplit([',', '-']).next().unwrap_or("0");
-    last.parse::<usize>()
-        .map(|n| n + 1)
-        .map_err(|_| Error::new(ErrorKind::InvalidData, format!("possible CPUs {s:?}")))
+/// The CPUs of a kernel CPU list ("0-1", "0", "0-3,8-11").
+fn cpu_list(path: &str) -> std::io::Result<Vec<usize>> {
+    let s = std::fs::read_to_string(path)?;
+    let bad = || Error::new(ErrorKind::InvalidData, format!("{path}: {s:?}"));
+    let mut cpus = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b) = (
+            a.parse::<usize>().map_err(|_| bad())?,
+            b.parse::<usize>().map_err(|_| bad())?,
+        );
+        if b < a || b - a > 1 << 16 {
+            return Err(bad());
+        }
+        cpus.extend(a..=b);
+    }
+    Ok(cpus)
+}
+
+/// The CPUs the kernel may ever bring up: it keeps a queue for each (numbered 0 on, as
+/// many as there are) and takes requests by io_uring only once each has registered.
+pub fn possible_cpus() -> std::io::Result<Vec<usize>> {
+    cpu_list("/sys/devices/system/cpu/possible")
 }
 
 /// One entry's buffers, which the kernel fills with a request and reads the answer from.
@@ -91,8 +110,13 @@ struct Queue {
     entries: RefCell<Vec<Entry>>,
     /// Entries whose last command was a registration (not a commit).
     registering: RefCell<Vec<bool>>,
-    /// The entry whose request is being started on this thread, and an answer to it given
-    /// meanwhile: its buffer still holds the request's arguments, so the answer waits.
+    /// Entries holding a request being answered, and entries the kernel refused.
+    held: Cell<usize>,
+    dead: Cell<usize>,
+    /// The entry whose request is being started on this thread, if its arguments are in the
+    /// entry's payload, and an answer to it given meanwhile, which waits for the start to
+    /// end. (A request with an empty payload is answered at once: its header and argument
+    /// were copied out, and the kernel may put the next request in the entry.)
     starting: Cell<Option<usize>>,
     early: RefCell<Option<Vec<u8>>>,
 }
@@ -168,10 +192,29 @@ impl Queue {
         e.header[ENT_IN_OUT + 16..ENT_IN_OUT + 20].copy_from_slice(&(sent as u32).to_le_bytes());
         let sqe = command(self.fd, CMD_COMMIT_AND_FETCH, self.qid, commit_id, e, index);
         drop(entries);
+        self.held.set(self.held.get().saturating_sub(1));
         if let Some(r) = self.registering.borrow_mut().get_mut(index) {
             *r = false;
         }
         self.push(&sqe)
+    }
+
+    /// Registers more entries if few are left free (see `FREE_LOW`).
+    fn grow_if_short(&self) -> std::io::Result<()> {
+        let total = self.entries.borrow().len();
+        let busy = self.held.get() + self.dead.get();
+        if total.saturating_sub(busy) >= FREE_LOW || total >= ENTRIES_MAX {
+            return Ok(());
+        }
+        // (The Vec may move the entries; their buffers, which the kernel writes, do not.)
+        self.entries
+            .borrow_mut()
+            .extend((0..ENTRIES).map(|_| Entry::new()));
+        self.registering.borrow_mut().resize(total + ENTRIES, false);
+        for i in total..total + ENTRIES {
+            self.register(i)?;
+        }
+        Ok(())
     }
 
     /// Hands entry `index` to the kernel, empty.
@@ -200,7 +243,8 @@ impl Queue {
             let size = (e.field(ENT_IN_OUT + 16) as usize).min(PAYLOAD);
             // SAFETY: the entry's payload buffer never moves nor is freed while the queue
             // lives, and nothing writes to it until this request is answered: the kernel
-            // waits for the commit, and a commit during the start is held (`early`).
+            // waits for the commit, and a commit during the start is held (`early`) when
+            // the payload is not empty (an empty one is not read).
             let payload = unsafe { std::slice::from_raw_parts(e.payload.as_ptr(), size) };
             (head, arg, payload)
         };
@@ -291,15 +335,21 @@ impl<F> Prepared<F> {
 /// may INIT ask for io_uring: the kernel then holds every request until each queue has
 /// registered. Queues dropped without being started end.
 pub fn prepare<F: Filesystem>(dev: &Arc<Dev>) -> std::io::Result<Vec<Prepared<F>>> {
+    let online = cpu_list("/sys/devices/system/cpu/online").unwrap_or_default();
     let mut made = Vec::new();
-    for qid in 0..possible_cpus()? {
+    for (qid, cpu) in possible_cpus()?.into_iter().enumerate() {
         let qid = u16::try_from(qid).map_err(|_| Error::other("too many CPUs"))?;
+        let entries = if online.contains(&cpu) {
+            ENTRIES
+        } else {
+            ENTRIES_OFFLINE
+        };
         let (ready_tx, ready) = std::sync::mpsc::channel();
         let (go, go_rx) = std::sync::mpsc::channel();
         let dev = dev.clone();
         std::thread::Builder::new()
             .name(format!("fuse-q{qid}"))
-            .spawn(move || queue_thread::<F>(dev, qid, ready_tx, go_rx))?;
+            .spawn(move || queue_thread::<F>(dev, qid, cpu, entries, ready_tx, go_rx))?;
         made.push((ready, go));
     }
     let mut prepared = Vec::new();
@@ -313,9 +363,14 @@ pub fn prepare<F: Filesystem>(dev: &Arc<Dev>) -> std::io::Result<Vec<Prepared<F>
     Ok(prepared)
 }
 
-fn make_queue(dev: Arc<Dev>, qid: u16) -> std::io::Result<(tokio::runtime::Runtime, Rc<Queue>)> {
+fn make_queue(
+    dev: Arc<Dev>,
+    qid: u16,
+    cpu: usize,
+    entries: usize,
+) -> std::io::Result<(tokio::runtime::Runtime, Rc<Queue>)> {
     let mut set = rustix::thread::CpuSet::new();
-    set.set(usize::from(qid));
+    set.set(cpu);
     if let Err(e) = rustix::thread::sched_setaffinity(None, &set) {
         // (An offline CPU: its queue still has to exist; it serves from anywhere.)
         tracing::debug!("queue {qid} not pinned: {e}");
@@ -331,22 +386,26 @@ fn make_queue(dev: Arc<Dev>, qid: u16) -> std::io::Result<(tokio::runtime::Runti
         fd: dev.0.as_raw_fd(),
         _dev: dev,
         ring: RefCell::new(ring),
-        entries: RefCell::new((0..ENTRIES).map(|_| Entry::new()).collect()),
-        registering: RefCell::new(vec![false; ENTRIES]),
+        entries: RefCell::new((0..entries).map(|_| Entry::new()).collect()),
+        registering: RefCell::new(vec![false; entries]),
+        held: Cell::new(0),
+        dead: Cell::new(0),
         starting: Cell::new(None),
         early: RefCell::new(None),
     });
     Ok((rt, q))
 }
 
-/// Serves queue `qid` (pinned to CPU `qid`) once told to, until the file system goes away.
+/// Serves queue `qid` (pinned to CPU `cpu`) once told to, until the file system goes away.
 fn queue_thread<F: Filesystem>(
     dev: Arc<Dev>,
     qid: u16,
+    cpu: usize,
+    entries: usize,
     ready: std::sync::mpsc::Sender<std::io::Result<()>>,
     go: std::sync::mpsc::Receiver<Arc<F>>,
 ) {
-    let (rt, q) = match make_queue(dev, qid) {
+    let (rt, q) = match make_queue(dev, qid, cpu, entries) {
         Ok(made) => {
             let _ = ready.send(Ok(()));
             made
@@ -359,10 +418,16 @@ fn queue_thread<F: Filesystem>(
     let Ok(fs) = go.recv() else { return };
     QUEUE.with(|s| *s.borrow_mut() = Some(q.clone()));
     crate::inline::set_home(Some(rt.handle().clone()));
-    let served = rt.block_on(run(q.clone(), fs, rt.handle().clone()));
-    if let Err(e) = served {
+    let serve = std::panic::AssertUnwindSafe(|| rt.block_on(run(q.clone(), fs, rt.handle().clone())));
+    let failed = match std::panic::catch_unwind(serve) {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some("panicked".into()),
+    };
+    if let Some(e) = failed {
         // The kernel keeps sending this CPU's requests here: rather than leave them
-        // waiting for ever, the mount ends (its requests then fail, ENOTCONN).
+        // waiting for ever, the mount ends (the requests it holds fail, ECONNABORTED, and
+        // later ones ENOTCONN, until the mount point is unmounted).
         tracing::error!("FUSE over io_uring queue {qid} failed: {e}; the mount ends");
         std::process::exit(1);
     }
@@ -373,7 +438,7 @@ fn queue_thread<F: Filesystem>(
 }
 
 async fn run<F: Filesystem>(q: Rc<Queue>, fs: Arc<F>, home: tokio::runtime::Handle) -> std::io::Result<()> {
-    for i in 0..ENTRIES {
+    for i in 0..q.entries.borrow().len() {
         q.register(i)?;
     }
     // SAFETY: the ring (which owns the descriptor) outlives `ready`, both in this function.
@@ -406,14 +471,43 @@ async fn run<F: Filesystem>(q: Rc<Queue>, fs: Arc<F>, home: tokio::runtime::Hand
                         tracing::warn!("FUSE over io_uring queue {}, entry {index}: {e}", q.qid);
                         q.register(index)?;
                     }
-                    e => return Err(Error::from_raw_os_error(e)),
+                    // A registration refused: the kernel then turns io_uring off for the
+                    // mount if it was not ready yet (requests go through /dev/fuse), or
+                    // the queue serves with the entries it has.
+                    e => {
+                        let e = Error::from_raw_os_error(e);
+                        tracing::warn!("FUSE over io_uring queue {}: an entry was refused: {e}", q.qid);
+                        q.dead.set(q.dead.get() + 1);
+                    }
                 }
                 continue;
             }
+            q.held.set(q.held.get() + 1);
             q.start(index, &*fs, &home);
         }
+        q.grow_if_short()?;
         // Under a steady stream of requests the ring always has more: the requests that
         // wait, and answers from other threads, get their turn here.
         tokio::task::yield_now().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists_are_read_range_by_range() {
+        let dir = std::env::temp_dir().join(format!("shoal-cpus-{}", std::process::id()));
+        let read = |text: &str| {
+            std::fs::write(&dir, text).expect("write");
+            cpu_list(dir.to_str().expect("path"))
+        };
+        assert_eq!(read("0-1\n").expect("list"), vec![0, 1]);
+        assert_eq!(read("0\n").expect("list"), vec![0]);
+        assert_eq!(read("0-2,8-9\n").expect("list"), vec![0, 1, 2, 8, 9]);
+        assert!(read("3-1\n").is_err());
+        assert!(read("x\n").is_err());
+        let _ = std::fs::remove_file(&dir);
     }
 }
