@@ -554,6 +554,23 @@ impl Drop for Switch {
     }
 }
 
+/// Turns FUSE over io_uring on for a test, which runs alone while it holds what this
+/// returns; None without root or where the kernel lacks it (said why).
+fn uring_on() -> Option<(Switch, std::sync::RwLockWriteGuard<'static, ()>)> {
+    if !require_root() {
+        return None;
+    }
+    let alone = TRANSPORT.write().unwrap_or_else(|p| p.into_inner());
+    let Ok(before) = std::fs::read_to_string(ENABLE_URING) else {
+        eprintln!("skipped: this kernel has no FUSE over io_uring ({ENABLE_URING} is missing)");
+        return None;
+    };
+    let switch = Switch(before);
+    std::fs::write(ENABLE_URING, "1").expect("turn FUSE over io_uring on");
+    // (The switch goes back before the others may run: a tuple drops in order.)
+    Some((switch, alone))
+}
+
 /// How many times the mount's io_uring queue threads (`fuse-qN`) woke up to serve.
 fn queue_wakeups(pid: u32) -> u64 {
     let mut n = 0;
@@ -577,16 +594,7 @@ fn queue_wakeups(pid: u32) -> u64 {
 
 #[test]
 fn replica_3_over_io_uring() {
-    if !require_root() {
-        return;
-    }
-    let _alone = TRANSPORT.write().unwrap_or_else(|p| p.into_inner());
-    let Ok(before) = std::fs::read_to_string(ENABLE_URING) else {
-        eprintln!("skipped: this kernel has no FUSE over io_uring ({ENABLE_URING} is missing)");
-        return;
-    };
-    let _switch = Switch(before);
-    std::fs::write(ENABLE_URING, "1").expect("turn FUSE over io_uring on");
+    let Some(_uring) = uring_on() else { return };
     suite_then(3, 1, 3, 7, |mounts| {
         for m in mounts {
             // Thousands of requests went by: each queue thread woke for many of them.
@@ -617,16 +625,7 @@ fn pinned_python(code: &str, file: &Path) -> std::process::Child {
 #[test]
 fn blocked_locks_do_not_hold_up_their_cpus_other_requests_over_io_uring() {
     use std::io::{BufRead, BufReader};
-    if !require_root() {
-        return;
-    }
-    let _alone = TRANSPORT.write().unwrap_or_else(|p| p.into_inner());
-    let Ok(before) = std::fs::read_to_string(ENABLE_URING) else {
-        eprintln!("skipped: this kernel has no FUSE over io_uring ({ENABLE_URING} is missing)");
-        return;
-    };
-    let _switch = Switch(before);
-    std::fs::write(ENABLE_URING, "1").expect("turn FUSE over io_uring on");
+    let Some(_uring) = uring_on() else { return };
     let b = Bricks::start(1);
     let m = b.mount(&b.spec("locks", 1, 1), "a");
     let file = m.path("lock");
