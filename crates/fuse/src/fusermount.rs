@@ -9,11 +9,6 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-/// True when mounting (and unmounting) goes through the helper: this process is not root.
-pub fn needed() -> bool {
-    !rustix::process::geteuid().is_root()
-}
-
 /// Mounts `dir` with `options` (comma-separated, as fusermount3 -o takes them) and returns
 /// the session descriptor.
 pub fn mount(dir: &Path, options: &str) -> std::io::Result<OwnedFd> {

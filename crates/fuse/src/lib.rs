@@ -11,7 +11,7 @@ mod behind;
 mod cache;
 mod dirs;
 mod fs;
-pub mod fusermount;
+mod fusermount;
 mod inline;
 mod inodes;
 pub mod kernel;

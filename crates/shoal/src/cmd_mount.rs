@@ -311,9 +311,8 @@ fn foreground(dir: &Path, mut r: Resolved, notify: bool) -> Result<()> {
     }
     let mut session = shoal_fuse::mount(gate, dir, &r.opts, rt.handle().clone(), &|f| vol.on_stale(f))
         .with_context(|| format!("cannot mount on {}", dir.display()))?;
+    // (Through fusermount3 when that mounted it.)
     let mut unmounter = session.unmount_callable();
-    let helper_mounted = shoal_fuse::fusermount::needed();
-    let mount_dir = dir.to_path_buf();
     rt.spawn(async move {
         use tokio::signal::unix::{signal, SignalKind};
         let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
@@ -324,12 +323,7 @@ fn foreground(dir: &Path, mut r: Resolved, notify: bool) -> Result<()> {
             _ = term.recv() => {},
             _ = int.recv() => {},
         }
-        let r = if helper_mounted {
-            shoal_fuse::fusermount::unmount(&mount_dir)
-        } else {
-            unmounter.unmount()
-        };
-        if let Err(e) = r {
+        if let Err(e) = unmounter.unmount() {
             tracing::warn!("unmount on signal: {e}");
         }
     });
