@@ -5,6 +5,7 @@
 //! folder holds an id index (hard links for files, symlinks naming parent and name for
 //! directories), so that any object can be reached by id in O(1).
 
+mod cores;
 pub mod heal;
 pub mod health;
 pub mod index;

@@ -18,7 +18,7 @@ use bytes::Bytes;
 use proto::auth::{ClusterKey, Peer};
 use proto::msg::{Fh, Notice, Reply, Request, Response, NOTICE_ID};
 use proto::outbox::{Body, Outbox};
-use proto::service::{Answer, Handled, Service};
+use proto::service::{Answer, Handled, Lane, Service};
 use proto::{Entry, Errno, LockKind};
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -846,6 +846,22 @@ impl Service for BrickServer {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&conn.id);
+    }
+
+    /// A lane joins the connection that has its session now, if that is open, and is
+    /// served on its CPU.
+    fn lane(&self, peer: &Peer) -> Option<Lane<Conn>> {
+        let (token, cpu) = proto::lane::parse(&peer.name)?;
+        let id = self.sessions.conn_of(token)?;
+        let conn = lock(&self.listeners).get(&id).cloned()?;
+        if *conn.closed.borrow() {
+            return None;
+        }
+        Some(Lane {
+            ended: conn.closed.clone(),
+            home: crate::cores::home(cpu),
+            session: conn,
+        })
     }
 
     fn undecodable(&self, header: &[u8]) -> Errno {

@@ -45,6 +45,11 @@ impl Sessions {
         Some(old)
     }
 
+    /// The connection that has session `token` now.
+    pub fn conn_of(&self, token: u128) -> Option<u64> {
+        lock(&self.map).get(&token).copied()
+    }
+
     /// Connection `conn` (of session `token`, if it named one) ended: its locks go, unless
     /// it still has its session and holds some; those wait `linger` for the client to come
     /// back on a new connection. (Spawns on the current runtime.)

@@ -67,6 +67,7 @@ impl Protocol {
         let locks: Arc<Mutex<LockSet>> = Arc::default();
         let token = FileId::random().0;
         let held = Arc::downgrade(&locks);
+        conn.use_lanes(token);
         conn.set_hello(Arc::new(move || {
             let mut first = vec![(Request::Session { token }, "the client session".to_string())];
             let all = match held.upgrade() {

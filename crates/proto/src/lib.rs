@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod errno;
 pub mod frame;
+pub mod lane;
 pub mod msg;
 pub mod outbox;
 pub mod piped;

@@ -62,6 +62,15 @@ struct Link<R> {
     received: Arc<Mutex<u64>>,
     handled: AtomicU64,
     handled_more: Notify,
+    /// Its lanes, by CPU ([`crate::lane`]): they die with it.
+    lanes: Mutex<HashMap<usize, LaneSlot<R>>>,
+}
+
+enum LaneSlot<R> {
+    Making,
+    Up(Arc<Link<R>>),
+    /// Refused, failed or lost: this CPU's calls keep to the link itself.
+    None,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -79,6 +88,27 @@ impl<R> Link<R> {
             t.abort();
         }
         self.handled_more.notify_waiters();
+        for (_, lane) in lock(&self.lanes).drain() {
+            if let LaneSlot::Up(lane) = lane {
+                lane.kill();
+            }
+        }
+    }
+
+    fn new(gen: u64, out: Arc<Outbox>) -> Link<R> {
+        Link {
+            gen,
+            out,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            dead: AtomicBool::new(false),
+            last_rx: Mutex::new(Instant::now()),
+            tasks: Mutex::new(Vec::new()),
+            received: Arc::new(Mutex::new(0)),
+            handled: AtomicU64::new(0),
+            handled_more: Notify::new(),
+            lanes: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -142,6 +172,8 @@ pub struct Conn<Q, R> {
     notices: Mutex<Vec<NoticeFn>>,
     /// Requests sent first on every new connection, before anyone else's.
     hello: Mutex<Option<HelloFn<Q>>>,
+    /// The session lanes join, once the peer was told it (see [`Conn::use_lanes`]).
+    lane_session: Mutex<Option<u128>>,
     me: Weak<Conn<Q, R>>,
     _sends: std::marker::PhantomData<fn(Q)>,
 }
@@ -164,6 +196,7 @@ where
             gen: AtomicU64::new(0),
             notices: Mutex::new(Vec::new()),
             hello: Mutex::new(None),
+            lane_session: Mutex::new(None),
             me: me.clone(),
             _sends: std::marker::PhantomData,
         })
@@ -198,6 +231,13 @@ where
         *lock(&self.hello) = Some(f);
     }
 
+    /// Has calls made on a thread that serves one CPU ([`crate::lane::serve_here`]) go on a
+    /// lane of that CPU, joining `session`, which every connection's hello names to the peer.
+    /// A peer that refuses lanes gets every call on the connection itself.
+    pub fn use_lanes(&self, session: u128) {
+        *lock(&self.lane_session) = Some(session);
+    }
+
     /// Adds a receiver of the frames the peer sends unasked (each receiver gets every one).
     pub fn on_notice(&self, f: NoticeFn) {
         lock(&self.notices).push(f);
@@ -215,6 +255,21 @@ where
         lock(&self.link)
             .as_ref()
             .is_some_and(|l| !l.dead.load(Ordering::SeqCst))
+    }
+
+    /// The current connection's lanes that are up, and those refused or lost (whose CPUs'
+    /// calls keep to the connection itself).
+    pub fn lanes(&self) -> (usize, usize) {
+        let Some(link) = lock(&self.link).clone() else {
+            return (0, 0);
+        };
+        let lanes = lock(&link.lanes);
+        let up = lanes
+            .values()
+            .filter(|l| matches!(l, LaneSlot::Up(l) if !l.dead.load(Ordering::SeqCst)))
+            .count();
+        let none = lanes.values().filter(|l| matches!(l, LaneSlot::None)).count();
+        (up, none)
     }
 
     /// The generation of the current connection: handles from another generation are void.
@@ -245,34 +300,12 @@ where
             return Ok(());
         }
         let addr = self.addr();
-        let attempt = async {
-            let mut s = crate::transport::connect(&addr).await.map_err(Errno::from)?;
-            match self.handshake(&mut s).await {
-                Ok(()) => Ok(s),
-                // Whoever holds the local socket's name is not our peer: TCP decides.
-                Err(_) if s.is_local() => {
-                    let mut s = crate::transport::connect_tcp(&addr).await.map_err(Errno::from)?;
-                    self.handshake(&mut s).await.map(|()| s)
-                }
-                Err(e) => Err(e),
-            }
-        };
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
-            .await
-            .map_err(|_| Errno::ETIMEDOUT)??;
+        let stream = self.dial(&addr, self.role, &self.name).await?;
         let (rd, wr) = stream.into_split().map_err(Errno::from)?;
-        let link = Arc::new(Link {
-            gen: self.gen.fetch_add(1, Ordering::SeqCst) + 1,
-            out: Outbox::start(wr),
-            pending: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-            dead: AtomicBool::new(false),
-            last_rx: Mutex::new(Instant::now()),
-            tasks: Mutex::new(Vec::new()),
-            received: Arc::new(Mutex::new(0)),
-            handled: AtomicU64::new(0),
-            handled_more: Notify::new(),
-        });
+        let link = Arc::new(Link::new(
+            self.gen.fetch_add(1, Ordering::SeqCst) + 1,
+            Outbox::start(wr),
+        ));
         let rd = Counted {
             inner: rd,
             count: link.received.clone(),
@@ -281,6 +314,7 @@ where
             self.me.clone(),
             link.clone(),
             BufReader::with_capacity(frame::READ_BUFFER, rd),
+            None,
         ));
         lock(&link.tasks).push(r.abort_handle());
         // Killed unless installed, also when the caller gives up waiting midway: a link left
@@ -309,8 +343,86 @@ where
         Ok(())
     }
 
-    async fn handshake(&self, s: &mut crate::transport::Stream) -> Result<(), Errno> {
-        auth::client(s, &self.key, self.role, &self.name)
+    /// A connection to the peer at `addr` that passed the handshake as `role` `name`.
+    async fn dial(&self, addr: &str, role: &str, name: &str) -> Result<crate::transport::Stream, Errno> {
+        let attempt = async {
+            let mut s = crate::transport::connect(addr).await.map_err(Errno::from)?;
+            match self.handshake(&mut s, role, name).await {
+                Ok(()) => Ok(s),
+                // Whoever holds the local socket's name is not our peer: TCP decides.
+                Err(_) if s.is_local() => {
+                    let mut s = crate::transport::connect_tcp(addr).await.map_err(Errno::from)?;
+                    self.handshake(&mut s, role, name).await.map(|()| s)
+                }
+                Err(e) => Err(e),
+            }
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+            .await
+            .map_err(|_| Errno::ETIMEDOUT)?
+    }
+
+    /// The lane of this thread's CPU on `link` for a call carrying `data` bytes, if it has
+    /// one; asks for it if it was never asked for.
+    fn lane_of(&self, link: &Arc<Link<R>>, data: usize) -> Option<Arc<Link<R>>> {
+        if data > crate::lane::MAX_DATA {
+            return None;
+        }
+        let session = (*lock(&self.lane_session))?;
+        let (cpu, home) = crate::lane::here()?;
+        let mut lanes = lock(&link.lanes);
+        match lanes.get(&cpu) {
+            Some(LaneSlot::Up(lane)) if !lane.dead.load(Ordering::SeqCst) => return Some(lane.clone()),
+            // Dropped with the runtime that read it (its thread ended): made again.
+            Some(LaneSlot::Up(_)) => {}
+            Some(_) => return None,
+            None => {}
+        }
+        lanes.insert(cpu, LaneSlot::Making);
+        drop(lanes);
+        // Made, and then read, on this thread's own runtime.
+        home.spawn(make_lane(self.me.clone(), Arc::downgrade(link), session, cpu));
+        None
+    }
+
+    /// Opens a lane of `main` for CPU `cpu` and sees the peer answer on it.
+    async fn open_lane(
+        &self,
+        main: &Weak<Link<R>>,
+        session: u128,
+        cpu: usize,
+    ) -> Result<Arc<Link<R>>, Errno> {
+        let gen = main.upgrade().ok_or(Errno::ENOTCONN)?.gen;
+        let stream = self
+            .dial(&self.addr(), crate::lane::ROLE, &crate::lane::name(session, cpu))
+            .await?;
+        let (rd, wr) = stream.into_split().map_err(Errno::from)?;
+        let lane = Arc::new(Link::new(gen, Outbox::start(wr)));
+        let rd = Counted {
+            inner: rd,
+            count: lane.received.clone(),
+        };
+        let r = tokio::spawn(read_loop(
+            self.me.clone(),
+            lane.clone(),
+            BufReader::with_capacity(frame::READ_BUFFER, rd),
+            Some((main.clone(), cpu)),
+        ));
+        lock(&lane.tasks).push(r.abort_handle());
+        // A peer that refuses the lane closes it without answering.
+        let header = frame::encode_header(&Q::ping()).map_err(|_| Errno::EINVAL)?;
+        let answer = tokio::time::timeout(CONNECT_TIMEOUT, Self::send_on(&lane, header, &[])).await;
+        match answer.unwrap_or(Err(Errno::ETIMEDOUT)) {
+            Ok(_) => Ok(lane),
+            Err(e) => {
+                lane.kill();
+                Err(e)
+            }
+        }
+    }
+
+    async fn handshake(&self, s: &mut crate::transport::Stream, role: &str, name: &str) -> Result<(), Errno> {
+        auth::client(s, &self.key, role, name)
             .await
             .map(|_| ())
             .map_err(|e| {
@@ -414,6 +526,7 @@ where
     /// generation of the connection that carried it.
     pub async fn call(&self, req: &Q, data: Bytes) -> Result<(R, Bytes, u64), Errno> {
         let link = self.current()?;
+        let link = self.lane_of(&link, data.len()).unwrap_or(link);
         let header = frame::encode_header(req).map_err(|_| Errno::EINVAL)?;
         Self::send_on(&link, header, &[data]).await
     }
@@ -422,6 +535,8 @@ where
     /// copied together.
     pub async fn call_parts(&self, req: &Q, parts: &[Bytes]) -> Result<(R, Bytes, u64), Errno> {
         let link = self.current()?;
+        let size = parts.iter().map(Bytes::len).sum();
+        let link = self.lane_of(&link, size).unwrap_or(link);
         let header = frame::encode_header(req).map_err(|_| Errno::EINVAL)?;
         Self::send_on(&link, header, parts).await
     }
@@ -471,14 +586,56 @@ where
     }
 }
 
+/// Kills its link when dropped: the end of the link's reader.
+struct Reader<R>(Arc<Link<R>>);
+
+impl<R> Drop for Reader<R> {
+    fn drop(&mut self) {
+        if !self.0.dead.load(Ordering::SeqCst) {
+            self.0.kill();
+        }
+    }
+}
+
+/// Makes a lane of `main` for CPU `cpu` (see [`Conn::lane_of`]) and installs it there,
+/// unless `main` died meanwhile.
+async fn make_lane<Q, R>(conn: Weak<Conn<Q, R>>, main: Weak<Link<R>>, session: u128, cpu: usize)
+where
+    Q: Serialize + Ping + Send + Sync + 'static,
+    R: DeserializeOwned + Send + 'static,
+{
+    let Some(c) = conn.upgrade() else { return };
+    let made = c.open_lane(&main, session, cpu).await;
+    if let Err(e) = &made {
+        tracing::debug!(peer = %c.addr(), cpu, "no lane: {e}");
+    }
+    let Some(main) = main.upgrade() else {
+        if let Ok(lane) = made {
+            lane.kill();
+        }
+        return;
+    };
+    let mut lanes = lock(&main.lanes);
+    match made {
+        Ok(lane) if main.dead.load(Ordering::SeqCst) => lane.kill(),
+        Ok(lane) => drop(lanes.insert(cpu, LaneSlot::Up(lane))),
+        Err(_) => drop(lanes.insert(cpu, LaneSlot::None)),
+    }
+}
+
+/// Reads what comes on `link` (`lane`: the link it is a lane of, and its CPU) until it ends.
 async fn read_loop<Q, R>(
     conn: Weak<Conn<Q, R>>,
     link: Arc<Link<R>>,
     mut r: BufReader<Counted<crate::transport::ReadHalf>>,
+    lane: Option<(Weak<Link<R>>, usize)>,
 ) where
     Q: Serialize + Ping + Send + Sync + 'static,
     R: DeserializeOwned + Send + 'static,
 {
+    // Also when the task is dropped unfinished (a lane's runtime ended with its thread):
+    // its callers must not wait for replies nobody reads.
+    let _reader = Reader(link.clone());
     loop {
         // Everything before what the buffer holds was handled (the previous frame last).
         let handled = *lock(&link.received) - r.buffer().len() as u64;
@@ -511,6 +668,17 @@ async fn read_loop<Q, R>(
         if let Some(p) = waiting {
             let _ = p.send(resp.map(|reply| (reply, frame.data)));
         }
+    }
+    if let Some((main, cpu)) = lane {
+        // A lane lost alone: that CPU's calls keep to the main link.
+        link.kill();
+        if let Some(main) = main.upgrade() {
+            let mut lanes = lock(&main.lanes);
+            if matches!(lanes.get(&cpu), Some(LaneSlot::Up(l)) if Arc::ptr_eq(l, &link)) {
+                lanes.insert(cpu, LaneSlot::None);
+            }
+        }
+        return;
     }
     match conn.upgrade() {
         Some(c) => c.lost(&link),

@@ -66,10 +66,26 @@ pub trait Service: Send + Sync + Sized + 'static {
     ) -> Handled<Self::Resp>;
     /// The connection ended (its in-flight requests may still be finishing).
     fn close(&self, session: &Self::Session);
+    /// A lane ([`crate::lane`]) asks to join its session: where to serve it, or `None` to
+    /// refuse it (its connection is closed).
+    fn lane(&self, _peer: &Peer) -> Option<Lane<Self::Session>> {
+        None
+    }
     /// The error for a well-framed request that does not decode.
     fn undecodable(&self, _header: &[u8]) -> Errno {
         Errno::EBADMSG
     }
+}
+
+/// Where a lane is served: on the session it joins, until that session's own connection
+/// ends.
+pub struct Lane<S> {
+    pub session: Arc<S>,
+    /// Turns true (or is dropped) when the session's connection ends.
+    pub ended: watch::Receiver<bool>,
+    /// The runtime it runs on (a thread pinned to the lane's CPU); `None`: the one that
+    /// accepted it.
+    pub home: Option<tokio::runtime::Handle>,
 }
 
 /// Accepts connections, by TCP on `listener` and by the Unix socket beside it
@@ -112,7 +128,7 @@ async fn connection<S: Service>(
     mut stream: Stream,
     addr: Via,
     key: ClusterKey,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let peer = match tokio::time::timeout(HANDSHAKE_TIMEOUT, auth::server(&mut stream, &key)).await {
         Ok(Ok(p)) => p,
@@ -125,7 +141,9 @@ async fn connection<S: Service>(
             return;
         }
     };
-    let (closed_tx, closed_rx) = watch::channel(false);
+    if peer.role == crate::lane::ROLE {
+        return lane(svc, stream, addr, &peer, shutdown).await;
+    }
     let (rd, wr) = match stream.into_split() {
         Ok(halves) => halves,
         Err(e) => {
@@ -133,15 +151,85 @@ async fn connection<S: Service>(
             return;
         }
     };
+    let (closed_tx, closed_rx) = watch::channel(false);
     let out = Outbox::start(wr);
     let session = svc.open(&peer, closed_rx, out.clone());
     tracing::debug!(%addr, role = %peer.role, name = %peer.name, "connected");
+    serve_frames(&svc, &session, rd, &out, addr, shutdown, None).await;
+    let _ = closed_tx.send(true);
+    // Replies of requests still running go out as they finish; the socket closes after the
+    // last of them.
+    drop(out);
+    svc.close(&session);
+    tracing::debug!(%addr, "disconnected");
+}
+
+/// Serves a lane on its session, on the runtime the service chose for it.
+async fn lane<S: Service>(
+    svc: Arc<S>,
+    stream: Stream,
+    addr: Via,
+    peer: &Peer,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Some(lane) = svc.lane(peer) else {
+        tracing::debug!(%addr, server = %svc.label(), name = %peer.name, "lane refused");
+        return;
+    };
+    let serve = move |stream: Stream| async move {
+        let (rd, wr) = match stream.into_split() {
+            Ok(halves) => halves,
+            Err(e) => {
+                tracing::warn!(%addr, server = %svc.label(), "cannot set up a lane: {e}");
+                return;
+            }
+        };
+        let out = Outbox::start(wr);
+        serve_frames(&svc, &lane.session, rd, &out, addr, shutdown, Some(lane.ended)).await;
+    };
+    let Some(home) = lane.home.clone() else {
+        return serve(stream).await;
+    };
+    // The socket is registered with the runtime that polls it: it moves with the lane.
+    match stream.detach() {
+        Ok(detached) => drop(home.spawn(async move {
+            match detached.attach() {
+                Ok(stream) => serve(stream).await,
+                Err(e) => tracing::warn!(%addr, "cannot move a lane to its CPU: {e}"),
+            }
+        })),
+        Err(e) => tracing::warn!(%addr, "cannot move a lane to its CPU: {e}"),
+    }
+}
+
+/// Reads a connection's requests and has them answered, until it ends, the server shuts
+/// down, or (a lane) its session's connection ends. Only a session's own connection is
+/// closed when silent: its client pings it, a lane's never.
+async fn serve_frames<S: Service>(
+    svc: &Arc<S>,
+    session: &Arc<S::Session>,
+    rd: crate::transport::ReadHalf,
+    out: &Arc<Outbox>,
+    addr: Via,
+    mut shutdown: watch::Receiver<bool>,
+    mut ended: Option<watch::Receiver<bool>>,
+) {
+    let idle = match ended {
+        Some(_) => None,
+        None => Some(IDLE_TIMEOUT),
+    };
     let mut rd = BufReader::with_capacity(frame::READ_BUFFER, rd);
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     loop {
         out.wait_below(MAX_BACKLOG).await;
+        let next = async {
+            match idle {
+                Some(idle) => tokio::time::timeout(idle, frame::read_frame_buffered(&mut rd)).await,
+                None => Ok(frame::read_frame_buffered(&mut rd).await),
+            }
+        };
         let read = tokio::select! {
-            r = tokio::time::timeout(IDLE_TIMEOUT, frame::read_frame_buffered(&mut rd)) => match r {
+            r = next => match r {
                 Ok(r) => r,
                 Err(_) => {
                     tracing::warn!(%addr, server = %svc.label(), "peer silent for {IDLE_TIMEOUT:?}: closing");
@@ -149,6 +237,7 @@ async fn connection<S: Service>(
                 }
             },
             _ = stopped(&mut shutdown) => break,
+            _ = session_ended(&mut ended) => break,
         };
         let frame = match read {
             Ok(Some(f)) => f,
@@ -172,12 +261,12 @@ async fn connection<S: Service>(
                 // request id with an error.
                 tracing::warn!(%addr, server = %svc.label(), "undecodable request: {e}");
                 let errno = svc.undecodable(&frame.header);
-                reply::<S::Resp>(&out, frame.id, (Err(errno), Body::default()));
+                reply::<S::Resp>(out, frame.id, (Err(errno), Body::default()));
                 continue;
             }
         };
-        match svc.handle(&session, req, frame.data) {
-            Handled::Now(answer) => reply(&out, frame.id, answer),
+        match svc.handle(session, req, frame.data) {
+            Handled::Now(answer) => reply(out, frame.id, answer),
             Handled::Later(fut) => {
                 let out = out.clone();
                 tokio::spawn(async move {
@@ -188,12 +277,16 @@ async fn connection<S: Service>(
             }
         }
     }
-    let _ = closed_tx.send(true);
-    // Replies of requests still running go out as they finish; the socket closes after the
-    // last of them.
-    drop(out);
-    svc.close(&session);
-    tracing::debug!(%addr, "disconnected");
+}
+
+/// Resolves once a lane's session has ended; never for a session's own connection.
+async fn session_ended(ended: &mut Option<watch::Receiver<bool>>) {
+    match ended {
+        Some(rx) => {
+            let _ = rx.wait_for(|e| *e).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves once shutdown is asked for; never if the sender is gone without asking.

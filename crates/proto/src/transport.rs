@@ -247,6 +247,15 @@ impl Stream {
         matches!(self, Stream::Unix(_))
     }
 
+    /// Takes the connection off the runtime it was made on, to be served on another
+    /// ([`Detached::attach`]).
+    pub fn detach(self) -> std::io::Result<Detached> {
+        Ok(match self {
+            Stream::Tcp(s) => Detached::Tcp(s.into_std()?),
+            Stream::Unix(s) => Detached::Unix(s.into_std()?),
+        })
+    }
+
     /// Splits a connection whose handshake is done.
     pub fn into_split(self) -> std::io::Result<(ReadHalf, WriteHalf)> {
         match self {
@@ -265,6 +274,22 @@ impl Stream {
 fn register(fd: OwnedFd, interest: Interest) -> std::io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the AsyncFd owns the descriptor, which stays open until it is dropped.
     Ok(unsafe { AsyncFd::register_with_interest(fd, interest) }?)
+}
+
+/// A [`Stream`] on no runtime.
+pub enum Detached {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl Detached {
+    /// The connection on the current runtime.
+    pub fn attach(self) -> std::io::Result<Stream> {
+        Ok(match self {
+            Detached::Tcp(s) => Stream::Tcp(TcpStream::from_std(s)?),
+            Detached::Unix(s) => Stream::Unix(UnixStream::from_std(s)?),
+        })
+    }
 }
 
 /// Reading half of a [`Stream`].

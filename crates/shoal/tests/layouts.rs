@@ -23,11 +23,11 @@ static TRANSPORT: RwLock<()> = RwLock::new(());
 
 fn suite(bricks: usize, stripe: u32, replica: u32, seed: u64) {
     let _transport = TRANSPORT.read().unwrap_or_else(|p| p.into_inner());
-    suite_then(bricks, stripe, replica, seed, |_| {});
+    suite_then(bricks, stripe, replica, seed, |_, _| {});
 }
 
 /// The suite, then `after` with its two mounts.
-fn suite_then(bricks: usize, stripe: u32, replica: u32, seed: u64, after: impl FnOnce(&[&Mount])) {
+fn suite_then(bricks: usize, stripe: u32, replica: u32, seed: u64, after: impl FnOnce(&Bricks, &[&Mount])) {
     if !require_root() {
         return;
     }
@@ -47,7 +47,7 @@ fn suite_then(bricks: usize, stripe: u32, replica: u32, seed: u64, after: impl F
     tar_round_trip(&a, b.dir.path());
     rsync_round_trip(&a, b.dir.path());
     sqlite_on_mount(&a);
-    after(&[&a, &other]);
+    after(&b, &[&a, &other]);
 }
 
 fn sizes_round_trip(a: &Mount, other: &Mount) {
@@ -572,14 +572,15 @@ fn uring_on() -> Option<(Switch, std::sync::RwLockWriteGuard<'static, ()>)> {
 }
 
 /// How many times the mount's io_uring queue threads (`fuse-qN`) woke up to serve.
-fn queue_wakeups(pid: u32) -> u64 {
+/// How many times the threads of process `pid` named `prefix...` went to sleep.
+fn thread_wakeups(pid: u32, prefix: &str) -> u64 {
     let mut n = 0;
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .expect("mount's threads")
+        .expect("the process's threads")
         .flatten()
     {
         let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
-        if !comm.starts_with("fuse-q") {
+        if !comm.starts_with(prefix) {
             continue;
         }
         let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
@@ -595,15 +596,22 @@ fn queue_wakeups(pid: u32) -> u64 {
 #[test]
 fn replica_3_over_io_uring() {
     let Some(_uring) = uring_on() else { return };
-    suite_then(3, 1, 3, 7, |mounts| {
+    suite_then(3, 1, 3, 7, |bricks, mounts| {
         for m in mounts {
             // Thousands of requests went by: each queue thread woke for many of them.
-            let woke = queue_wakeups(m.pid());
+            let woke = thread_wakeups(m.pid(), "fuse-q");
             assert!(
                 woke > 1000,
                 "the io_uring queues of {} woke {woke} times",
                 m.dir.display()
             );
+        }
+        // And the queues' calls went on lanes, which the bricks serve on their CPUs'
+        // threads (`proto::lane`).
+        for i in 0..bricks.bricks.len() {
+            let pid = bricks.pid(i).expect("brick running");
+            let woke = thread_wakeups(pid, "brick-cpu");
+            assert!(woke > 1000, "brick {i}'s lanes woke {woke} times");
         }
     });
 }

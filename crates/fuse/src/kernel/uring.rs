@@ -418,6 +418,8 @@ fn queue_thread<F: Filesystem>(
     let Ok(fs) = go.recv() else { return };
     QUEUE.with(|s| *s.borrow_mut() = Some(q.clone()));
     crate::inline::set_home(Some(rt.handle().clone()));
+    // Calls to bricks made here go on lanes read here.
+    proto::lane::serve_here(cpu, rt.handle().clone());
     let serve = std::panic::AssertUnwindSafe(|| rt.block_on(run(q.clone(), fs, rt.handle().clone())));
     let failed = match std::panic::catch_unwind(serve) {
         Ok(Ok(())) => None,
