@@ -19,6 +19,7 @@ use proto::auth::{ClusterKey, Peer};
 use proto::msg::{Fh, Notice, Reply, Request, Response, NOTICE_ID};
 use proto::outbox::{Body, Outbox};
 use proto::service::{Answer, Handled, Lane, Service};
+use proto::transport::Via;
 use proto::{Entry, Errno, LockKind};
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -82,6 +83,8 @@ pub struct BrickServer {
     marked: std::sync::atomic::AtomicBool,
     /// The disk answers (see `crate::health`); connections are turned away while not.
     healthy: Arc<std::sync::atomic::AtomicBool>,
+    /// Threads that serve local clients' lanes, one per CPU.
+    cores: crate::cores::Cores,
 }
 
 /// An open handle; closing it (drop) tells the store, which may remove an unlinked file.
@@ -183,6 +186,11 @@ impl Conn {
         if handles.len() >= MAX_HANDLES {
             return Err(Errno::EMFILE);
         }
+        // A lane may still read requests after its session's connection closed and took
+        // its handles (under this lock, after `closed` turned true).
+        if *self.closed.borrow() {
+            return Err(Errno::ECONNRESET);
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         handles.insert(fh, h);
         Ok(fh)
@@ -219,6 +227,7 @@ impl BrickServer {
             listeners: Mutex::new(HashMap::new()),
             heals: Arc::new(Heals::default()),
             orders: Orders::default(),
+            cores: Default::default(),
         })
     }
 
@@ -425,8 +434,12 @@ impl BrickServer {
                 let h = conn.handle(fh);
                 // A write order goes with the connection's last handle on the file, here in
                 // the reader: before anything the connection sends next (a take) is read.
+                // Under the handles' lock, as the session's lanes open handles too: an open
+                // and then a take on another lane either count here or come after the give.
                 if let Ok(id) = h.as_ref().map(|h| h.file().id) {
-                    if self.orders.holder(id) == Some(conn.id) && conn.opens(id) == 1 {
+                    let handles = lock(&conn.handles);
+                    let opens = handles.values().filter(|h| h.file().id == id).count();
+                    if opens == 1 && self.orders.holder(id) == Some(conn.id) {
                         self.give_order(id, conn.id);
                     }
                 }
@@ -509,7 +522,16 @@ impl BrickServer {
                 self.give_order(id, conn.id);
                 Ok(Reply::Ok)
             }
-            Request::Order { id, take: true } if self.orders.try_take(id, conn.id) => Ok(Reply::Ok),
+            Request::Order { id, take: true } if self.orders.try_take(id, conn.id) => {
+                // A lane (`proto::lane`) may still read its requests after its session's
+                // connection closed and let go of its orders: given back.
+                if *conn.closed.borrow() {
+                    self.give_order(id, conn.id);
+                    Err(Errno::ECONNRESET)
+                } else {
+                    Ok(Reply::Ok)
+                }
+            }
             slow => return Quick::Slow(slow),
         })
     }
@@ -849,8 +871,9 @@ impl Service for BrickServer {
     }
 
     /// A lane joins the connection that has its session now, if that is open, and is
-    /// served on its CPU.
-    fn lane(&self, peer: &Peer) -> Option<Lane<Conn>> {
+    /// served on its CPU if it comes from this host (a CPU's number means nothing on
+    /// another).
+    fn lane(&self, peer: &Peer, via: Via) -> Option<Lane<Conn>> {
         let (token, cpu) = proto::lane::parse(&peer.name)?;
         let id = self.sessions.conn_of(token)?;
         let conn = lock(&self.listeners).get(&id).cloned()?;
@@ -859,7 +882,7 @@ impl Service for BrickServer {
         }
         Some(Lane {
             ended: conn.closed.clone(),
-            home: crate::cores::home(cpu),
+            home: matches!(via, Via::Local).then(|| self.cores.home(cpu)).flatten(),
             session: conn,
         })
     }

@@ -171,7 +171,10 @@ impl Drop for Held {
             names: std::mem::take(&mut self.names),
             owner: self.owner,
         };
-        match tokio::runtime::Handle::try_current() {
+        // On a thread that serves one CPU, from its own runtime: the unlocks then go on the
+        // same lane as the locks they undo (`proto::lane`), after them.
+        let home = proto::lane::here().map(|(_, home)| home);
+        match home.map_or_else(tokio::runtime::Handle::try_current, Ok) {
             Ok(rt) => {
                 rt.spawn(async move { rest.release_names().await });
             }

@@ -960,15 +960,17 @@ impl crate::kernel::Filesystem for ShoalFs {
                 }
             };
             // Attributes known here are current: a brick announces another client's change
-            // to this one before it answers the client that made it. The answer to an open
-            // that reaches the bricks comes after any such announcement of theirs; a lazy
-            // open waits until what reached this host is handled (`Xlator::caught_up`).
+            // to this one before it answers the client that made it. The open waits until
+            // what reached this host is handled (`Xlator::caught_up`): a lazy one asks no
+            // brick, and the answer of one that does may come on a lane (`proto::lane`),
+            // beside the announcements on each brick's main connection.
             let (mut opened, mut start) = (None, start);
             let cached = s.attrs.get(ino.0).is_some();
             if cached {
                 if !lazy {
                     opened = Some(open().await);
-                } else if !s.vol.caught_up().await {
+                }
+                if !s.vol.caught_up().await {
                     s.attrs.drop(ino.0);
                 }
             }

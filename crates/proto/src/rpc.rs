@@ -483,8 +483,9 @@ where
         }
     }
 
-    /// Waits until every frame that had reached this host when called is handled: replies
-    /// delivered, notices passed on. A brick writes the notices a change causes before it
+    /// Waits until every frame that had reached this host on the main connection when
+    /// called is handled: replies delivered, notices passed on (lanes carry replies only).
+    /// A brick writes the notices a change causes before it
     /// answers the change, so on one host, while the brick's queue to this client is empty
     /// (it is unless this client falls behind reading), a change another client was told
     /// is done is then known here. Across hosts it narrows the window to the network's
@@ -604,6 +605,19 @@ where
     Q: Serialize + Ping + Send + Sync + 'static,
     R: DeserializeOwned + Send + 'static,
 {
+    // Dropped unfinished (its runtime ended), it leaves the CPU free to ask again.
+    struct Unmade<R>(Weak<Link<R>>, usize);
+    impl<R> Drop for Unmade<R> {
+        fn drop(&mut self) {
+            if let Some(main) = self.0.upgrade() {
+                let mut lanes = lock(&main.lanes);
+                if matches!(lanes.get(&self.1), Some(LaneSlot::Making)) {
+                    lanes.remove(&self.1);
+                }
+            }
+        }
+    }
+    let _unmade = Unmade(main.clone(), cpu);
     let Some(c) = conn.upgrade() else { return };
     let made = c.open_lane(&main, session, cpu).await;
     if let Err(e) = &made {
@@ -670,13 +684,16 @@ async fn read_loop<Q, R>(
         }
     }
     if let Some((main, cpu)) = lane {
-        // A lane lost alone: that CPU's calls keep to the main link.
         link.kill();
-        if let Some(main) = main.upgrade() {
-            let mut lanes = lock(&main.lanes);
-            if matches!(lanes.get(&cpu), Some(LaneSlot::Up(l)) if Arc::ptr_eq(l, &link)) {
-                lanes.insert(cpu, LaneSlot::None);
-            }
+        let Some(main) = main.upgrade() else { return };
+        let installed = matches!(lock(&main.lanes).get(&cpu), Some(LaneSlot::Up(l)) if Arc::ptr_eq(l, &link));
+        // A lane in use lost alone (a bad frame, say): what the peer did of its calls is
+        // the session's, and they failed here, so the whole connection is lost, and made
+        // again as after any loss. (One not yet in use was refused: that CPU keeps to the
+        // main link.)
+        if let (true, Some(c)) = (installed, conn.upgrade()) {
+            tracing::warn!(peer = %c.addr(), cpu, "lane lost");
+            c.lost(&main);
         }
         return;
     }
@@ -703,6 +720,28 @@ where
             tracing::warn!(peer = %c.addr(), "no answer for {DEAD_AFTER:?}");
             c.lost(&l);
             return;
+        }
+        // Lanes too: a peer whose thread for one CPU is stuck would otherwise keep calls
+        // waiting on that lane for ever while the main link answers.
+        let lanes: Vec<Arc<Link<R>>> = lock(&l.lanes)
+            .values()
+            .filter_map(|s| match s {
+                LaneSlot::Up(lane) if !lane.dead.load(Ordering::SeqCst) => Some(lane.clone()),
+                _ => None,
+            })
+            .collect();
+        for lane in lanes {
+            if lock(&lane.last_rx).elapsed() > DEAD_AFTER {
+                tracing::warn!(peer = %c.addr(), "no answer on a lane for {DEAD_AFTER:?}");
+                c.lost(&l);
+                return;
+            }
+            let Ok(header) = frame::encode_header(&Q::ping()) else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = Conn::<Q, R>::send_on(&lane, header, &[]).await;
+            });
         }
         let c2 = c.clone();
         drop(l);

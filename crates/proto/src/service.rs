@@ -68,7 +68,7 @@ pub trait Service: Send + Sync + Sized + 'static {
     fn close(&self, session: &Self::Session);
     /// A lane ([`crate::lane`]) asks to join its session: where to serve it, or `None` to
     /// refuse it (its connection is closed).
-    fn lane(&self, _peer: &Peer) -> Option<Lane<Self::Session>> {
+    fn lane(&self, _peer: &Peer, _via: Via) -> Option<Lane<Self::Session>> {
         None
     }
     /// The error for a well-framed request that does not decode.
@@ -172,7 +172,7 @@ async fn lane<S: Service>(
     peer: &Peer,
     shutdown: watch::Receiver<bool>,
 ) {
-    let Some(lane) = svc.lane(peer) else {
+    let Some(lane) = svc.lane(peer, addr) else {
         tracing::debug!(%addr, server = %svc.label(), name = %peer.name, "lane refused");
         return;
     };

@@ -571,8 +571,8 @@ fn uring_on() -> Option<(Switch, std::sync::RwLockWriteGuard<'static, ()>)> {
     Some((switch, alone))
 }
 
-/// How many times the mount's io_uring queue threads (`fuse-qN`) woke up to serve.
-/// How many times the threads of process `pid` named `prefix...` went to sleep.
+/// How many times the threads of process `pid` named `prefix...` went to sleep (to be
+/// woken to serve: the mount's io_uring queues' `fuse-qN`, a brick's lanes' `brick-cpuN`).
 fn thread_wakeups(pid: u32, prefix: &str) -> u64 {
     let mut n = 0;
     for t in std::fs::read_dir(format!("/proc/{pid}/task"))

@@ -126,12 +126,12 @@ impl Bricks {
         Bricks { dir, key, bricks }
     }
 
-    /// SIGKILL of one brick server.
     /// The process of brick `i`, if it runs.
     pub fn pid(&self, i: usize) -> Option<u32> {
         self.bricks[i].child.as_ref().map(Child::id)
     }
 
+    /// SIGKILL of one brick server.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.bricks[i].child.take() {
             let _ = c.kill();
