@@ -55,13 +55,24 @@ fn cpu_threads() -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cpus_calls_go_on_its_lane_in_the_clients_session_and_the_lane_ends_with_it() {
+/// A brick served here on a directory of its own: its key, address, directory and stop.
+async fn brick() -> (
+    ClusterKey,
+    String,
+    tempfile::TempDir,
+    tokio::sync::watch::Sender<bool>,
+) {
     let key = ClusterKey::generate();
     let dir = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let stop = serve_brick(dir.path(), listener, brick::ServerConfig::new(key.clone()));
+    (key, addr, dir, stop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpus_calls_go_on_its_lane_in_the_clients_session_and_the_lane_ends_with_it() {
+    let (key, addr, _dir, stop) = brick().await;
     let v = Volume::connect(spec(&[&addr]), key, "lanes", Duration::from_secs(5))
         .await
         .unwrap();
@@ -113,11 +124,7 @@ async fn a_cpus_calls_go_on_its_lane_in_the_clients_session_and_the_lane_ends_wi
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lane_naming_no_session_is_refused_and_calls_keep_to_the_connection() {
-    let key = ClusterKey::generate();
-    let dir = tempfile::tempdir().unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let _stop = serve_brick(dir.path(), listener, brick::ServerConfig::new(key.clone()));
+    let (key, addr, _dir, _stop) = brick().await;
     // A bare connection that never tells the brick its session.
     let conn = BrickConn::new(&addr, key, "client", "bare");
     conn.connect().await.unwrap();

@@ -301,22 +301,7 @@ where
         }
         let addr = self.addr();
         let stream = self.dial(&addr, self.role, &self.name).await?;
-        let (rd, wr) = stream.into_split().map_err(Errno::from)?;
-        let link = Arc::new(Link::new(
-            self.gen.fetch_add(1, Ordering::SeqCst) + 1,
-            Outbox::start(wr),
-        ));
-        let rd = Counted {
-            inner: rd,
-            count: link.received.clone(),
-        };
-        let r = tokio::spawn(read_loop(
-            self.me.clone(),
-            link.clone(),
-            BufReader::with_capacity(frame::READ_BUFFER, rd),
-            None,
-        ));
-        lock(&link.tasks).push(r.abort_handle());
+        let link = self.start_link(stream, self.gen.fetch_add(1, Ordering::SeqCst) + 1, None)?;
         // Killed unless installed, also when the caller gives up waiting midway: a link left
         // open after its hello named the session could make the brick close the next one.
         let unused = Unused(Some(link.clone()));
@@ -341,6 +326,26 @@ where
         unused.installed();
         *cur = Some(link);
         Ok(())
+    }
+
+    /// A link of generation `gen` on `stream` (a lane of `lane`'s link and CPU), its reader
+    /// started on the current runtime.
+    fn start_link(
+        &self,
+        stream: crate::transport::Stream,
+        gen: u64,
+        lane: Option<(Weak<Link<R>>, usize)>,
+    ) -> Result<Arc<Link<R>>, Errno> {
+        let (rd, wr) = stream.into_split().map_err(Errno::from)?;
+        let link = Arc::new(Link::new(gen, Outbox::start(wr)));
+        let rd = Counted {
+            inner: rd,
+            count: link.received.clone(),
+        };
+        let reader = BufReader::with_capacity(frame::READ_BUFFER, rd);
+        let r = tokio::spawn(read_loop(self.me.clone(), link.clone(), reader, lane));
+        lock(&link.tasks).push(r.abort_handle());
+        Ok(link)
     }
 
     /// A connection to the peer at `addr` that passed the handshake as `role` `name`.
@@ -396,19 +401,7 @@ where
         let stream = self
             .dial(&self.addr(), crate::lane::ROLE, &crate::lane::name(session, cpu))
             .await?;
-        let (rd, wr) = stream.into_split().map_err(Errno::from)?;
-        let lane = Arc::new(Link::new(gen, Outbox::start(wr)));
-        let rd = Counted {
-            inner: rd,
-            count: lane.received.clone(),
-        };
-        let r = tokio::spawn(read_loop(
-            self.me.clone(),
-            lane.clone(),
-            BufReader::with_capacity(frame::READ_BUFFER, rd),
-            Some((main.clone(), cpu)),
-        ));
-        lock(&lane.tasks).push(r.abort_handle());
+        let lane = self.start_link(stream, gen, Some((main.clone(), cpu)))?;
         // A peer that refuses the lane closes it without answering.
         let header = frame::encode_header(&Q::ping()).map_err(|_| Errno::EINVAL)?;
         let answer = tokio::time::timeout(CONNECT_TIMEOUT, Self::send_on(&lane, header, &[])).await;
