@@ -175,6 +175,19 @@ impl Conn {
 
     fn add(&self, store: &Arc<Store>, file: OpenFile) -> Result<Fh, Errno> {
         let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
+        // A lane may still read requests after its session's connection closed and took
+        // its handles (under this lock, after `closed` turned true).
+        let refused = match () {
+            _ if handles.len() >= MAX_HANDLES => Some(Errno::EMFILE),
+            _ if *self.closed.borrow() => Some(Errno::ECONNRESET),
+            _ => None,
+        };
+        if let Some(e) = refused {
+            // Closed as a handle would be, outside the lock.
+            drop(handles);
+            store.close(file);
+            return Err(e);
+        }
         let h = Arc::new(Handle {
             store: store.clone(),
             file: Some(file),
@@ -183,14 +196,6 @@ impl Conn {
             written: Mutex::new(Written::default()),
             writing_back: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         });
-        if handles.len() >= MAX_HANDLES {
-            return Err(Errno::EMFILE);
-        }
-        // A lane may still read requests after its session's connection closed and took
-        // its handles (under this lock, after `closed` turned true).
-        if *self.closed.borrow() {
-            return Err(Errno::ECONNRESET);
-        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         handles.insert(fh, h);
         Ok(fh)

@@ -141,21 +141,24 @@ impl Held {
     }
 
     async fn release_names(&mut self) {
-        let names = std::mem::take(&mut self.names);
-        let owner = self.owner;
-        tracing::trace!(owner, n = names.len(), "names given back");
-        let children = &self.children;
-        let done = join_all(names.iter().map(|n| async move {
-            children[n.child]
-                .setlk(n.parent, &lock(LockKind::Unlock, n, owner), false)
-                .await
-        }))
-        .await;
-        for r in done {
-            if let Err(e) = r {
-                // The brick drops it with the connection; until then the name waits.
-                tracing::warn!("cannot give back a name lock: {e}");
-            }
+        give_back(&self.children, std::mem::take(&mut self.names), self.owner).await;
+    }
+}
+
+/// Unlocks `names` of `owner`. (Plain data, not a [`Held`]: a future of it dropped before
+/// it ran, its runtime going, does nothing, where a `Held` would give back again.)
+async fn give_back(children: &[Child], names: Vec<Name>, owner: u64) {
+    tracing::trace!(owner, n = names.len(), "names given back");
+    let done = join_all(names.iter().map(|n| async move {
+        children[n.child]
+            .setlk(n.parent, &lock(LockKind::Unlock, n, owner), false)
+            .await
+    }))
+    .await;
+    for r in done {
+        if let Err(e) = r {
+            // The brick drops it with the connection; until then the name waits.
+            tracing::warn!("cannot give back a name lock: {e}");
         }
     }
 }
@@ -166,20 +169,15 @@ impl Drop for Held {
             return;
         }
         // A change dropped half way (its request cancelled): the names go back anyway.
-        let mut rest = Held {
-            children: self.children.clone(),
-            names: std::mem::take(&mut self.names),
-            owner: self.owner,
-        };
+        let (children, names, owner) = (self.children.clone(), std::mem::take(&mut self.names), self.owner);
         // On a thread that serves one CPU, from its own runtime: the unlocks then go on the
         // same lane as the locks they undo (`proto::lane`), after them.
         let home = proto::lane::here().map(|(_, home)| home);
         match home.map_or_else(tokio::runtime::Handle::try_current, Ok) {
             Ok(rt) => {
-                rt.spawn(async move { rest.release_names().await });
+                rt.spawn(async move { give_back(&children, names, owner).await });
             }
             Err(_) => {
-                rest.names.clear();
                 tracing::warn!("name locks left to the bricks: no runtime to give them back");
             }
         }

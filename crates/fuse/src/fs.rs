@@ -970,7 +970,9 @@ impl crate::kernel::Filesystem for ShoalFs {
                 if !lazy {
                     opened = Some(open().await);
                 }
-                if !s.vol.caught_up().await {
+                // (A successful open on this thread may have been answered on a lane.)
+                let lane = proto::lane::here().is_some() && opened.as_ref().is_some_and(|o| o.is_ok());
+                if (lazy || lane) && !s.vol.caught_up().await {
                     s.attrs.drop(ino.0);
                 }
             }

@@ -386,7 +386,8 @@ where
         lanes.insert(cpu, LaneSlot::Making);
         drop(lanes);
         // Made, and then read, on this thread's own runtime.
-        home.spawn(make_lane(self.me.clone(), Arc::downgrade(link), session, cpu));
+        let unmade = Unmade(Arc::downgrade(link), cpu);
+        home.spawn(make_lane(self.me.clone(), unmade, session, cpu));
         None
     }
 
@@ -593,24 +594,27 @@ impl<R> Drop for Reader<R> {
 
 /// Makes a lane of `main` for CPU `cpu` (see [`Conn::lane_of`]) and installs it there,
 /// unless `main` died meanwhile.
-async fn make_lane<Q, R>(conn: Weak<Conn<Q, R>>, main: Weak<Link<R>>, session: u128, cpu: usize)
+/// A lane being made for a link and CPU: dropped unfinished (its runtime ended, even
+/// before it ran), it leaves the CPU free to ask again.
+struct Unmade<R>(Weak<Link<R>>, usize);
+
+impl<R> Drop for Unmade<R> {
+    fn drop(&mut self) {
+        if let Some(main) = self.0.upgrade() {
+            let mut lanes = lock(&main.lanes);
+            if matches!(lanes.get(&self.1), Some(LaneSlot::Making)) {
+                lanes.remove(&self.1);
+            }
+        }
+    }
+}
+
+async fn make_lane<Q, R>(conn: Weak<Conn<Q, R>>, unmade: Unmade<R>, session: u128, cpu: usize)
 where
     Q: Serialize + Ping + Send + Sync + 'static,
     R: DeserializeOwned + Send + 'static,
 {
-    // Dropped unfinished (its runtime ended), it leaves the CPU free to ask again.
-    struct Unmade<R>(Weak<Link<R>>, usize);
-    impl<R> Drop for Unmade<R> {
-        fn drop(&mut self) {
-            if let Some(main) = self.0.upgrade() {
-                let mut lanes = lock(&main.lanes);
-                if matches!(lanes.get(&self.1), Some(LaneSlot::Making)) {
-                    lanes.remove(&self.1);
-                }
-            }
-        }
-    }
-    let _unmade = Unmade(main.clone(), cpu);
+    let main = unmade.0.clone();
     let Some(c) = conn.upgrade() else { return };
     let made = c.open_lane(&main, session, cpu).await;
     if let Err(e) = &made {
@@ -684,9 +688,11 @@ async fn read_loop<Q, R>(
         // the session's, and they failed here, so the whole connection is lost, and made
         // again as after any loss. (One not yet in use was refused: that CPU keeps to the
         // main link.)
+        // (Ended by shutting the main link's socket: its own reader, on the runtime that
+        // owns the connection, then loses it and reconnects from there, not from this CPU's.)
         if let (true, Some(c)) = (installed, conn.upgrade()) {
             tracing::warn!(peer = %c.addr(), cpu, "lane lost");
-            c.lost(&main);
+            main.out.close();
         }
         return;
     }
@@ -724,7 +730,10 @@ where
             })
             .collect();
         for lane in lanes {
-            if lock(&lane.last_rx).elapsed() > DEAD_AFTER {
+            // Unread replies waiting in the socket: the peer answered, this host's thread
+            // that reads them is what is late.
+            let waiting = lane.out.unread().is_ok_and(|n| n > 0);
+            if lock(&lane.last_rx).elapsed() > DEAD_AFTER && !waiting {
                 tracing::warn!(peer = %c.addr(), "no answer on a lane for {DEAD_AFTER:?}");
                 c.lost(&l);
                 return;
