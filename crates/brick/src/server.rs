@@ -169,18 +169,17 @@ impl Conn {
 
     /// How many of its handles are open on `id`.
     fn opens(&self, id: proto::FileId) -> u32 {
-        let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
-        handles.values().filter(|h| h.file().id == id).count() as u32
+        opens_in(&self.handles.lock().unwrap_or_else(|p| p.into_inner()), id)
     }
 
     fn add(&self, store: &Arc<Store>, file: OpenFile) -> Result<Fh, Errno> {
         let mut handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
         // A lane may still read requests after its session's connection closed and took
         // its handles (under this lock, after `closed` turned true).
-        let refused = match () {
-            _ if handles.len() >= MAX_HANDLES => Some(Errno::EMFILE),
-            _ if *self.closed.borrow() => Some(Errno::ECONNRESET),
-            _ => None,
+        let refused = if handles.len() >= MAX_HANDLES {
+            Some(Errno::EMFILE)
+        } else {
+            self.closed.borrow().then_some(Errno::ECONNRESET)
         };
         if let Some(e) = refused {
             // Closed as a handle would be, outside the lock.
@@ -200,6 +199,11 @@ impl Conn {
         handles.insert(fh, h);
         Ok(fh)
     }
+}
+
+/// How many of `handles` are open on `id`.
+fn opens_in(handles: &HashMap<Fh, Arc<Handle>>, id: proto::FileId) -> u32 {
+    handles.values().filter(|h| h.file().id == id).count() as u32
 }
 
 /// Where a request goes: answered at once, or handed to a task of its own.
@@ -242,6 +246,17 @@ impl BrickServer {
         if let Some(conn) = conn {
             send_notice(&conn, &Notice::Yield(vec![id]));
         }
+    }
+
+    /// The outcome `r` of `conn`'s take of the order of `id`. Granted to a connection that
+    /// ended meanwhile (its close let go of what it held before this took): given back, or
+    /// nobody would ever get it.
+    fn granted(&self, conn: &Conn, id: proto::FileId, r: Response) -> Response {
+        if r.is_ok() && *conn.closed.borrow() {
+            self.give_order(id, conn.id);
+            return Err(Errno::ECONNRESET);
+        }
+        r
     }
 
     /// `conn` gives up the write order of `id`; its next holder hears if others wait.
@@ -443,8 +458,7 @@ impl BrickServer {
                 // and then a take on another lane either count here or come after the give.
                 if let Ok(id) = h.as_ref().map(|h| h.file().id) {
                     let handles = lock(&conn.handles);
-                    let opens = handles.values().filter(|h| h.file().id == id).count();
-                    if opens == 1 && self.orders.holder(id) == Some(conn.id) {
+                    if opens_in(&handles, id) == 1 && self.orders.holder(id) == Some(conn.id) {
                         self.give_order(id, conn.id);
                     }
                 }
@@ -527,15 +541,9 @@ impl BrickServer {
                 self.give_order(id, conn.id);
                 Ok(Reply::Ok)
             }
+            // (Read on a lane, `proto::lane`, it may come after the session closed.)
             Request::Order { id, take: true } if self.orders.try_take(id, conn.id) => {
-                // A lane (`proto::lane`) may still read its requests after its session's
-                // connection closed and let go of its orders: given back.
-                if *conn.closed.borrow() {
-                    self.give_order(id, conn.id);
-                    Err(Errno::ECONNRESET)
-                } else {
-                    Ok(Reply::Ok)
-                }
+                self.granted(conn, id, Ok(Reply::Ok))
             }
             slow => return Quick::Slow(slow),
         })
@@ -755,13 +763,7 @@ impl BrickServer {
                         }
                     }
                 };
-                // Granted to a connection that ended meanwhile (its close let go of what
-                // it held before this took): given back, or nobody would ever get it.
-                if r.is_ok() && *conn.closed.borrow() {
-                    self.give_order(id, conn.id);
-                    return (Err(Errno::ECONNRESET), Body::default());
-                }
-                r
+                self.granted(conn, id, r)
             }
             Request::DirParent { id } => self
                 .blocking(move |s| s.dir_parent(id))
